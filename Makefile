@@ -1,0 +1,37 @@
+# Two commands do all set-up: `make demo` and `make test` (see README).
+PYTHON ?= python3
+VENV ?= .venv
+CORES ?= 2
+# The tested torch pair. On a GPU workstation point it at your CUDA build, e.g.
+#   make demo TORCH_PIP="torch==2.14.1 torchvision==0.29.1 --index-url <your CUDA wheel index>"
+# or TORCH_PIP= (empty) to keep the torch a --system-site-packages venv already sees.
+TORCH_PIP ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.wig-installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+
+.PHONY: demo test install clean
+
+install: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(if $(strip $(TORCH_PIP)),$(BIN)/pip install --disable-pip-version-check $(TORCH_PIP))
+	$(BIN)/pip install --disable-pip-version-check -e '.[test]'
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES)
+	@echo "demo outputs: results/"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n $(CORES) $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .snakemake results

@@ -1,0 +1,190 @@
+"""LoRA helpers: safe loading in diffusers format, per-sample adapter scales, demo LoRAs.
+
+Per-sample scales are what make PG as cheap as CFG: the weak branch (θω = θ + ω·ΔW) and the
+strong branch (θ' = θ + ΔW) differ only in the LoRA scale, so both run in one batched forward
+when each sample carries its own scale. PEFT computes ``base(x) + lora_B(lora_A(x)) * scaling``;
+a forward hook on ``lora_A`` multiplies its rank-r output by a per-sample vector. ``lora_B`` is
+linear without bias, so this equals scaling the LoRA term, on the smallest tensor of the path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+
+
+class LoraError(ValueError):
+    """A LoRA file that cannot be used with the model at hand."""
+
+
+def lora_file(path: str | os.PathLike) -> Path:
+    """The safetensors file of a LoRA given as the file or its diffusers folder."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / LORA_WEIGHT_NAME
+    if not path.is_file():
+        raise LoraError(f"LoRA not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except (SafetensorError, OSError, ValueError) as err:
+        raise LoraError(f"not a safetensors LoRA file: {path} ({err})") from None
+    return path
+
+
+def load_lora(pipe, path: str | os.PathLike, adapter_name: str) -> None:
+    """Load a diffusers-format LoRA (safetensors only) into ``pipe`` as ``adapter_name``.
+
+    Refuses a file whose tensors do not all land in the model: diffusers only warns about
+    unmatched keys, which would leave an adapter that silently does nothing.
+    """
+    path = lora_file(path)
+    state = load_file(str(path))
+    n_lora = sum(1 for k in state if _is_lora_matrix(k))
+    if n_lora == 0:
+        raise LoraError(f"no LoRA weights in {path}")
+    try:
+        pipe.load_lora_weights(state, adapter_name=adapter_name)
+    except (RuntimeError, ValueError, KeyError) as err:
+        _drop_adapter(pipe, adapter_name)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LoraError(f"LoRA {path} does not fit the model: {first}") from None
+    n_loaded = sum(2 for _ in lora_layers(_components(pipe), adapter_name))
+    if n_loaded != n_lora:
+        _drop_adapter(pipe, adapter_name)
+        raise LoraError(
+            f"LoRA {path} does not fit the model: {n_lora} LoRA matrices in the file, "
+            f"{n_loaded} placed in the model"
+        )
+
+
+def _is_lora_matrix(key: str) -> bool:
+    return key.endswith(".weight") and any(
+        tag in key for tag in ("lora_A", "lora_B", "lora.down", "lora.up", "lora_down", "lora_up")
+    )
+
+
+def _components(pipe) -> list[torch.nn.Module]:
+    return [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+
+
+def _drop_adapter(pipe, adapter_name: str) -> None:
+    # Never leave a half-loaded adapter behind in a pipeline the caller keeps using.
+    if adapter_name in pipe.get_list_adapters().get("unet", []) or any(
+        adapter_name in names for names in pipe.get_list_adapters().values()
+    ):
+        pipe.delete_adapters(adapter_name)
+
+
+def lora_layers(modules: Iterable[torch.nn.Module], adapter_name: str | None = None):
+    """PEFT LoRA layers in ``modules`` (those holding ``adapter_name``, if given)."""
+    from peft.tuners.lora import LoraLayer
+
+    for module in modules:
+        for layer in module.modules():
+            if isinstance(layer, LoraLayer) and (adapter_name is None or adapter_name in layer.lora_A):
+                yield layer
+
+
+def adapter_names(pipe) -> set[str]:
+    return {name for names in pipe.get_list_adapters().values() for name in names}
+
+
+class LoraScales:
+    """Per-sample, per-adapter LoRA scales for batched forwards of ``modules``.
+
+    Use as a context manager; inside it, ``set({"full": tensor([1., .4]), ...})`` makes sample
+    i of the next forwards use adapter ``full`` at scale 1 or .4. Every loaded adapter must be
+    active at weight 1 (``pipe.set_adapters``); adapters missing from the mapping are off (0).
+    """
+
+    def __init__(self, modules: Iterable[torch.nn.Module]):
+        self._layers = list(lora_layers(modules))
+        self._scales: dict[str, torch.Tensor | float | None] = {}
+        self._handles: list = []
+
+    @property
+    def has_lora(self) -> bool:
+        return bool(self._layers)
+
+    def set(self, scales: Mapping[str, torch.Tensor]) -> None:
+        adapters = {name for layer in self._layers for name in layer.lora_A}
+        self._scales = {}
+        for name in adapters:
+            vec = scales.get(name)
+            if vec is None:
+                self._scales[name] = 0.0
+            elif bool((vec == vec[0]).all()):
+                # one scale for the whole batch: skip the hook at 1 (bit-exact with stock
+                # diffusers), else a scalar multiply
+                value = float(vec[0])
+                self._scales[name] = None if value == 1.0 else value
+            else:
+                self._scales[name] = vec
+
+    def _hook(self, name: str):
+        def hook(module, args, out):
+            scale = self._scales.get(name)
+            if scale is None:
+                return None
+            if isinstance(scale, float):
+                return out * scale
+            if out.shape[0] != scale.shape[0]:
+                raise RuntimeError(
+                    f"LoRA scale vector has {scale.shape[0]} entries, batch has {out.shape[0]}"
+                )
+            return out * scale.to(out.dtype).view(-1, *([1] * (out.dim() - 1)))
+
+        return hook
+
+    def __enter__(self):
+        for layer in self._layers:
+            for name, module in layer.lora_A.items():
+                self._handles.append(module.register_forward_hook(self._hook(name)))
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._scales = {}
+        return False
+
+
+def random_lora(
+    pipe,
+    out: str | os.PathLike,
+    rank: int = 4,
+    std: float = 0.1,
+    seed: int = 0,
+    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0"),
+) -> Path:
+    """Write a seeded random UNet LoRA in diffusers format (for tests and the pre-training demo).
+
+    Unlike a freshly initialised LoRA (lora_B = 0), both matrices are random, so it changes the
+    model's output by an amount set by ``std``.
+    """
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=True, target_modules=list(target_modules))
+    name = "_random_lora"
+    pipe.unet.add_adapter(config, adapter_name=name)
+    try:
+        gen = torch.Generator("cpu").manual_seed(seed)
+        for layer in lora_layers([pipe.unet], name):
+            for mat in (layer.lora_A[name].weight, layer.lora_B[name].weight):
+                mat.data.copy_(torch.randn(mat.shape, generator=gen) * std)
+        state = get_peft_model_state_dict(pipe.unet, adapter_name=name)
+    finally:
+        pipe.unet.delete_adapters(name)
+    out = Path(out)
+    StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=state, safe_serialization=True)
+    return out / LORA_WEIGHT_NAME

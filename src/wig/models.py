@@ -1,0 +1,82 @@
+"""Loading text-to-image pipelines: one path for real checkpoints and tiny twins alike."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from wig.guidance import FULL, WEAK
+from wig.lora import LoraError, load_lora
+
+
+class ModelError(ValueError):
+    """A model that cannot be found or loaded."""
+
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` is float32 on the CPU and float16 on a GPU."""
+    if dtype == "auto":
+        return torch.float32 if device.type == "cpu" else torch.float16
+    if dtype not in DTYPES:
+        raise ModelError(f"unknown dtype {dtype!r}; choose from auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_pipeline(
+    name_or_path: str,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+    scheduler: str = "ddim",
+):
+    """``DiffusionPipeline.from_pretrained`` plus the checks and settings wig relies on.
+
+    ``scheduler="ddim"`` swaps in a DDIMScheduler built from the checkpoint's scheduler config
+    (the sampler the paper uses); ``"model"`` keeps the checkpoint's own.
+    """
+    from diffusers import DDIMScheduler, DiffusionPipeline
+
+    device = resolve_device(device) if isinstance(device, str) else device
+    dtype = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype
+    path = Path(name_or_path)
+    if not path.exists() and (path.is_absolute() or name_or_path.startswith(".") or name_or_path.count("/") != 1):
+        raise ModelError(f"model not found: {name_or_path}")
+    if path.exists() and not (path / "model_index.json").is_file():
+        raise ModelError(f"not a diffusers pipeline folder (no model_index.json): {name_or_path}")
+    try:
+        pipe = DiffusionPipeline.from_pretrained(name_or_path, dtype=dtype, safety_checker=None)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"cannot load model {name_or_path}: {first}") from None
+    if scheduler == "ddim":
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    elif scheduler != "model":
+        raise ModelError(f"unknown scheduler {scheduler!r}; choose ddim or model")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def attach_loras(pipe, lora: str | os.PathLike | None = None, weak_lora: str | os.PathLike | None = None) -> None:
+    """Load the fine-tuned LoRA as adapter ``full`` and the weak checkpoint as ``weak``.
+
+    Both stay active at weight 1: per-branch scales come from `wig.lora.LoraScales`.
+    """
+    names = []
+    for path, name in ((lora, FULL), (weak_lora, WEAK)):
+        if path is not None:
+            load_lora(pipe, path, name)
+            names.append(name)
+    if weak_lora is not None and lora is None:
+        raise LoraError("a weak LoRA needs the full LoRA too (--lora)")
+    if names:
+        pipe.set_adapters(names, adapter_weights=[1.0] * len(names))

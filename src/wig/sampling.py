@@ -1,0 +1,178 @@
+"""The guidance sampler: every branch of a step in ONE batched forward.
+
+For P images and K branches the batch is branch-major, ``[branch 0 × P, branch 1 × P, …]``,
+the layout stock diffusers uses for CFG (``[uncond × P, cond × P]``), so `cfg` reproduces
+``StableDiffusionPipeline.__call__`` operation for operation. LoRA branches differ only in
+per-sample adapter scales (`wig.lora.LoraScales`): no second UNet is held in memory.
+
+Usable from plain diffusers code::
+
+    pipe = StableDiffusionPipeline.from_pretrained(...)
+    pipe.load_lora_weights(path, adapter_name="full")
+    images = sample(pipe, ["a sks dog on the beach"], Guidance("pg", scale=7.5, omega=0.0),
+                    generators=[torch.Generator("cpu").manual_seed(0)])
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+from tqdm.auto import tqdm
+
+from wig.guidance import FULL, WEAK, Branch, Guidance
+from wig.lora import LoraScales, adapter_names
+
+
+class SamplingError(ValueError):
+    """A request the sampler cannot honour (method needs a LoRA, scheduler lacks DDIM, …)."""
+
+
+@dataclass
+class Request:
+    prompts: list[str]
+    generators: list[torch.Generator]
+    negative_prompt: str = ""
+    steps: int = 50
+    height: int | None = None
+    width: int | None = None
+    eta: float = 0.0
+
+
+def _check(pipe, guidance: Guidance, request: Request) -> None:
+    if len(request.prompts) != len(request.generators):
+        raise SamplingError(
+            f"{len(request.prompts)} prompts but {len(request.generators)} generators: one generator per image"
+        )
+    if request.steps < 1:
+        raise SamplingError(f"steps must be ≥ 1, got {request.steps}")
+    loaded = adapter_names(pipe)
+    if guidance.uses_lora and FULL not in loaded:
+        raise SamplingError(f"method {guidance.method} needs a fine-tuned LoRA loaded as adapter {FULL!r} (--lora)")
+    if guidance.method == "ag" and guidance.weak == "lora" and WEAK not in loaded:
+        raise SamplingError(f"ag with weak=lora needs the weak LoRA loaded as adapter {WEAK!r} (--weak-lora)")
+    if guidance.renoise_with_uncond and not hasattr(pipe.scheduler, "alphas_cumprod"):
+        raise SamplingError(f"{guidance.method} needs a DDIM scheduler, got {type(pipe.scheduler).__name__}")
+
+
+def _branch_scales(branches: Sequence[Branch], n: int, device) -> dict[str, torch.Tensor]:
+    """Per-sample scale vectors, branch-major, for every adapter a branch names."""
+    names = {name for b in branches for name in b.scales}
+    return {
+        name: torch.tensor([b.scales.get(name, 0.0) for b in branches for _ in range(n)], device=device)
+        for name in names
+    }
+
+
+@torch.no_grad()
+def encode_text(pipe, texts: list[str], scales: LoraScales, branch: Branch) -> torch.Tensor:
+    """Text embeddings as ``StableDiffusionPipeline.encode_prompt`` computes them, under the
+    branch's LoRA scales (which matter only when the text encoder carries a LoRA)."""
+    tok = pipe.tokenizer(
+        texts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    )
+    device = pipe.text_encoder.device
+    mask = tok.attention_mask.to(device) if getattr(pipe.text_encoder.config, "use_attention_mask", False) else None
+    scales.set(_branch_scales([branch], len(texts), device))
+    embeds = pipe.text_encoder(tok.input_ids.to(device), attention_mask=mask)[0]
+    return embeds.to(dtype=pipe.text_encoder.dtype, device=device)
+
+
+def _ddim_pp_step(scheduler, guided: torch.Tensor, renoise: torch.Tensor, t, x: torch.Tensor) -> torch.Tensor:
+    """Deterministic DDIM update with x̂0 from ``guided`` and re-noising with ``renoise``.
+
+    Same timestep arithmetic as ``DDIMScheduler.step`` (η = 0); the only change is which
+    prediction supplies the noise direction (CFG++, Chung et al. 2024, Alg. 1).
+    """
+    cfg = scheduler.config
+    prev_t = t - cfg.num_train_timesteps // scheduler.num_inference_steps
+    a_t = scheduler.alphas_cumprod[t]
+    a_prev = scheduler.alphas_cumprod[prev_t] if prev_t >= 0 else scheduler.final_alpha_cumprod
+    x0, _ = _x0_eps(guided, x, a_t, cfg.prediction_type)
+    _, eps = _x0_eps(renoise, x, a_t, cfg.prediction_type)
+    if cfg.clip_sample:
+        x0 = x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
+    return a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
+
+
+def _x0_eps(pred: torch.Tensor, x: torch.Tensor, a_t, prediction_type: str):
+    if prediction_type == "epsilon":
+        return (x - (1 - a_t) ** 0.5 * pred) / a_t**0.5, pred
+    if prediction_type == "v_prediction":
+        return a_t**0.5 * x - (1 - a_t) ** 0.5 * pred, a_t**0.5 * pred + (1 - a_t) ** 0.5 * x
+    if prediction_type == "sample":
+        return pred, (x - a_t**0.5 * pred) / (1 - a_t) ** 0.5
+    raise SamplingError(f"unsupported prediction type {prediction_type!r}")
+
+
+@torch.no_grad()
+def sample_latents(pipe, guidance: Guidance, request: Request, progress: bool = True) -> torch.Tensor:
+    """Run the guided reverse process; returns the final latents (P, C, h, w)."""
+    _check(pipe, guidance, request)
+    unet, scheduler = pipe.unet, pipe.scheduler
+    device = unet.device
+    branches = guidance.branches()
+    n = len(request.prompts)
+    height = request.height or unet.config.sample_size * pipe.vae_scale_factor
+    width = request.width or unet.config.sample_size * pipe.vae_scale_factor
+
+    with LoraScales([pipe.text_encoder]) as text_scales:
+        # one encoder pass per distinct text condition (and per scale set if the text encoder has a LoRA)
+        cache: dict = {}
+        embeds = []
+        for b in branches:
+            key = (b.cond, tuple(sorted(b.scales.items())) if text_scales.has_lora else None)
+            if key not in cache:
+                texts = request.prompts if b.cond else [request.negative_prompt] * n
+                cache[key] = encode_text(pipe, texts, text_scales, b)
+            embeds.append(cache[key])
+    embeds = torch.cat(embeds)
+
+    scheduler.set_timesteps(request.steps, device=device)
+    shape = (n, unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+    latents = randn_tensor(shape, generator=request.generators, device=device, dtype=embeds.dtype)
+    latents = latents * scheduler.init_noise_sigma
+    step_kwargs = {}
+    step_params = set(inspect.signature(scheduler.step).parameters)
+    if "eta" in step_params:
+        step_kwargs["eta"] = request.eta
+    if "generator" in step_params:
+        step_kwargs["generator"] = request.generators
+
+    k = len(branches)
+    with LoraScales([unet]) as unet_scales:
+        unet_scales.set(_branch_scales(branches, n, device))
+        for t in tqdm(scheduler.timesteps, desc=f"{guidance.method}", disable=not progress, leave=False):
+            x_in = torch.cat([latents] * k) if k > 1 else latents
+            x_in = scheduler.scale_model_input(x_in, t)
+            out = unet(x_in, t, encoder_hidden_states=embeds, return_dict=False)[0]
+            guided, renoise = guidance.combine(out.chunk(k))
+            if renoise is guided:
+                latents = scheduler.step(guided, t, latents, **step_kwargs, return_dict=False)[0]
+            else:
+                latents = _ddim_pp_step(scheduler, guided, renoise, t, latents)
+    return latents
+
+
+@torch.no_grad()
+def decode(pipe, latents: torch.Tensor, output_type: str = "pil"):
+    """Latents → images exactly as the stock pipeline post-processes them."""
+    image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+    return pipe.image_processor.postprocess(image, output_type=output_type, do_denormalize=[True] * len(image))
+
+
+def sample(
+    pipe,
+    prompts: Sequence[str],
+    guidance: Guidance,
+    generators: Sequence[torch.Generator],
+    progress: bool = True,
+    output_type: str = "pil",
+    **kwargs,
+):
+    """Guided images for ``prompts``, one generator per image. ``kwargs``: see `Request`."""
+    request = Request(prompts=list(prompts), generators=list(generators), **kwargs)
+    return decode(pipe, sample_latents(pipe, guidance, request, progress=progress), output_type)
