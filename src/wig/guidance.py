@@ -25,6 +25,8 @@ from typing import Mapping, Sequence
 
 import torch
 
+from wig.errors import WigError
+
 FULL = "full"  # adapter name of the fine-tuned LoRA (θ' = θ + ΔW)
 WEAK = "weak"  # adapter name of the weak (early) LoRA checkpoint used by AG
 
@@ -55,14 +57,14 @@ class Guidance:
 
     def __post_init__(self):
         if self.method not in METHODS:
-            raise ValueError(f"unknown guidance method {self.method!r}; choose from {', '.join(METHODS)}")
+            raise WigError(f"unknown guidance method {self.method!r}; choose from {', '.join(METHODS)}")
         if not 0.0 <= self.omega <= 1.0 or math.isnan(self.omega):
-            raise ValueError(f"omega must lie in [0, 1], got {self.omega}")
+            raise WigError(f"omega must lie in [0, 1], got {self.omega}")
         for name in ("scale", "ag_scale"):
             if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
+                raise WigError(f"{name} must be finite, got {getattr(self, name)}")
         if self.weak not in ("pretrained", "lora"):
-            raise ValueError(f"weak must be 'pretrained' or 'lora', got {self.weak!r}")
+            raise WigError(f"weak must be 'pretrained' or 'lora', got {self.weak!r}")
 
     @property
     def renoise_with_uncond(self) -> bool:

@@ -17,10 +17,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
+from wig.errors import WigError
+
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 
-class LoraError(ValueError):
+class LoraError(WigError):
     """A LoRA file that cannot be used with the model at hand."""
 
 

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import torch
 
+from wig.errors import WigError
 from wig.guidance import FULL, WEAK
 from wig.lora import LoraError, load_lora
 
 
-class ModelError(ValueError):
+class ModelError(WigError):
     """A model that cannot be found or loaded."""
 
 

@@ -23,11 +23,12 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
+from wig.errors import WigError
 from wig.guidance import FULL, WEAK, Branch, Guidance
 from wig.lora import LoraScales, adapter_names
 
 
-class SamplingError(ValueError):
+class SamplingError(WigError):
     """A request the sampler cannot honour (method needs a LoRA, scheduler lacks DDIM, …)."""
 
 

@@ -15,13 +15,15 @@ from pathlib import Path
 
 import torch
 
+from wig.errors import WigError
+
 FAMILIES = ("sd",)
 
 
 def default_config(family: str) -> dict:
     """The shipped config of a twin (``src/wig/configs/tiny_<family>.json``)."""
     if family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; choose from {', '.join(FAMILIES)}")
+        raise WigError(f"unknown model family {family!r}; choose from {', '.join(FAMILIES)}")
     text = resources.files("wig.configs").joinpath(f"tiny_{family}.json").read_text()
     return json.loads(text)
 

@@ -1,0 +1,221 @@
+"""`wig` command line: build tiny twins, write demo LoRAs, generate guided images."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from wig.errors import WigError
+from wig.guidance import METHODS
+
+
+def _add_runtime(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, …")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "float16", "bfloat16"),
+        help="weights/activations dtype; auto = float32 on CPU, float16 on GPU",
+    )
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wig",
+        description="Personalization guidance for text-to-image diffusion models (PG, CFG, AG, CFG++).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "build-tiny",
+        help="build a tiny random-init twin of a model family and save it with save_pretrained",
+        description="Build a seeded random-init twin (same classes and layout as the real checkpoint) "
+        "that stock diffusers loads with from_pretrained. Same seed → byte-identical files.",
+    )
+    p.add_argument("--family", required=True, choices=("sd",), help="model family: sd = Stable-Diffusion style")
+    p.add_argument("--out", required=True, type=Path, help="output folder (a diffusers pipeline folder)")
+    p.add_argument("--seed", type=int, default=None, help="init seed (default: the config's)")
+    p.add_argument("--config", type=Path, default=None, help="JSON config replacing the shipped tiny config")
+
+    p = sub.add_parser(
+        "random-lora",
+        help="write a seeded random UNet LoRA in diffusers format (tests, pre-training demo)",
+        description="Write pytorch_lora_weights.safetensors with random A and B matrices, so that "
+        "it visibly changes the model's output. A stand-in for a trained LoRA, never a result.",
+    )
+    p.add_argument("--model", required=True, help="diffusers model folder or hub name")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--rank", type=int, default=4, help="LoRA rank (default 4)")
+    p.add_argument("--std", type=float, default=0.1, help="std of the random A and B entries (default 0.1)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+
+    p = sub.add_parser(
+        "generate",
+        help="generate images with a guidance method",
+        description="Sample images with none/cfg/pg/ag/cfgpp/pgpp guidance. All branches of a step run as "
+        "one batched forward with per-sample LoRA scales. Prompts and seeds pair up one to one; a single "
+        "prompt or seed is repeated to the other's length. Image i starts from the latent stock diffusers "
+        "draws with generator=torch.Generator('cpu').manual_seed(seed_i).",
+    )
+    p.add_argument("--model", required=True, help="diffusers model folder or hub name (HF_HUB_OFFLINE is honoured)")
+    p.add_argument("--lora", type=Path, help="fine-tuned LoRA: folder with pytorch_lora_weights.safetensors, or the file")
+    p.add_argument("--weak-lora", type=Path, help="weak (early) LoRA checkpoint for ag; without it ag's weak model is the pretrained one")
+    p.add_argument("--method", required=True, choices=METHODS, help="guidance method")
+    p.add_argument("--scale", type=float, default=7.5, help="guidance scale λ (default 7.5)")
+    p.add_argument("--omega", type=float, default=1.0, help="pg/pgpp weak-model weight ω in [0, 1] (default 1 = cfg)")
+    p.add_argument("--ag-scale", type=float, default=2.0, help="autoguidance scale λ_ag (default 2.0)")
+    p.add_argument("--prompt", required=True, action="append", help="prompt (repeat for a batch)")
+    p.add_argument("--negative-prompt", default="", help="negative prompt for the ∅ branch (default empty)")
+    p.add_argument("--seed", type=int, action="append", required=True, help="seed (repeat for a batch)")
+    p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
+    p.add_argument("--height", type=int, default=None, help="image height (default: the model's)")
+    p.add_argument("--width", type=int, default=None, help="image width (default: the model's)")
+    p.add_argument("--scheduler", default="ddim", choices=("ddim", "model"), help="ddim (default) or the model's own scheduler")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output PNG; with several images a pattern with {index} and/or {seed}, e.g. out/{index:02d}.png",
+    )
+    _add_runtime(p)
+    return parser
+
+
+def _cmd_build_tiny(args) -> None:
+    from wig.tiny import BUILDERS, default_config
+
+    if args.config is not None:
+        try:
+            config = json.loads(args.config.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise WigError(f"cannot read tiny-model config {args.config}: {err}") from None
+    else:
+        config = default_config(args.family)
+    _atomic_dir(args.out, lambda tmp: BUILDERS[args.family](tmp, config=config, seed=args.seed))
+
+
+def _cmd_random_lora(args) -> None:
+    from wig.lora import random_lora
+    from wig.models import load_pipeline
+
+    pipe = load_pipeline(args.model, device="cpu", dtype="float32")
+    _atomic_dir(args.out, lambda tmp: random_lora(pipe, tmp, rank=args.rank, std=args.std, seed=args.seed))
+
+
+def _atomic_dir(out: Path, write) -> None:
+    """Write a folder next to ``out`` and rename it into place: a crash leaves no half folder."""
+    if out.exists() and any(out.iterdir()):
+        raise WigError(f"output folder exists and is not empty: {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        write(tmp)
+        if out.exists():
+            out.rmdir()
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _pair(prompts: list[str], seeds: list[int]) -> tuple[list[str], list[int]]:
+    if len(prompts) == 1:
+        prompts = prompts * len(seeds)
+    if len(seeds) == 1:
+        seeds = seeds * len(prompts)
+    if len(prompts) != len(seeds):
+        raise WigError(f"{len(prompts)} prompts and {len(seeds)} seeds: give one, or as many of each")
+    return prompts, seeds
+
+
+def _out_paths(pattern: str, seeds: list[int]) -> list[Path]:
+    if not pattern.lower().endswith(".png"):
+        raise WigError(f"--out must be a .png path, got {pattern}")
+    if len(seeds) > 1 and "{" not in pattern:
+        raise WigError(f"{len(seeds)} images need an --out pattern with {{index}} or {{seed}}, got {pattern}")
+    try:
+        paths = [Path(pattern.format(index=i, seed=s)) for i, s in enumerate(seeds)]
+    except (KeyError, IndexError, ValueError) as err:
+        raise WigError(f"bad --out pattern {pattern!r}: {err}") from None
+    if len(set(paths)) != len(paths):
+        raise WigError(f"--out pattern {pattern!r} gives the same file to several images")
+    return paths
+
+
+def _cmd_generate(args) -> None:
+    import torch
+    from PIL.PngImagePlugin import PngInfo
+
+    from wig.guidance import Guidance
+    from wig.models import attach_loras, load_pipeline
+    from wig.sampling import sample
+
+    from wig.lora import lora_file
+
+    prompts, seeds = _pair(args.prompt, args.seed)
+    paths = _out_paths(args.out, seeds)
+    for path in (args.lora, args.weak_lora):
+        if path is not None:
+            lora_file(path)  # fail before the model load
+    guidance = Guidance(
+        args.method,
+        scale=args.scale,
+        omega=args.omega,
+        ag_scale=args.ag_scale,
+        weak="lora" if args.weak_lora else "pretrained",
+    )
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, scheduler=args.scheduler)
+    attach_loras(pipe, args.lora, args.weak_lora)
+    images = sample(
+        pipe,
+        prompts,
+        guidance,
+        generators=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+        negative_prompt=args.negative_prompt,
+        steps=args.steps,
+        height=args.height,
+        width=args.width,
+        progress=not args.quiet,
+    )
+    for image, path, prompt, seed in zip(images, paths, prompts, seeds):
+        info = PngInfo()
+        meta = {"prompt": prompt, "seed": seed, "method": args.method, "scale": args.scale, "omega": args.omega,
+                "ag_scale": args.ag_scale, "steps": args.steps, "model": str(args.model)}
+        info.add_text("wig", json.dumps(meta))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        image.save(tmp, format="PNG", pnginfo=info)
+        os.replace(tmp, path)
+
+
+COMMANDS = {"build-tiny": _cmd_build_tiny, "random-lora": _cmd_random_lora, "generate": _cmd_generate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # library chatter (loading bars, "no text-encoder LoRA keys" notes) would bury our one-line
+    # errors and the sampling progress bar
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    for log in (dlog, tlog):
+        log.set_verbosity_error()
+        log.disable_progress_bar()
+    try:
+        COMMANDS[args.command](args)
+    except WigError as err:
+        print(f"wig {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

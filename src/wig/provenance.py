@@ -1,0 +1,26 @@
+"""What a job's result depends on besides its inputs: library code and package versions.
+
+Rules pass ``code_hash(...)`` of the modules a job runs through ``params:``, so Snakemake's
+params rerun trigger sees a code change in exactly the stages that run that code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from importlib import metadata
+
+
+def code_hash(*modules: str) -> str:
+    """sha256 (16 hex) over the source of the named ``wig`` modules, e.g. ``"guidance"``."""
+    digest = hashlib.sha256()
+    for name in sorted(set(modules)):
+        module = importlib.import_module(f"wig.{name}")
+        digest.update(name.encode() + b"\0")
+        with open(module.__file__, "rb") as fh:
+            digest.update(fh.read())
+    return digest.hexdigest()[:16]
+
+
+def versions(packages=("torch", "diffusers", "transformers", "peft", "wig")) -> dict[str, str]:
+    return {name: metadata.version(name) for name in packages}

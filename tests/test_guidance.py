@@ -1,0 +1,74 @@
+"""Guidance as data: branches and combinations, checked against the formulas."""
+
+import pytest
+import torch
+
+from wig.errors import WigError
+from wig.guidance import FULL, METHODS, WEAK, Branch, Guidance
+
+
+def _outs(k, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(2, 4, 3, 3, generator=g) for _ in range(k)]
+
+
+def test_branches_follow_the_table():
+    assert Guidance("none").branches() == [Branch(True, {FULL: 1.0})]
+    assert Guidance("cfg").branches() == [Branch(False, {FULL: 1.0}), Branch(True, {FULL: 1.0})]
+    assert Guidance("pg", omega=0.3).branches() == [Branch(False, {FULL: 0.3}), Branch(True, {FULL: 1.0})]
+    assert Guidance("pgpp", omega=0.0).branches() == [Branch(False, {FULL: 0.0}), Branch(True, {FULL: 1.0})]
+    assert Guidance("ag").branches()[2] == Branch(True, {FULL: 0.0})
+    assert Guidance("ag", weak="lora").branches()[2] == Branch(True, {FULL: 0.0, WEAK: 1.0})
+
+
+def test_pg_at_omega_one_is_cfg():
+    assert Guidance("pg", omega=1.0).branches() == Guidance("cfg").branches()
+    assert Guidance("pgpp", omega=1.0).branches() == Guidance("cfgpp").branches()
+
+
+@pytest.mark.parametrize("method", ["cfg", "pg", "cfgpp", "pgpp"])
+def test_two_branch_combination(method):
+    e_u, e_c = _outs(2)
+    guided, renoise = Guidance(method, scale=5.0, omega=0.5).combine([e_u, e_c])
+    torch.testing.assert_close(guided, e_u + 5.0 * (e_c - e_u), rtol=0, atol=0)
+    assert renoise is (e_u if method.endswith("pp") else guided)
+
+
+def test_ag_combination():
+    e_u, e_c, e_w = _outs(3)
+    guided, renoise = Guidance("ag", scale=7.5, ag_scale=2.0).combine([e_u, e_c, e_w])
+    expected = e_u + 7.5 * (e_c - e_u) + 1.0 * (e_c - e_w)
+    torch.testing.assert_close(guided, expected, rtol=1e-6, atol=1e-6)
+    assert renoise is guided
+
+
+def test_none_is_the_conditional_prediction():
+    (e_c,) = _outs(1)
+    guided, renoise = Guidance("none", scale=9.0).combine([e_c])
+    assert guided is e_c and renoise is e_c
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_combination_weights_sum_to_one(method):
+    # a prediction shared by every branch passes through unchanged: the weights sum to 1,
+    # which is why the same combination is valid for ε, v and x0 predictions
+    g = Guidance(method, scale=6.0, ag_scale=3.0, omega=0.2)
+    x = _outs(1, seed=3)[0]
+    guided, _ = g.combine([x] * len(g.branches()))
+    torch.testing.assert_close(guided, x, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        ({"method": "foo"}, "unknown guidance method 'foo'"),
+        ({"method": "pg", "omega": 1.5}, "omega must lie in [0, 1]"),
+        ({"method": "pg", "omega": -0.1}, "omega must lie in [0, 1]"),
+        ({"method": "pg", "omega": float("nan")}, "omega"),
+        ({"method": "cfg", "scale": float("inf")}, "scale must be finite"),
+        ({"method": "ag", "weak": "early"}, "weak must be"),
+    ],
+)
+def test_bad_settings_are_refused(kwargs, key):
+    with pytest.raises(WigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        Guidance(**kwargs)

@@ -1,0 +1,212 @@
+"""The sampler against stock diffusers and against hand-written reference loops.
+
+The references below never touch `wig.sampling`: they encode with diffusers'
+``encode_prompt``, draw noise with diffusers' ``randn_tensor`` and run each branch as its own
+UNet pass (or its own UNet), which is exactly what the batched per-sample-scale forward claims
+to reproduce.
+"""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.utils.torch_utils import randn_tensor
+from safetensors.torch import load_file
+
+from conftest import H, PROMPTS, SEEDS, STEPS, W, generators, to_uint8
+from wig.guidance import Guidance
+from wig.models import attach_loras, load_pipeline
+from wig.sampling import Request, SamplingError, decode, sample, sample_latents
+
+LAMBDA = 7.5
+
+
+@pytest.fixture(scope="module")
+def base(tiny_sd):
+    return load_pipeline(str(tiny_sd), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def tuned(tiny_sd, lora_path, weak_lora_path):
+    pipe = load_pipeline(str(tiny_sd), device="cpu", dtype="float32")
+    attach_loras(pipe, lora_path, weak_lora_path)
+    return pipe
+
+
+def _stock(tiny_sd, lora=None):
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd), safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    if lora is not None:
+        pipe.load_lora_weights(str(lora))
+    return pipe
+
+
+def _latents(pipe, guidance, **kw):
+    request = Request(prompts=PROMPTS, generators=generators(), steps=STEPS, height=H, width=W, **kw)
+    return sample_latents(pipe, guidance, request, progress=False)
+
+
+def _reference_loop(pipe, branch_fns, combine, renoise_uncond=False):
+    """Each branch a separate UNet call: branch_fns[i](x, t, cond_embeds, uncond_embeds) -> prediction."""
+    cond, uncond = pipe.encode_prompt(PROMPTS, "cpu", 1, True, negative_prompt=[""] * len(PROMPTS))
+    sched = copy.deepcopy(pipe.scheduler)
+    sched.set_timesteps(STEPS)
+    x = randn_tensor((len(PROMPTS), 4, H // 2, W // 2), generator=generators(), dtype=cond.dtype)
+    x = x * sched.init_noise_sigma
+    for t in sched.timesteps:
+        outs = [fn(x, t, cond, uncond) for fn in branch_fns]
+        guided = combine(*outs)
+        if not renoise_uncond:
+            x = sched.step(guided, t, x, return_dict=False)[0]
+        else:  # CFG++ DDIM (Chung et al. 2024): x̂0 from the guided noise, re-noise with e_u
+            prev = t - sched.config.num_train_timesteps // sched.num_inference_steps
+            a_t = sched.alphas_cumprod[t]
+            a_prev = sched.alphas_cumprod[prev] if prev >= 0 else sched.final_alpha_cumprod
+            x0 = (x - (1 - a_t).sqrt() * guided) / a_t.sqrt()
+            x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * outs[0]
+    return x
+
+
+def _unet_call(unet, cond: bool, adapters=None):
+    def fn(x, t, c, u):
+        if adapters is None:
+            unet.disable_adapters()
+        else:
+            unet.enable_adapters()
+            unet.set_adapters(adapters)
+        try:
+            return unet(x, t, encoder_hidden_states=c if cond else u, return_dict=False)[0]
+        finally:
+            unet.enable_adapters()
+            unet.set_adapters(["full", "weak"], weights=[1.0, 1.0])
+
+    return fn
+
+
+def _materialised_unet(model_dir, lora_file, omega):
+    """A separate UNet with weights θ + ω·B·A written into its Linear weights (no PEFT)."""
+    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet")
+    state = load_file(str(lora_file))
+    modules = dict(unet.named_modules())
+    n = 0
+    for key, a in state.items():
+        if ".lora_A." not in key:
+            continue
+        b = state[key.replace(".lora_A.", ".lora_B.")]
+        name = key.removeprefix("unet.").removesuffix(".lora_A.weight")
+        modules[name].weight.data += omega * (b @ a)  # our random LoRAs have alpha = rank: scaling 1
+        n += 1
+    assert n > 0 and not any("alpha" in k for k in state)
+    return unet
+
+
+# --- against stock diffusers ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("with_lora", [False, True], ids=["base", "lora"])
+def test_cfg_equals_stock_pipeline(tiny_sd, lora_path, base, tuned, with_lora):
+    pipe = tuned if with_lora else base
+    guidance = Guidance("cfg", scale=LAMBDA)
+    # `tuned` also holds the weak adapter; cfg's branches set it to 0, which must be exact
+    ours = sample(pipe, PROMPTS, guidance, generators(), steps=STEPS, height=H, width=W, progress=False)
+    stock = _stock(tiny_sd, lora_path if with_lora else None)
+    ref = stock(PROMPTS, guidance_scale=LAMBDA, num_inference_steps=STEPS, height=H, width=W, generator=generators()).images
+    assert np.abs(to_uint8(ours) - to_uint8(ref)).max() <= 1
+
+
+def test_lora_changes_the_image(base, tuned):
+    a = decode(base, _latents(base, Guidance("cfg")), "np")
+    b = decode(tuned, _latents(tuned, Guidance("cfg")), "np")
+    assert np.abs(a - b).mean() > 0.02  # mean pixel change > 2 % of the range
+
+
+def test_none_equals_stock_pipeline_without_guidance(tiny_sd, base):
+    # stock diffusers skips CFG at guidance_scale = 1: one conditional pass, like `none`
+    ours = sample(base, PROMPTS, Guidance("none"), generators(), steps=STEPS, height=H, width=W, progress=False)
+    ref = _stock(tiny_sd)(PROMPTS, guidance_scale=1.0, num_inference_steps=STEPS, height=H, width=W, generator=generators())
+    assert np.abs(to_uint8(ours) - to_uint8(ref.images)).max() <= 1
+
+
+# --- PG ----------------------------------------------------------------------------------
+
+
+def test_pg_omega_one_equals_cfg_exactly(tuned):
+    assert torch.equal(_latents(tuned, Guidance("pg", LAMBDA, omega=1.0)), _latents(tuned, Guidance("cfg", LAMBDA)))
+
+
+def test_pg_omega_zero_uses_the_pretrained_weak_branch(tuned):
+    ours = _latents(tuned, Guidance("pg", LAMBDA, omega=0.0))
+    unet = tuned.unet
+    ref = _reference_loop(
+        tuned,
+        [_unet_call(unet, cond=False, adapters=None), _unet_call(unet, cond=True, adapters=["full"])],
+        lambda u, c: u + LAMBDA * (c - u),
+    )
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+    assert (ours - _latents(tuned, Guidance("cfg", LAMBDA))).abs().max() > 1e-2  # ω matters
+
+
+def test_pg_omega_interpolates_weights(tiny_sd, tuned, lora_path):
+    omega = 0.4
+    ours = _latents(tuned, Guidance("pg", LAMBDA, omega=omega))
+    weak_unet = _materialised_unet(tiny_sd, lora_path, omega)
+    ref = _reference_loop(
+        tuned,
+        [
+            lambda x, t, c, u: weak_unet(x, t, encoder_hidden_states=u, return_dict=False)[0],
+            _unet_call(tuned.unet, cond=True, adapters=["full"]),
+        ],
+        lambda u, c: u + LAMBDA * (c - u),
+    )
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+    others = [_latents(tuned, Guidance("pg", LAMBDA, omega=w)) for w in (0.0, 1.0)]
+    assert all((ours - o).abs().max() > 1e-2 for o in others)
+
+
+# --- AG and CFG++ ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("weak", ["pretrained", "lora"])
+def test_ag_equals_three_separate_passes(tuned, weak):
+    lam, lam_ag = 3.0, 2.5
+    ours = _latents(tuned, Guidance("ag", lam, ag_scale=lam_ag, weak=weak))
+    unet = tuned.unet
+    weak_fn = _unet_call(unet, True, adapters=None if weak == "pretrained" else ["weak"])
+    ref = _reference_loop(
+        tuned,
+        [_unet_call(unet, False, ["full"]), _unet_call(unet, True, ["full"]), weak_fn],
+        lambda u, c, w: u + lam * (c - u) + (lam_ag - 1) * (c - w),
+    )
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["cfgpp", "pgpp"])
+def test_cfgpp_equals_the_cfgpp_ddim_update(tuned, method):
+    lam = 0.6  # CFG++ works with λ in [0, 1]
+    ours = _latents(tuned, Guidance(method, lam, omega=0.0))
+    unet = tuned.unet
+    ref = _reference_loop(
+        tuned,
+        [_unet_call(unet, False, ["full"] if method == "cfgpp" else None), _unet_call(unet, True, ["full"])],
+        lambda u, c: u + lam * (c - u),
+        renoise_uncond=True,
+    )
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+    plain = _latents(tuned, Guidance(method.removesuffix("pp"), lam, omega=0.0))
+    assert (ours - plain).abs().max() > 1e-3  # the re-noising differs from plain DDIM
+
+
+# --- refusals ----------------------------------------------------------------------------
+
+
+def test_methods_that_need_a_lora_refuse_without_one(base):
+    for g in (Guidance("pg", omega=0.0), Guidance("pgpp"), Guidance("ag")):
+        with pytest.raises(SamplingError, match="needs a fine-tuned LoRA"):
+            _latents(base, g)
+
+
+def test_prompt_and_generator_counts_must_match(base):
+    with pytest.raises(SamplingError, match="one generator per image"):
+        sample_latents(base, Guidance("cfg"), Request(prompts=PROMPTS, generators=generators([1])), progress=False)
