@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as tlog
 
     for log in (dlog, tlog):
-        log.set_verbosity_error()
+        log.set_verbosity(log.CRITICAL)
         log.disable_progress_bar()
     try:
         COMMANDS[args.command](args)

@@ -52,11 +52,12 @@ def load_lora(pipe, path: str | os.PathLike, adapter_name: str) -> None:
     n_lora = sum(1 for k in state if _is_lora_matrix(k))
     if n_lora == 0:
         raise LoraError(f"no LoRA weights in {path}")
+    _check_fits(pipe, state, path)
     try:
         pipe.load_lora_weights(state, adapter_name=adapter_name)
     except (RuntimeError, ValueError, KeyError) as err:
         _drop_adapter(pipe, adapter_name)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
         raise LoraError(f"LoRA {path} does not fit the model: {first}") from None
     n_loaded = sum(2 for _ in lora_layers(_components(pipe), adapter_name))
     if n_loaded != n_lora:
@@ -64,6 +65,36 @@ def load_lora(pipe, path: str | os.PathLike, adapter_name: str) -> None:
         raise LoraError(
             f"LoRA {path} does not fit the model: {n_lora} LoRA matrices in the file, "
             f"{n_loaded} placed in the model"
+        )
+
+
+def _check_fits(pipe, state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Name the first key of a diffusers/PEFT-format LoRA that misses or mismatches its layer.
+
+    (Other formats, e.g. kohya's, are converted by diffusers and checked by the count above.)
+    """
+    missing = []
+    for key, tensor in state.items():
+        component, _, rest = key.partition(".")
+        if ".lora_A." not in rest and ".lora_B." not in rest:
+            continue
+        module_name, kind = rest.rsplit(".lora_", 1)
+        model = getattr(pipe, component, None)
+        layer = dict(model.named_modules()).get(module_name) if isinstance(model, torch.nn.Module) else None
+        if layer is None or not hasattr(layer, "weight"):
+            missing.append(key)
+            continue
+        expected = layer.weight.shape[1] if kind.startswith("A") else layer.weight.shape[0]
+        got = tensor.shape[1] if kind.startswith("A") else tensor.shape[0]
+        if expected != got:
+            raise LoraError(
+                f"LoRA {path} does not fit the model: {key} has shape {tuple(tensor.shape)}, "
+                f"layer {component}.{module_name} has weight {tuple(layer.weight.shape)}"
+            )
+    if missing:
+        raise LoraError(
+            f"LoRA {path} does not fit the model: {len(missing)} keys name layers the model lacks, "
+            f"e.g. {missing[0]}"
         )
 
 
