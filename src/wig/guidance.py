@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from wig.errors import WigError
+
+if TYPE_CHECKING:
+    import torch
 
 FULL = "full"  # adapter name of the fine-tuned LoRA (θ' = θ + ΔW)
 WEAK = "weak"  # adapter name of the weak (early) LoRA checkpoint used by AG

@@ -1,0 +1,42 @@
+"""Glue for Snakemake `script:` jobs: one log file per job, torch threads from `threads:`."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def job(snakemake):
+    """Send everything the job prints into its log file and size torch's thread pool.
+
+    File descriptors 1 and 2 are redirected, not just ``sys.stdout``: library loggers bound
+    the original stderr at import time, and progress bars and C extensions write there too.
+    Torch's thread count is the rule's ``threads:``; unset, torch takes every core and
+    parallel jobs oversubscribe a small machine badly.
+    """
+    import torch
+
+    torch.set_num_threads(max(1, int(snakemake.threads)))
+    log_path = Path(snakemake.log[0])
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log_path, "w", buffering=1) as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+        try:
+            yield logging.getLogger(f"wig.{snakemake.rule}")
+        except Exception:
+            logging.getLogger("wig").exception("job failed")
+            raise
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
