@@ -135,7 +135,8 @@ class LoraScales:
 
     Use as a context manager; inside it, ``set({"full": tensor([1., .4]), ...})`` makes sample
     i of the next forwards use adapter ``full`` at scale 1 or .4. Every loaded adapter must be
-    active at weight 1 (``pipe.set_adapters``); adapters missing from the mapping are off (0).
+    active at weight 1 (``pipe.set_adapters``, which the sampler does); adapters missing from
+    the mapping are off (0).
     """
 
     def __init__(self, modules: Iterable[torch.nn.Module]):

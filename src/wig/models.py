@@ -70,14 +70,10 @@ def load_pipeline(
 def attach_loras(pipe, lora: str | os.PathLike | None = None, weak_lora: str | os.PathLike | None = None) -> None:
     """Load the fine-tuned LoRA as adapter ``full`` and the weak checkpoint as ``weak``.
 
-    Both stay active at weight 1: per-branch scales come from `wig.lora.LoraScales`.
+    The sampler runs both at per-branch scales (`wig.lora.LoraScales`).
     """
-    names = []
+    if weak_lora is not None and lora is None:
+        raise LoraError("a weak LoRA needs the full LoRA too (--lora)")
     for path, name in ((lora, FULL), (weak_lora, WEAK)):
         if path is not None:
             load_lora(pipe, path, name)
-            names.append(name)
-    if weak_lora is not None and lora is None:
-        raise LoraError("a weak LoRA needs the full LoRA too (--lora)")
-    if names:
-        pipe.set_adapters(names, adapter_weights=[1.0] * len(names))

@@ -111,9 +111,15 @@ def _x0_eps(pred: torch.Tensor, x: torch.Tensor, a_t, prediction_type: str):
 
 @torch.no_grad()
 def sample_latents(pipe, guidance: Guidance, request: Request, progress: bool = True) -> torch.Tensor:
-    """Run the guided reverse process; returns the final latents (P, C, h, w)."""
+    """Run the guided reverse process; returns the final latents (P, C, h, w).
+
+    Leaves every loaded LoRA adapter active at weight 1 (per-branch scales are applied inside).
+    """
     _check(pipe, guidance, request)
     unet, scheduler = pipe.unet, pipe.scheduler
+    loaded = sorted(adapter_names(pipe))
+    if loaded:  # branch scales replace adapter weights: every adapter runs, at weight 1
+        pipe.set_adapters(loaded, adapter_weights=[1.0] * len(loaded))
     device = unet.device
     branches = guidance.branches()
     n = len(request.prompts)

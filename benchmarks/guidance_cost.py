@@ -1,0 +1,191 @@
+"""What guidance costs: PG/CFG and AG/CFG wall time and peak memory, ours vs stock diffusers.
+
+Every ratio is measured in this one run, on the same model, batch, resolution and steps;
+variants are interleaved over the repeats and the median is reported, so slow drift of the
+machine hits all of them alike.
+
+    python benchmarks/guidance_cost.py                       # tiny twin, CPU
+    python benchmarks/guidance_cost.py --config benchmarks/sd15_arch.json --height 512 \
+        --width 512 --steps 20 --batch 4 --device cuda --dtype float16   # SD 1.5 scale, GPU
+
+Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` per variant; on the CPU torch keeps
+no such counter, so each variant runs once more in a fresh process and its peak RSS
+(``ru_maxrss``, model included) is compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wig.guidance import Guidance
+from wig.lora import random_lora
+from wig.models import attach_loras, load_pipeline
+from wig.sampling import Request, decode, sample_latents
+from wig.tiny import build_tiny_sd, default_config
+
+VARIANTS = {
+    "cfg": Guidance("cfg", 7.5),
+    "pg": Guidance("pg", 7.5, omega=0.5),
+    "ag": Guidance("ag", 7.5, ag_scale=2.0),
+}
+PROMPT = "a photo of sks dog on the beach"
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _prepare(args, workdir: Path):
+    model = Path(args.model) if args.model else workdir / "model"
+    if not args.model:
+        config = json.loads(Path(args.config).read_text()) if args.config else default_config("sd")
+        build_tiny_sd(model, config=config)
+    pipe = load_pipeline(str(model), device=args.device, dtype=args.dtype)
+    lora = workdir / "lora" / "pytorch_lora_weights.safetensors"
+    if not lora.exists():
+        cpu = load_pipeline(str(model), device="cpu", dtype="float32")
+        random_lora(cpu, lora.parent, rank=4, std=0.05, seed=0)
+    attach_loras(pipe, lora)
+    return model, lora, pipe
+
+
+def _request(args, batch):
+    return Request(
+        prompts=[PROMPT] * batch,
+        generators=[torch.Generator("cpu").manual_seed(i) for i in range(batch)],
+        steps=args.steps,
+        height=args.height,
+        width=args.width,
+    )
+
+
+def _time_ours(pipe, guidance, args):
+    device = pipe.unet.device
+    _sync(device)
+    t0 = time.perf_counter()
+    images = decode(pipe, sample_latents(pipe, guidance, _request(args, args.batch), progress=False), "np")
+    _sync(device)
+    return time.perf_counter() - t0, images
+
+
+def _time_stock(stock, args):
+    device = stock.unet.device
+    _sync(device)
+    t0 = time.perf_counter()
+    r = _request(args, args.batch)
+    images = stock(r.prompts, guidance_scale=7.5, num_inference_steps=r.steps, height=r.height, width=r.width,
+                   generator=r.generators, output_type="np").images
+    _sync(device)
+    return time.perf_counter() - t0, images
+
+
+def _cuda_peak(pipe, guidance, args):
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    sample_latents(pipe, guidance, _request(args, args.batch), progress=False)
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+def _cpu_peak(variant, model, lora, args):
+    """Peak RSS (MiB) of a fresh process that loads the model and samples once."""
+    cmd = [sys.executable, __file__, "--_probe", variant, "--model", str(model), "--_lora", str(lora),
+           "--steps", str(args.steps), "--batch", str(args.batch), "--device", "cpu", "--dtype", args.dtype,
+           "--threads", str(args.threads)]
+    for name in ("height", "width"):
+        if getattr(args, name):
+            cmd += [f"--{name}", str(getattr(args, name))]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def _probe(args):
+    pipe = load_pipeline(args.model, device="cpu", dtype=args.dtype)
+    attach_loras(pipe, args._lora)
+    sample_latents(pipe, VARIANTS[args._probe], _request(args, args.batch), progress=False)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="diffusers model folder (default: build a twin from --config)")
+    p.add_argument("--config", help="twin config JSON (default: wig's tiny SD config)")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--batch", type=int, default=2, help="images per sampling call")
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--_probe", help=argparse.SUPPRESS)
+    p.add_argument("--_lora", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    from diffusers.utils import logging as dlog
+
+    dlog.set_verbosity_error()
+    if args._probe:
+        return _probe(args)
+
+    from diffusers import StableDiffusionPipeline
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model, lora, pipe = _prepare(args, Path(tmp))
+        device = pipe.unet.device
+        stock = StableDiffusionPipeline.from_pretrained(str(model), safety_checker=None, dtype=pipe.unet.dtype)
+        stock.scheduler = pipe.scheduler.__class__.from_config(pipe.scheduler.config)
+        stock.load_lora_weights(str(lora))
+        stock.set_progress_bar_config(disable=True)
+        stock.to(device)
+
+        # stock holds only the full adapter: compare against ours on a pipeline with the same
+        times = {name: [] for name in [*VARIANTS, "stock_cfg"]}
+        _time_ours(pipe, VARIANTS["cfg"], args)  # warm-up (allocator, kernels)
+        _time_stock(stock, args)
+        for _ in range(args.repeats):
+            for name, guidance in VARIANTS.items():
+                times[name].append(_time_ours(pipe, guidance, args)[0])
+            elapsed, stock_images = _time_stock(stock, args)
+            times["stock_cfg"].append(elapsed)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        _, ours_images = _time_ours(pipe, VARIANTS["cfg"], args)
+        max_diff = int(np.abs((ours_images * 255).round() - (stock_images * 255).round()).max())
+
+        if device.type == "cuda":
+            peak = {name: _cuda_peak(pipe, g, args) for name, g in VARIANTS.items()}
+            peak_kind = "CUDA max_memory_allocated"
+        else:
+            peak = {name: _cpu_peak(name, model, lora, args) for name in VARIANTS}
+            peak_kind = "peak RSS of a fresh process"
+
+    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
+    h = args.height or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    print(f"device: {dev}; dtype {pipe.unet.dtype}; batch {args.batch}; {h}px; {args.steps} steps; "
+          f"median of {args.repeats}")
+    for name in times:
+        print(f"  {name:10s} {med[name]:8.3f} s")
+    print(f"PG/CFG wall time         {med['pg'] / med['cfg']:.3f}   (goal <= 1.02)")
+    print(f"AG/CFG wall time         {med['ag'] / med['cfg']:.3f}   (goal <= 1.55)")
+    print(f"ours/stock CFG wall time {med['cfg'] / med['stock_cfg']:.3f}   (goal <= 1.03)")
+    print(f"ours vs stock CFG images max |diff| = {max_diff} (uint8)")
+    print(f"peak memory ({peak_kind}): " + ", ".join(f"{k} {v:.0f} MiB" for k, v in peak.items()))
+    print(f"PG/CFG peak memory       {peak['pg'] / peak['cfg']:.3f}   (goal <= 1.02)")
+    print(f"AG/CFG peak memory       {peak['ag'] / peak['cfg']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
