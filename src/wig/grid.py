@@ -48,7 +48,8 @@ class Point:
 
 def _values(entry: Mapping[str, Any], key: str, default: float) -> list[float]:
     value = entry.get(key, default)
-    return [float(v) for v in (value if isinstance(value, list) else [value])]
+    # the value a path spells is the value a job uses
+    return [float(canonical(v)) for v in (value if isinstance(value, list) else [value])]
 
 
 def expand(entries: Iterable[Mapping[str, Any]]) -> list[Point]:
@@ -64,7 +65,7 @@ def expand(entries: Iterable[Mapping[str, Any]]) -> list[Point]:
         omegas = _values(entry, "omega", 1.0) if method in OMEGA_METHODS else [1.0]
         for scale in scales:
             for omega in omegas:
-                point = Point(method, scale, omega, float(entry.get("ag_scale", 2.0)))
+                point = Point(method, scale, omega, _values(entry, "ag_scale", 2.0)[0])
                 point.guidance()  # validates ω and the scales, naming the method
                 points.setdefault((method, point.name), point)
     return list(points.values())

@@ -109,10 +109,8 @@ def _components(pipe) -> list[torch.nn.Module]:
 
 
 def _drop_adapter(pipe, adapter_name: str) -> None:
-    # Never leave a half-loaded adapter behind in a pipeline the caller keeps using.
-    if adapter_name in pipe.get_list_adapters().get("unet", []) or any(
-        adapter_name in names for names in pipe.get_list_adapters().values()
-    ):
+    # never leave a half-loaded adapter behind in a pipeline the caller keeps using
+    if adapter_name in adapter_names(pipe):
         pipe.delete_adapters(adapter_name)
 
 

@@ -1,0 +1,58 @@
+"""Grid points: canonical names, expansion of config entries, provenance hashes."""
+
+import pytest
+
+from wig.errors import WigError
+from wig.grid import Point, canonical, expand
+from wig.provenance import code_hash
+
+
+def test_canonical_spelling():
+    assert canonical(0.1 * 3) == canonical(0.3) == "0.3"
+    assert canonical(1) == "1.0" and canonical(-0.0) == "0.0" and canonical(7.5) == "7.5"
+
+
+def test_expand_and_parse_round_trip():
+    points = expand([
+        {"method": "none"},
+        {"method": "cfg", "scale": [5.0, 7.5]},
+        {"method": "pg", "scale": 7.5, "omega": [0.0, 0.1 * 3, 1.0]},
+        {"method": "ag", "ag_scale": 2.0},
+        {"method": "cfg", "scale": 7.5},  # a duplicate point is kept once
+    ])
+    names = [(p.method, p.name) for p in points]
+    assert names == [
+        ("none", "w1.0_l1.0"),
+        ("cfg", "w1.0_l5.0"), ("cfg", "w1.0_l7.5"),
+        ("pg", "w0.0_l7.5"), ("pg", "w0.3_l7.5"), ("pg", "w1.0_l7.5"),
+        ("ag", "w1.0_l7.5_a2.0"),
+    ]
+    assert all(Point.parse(p.method, p.name) == p for p in points)
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"method": "cfg", "omega": 0.5}, r"guidance\[0\]\.omega"),
+        ({"method": "pg", "ag_scale": 3.0}, r"guidance\[0\]\.ag_scale"),
+        ({"method": "pg", "omega": [0.5, 1.2]}, r"omega must lie in \[0, 1\], got 1.2"),
+    ],
+)
+def test_expand_refuses_settings_that_do_not_apply(entry, message):
+    with pytest.raises(WigError, match=message):
+        expand([entry])
+
+
+def test_parse_refuses_foreign_names():
+    with pytest.raises(WigError):
+        Point.parse("cfg", "w1.0_l7.5_a2.0")
+    with pytest.raises(WigError):
+        Point.parse("ag", "w1.0_l7.5")
+
+
+def test_code_hash_tracks_the_named_modules():
+    assert code_hash("guidance") == code_hash("guidance")
+    assert code_hash("guidance", "sampling") == code_hash("sampling", "guidance")
+    assert code_hash("guidance") != code_hash("sampling")
+    with pytest.raises(ModuleNotFoundError):
+        code_hash("no_such_module")
