@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
+from wig.atomic import atomic_dir, replace_file, tmp_path
 from wig.errors import WigError
 from wig.guidance import METHODS
 
@@ -97,7 +95,8 @@ def _cmd_build_tiny(args) -> None:
             raise WigError(f"cannot read tiny-model config {args.config}: {err}") from None
     else:
         config = default_config(args.family)
-    _atomic_dir(args.out, lambda tmp: BUILDERS[args.family](tmp, config=config, seed=args.seed))
+    with atomic_dir(args.out) as tmp:
+        BUILDERS[args.family](tmp, config=config, seed=args.seed)
 
 
 def _cmd_random_lora(args) -> None:
@@ -105,23 +104,8 @@ def _cmd_random_lora(args) -> None:
     from wig.models import load_pipeline
 
     pipe = load_pipeline(args.model, device="cpu", dtype="float32")
-    _atomic_dir(args.out, lambda tmp: random_lora(pipe, tmp, rank=args.rank, std=args.std, seed=args.seed))
-
-
-def _atomic_dir(out: Path, write) -> None:
-    """Write a folder next to ``out`` and rename it into place: a crash leaves no half folder."""
-    if out.exists() and any(out.iterdir()):
-        raise WigError(f"output folder exists and is not empty: {out}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
-        write(tmp)
-        if out.exists():
-            out.rmdir()
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with atomic_dir(args.out) as tmp:
+        random_lora(pipe, tmp, rank=args.rank, std=args.std, seed=args.seed)
 
 
 def _pair(prompts: list[str], seeds: list[int]) -> tuple[list[str], list[int]]:
@@ -191,9 +175,9 @@ def _cmd_generate(args) -> None:
                 "ag_scale": args.ag_scale, "steps": args.steps, "model": str(args.model)}
         info.add_text("wig", json.dumps(meta))
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
+        tmp = tmp_path(path)
         image.save(tmp, format="PNG", pnginfo=info)
-        os.replace(tmp, path)
+        replace_file(tmp, path)
 
 
 COMMANDS = {"build-tiny": _cmd_build_tiny, "random-lora": _cmd_random_lora, "generate": _cmd_generate}

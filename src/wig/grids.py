@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Sequence
 
 from PIL import Image, ImageDraw
 
+from wig.atomic import replace_file, tmp_path
 from wig.errors import WigError
 
 
@@ -35,7 +35,6 @@ def contact_sheet(
             if tile.size != (w, h):
                 raise WigError(f"grid: {images[i * len(columns) + j]} is {tile.size}, expected {(w, h)}")
             sheet.paste(tile, (label_width + j * w, header + i * h))
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp")
+    tmp = tmp_path(out)
     sheet.save(tmp, format="PNG")
-    os.replace(tmp, out)
+    replace_file(tmp, out)

@@ -1,0 +1,310 @@
+"""DreamBooth-LoRA with prior preservation; one run writes a full and a weak checkpoint.
+
+The recipe of diffusers' ``train_dreambooth_lora.py`` and the paper: LoRA (rank 4) on the UNet's
+to_q/to_k/to_v/to_out.0, AdamW (lr 1e-4), constant schedule, batch 1 instance image (+ 1 class
+image with prior preservation, loss = instance + w · prior), DDPM noise schedule with the
+checkpoint's betas and 1000 training timesteps, ε or v target as the model predicts.
+
+Everything random is drawn from one seeded CPU generator (data order, latent samples, noise,
+timesteps; LoRA init from the global seed), so a run is reproducible on the CPU bit for bit.
+The frozen parts are evaluated once: text embeddings of the two prompts and the VAE's latent
+distribution of every image (sampling it each step is what encoding each step would give).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import polars as pl
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from wig.atomic import atomic_dir
+from wig.concepts import save_png
+from wig.errors import WigError
+from wig.lora import LORA_WEIGHT_NAME
+
+TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
+ADAPTER = "wig_train"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    instance_prompt: str
+    class_prompt: str | None = None
+    prior_weight: float = 1.0
+    steps: int = 500
+    weak_step: int = 100
+    rank: int = 4
+    lr: float = 1e-4
+    resolution: int = 512
+    seed: int = 0
+    mixed_precision: str = "no"  # "no", "fp16", "bf16"
+    gradient_checkpointing: bool = False
+    max_grad_norm: float = 1.0
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise WigError(f"steps must be ≥ 1, got {self.steps}")
+        if not 1 <= self.weak_step < self.steps:
+            raise WigError(f"weak_step must lie in [1, steps), got {self.weak_step} with steps={self.steps}")
+        if self.rank < 1:
+            raise WigError(f"rank must be ≥ 1, got {self.rank}")
+        if self.prior_weight < 0:
+            raise WigError(f"prior_weight must be ≥ 0, got {self.prior_weight}")
+        if self.resolution % 8:
+            raise WigError(f"resolution must be a multiple of 8, got {self.resolution}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise WigError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+
+
+def pixel_tensor(images, resolution: int) -> torch.Tensor:
+    """Images → (N, 3, R, R) in [-1, 1]: shorter side resized to R (bilinear), centre crop."""
+    from torchvision.transforms import v2
+
+    transform = v2.Compose([
+        v2.ToImage(),
+        v2.Resize(resolution, interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
+        v2.CenterCrop(resolution),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize([0.5], [0.5]),
+    ])
+    return torch.stack([transform(im) for im in images])
+
+
+@torch.no_grad()
+def _latent_dist(vae, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+    return dist.mean.float(), dist.std.float()
+
+
+@torch.no_grad()
+def _embed(pipe, prompt: str) -> torch.Tensor:
+    ids = pipe.tokenizer(prompt, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt").input_ids
+    return pipe.text_encoder(ids.to(pipe.text_encoder.device))[0]
+
+
+def _target(scheduler, latents, noise, t):
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, t)
+    raise WigError(f"training supports epsilon and v_prediction models, not {kind!r}")
+
+
+def _lora_state(unet) -> dict[str, torch.Tensor]:
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    return convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=ADAPTER))
+
+
+def _save_lora(unet, out: Path) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in _lora_state(unet).items()}
+    StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=state, safe_serialization=True)
+
+
+class _Data:
+    """Instance (and class) latent distributions, drawn in a seeded order, epoch by epoch."""
+
+    def __init__(self, mean, std, gen: torch.Generator):
+        self.mean, self.std, self.gen = mean, std, gen
+        self.order: list[int] = []
+
+    def draw(self) -> torch.Tensor:
+        if not self.order:
+            self.order = torch.randperm(len(self.mean), generator=self.gen).tolist()
+        i = self.order.pop()
+        eps = torch.randn(self.mean[i].shape, generator=self.gen)
+        return (self.mean[i] + self.std[i] * eps.to(self.mean.device)).unsqueeze(0)
+
+
+def train_lora(
+    pipe,
+    instance_images,
+    out: str | os.PathLike,
+    config: TrainConfig,
+    class_images=None,
+    progress: bool = True,
+    overwrite: bool = False,
+):
+    """Train a DreamBooth LoRA on ``pipe``'s UNet; write ``out/{full,weak}/`` + ``out/log.parquet``.
+
+    ``pipe`` is a loaded (base) pipeline; it is left without the training adapter.
+    Returns the training log as a polars DataFrame.
+    """
+    from accelerate import Accelerator
+    from diffusers import DDPMScheduler
+    from peft import LoraConfig
+
+    prior = class_images is not None and config.prior_weight > 0
+    if prior and not config.class_prompt:
+        raise WigError("prior preservation needs a class prompt")
+    if not instance_images:
+        raise WigError("no instance images")
+
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=pipe.unet.device.type == "cpu")
+    device = accelerator.device
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    gen = torch.Generator("cpu").manual_seed(config.seed)
+    unet, vae = pipe.unet, pipe.vae
+    for module in (unet, vae, pipe.text_encoder):
+        module.requires_grad_(False)
+    scaling = vae.config.scaling_factor
+
+    inst = _Data(*_latent_dist(vae, pixel_tensor(instance_images, config.resolution)), gen)
+    inst_embeds = _embed(pipe, config.instance_prompt)
+    if prior:
+        cls = _Data(*_latent_dist(vae, pixel_tensor(class_images, config.resolution)), gen)
+        embeds = torch.cat([inst_embeds, _embed(pipe, config.class_prompt)])
+    else:
+        embeds = inst_embeds
+
+    torch.manual_seed(config.seed)  # LoRA init (PEFT draws lora_A from the global generator)
+    unet.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.rank, init_lora_weights="gaussian",
+                                target_modules=list(TARGET_MODULES)), adapter_name=ADAPTER)
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    params = [p for p in unet.parameters() if p.requires_grad]
+    for p in params:  # trainable LoRA weights in fp32 even when the frozen model is fp16
+        p.data = p.data.float()
+    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    # one device per job: accelerate brings autocast, the fp16 grad scaler and unscaled clipping;
+    # the UNet stays unwrapped (prepare() would patch its forward for the rest of the process)
+    optimizer = accelerator.prepare(optimizer)
+    unet.to(device).train()
+
+    rows = []
+    start = time.perf_counter()
+    try:
+        with atomic_dir(out, overwrite=overwrite) as tmp:
+            for step in tqdm(range(1, config.steps + 1), desc="train_lora", disable=not progress):
+                latents = inst.draw()
+                if prior:
+                    latents = torch.cat([latents, cls.draw()])
+                latents = (latents * scaling).to(device)
+                noise = torch.randn(latents.shape, generator=gen).to(device)
+                t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),), generator=gen)
+                t = t.to(device)
+                noisy = noise_scheduler.add_noise(latents, noise, t)
+                target = _target(noise_scheduler, latents, noise, t)
+                with accelerator.autocast():
+                    pred = unet(noisy.to(unet.dtype), t, encoder_hidden_states=embeds, return_dict=False)[0]
+                losses = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+                loss = losses[0] + (config.prior_weight * losses[1] if prior else 0.0)
+                accelerator.backward(loss)
+                accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                values = losses.detach().tolist()
+                rows.append({
+                    "step": step,
+                    "loss": loss.item(),
+                    "instance_loss": values[0],
+                    "prior_loss": values[1] if prior else None,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "seconds": time.perf_counter() - start,
+                })
+                if step == config.weak_step:
+                    _save_lora(unet, tmp / "weak")
+            _save_lora(unet, tmp / "full")
+            log = pl.DataFrame(rows, schema=LOG_SCHEMA)
+            log.write_parquet(tmp / "log.parquet")
+            (tmp / "config.json").write_text(_json(config))
+    finally:
+        unet.delete_adapters(ADAPTER)
+        if config.gradient_checkpointing:
+            unet.disable_gradient_checkpointing()
+        unet.eval()
+    return log
+
+
+def _json(config: TrainConfig) -> str:
+    import json
+
+    return json.dumps(asdict(config), indent=2, sort_keys=True)
+
+
+LOG_SCHEMA = {
+    "step": pl.Int64,
+    "loss": pl.Float64,  # instance_loss + prior_weight * prior_loss
+    "instance_loss": pl.Float64,
+    "prior_loss": pl.Float64,  # null without prior preservation
+    "lr": pl.Float64,
+    "seconds": pl.Float64,  # wall time since the first step
+}
+
+
+@torch.no_grad()
+def denoising_loss(pipe, images, prompt: str, resolution: int, n: int = 16, seed: int = 1234) -> float:
+    """Mean ε/v-prediction MSE of ``pipe`` on ``images`` over ``n`` fixed (timestep, noise) draws
+    per image: the training objective, measured the same way before and after training."""
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    gen = torch.Generator("cpu").manual_seed(seed)
+    unet, device = pipe.unet, pipe.unet.device
+    mean, std = _latent_dist(pipe.vae, pixel_tensor(images, resolution))
+    embeds = _embed(pipe, prompt)
+    total = 0.0
+    for i in range(len(mean)):
+        eps = torch.randn((n, *mean[i].shape), generator=gen).to(device)
+        latents = (mean[i] + std[i] * eps) * pipe.vae.config.scaling_factor
+        noise = torch.randn(latents.shape, generator=gen).to(device)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=gen).to(device)
+        pred = unet(scheduler.add_noise(latents, noise, t).to(unet.dtype), t,
+                    encoder_hidden_states=embeds.expand(n, -1, -1), return_dict=False)[0]
+        total += F.mse_loss(pred.float(), _target(scheduler, latents, noise, t).float()).item()
+    return total / len(mean)
+
+
+def generate_class_images(
+    pipe,
+    prompt: str,
+    count: int,
+    out: str | os.PathLike,
+    seed: int = 0,
+    steps: int = 50,
+    scale: float = 7.5,
+    height: int | None = None,
+    width: int | None = None,
+    batch_size: int = 4,
+    negative_prompt: str = "",
+    progress: bool = True,
+    overwrite: bool = False,
+):
+    """Prior-preservation images of a class with the base model (CFG): ``NN.png`` + manifest.
+
+    Image i starts from the latent of ``wig generate --seed <seed + i>``.
+    """
+    from wig.guidance import Guidance
+    from wig.sampling import sample
+
+    if count < 1:
+        raise WigError(f"count must be ≥ 1, got {count}")
+    rows = []
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        for first in tqdm(range(0, count, batch_size), desc="class images", disable=not progress):
+            seeds = list(range(seed + first, seed + min(count, first + batch_size)))
+            images = sample(pipe, [prompt] * len(seeds), Guidance("cfg", scale=scale),
+                            [torch.Generator("cpu").manual_seed(s) for s in seeds], progress=False,
+                            negative_prompt=negative_prompt, steps=steps, height=height, width=width)
+            for s, image in zip(seeds, images):
+                name = f"{s - seed:04d}.png"
+                rows.append({"path": name, "prompt": prompt, "seed": s, "sha256": save_png(image, tmp / name)})
+        pl.DataFrame(rows, schema={"path": pl.String, "prompt": pl.String, "seed": pl.Int64,
+                                   "sha256": pl.String}).write_parquet(tmp / "manifest.parquet")
+
+
+def lora_checkpoints(out: str | os.PathLike) -> dict[str, Path]:
+    """The full and weak checkpoint files of a training run's folder."""
+    out = Path(out)
+    return {name: out / name / LORA_WEIGHT_NAME for name in ("full", "weak")}
