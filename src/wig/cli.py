@@ -82,6 +82,60 @@ def build_parser() -> argparse.ArgumentParser:
         help="output PNG; with several images a pattern with {index} and/or {seed}, e.g. out/{index:02d}.png",
     )
     _add_runtime(p)
+
+    p = sub.add_parser(
+        "prepare",
+        help="validate and normalise a concept's reference images",
+        description="Decode every image of a concept folder (jpg/jpeg/png/webp, any size), apply EXIF "
+        "orientation, convert to 8-bit RGB (16-bit rescaled, transparency on white, CMYK converted) and "
+        "write NN.png + manifest.parquet. A broken image fails with its name and writes nothing.",
+    )
+    p.add_argument("--concept-dir", required=True, type=Path, help="folder of the concept's images")
+    p.add_argument("--out", required=True, type=Path, help="output folder (must not exist or be empty)")
+
+    p = sub.add_parser(
+        "class-images",
+        help="generate prior-preservation images of a class with the base model",
+        description="Sample COUNT images of PROMPT with CFG; image i uses seed SEED+i. Writes NNNN.png + "
+        "manifest.parquet.",
+    )
+    p.add_argument("--model", required=True, help="diffusers model folder or hub name")
+    p.add_argument("--prompt", required=True, help='class prompt, e.g. "a photo of dog"')
+    p.add_argument("--count", type=int, required=True, help="number of images")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first image (default 0)")
+    p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
+    p.add_argument("--scale", type=float, default=7.5, help="CFG scale (default 7.5)")
+    p.add_argument("--height", type=int, default=None, help="image height (default: the model's)")
+    p.add_argument("--width", type=int, default=None, help="image width (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=4, help="images per sampling call (default 4)")
+    p.add_argument("--negative-prompt", default="", help="negative prompt (default empty)")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    _add_runtime(p)
+
+    p = sub.add_parser(
+        "train-lora",
+        help="DreamBooth-LoRA with prior preservation: writes full/ and weak/ checkpoints and a log",
+        description="Train a UNet LoRA (to_q/to_k/to_v/to_out.0) on a concept's images. One run writes "
+        "OUT/full/ and OUT/weak/ (pytorch_lora_weights.safetensors, diffusers format), OUT/log.parquet "
+        "(step, loss, instance_loss, prior_loss, lr, seconds) and OUT/config.json. OUT appears only "
+        "when the run completes.",
+    )
+    p.add_argument("--model", required=True, help="diffusers model folder or hub name")
+    p.add_argument("--instance-dir", required=True, type=Path, help="the concept's images (a prepared folder or any image folder)")
+    p.add_argument("--instance-prompt", required=True, help='e.g. "a photo of sks dog"')
+    p.add_argument("--class-dir", type=Path, help="class images for prior preservation")
+    p.add_argument("--class-prompt", help='e.g. "a photo of dog" (needed with --class-dir)')
+    p.add_argument("--prior-weight", type=float, default=1.0, help="prior-preservation loss weight (default 1.0; 0 = plain DreamBooth-LoRA)")
+    p.add_argument("--steps", type=int, default=500, help="training steps (default 500)")
+    p.add_argument("--weak-step", type=int, default=100, help="step of the weak checkpoint (default 100)")
+    p.add_argument("--rank", type=int, default=4, help="LoRA rank (default 4)")
+    p.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
+    p.add_argument("--resolution", type=int, default=512, help="training resolution (default 512)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"), help="autocast precision on a GPU (default no)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for UNet activation memory")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    _add_runtime(p)
     return parser
 
 
@@ -154,8 +208,7 @@ def _cmd_generate(args) -> None:
         ag_scale=args.ag_scale,
         weak="lora" if args.weak_lora else "pretrained",
     )
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _runtime(args)
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, scheduler=args.scheduler)
     attach_loras(pipe, args.lora, args.weak_lora)
     images = sample(
@@ -180,7 +233,60 @@ def _cmd_generate(args) -> None:
         replace_file(tmp, path)
 
 
-COMMANDS = {"build-tiny": _cmd_build_tiny, "random-lora": _cmd_random_lora, "generate": _cmd_generate}
+def _runtime(args):
+    """Torch threads from --threads (0 keeps torch's default)."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
+def _cmd_prepare(args) -> None:
+    from wig.concepts import prepare_concept
+
+    manifest = prepare_concept(args.concept_dir, args.out)
+    print(f"{len(manifest)} images -> {args.out}")
+
+
+def _cmd_class_images(args) -> None:
+    from wig.models import load_pipeline
+    from wig.training import generate_class_images
+
+    _runtime(args)
+    pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
+    generate_class_images(pipe, args.prompt, args.count, args.out, seed=args.seed, steps=args.steps,
+                          scale=args.scale, height=args.height, width=args.width, batch_size=args.batch_size,
+                          negative_prompt=args.negative_prompt, progress=not args.quiet)
+
+
+def _cmd_train_lora(args) -> None:
+    from wig.concepts import read_images
+    from wig.models import load_pipeline
+    from wig.training import TrainConfig, train_lora
+
+    config = TrainConfig(
+        instance_prompt=args.instance_prompt, class_prompt=args.class_prompt, prior_weight=args.prior_weight,
+        steps=args.steps, weak_step=args.weak_step, rank=args.rank, lr=args.lr, resolution=args.resolution,
+        seed=args.seed, mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
+    )
+    if args.class_dir is not None and args.class_prompt is None:
+        raise WigError("--class-dir needs --class-prompt")
+    instance = read_images(args.instance_dir)
+    classes = read_images(args.class_dir) if args.class_dir is not None else None
+    _runtime(args)
+    pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
+    log = train_lora(pipe, instance, args.out, config, class_images=classes, progress=not args.quiet)
+    print(f"{config.steps} steps, final loss {log['loss'][-1]:.4f} -> {args.out}")
+
+
+COMMANDS = {
+    "build-tiny": _cmd_build_tiny,
+    "random-lora": _cmd_random_lora,
+    "generate": _cmd_generate,
+    "prepare": _cmd_prepare,
+    "class-images": _cmd_class_images,
+    "train-lora": _cmd_train_lora,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
