@@ -1,4 +1,4 @@
-# wig: personalization guidance study as a cached DAG. See README.md and DESIGN notes.
+# wig: the personalization-guidance study as a cached DAG. See README.md.
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -8,11 +8,13 @@ configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
+include: "workflow/rules/train.smk"
 include: "workflow/rules/generate.smk"
 
 
 rule all:
     input:
-        expand("results/{model}/grid.png", model=MODELS),
+        expand("results/{model}/grids/{concept}.png", model=MODELS, concept=CONCEPTS),
     default_target: True

@@ -18,6 +18,7 @@ def test_expand_and_parse_round_trip():
         {"method": "cfg", "scale": [5.0, 7.5]},
         {"method": "pg", "scale": 7.5, "omega": [0.0, 0.1 * 3, 1.0]},
         {"method": "ag", "ag_scale": 2.0},
+        {"method": "ag", "ag_scale": 2.0, "weak": "lora"},
         {"method": "cfg", "scale": 7.5},  # a duplicate point is kept once
     ])
     names = [(p.method, p.name) for p in points]
@@ -26,6 +27,7 @@ def test_expand_and_parse_round_trip():
         ("cfg", "w1.0_l5.0"), ("cfg", "w1.0_l7.5"),
         ("pg", "w0.0_l7.5"), ("pg", "w0.3_l7.5"), ("pg", "w1.0_l7.5"),
         ("ag", "w1.0_l7.5_a2.0"),
+        ("ag", "w1.0_l7.5_a2.0_weak"),
     ]
     assert all(Point.parse(p.method, p.name) == p for p in points)
 
@@ -35,6 +37,8 @@ def test_expand_and_parse_round_trip():
     [
         ({"method": "cfg", "omega": 0.5}, r"guidance\[0\]\.omega"),
         ({"method": "pg", "ag_scale": 3.0}, r"guidance\[0\]\.ag_scale"),
+        ({"method": "cfg", "weak": "lora"}, r"guidance\[0\]\.weak"),
+        ({"method": "ag", "weak": "early"}, r"weak must be 'pretrained' or 'lora'"),
         ({"method": "pg", "omega": [0.5, 1.2]}, r"omega must lie in \[0, 1\], got 1.2"),
     ],
 )

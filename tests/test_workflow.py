@@ -1,12 +1,14 @@
-"""The Snakemake workflow on a temporary copy: config checks, a small run, reruns."""
+"""The Snakemake workflow on a temporary copy: config checks, a small run, targeted reruns."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 import yaml
 from PIL import Image
@@ -15,18 +17,26 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
-def _workdir(tmp_path, **overrides):
-    """A copy of the workflow whose config is the demo's, shrunk and with ``overrides``."""
-    for name in ("Snakefile", "workflow", "config"):
+def _small_config():
+    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    config["dataset"].update(concepts=["brown_dog"], max_prompts=1)
+    config["class_images"].update(count=2, steps=2)
+    config["training"].update(steps=6, weak_step=2, resolution=32)
+    config["sampling"].update(steps=2, height=32, width=32)
+    config["guidance"] = [{"method": "cfg", "scale": 7.5}, {"method": "pg", "scale": 7.5, "omega": [0.0, 1.0]}]
+    return config
+
+
+def _workdir(tmp_path, config):
+    for name in ("Snakefile", "workflow", "config", "resources"):
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
-    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
-    config["sampling"].update(steps=2, height=32, width=32)
-    config["prompts"] = config["prompts"][:1]
-    config["guidance"] = [{"method": "cfg", "scale": 7.5}, {"method": "pg", "scale": 7.5, "omega": [0.0, 1.0]}]
-    config.update(overrides)
-    (tmp_path / "config/config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    _write_config(tmp_path, config)
     return tmp_path
+
+
+def _write_config(workdir, config):
+    (workdir / "config/config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def _snakemake(workdir, *args):
@@ -34,51 +44,109 @@ def _snakemake(workdir, *args):
     return subprocess.run([*SNAKEMAKE, "--cores", "2", *args], cwd=workdir, capture_output=True, text=True, env=env)
 
 
+def _planned(workdir) -> dict[str, int]:
+    """Rule -> job count of what a run would do now (from `snakemake -n`)."""
+    proc = _snakemake(workdir, "-n")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout + proc.stderr
+    if "Nothing to be done" in out:
+        return {}
+    table = out.split("Job stats:")[1].split("total")[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def _edit(config, **changes):
+    new = yaml.safe_load(yaml.safe_dump(config))
+    for dotted, value in changes.items():
+        *path, key = dotted.split("__")
+        target = new
+        for part in path:
+            target = target[part]
+        target[key] = value
+    return new
+
+
 @pytest.mark.parametrize(
-    "overrides, message",
+    "changes, message",
     [
         ({"guidance": [{"method": "pg", "omega": 1.5}]}, "1.5"),
         ({"guidance": [{"method": "magic"}]}, "magic"),
         ({"guidance": [{"method": "cfg", "omega": 0.5}]}, "guidance[0].omega"),
         ({"seeds": []}, "seeds"),
-        ({"sampling": {"stepz": 3}}, "stepz"),
+        ({"sampling__stepz": 3}, "stepz"),
+        ({"dataset__concepts": ["brown_dog", "unicorn"]}, "['unicorn'] are not in the sheet"),
+        ({"dataset__root": "resources/datasets/vico"}, "concept brown_dog: concept folder not found"),
+        ({"dataset__columns": {"class_noun": "noun"}}, "no column 'noun' for the class_noun"),
+        ({"training__weak_step": 6}, "training.weak_step must be smaller"),
     ],
 )
-def test_config_errors_stop_before_any_job(tmp_path, overrides, message):
-    workdir = _workdir(tmp_path, **overrides)
+def test_config_errors_stop_before_any_job(tmp_path, changes, message):
+    config = _small_config()
+    for key, value in changes.items():
+        config = _edit(config, **{key: value})
+    workdir = _workdir(tmp_path, config)
     proc = _snakemake(workdir, "-n")
     assert proc.returncode != 0
     assert message in proc.stderr + proc.stdout
     assert not (workdir / "results").exists()
 
 
+def test_dag_fans_out_per_concept_and_class(tmp_path):
+    config = _edit(_small_config(), dataset__concepts=["brown_dog", "duck_toy"], seeds=[0, 1, 2],
+                   sampling__seeds_per_job=2)
+    workdir = _workdir(tmp_path, config)
+    assert _planned(workdir) == {
+        "all": 1, "build_tiny_model": 1, "prepare": 2, "class_images": 2, "train_lora": 2,
+        "generate": 2 * 3 * 2,  # concepts × points × seed chunks ([0, 1], [2])
+        "grid": 2,
+    }
+    config = _edit(config, training__prior_weight=0.0)
+    _write_config(workdir, config)
+    assert "class_images" not in _planned(workdir)
+
+
 @pytest.mark.slow
-def test_demo_grid_runs_reruns_nothing_and_matches_the_cli(tmp_path):
-    workdir = _workdir(tmp_path)
+def test_small_study_runs_reruns_what_changed_and_matches_the_cli(tmp_path):
+    config = _small_config()
+    workdir = _workdir(tmp_path, config)
     proc = _snakemake(workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     model = workdir / "results/tiny-sd"
-    samples = sorted((model / "samples").rglob("*.png"))
-    assert len(samples) == 3 * 2  # (cfg, pg ω=0, pg ω=1) × 2 seeds × 1 prompt
-    assert (model / "grid.png").is_file()
-    logs = list((workdir / "logs").rglob("*.log"))
-    assert len(logs) == 1 + 1 + 6 + 1  # one per job
+    lora = model / "lora/brown_dog"
+    assert (lora / "full/pytorch_lora_weights.safetensors").is_file()
+    assert (lora / "weak/pytorch_lora_weights.safetensors").is_file()
+    assert len(pl.read_parquet(lora / "log.parquet")) == 6
+    assert len(list((model / "class_images/dog").glob("*.png"))) == 2
+    assert (model / "grids/brown_dog.png").is_file()
+    jobs = sorted(p.relative_to(model / "samples/brown_dog").as_posix() for p in model.glob("samples/*/*/*/seeds*"))
+    assert jobs == ["cfg/w1.0_l7.5/seeds0_1", "pg/w0.0_l7.5/seeds0_1", "pg/w1.0_l7.5/seeds0_1"]
+    cfg_dir = model / "samples/brown_dog/cfg/w1.0_l7.5/seeds0_1"
+    manifest = pl.read_parquet(cfg_dir / "manifest.parquet")
+    # the identifier reaches generation: the sheet's first live prompt, filled with "sks dog"
+    assert manifest["prompt"].to_list() == ["a sks dog in the jungle"] * 2 and manifest["seed"].to_list() == [0, 1]
     # ω = 1 is CFG, bit for bit; ω = 0 is not
-    cfg = np.asarray(Image.open(model / "samples/cfg/w1.0_l7.5/seed0/p00.png"))
-    assert np.array_equal(cfg, np.asarray(Image.open(model / "samples/pg/w1.0_l7.5/seed0/p00.png")))
-    assert not np.array_equal(cfg, np.asarray(Image.open(model / "samples/pg/w0.0_l7.5/seed0/p00.png")))
+    pg1 = model / "samples/brown_dog/pg/w1.0_l7.5/seeds0_1"
+    pg0 = model / "samples/brown_dog/pg/w0.0_l7.5/seeds0_1"
+    assert pl.read_parquet(pg1 / "manifest.parquet")["sha256"].equals(manifest["sha256"])
+    assert not pl.read_parquet(pg0 / "manifest.parquet")["sha256"].equals(manifest["sha256"])
+    assert len(list((workdir / "logs").rglob("*.log"))) == 1 + 1 + 1 + 1 + 3 + 1  # one per job
 
     again = _snakemake(workdir)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
-    # the same image from the CLI with the same seed
+    # the same image from the CLI with the same seed and the trained LoRA
     from wig.cli import main
 
-    prompt = yaml.safe_load((workdir / "config/config.yaml").read_text())["prompts"][0]
     out = tmp_path / "cli.png"
-    rc = main(["generate", "--model", str(model / "model"), "--lora", str(model / "lora/demo"), "--method", "pg",
-               "--omega", "0", "--prompt", prompt, "--seed", "1", "--steps", "2", "--height", "32", "--width", "32",
-               "--out", str(out), "--quiet"])
+    rc = main(["generate", "--model", str(model / "model"), "--lora", str(lora / "full"), "--method", "pg",
+               "--omega", "0", "--prompt", "a sks dog in the jungle", "--seed", "1", "--steps", "2",
+               "--height", "32", "--width", "32", "--out", str(out), "--quiet"])
     assert rc == 0
-    ref = np.asarray(Image.open(model / "samples/pg/w0.0_l7.5/seed1/p00.png"), dtype=np.int16)
+    ref = np.asarray(Image.open(pg0 / "s1_p00.png"), dtype=np.int16)
     assert np.abs(np.asarray(Image.open(out), dtype=np.int16) - ref).max() <= 1
+
+    # class images rerun only when their own settings change
+    _write_config(workdir, _edit(config, training__steps=8))
+    assert _planned(workdir) == {"train_lora": 1, "generate": 3, "grid": 1, "all": 1}
+    _write_config(workdir, _edit(config, class_images__count=3))
+    assert _planned(workdir) == {"class_images": 1, "train_lora": 1, "generate": 3, "grid": 1, "all": 1}

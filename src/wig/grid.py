@@ -15,7 +15,7 @@ from wig.errors import WigError
 from wig.guidance import Guidance
 
 OMEGA_METHODS = ("pg", "pgpp")
-_POINT = re.compile(r"^w(?P<omega>[0-9.]+)_l(?P<scale>-?[0-9.]+)(?:_a(?P<ag>-?[0-9.]+))?$")
+_POINT = re.compile(r"^w(?P<omega>[0-9.]+)_l(?P<scale>-?[0-9.]+)(?:_a(?P<ag>-?[0-9.]+)(?P<weak>_weak)?)?$")
 
 
 def canonical(x: float) -> str:
@@ -28,11 +28,14 @@ class Point:
     scale: float = 1.0
     omega: float = 1.0
     ag_scale: float = 2.0
+    weak: str = "pretrained"  # ag's weak model: "pretrained" or "lora" (the weak checkpoint)
 
     @property
     def name(self) -> str:
         name = f"w{canonical(self.omega)}_l{canonical(self.scale)}"
-        return name + (f"_a{canonical(self.ag_scale)}" if self.method == "ag" else "")
+        if self.method == "ag":
+            name += f"_a{canonical(self.ag_scale)}" + ("_weak" if self.weak == "lora" else "")
+        return name
 
     @classmethod
     def parse(cls, method: str, name: str) -> "Point":
@@ -40,10 +43,11 @@ class Point:
         if m is None or (m["ag"] is not None) != (method == "ag"):
             raise WigError(f"not a grid point name for {method}: {name!r}")
         ag = float(m["ag"]) if m["ag"] is not None else cls.ag_scale
-        return cls(method, scale=float(m["scale"]), omega=float(m["omega"]), ag_scale=ag)
+        weak = "lora" if m["weak"] else "pretrained"
+        return cls(method, scale=float(m["scale"]), omega=float(m["omega"]), ag_scale=ag, weak=weak)
 
-    def guidance(self, weak: str = "pretrained") -> Guidance:
-        return Guidance(self.method, scale=self.scale, omega=self.omega, ag_scale=self.ag_scale, weak=weak)
+    def guidance(self) -> Guidance:
+        return Guidance(self.method, scale=self.scale, omega=self.omega, ag_scale=self.ag_scale, weak=self.weak)
 
 
 def _values(entry: Mapping[str, Any], key: str, default: float) -> list[float]:
@@ -59,13 +63,14 @@ def expand(entries: Iterable[Mapping[str, Any]]) -> list[Point]:
         method = entry["method"]
         if method not in OMEGA_METHODS and "omega" in entry:
             raise WigError(f"guidance[{i}].omega: ω applies to {'/'.join(OMEGA_METHODS)} only, not {method}")
-        if method != "ag" and "ag_scale" in entry:
-            raise WigError(f"guidance[{i}].ag_scale applies to ag only, not {method}")
+        for key in ("ag_scale", "weak"):
+            if method != "ag" and key in entry:
+                raise WigError(f"guidance[{i}].{key} applies to ag only, not {method}")
         scales = [1.0] if method == "none" else _values(entry, "scale", 7.5)
         omegas = _values(entry, "omega", 1.0) if method in OMEGA_METHODS else [1.0]
         for scale in scales:
             for omega in omegas:
-                point = Point(method, scale, omega, _values(entry, "ag_scale", 2.0)[0])
+                point = Point(method, scale, omega, _values(entry, "ag_scale", 2.0)[0], entry.get("weak", "pretrained"))
                 point.guidance()  # validates ω and the scales, naming the method
                 points.setdefault((method, point.name), point)
     return list(points.values())

@@ -1,30 +1,64 @@
-# Config validation, the grid, and helpers shared by every rule.
+# Config validation, the study's grid (models × concepts × guidance points × seeds), helpers.
 import json
 import re
+from pathlib import Path
 
 from snakemake.utils import validate
 
+from wig.concepts import image_files, read_sheet
 from wig.errors import WigError
 from wig.grid import Point, expand as expand_grid
 from wig.provenance import code_hash
 
 
 validate(config, workflow.source_path("../../config/schema.yaml"))
-try:
-    POINTS = expand_grid(config["guidance"])
-except WigError as err:
-    raise ValueError(f"config: {err}") from None
 
+
+def _load_study():
+    """Everything the DAG is built from, checked before any job starts."""
+    ds = config["dataset"]
+    try:
+        points = expand_grid(config["guidance"])
+        concepts = read_sheet(ds["sheet"], columns=ds["columns"], prompts=ds.get("prompts"))
+    except WigError as err:
+        raise ValueError(f"config: {err}") from None
+    wanted = ds.get("concepts", list(concepts))
+    missing = [c for c in wanted if c not in concepts]
+    if missing:
+        raise ValueError(f"config: dataset.concepts {missing} are not in the sheet {ds['sheet']}")
+    concepts = {c: concepts[c] for c in wanted}
+    if config["training"]["weak_step"] >= config["training"]["steps"]:
+        raise ValueError("config: training.weak_step must be smaller than training.steps")
+    prompts = {}
+    for cid, concept in concepts.items():
+        folder = Path(ds["root"]) / concept.folder
+        try:
+            image_files(folder)
+            prompts[cid] = concept.prompts(ds["identifier"])[: ds["max_prompts"]]
+        except WigError as err:
+            raise ValueError(f"config: concept {cid}: {err}") from None
+    return points, concepts, prompts
+
+
+POINTS, CONCEPTS, PROMPTS = _load_study()
 MODELS = list(config["models"])
 SEEDS = config["seeds"]
-PROMPTS = config["prompts"]
+# generation jobs take the seeds in chunks (fewer model loads); a chunk's name lists its seeds
+_k = config["sampling"]["seeds_per_job"]
+SEED_CHUNKS = ["_".join(map(str, SEEDS[i : i + _k])) for i in range(0, len(SEEDS), _k)]
+PRIOR = config["training"]["prior_weight"] > 0
+# class nouns as path components: "teddy bear" -> "teddy_bear"
+CLASSES = {re.sub(r"[^A-Za-z0-9]+", "_", c.class_noun).strip("_"): c.class_noun for c in CONCEPTS.values()}
+CLASS_OF = {cid: next(k for k, v in CLASSES.items() if v == c.class_noun) for cid, c in CONCEPTS.items()}
 
 
 wildcard_constraints:
     model="|".join(map(re.escape, MODELS)),
+    concept="|".join(map(re.escape, CONCEPTS)),
+    noun="|".join(map(re.escape, CLASSES)),
     method="none|cfg|pg|ag|cfgpp|pgpp",
-    point=r"w[0-9.]+_l-?[0-9.]+(_a-?[0-9.]+)?",
-    seed=r"\d+",
+    point=r"w[0-9.]+_l-?[0-9.]+(_a-?[0-9.]+(_weak)?)?",
+    seeds=r"\d+(_\d+)*",
 
 
 def model_spec(wildcards):
@@ -42,23 +76,69 @@ def model_ref(wildcards, input):
     return config["models"][wildcards.model].get("path") or input.model
 
 
+def concept_folder(wildcards):
+    return str(Path(config["dataset"]["root"]) / CONCEPTS[wildcards.concept].folder)
+
+
+def concept_images(wildcards):
+    """The source image files of a concept: an edited or added photo reruns its preparation."""
+    return [str(p) for p in image_files(concept_folder(wildcards))]
+
+
+def class_prompt(noun: str) -> str:
+    return config["class_images"]["prompt"].format(noun)
+
+
+def class_image_settings(wildcards):
+    settings = config["class_images"]
+    return {
+        "prompt": class_prompt(CLASSES[wildcards.noun]),
+        **{k: settings[k] for k in ("count", "seed", "steps", "scale")},
+        "height": config["training"]["resolution"],
+        "width": config["training"]["resolution"],
+    }
+
+
+def train_input(wildcards):
+    inputs = model_input(wildcards) | {"instance": f"results/concepts/{wildcards.concept}"}
+    if PRIOR:
+        inputs["classes"] = f"results/{wildcards.model}/class_images/{CLASS_OF[wildcards.concept]}"
+    return inputs
+
+
+def train_settings(wildcards):
+    concept = CONCEPTS[wildcards.concept]
+    return {
+        "instance_prompt": concept.instance_prompt(config["dataset"]["identifier"]),
+        "class_prompt": class_prompt(concept.class_noun) if PRIOR else None,
+        **config["training"],
+    }
+
+
+def generate_input(wildcards):
+    return model_input(wildcards) | {"lora": f"results/{wildcards.model}/lora/{wildcards.concept}"}
+
+
 def guidance_of(wildcards):
-    point = Point.parse(wildcards.method, wildcards.point)
-    return {"method": point.method, "scale": point.scale, "omega": point.omega, "ag_scale": point.ag_scale}
+    p = Point.parse(wildcards.method, wildcards.point)
+    return {"method": p.method, "scale": p.scale, "omega": p.omega, "ag_scale": p.ag_scale, "weak": p.weak}
 
 
-PROMPT_IDS = [f"p{i:02d}" for i in range(len(PROMPTS))]
-SAMPLES = "results/{model}/samples/{method}/{point}/seed{seed}"
+def concept_prompts(wildcards):
+    return PROMPTS[wildcards.concept]
 
 
-def all_samples(wildcards):
-    """Every sample image of a model, ordered point by point, then seed, then prompt."""
+def sample_dirs(wildcards):
+    """Every generation job's folder of a (model, concept), point by point, then seed chunk."""
     return [
-        f"results/{wildcards.model}/samples/{p.method}/{p.name}/seed{seed}/{pid}.png"
+        f"results/{wildcards.model}/samples/{wildcards.concept}/{p.method}/{p.name}/seeds{chunk}"
         for p in POINTS
-        for seed in SEEDS
-        for pid in PROMPT_IDS
+        for chunk in SEED_CHUNKS
     ]
+
+
+def grid_columns(wildcards):
+    return [f"s{seed} p{i:02d}" for seed in SEEDS for i in range(len(PROMPTS[wildcards.concept]))]
 
 
 def grid_rows():

@@ -1,23 +1,23 @@
-# Generation: one job per (model, method, grid point, seed), all prompts batched, one model load.
+# Generation: one job per (model, concept, method, grid point, seed chunk); all of the concept's
+# prompts batched; one model load. Then a same-seed image grid per (model, concept).
 
 
 rule generate:
     input:
-        unpack(model_input),
-        lora="results/{model}/lora/demo/pytorch_lora_weights.safetensors",
+        unpack(generate_input),
     output:
-        expand(SAMPLES + "/{pid}.png", pid=PROMPT_IDS, allow_missing=True),
+        directory("results/{model}/samples/{concept}/{method}/{point}/seeds{seeds}"),
     params:
         model=model_ref,
         guidance=guidance_of,
-        prompts=PROMPTS,
+        prompts=concept_prompts,
         sampling=config["sampling"],
         runtime=config["runtime"],
-        code=code_hash("guidance", "sampling", "lora", "models", "jobs"),
+        code=code_hash("guidance", "sampling", "lora", "models", "generation", "atomic"),
     log:
-        "logs/{model}/generate/{method}/{point}/seed{seed}.log",
+        "logs/{model}/generate/{concept}/{method}/{point}/seeds{seeds}.log",
     benchmark:
-        "results/{model}/benchmarks/generate/{method}/{point}/seed{seed}.tsv"
+        "results/{model}/benchmarks/generate/{concept}/{method}/{point}/seeds{seeds}.tsv"
     threads: config["runtime"]["threads"]
     resources:
         gpu=1,
@@ -27,14 +27,14 @@ rule generate:
 
 rule grid:
     input:
-        all_samples,
+        sample_dirs,
     output:
-        "results/{model}/grid.png",
+        "results/{model}/grids/{concept}.png",
     params:
         rows=grid_rows(),
-        columns=[f"s{s} {pid}" for s in SEEDS for pid in PROMPT_IDS],
-        code=code_hash("grids", "jobs"),
+        columns=grid_columns,
+        code=code_hash("grids", "atomic"),
     log:
-        "logs/{model}/grid.log",
+        "logs/{model}/grid/{concept}.log",
     script:
         "../scripts/grid.py"

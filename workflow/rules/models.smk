@@ -1,4 +1,4 @@
-# Models: tiny twins built from wig's shipped configs; the demo's stand-in LoRA.
+# Models: tiny twins are built from wig's shipped configs; real checkpoints are named in config.
 
 
 rule build_tiny_model:
@@ -6,25 +6,9 @@ rule build_tiny_model:
         directory("results/{model}/model"),
     params:
         spec=model_spec,
-        code=code_hash("tiny"),
+        code=code_hash("tiny", "atomic"),
     log:
         "logs/{model}/build_tiny_model.log",
     threads: 1
     script:
         "../scripts/build_tiny.py"
-
-
-rule demo_lora:
-    input:
-        unpack(model_input),
-    output:
-        "results/{model}/lora/demo/pytorch_lora_weights.safetensors",
-    params:
-        model=model_ref,
-        lora=config["demo_lora"],
-        code=code_hash("lora", "models"),
-    log:
-        "logs/{model}/demo_lora.log",
-    threads: 1
-    script:
-        "../scripts/demo_lora.py"

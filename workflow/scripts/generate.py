@@ -1,28 +1,19 @@
-"""Generate every prompt of one (model, method, grid point, seed) job (rule generate)."""
-import torch
-
+"""All prompts × seeds of one (model, concept, method, grid point, seed chunk) job (rule generate)."""
+from wig.generation import generate_samples
 from wig.guidance import Guidance
 from wig.jobs import job
 from wig.models import attach_loras, load_pipeline
-from wig.sampling import sample
+from wig.training import lora_checkpoints
 
 with job(snakemake) as log:
     p = snakemake.params
-    seed = int(snakemake.wildcards.seed)
     guidance = Guidance(**p.guidance)
     pipe = load_pipeline(p.model, device=p.runtime["device"], dtype=p.runtime["dtype"])
-    attach_loras(pipe, snakemake.input.lora)
-    # every image of the job starts from the latent of `wig generate --seed <seed>`
-    images = sample(
-        pipe,
-        p.prompts,
-        guidance,
-        generators=[torch.Generator("cpu").manual_seed(seed) for _ in p.prompts],
-        negative_prompt=p.sampling["negative_prompt"],
-        steps=p.sampling["steps"],
-        height=p.sampling["height"],
-        width=p.sampling["width"],
-    )
-    for image, path in zip(images, snakemake.output):
-        image.save(path)
-    log.info("%s: %d images", guidance, len(images))
+    checkpoints = lora_checkpoints(snakemake.input.lora)
+    attach_loras(pipe, checkpoints["full"], checkpoints["weak"] if guidance.weak == "lora" else None)
+    s = p.sampling
+    seeds = [int(seed) for seed in snakemake.wildcards.seeds.split("_")]
+    manifest = generate_samples(pipe, p.prompts, guidance, seeds, snakemake.output[0], batch_size=s["batch_size"],
+                                negative_prompt=s["negative_prompt"], steps=s["steps"], height=s["height"],
+                                width=s["width"])
+    log.info("%s: %d images, %.2f s/image", guidance, len(manifest), manifest["seconds_per_image"][0])

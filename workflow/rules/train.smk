@@ -1,0 +1,43 @@
+# Personalization: class images per (model, class noun), DreamBooth-LoRA per (model, concept).
+
+
+rule class_images:
+    input:
+        unpack(model_input),
+    output:
+        directory("results/{model}/class_images/{noun}"),
+    params:
+        model=model_ref,
+        settings=class_image_settings,
+        runtime=config["runtime"],
+        code=code_hash("training", "sampling", "guidance", "lora", "models", "concepts", "atomic"),
+    log:
+        "logs/{model}/class_images/{noun}.log",
+    benchmark:
+        "results/{model}/benchmarks/class_images/{noun}.tsv"
+    threads: config["runtime"]["threads"]
+    resources:
+        gpu=1,
+    script:
+        "../scripts/class_images.py"
+
+
+rule train_lora:
+    input:
+        unpack(train_input),
+    output:
+        directory("results/{model}/lora/{concept}"),
+    params:
+        model=model_ref,
+        settings=train_settings,
+        runtime=config["runtime"],
+        code=code_hash("training", "lora", "models", "concepts", "atomic"),
+    log:
+        "logs/{model}/train_lora/{concept}.log",
+    benchmark:
+        "results/{model}/benchmarks/train_lora/{concept}.tsv"
+    threads: config["runtime"]["threads"]
+    resources:
+        gpu=1,
+    script:
+        "../scripts/train_lora.py"
