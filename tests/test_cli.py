@@ -61,7 +61,7 @@ def _bad_loras(lora_path, tmp_path):
     text.write_text("not a tensor file\n")
     pt = tmp_path / "lora.bin"
     torch.save(state, pt)
-    key = next(k for k in state if k.endswith("lora_A.weight"))
+    key = next(k for k in state if k.endswith("lora.down.weight"))
     wrong_shape = dict(state, **{key: torch.zeros(state[key].shape[0], state[key].shape[1] + 3)})
     save_file(wrong_shape, tmp_path / "shape.safetensors")
     renamed = {k.replace("unet.", "unet.nonexistent_block."): v for k, v in state.items()}

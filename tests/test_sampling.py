@@ -92,10 +92,10 @@ def _materialised_unet(model_dir, lora_file, omega):
     modules = dict(unet.named_modules())
     n = 0
     for key, a in state.items():
-        if ".lora_A." not in key:
+        if not key.endswith(".lora.down.weight"):
             continue
-        b = state[key.replace(".lora_A.", ".lora_B.")]
-        name = key.removeprefix("unet.").removesuffix(".lora_A.weight")
+        b = state[key.replace(".lora.down.", ".lora.up.")]
+        name = key.removeprefix("unet.").removesuffix(".lora.down.weight")
         modules[name].weight.data += omega * (b @ a)  # our random LoRAs have alpha = rank: scaling 1
         n += 1
     assert n > 0 and not any("alpha" in k for k in state)

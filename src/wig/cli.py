@@ -1,4 +1,4 @@
-"""`wig` command line: build tiny twins, write demo LoRAs, generate guided images."""
+"""`wig` command line: tiny twins, concept preparation, class images, LoRA training, guided sampling."""
 
 from __future__ import annotations
 
@@ -24,6 +24,13 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_sampling(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--negative-prompt", default="", help="negative prompt for the ∅ branch (default empty)")
+    p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
+    p.add_argument("--height", type=int, default=None, help="image height (default: the model's)")
+    p.add_argument("--width", type=int, default=None, help="image width (default: the model's)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wig",
@@ -44,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "random-lora",
-        help="write a seeded random UNet LoRA in diffusers format (tests, pre-training demo)",
+        help="write a seeded random UNet LoRA in diffusers format (tests, benchmarks)",
         description="Write pytorch_lora_weights.safetensors with random A and B matrices, so that "
         "it visibly changes the model's output. A stand-in for a trained LoRA, never a result.",
     )
@@ -70,11 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--omega", type=float, default=1.0, help="pg/pgpp weak-model weight ω in [0, 1] (default 1 = cfg)")
     p.add_argument("--ag-scale", type=float, default=2.0, help="autoguidance scale λ_ag (default 2.0)")
     p.add_argument("--prompt", required=True, action="append", help="prompt (repeat for a batch)")
-    p.add_argument("--negative-prompt", default="", help="negative prompt for the ∅ branch (default empty)")
     p.add_argument("--seed", type=int, action="append", required=True, help="seed (repeat for a batch)")
-    p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
-    p.add_argument("--height", type=int, default=None, help="image height (default: the model's)")
-    p.add_argument("--width", type=int, default=None, help="image width (default: the model's)")
+    _add_sampling(p)
     p.add_argument("--scheduler", default="ddim", choices=("ddim", "model"), help="ddim (default) or the model's own scheduler")
     p.add_argument(
         "--out",
@@ -103,12 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True, help='class prompt, e.g. "a photo of dog"')
     p.add_argument("--count", type=int, required=True, help="number of images")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image (default 0)")
-    p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
     p.add_argument("--scale", type=float, default=7.5, help="CFG scale (default 7.5)")
-    p.add_argument("--height", type=int, default=None, help="image height (default: the model's)")
-    p.add_argument("--width", type=int, default=None, help="image width (default: the model's)")
     p.add_argument("--batch-size", type=int, default=4, help="images per sampling call (default 4)")
-    p.add_argument("--negative-prompt", default="", help="negative prompt (default empty)")
+    _add_sampling(p)
     p.add_argument("--out", required=True, type=Path, help="output folder")
     _add_runtime(p)
 

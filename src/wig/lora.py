@@ -1,4 +1,4 @@
-"""LoRA helpers: safe loading in diffusers format, per-sample adapter scales, demo LoRAs.
+"""LoRA helpers: diffusers-format files (safe loading, saving), per-sample adapter scales.
 
 Per-sample scales are what make PG as cheap as CFG: the weak branch (θω = θ + ω·ΔW) and the
 strong branch (θ' = θ + ΔW) differ only in the LoRA scale, so both run in one batched forward
@@ -10,6 +10,7 @@ linear without bias, so this equals scaling the LoRA term, on the smallest tenso
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -20,6 +21,8 @@ from safetensors.torch import load_file
 from wig.errors import WigError
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+# "<module>.lora_A.weight" (PEFT) or "<module>.lora.down.weight" (diffusers); A/down: (rank, in)
+_PEFT_OR_DIFFUSERS = re.compile(r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora\.down|lora\.up)\.weight$")
 
 
 class LoraError(WigError):
@@ -76,16 +79,17 @@ def _check_fits(pipe, state: Mapping[str, torch.Tensor], path: Path) -> None:
     missing = []
     for key, tensor in state.items():
         component, _, rest = key.partition(".")
-        if ".lora_A." not in rest and ".lora_B." not in rest:
+        match = _PEFT_OR_DIFFUSERS.match(rest)
+        if match is None:
             continue
-        module_name, kind = rest.rsplit(".lora_", 1)
+        module_name, kind = match["module"], "A" if match["kind"] in ("lora_A", "lora.down") else "B"
         model = getattr(pipe, component, None)
         layer = dict(model.named_modules()).get(module_name) if isinstance(model, torch.nn.Module) else None
         if layer is None or not hasattr(layer, "weight"):
             missing.append(key)
             continue
-        expected = layer.weight.shape[1] if kind.startswith("A") else layer.weight.shape[0]
-        got = tensor.shape[1] if kind.startswith("A") else tensor.shape[0]
+        expected = layer.weight.shape[1] if kind == "A" else layer.weight.shape[0]
+        got = tensor.shape[1] if kind == "A" else tensor.shape[0]
         if expected != got:
             raise LoraError(
                 f"LoRA {path} does not fit the model: {key} has shape {tuple(tensor.shape)}, "
@@ -190,6 +194,19 @@ class LoraScales:
         return False
 
 
+def save_unet_lora(unet, adapter_name: str, out: str | os.PathLike) -> Path:
+    """Write a UNet adapter as ``out/pytorch_lora_weights.safetensors`` in the diffusers format
+    that diffusers' own training scripts write (``unet.<module>.lora.down/up.weight``)."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=adapter_name))
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
+    StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=state, safe_serialization=True)
+    return Path(out) / LORA_WEIGHT_NAME
+
+
 def random_lora(
     pipe,
     out: str | os.PathLike,
@@ -198,13 +215,12 @@ def random_lora(
     seed: int = 0,
     target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0"),
 ) -> Path:
-    """Write a seeded random UNet LoRA in diffusers format (for tests and the pre-training demo).
+    """Write a seeded random UNet LoRA in diffusers format (for tests and benchmarks).
 
     Unlike a freshly initialised LoRA (lora_B = 0), both matrices are random, so it changes the
-    model's output by an amount set by ``std``.
+    model's output by an amount set by ``std``. alpha = rank: its scaling is 1.
     """
-    from diffusers import StableDiffusionPipeline
-    from peft import LoraConfig, get_peft_model_state_dict
+    from peft import LoraConfig
 
     config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=True, target_modules=list(target_modules))
     name = "_random_lora"
@@ -214,9 +230,6 @@ def random_lora(
         for layer in lora_layers([pipe.unet], name):
             for mat in (layer.lora_A[name].weight, layer.lora_B[name].weight):
                 mat.data.copy_(torch.randn(mat.shape, generator=gen) * std)
-        state = get_peft_model_state_dict(pipe.unet, adapter_name=name)
+        return save_unet_lora(pipe.unet, name, out)
     finally:
         pipe.unet.delete_adapters(name)
-    out = Path(out)
-    StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=state, safe_serialization=True)
-    return out / LORA_WEIGHT_NAME

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from wig.atomic import atomic_dir
 from wig.concepts import save_png
 from wig.errors import WigError
-from wig.lora import LORA_WEIGHT_NAME
+from wig.lora import LORA_WEIGHT_NAME, save_unet_lora
 
 TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
 ADAPTER = "wig_train"
@@ -96,20 +96,6 @@ def _target(scheduler, latents, noise, t):
     if kind == "v_prediction":
         return scheduler.get_velocity(latents, noise, t)
     raise WigError(f"training supports epsilon and v_prediction models, not {kind!r}")
-
-
-def _lora_state(unet) -> dict[str, torch.Tensor]:
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft.utils import get_peft_model_state_dict
-
-    return convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=ADAPTER))
-
-
-def _save_lora(unet, out: Path) -> None:
-    from diffusers import StableDiffusionPipeline
-
-    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in _lora_state(unet).items()}
-    StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=state, safe_serialization=True)
 
 
 class _Data:
@@ -214,8 +200,8 @@ def train_lora(
                     "seconds": time.perf_counter() - start,
                 })
                 if step == config.weak_step:
-                    _save_lora(unet, tmp / "weak")
-            _save_lora(unet, tmp / "full")
+                    save_unet_lora(unet, ADAPTER, tmp / "weak")
+            save_unet_lora(unet, ADAPTER, tmp / "full")
             log = pl.DataFrame(rows, schema=LOG_SCHEMA)
             log.write_parquet(tmp / "log.parquet")
             (tmp / "config.json").write_text(_json(config))
