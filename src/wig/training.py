@@ -136,6 +136,8 @@ def train_lora(
         raise WigError("prior preservation needs a class prompt")
     if not instance_images:
         raise WigError("no instance images")
+    if config.mixed_precision != "no" and pipe.unet.device.type != "cuda":
+        raise WigError(f"mixed precision {config.mixed_precision} needs a CUDA device, the model is on {pipe.unet.device}")
 
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=pipe.unet.device.type == "cpu")
     device = accelerator.device
