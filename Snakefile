@@ -12,9 +12,16 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/generate.smk"
+include: "workflow/rules/embed.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:
     input:
+        expand("results/{model}/tables/metrics.md", model=MODELS),
+        expand("results/{model}/tables/paired_vs_cfg.md", model=MODELS),
         expand("results/{model}/grids/{concept}.png", model=MODELS, concept=CONCEPTS),
+        "results/plots/omega_ablation.png",
+        "results/plots/lambda_ablation.png",
+        "results/plots/pareto.png",
     default_target: True

@@ -57,11 +57,24 @@ class Concept:
     def class_prompt(self) -> str:
         return f"a photo of {self.class_noun}"
 
-    def prompts(self, identifier: str = "sks") -> list[str]:
-        """The concept's evaluation prompts with ``{}`` filled by `subject`."""
+    def templates(self) -> list[str]:
+        """The concept's prompt lines, ``{}`` unfilled."""
         if self.prompts_file is None:
             raise ConceptError(f"concept {self.id}: no prompt list (sheet column 'prompts' or the dataset's default)")
-        return [line.format(self.subject(identifier)) for line in read_prompt_list(self.prompts_file)]
+        return read_prompt_list(self.prompts_file)
+
+    def prompts(self, identifier: str = "sks") -> list[str]:
+        """The concept's evaluation prompts with ``{}`` filled by `subject`."""
+        return [line.format(self.subject(identifier)) for line in self.templates()]
+
+    def clip_texts(self, mode: str = "class") -> list[str]:
+        """The texts CLIP-T compares images with: ``class`` fills ``{}`` with the class noun only
+        (the identifier means nothing to CLIP); ``raw`` keeps the line as DreamMatcher embeds it."""
+        if mode == "raw":
+            return self.templates()
+        if mode == "class":
+            return [line.format(self.class_noun) for line in self.templates()]
+        raise ConceptError(f"unknown CLIP-T text mode {mode!r}; choose class or raw")
 
 
 def read_prompt_list(path: str | os.PathLike) -> list[str]:

@@ -10,17 +10,19 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def job(snakemake):
+def job(snakemake, torch: bool = True):
     """Send everything the job prints into its log file and size torch's thread pool.
 
     File descriptors 1 and 2 are redirected, not just ``sys.stdout``: library loggers bound
     the original stderr at import time, and progress bars and C extensions write there too.
     Torch's thread count is the rule's ``threads:``; unset, torch takes every core and
-    parallel jobs oversubscribe a small machine badly.
+    parallel jobs oversubscribe a small machine badly. Jobs that never touch torch pass
+    ``torch=False`` and skip its import (seconds per job).
     """
-    import torch
+    if torch:
+        import torch as _torch
 
-    torch.set_num_threads(max(1, int(snakemake.threads)))
+        _torch.set_num_threads(max(1, int(snakemake.threads)))
     log_path = Path(snakemake.log[0])
     log_path.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()

@@ -26,3 +26,11 @@ def code_hash(*modules: str) -> str:
 
 def versions(packages=("torch", "diffusers", "transformers", "peft", "wig")) -> dict[str, str]:
     return {name: metadata.version(name) for name in packages}
+
+
+def encoder_id(spec: dict) -> str:
+    """A stable name for an encoder config (written into, and checked against, embedding files):
+    ``dino:facebook/dino-vits16``, ``clip:ViT-B-32@openai``, ``clip-tiny:s0``."""
+    if spec.get("tiny"):
+        return f"{spec['kind']}-tiny:s{spec.get('seed', 0)}"
+    return f"{spec['kind']}:{spec['name']}" + (f"@{spec['pretrained']}" if spec.get("pretrained") else "")

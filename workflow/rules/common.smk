@@ -8,7 +8,7 @@ from snakemake.utils import validate
 from wig.concepts import image_files, read_sheet
 from wig.errors import WigError
 from wig.grid import Point, expand as expand_grid
-from wig.provenance import code_hash
+from wig.provenance import code_hash, encoder_id
 
 
 validate(config, workflow.source_path("../../config/schema.yaml"))
@@ -59,6 +59,7 @@ wildcard_constraints:
     method="none|cfg|pg|ag|cfgpp|pgpp",
     point=r"w[0-9.]+_l-?[0-9.]+(_a-?[0-9.]+(_weak)?)?",
     seeds=r"\d+(_\d+)*",
+    encoder="dino|clip",
 
 
 def model_spec(wildcards):
@@ -143,3 +144,44 @@ def grid_columns(wildcards):
 
 def grid_rows():
     return [f"{p.method} {p.name}" for p in POINTS]
+
+
+# --- evaluation ------------------------------------------------------------------------------
+ENCODERS = {kind: {"kind": kind, **spec} for kind, spec in config["encoders"].items()}
+EVAL = config["evaluation"]
+
+
+def encoder_input(wildcards):
+    """A tiny encoder is a folder built by a rule; a real one is a name in params."""
+    return {"encoder": f"results/encoders/{wildcards.encoder}"} if ENCODERS[wildcards.encoder].get("tiny") else {}
+
+
+def encoder_spec(wildcards):
+    return ENCODERS[wildcards.encoder]
+
+
+def clip_texts(wildcards):
+    return CONCEPTS[wildcards.concept].clip_texts(EVAL["clip_t_text"])[: config["dataset"]["max_prompts"]]
+
+
+def embeddings_of(kind):
+    """Input function: the ``kind`` embeddings of one generation job."""
+
+    def paths(wildcards):
+        return (f"results/{wildcards.model}/embeddings/{kind}/{wildcards.concept}/{wildcards.method}/"
+                f"{wildcards.point}/seeds{wildcards.seeds}.parquet")
+
+    return paths
+
+
+def score_files(wildcards):
+    return [
+        f"results/{wildcards.model}/scores/{concept}/{p.method}/{p.name}/seeds{chunk}.parquet"
+        for concept in CONCEPTS
+        for p in POINTS
+        for chunk in SEED_CHUNKS
+    ]
+
+
+def model_tables(wildcards):
+    return expand("results/{model}/tables/metrics.parquet", model=MODELS)

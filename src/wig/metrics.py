@@ -1,0 +1,182 @@
+"""DINO, CLIP-I and CLIP-T: per-image scores, tables with bootstrap CIs, paired comparisons.
+
+Per image i of a concept with reference embeddings r_1…r_R:
+    DINO_i   = mean_r cos(dino(r), dino(i))          (likewise CLIP-I with CLIP image embeddings)
+    CLIP-T_i = cos(clip(i), clip_text(prompt of i))
+so a prompt's score — the mean over its images — is DreamMatcher's all-pairs mean of cosines.
+A table cell is the mean over concepts of the mean over prompts of the per-prompt means
+(DreamMatcher's order); with equally many images per prompt and prompts per concept this is
+the plain mean of the per-image scores.
+
+Confidence intervals: a two-stage percentile bootstrap — resample concepts with replacement,
+then prompts with replacement within each drawn concept, recompute the cell; 95 % interval of
+``n_boot`` draws. Paired comparisons apply the same bootstrap to per-image differences between a
+method and CFG on the same (concept, prompt, seed) noise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from wig.errors import WigError
+
+METRICS = ("dino", "clip_i", "clip_t")
+POINT_KEYS = ("method", "omega", "scale", "ag_scale", "weak")
+IMAGE_KEYS = ("concept", "prompt_index", "seed")
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def subject_fidelity(references: np.ndarray, generated: np.ndarray) -> np.ndarray:
+    """Per generated image: mean cosine to every reference (DINO or CLIP-I)."""
+    return (_unit(generated) @ _unit(references).T).mean(axis=1)
+
+
+def text_fidelity(generated: np.ndarray, texts: np.ndarray) -> np.ndarray:
+    """Per generated image: cosine to its own prompt's text embedding (CLIP-T)."""
+    return (_unit(generated) * _unit(texts)).sum(axis=1)
+
+
+def _matrix(frame: pl.DataFrame) -> np.ndarray:
+    return np.stack(frame["embedding"].to_numpy())
+
+
+def score_samples(
+    manifest: pl.DataFrame,
+    concept: str,
+    dino: pl.DataFrame,
+    clip: pl.DataFrame,
+    dino_refs: pl.DataFrame,
+    clip_refs: pl.DataFrame,
+    texts: pl.DataFrame,
+) -> pl.DataFrame:
+    """Per-image scores of one sample set, one row per (image, protocol).
+
+    ``dino``/``clip`` are the set's embeddings, ``*_refs`` the concept's reference embeddings,
+    ``texts`` the CLIP text embeddings indexed by prompt index.
+    """
+    rows = []
+    text_by_index = dict(zip(texts["index"].to_list(), _matrix(texts)))
+    for protocol in sorted(set(dino["protocol"].to_list())):
+        frames = {}
+        for name, emb, refs in (("dino", dino, dino_refs), ("clip", clip, clip_refs)):
+            gen = emb.filter(pl.col("protocol") == protocol)
+            ref = refs.filter(pl.col("protocol") == protocol)
+            if gen.is_empty() or ref.is_empty():
+                raise WigError(f"no {name} embeddings for protocol {protocol}")
+            joined = manifest.join(gen.select("path", "sha256", "embedding"), on="path", how="left", suffix="_emb")
+            if joined["embedding"].null_count():
+                raise WigError(f"{joined['embedding'].null_count()} image(s) of the set have no {name} embedding")
+            if (joined["sha256"] != joined["sha256_emb"]).any():
+                raise WigError(f"{name} embeddings are of other images than the manifest's (sha256 differs)")
+            frames[name] = (_matrix(joined), _matrix(ref))
+        clip_gen = frames["clip"][0]
+        prompt_text = np.stack([text_by_index[i] for i in manifest["prompt_index"].to_list()])
+        rows.append(
+            manifest.select("path", *IMAGE_KEYS[1:], *POINT_KEYS).with_columns(
+                pl.lit(concept).alias("concept"),
+                pl.lit(protocol).alias("protocol"),
+                pl.Series("dino", subject_fidelity(frames["dino"][1], frames["dino"][0])),
+                pl.Series("clip_i", subject_fidelity(frames["clip"][1], clip_gen)),
+                pl.Series("clip_t", text_fidelity(clip_gen, prompt_text)),
+            )
+        )
+    return pl.concat(rows).select("concept", "path", "prompt_index", "seed", *POINT_KEYS, "protocol", *METRICS)
+
+
+def _prompt_means(frame: pl.DataFrame, value: str) -> np.ndarray:
+    """(concepts, prompts) matrix of per-prompt means; NaN where a concept has fewer prompts."""
+    per_prompt = frame.group_by("concept", "prompt_index").agg(pl.col(value).mean()).sort("concept", "prompt_index")
+    concepts = per_prompt["concept"].unique(maintain_order=True).to_list()
+    width = per_prompt.group_by("concept").len()["len"].max()
+    out = np.full((len(concepts), width), np.nan)
+    for c, concept in enumerate(concepts):
+        vals = per_prompt.filter(pl.col("concept") == concept)[value].to_numpy()
+        out[c, : len(vals)] = vals
+    return out
+
+
+def _cell(m: np.ndarray) -> float:
+    return float(np.nanmean(np.nanmean(m, axis=1)))
+
+
+def _bootstrap(m: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple[float, float]:
+    counts = (~np.isnan(m)).sum(axis=1)
+    c_idx = rng.integers(0, len(m), size=(n_boot, len(m)))
+    # prompts resampled within each drawn concept, among that concept's own prompts
+    p_idx = (rng.random((n_boot, len(m), m.shape[1])) * counts[c_idx][..., None]).astype(int)
+    draws = m[c_idx[..., None], p_idx]
+    valid = np.arange(m.shape[1])[None, None, :] < counts[c_idx][..., None]
+    per_concept = np.where(valid, draws, 0.0).sum(axis=2) / counts[c_idx]
+    stats = per_concept.mean(axis=1)
+    lo, hi = np.percentile(stats, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def aggregate(scores: pl.DataFrame, n_boot: int = 1000, seed: int = 0) -> pl.DataFrame:
+    """One row per (protocol, grid point): DINO, CLIP-I, CLIP-T with 95 % CIs and n_images."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for key, group in scores.group_by("protocol", *POINT_KEYS, maintain_order=True):
+        row = dict(zip(("protocol", *POINT_KEYS), key))
+        for metric in METRICS:
+            m = _prompt_means(group, metric)
+            row[metric] = _cell(m)
+            row[f"{metric}_lo"], row[f"{metric}_hi"] = _bootstrap(m, n_boot, rng)
+        row["n_concepts"] = group["concept"].n_unique()
+        row["n_images"] = len(group)
+        rows.append(row)
+    return pl.DataFrame(rows).sort("protocol", "method", "scale", "omega")
+
+
+def reference_points(points: pl.DataFrame) -> dict[tuple, tuple]:
+    """For every grid point, the CFG point it is compared with: CFG at the same λ if the grid has
+    it, else the grid's first CFG point."""
+    cfg = points.filter(pl.col("method") == "cfg")
+    if cfg.is_empty():
+        raise WigError("paired comparisons need a cfg point in the guidance grid")
+    first = tuple(cfg.row(0))
+    by_scale = {row[POINT_KEYS.index("scale")]: tuple(row) for row in cfg.iter_rows()}
+    return {tuple(p): by_scale.get(p[POINT_KEYS.index("scale")], first) for p in points.iter_rows()}
+
+
+def paired_vs_cfg(scores: pl.DataFrame, n_boot: int = 1000, seed: int = 0) -> pl.DataFrame:
+    """Mean difference (method − CFG) per metric on the same (concept, prompt, seed) noise, with
+    the two-stage bootstrap CI; one row per (protocol, non-CFG grid point)."""
+    rng = np.random.default_rng(seed)
+    points = scores.select(POINT_KEYS).unique(maintain_order=True)
+    refs = reference_points(points)
+    rows = []
+    for protocol in scores["protocol"].unique(maintain_order=True).to_list():
+        frame = scores.filter(pl.col("protocol") == protocol)
+        for point, ref in refs.items():
+            if point == ref:
+                continue
+            a = frame.filter(pl.all_horizontal([pl.col(k) == v for k, v in zip(POINT_KEYS, point)]))
+            b = frame.filter(pl.all_horizontal([pl.col(k) == v for k, v in zip(POINT_KEYS, ref)]))
+            pair = a.join(b, on=list(IMAGE_KEYS), suffix="_cfg")
+            if len(pair) != len(a) or len(pair) != len(b):
+                raise WigError(f"{dict(zip(POINT_KEYS, point))} and its CFG reference cover different images")
+            row = {"protocol": protocol, **dict(zip(POINT_KEYS, point)), "cfg_scale": ref[POINT_KEYS.index("scale")]}
+            for metric in METRICS:
+                diff = pair.select("concept", "prompt_index", (pl.col(metric) - pl.col(f"{metric}_cfg")).alias("d"))
+                m = _prompt_means(diff, "d")
+                row[f"d_{metric}"] = _cell(m)
+                row[f"d_{metric}_lo"], row[f"d_{metric}_hi"] = _bootstrap(m, n_boot, rng)
+            row["n_images"] = len(pair)
+            rows.append(row)
+    return pl.DataFrame(rows)
+
+
+def to_markdown(frame: pl.DataFrame, digits: int = 4) -> str:
+    """A GitHub-style table; floats rounded to ``digits``."""
+    def fmt(v):
+        return f"{v:.{digits}f}" if isinstance(v, float) else ("" if v is None else str(v))
+
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in frame.iter_rows()]
+    return "\n".join(lines) + "\n"

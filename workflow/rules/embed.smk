@@ -1,0 +1,76 @@
+# Embeddings (Parquet): references once per (concept, encoder), prompt texts once per (concept,
+# CLIP), samples once per (generation job, encoder). Protocols share one job: an image is decoded
+# once and encoded once per protocol. Changing an encoder re-embeds; it never regenerates.
+
+
+rule build_tiny_encoder:
+    output:
+        directory("results/encoders/{encoder}"),
+    params:
+        spec=encoder_spec,
+        code=code_hash("encoders"),
+    log:
+        "logs/build_tiny_encoder/{encoder}.log",
+    script:
+        "../scripts/build_tiny_encoder.py"
+
+
+rule embed_references:
+    input:
+        unpack(encoder_input),
+        images="results/concepts/{concept}",
+    output:
+        "results/embeddings/{encoder}/references/{concept}.parquet",
+    params:
+        spec=encoder_spec,
+        protocols=EVAL["protocols"],
+        batch_size=EVAL["batch_size"],
+        runtime=config["runtime"],
+        code=code_hash("encoders", "concepts", "atomic"),
+    log:
+        "logs/embed_references/{encoder}/{concept}.log",
+    threads: config["runtime"]["threads"]
+    script:
+        "../scripts/embed.py"
+
+
+rule embed_texts:
+    input:
+        unpack(encoder_input),
+    output:
+        "results/embeddings/{encoder}/texts/{concept}.parquet",
+    params:
+        spec=encoder_spec,
+        texts=clip_texts,
+        runtime=config["runtime"],
+        code=code_hash("encoders", "atomic"),
+    log:
+        "logs/embed_texts/{encoder}/{concept}.log",
+    threads: config["runtime"]["threads"]
+    wildcard_constraints:
+        encoder="clip",
+    script:
+        "../scripts/embed.py"
+
+
+rule embed_samples:
+    input:
+        unpack(encoder_input),
+        images="results/{model}/samples/{concept}/{method}/{point}/seeds{seeds}",
+    output:
+        "results/{model}/embeddings/{encoder}/{concept}/{method}/{point}/seeds{seeds}.parquet",
+    params:
+        spec=encoder_spec,
+        protocols=EVAL["protocols"],
+        batch_size=EVAL["batch_size"],
+        runtime=config["runtime"],
+        code=code_hash("encoders", "concepts", "atomic"),
+    log:
+        "logs/{model}/embed_samples/{encoder}/{concept}/{method}/{point}/seeds{seeds}.log",
+    benchmark:
+        "results/{model}/benchmarks/embed_samples/{encoder}/{concept}/{method}/{point}/seeds{seeds}.tsv"
+    threads: config["runtime"]["threads"]
+    resources:
+        gpu=1,
+    script:
+        "../scripts/embed.py"

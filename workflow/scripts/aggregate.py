@@ -1,0 +1,31 @@
+"""Tables of one model: per-image scores, metrics with CIs, paired comparisons (rule aggregate)."""
+from pathlib import Path
+
+import polars as pl
+
+from wig.atomic import replace_file, tmp_path
+from wig.jobs import job
+from wig.metrics import aggregate, paired_vs_cfg, to_markdown
+
+
+def write(frame: pl.DataFrame, path: str) -> None:
+    tmp = tmp_path(path)
+    suffix = Path(path).suffix
+    if suffix == ".parquet":
+        frame.write_parquet(tmp)
+    elif suffix == ".csv":
+        frame.write_csv(tmp)
+    else:
+        tmp.write_text(to_markdown(frame))
+    replace_file(tmp, path)
+
+
+with job(snakemake, torch=False) as log:
+    o, p = snakemake.output, snakemake.params
+    scores = pl.concat([pl.read_parquet(f) for f in snakemake.input])
+    table = aggregate(scores, n_boot=p.n_boot, seed=p.seed)
+    paired = paired_vs_cfg(scores, n_boot=p.n_boot, seed=p.seed)
+    for frame, paths in ((scores, [o.scores]), (table, [o.table, o.csv, o.md]), (paired, [o.paired, o.paired_csv, o.paired_md])):
+        for path in paths:
+            write(frame, path)
+    log.info("%d images, %d table rows", len(scores), len(table))

@@ -1,0 +1,12 @@
+"""ω-ablation, λ-ablation and Pareto figures across models (rule plots)."""
+import polars as pl
+
+from wig import plots
+from wig.jobs import job
+
+with job(snakemake, torch=False):
+    tables = {model: pl.read_parquet(path) for model, path in zip(snakemake.params.models, snakemake.input)}
+    protocol = snakemake.params.protocol
+    plots.omega_ablation(tables, "results/plots/omega_ablation", protocol)
+    plots.lambda_ablation(tables, "results/plots/lambda_ablation", protocol)
+    plots.pareto(tables, "results/plots/pareto", protocol)
