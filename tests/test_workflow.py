@@ -24,6 +24,7 @@ def _small_config():
     config["training"].update(steps=6, weak_step=2, resolution=32)
     config["sampling"].update(steps=2, height=32, width=32)
     config["guidance"] = [{"method": "cfg", "scale": 7.5}, {"method": "pg", "scale": 7.5, "omega": [0.0, 1.0]}]
+    config["evaluation"].update(bootstrap=200)
     return config
 
 
@@ -99,6 +100,8 @@ def test_dag_fans_out_per_concept_and_class(tmp_path):
         "all": 1, "build_tiny_model": 1, "prepare": 2, "class_images": 2, "train_lora": 2,
         "generate": 2 * 3 * 2,  # concepts × points × seed chunks ([0, 1], [2])
         "grid": 2,
+        "build_tiny_encoder": 2, "embed_references": 2 * 2, "embed_texts": 2,
+        "embed_samples": 2 * 12, "score": 12, "aggregate": 1, "plots": 1,
     }
     config = _edit(config, training__prior_weight=0.0)
     _write_config(workdir, config)
@@ -129,10 +132,32 @@ def test_small_study_runs_reruns_what_changed_and_matches_the_cli(tmp_path):
     pg0 = model / "samples/brown_dog/pg/w0.0_l7.5/seeds0_1"
     assert pl.read_parquet(pg1 / "manifest.parquet")["sha256"].equals(manifest["sha256"])
     assert not pl.read_parquet(pg0 / "manifest.parquet")["sha256"].equals(manifest["sha256"])
-    assert len(list((workdir / "logs").rglob("*.log"))) == 1 + 1 + 1 + 1 + 3 + 1  # one per job
+    # one log per job: model, prepare, class images, training, 3 generations, grid, 2 encoders,
+    # 2 reference + 1 text embeddings, 3 × 2 sample embeddings, 3 scores, aggregate, plots
+    assert len(list((workdir / "logs").rglob("*.log"))) == 1 + 1 + 1 + 1 + 3 + 1 + 2 + 3 + 6 + 3 + 1 + 1
+    # every image through each encoder once per protocol: 2 images × 2 protocols per job
+    for log in (workdir / "logs/tiny-sd/embed_samples").rglob("*.log"):
+        assert "4 rows, 4 images through the encoder" in log.read_text()
+
+    # the table's DINO equals the per-image all-pairs cosine mean recomputed from the embeddings
+    table = pl.read_parquet(model / "tables/metrics.parquet")
+    row = table.filter((pl.col("method") == "cfg") & (pl.col("protocol") == "dreammatcher")).row(0, named=True)
+
+    def unit(frame):
+        m = np.stack(frame.filter(pl.col("protocol") == "dreammatcher")["embedding"].to_numpy()).astype(np.float64)
+        return m / np.linalg.norm(m, axis=1, keepdims=True)
+
+    refs = unit(pl.read_parquet(workdir / "results/embeddings/dino/references/brown_dog.parquet"))
+    gens = unit(pl.read_parquet(model / "embeddings/dino/brown_dog/cfg/w1.0_l7.5/seeds0_1.parquet"))
+    assert abs(row["dino"] - (gens @ refs.T).mean()) < 1e-6 and row["n_images"] == 2
+    for name in ("omega_ablation", "lambda_ablation", "pareto"):
+        assert (workdir / f"results/plots/{name}.svg").is_file()
 
     again = _snakemake(workdir)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+    # the same settings with the YAML keys in another order are no change
+    (workdir / "config/config.yaml").write_text(yaml.safe_dump(config, sort_keys=True))
+    assert _planned(workdir) == {}
 
     # the same image from the CLI with the same seed and the trained LoRA
     from wig.cli import main
@@ -145,8 +170,14 @@ def test_small_study_runs_reruns_what_changed_and_matches_the_cli(tmp_path):
     ref = np.asarray(Image.open(pg0 / "s1_p00.png"), dtype=np.int16)
     assert np.abs(np.asarray(Image.open(out), dtype=np.int16) - ref).max() <= 1
 
-    # class images rerun only when their own settings change
+    # reruns: exactly the jobs a change touches
+    downstream = {"embed_samples": 6, "score": 3, "aggregate": 1, "plots": 1, "all": 1}
     _write_config(workdir, _edit(config, training__steps=8))
-    assert _planned(workdir) == {"train_lora": 1, "generate": 3, "grid": 1, "all": 1}
+    assert _planned(workdir) == {"train_lora": 1, "generate": 3, "grid": 1, **downstream}
     _write_config(workdir, _edit(config, class_images__count=3))
-    assert _planned(workdir) == {"class_images": 1, "train_lora": 1, "generate": 3, "grid": 1, "all": 1}
+    assert _planned(workdir) == {"class_images": 1, "train_lora": 1, "generate": 3, "grid": 1, **downstream}
+    _write_config(workdir, _edit(config, evaluation__clip_t_text="raw"))
+    assert _planned(workdir) == {"embed_texts": 1, "score": 3, "aggregate": 1, "plots": 1, "all": 1}
+    _write_config(workdir, _edit(config, encoders__dino={"tiny": True, "seed": 1}))
+    assert _planned(workdir) == {"build_tiny_encoder": 1, "embed_references": 1, "embed_samples": 3, "score": 3,
+                                 "aggregate": 1, "plots": 1, "all": 1}

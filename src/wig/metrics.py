@@ -88,6 +88,36 @@ def score_samples(
     return pl.concat(rows).select("concept", "path", "prompt_index", "seed", *POINT_KEYS, "protocol", *METRICS)
 
 
+def score_job(samples, concept: str, embeddings: dict, encoders: dict, out) -> pl.DataFrame:
+    """Score one generation job from its files and write the scores to ``out`` (Parquet).
+
+    ``embeddings`` maps dino, clip, dino_refs, clip_refs, texts to files; ``encoders`` maps dino
+    and clip to the encoder ids the files must carry. Every file is checked (encoder, width, the
+    images of the manifest) before anything is written.
+    """
+    from pathlib import Path
+
+    from wig.atomic import replace_file, tmp_path
+    from wig.embeddings import read_embeddings
+
+    manifest = pl.read_parquet(Path(samples) / "manifest.parquet")
+    dino_refs = read_embeddings(embeddings["dino_refs"], encoders["dino"])
+    clip_refs = read_embeddings(embeddings["clip_refs"], encoders["clip"])
+    dims = {"dino": dino_refs.schema["embedding"].size, "clip": clip_refs.schema["embedding"].size}
+    scores = score_samples(
+        manifest,
+        concept,
+        read_embeddings(embeddings["dino"], encoders["dino"], dims["dino"]),
+        read_embeddings(embeddings["clip"], encoders["clip"], dims["clip"]),
+        dino_refs,
+        clip_refs,
+        read_embeddings(embeddings["texts"], encoders["clip"], dims["clip"]),
+    )
+    scores.write_parquet(tmp_path(out))
+    replace_file(tmp_path(out), out)
+    return scores
+
+
 def _prompt_means(frame: pl.DataFrame, value: str) -> np.ndarray:
     """(concepts, prompts) matrix of per-prompt means; NaN where a concept has fewer prompts."""
     per_prompt = frame.group_by("concept", "prompt_index").agg(pl.col(value).mean()).sort("concept", "prompt_index")

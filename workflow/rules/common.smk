@@ -14,6 +14,12 @@ from wig.provenance import code_hash, encoder_id
 validate(config, workflow.source_path("../../config/schema.yaml"))
 
 
+def canon(value):
+    """A params: value with sorted keys: Snakemake compares params by their text, so reordering
+    keys in a YAML file must not look like a change."""
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
 def _load_study():
     """Everything the DAG is built from, checked before any job starts."""
     ds = config["dataset"]
@@ -47,6 +53,9 @@ SEEDS = config["seeds"]
 _k = config["sampling"]["seeds_per_job"]
 SEED_CHUNKS = ["_".join(map(str, SEEDS[i : i + _k])) for i in range(0, len(SEEDS), _k)]
 PRIOR = config["training"]["prior_weight"] > 0
+SAMPLING = canon(config["sampling"])
+# device and dtype change the numbers (slightly) and so are params; threads do not
+RUNTIME = {k: config["runtime"][k] for k in ("device", "dtype")}
 # class nouns as path components: "teddy bear" -> "teddy_bear"
 CLASSES = {re.sub(r"[^A-Za-z0-9]+", "_", c.class_noun).strip("_"): c.class_noun for c in CONCEPTS.values()}
 CLASS_OF = {cid: next(k for k, v in CLASSES.items() if v == c.class_noun) for cid, c in CONCEPTS.items()}
@@ -63,8 +72,7 @@ wildcard_constraints:
 
 
 def model_spec(wildcards):
-    """The config entry of a model, as a canonical JSON string (a params: value)."""
-    return json.dumps(config["models"][wildcards.model], sort_keys=True)
+    return canon(config["models"][wildcards.model])
 
 
 def model_input(wildcards):
@@ -92,12 +100,12 @@ def class_prompt(noun: str) -> str:
 
 def class_image_settings(wildcards):
     settings = config["class_images"]
-    return {
+    return canon({
         "prompt": class_prompt(CLASSES[wildcards.noun]),
         **{k: settings[k] for k in ("count", "seed", "steps", "scale")},
         "height": config["training"]["resolution"],
         "width": config["training"]["resolution"],
-    }
+    })
 
 
 def train_input(wildcards):
@@ -109,11 +117,11 @@ def train_input(wildcards):
 
 def train_settings(wildcards):
     concept = CONCEPTS[wildcards.concept]
-    return {
+    return canon({
         "instance_prompt": concept.instance_prompt(config["dataset"]["identifier"]),
         "class_prompt": class_prompt(concept.class_noun) if PRIOR else None,
         **config["training"],
-    }
+    })
 
 
 def generate_input(wildcards):
@@ -122,7 +130,7 @@ def generate_input(wildcards):
 
 def guidance_of(wildcards):
     p = Point.parse(wildcards.method, wildcards.point)
-    return {"method": p.method, "scale": p.scale, "omega": p.omega, "ag_scale": p.ag_scale, "weak": p.weak}
+    return canon({"method": p.method, "scale": p.scale, "omega": p.omega, "ag_scale": p.ag_scale, "weak": p.weak})
 
 
 def concept_prompts(wildcards):
@@ -157,7 +165,7 @@ def encoder_input(wildcards):
 
 
 def encoder_spec(wildcards):
-    return ENCODERS[wildcards.encoder]
+    return canon(ENCODERS[wildcards.encoder])
 
 
 def clip_texts(wildcards):

@@ -25,7 +25,7 @@ rule embed_references:
         spec=encoder_spec,
         protocols=EVAL["protocols"],
         batch_size=EVAL["batch_size"],
-        runtime=config["runtime"],
+        runtime=RUNTIME,
         code=code_hash("encoders", "concepts", "atomic"),
     log:
         "logs/embed_references/{encoder}/{concept}.log",
@@ -42,7 +42,7 @@ rule embed_texts:
     params:
         spec=encoder_spec,
         texts=clip_texts,
-        runtime=config["runtime"],
+        runtime=RUNTIME,
         code=code_hash("encoders", "atomic"),
     log:
         "logs/embed_texts/{encoder}/{concept}.log",
@@ -63,7 +63,7 @@ rule embed_samples:
         spec=encoder_spec,
         protocols=EVAL["protocols"],
         batch_size=EVAL["batch_size"],
-        runtime=config["runtime"],
+        runtime=RUNTIME,
         code=code_hash("encoders", "concepts", "atomic"),
     log:
         "logs/{model}/embed_samples/{encoder}/{concept}/{method}/{point}/seeds{seeds}.log",

@@ -13,7 +13,7 @@ rule score:
     output:
         "results/{model}/scores/{concept}/{method}/{point}/seeds{seeds}.parquet",
     params:
-        encoders={kind: encoder_id(spec) for kind, spec in ENCODERS.items()},
+        encoders=canon({kind: encoder_id(spec) for kind, spec in ENCODERS.items()}),
         code=code_hash("metrics", "encoders", "atomic"),
     log:
         "logs/{model}/score/{concept}/{method}/{point}/seeds{seeds}.log",

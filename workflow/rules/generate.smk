@@ -11,8 +11,8 @@ rule generate:
         model=model_ref,
         guidance=guidance_of,
         prompts=concept_prompts,
-        sampling=config["sampling"],
-        runtime=config["runtime"],
+        sampling=SAMPLING,
+        runtime=RUNTIME,
         code=code_hash("guidance", "sampling", "lora", "models", "generation", "atomic"),
     log:
         "logs/{model}/generate/{concept}/{method}/{point}/seeds{seeds}.log",

@@ -9,7 +9,7 @@ rule class_images:
     params:
         model=model_ref,
         settings=class_image_settings,
-        runtime=config["runtime"],
+        runtime=RUNTIME,
         code=code_hash("training", "sampling", "guidance", "lora", "models", "concepts", "atomic"),
     log:
         "logs/{model}/class_images/{noun}.log",
@@ -30,7 +30,7 @@ rule train_lora:
     params:
         model=model_ref,
         settings=train_settings,
-        runtime=config["runtime"],
+        runtime=RUNTIME,
         code=code_hash("training", "lora", "models", "concepts", "atomic"),
     log:
         "logs/{model}/train_lora/{concept}.log",

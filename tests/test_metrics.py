@@ -1,0 +1,108 @@
+"""Metrics: exact against hand-computed references; tables, CIs and paired comparisons."""
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+from wig.errors import WigError
+from wig.metrics import (
+    METRICS, POINT_KEYS, _bootstrap, _prompt_means, aggregate, paired_vs_cfg, reference_points,
+    subject_fidelity, text_fidelity, to_markdown,
+)
+from wig.plots import pareto_front
+
+
+def _hand_cos(a, b):
+    return sum(x * y for x, y in zip(a, b)) / (sum(x * x for x in a) ** 0.5 * sum(y * y for y in b) ** 0.5)
+
+
+def test_fidelities_equal_a_hand_computed_all_pairs_mean():
+    rng = np.random.default_rng(0)
+    refs, gens, texts = rng.normal(size=(4, 7)), rng.normal(size=(3, 7)), rng.normal(size=(3, 7))
+    expected = [sum(_hand_cos(g, r) for r in refs) / len(refs) for g in gens]
+    np.testing.assert_allclose(subject_fidelity(refs, gens), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(text_fidelity(gens, texts), [_hand_cos(g, t) for g, t in zip(gens, texts)], atol=1e-12)
+    # a prompt's score (mean over its images) is DreamMatcher's mean of the refs × images cosine matrix
+    all_pairs = np.mean([[_hand_cos(r, g) for g in gens] for r in refs])
+    assert abs(subject_fidelity(refs, gens).mean() - all_pairs) < 1e-12
+    assert np.allclose(subject_fidelity(gens[:1], gens[:1]), 1.0)
+
+
+def _scores(seed=0, concepts=("a", "b", "c"), prompts=4, seeds=(0, 1)):
+    rng = np.random.default_rng(seed)
+    points = [("cfg", 1.0, 7.5), ("pg", 0.0, 7.5), ("pg", 0.5, 7.5), ("cfgpp", 1.0, 0.6)]
+    rows = []
+    for method, omega, scale in points:
+        for c in concepts:
+            for p in range(prompts):
+                for s in seeds:
+                    rows.append({"concept": c, "prompt_index": p, "seed": s, "method": method, "omega": omega,
+                                 "scale": scale, "ag_scale": 2.0, "weak": "pretrained", "protocol": "dreammatcher",
+                                 **{m: float(rng.normal()) for m in METRICS}})
+    return pl.DataFrame(rows)
+
+
+def test_aggregate_equals_the_mean_of_per_image_scores():
+    scores = _scores()
+    table = aggregate(scores, n_boot=200)
+    assert len(table) == 4 and (table["n_images"] == 24).all() and (table["n_concepts"] == 3).all()
+    for row in table.iter_rows(named=True):
+        mine = scores.filter(pl.all_horizontal([pl.col(k) == row[k] for k in POINT_KEYS]))
+        for metric in METRICS:
+            assert abs(row[metric] - mine[metric].mean()) < 1e-12  # balanced design: plain mean
+            assert row[f"{metric}_lo"] < row[metric] < row[f"{metric}_hi"]
+
+
+def test_aggregate_is_mean_over_concepts_of_mean_over_prompts_when_unbalanced():
+    scores = _scores().filter(~((pl.col("concept") == "c") & (pl.col("prompt_index") >= 2)))
+    row = aggregate(scores, n_boot=100).filter((pl.col("method") == "cfg")).row(0, named=True)
+    frame = scores.filter(pl.col("method") == "cfg")
+    per_concept = [frame.filter(pl.col("concept") == c).group_by("prompt_index").agg(pl.col("dino").mean())["dino"].mean()
+                   for c in ("a", "b", "c")]
+    assert abs(row["dino"] - np.mean(per_concept)) < 1e-12
+
+
+def test_bootstrap_resamples_concepts_then_prompts():
+    # one concept with all prompts equal: no spread; two concepts far apart: the CI spans both
+    assert _bootstrap(np.full((1, 5), 0.3), 200, np.random.default_rng(0)) == pytest.approx((0.3, 0.3))
+    lo, hi = _bootstrap(np.array([[0.0] * 5, [1.0] * 5]), 2000, np.random.default_rng(0))
+    assert lo == 0.0 and hi == 1.0
+    ragged = np.array([[1.0, 3.0, np.nan], [2.0, 2.0, 2.0]])
+    lo, hi = _bootstrap(ragged, 2000, np.random.default_rng(1))
+    assert 1.0 <= lo <= hi <= 3.0 and not np.isnan([lo, hi]).any()
+    assert _prompt_means(pl.DataFrame({"concept": ["x", "x", "x"], "prompt_index": [0, 0, 1], "v": [1.0, 3.0, 5.0]}),
+                         "v").tolist() == [[2.0, 5.0]]
+
+
+def test_paired_comparison_against_cfg_on_the_same_noise():
+    scores = _scores(seed=1)
+    # make pg ω=0 exactly cfg + 0.1 in DINO
+    cfg = scores.filter(pl.col("method") == "cfg")
+    shifted = cfg.with_columns(pl.lit("pg").alias("method"), pl.lit(0.0).alias("omega"), pl.col("dino") + 0.1)
+    scores = pl.concat([scores.filter(~((pl.col("method") == "pg") & (pl.col("omega") == 0.0))), shifted])
+    paired = paired_vs_cfg(scores, n_boot=200)
+    row = paired.filter((pl.col("method") == "pg") & (pl.col("omega") == 0.0)).row(0, named=True)
+    assert row["d_dino"] == pytest.approx(0.1) and row["d_dino_lo"] == pytest.approx(0.1)
+    assert set(paired["method"]) == {"pg", "cfgpp"}  # every point but the reference itself
+    assert paired.filter(pl.col("method") == "cfgpp")["cfg_scale"].to_list() == [7.5]  # no cfg at 0.6: the first
+
+
+def test_paired_needs_a_cfg_point():
+    with pytest.raises(WigError, match="need a cfg point"):
+        reference_points(pl.DataFrame({k: [v] for k, v in zip(POINT_KEYS, ("pg", 0.0, 7.5, 2.0, "pretrained"))}))
+
+
+def test_tables_read_back_with_polars_and_pyarrow(tmp_path):
+    table = aggregate(_scores(), n_boot=100)
+    table.write_parquet(tmp_path / "t.parquet")
+    assert pl.read_parquet(tmp_path / "t.parquet").equals(table)
+    arrow = pq.read_table(tmp_path / "t.parquet")
+    assert arrow.schema.names == table.columns and arrow.num_rows == len(table)
+    md = to_markdown(table)
+    assert md.count("\n") == len(table) + 2 and md.startswith("| protocol | method |")
+
+
+def test_pareto_front():
+    points = [(0.1, 0.9), (0.5, 0.5), (0.4, 0.4), (0.9, 0.1), (0.5, 0.5)]
+    assert pareto_front(points) == [0, 1, 4, 3]
