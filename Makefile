@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES)
-	@echo "demo outputs: results/"
+	@echo "tables: results/*/tables/metrics.md  figures: results/plots/  grids: results/*/grids/  logs: logs/"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(CORES) $(PYTEST_ARGS)
