@@ -28,7 +28,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES)
-	@echo "tables: results/*/tables/metrics.md  figures: results/plots/  grids: results/*/grids/  logs: logs/"
+	$(BIN)/snakemake --report results/report.html
+	@echo "report: results/report.html  tables: results/*/tables/metrics.md  figures: results/plots/  grids: results/*/grids/  logs: logs/"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(CORES) $(PYTEST_ARGS)

@@ -4,7 +4,14 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# the embedded demo, unless --configfile names a config (a preset): that one replaces it whole
+# rather than being merged into it (a merge would keep the demo's models and encoders)
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"

@@ -269,22 +269,21 @@ def generate_class_images(
     progress: bool = True,
     overwrite: bool = False,
 ):
-    """Prior-preservation images of a class with the base model (CFG): ``NN.png`` + manifest.
+    """Prior-preservation images of a class with the base model: ``NNNN.png`` + manifest.
 
-    Image i starts from the latent of ``wig generate --seed <seed + i>``.
+    Sampled by the stock pipeline call (as diffusers' DreamBooth script does), so the guidance
+    code under study never feeds back into training. Image i is what ``wig generate --method cfg
+    --seed <seed + i>`` gives.
     """
-    from wig.guidance import Guidance
-    from wig.sampling import sample
-
     if count < 1:
         raise WigError(f"count must be ≥ 1, got {count}")
     rows = []
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for first in tqdm(range(0, count, batch_size), desc="class images", disable=not progress):
             seeds = list(range(seed + first, seed + min(count, first + batch_size)))
-            images = sample(pipe, [prompt] * len(seeds), Guidance("cfg", scale=scale),
-                            [torch.Generator("cpu").manual_seed(s) for s in seeds], progress=False,
-                            negative_prompt=negative_prompt, steps=steps, height=height, width=width)
+            images = pipe([prompt] * len(seeds), negative_prompt=[negative_prompt] * len(seeds), guidance_scale=scale,
+                          num_inference_steps=steps, height=height, width=width,
+                          generator=[torch.Generator("cpu").manual_seed(s) for s in seeds]).images
             for s, image in zip(seeds, images):
                 name = f"{s - seed:04d}.png"
                 rows.append({"path": name, "prompt": prompt, "seed": s, "sha256": save_png(image, tmp / name)})

@@ -20,6 +20,9 @@ def canon(value):
     return json.loads(json.dumps(value, sort_keys=True))
 
 
+FETCH = config["dataset"].get("fetch")
+
+
 def _load_study():
     """Everything the DAG is built from, checked before any job starts."""
     ds = config["dataset"]
@@ -39,7 +42,8 @@ def _load_study():
     for cid, concept in concepts.items():
         folder = Path(ds["root"]) / concept.folder
         try:
-            image_files(folder)
+            if not FETCH:  # fetched images are checked by the prepare jobs
+                image_files(folder)
             prompts[cid] = concept.prompts(ds["identifier"])[: ds["max_prompts"]]
         except WigError as err:
             raise ValueError(f"config: concept {cid}: {err}") from None
@@ -90,7 +94,10 @@ def concept_folder(wildcards):
 
 
 def concept_images(wildcards):
-    """The source image files of a concept: an edited or added photo reruns its preparation."""
+    """The source image files of a concept (an edited or added photo reruns its preparation), or
+    the dataset folder when a rule fetches it."""
+    if FETCH:
+        return [config["dataset"]["root"]]
     return [str(p) for p in image_files(concept_folder(wildcards))]
 
 

@@ -13,3 +13,15 @@ rule prepare:
         "logs/prepare/{concept}.log",
     script:
         "../scripts/prepare.py"
+
+
+rule fetch_dataset:
+    output:
+        directory(config["dataset"]["root"]),
+    params:
+        fetch=canon(config["dataset"].get("fetch", {})),
+    log:
+        "logs/fetch_dataset.log",
+    localrule: True
+    script:
+        "../scripts/fetch_dataset.py"

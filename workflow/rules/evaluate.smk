@@ -27,10 +27,12 @@ rule aggregate:
     output:
         scores="results/{model}/tables/scores.parquet",
         table="results/{model}/tables/metrics.parquet",
-        csv="results/{model}/tables/metrics.csv",
+        csv=report("results/{model}/tables/metrics.csv", caption="../report/metrics.rst", category="Tables",
+                   labels={"model": "{model}", "table": "metrics"}),
         md="results/{model}/tables/metrics.md",
         paired="results/{model}/tables/paired_vs_cfg.parquet",
-        paired_csv="results/{model}/tables/paired_vs_cfg.csv",
+        paired_csv=report("results/{model}/tables/paired_vs_cfg.csv", caption="../report/paired.rst",
+                          category="Tables", labels={"model": "{model}", "table": "paired vs CFG"}),
         paired_md="results/{model}/tables/paired_vs_cfg.md",
     params:
         n_boot=EVAL["bootstrap"],
@@ -46,9 +48,15 @@ rule plots:
     input:
         model_tables,
     output:
-        multiext("results/plots/omega_ablation", ".png", ".svg"),
-        multiext("results/plots/lambda_ablation", ".png", ".svg"),
-        multiext("results/plots/pareto", ".png", ".svg"),
+        report("results/plots/omega_ablation.png", caption="../report/omega.rst", category="Figures",
+               labels={"figure": "ω-ablation"}),
+        report("results/plots/lambda_ablation.png", caption="../report/lambda.rst", category="Figures",
+               labels={"figure": "λ-ablation"}),
+        report("results/plots/pareto.png", caption="../report/pareto.rst", category="Figures",
+               labels={"figure": "Pareto front"}),
+        "results/plots/omega_ablation.svg",
+        "results/plots/lambda_ablation.svg",
+        "results/plots/pareto.svg",
     params:
         models=MODELS,
         protocol=EVAL.get("plot_protocol"),

@@ -29,7 +29,8 @@ rule grid:
     input:
         sample_dirs,
     output:
-        "results/{model}/grids/{concept}.png",
+        report("results/{model}/grids/{concept}.png", caption="../report/grid.rst", category="Image grids",
+               labels={"model": "{model}", "concept": "{concept}"}),
     params:
         rows=grid_rows(),
         columns=grid_columns,

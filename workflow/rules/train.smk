@@ -10,7 +10,7 @@ rule class_images:
         model=model_ref,
         settings=class_image_settings,
         runtime=RUNTIME,
-        code=code_hash("training", "sampling", "guidance", "lora", "models", "concepts", "atomic"),
+        code=code_hash("training", "models", "concepts", "atomic"),
     log:
         "logs/{model}/class_images/{noun}.log",
     benchmark:
