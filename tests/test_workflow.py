@@ -108,6 +108,52 @@ def test_dag_fans_out_per_concept_and_class(tmp_path):
     assert "class_images" not in _planned(workdir)
 
 
+PAPER_POINTS = 1 + 4 + 11 + 3 + 1 + 1 + 1  # none, cfg λ×4, pg ω×11, pg λ×3, ag, cfg++, pg++
+
+
+@pytest.mark.parametrize("preset", ["vico-sd15", "vico-sd21"])
+def test_presets_build_the_full_paper_dag_without_weights(tmp_path, preset):
+    workdir = _workdir(tmp_path, _small_config())
+    proc = _snakemake(workdir, "-n", "--configfile", f"config/presets/{preset}.yaml")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = (proc.stdout + proc.stderr).split("Job stats:")[1].split("total")[0]
+    counts = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+    assert counts == {
+        "fetch_dataset": 1, "prepare": 16, "class_images": 11, "train_lora": 16,  # 11 class nouns in ViCo
+        "generate": 16 * PAPER_POINTS, "grid": 16, "embed_references": 16 * 2, "embed_texts": 16,
+        "embed_samples": 16 * PAPER_POINTS * 2, "score": 16 * PAPER_POINTS, "aggregate": 1, "plots": 1, "all": 1,
+    }  # 8 seeds in one chunk per job; no tiny models or encoders: the preset names real ones
+    assert "tiny-sd" not in proc.stdout  # the preset replaced the demo config, not merged into it
+
+
+def test_a_preset_with_a_typo_fails_naming_the_key(tmp_path):
+    workdir = _workdir(tmp_path, _small_config())
+    preset = (workdir / "config/presets/vico-sd15.yaml").read_text().replace("training:", "trainig:")
+    (workdir / "typo.yaml").write_text(preset)
+    proc = _snakemake(workdir, "-n", "--configfile", "typo.yaml")
+    assert proc.returncode != 0 and "'trainig' was unexpected" in proc.stdout + proc.stderr
+
+
+def test_fetch_rule_clones_the_pinned_commit(tmp_path):
+    origin = tmp_path / "origin"
+    shutil.copytree(ROOT / "resources/datasets/demo/images/brown_dog", origin / "inputs/brown_dog")
+    git = ["git", "-C", str(origin), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(origin)], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "images"], check=True)
+    commit = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    (origin / "inputs/brown_dog/00.jpg").unlink()  # a later commit the pin must not see
+    subprocess.run([*git, "commit", "-qam", "drop one"], check=True)
+    config = _edit(_small_config(), dataset__root="data/vico",
+                   dataset__fetch={"repo": str(origin), "commit": commit[:10], "subdir": "inputs"})
+    (tmp_path / "work").mkdir()
+    workdir = _workdir(tmp_path / "work", config)
+    proc = _snakemake(workdir, "results/concepts/brown_dog")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(list((workdir / "data/vico/brown_dog").glob("*.jpg"))) == 5
+    assert len(pl.read_parquet(workdir / "results/concepts/brown_dog/manifest.parquet")) == 5
+
+
 @pytest.mark.slow
 def test_small_study_runs_reruns_what_changed_and_matches_the_cli(tmp_path):
     config = _small_config()
@@ -181,3 +227,27 @@ def test_small_study_runs_reruns_what_changed_and_matches_the_cli(tmp_path):
     _write_config(workdir, _edit(config, encoders__dino={"tiny": True, "seed": 1}))
     assert _planned(workdir) == {"build_tiny_encoder": 1, "embed_references": 1, "embed_samples": 3, "score": 3,
                                  "aggregate": 1, "plots": 1, "all": 1}
+    one_job = {"generate": 1, "embed_samples": 2, "score": 1, "grid": 1, "aggregate": 1, "plots": 1, "all": 1}
+    guidance = config["guidance"][:1] + [{"method": "pg", "scale": 7.5, "omega": [0.0, 0.5, 1.0]}]
+    _write_config(workdir, _edit(config, guidance=guidance))  # a new ω
+    assert _planned(workdir) == one_job
+    _write_config(workdir, _edit(config, seeds=[0, 1, 2]))  # a new seed: a new chunk per point
+    assert _planned(workdir) == {**one_job, "generate": 3, "embed_samples": 6, "score": 3}
+
+    # a real change of the guidance module's code (seen through its hash in params): generation and
+    # everything after it rerun, training and class images do not
+    _write_config(workdir, config)
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "src/wig", src / "wig")
+    guidance_py = src / "wig/guidance.py"
+    guidance_py.write_text(guidance_py.read_text().replace("METHODS = (", "METHODS: tuple = ("))
+    env_proc = subprocess.run([*SNAKEMAKE, "--cores", "2", "-n"], cwd=workdir, capture_output=True, text=True,
+                              env=dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(src)))
+    table = (env_proc.stdout + env_proc.stderr).split("Job stats:")[1].split("total")[0]
+    assert {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)} == {
+        **one_job, "generate": 3, "embed_samples": 6, "score": 3}
+
+    report = _snakemake(workdir, "--report", "report.html")
+    assert report.returncode == 0, report.stderr[-2000:]
+    html = (workdir / "report.html").read_text()
+    assert all(k in html for k in ("Image grids", "Figures", "metrics.csv", "Pareto front"))
