@@ -30,6 +30,8 @@ rule embed_references:
     log:
         "logs/embed_references/{encoder}/{concept}.log",
     threads: config["runtime"]["threads"]
+    resources:
+        gpu=1,
     script:
         "../scripts/embed.py"
 
@@ -47,6 +49,8 @@ rule embed_texts:
     log:
         "logs/embed_texts/{encoder}/{concept}.log",
     threads: config["runtime"]["threads"]
+    resources:
+        gpu=1,
     wildcard_constraints:
         encoder="clip",
     script:
