@@ -164,3 +164,20 @@ def test_missing_encoder_is_a_clear_error(tmp_path):
         load_encoder({"kind": "dino", "tiny": True}, tmp_path / "nope")
     with pytest.raises(EmbeddingError, match="cannot load dino encoder"):
         load_encoder({"kind": "dino", "name": str(tmp_path / "no-such-checkpoint")})
+
+
+def test_cli_embed(refs, tmp_path, capsys):
+    from wig.cli import main
+
+    enc = tmp_path / "clip"
+    out = tmp_path / "e.parquet"
+    assert main(["embed", "--kind", "clip", "--tiny", str(enc), "--build-tiny", "--images", str(refs),
+                 "--protocol", "dreammatcher", "--protocol", "standard", "--out", str(out), "--quiet"]) == 0
+    frame = read_embeddings(out, "clip-tiny:s0", 32)
+    assert len(frame) == 10 and frame["protocol"].to_list() == ["dreammatcher"] * 5 + ["standard"] * 5
+    texts = tmp_path / "t.parquet"
+    assert main(["embed", "--kind", "clip", "--tiny", str(enc), "--text", "a dog", "--text", "a cat",
+                 "--out", str(texts)]) == 0
+    assert pl.read_parquet(texts)["text"].to_list() == ["a dog", "a cat"]
+    assert main(["embed", "--kind", "dino", "--tiny", str(enc), "--text", "a dog", "--out", str(tmp_path / "x.parquet")]) == 1
+    assert "cannot load dino encoder" in capsys.readouterr().err and not (tmp_path / "x.parquet").exists()

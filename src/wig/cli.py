@@ -137,6 +137,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for UNet activation memory")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     _add_runtime(p)
+
+    p = sub.add_parser(
+        "embed",
+        help="embed the images of a prepared or generated folder (or prompt texts) as Parquet",
+        description="Embed every image listed in FOLDER/manifest.parquet with a DINO or CLIP encoder, once per "
+        "protocol, in batches; or, with --text, embed texts with CLIP. Writes one Parquet file (schema in "
+        "docs/formats.md).",
+    )
+    p.add_argument("--kind", required=True, choices=("dino", "clip"), help="encoder family")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--tiny", type=Path, help="folder of a tiny twin built with --build-tiny")
+    source.add_argument("--name", help="real checkpoint: a transformers ViT name (dino) or open_clip model (clip)")
+    p.add_argument("--pretrained", help="open_clip pretrained tag, e.g. openai (clip)")
+    p.add_argument("--build-tiny", action="store_true", help="first build the tiny twin into --tiny")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--images", type=Path, help="folder with manifest.parquet (wig prepare / a generation job)")
+    what.add_argument("--text", action="append", help="a text to embed with CLIP (repeat)")
+    p.add_argument("--protocol", action="append", choices=("dreammatcher", "standard"),
+                   help="preprocessing protocol (repeat; default dreammatcher)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward (default 32)")
+    p.add_argument("--out", required=True, type=Path, help="output .parquet file")
+    _add_runtime(p)
     return parser
 
 
@@ -280,6 +302,29 @@ def _cmd_train_lora(args) -> None:
     print(f"{config.steps} steps, final loss {log['loss'][-1]:.4f} -> {args.out}")
 
 
+def _cmd_embed(args) -> None:
+    from wig.encoders import build_tiny_encoder, embed_images, embed_texts, load_encoder
+
+    _runtime(args)
+    if args.build_tiny:
+        if args.tiny is None:
+            raise WigError("--build-tiny needs --tiny FOLDER")
+        with atomic_dir(args.tiny) as tmp:
+            build_tiny_encoder(args.kind, tmp)
+    spec = {"kind": args.kind, "tiny": True} if args.tiny else {"kind": args.kind, "name": args.name}
+    if args.pretrained:
+        spec["pretrained"] = args.pretrained
+    encoder = load_encoder(spec, args.tiny, device=args.device)
+    if args.text:
+        frame = embed_texts(encoder, args.text)
+    else:
+        frame = embed_images(encoder, args.images, args.protocol or ["dreammatcher"], batch_size=args.batch_size)
+    tmp = tmp_path(args.out)
+    frame.write_parquet(tmp)
+    replace_file(tmp, args.out)
+    print(f"{len(frame)} rows ({encoder.id}) -> {args.out}")
+
+
 COMMANDS = {
     "build-tiny": _cmd_build_tiny,
     "random-lora": _cmd_random_lora,
@@ -287,6 +332,7 @@ COMMANDS = {
     "prepare": _cmd_prepare,
     "class-images": _cmd_class_images,
     "train-lora": _cmd_train_lora,
+    "embed": _cmd_embed,
 }
 
 
