@@ -15,7 +15,7 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.utils.torch_utils import randn_tensor
 from safetensors.torch import load_file
 
-from conftest import H, PROMPTS, SEEDS, STEPS, W, generators, to_uint8
+from conftest import H, PROMPTS, STEPS, W, generators, to_uint8
 from wig.guidance import Guidance
 from wig.models import attach_loras, load_pipeline
 from wig.sampling import Request, SamplingError, decode, sample, sample_latents
