@@ -106,3 +106,14 @@ def test_tables_read_back_with_polars_and_pyarrow(tmp_path):
 def test_pareto_front():
     points = [(0.1, 0.9), (0.5, 0.5), (0.4, 0.4), (0.9, 0.1), (0.5, 0.5)]
     assert pareto_front(points) == [0, 1, 4, 3]
+
+
+def test_figures_are_written_as_png_and_svg(tmp_path):
+    from wig import plots
+
+    table = aggregate(_scores(), n_boot=100)
+    for name, draw in (("omega", plots.omega_ablation), ("lambda", plots.lambda_ablation), ("pareto", plots.pareto)):
+        draw({"m1": table, "m2": table}, tmp_path / name)
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000 and (tmp_path / f"{name}.svg").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{n}.{e}" for n in ("omega", "lambda", "pareto")
+                                                                for e in ("png", "svg"))

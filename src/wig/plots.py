@@ -36,10 +36,23 @@ def _protocol(table: pl.DataFrame, protocol: str | None) -> pl.DataFrame:
     return table.filter(pl.col("protocol") == (protocol or table["protocol"][0]))
 
 
-def omega_ablation(tables: Mapping[str, pl.DataFrame], out, protocol: str | None = None) -> None:
-    """DINO and CLIP-T against ω for PG (one line per model and λ), CFG and AG as reference lines."""
+def _two_panels(title: str, xlabel: str, draw, out) -> None:
+    """DINO (left) and CLIP-T (right) panels; ``draw(ax, metric)`` puts the lines in."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("dino", "clip_t")):
+        draw(ax, metric)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(LABELS[metric])
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title)
+    _save(fig, out)
+
+
+def omega_ablation(tables: Mapping[str, pl.DataFrame], out, protocol: str | None = None) -> None:
+    """DINO and CLIP-T against ω for PG (one line per model and λ), CFG and AG as reference lines."""
+
+    def draw(ax, metric):
         for model, table in tables.items():
             t = _protocol(table, protocol)
             for (scale,), pg in t.filter(pl.col("method") == "pg").sort("omega").group_by("scale", maintain_order=True):
@@ -50,29 +63,21 @@ def omega_ablation(tables: Mapping[str, pl.DataFrame], out, protocol: str | None
                     ref = t.filter((pl.col("method") == method) & (pl.col("scale") == scale))
                     if not ref.is_empty():
                         ax.axhline(ref[metric][0], linestyle=style, color=color, label=f"{model} {method.upper()} λ={scale:g}")
-        ax.set_xlabel("ω (weight of the fine-tuned model in the weak branch)")
-        ax.set_ylabel(LABELS[metric])
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.suptitle("ω-ablation")
-    _save(fig, out)
+
+    _two_panels("ω-ablation", "ω (weight of the fine-tuned model in the weak branch)", draw, out)
 
 
 def lambda_ablation(tables: Mapping[str, pl.DataFrame], out, protocol: str | None = None) -> None:
     """DINO and CLIP-T against λ, one line per (model, method, ω)."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("dino", "clip_t")):
+
+    def draw(ax, metric):
         for model, table in tables.items():
             t = _protocol(table, protocol).filter(pl.col("method") != "none")
             for (method, omega), g in t.sort("scale").group_by("method", "omega", maintain_order=True):
                 label = f"{model} {method}" + (f" ω={omega:g}" if method in ("pg", "pgpp") else "")
                 ax.plot(g["scale"], g[metric], marker="o", label=label)
-        ax.set_xlabel("λ (guidance scale)")
-        ax.set_ylabel(LABELS[metric])
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.suptitle("λ-ablation")
-    _save(fig, out)
+
+    _two_panels("λ-ablation", "λ (guidance scale)", draw, out)
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:

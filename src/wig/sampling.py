@@ -69,15 +69,13 @@ def _branch_scales(branches: Sequence[Branch], n: int, device) -> dict[str, torc
 
 
 @torch.no_grad()
-def encode_text(pipe, texts: list[str], scales: LoraScales, branch: Branch) -> torch.Tensor:
-    """Text embeddings as ``StableDiffusionPipeline.encode_prompt`` computes them, under the
-    branch's LoRA scales (which matter only when the text encoder carries a LoRA)."""
+def encode_text(pipe, texts: list[str]) -> torch.Tensor:
+    """Text embeddings as ``StableDiffusionPipeline.encode_prompt`` computes them (no clip skip)."""
     tok = pipe.tokenizer(
         texts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
     )
     device = pipe.text_encoder.device
     mask = tok.attention_mask.to(device) if getattr(pipe.text_encoder.config, "use_attention_mask", False) else None
-    scales.set(_branch_scales([branch], len(texts), device))
     embeds = pipe.text_encoder(tok.input_ids.to(device), attention_mask=mask)[0]
     return embeds.to(dtype=pipe.text_encoder.dtype, device=device)
 
@@ -134,7 +132,9 @@ def sample_latents(pipe, guidance: Guidance, request: Request, progress: bool = 
             key = (b.cond, tuple(sorted(b.scales.items())) if text_scales.has_lora else None)
             if key not in cache:
                 texts = request.prompts if b.cond else [request.negative_prompt] * n
-                cache[key] = encode_text(pipe, texts, text_scales, b)
+                # the branch's LoRA scales matter only when the text encoder carries a LoRA
+                text_scales.set(_branch_scales([b], n, pipe.text_encoder.device))
+                cache[key] = encode_text(pipe, texts)
             embeds.append(cache[key])
     embeds = torch.cat(embeds)
 

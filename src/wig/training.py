@@ -27,6 +27,7 @@ from wig.atomic import atomic_dir
 from wig.concepts import save_png
 from wig.errors import WigError
 from wig.lora import LORA_WEIGHT_NAME, save_unet_lora
+from wig.sampling import encode_text
 
 TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
 ADAPTER = "wig_train"
@@ -80,13 +81,6 @@ def pixel_tensor(images, resolution: int) -> torch.Tensor:
 def _latent_dist(vae, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
     return dist.mean.float(), dist.std.float()
-
-
-@torch.no_grad()
-def _embed(pipe, prompt: str) -> torch.Tensor:
-    ids = pipe.tokenizer(prompt, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                         truncation=True, return_tensors="pt").input_ids
-    return pipe.text_encoder(ids.to(pipe.text_encoder.device))[0]
 
 
 def _target(scheduler, latents, noise, t):
@@ -149,10 +143,10 @@ def train_lora(
     scaling = vae.config.scaling_factor
 
     inst = _Data(*_latent_dist(vae, pixel_tensor(instance_images, config.resolution)), gen)
-    inst_embeds = _embed(pipe, config.instance_prompt)
+    inst_embeds = encode_text(pipe, [config.instance_prompt])
     if prior:
         cls = _Data(*_latent_dist(vae, pixel_tensor(class_images, config.resolution)), gen)
-        embeds = torch.cat([inst_embeds, _embed(pipe, config.class_prompt)])
+        embeds = torch.cat([inst_embeds, encode_text(pipe, [config.class_prompt])])
     else:
         embeds = inst_embeds
 
@@ -241,7 +235,7 @@ def denoising_loss(pipe, images, prompt: str, resolution: int, n: int = 16, seed
     gen = torch.Generator("cpu").manual_seed(seed)
     unet, device = pipe.unet, pipe.unet.device
     mean, std = _latent_dist(pipe.vae, pixel_tensor(images, resolution))
-    embeds = _embed(pipe, prompt)
+    embeds = encode_text(pipe, [prompt])
     total = 0.0
     for i in range(len(mean)):
         eps = torch.randn((n, *mean[i].shape), generator=gen).to(device)
