@@ -122,7 +122,9 @@ def test_presets_build_the_full_paper_dag_without_weights(tmp_path, preset):
         "fetch_dataset": 1, "prepare": 16, "class_images": 11, "train_lora": 16,  # 11 class nouns in ViCo
         "generate": 16 * PAPER_POINTS, "grid": 16, "embed_references": 16 * 2, "embed_texts": 16,
         "embed_samples": 16 * PAPER_POINTS * 2, "score": 16 * PAPER_POINTS, "aggregate": 1, "plots": 1, "all": 1,
-    }  # 8 seeds in one chunk per job; no tiny models or encoders: the preset names real ones
+        "resolve_model": 1, "resolve_encoder": 2,
+    }  # 8 seeds in one chunk per job; no tiny models or encoders: the preset names real ones, resolved
+    # once on the submit host
     assert "tiny-sd" not in proc.stdout  # the preset replaced the demo config, not merged into it
 
 

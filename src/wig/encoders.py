@@ -18,6 +18,7 @@ same libraries' save formats and loaded back through the very same calls.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from PIL import Image
 from wig.concepts import load_image
 from wig.embeddings import EmbeddingError, image_schema, text_schema
 from wig.provenance import encoder_id
+from wig.weights import offline
 
 PROTOCOLS = ("dreammatcher", "standard")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -102,10 +104,11 @@ class Encoder:
 
 
 def load_encoder(spec: dict, path: str | os.PathLike | None = None, device: str = "auto") -> Encoder:
-    """Load the encoder a config entry names; ``path`` is the folder of a built tiny twin."""
+    """Load the encoder a config entry names; ``path`` is the folder of a built tiny twin, or of
+    real weights resolved by `wig.weights` (then nothing is fetched)."""
     device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
     kind = spec["kind"]
-    source = str(path) if spec.get("tiny") else spec["name"]
+    source = str(path) if spec.get("tiny") or (path is not None and kind == "dino") else spec["name"]
     if spec.get("tiny") and (path is None or not Path(path).is_dir()):
         raise EmbeddingError(f"tiny {kind} encoder not built: {path}")
     try:
@@ -118,7 +121,9 @@ def load_encoder(spec: dict, path: str | os.PathLike | None = None, device: str 
             import open_clip
 
             name = f"local-dir:{source}" if spec.get("tiny") else source
-            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=spec.get("pretrained"))
+            # resolved CLIP weights sit in the hub cache under the name + tag open_clip looks up
+            with offline() if path is not None else contextlib.nullcontext():
+                model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=spec.get("pretrained"))
             normalize = preprocess.transforms[-1]
             return Encoder(encoder_id(spec), kind, model.to(device).eval(), device, clip_preprocess=preprocess,
                            tokenizer=open_clip.get_tokenizer(name), clip_mean=tuple(normalize.mean),

@@ -5,8 +5,27 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import platform
 import sys
 from pathlib import Path
+
+
+def local_weights(snakemake, default=None):
+    """A job's weights: the local path recorded by a resolve rule for real weights, else
+    ``default`` (a tiny twin's folder, or the model name)."""
+    record = snakemake.input.get("weights")
+    if record is None:
+        return default
+    from wig.weights import recorded_path
+
+    return recorded_path(record)
+
+
+def where() -> str:
+    """Where a job runs: host, SLURM job and GPUs (set by the scheduler), visible devices."""
+    env = os.environ
+    return (f"host {platform.node()} slurm_job {env.get('SLURM_JOB_ID', '-')} slurm_gpus "
+            f"{env.get('SLURM_JOB_GPUS', '-')} CUDA_VISIBLE_DEVICES {env.get('CUDA_VISIBLE_DEVICES', '-')}")
 
 
 @contextlib.contextmanager
@@ -32,8 +51,10 @@ def job(snakemake, torch: bool = True):
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+        logger = logging.getLogger(f"wig.{snakemake.rule}")
+        logger.info("%s", where())
         try:
-            yield logging.getLogger(f"wig.{snakemake.rule}")
+            yield logger
         except Exception:
             logging.getLogger("wig").exception("job failed")
             raise

@@ -80,9 +80,11 @@ def model_spec(wildcards):
 
 
 def model_input(wildcards):
-    """A tiny twin is a file input (built by a rule); a real checkpoint is a name in params."""
-    spec = config["models"][wildcards.model]
-    return {} if "path" in spec else {"model": f"results/{wildcards.model}/model"}
+    """A tiny twin is a folder built by a rule; a real checkpoint is a name in params plus the
+    record of its resolved local copy (rule resolve_model, on the submit host)."""
+    if "path" in config["models"][wildcards.model]:
+        return {"weights": f"results/{wildcards.model}/weights.json"}
+    return {"model": f"results/{wildcards.model}/model"}
 
 
 def model_ref(wildcards, input):
@@ -167,8 +169,11 @@ EVAL = config["evaluation"]
 
 
 def encoder_input(wildcards):
-    """A tiny encoder is a folder built by a rule; a real one is a name in params."""
-    return {"encoder": f"results/encoders/{wildcards.encoder}"} if ENCODERS[wildcards.encoder].get("tiny") else {}
+    """A tiny encoder is a folder built by a rule; a real one is a name in params plus the record of
+    its resolved weights (rule resolve_encoder)."""
+    if ENCODERS[wildcards.encoder].get("tiny"):
+        return {"encoder": f"results/encoders/{wildcards.encoder}"}
+    return {"weights": f"results/encoders/{wildcards.encoder}.json"}
 
 
 def encoder_spec(wildcards):

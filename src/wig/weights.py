@@ -1,0 +1,110 @@
+"""Real checkpoints and encoder weights, resolved to local files before any job runs.
+
+Compute nodes often have no internet. The resolve rules run on the submit host (local rules):
+they fetch what a config names into the Hugging Face cache (put HF_HOME on a filesystem the
+nodes share) and write a record of the source, the requested and the resolved revision and the
+local path. Jobs load from the recorded path, never by hub name, and the record is the run's
+provenance. A local folder resolves to itself (no revision).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+
+from wig.errors import WigError
+
+# what DINO needs from its repo: config + safetensors weights (wig never unpickles)
+ENCODER_FILES = ["*.json", "*.safetensors"]
+
+
+class WeightsError(WigError):
+    """Weights that cannot be resolved, or a record that cannot be read."""
+
+
+def _snapshot_revision(path: str | os.PathLike) -> str | None:
+    """The commit of a Hugging Face cache path (``.../snapshots/<commit>/...``)."""
+    parts = Path(path).parts
+    return parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
+
+
+def _local(source: str) -> dict | None:
+    path = Path(source).expanduser()
+    return {"source": source, "revision": None, "path": str(path.resolve())} if path.exists() else None
+
+
+def resolve_model(spec: dict) -> dict:
+    """A diffusers pipeline (``path`` + optional ``revision`` of a model entry) in the local cache."""
+    source = spec["path"]
+    if record := _local(source):
+        return record
+    from diffusers import DiffusionPipeline
+
+    try:
+        folder = DiffusionPipeline.download(source, revision=spec.get("revision"))
+    except Exception as err:  # hub errors come in many types; all mean the same here
+        raise WeightsError(f"cannot resolve model {source}: {str(err).splitlines()[0]}") from None
+    return {"source": source, "requested": spec.get("revision"), "revision": _snapshot_revision(folder),
+            "path": str(folder)}
+
+
+def resolve_encoder(spec: dict) -> dict:
+    """A real DINO (transformers repo) or CLIP (open_clip name + pretrained tag) in the local cache."""
+    source = spec["name"]
+    if spec["kind"] == "dino":
+        if record := _local(source):
+            return record
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = snapshot_download(source, revision=spec.get("revision"), allow_patterns=ENCODER_FILES)
+        except Exception as err:
+            raise WeightsError(f"cannot resolve DINO {source}: {str(err).splitlines()[0]}") from None
+        return {"source": source, "requested": spec.get("revision"), "revision": _snapshot_revision(folder),
+                "path": folder}
+    import open_clip
+
+    tag = spec.get("pretrained")
+    cfg = open_clip.get_pretrained_cfg(source, tag) if tag else {}
+    if not cfg:
+        raise WeightsError(f"open_clip has no pretrained weights {tag!r} for {source}")
+    try:
+        file = open_clip.download_pretrained(cfg)
+    except Exception as err:
+        raise WeightsError(f"cannot resolve CLIP {source}/{tag}: {str(err).splitlines()[0]}") from None
+    return {"source": f"{source}/{tag}", "requested": None, "revision": _snapshot_revision(file), "path": file}
+
+
+@contextlib.contextmanager
+def offline():
+    """Hub lookups answered from the local cache only, whatever the environment says."""
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
+def write_record(record: dict, out: str | os.PathLike) -> None:
+    from wig.atomic import replace_file, tmp_path
+
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    tmp_path(out).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    replace_file(tmp_path(out), out)
+
+
+def recorded_path(record_file: str | os.PathLike) -> str:
+    """The local path a resolve record points to; it must still exist (a cleaned cache fails here)."""
+    try:
+        path = json.loads(Path(record_file).read_text())["path"]
+    except (OSError, ValueError, KeyError) as err:
+        raise WeightsError(f"unreadable weights record {record_file}: {err}") from None
+    if not Path(path).exists():
+        raise WeightsError(f"{record_file}: resolved weights are gone from {path}; resolve again "
+                           f"(snakemake --forcerun resolve_model resolve_encoder)")
+    return path
