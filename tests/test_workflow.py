@@ -156,12 +156,31 @@ def test_fetch_rule_clones_the_pinned_commit(tmp_path):
     assert len(pl.read_parquet(workdir / "results/concepts/brown_dog/manifest.parquet")) == 5
 
 
+def _check_gpu_slots(logs, n_jobs, ids):
+    """Every GPU job held one id (the one it saw), no two jobs held an id at once, every id was used."""
+    held = {}
+    for log in logs.rglob("*.log"):
+        text = log.read_text()
+        got = re.search(r"CUDA_VISIBLE_DEVICES (\S+)\n.*gpu (\S+) acquired at ([\d.]+)", text)
+        if got:
+            assert got[1] == got[2], log
+            released = re.search(rf"gpu {got[2]} released at ([\d.]+)", text)
+            held.setdefault(got[2], []).append((float(got[3]), float(released[1])))
+    assert sum(map(len, held.values())) == n_jobs and set(held) == ids, held
+    for spans in held.values():
+        spans.sort()
+        assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:])), spans
+
+
 @pytest.mark.slow
 def test_small_study_runs_reruns_what_changed_and_matches_the_cli(tmp_path):
     config = _small_config()
+    config["runtime"]["gpus"] = [0, 1, 2]  # fake device ids: not params, no job reruns for them
     workdir = _workdir(tmp_path, config)
-    proc = _snakemake(workdir)
+    # 14 GPU jobs spread over the 3 ids, 3 at a time (wig.gpus)
+    proc = _snakemake(workdir, "--cores", "6", "--resources", "gpu=3")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    _check_gpu_slots(workdir / "logs", n_jobs=14, ids={"0", "1", "2"})
     model = workdir / "results/tiny-sd"
     lora = model / "lora/brown_dog"
     assert (lora / "full/pytorch_lora_weights.safetensors").is_file()

@@ -7,7 +7,10 @@ import logging
 import os
 import platform
 import sys
+import time
 from pathlib import Path
+
+from wig.gpus import device_ids, gpu_slot
 
 
 def local_weights(snakemake, default=None):
@@ -22,10 +25,11 @@ def local_weights(snakemake, default=None):
 
 
 def where() -> str:
-    """Where a job runs: host, SLURM job and GPUs (set by the scheduler), visible devices."""
+    """Where a job runs: host, SLURM job, the devices it sees (SLURM sets CUDA_VISIBLE_DEVICES
+    to the GPUs it allocated)."""
     env = os.environ
-    return (f"host {platform.node()} slurm_job {env.get('SLURM_JOB_ID', '-')} slurm_gpus "
-            f"{env.get('SLURM_JOB_GPUS', '-')} CUDA_VISIBLE_DEVICES {env.get('CUDA_VISIBLE_DEVICES', '-')}")
+    return (f"host {platform.node()} slurm_job {env.get('SLURM_JOB_ID', '-')} "
+            f"CUDA_VISIBLE_DEVICES {env.get('CUDA_VISIBLE_DEVICES', '-')}")
 
 
 @contextlib.contextmanager
@@ -52,10 +56,19 @@ def job(snakemake, torch: bool = True):
         os.dup2(log.fileno(), 2)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
         logger = logging.getLogger(f"wig.{snakemake.rule}")
-        logger.info("%s", where())
+        gpu_job = snakemake.resources.get("gpu", 0) > 0
+        ids = device_ids(snakemake.config.get("runtime", {}).get("gpus")) if gpu_job else []
         try:
-            yield logger
-        except Exception:
+            with gpu_slot(ids) as device:
+                logger.info("%s", where())
+                if device is not None:
+                    logger.info("gpu %s acquired at %.6f", device, time.time())
+                try:
+                    yield logger
+                finally:
+                    if device is not None:
+                        logger.info("gpu %s released at %.6f", device, time.time())
+        except BaseException:
             logging.getLogger("wig").exception("job failed")
             raise
         finally:

@@ -7,6 +7,7 @@ from snakemake.utils import validate
 
 from wig.concepts import image_files, read_sheet
 from wig.errors import WigError
+from wig.gpus import check_resources, device_ids, scheduler_assigned
 from wig.grid import Point, expand as expand_grid
 from wig.provenance import code_hash, encoder_id
 
@@ -51,6 +52,14 @@ def _load_study():
 
 
 POINTS, CONCEPTS, PROMPTS = _load_study()
+
+# a local run spreads GPU jobs over the device ids (wig.gpus): no more of them at once than ids
+if workflow.local_exec and not scheduler_assigned():
+    _gpu = workflow.global_resources.get("gpu")
+    try:
+        check_resources(device_ids(config["runtime"].get("gpus")), getattr(_gpu, "value", _gpu))
+    except WigError as err:
+        raise ValueError(f"config: {err}") from None
 MODELS = list(config["models"])
 SEEDS = config["seeds"]
 # generation jobs take the seeds in chunks (fewer model loads); a chunk's name lists its seeds
