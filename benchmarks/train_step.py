@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from wig.concepts import read_images
 from wig.models import load_pipeline
 from wig.tiny import build_tiny_sd, default_config
-from wig.training import TARGET_MODULES, TrainConfig, pixel_tensor, train_lora
+from wig.families import SD
+from wig.training import TrainConfig, pixel_tensor, train_lora
 
 ROOT = Path(__file__).resolve().parents[1]
 DOG = ROOT / "resources/datasets/demo/images/brown_dog"
@@ -60,7 +61,7 @@ def reference(pipe, images, args) -> float:
     unet, vae, te, tok = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
     device = unet.device
     sched = DDPMScheduler.from_config(pipe.scheduler.config)
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=list(TARGET_MODULES)),
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=list(SD.lora_targets)),
                      adapter_name="ref")
     params = [p for p in unet.parameters() if p.requires_grad]
     for p in params:

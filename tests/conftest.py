@@ -1,4 +1,4 @@
-"""Shared fixtures: one tiny SD twin and random LoRAs per test session (per xdist worker)."""
+"""Shared fixtures: one tiny SD and one tiny SANA twin and random LoRAs per test session (per xdist worker)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,15 @@ def tiny_sd(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("tiny-sd")
     build_tiny_sd(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_sana(tmp_path_factory):
+    from wig.tiny import build_tiny_sana
+
+    out = tmp_path_factory.mktemp("tiny-sana")
+    build_tiny_sana(out)
     return out
 
 

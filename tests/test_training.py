@@ -131,14 +131,14 @@ def test_bad_training_settings(kwargs, message):
 def test_a_failed_run_leaves_no_checkpoint(pipe, monkeypatch, tmp_path):
     calls = []
 
-    def failing_save(unet, adapter, out):
+    def failing_save(pipe, adapter, out):
         calls.append(out.name)
         if out.name == "full":
             raise RuntimeError("disk full")
-        return real_save(unet, adapter, out)
+        return real_save(pipe, adapter, out)
 
-    real_save = wig.training.save_unet_lora
-    monkeypatch.setattr(wig.training, "save_unet_lora", failing_save)
+    real_save = wig.training.save_lora
+    monkeypatch.setattr(wig.training, "save_lora", failing_save)
     with pytest.raises(RuntimeError, match="disk full"):
         train_lora(pipe, read_images(DOG), tmp_path / "run", _config(class_prompt=None), progress=False)
     assert calls == ["weak", "full"] and list(tmp_path.iterdir()) == []

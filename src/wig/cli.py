@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build a seeded random-init twin (same classes and layout as the real checkpoint) "
         "that stock diffusers loads with from_pretrained. Same seed → byte-identical files.",
     )
-    p.add_argument("--family", required=True, choices=("sd",), help="model family: sd = Stable-Diffusion style")
+    p.add_argument("--family", required=True, choices=("sd", "sana"),
+                   help="model family: sd = Stable-Diffusion style, sana = SANA style")
     p.add_argument("--out", required=True, type=Path, help="output folder (a diffusers pipeline folder)")
     p.add_argument("--seed", type=int, default=None, help="init seed (default: the config's)")
     p.add_argument("--config", type=Path, default=None, help="JSON config replacing the shipped tiny config")
@@ -79,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True, action="append", help="prompt (repeat for a batch)")
     p.add_argument("--seed", type=int, action="append", required=True, help="seed (repeat for a batch)")
     _add_sampling(p)
-    p.add_argument("--scheduler", default="ddim", choices=("ddim", "model"), help="ddim (default) or the model's own scheduler")
+    p.add_argument("--scheduler", default="auto", choices=("auto", "ddim", "model"),
+                   help="auto (default): DDIM for SD, the checkpoint's flow DPM-Solver for SANA; "
+                        "ddim; or the model's own scheduler")
     p.add_argument(
         "--out",
         required=True,

@@ -19,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from wig.errors import WigError
+from wig.families import SD, family_of
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 # "<module>.lora_A.weight" (PEFT) or "<module>.lora.down.weight" (diffusers); A/down: (rank, in)
@@ -194,16 +195,19 @@ class LoraScales:
         return False
 
 
-def save_unet_lora(unet, adapter_name: str, out: str | os.PathLike) -> Path:
-    """Write a UNet adapter as ``out/pytorch_lora_weights.safetensors`` in the diffusers format
-    that diffusers' own training scripts write (``unet.<module>.lora.down/up.weight``)."""
-    from diffusers import StableDiffusionPipeline
+def save_lora(pipe, adapter_name: str, out: str | os.PathLike) -> Path:
+    """Write the denoiser's adapter as ``out/pytorch_lora_weights.safetensors`` in the format
+    diffusers' own training scripts write: ``unet.<module>.lora.down/up.weight`` for SD
+    (``train_dreambooth_lora.py``), ``transformer.<module>.lora_A/B.weight`` for SANA."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=adapter_name))
+    family = family_of(pipe)
+    state = get_peft_model_state_dict(family.denoiser(pipe), adapter_name=adapter_name)
+    if family is SD:
+        state = convert_state_dict_to_diffusers(state)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
-    StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=state, safe_serialization=True)
+    type(pipe).save_lora_weights(out, **{f"{family.component}_lora_layers": state}, safe_serialization=True)
     return Path(out) / LORA_WEIGHT_NAME
 
 
@@ -213,23 +217,27 @@ def random_lora(
     rank: int = 4,
     std: float = 0.1,
     seed: int = 0,
-    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0"),
+    target_modules: tuple[str, ...] | None = None,
 ) -> Path:
-    """Write a seeded random UNet LoRA in diffusers format (for tests and benchmarks).
+    """Write a seeded random LoRA of the denoiser in diffusers format (for tests and benchmarks);
+    ``target_modules`` defaults to the family's training targets.
 
     Unlike a freshly initialised LoRA (lora_B = 0), both matrices are random, so it changes the
     model's output by an amount set by ``std``. alpha = rank: its scaling is 1.
     """
     from peft import LoraConfig
 
-    config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=True, target_modules=list(target_modules))
+    family = family_of(pipe)
+    model = family.denoiser(pipe)
+    targets = list(target_modules or family.lora_targets)
+    config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=True, target_modules=targets)
     name = "_random_lora"
-    pipe.unet.add_adapter(config, adapter_name=name)
+    model.add_adapter(config, adapter_name=name)
     try:
         gen = torch.Generator("cpu").manual_seed(seed)
-        for layer in lora_layers([pipe.unet], name):
+        for layer in lora_layers([model], name):
             for mat in (layer.lora_A[name].weight, layer.lora_B[name].weight):
                 mat.data.copy_(torch.randn(mat.shape, generator=gen) * std)
-        return save_unet_lora(pipe.unet, name, out)
+        return save_lora(pipe, name, out)
     finally:
-        pipe.unet.delete_adapters(name)
+        model.delete_adapters(name)

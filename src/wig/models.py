@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from wig.errors import WigError
+from wig.families import SD, family_of
 from wig.guidance import FULL, WEAK
 from wig.lora import LoraError, load_lora
 
@@ -38,12 +39,13 @@ def load_pipeline(
     name_or_path: str,
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "auto",
-    scheduler: str = "ddim",
+    scheduler: str = "auto",
 ):
     """``DiffusionPipeline.from_pretrained`` plus the checks and settings wig relies on.
 
-    ``scheduler="ddim"`` swaps in a DDIMScheduler built from the checkpoint's scheduler config
-    (the sampler the paper uses); ``"model"`` keeps the checkpoint's own.
+    ``scheduler``: ``"auto"`` is the sampler the paper uses with each family — DDIM for SD,
+    the checkpoint's own flow DPM-Solver for SANA; ``"ddim"`` swaps in a DDIMScheduler built
+    from the checkpoint's scheduler config; ``"model"`` keeps the checkpoint's own.
     """
     from diffusers import DDIMScheduler, DiffusionPipeline
 
@@ -59,10 +61,12 @@ def load_pipeline(
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelError(f"cannot load model {name_or_path}: {first}") from None
+    if scheduler not in ("auto", "ddim", "model"):
+        raise ModelError(f"unknown scheduler {scheduler!r}; choose auto, ddim or model")
+    if scheduler == "auto":
+        scheduler = "ddim" if family_of(pipe) is SD else "model"
     if scheduler == "ddim":
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    elif scheduler != "model":
-        raise ModelError(f"unknown scheduler {scheduler!r}; choose ddim or model")
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 

@@ -2,8 +2,9 @@
 
 For P images and K branches the batch is branch-major, ``[branch 0 × P, branch 1 × P, …]``,
 the layout stock diffusers uses for CFG (``[uncond × P, cond × P]``), so `cfg` reproduces
-``StableDiffusionPipeline.__call__`` operation for operation. LoRA branches differ only in
-per-sample adapter scales (`wig.lora.LoraScales`): no second UNet is held in memory.
+``StableDiffusionPipeline.__call__`` and ``SanaPipeline.__call__`` operation for operation (the
+family-specific calls live in `wig.families`). LoRA branches differ only in per-sample adapter
+scales (`wig.lora.LoraScales`): no second UNet or transformer is held in memory.
 
 Usable from plain diffusers code::
 
@@ -16,7 +17,7 @@ Usable from plain diffusers code::
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -24,6 +25,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
 from wig.errors import WigError
+from wig.families import Text, check_options, family_of
 from wig.guidance import FULL, WEAK, Branch, Guidance
 from wig.lora import LoraScales, adapter_names
 
@@ -41,6 +43,7 @@ class Request:
     height: int | None = None
     width: int | None = None
     eta: float = 0.0
+    text_options: dict = field(default_factory=dict)  # family text settings (SANA: max_sequence_length, …)
 
 
 def _check(pipe, guidance: Guidance, request: Request) -> None:
@@ -55,8 +58,13 @@ def _check(pipe, guidance: Guidance, request: Request) -> None:
         raise SamplingError(f"method {guidance.method} needs a fine-tuned LoRA loaded as adapter {FULL!r} (--lora)")
     if guidance.method == "ag" and guidance.weak == "lora" and WEAK not in loaded:
         raise SamplingError(f"ag with weak=lora needs the weak LoRA loaded as adapter {WEAK!r} (--weak-lora)")
-    if guidance.renoise_with_uncond and not hasattr(pipe.scheduler, "alphas_cumprod"):
-        raise SamplingError(f"{guidance.method} needs a DDIM scheduler, got {type(pipe.scheduler).__name__}")
+    if guidance.renoise_with_uncond and type(pipe.scheduler).__name__ != "DDIMScheduler":
+        raise SamplingError(f"{guidance.method} re-noises a DDIM step and needs a DDIMScheduler, "
+                            f"got {type(pipe.scheduler).__name__}")
+    try:
+        check_options(family_of(pipe), request.text_options)
+    except WigError as err:
+        raise SamplingError(str(err)) from None
 
 
 def _branch_scales(branches: Sequence[Branch], n: int, device) -> dict[str, torch.Tensor]:
@@ -66,18 +74,6 @@ def _branch_scales(branches: Sequence[Branch], n: int, device) -> dict[str, torc
         name: torch.tensor([b.scales.get(name, 0.0) for b in branches for _ in range(n)], device=device)
         for name in names
     }
-
-
-@torch.no_grad()
-def encode_text(pipe, texts: list[str]) -> torch.Tensor:
-    """Text embeddings as ``StableDiffusionPipeline.encode_prompt`` computes them (no clip skip)."""
-    tok = pipe.tokenizer(
-        texts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    )
-    device = pipe.text_encoder.device
-    mask = tok.attention_mask.to(device) if getattr(pipe.text_encoder.config, "use_attention_mask", False) else None
-    embeds = pipe.text_encoder(tok.input_ids.to(device), attention_mask=mask)[0]
-    return embeds.to(dtype=pipe.text_encoder.dtype, device=device)
 
 
 def _ddim_pp_step(scheduler, guided: torch.Tensor, renoise: torch.Tensor, t, x: torch.Tensor) -> torch.Tensor:
@@ -114,15 +110,16 @@ def sample_latents(pipe, guidance: Guidance, request: Request, progress: bool = 
     Leaves every loaded LoRA adapter active at weight 1 (per-branch scales are applied inside).
     """
     _check(pipe, guidance, request)
-    unet, scheduler = pipe.unet, pipe.scheduler
+    family = family_of(pipe)
+    model, scheduler = family.denoiser(pipe), pipe.scheduler
     loaded = sorted(adapter_names(pipe))
     if loaded:  # branch scales replace adapter weights: every adapter runs, at weight 1
         pipe.set_adapters(loaded, adapter_weights=[1.0] * len(loaded))
-    device = unet.device
+    device = model.device
     branches = guidance.branches()
     n = len(request.prompts)
-    height = request.height or unet.config.sample_size * pipe.vae_scale_factor
-    width = request.width or unet.config.sample_size * pipe.vae_scale_factor
+    height = request.height or model.config.sample_size * pipe.vae_scale_factor
+    width = request.width or model.config.sample_size * pipe.vae_scale_factor
 
     with LoraScales([pipe.text_encoder]) as text_scales:
         # one encoder pass per distinct text condition (and per scale set if the text encoder has a LoRA)
@@ -134,13 +131,13 @@ def sample_latents(pipe, guidance: Guidance, request: Request, progress: bool = 
                 texts = request.prompts if b.cond else [request.negative_prompt] * n
                 # the branch's LoRA scales matter only when the text encoder carries a LoRA
                 text_scales.set(_branch_scales([b], n, pipe.text_encoder.device))
-                cache[key] = encode_text(pipe, texts)
+                cache[key] = family.encode(pipe, texts, cond=b.cond, **request.text_options)
             embeds.append(cache[key])
-    embeds = torch.cat(embeds)
+    text = Text.cat(embeds)
 
     scheduler.set_timesteps(request.steps, device=device)
-    shape = (n, unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
-    latents = randn_tensor(shape, generator=request.generators, device=device, dtype=embeds.dtype)
+    shape = (n, model.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+    latents = randn_tensor(shape, generator=request.generators, device=device, dtype=family.latent_dtype(pipe, text))
     latents = latents * scheduler.init_noise_sigma
     step_kwargs = {}
     step_params = set(inspect.signature(scheduler.step).parameters)
@@ -150,12 +147,12 @@ def sample_latents(pipe, guidance: Guidance, request: Request, progress: bool = 
         step_kwargs["generator"] = request.generators
 
     k = len(branches)
-    with LoraScales([unet]) as unet_scales:
-        unet_scales.set(_branch_scales(branches, n, device))
+    with LoraScales([model]) as model_scales:
+        model_scales.set(_branch_scales(branches, n, device))
         for t in tqdm(scheduler.timesteps, desc=f"{guidance.method}", disable=not progress, leave=False):
             x_in = torch.cat([latents] * k) if k > 1 else latents
             x_in = scheduler.scale_model_input(x_in, t)
-            out = unet(x_in, t, encoder_hidden_states=embeds, return_dict=False)[0]
+            out = family.predict(pipe, x_in, t, text)
             guided, renoise = guidance.combine(out.chunk(k))
             if renoise is guided:
                 latents = scheduler.step(guided, t, latents, **step_kwargs, return_dict=False)[0]
@@ -167,8 +164,7 @@ def sample_latents(pipe, guidance: Guidance, request: Request, progress: bool = 
 @torch.no_grad()
 def decode(pipe, latents: torch.Tensor, output_type: str = "pil"):
     """Latents → images exactly as the stock pipeline post-processes them."""
-    image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
-    return pipe.image_processor.postprocess(image, output_type=output_type, do_denormalize=[True] * len(image))
+    return family_of(pipe).decode(pipe, latents, output_type)
 
 
 def sample(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+from contextlib import contextmanager
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch
 
 from wig.errors import WigError
 
-FAMILIES = ("sd",)
+FAMILIES = ("sd", "sana")
 
 
 def default_config(family: str) -> dict:
@@ -66,16 +67,12 @@ def build_tiny_sd(out: str | os.PathLike, config: dict | None = None, seed: int 
     config = config or default_config("sd")
     seed = config.get("seed", 0) if seed is None else seed
     out = Path(out)
-    gen_state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
+    with _seeded(seed):
         unet = UNet2DConditionModel(**config["unet"])
-        torch.manual_seed(seed + 1)
+    with _seeded(seed + 1):
         vae = AutoencoderKL(**config["vae"])
-        torch.manual_seed(seed + 2)
+    with _seeded(seed + 2):
         text_encoder = CLIPTextModel(CLIPTextConfig(**config["text_encoder"]))
-    finally:
-        torch.random.set_rng_state(gen_state)
     scheduler = DDIMScheduler(**config["scheduler"])
     tokenizer = clip_tokenizer()
     pipe = StableDiffusionPipeline(
@@ -92,4 +89,54 @@ def build_tiny_sd(out: str | os.PathLike, config: dict | None = None, seed: int 
     return pipe
 
 
-BUILDERS = {"sd": build_tiny_sd}
+def gemma_tokenizer():
+    """A character-level GemmaTokenizer built offline: Gemma's own pipeline (spaces as "▁", BPE
+    with byte fallback, <bos> first) over printable ASCII and the 256 byte tokens, so every
+    prompt encodes, an identifier like "sks" included."""
+    from transformers import GemmaTokenizer
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+    pieces = specials + [f"<0x{b:02X}>" for b in range(256)] + ["▁"] + [chr(c) for c in range(33, 127)]
+    return GemmaTokenizer(vocab={p: i for i, p in enumerate(pieces)}, merges=[], add_bos_token=True)
+
+
+def build_tiny_sana(out: str | os.PathLike, config: dict | None = None, seed: int | None = None):
+    """Build the SANA-style twin with a fixed seed and write it as a diffusers pipeline folder."""
+    from diffusers import AutoencoderDC, DPMSolverMultistepScheduler, SanaPipeline, SanaTransformer2DModel
+    from transformers import Gemma2Config, Gemma2Model
+
+    config = config or default_config("sana")
+    seed = config.get("seed", 0) if seed is None else seed
+    tokenizer = gemma_tokenizer()
+    with _seeded(seed):
+        transformer = SanaTransformer2DModel(**config["transformer"])
+    with _seeded(seed + 1):
+        vae = AutoencoderDC(**{k: _tuples(v) for k, v in config["vae"].items()})
+    with _seeded(seed + 2):
+        text_encoder = Gemma2Model(Gemma2Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                                bos_token_id=tokenizer.bos_token_id,
+                                                eos_token_id=tokenizer.eos_token_id, **config["text_encoder"]))
+    scheduler = DPMSolverMultistepScheduler(**config["scheduler"])
+    pipe = SanaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                        scheduler=scheduler)
+    pipe.save_pretrained(out, safe_serialization=True)
+    return pipe
+
+
+def _tuples(value):
+    # JSON lists → the tuples AutoencoderDC's config expects (nested for the qkv multiscales)
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+@contextmanager
+def _seeded(seed: int):
+    """Module init under a fixed seed, leaving the caller's global generator untouched."""
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.random.set_rng_state(state)
+
+
+BUILDERS = {"sd": build_tiny_sd, "sana": build_tiny_sana}

@@ -1,9 +1,14 @@
 """DreamBooth-LoRA with prior preservation; one run writes a full and a weak checkpoint.
 
-The recipe of diffusers' ``train_dreambooth_lora.py`` and the paper: LoRA (rank 4) on the UNet's
-to_q/to_k/to_v/to_out.0, AdamW (lr 1e-4), constant schedule, batch 1 instance image (+ 1 class
-image with prior preservation, loss = instance + w · prior), DDPM noise schedule with the
-checkpoint's betas and 1000 training timesteps, ε or v target as the model predicts.
+The recipe of diffusers' ``train_dreambooth_lora.py`` / ``train_dreambooth_lora_sana.py`` and the
+paper: LoRA (rank 4) on the denoiser's attention projections (the family's targets: SD's UNet
+to_q/to_k/to_v/to_out.0, SANA's transformer to_q/to_k/to_v), AdamW (lr 1e-4), constant
+schedule, batch 1 instance image (+ 1 class image with prior preservation, loss = instance +
+w · prior). The family fixes the noising and target (`wig.families`): SD a DDPM schedule with
+the checkpoint's betas, ε or v target; SANA rectified flow at a uniform step of the
+FlowMatchEuler training schedule, target ε − x0. SANA prompts are encoded as its pipeline
+encodes them when sampling (with the complex human instruction; diffusers' script leaves it
+off by default), so the LoRA learns the condition it is sampled with.
 
 Everything random is drawn from one seeded CPU generator (data order, latent samples, noise,
 timesteps; LoRA init from the global seed), so a run is reproducible on the CPU bit for bit.
@@ -26,10 +31,9 @@ from tqdm.auto import tqdm
 from wig.atomic import atomic_dir
 from wig.concepts import save_png
 from wig.errors import WigError
-from wig.lora import LORA_WEIGHT_NAME, save_unet_lora
-from wig.sampling import encode_text
+from wig.families import Text, family_of
+from wig.lora import LORA_WEIGHT_NAME, save_lora
 
-TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
 ADAPTER = "wig_train"
 
 
@@ -77,21 +81,6 @@ def pixel_tensor(images, resolution: int) -> torch.Tensor:
     return torch.stack([transform(im) for im in images])
 
 
-@torch.no_grad()
-def _latent_dist(vae, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
-    return dist.mean.float(), dist.std.float()
-
-
-def _target(scheduler, latents, noise, t):
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        return noise
-    if kind == "v_prediction":
-        return scheduler.get_velocity(latents, noise, t)
-    raise WigError(f"training supports epsilon and v_prediction models, not {kind!r}")
-
-
 class _Data:
     """Instance (and class) latent distributions, drawn in a seeded order, epoch by epoch."""
 
@@ -116,13 +105,12 @@ def train_lora(
     progress: bool = True,
     overwrite: bool = False,
 ):
-    """Train a DreamBooth LoRA on ``pipe``'s UNet; write ``out/{full,weak}/`` + ``out/log.parquet``.
+    """Train a DreamBooth LoRA on ``pipe``'s denoiser; write ``out/{full,weak}/`` + ``out/log.parquet``.
 
     ``pipe`` is a loaded (base) pipeline; it is left without the training adapter.
     Returns the training log as a polars DataFrame.
     """
     from accelerate import Accelerator
-    from diffusers import DDPMScheduler
     from peft import LoraConfig
 
     prior = class_images is not None and config.prior_weight > 0
@@ -130,39 +118,38 @@ def train_lora(
         raise WigError("prior preservation needs a class prompt")
     if not instance_images:
         raise WigError("no instance images")
-    if config.mixed_precision != "no" and pipe.unet.device.type != "cuda":
-        raise WigError(f"mixed precision {config.mixed_precision} needs a CUDA device, the model is on {pipe.unet.device}")
+    family = family_of(pipe)
+    model, vae = family.denoiser(pipe), pipe.vae
+    if config.mixed_precision != "no" and model.device.type != "cuda":
+        raise WigError(f"mixed precision {config.mixed_precision} needs a CUDA device, the model is on {model.device}")
 
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=pipe.unet.device.type == "cpu")
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=model.device.type == "cpu")
     device = accelerator.device
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    noise_scheduler = family.noise_scheduler(pipe)
     gen = torch.Generator("cpu").manual_seed(config.seed)
-    unet, vae = pipe.unet, pipe.vae
-    for module in (unet, vae, pipe.text_encoder):
+    for module in (model, vae, pipe.text_encoder):
         module.requires_grad_(False)
     scaling = vae.config.scaling_factor
 
-    inst = _Data(*_latent_dist(vae, pixel_tensor(instance_images, config.resolution)), gen)
-    inst_embeds = encode_text(pipe, [config.instance_prompt])
+    inst = _Data(*family.latent_dist(vae, pixel_tensor(instance_images, config.resolution)), gen)
+    text = family.encode(pipe, [config.instance_prompt])
     if prior:
-        cls = _Data(*_latent_dist(vae, pixel_tensor(class_images, config.resolution)), gen)
-        embeds = torch.cat([inst_embeds, encode_text(pipe, [config.class_prompt])])
-    else:
-        embeds = inst_embeds
+        cls = _Data(*family.latent_dist(vae, pixel_tensor(class_images, config.resolution)), gen)
+        text = Text.cat([text, family.encode(pipe, [config.class_prompt])])
 
     torch.manual_seed(config.seed)  # LoRA init (PEFT draws lora_A from the global generator)
-    unet.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.rank, init_lora_weights="gaussian",
-                                target_modules=list(TARGET_MODULES)), adapter_name=ADAPTER)
+    model.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.rank, init_lora_weights="gaussian",
+                                 target_modules=list(family.lora_targets)), adapter_name=ADAPTER)
     if config.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    params = [p for p in unet.parameters() if p.requires_grad]
+        model.enable_gradient_checkpointing()
+    params = [p for p in model.parameters() if p.requires_grad]
     for p in params:  # trainable LoRA weights in fp32 even when the frozen model is fp16
         p.data = p.data.float()
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
     # one device per job: accelerate brings autocast, the fp16 grad scaler and unscaled clipping;
-    # the UNet stays unwrapped (prepare() would patch its forward for the rest of the process)
+    # the model stays unwrapped (prepare() would patch its forward for the rest of the process)
     optimizer = accelerator.prepare(optimizer)
-    unet.to(device).train()
+    model.to(device).train()
 
     rows = []
     start = time.perf_counter()
@@ -174,12 +161,9 @@ def train_lora(
                     latents = torch.cat([latents, cls.draw()])
                 latents = (latents * scaling).to(device)
                 noise = torch.randn(latents.shape, generator=gen).to(device)
-                t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),), generator=gen)
-                t = t.to(device)
-                noisy = noise_scheduler.add_noise(latents, noise, t)
-                target = _target(noise_scheduler, latents, noise, t)
+                noisy, t, target = family.noised(noise_scheduler, latents, noise, gen)
                 with accelerator.autocast():
-                    pred = unet(noisy.to(unet.dtype), t, encoder_hidden_states=embeds, return_dict=False)[0]
+                    pred = family.predict(pipe, noisy.to(model.dtype), t, text)
                 losses = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
                 loss = losses[0] + (config.prior_weight * losses[1] if prior else 0.0)
                 accelerator.backward(loss)
@@ -196,16 +180,16 @@ def train_lora(
                     "seconds": time.perf_counter() - start,
                 })
                 if step == config.weak_step:
-                    save_unet_lora(unet, ADAPTER, tmp / "weak")
-            save_unet_lora(unet, ADAPTER, tmp / "full")
+                    save_lora(pipe, ADAPTER, tmp / "weak")
+            save_lora(pipe, ADAPTER, tmp / "full")
             log = pl.DataFrame(rows, schema=LOG_SCHEMA)
             log.write_parquet(tmp / "log.parquet")
             (tmp / "config.json").write_text(_json(config))
     finally:
-        unet.delete_adapters(ADAPTER)
+        model.delete_adapters(ADAPTER)
         if config.gradient_checkpointing:
-            unet.disable_gradient_checkpointing()
-        unet.eval()
+            model.disable_gradient_checkpointing()
+        model.eval()
     return log
 
 
@@ -227,24 +211,25 @@ LOG_SCHEMA = {
 
 @torch.no_grad()
 def denoising_loss(pipe, images, prompt: str, resolution: int, n: int = 16, seed: int = 1234) -> float:
-    """Mean ε/v-prediction MSE of ``pipe`` on ``images`` over ``n`` fixed (timestep, noise) draws
-    per image: the training objective, measured the same way before and after training."""
-    from diffusers import DDPMScheduler
-
-    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    """Mean training-objective MSE (ε/v or flow target, as the family trains) of ``pipe`` on
+    ``images`` over ``n`` fixed (timestep, noise) draws per image: measured the same way before
+    and after training."""
+    family = family_of(pipe)
+    scheduler = family.noise_scheduler(pipe)
     gen = torch.Generator("cpu").manual_seed(seed)
-    unet, device = pipe.unet, pipe.unet.device
-    mean, std = _latent_dist(pipe.vae, pixel_tensor(images, resolution))
-    embeds = encode_text(pipe, [prompt])
+    model = family.denoiser(pipe)
+    device = model.device
+    mean, std = family.latent_dist(pipe.vae, pixel_tensor(images, resolution))
+    text = family.encode(pipe, [prompt])
+    text = Text(text.embeds.expand(n, -1, -1), None if text.mask is None else text.mask.expand(n, -1))
     total = 0.0
     for i in range(len(mean)):
         eps = torch.randn((n, *mean[i].shape), generator=gen).to(device)
         latents = (mean[i] + std[i] * eps) * pipe.vae.config.scaling_factor
         noise = torch.randn(latents.shape, generator=gen).to(device)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=gen).to(device)
-        pred = unet(scheduler.add_noise(latents, noise, t).to(unet.dtype), t,
-                    encoder_hidden_states=embeds.expand(n, -1, -1), return_dict=False)[0]
-        total += F.mse_loss(pred.float(), _target(scheduler, latents, noise, t).float()).item()
+        noisy, t, target = family.noised(scheduler, latents, noise, gen)
+        pred = family.predict(pipe, noisy.to(model.dtype), t, text)
+        total += F.mse_loss(pred.float(), target.float()).item()
     return total / len(mean)
 
 
@@ -271,13 +256,14 @@ def generate_class_images(
     """
     if count < 1:
         raise WigError(f"count must be ≥ 1, got {count}")
+    extra = family_of(pipe).stock_call
     rows = []
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for first in tqdm(range(0, count, batch_size), desc="class images", disable=not progress):
             seeds = list(range(seed + first, seed + min(count, first + batch_size)))
             images = pipe([prompt] * len(seeds), negative_prompt=[negative_prompt] * len(seeds), guidance_scale=scale,
                           num_inference_steps=steps, height=height, width=width,
-                          generator=[torch.Generator("cpu").manual_seed(s) for s in seeds]).images
+                          generator=[torch.Generator("cpu").manual_seed(s) for s in seeds], **extra).images
             for s, image in zip(seeds, images):
                 name = f"{s - seed:04d}.png"
                 rows.append({"path": name, "prompt": prompt, "seed": s, "sha256": save_png(image, tmp / name)})
