@@ -4,7 +4,8 @@ Every ratio is measured in this one run, on the same model, batch, resolution an
 variants are interleaved over the repeats and the median is reported, so slow drift of the
 machine hits all of them alike.
 
-    python benchmarks/guidance_cost.py                       # tiny twin, CPU
+    python benchmarks/guidance_cost.py                       # tiny SD twin, CPU
+    python benchmarks/guidance_cost.py --family sana         # tiny SANA twin, CPU
     python benchmarks/guidance_cost.py --config benchmarks/sd15_arch.json --height 512 \
         --width 512 --steps 20 --batch 4 --device cuda --dtype float16   # SD 1.5 scale, GPU
 
@@ -28,19 +29,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffusers.utils.torch_utils import randn_tensor
+
+from wig.families import SD, family_of
 from wig.guidance import Guidance
 from wig.lora import random_lora
 from wig.models import attach_loras, load_pipeline
-from diffusers.utils.torch_utils import randn_tensor
-
 from wig.sampling import Request, decode, sample_latents
-from wig.tiny import build_tiny_sd, default_config
+from wig.tiny import BUILDERS, default_config
 
-VARIANTS = {
-    "cfg": Guidance("cfg", 7.5),
-    "pg": Guidance("pg", 7.5, omega=0.5),
-    "ag": Guidance("ag", 7.5, ag_scale=2.0),
-}
+SCALE = {"sd": 7.5, "sana": 4.5}  # each family's usual CFG λ
+
+
+def _variants(scale):
+    return {
+        "cfg": Guidance("cfg", scale),
+        "pg": Guidance("pg", scale, omega=0.5),
+        "ag": Guidance("ag", scale, ag_scale=2.0),
+    }
+
+
 PROMPT = "a photo of sks dog on the beach"
 
 
@@ -52,8 +60,8 @@ def _sync(device):
 def _prepare(args, workdir: Path):
     model = Path(args.model) if args.model else workdir / "model"
     if not args.model:
-        config = json.loads(Path(args.config).read_text()) if args.config else default_config("sd")
-        build_tiny_sd(model, config=config)
+        config = json.loads(Path(args.config).read_text()) if args.config else default_config(args.family)
+        BUILDERS[args.family](model, config=config)
     pipe = load_pipeline(str(model), device=args.device, dtype=args.dtype)
     lora = workdir / "lora" / "pytorch_lora_weights.safetensors"
     if not lora.exists():
@@ -74,7 +82,7 @@ def _request(args, batch):
 
 
 def _time_ours(pipe, guidance, args):
-    device = pipe.unet.device
+    device = family_of(pipe).denoiser(pipe).device
     _sync(device)
     t0 = time.perf_counter()
     images = decode(pipe, sample_latents(pipe, guidance, _request(args, args.batch), progress=False), "np")
@@ -83,39 +91,44 @@ def _time_ours(pipe, guidance, args):
 
 
 @torch.no_grad()
-def _pg_two_passes(pipe, omega, args):
-    """PG the obvious way: weak and strong branch as two UNet calls per step, the LoRA scale set
-    per call through diffusers' ``cross_attention_kwargs={"scale": ...}``."""
-    device = pipe.unet.device
+def _pg_two_passes(pipe, guidance, args):
+    """PG the obvious way: weak and strong branch as two network calls per step, the LoRA
+    weight set per call with ``set_adapters``."""
+    family = family_of(pipe)
+    model = family.denoiser(pipe)
+    device = model.device
     r = _request(args, args.batch)
     _sync(device)
     t0 = time.perf_counter()
-    cond, uncond = pipe.encode_prompt(r.prompts, device, 1, True, negative_prompt=[""] * len(r.prompts))
+    cond = family.encode(pipe, r.prompts, cond=True)
+    uncond = family.encode(pipe, [""] * len(r.prompts), cond=False)
     sched = pipe.scheduler
     sched.set_timesteps(r.steps, device=device)
-    h = (r.height or pipe.unet.config.sample_size * pipe.vae_scale_factor) // pipe.vae_scale_factor
-    w = (r.width or pipe.unet.config.sample_size * pipe.vae_scale_factor) // pipe.vae_scale_factor
-    x = randn_tensor((len(r.prompts), 4, h, w), generator=r.generators, device=device, dtype=cond.dtype)
+    h = (r.height or model.config.sample_size * pipe.vae_scale_factor) // pipe.vae_scale_factor
+    w = (r.width or model.config.sample_size * pipe.vae_scale_factor) // pipe.vae_scale_factor
+    x = randn_tensor((len(r.prompts), model.config.in_channels, h, w), generator=r.generators, device=device,
+                     dtype=family.latent_dtype(pipe, cond))
     x = x * sched.init_noise_sigma
-    pipe.set_adapters(["full"], adapter_weights=[1.0])
     for t in sched.timesteps:
         xin = sched.scale_model_input(x, t)
-        e_u = pipe.unet(xin, t, encoder_hidden_states=uncond, cross_attention_kwargs={"scale": omega},
-                        return_dict=False)[0]
-        e_c = pipe.unet(xin, t, encoder_hidden_states=cond, return_dict=False)[0]
-        x = sched.step(e_u + 7.5 * (e_c - e_u), t, x, return_dict=False)[0]
+        pipe.set_adapters(["full"], adapter_weights=[guidance.omega])
+        e_u = family.predict(pipe, xin, t, uncond)
+        pipe.set_adapters(["full"], adapter_weights=[1.0])
+        e_c = family.predict(pipe, xin, t, cond)
+        x = sched.step(e_u + guidance.scale * (e_c - e_u), t, x, return_dict=False)[0]
     decode(pipe, x, "np")
     _sync(device)
     return time.perf_counter() - t0
 
 
 def _time_stock(stock, args):
-    device = stock.unet.device
+    family = family_of(stock)
+    device = family.denoiser(stock).device
     _sync(device)
     t0 = time.perf_counter()
     r = _request(args, args.batch)
-    images = stock(r.prompts, guidance_scale=7.5, num_inference_steps=r.steps, height=r.height, width=r.width,
-                   generator=r.generators, output_type="np").images
+    images = stock(r.prompts, guidance_scale=args.scale, num_inference_steps=r.steps, height=r.height,
+                   width=r.width, generator=r.generators, output_type="np", **family.stock_call).images
     _sync(device)
     return time.perf_counter() - t0, images
 
@@ -132,7 +145,7 @@ def _cpu_peak(variant, model, lora, args):
     """Peak RSS (MiB) of a fresh process that loads the model and samples once."""
     cmd = [sys.executable, __file__, "--_probe", variant, "--model", str(model), "--_lora", str(lora),
            "--steps", str(args.steps), "--batch", str(args.batch), "--device", "cpu", "--dtype", args.dtype,
-           "--threads", str(args.threads)]
+           "--threads", str(args.threads), "--scale", str(args.scale)]
     for name in ("height", "width"):
         if getattr(args, name):
             cmd += [f"--{name}", str(getattr(args, name))]
@@ -143,14 +156,16 @@ def _cpu_peak(variant, model, lora, args):
 def _probe(args):
     pipe = load_pipeline(args.model, device="cpu", dtype=args.dtype)
     attach_loras(pipe, args._lora)
-    sample_latents(pipe, VARIANTS[args._probe], _request(args, args.batch), progress=False)
+    sample_latents(pipe, _variants(args.scale)[args._probe], _request(args, args.batch), progress=False)
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="diffusers model folder (default: build a twin from --config)")
-    p.add_argument("--config", help="twin config JSON (default: wig's tiny SD config)")
+    p.add_argument("--family", choices=sorted(BUILDERS), default="sd", help="family of the twin to build")
+    p.add_argument("--config", help="twin config JSON (default: wig's tiny config of --family)")
+    p.add_argument("--scale", type=float, help="CFG λ (default: 7.5 for SD, 4.5 for SANA)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--batch", type=int, default=2, help="images per sampling call")
     p.add_argument("--height", type=int, default=None)
@@ -163,46 +178,51 @@ def main():
     p.add_argument("--_lora", help=argparse.SUPPRESS)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.scale is None:
+        args.scale = SCALE[args.family]
+    variants = _variants(args.scale)
     from diffusers.utils import logging as dlog
 
     dlog.set_verbosity_error()
     if args._probe:
         return _probe(args)
 
-    from diffusers import StableDiffusionPipeline
-
     with tempfile.TemporaryDirectory() as tmp:
         model, lora, pipe = _prepare(args, Path(tmp))
-        device = pipe.unet.device
-        stock = StableDiffusionPipeline.from_pretrained(str(model), safety_checker=None, dtype=pipe.unet.dtype)
+        family = family_of(pipe)
+        denoiser = family.denoiser(pipe)
+        device = denoiser.device
+        extra = {"safety_checker": None} if family is SD else {}
+        stock = type(pipe).from_pretrained(str(model), dtype=denoiser.dtype, **extra)
         stock.scheduler = pipe.scheduler.__class__.from_config(pipe.scheduler.config)
         stock.load_lora_weights(str(lora))
         stock.set_progress_bar_config(disable=True)
         stock.to(device)
 
-        times = {name: [] for name in [*VARIANTS, "pg_2pass", "stock_cfg"]}
-        _time_ours(pipe, VARIANTS["cfg"], args)  # warm-up (allocator, kernels)
+        times = {name: [] for name in [*variants, "pg_2pass", "stock_cfg"]}
+        _time_ours(pipe, variants["cfg"], args)  # warm-up (allocator, kernels)
         _time_stock(stock, args)
         for _ in range(args.repeats):
-            for name, guidance in VARIANTS.items():
+            for name, guidance in variants.items():
                 times[name].append(_time_ours(pipe, guidance, args)[0])
-            times["pg_2pass"].append(_pg_two_passes(pipe, VARIANTS["pg"].omega, args))
+            times["pg_2pass"].append(_pg_two_passes(pipe, variants["pg"], args))
             elapsed, stock_images = _time_stock(stock, args)
             times["stock_cfg"].append(elapsed)
         med = {k: statistics.median(v) for k, v in times.items()}
-        _, ours_images = _time_ours(pipe, VARIANTS["cfg"], args)
+        _, ours_images = _time_ours(pipe, variants["cfg"], args)
         max_diff = int(np.abs((ours_images * 255).round() - (stock_images * 255).round()).max())
 
         if device.type == "cuda":
-            peak = {name: _cuda_peak(pipe, g, args) for name, g in VARIANTS.items()}
+            peak = {name: _cuda_peak(pipe, g, args) for name, g in variants.items()}
             peak_kind = "CUDA max_memory_allocated"
         else:
-            peak = {name: _cpu_peak(name, model, lora, args) for name in VARIANTS}
+            peak = {name: _cpu_peak(name, model, lora, args) for name in variants}
             peak_kind = "peak RSS of a fresh process"
 
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
-    h = args.height or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    print(f"device: {dev}; dtype {pipe.unet.dtype}; batch {args.batch}; {h}px; {args.steps} steps; "
+    h = args.height or denoiser.config.sample_size * pipe.vae_scale_factor
+    print(f"{family.name} ({type(pipe).__name__}, {type(pipe.scheduler).__name__}); device: {dev}; "
+          f"dtype {denoiser.dtype}; batch {args.batch}; {h}px; {args.steps} steps; λ {args.scale}; "
           f"median of {args.repeats}")
     for name in times:
         print(f"  {name:10s} {med[name]:8.3f} s")

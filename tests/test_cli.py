@@ -150,3 +150,16 @@ def test_build_tiny_cli_is_seeded(tmp_path):
     # refuses to overwrite, and leaves no temporary folder behind
     assert main(["build-tiny", "--family", "sd", "--out", str(tmp_path / "a")]) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c"]
+
+
+def test_sana_from_the_cli(tmp_path):
+    # twin → random LoRA → PG image; the auto scheduler keeps SANA's flow DPM-Solver
+    assert main(["build-tiny", "--family", "sana", "--out", str(tmp_path / "sana")]) == 0
+    assert main(["random-lora", "--model", str(tmp_path / "sana"), "--out", str(tmp_path / "lora")]) == 0
+    out = tmp_path / "pg.png"
+    args = ["generate", "--model", str(tmp_path / "sana"), "--lora", str(tmp_path / "lora"), "--method", "pg",
+            "--omega", "0", "--scale", "4.5", "--prompt", "a sks dog", "--seed", "0", "--steps", "3", "--quiet"]
+    assert main([*args, "--out", str(out)]) == 0
+    assert Image.open(out).size == (64, 64)
+    assert main([*args, "--method", "cfgpp", "--out", str(tmp_path / "pp.png")]) == 1  # DDIM only
+    assert not (tmp_path / "pp.png").exists()

@@ -92,27 +92,38 @@ def test_config_errors_stop_before_any_job(tmp_path, changes, message):
     assert not (workdir / "results").exists()
 
 
-def test_dag_fans_out_per_concept_and_class(tmp_path):
+def test_dag_fans_out_per_model_concept_and_class(tmp_path):
     config = _edit(_small_config(), dataset__concepts=["brown_dog", "duck_toy"], seeds=[0, 1, 2],
                    sampling__seeds_per_job=2)
     workdir = _workdir(tmp_path, config)
     assert _planned(workdir) == {
-        "all": 1, "build_tiny_model": 1, "prepare": 2, "class_images": 2, "train_lora": 2,
-        "generate": 2 * 3 * 2,  # concepts × points × seed chunks ([0, 1], [2])
-        "grid": 2,
-        "build_tiny_encoder": 2, "embed_references": 2 * 2, "embed_texts": 2,
-        "embed_samples": 2 * 12, "score": 12, "aggregate": 1, "plots": 1,
+        "all": 1, "build_tiny_model": 2, "prepare": 2, "class_images": 2 * 2, "train_lora": 2 * 2,
+        "generate": 2 * 2 * 3 * 2,  # models × concepts × points × seed chunks ([0, 1], [2])
+        "grid": 2 * 2,
+        "build_tiny_encoder": 2, "embed_references": 2 * 2, "embed_texts": 2,  # shared by the models
+        "embed_samples": 2 * 24, "score": 24, "aggregate": 2, "plots": 1,
     }
     config = _edit(config, training__prior_weight=0.0)
     _write_config(workdir, config)
     assert "class_images" not in _planned(workdir)
+    # CFG++ needs DDIM: its points are planned for SD only
+    config = _edit(config, guidance=[{"method": "cfg"}, {"method": "cfgpp", "scale": 0.6},
+                                     {"method": "pgpp", "scale": 0.6, "omega": [0.0, 0.5]}])
+    _write_config(workdir, config)
+    assert _planned(workdir)["generate"] == 2 * (4 + 1) * 2  # concepts × (SD 4 + SANA 1 points) × chunks
+    _write_config(workdir, _edit(config, guidance=[{"method": "cfgpp", "scale": 0.6}]))
+    proc = _snakemake(workdir, "-n")
+    assert proc.returncode != 0 and "models.tiny-sana (sana) can run none of the guidance points" in proc.stdout
 
 
-PAPER_POINTS = 1 + 4 + 11 + 3 + 1 + 1 + 1  # none, cfg λ×4, pg ω×11, pg λ×3, ag, cfg++, pg++
+# none, cfg λ×4, pg ω×11, pg λ×3, ag, and for SD cfg++, pg++
+PAPER_POINTS = {"vico-sd15": 1 + 4 + 11 + 3 + 1 + 1 + 1, "vico-sd21": 1 + 4 + 11 + 3 + 1 + 1 + 1,
+                "vico-sana": 1 + 4 + 11 + 3 + 1}
 
 
-@pytest.mark.parametrize("preset", ["vico-sd15", "vico-sd21"])
+@pytest.mark.parametrize("preset", list(PAPER_POINTS))
 def test_presets_build_the_full_paper_dag_without_weights(tmp_path, preset):
+    points = PAPER_POINTS[preset]
     workdir = _workdir(tmp_path, _small_config())
     proc = _snakemake(workdir, "-n", "--configfile", f"config/presets/{preset}.yaml")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -120,12 +131,12 @@ def test_presets_build_the_full_paper_dag_without_weights(tmp_path, preset):
     counts = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
     assert counts == {
         "fetch_dataset": 1, "prepare": 16, "class_images": 11, "train_lora": 16,  # 11 class nouns in ViCo
-        "generate": 16 * PAPER_POINTS, "grid": 16, "embed_references": 16 * 2, "embed_texts": 16,
-        "embed_samples": 16 * PAPER_POINTS * 2, "score": 16 * PAPER_POINTS, "aggregate": 1, "plots": 1, "all": 1,
+        "generate": 16 * points, "grid": 16, "embed_references": 16 * 2, "embed_texts": 16,
+        "embed_samples": 16 * points * 2, "score": 16 * points, "aggregate": 1, "plots": 1, "all": 1,
         "resolve_model": 1, "resolve_encoder": 2,
     }  # 8 seeds in one chunk per job; no tiny models or encoders: the preset names real ones, resolved
     # once on the submit host
-    assert "tiny-sd" not in proc.stdout  # the preset replaced the demo config, not merged into it
+    assert "tiny-s" not in proc.stdout  # the preset replaced the demo config, not merged into it
 
 
 def test_a_preset_with_a_typo_fails_naming_the_key(tmp_path):
@@ -177,10 +188,10 @@ def test_small_study_runs_reruns_what_changed_and_matches_the_cli(tmp_path):
     config = _small_config()
     config["runtime"]["gpus"] = [0, 1, 2]  # fake device ids: not params, no job reruns for them
     workdir = _workdir(tmp_path, config)
-    # 14 GPU jobs spread over the 3 ids, 3 at a time (wig.gpus)
+    # 25 GPU jobs (11 per model, 3 shared embeddings) spread over the 3 ids, 3 at a time (wig.gpus)
     proc = _snakemake(workdir, "--cores", "6", "--resources", "gpu=3")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    _check_gpu_slots(workdir / "logs", n_jobs=14, ids={"0", "1", "2"})
+    _check_gpu_slots(workdir / "logs", n_jobs=25, ids={"0", "1", "2"})
     model = workdir / "results/tiny-sd"
     lora = model / "lora/brown_dog"
     assert (lora / "full/pytorch_lora_weights.safetensors").is_file()
@@ -194,14 +205,19 @@ def test_small_study_runs_reruns_what_changed_and_matches_the_cli(tmp_path):
     manifest = pl.read_parquet(cfg_dir / "manifest.parquet")
     # the identifier reaches generation: the sheet's first live prompt, filled with "sks dog"
     assert manifest["prompt"].to_list() == ["a sks dog in the jungle"] * 2 and manifest["seed"].to_list() == [0, 1]
-    # ω = 1 is CFG, bit for bit; ω = 0 is not
-    pg1 = model / "samples/brown_dog/pg/w1.0_l7.5/seeds0_1"
+    # ω = 1 is CFG, bit for bit; ω = 0 is not — for both families
+    for m in ("tiny-sd", "tiny-sana"):
+        samples = workdir / "results" / m / "samples/brown_dog"
+        cfg = pl.read_parquet(samples / "cfg/w1.0_l7.5/seeds0_1/manifest.parquet")["sha256"]
+        assert pl.read_parquet(samples / "pg/w1.0_l7.5/seeds0_1/manifest.parquet")["sha256"].equals(cfg)
+        assert not pl.read_parquet(samples / "pg/w0.0_l7.5/seeds0_1/manifest.parquet")["sha256"].equals(cfg)
+        assert pl.read_parquet(workdir / "results" / m / "tables/metrics.parquet")["method"].unique().sort().to_list() \
+            == ["cfg", "pg"]
     pg0 = model / "samples/brown_dog/pg/w0.0_l7.5/seeds0_1"
-    assert pl.read_parquet(pg1 / "manifest.parquet")["sha256"].equals(manifest["sha256"])
-    assert not pl.read_parquet(pg0 / "manifest.parquet")["sha256"].equals(manifest["sha256"])
-    # one log per job: model, prepare, class images, training, 3 generations, grid, 2 encoders,
-    # 2 reference + 1 text embeddings, 3 × 2 sample embeddings, 3 scores, aggregate, plots
-    assert len(list((workdir / "logs").rglob("*.log"))) == 1 + 1 + 1 + 1 + 3 + 1 + 2 + 3 + 6 + 3 + 1 + 1
+    # one log per job; per model: model, class images, training, 3 generations, grid, 3 × 2 sample
+    # embeddings, 3 scores, aggregate; shared: prepare, 2 encoders, 2 reference + 1 text
+    # embeddings, plots
+    assert len(list((workdir / "logs").rglob("*.log"))) == 2 * (1 + 1 + 1 + 3 + 1 + 6 + 3 + 1) + 1 + 2 + 3 + 1
     # every image through each encoder once per protocol: 2 images × 2 protocols per job
     for log in (workdir / "logs/tiny-sd/embed_samples").rglob("*.log"):
         assert "4 rows, 4 images through the encoder" in log.read_text()
@@ -237,23 +253,26 @@ def test_small_study_runs_reruns_what_changed_and_matches_the_cli(tmp_path):
     ref = np.asarray(Image.open(pg0 / "s1_p00.png"), dtype=np.int16)
     assert np.abs(np.asarray(Image.open(out), dtype=np.int16) - ref).max() <= 1
 
-    # reruns: exactly the jobs a change touches
-    downstream = {"embed_samples": 6, "score": 3, "aggregate": 1, "plots": 1, "all": 1}
+    # reruns: exactly the jobs a change touches (per model ×2 where both models are hit)
+    downstream = {"embed_samples": 12, "score": 6, "aggregate": 2, "plots": 1, "all": 1}
     _write_config(workdir, _edit(config, training__steps=8))
-    assert _planned(workdir) == {"train_lora": 1, "generate": 3, "grid": 1, **downstream}
+    assert _planned(workdir) == {"train_lora": 2, "generate": 6, "grid": 2, **downstream}
     _write_config(workdir, _edit(config, class_images__count=3))
-    assert _planned(workdir) == {"class_images": 1, "train_lora": 1, "generate": 3, "grid": 1, **downstream}
+    assert _planned(workdir) == {"class_images": 2, "train_lora": 2, "generate": 6, "grid": 2, **downstream}
     _write_config(workdir, _edit(config, evaluation__clip_t_text="raw"))
-    assert _planned(workdir) == {"embed_texts": 1, "score": 3, "aggregate": 1, "plots": 1, "all": 1}
+    assert _planned(workdir) == {"embed_texts": 1, "score": 6, "aggregate": 2, "plots": 1, "all": 1}
     _write_config(workdir, _edit(config, encoders__dino={"tiny": True, "seed": 1}))
-    assert _planned(workdir) == {"build_tiny_encoder": 1, "embed_references": 1, "embed_samples": 3, "score": 3,
-                                 "aggregate": 1, "plots": 1, "all": 1}
-    one_job = {"generate": 1, "embed_samples": 2, "score": 1, "grid": 1, "aggregate": 1, "plots": 1, "all": 1}
+    assert _planned(workdir) == {"build_tiny_encoder": 1, "embed_references": 1, "embed_samples": 6, "score": 6,
+                                 "aggregate": 2, "plots": 1, "all": 1}
+    _write_config(workdir, _edit(config, **{"models__tiny-sana": {"tiny": "sana", "seed": 1}}))  # one model
+    assert _planned(workdir) == {"build_tiny_model": 1, "class_images": 1, "train_lora": 1, "generate": 3,
+                                 "grid": 1, "embed_samples": 6, "score": 3, "aggregate": 1, "plots": 1, "all": 1}
+    one_job = {"generate": 2, "embed_samples": 4, "score": 2, "grid": 2, "aggregate": 2, "plots": 1, "all": 1}
     guidance = config["guidance"][:1] + [{"method": "pg", "scale": 7.5, "omega": [0.0, 0.5, 1.0]}]
-    _write_config(workdir, _edit(config, guidance=guidance))  # a new ω
+    _write_config(workdir, _edit(config, guidance=guidance))  # a new ω: one job per model
     assert _planned(workdir) == one_job
     _write_config(workdir, _edit(config, seeds=[0, 1, 2]))  # a new seed: a new chunk per point
-    assert _planned(workdir) == {**one_job, "generate": 3, "embed_samples": 6, "score": 3}
+    assert _planned(workdir) == {**one_job, "generate": 6, "embed_samples": 12, "score": 6}
 
     # a real change of the guidance module's code (seen through its hash in params): generation and
     # everything after it rerun, training and class images do not
@@ -266,7 +285,7 @@ def test_small_study_runs_reruns_what_changed_and_matches_the_cli(tmp_path):
                               env=dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(src)))
     table = (env_proc.stdout + env_proc.stderr).split("Job stats:")[1].split("total")[0]
     assert {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)} == {
-        **one_job, "generate": 3, "embed_samples": 6, "score": 3}
+        **one_job, "generate": 6, "embed_samples": 12, "score": 6}
 
     report = _snakemake(workdir, "--report", "report.html")
     assert report.returncode == 0, report.stderr[-2000:]

@@ -32,6 +32,9 @@ FULL = "full"  # adapter name of the fine-tuned LoRA (θ' = θ + ΔW)
 WEAK = "weak"  # adapter name of the weak (early) LoRA checkpoint used by AG
 
 METHODS = ("none", "cfg", "pg", "ag", "cfgpp", "pgpp")
+# per model family (`wig.families`), the methods its sampler cannot run: CFG++ re-noises a DDIM
+# step, and SANA samples with a multistep flow DPM-Solver (no CFG++ form of it here)
+UNSUPPORTED = {"sd": (), "sana": ("cfgpp", "pgpp")}
 
 
 @dataclass(frozen=True)

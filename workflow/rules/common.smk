@@ -1,6 +1,7 @@
 # Config validation, the study's grid (models × concepts × guidance points × seeds), helpers.
 import json
 import re
+from importlib import resources
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -9,6 +10,7 @@ from wig.concepts import image_files, read_sheet
 from wig.errors import WigError
 from wig.gpus import check_resources, device_ids, scheduler_assigned
 from wig.grid import Point, expand as expand_grid
+from wig.guidance import UNSUPPORTED
 from wig.provenance import code_hash, encoder_id
 
 
@@ -60,7 +62,23 @@ if workflow.local_exec and not scheduler_assigned():
         check_resources(device_ids(config["runtime"].get("gpus")), getattr(_gpu, "value", _gpu))
     except WigError as err:
         raise ValueError(f"config: {err}") from None
-MODELS = list(config["models"])
+# sorted: the plots' params list the models, and reordering YAML keys must not rerun them
+MODELS = sorted(config["models"])
+
+
+def _family(model):
+    spec = config["models"][model]
+    if "tiny" in spec and spec.get("family", spec["tiny"]) != spec["tiny"]:
+        raise ValueError(f"config: models.{model}: family {spec['family']} but tiny {spec['tiny']}")
+    return spec.get("tiny") or spec.get("family", "sd")
+
+
+# the grid per model: a family's sampler may lack a method (SANA: no DDIM for CFG++)
+MODEL_POINTS = {m: [p for p in POINTS if p.method not in UNSUPPORTED[_family(m)]] for m in MODELS}
+for _m, _points in MODEL_POINTS.items():
+    if not _points:
+        raise ValueError(f"config: models.{_m} ({_family(_m)}) can run none of the guidance points: "
+                         f"{', '.join(UNSUPPORTED[_family(_m)])} are not available for it")
 SEEDS = config["seeds"]
 # generation jobs take the seeds in chunks (fewer model loads); a chunk's name lists its seeds
 _k = config["sampling"]["seeds_per_job"]
@@ -94,6 +112,13 @@ def model_input(wildcards):
     if "path" in config["models"][wildcards.model]:
         return {"weights": f"results/{wildcards.model}/weights.json"}
     return {"model": f"results/{wildcards.model}/model"}
+
+
+def tiny_config(wildcards):
+    """The shipped config of a tiny twin (``wig/configs/tiny_<family>.json``), as a param: editing
+    it rebuilds the twin (read here as a file: importing wig.tiny would load torch)."""
+    family = config["models"][wildcards.model]["tiny"]
+    return canon(json.loads(resources.files("wig.configs").joinpath(f"tiny_{family}.json").read_text()))
 
 
 def model_ref(wildcards, input):
@@ -159,7 +184,7 @@ def sample_dirs(wildcards):
     """Every generation job's folder of a (model, concept), point by point, then seed chunk."""
     return [
         f"results/{wildcards.model}/samples/{wildcards.concept}/{p.method}/{p.name}/seeds{chunk}"
-        for p in POINTS
+        for p in MODEL_POINTS[wildcards.model]
         for chunk in SEED_CHUNKS
     ]
 
@@ -168,8 +193,8 @@ def grid_columns(wildcards):
     return [f"s{seed} p{i:02d}" for seed in SEEDS for i in range(len(PROMPTS[wildcards.concept]))]
 
 
-def grid_rows():
-    return [f"{p.method} {p.name}" for p in POINTS]
+def grid_rows(wildcards):
+    return [f"{p.method} {p.name}" for p in MODEL_POINTS[wildcards.model]]
 
 
 # --- evaluation ------------------------------------------------------------------------------
@@ -207,7 +232,7 @@ def score_files(wildcards):
     return [
         f"results/{wildcards.model}/scores/{concept}/{p.method}/{p.name}/seeds{chunk}.parquet"
         for concept in CONCEPTS
-        for p in POINTS
+        for p in MODEL_POINTS[wildcards.model]
         for chunk in SEED_CHUNKS
     ]
 

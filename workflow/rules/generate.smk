@@ -13,7 +13,7 @@ rule generate:
         prompts=concept_prompts,
         sampling=SAMPLING,
         runtime=RUNTIME,
-        code=code_hash("guidance", "sampling", "lora", "models", "generation", "atomic"),
+        code=code_hash("guidance", "sampling", "families", "lora", "models", "generation", "atomic"),
     log:
         "logs/{model}/generate/{concept}/{method}/{point}/seeds{seeds}.log",
     benchmark:
@@ -32,7 +32,7 @@ rule grid:
         report("results/{model}/grids/{concept}.png", caption="../report/grid.rst", category="Image grids",
                labels={"model": "{model}", "concept": "{concept}"}),
     params:
-        rows=grid_rows(),
+        rows=grid_rows,
         columns=grid_columns,
         code=code_hash("grids", "atomic"),
     log:

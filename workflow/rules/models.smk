@@ -6,6 +6,7 @@ rule build_tiny_model:
         directory("results/{model}/model"),
     params:
         spec=model_spec,
+        config=tiny_config,
         code=code_hash("tiny", "atomic"),
     log:
         "logs/{model}/build_tiny_model.log",

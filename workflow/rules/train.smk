@@ -10,7 +10,7 @@ rule class_images:
         model=model_ref,
         settings=class_image_settings,
         runtime=RUNTIME,
-        code=code_hash("training", "models", "concepts", "atomic"),
+        code=code_hash("training", "families", "models", "concepts", "atomic"),
     log:
         "logs/{model}/class_images/{noun}.log",
     benchmark:
@@ -31,7 +31,7 @@ rule train_lora:
         model=model_ref,
         settings=train_settings,
         runtime=RUNTIME,
-        code=code_hash("training", "lora", "models", "concepts", "atomic"),
+        code=code_hash("training", "families", "lora", "models", "concepts", "atomic"),
     log:
         "logs/{model}/train_lora/{concept}.log",
     benchmark:

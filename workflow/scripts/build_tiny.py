@@ -1,10 +1,10 @@
 """Build a model's tiny twin (rule build_tiny_model)."""
 from wig.atomic import atomic_dir
 from wig.jobs import job
-from wig.tiny import BUILDERS, default_config
+from wig.tiny import BUILDERS
 
 with job(snakemake) as log:
     spec = snakemake.params.spec
     with atomic_dir(snakemake.output[0], overwrite=True) as tmp:
-        BUILDERS[spec["tiny"]](tmp, config=default_config(spec["tiny"]), seed=spec.get("seed"))
+        BUILDERS[spec["tiny"]](tmp, config=snakemake.params.config, seed=spec.get("seed"))
     log.info("built tiny %s twin (seed %s)", spec["tiny"], spec.get("seed"))
