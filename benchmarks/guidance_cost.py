@@ -192,6 +192,8 @@ def main():
         family = family_of(pipe)
         denoiser = family.denoiser(pipe)
         device = denoiser.device
+        native = denoiser.config.sample_size * pipe.vae_scale_factor  # SanaPipeline's default is 1024
+        args.height, args.width = args.height or native, args.width or native
         extra = {"safety_checker": None} if family is SD else {}
         stock = type(pipe).from_pretrained(str(model), dtype=denoiser.dtype, **extra)
         stock.scheduler = pipe.scheduler.__class__.from_config(pipe.scheduler.config)
@@ -220,7 +222,7 @@ def main():
             peak_kind = "peak RSS of a fresh process"
 
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
-    h = args.height or denoiser.config.sample_size * pipe.vae_scale_factor
+    h = args.height
     print(f"{family.name} ({type(pipe).__name__}, {type(pipe.scheduler).__name__}); device: {dev}; "
           f"dtype {denoiser.dtype}; batch {args.batch}; {h}px; {args.steps} steps; λ {args.scale}; "
           f"median of {args.repeats}")
