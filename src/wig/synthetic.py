@@ -1,0 +1,236 @@
+"""A procedurally rendered world where a subject's identity and a prompt's content can be read
+back from pixels exactly (`wig.oracle`): one object on a flat background.
+
+A scene is a shape (circle, square, triangle, star, diamond) of a palette colour, or of a two-tone
+*pattern*, at an integer centre and radius, on a palette background. Pretraining sees plain
+objects only; a *subject* is a shape with a pattern pretraining never shows (a star whose top
+half is yellow and bottom half magenta), which a DreamBooth LoRA has to learn from a few images.
+
+Rendering is hard-edged (no antialiasing): every pixel is exactly a palette colour, so a ground-
+truth render scores 1.0 on every oracle metric.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from wig.errors import WigError
+
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "yellow": (240, 220, 40),
+    "green": (40, 170, 60),
+    "cyan": (60, 210, 220),
+    "blue": (40, 70, 220),
+    "magenta": (210, 50, 200),
+    "white": (245, 245, 245),
+    "black": (20, 20, 20),
+}
+SHAPES = ("circle", "square", "triangle", "star", "diamond")
+# pattern → which of its two colours a pixel at offset (dx, dy) from the centre takes (True: first)
+PATTERNS = {
+    "hsplit": lambda dx, dy, r: dy < 0,  # top half / bottom half
+    "vsplit": lambda dx, dy, r: dx < 0,  # left half / right half
+    "diagonal": lambda dx, dy, r: dx + dy < 0,
+    "core": lambda dx, dy, r: dx * dx + dy * dy < (r / 2) ** 2,  # inner disc / outer rim
+    "quadrants": lambda dx, dy, r: (dx < 0) == (dy < 0),
+}
+
+
+@dataclass(frozen=True)
+class Scene:
+    shape: str
+    colour: str  # the object's colour, or the first colour of its pattern
+    background: str
+    cx: int
+    cy: int
+    radius: int
+    pattern: str | None = None
+    colour2: str | None = None  # second colour of the pattern
+    size: int = 32
+
+    def __post_init__(self):
+        if self.shape not in SHAPES:
+            raise WigError(f"unknown shape {self.shape!r}; choose from {', '.join(SHAPES)}")
+        for c in (self.colour, self.background, *([self.colour2] if self.pattern else [])):
+            if c not in PALETTE:
+                raise WigError(f"unknown colour {c!r}; choose from {', '.join(PALETTE)}")
+        if self.pattern is not None and self.pattern not in PATTERNS:
+            raise WigError(f"unknown pattern {self.pattern!r}; choose from {', '.join(PATTERNS)}")
+        if self.background in (self.colour, self.colour2):
+            raise WigError(f"object and background share the colour {self.background}")
+
+
+def shape_mask(shape: str, cx: int, cy: int, radius: int, size: int) -> np.ndarray:
+    """Boolean (size, size) mask of a shape, evaluated at pixel centres."""
+    return _shape_mask(shape, cx, cy, radius, size).copy()
+
+
+@lru_cache(maxsize=8192)
+def _shape_mask(shape: str, cx: int, cy: int, radius: int, size: int) -> np.ndarray:
+    ys, xs = np.mgrid[0:size, 0:size] + 0.5
+    dx, dy = xs - cx, ys - cy
+    r = float(radius)
+    if shape == "circle":
+        return dx * dx + dy * dy <= r * r
+    if shape == "square":  # half-side r − 2: about the others' area, and one pixel per radius step
+        h = r - 2
+        return (np.abs(dx) <= h) & (np.abs(dy) <= h)
+    if shape == "diamond":
+        return np.abs(dx) + np.abs(dy) <= r
+    if shape == "triangle":
+        return _inside_polygon(dx, dy, [(r * math.cos(a), r * math.sin(a)) for a in _angles(3)])
+    # star: 5 points, inner radius 0.45 r
+    pts = []
+    for i, a in enumerate(_angles(10)):
+        rr = r if i % 2 == 0 else 0.45 * r
+        pts.append((rr * math.cos(a), rr * math.sin(a)))
+    return _inside_polygon(dx, dy, pts)
+
+
+def _angles(n: int) -> list[float]:
+    return [-math.pi / 2 + 2 * math.pi * i / n for i in range(n)]  # first vertex points up
+
+
+def _inside_polygon(x: np.ndarray, y: np.ndarray, pts: list[tuple[float, float]]) -> np.ndarray:
+    """Even-odd rule point-in-polygon, vectorised over pixels."""
+    inside = np.zeros(x.shape, dtype=bool)
+    for (x1, y1), (x2, y2) in zip(pts, pts[1:] + pts[:1]):
+        crosses = (y1 > y) != (y2 > y)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x_at = x1 + (y - y1) * (x2 - x1) / (y2 - y1)
+        inside ^= crosses & (x < x_at)
+    return inside
+
+
+def pattern_first(pattern: str, cx: int, cy: int, radius: int, size: int) -> np.ndarray:
+    """Where a pattern takes its first colour (over the whole canvas)."""
+    ys, xs = np.mgrid[0:size, 0:size] + 0.5
+    return PATTERNS[pattern](xs - cx, ys - cy, float(radius))
+
+
+def render_array(scene: Scene) -> np.ndarray:
+    """(size, size, 3) uint8."""
+    img = np.empty((scene.size, scene.size, 3), dtype=np.uint8)
+    img[:] = PALETTE[scene.background]
+    mask = _shape_mask(scene.shape, scene.cx, scene.cy, scene.radius, scene.size)
+    if scene.pattern is None:
+        img[mask] = PALETTE[scene.colour]
+    else:
+        first = pattern_first(scene.pattern, scene.cx, scene.cy, scene.radius, scene.size)
+        img[mask & first] = PALETTE[scene.colour]
+        img[mask & ~first] = PALETTE[scene.colour2]
+    return img
+
+
+def render(scene: Scene):
+    from PIL import Image
+
+    return Image.fromarray(render_array(scene))
+
+
+def caption(scene: Scene, identifier: str | None = None, colour: bool = True) -> str:
+    """"a red circle on a blue background"; a subject: "a sks star on a white background"."""
+    words = ["a"]
+    if identifier:
+        words.append(identifier)
+    elif colour:
+        words.append(scene.colour)
+    words += [scene.shape, "on", "a", scene.background, "background"]
+    return " ".join(words)
+
+
+@dataclass(frozen=True)
+class Subject:
+    """A shape with a two-tone pattern pretraining never shows."""
+
+    name: str
+    shape: str
+    pattern: str
+    colour: str
+    colour2: str
+    train_backgrounds: tuple[str, ...] = ("white", "black")
+
+    def scene(self, background: str, cx: int, cy: int, radius: int, size: int = 32) -> Scene:
+        return Scene(self.shape, self.colour, background, cx, cy, radius, self.pattern, self.colour2, size)
+
+
+SUBJECTS = (
+    Subject("yellow_magenta_star", "star", "hsplit", "yellow", "magenta"),
+    Subject("red_blue_circle", "circle", "vsplit", "red", "blue"),
+    Subject("green_cyan_square", "square", "core", "green", "cyan"),
+    Subject("blue_yellow_diamond", "diamond", "quadrants", "blue", "yellow"),
+    Subject("magenta_green_triangle", "triangle", "diagonal", "magenta", "green"),
+)
+
+
+@dataclass
+class Layout:
+    """The jitter of the world: radius and centre ranges for a canvas size."""
+
+    size: int = 32
+    radii: tuple[int, ...] = field(default=(8, 9, 10, 11))
+    jitter: int = 2
+
+    def draw(self, rng: np.random.Generator) -> tuple[int, int, int]:
+        c = self.size // 2
+        cx, cy = (c + int(rng.integers(-self.jitter, self.jitter + 1)) for _ in range(2))
+        return cx, cy, int(rng.choice(self.radii))
+
+
+_PROMPT = re.compile(
+    rf"^an? (?:(?P<colour>{'|'.join(PALETTE)}) )?(?:\S+ )?(?P<shape>{'|'.join(SHAPES)}) "
+    rf"on an? (?P<background>{'|'.join(PALETTE)}) background$"
+)
+
+
+def prompt_attributes(prompt: str) -> dict[str, str]:
+    """What a world prompt states — background, shape, and colour if named — for the oracle's
+    text fidelity: "a blue sks star on a red background" → background red, colour blue, shape star."""
+    m = _PROMPT.match(prompt.strip())
+    if m is None:
+        raise WigError(f"not a prompt of the synthetic world: {prompt!r}")
+    return {k: v for k, v in m.groupdict().items() if v is not None}
+
+
+def evaluation_prompts(subject: Subject) -> list[str]:
+    """Held-out prompts ("{}" = identifier + shape): the subject on every background it was not
+    trained on, then in colours that conflict with its pattern (on the first of those backgrounds)."""
+    own = {subject.colour, subject.colour2}
+    backgrounds = [c for c in PALETTE if c not in own and c not in subject.train_backgrounds]
+    others = [c for c in PALETTE if c not in own and c != backgrounds[0]]
+    return ([f"a {{}} on a {bg} background" for bg in backgrounds]
+            + [f"a {c} {{}} on a {backgrounds[0]} background" for c in others[:2]])
+
+
+def write_dataset(out: str | os.PathLike, n_images: int = 5, size: int = 32, seed: int = 0) -> Path:
+    """The subjects as a concept sheet (`wig.concepts` format) with image folders and prompt lists:
+    ``concepts.csv``, ``<subject>/NN.png`` (training backgrounds in turn, jittered layout) and
+    ``<subject>.txt``. Deterministic in (n_images, size, seed)."""
+    if not 4 <= n_images <= 12:
+        raise WigError(f"n_images must lie in [4, 12], got {n_images}")
+    out = Path(out)
+    rng = np.random.default_rng(seed)
+    layout = Layout(size=size, radii=tuple(r * size // 32 for r in Layout().radii), jitter=2 * size // 32)
+    rows = []
+    for subject in SUBJECTS:
+        (out / subject.name).mkdir(parents=True, exist_ok=True)
+        for i in range(n_images):
+            bg = subject.train_backgrounds[i % len(subject.train_backgrounds)]
+            render(subject.scene(bg, *layout.draw(rng), size=size)).save(out / subject.name / f"{i:02d}.png")
+        (out / f"{subject.name}.txt").write_text("\n".join(evaluation_prompts(subject)) + "\n")
+        rows.append({"concept": subject.name, "folder": subject.name, "class_noun": subject.shape, "live": "no",
+                     "prompts": f"{subject.name}.txt"})
+    with open(out / "concepts.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out / "concepts.csv"

@@ -1,0 +1,136 @@
+"""The synthetic world and its oracle: ground truth scores 1.0, wrong renders score what the
+definitions say (counted here from the renders, independently of the oracle)."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from wig.errors import WigError
+from wig.oracle import read, subject_fidelity, text_fidelity
+from wig.synthetic import (PALETTE, SHAPES, SUBJECTS, Layout, Scene, caption, evaluation_prompts, render,
+                           render_array, shape_mask)
+
+
+def _layouts():
+    layout, rng = Layout(), np.random.default_rng(0)
+    return [layout.draw(rng) for _ in range(4)] + [(14, 18, 8), (18, 14, 11)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_ground_truth_plain_objects_score_one(shape):
+    colours = list(PALETTE)
+    for (cx, cy, r), (colour, background) in zip(itertools.cycle(_layouts()),
+                                                  itertools.permutations(colours, 2)):
+        img = render(Scene(shape, colour, background, cx, cy, r))
+        scores = text_fidelity(img, background=background, colour=colour, shape=shape)
+        assert scores == {"background": 1.0, "colour": 1.0, "shape": 1.0, "text": 1.0}, (colour, background, cx, cy, r)
+        fit = read(img).fit
+        assert (fit.shape, fit.cx, fit.cy, fit.radius, fit.iou) == (shape, cx, cy, r, 1.0)
+
+
+@pytest.mark.parametrize("subject", SUBJECTS, ids=lambda s: s.name)
+def test_ground_truth_subjects_score_one(subject):
+    for (cx, cy, r), background in zip(_layouts(), ["white", "black", "red", "green", "cyan", "blue"]):
+        if background in (subject.colour, subject.colour2):
+            continue
+        img = render(subject.scene(background, cx, cy, r))
+        assert subject_fidelity(img, subject) == {"shape_iou": 1.0, "pattern": 1.0, "subject": 1.0}
+        assert text_fidelity(img, background=background, shape=subject.shape)["text"] == 1.0
+
+
+def test_subjects_are_distinct_and_unlike_pretraining():
+    assert len({s.name for s in SUBJECTS}) == len(SUBJECTS) >= 5
+    assert len({(s.shape, s.pattern) for s in SUBJECTS}) == len(SUBJECTS)
+    assert all(s.pattern is not None and s.colour != s.colour2 for s in SUBJECTS)
+
+
+def test_a_plain_star_scores_its_share_of_the_pattern():
+    star = SUBJECTS[0]  # yellow top, magenta bottom
+    ref = render_array(star.scene("white", 16, 16, 10))
+    mask = shape_mask("star", 16, 16, 10, 32)
+    share_yellow = (ref[mask] == PALETTE["yellow"]).all(-1).mean()
+    plain = render(Scene("star", "yellow", "white", 16, 16, 10))
+    scores = subject_fidelity(plain, star)
+    assert scores["shape_iou"] == 1.0 and 0.3 < share_yellow < 0.7
+    assert scores["pattern"] == pytest.approx(share_yellow) and scores["subject"] == pytest.approx((1 + share_yellow) / 2)
+    # swapped colours: every pixel wrong
+    swapped = render(Scene("star", "magenta", "white", 16, 16, 10, "hsplit", "yellow"))
+    assert subject_fidelity(swapped, star)["pattern"] == 0.0
+
+
+def test_wrong_attributes_score_zero_each():
+    img = render(Scene("circle", "red", "blue", 16, 16, 10))
+    assert text_fidelity(img, background="green", colour="red", shape="circle") == {
+        "background": 0.0, "colour": 1.0, "shape": 1.0, "text": pytest.approx(2 / 3)}
+    assert text_fidelity(img, colour="yellow")["text"] == 0.0
+    assert text_fidelity(img, shape="square")["text"] == 0.0
+    # a different shape of the subject's colours: IoU of the two masks, fitted
+    diamond = render(Scene("diamond", "yellow", "white", 16, 16, 10, "hsplit", "magenta"))
+    scores = subject_fidelity(diamond, SUBJECTS[0])
+    assert 0.2 < scores["shape_iou"] < 0.9
+
+
+def test_an_empty_image_has_no_object():
+    blank = np.full((32, 32, 3), PALETTE["green"], dtype=np.uint8)
+    assert text_fidelity(blank, background="green", colour="red", shape="star") == {
+        "background": 1.0, "colour": 0.0, "shape": 0.0, "text": pytest.approx(1 / 3)}
+    assert subject_fidelity(blank, SUBJECTS[0])["subject"] == 0.0
+
+
+def test_renders_and_captions():
+    scene = Scene("star", "red", "blue", 16, 16, 9)
+    assert np.array_equal(render_array(scene), render_array(scene))
+    assert caption(scene) == "a red star on a blue background"
+    assert caption(scene, colour=False) == "a star on a blue background"
+    assert caption(scene, identifier="sks") == "a sks star on a blue background"
+    with pytest.raises(WigError, match="share the colour blue"):
+        Scene("star", "blue", "blue", 16, 16, 9)
+    with pytest.raises(WigError, match="unknown shape 'hexagon'"):
+        Scene("hexagon", "red", "blue", 16, 16, 9)
+
+
+def test_prompts_state_what_the_oracle_checks():
+    from wig.synthetic import evaluation_prompts, prompt_attributes
+
+    assert prompt_attributes("a red circle on a blue background") == {
+        "colour": "red", "shape": "circle", "background": "blue"}
+    assert prompt_attributes("a sks star on a green background") == {"shape": "star", "background": "green"}
+    assert prompt_attributes("a blue sks star on a red background") == {
+        "colour": "blue", "shape": "star", "background": "red"}
+    with pytest.raises(WigError, match="not a prompt of the synthetic world"):
+        prompt_attributes("a sks dog in the jungle")
+    for subject in SUBJECTS:
+        prompts = [p.format(f"sks {subject.shape}") for p in evaluation_prompts(subject)]
+        attrs = [prompt_attributes(p) for p in prompts]
+        # held out: no training background; conflicting: a colour that is not the subject's
+        assert not {a["background"] for a in attrs} & set(subject.train_backgrounds)
+        conflicts = [a["colour"] for a in attrs if "colour" in a]
+        assert len(conflicts) == 2 and not set(conflicts) & {subject.colour, subject.colour2}
+        assert all(a["background"] not in (subject.colour, subject.colour2) for a in attrs)
+
+
+def test_the_dataset_is_a_concept_sheet_of_ground_truth(tmp_path):
+    from wig.concepts import read_images, read_sheet
+    from wig.synthetic import write_dataset
+
+    sheet = write_dataset(tmp_path / "a", n_images=4)
+    write_dataset(tmp_path / "b", n_images=4)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
+    concepts = read_sheet(sheet)
+    assert list(concepts) == [s.name for s in SUBJECTS]
+    for subject in SUBJECTS:
+        concept = concepts[subject.name]
+        assert concept.class_noun == subject.shape and len(concept.prompts("sks")) == len(evaluation_prompts(subject))
+        images = read_images(tmp_path / "a" / subject.name)
+        assert len(images) == 4
+        assert all(subject_fidelity(im, subject)["subject"] == 1.0 for im in images)
+        assert {read(im).background for im in images} == set(subject.train_backgrounds)
+    with pytest.raises(WigError, match="n_images must lie in"):
+        write_dataset(tmp_path / "c", n_images=2)
+
+
+def test_every_shape_and_radius_has_its_own_mask():
+    masks = {(s, r): shape_mask(s, 16, 16, r, 32).tobytes() for s in SHAPES for r in range(6, 14)}
+    assert len(set(masks.values())) == len(masks)
