@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def load_pipeline(
     if path.exists() and not (path / "model_index.json").is_file():
         raise ModelError(f"not a diffusers pipeline folder (no model_index.json): {name_or_path}")
     try:
-        pipe = DiffusionPipeline.from_pretrained(name_or_path, dtype=dtype, safety_checker=None)
+        pipe = DiffusionPipeline.from_pretrained(name_or_path, dtype=dtype, **_no_safety_checker(path))
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelError(f"cannot load model {name_or_path}: {first}") from None
@@ -69,6 +70,13 @@ def load_pipeline(
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def _no_safety_checker(path: Path) -> dict:
+    """Drop SD's safety checker; other pipelines (SANA) have none and warn at the keyword."""
+    if path.exists() and "safety_checker" not in json.loads((path / "model_index.json").read_text()):
+        return {}
+    return {"safety_checker": None}
 
 
 def attach_loras(pipe, lora: str | os.PathLike | None = None, weak_lora: str | os.PathLike | None = None) -> None:

@@ -124,7 +124,7 @@ def sample_latents(pipe, guidance: Guidance, request: Request, progress: bool = 
     with LoraScales([pipe.text_encoder]) as text_scales:
         # one encoder pass per distinct text condition (and per scale set if the text encoder has a LoRA)
         cache: dict = {}
-        embeds = []
+        parts = []
         for b in branches:
             key = (b.cond, tuple(sorted(b.scales.items())) if text_scales.has_lora else None)
             if key not in cache:
@@ -132,8 +132,8 @@ def sample_latents(pipe, guidance: Guidance, request: Request, progress: bool = 
                 # the branch's LoRA scales matter only when the text encoder carries a LoRA
                 text_scales.set(_branch_scales([b], n, pipe.text_encoder.device))
                 cache[key] = family.encode(pipe, texts, cond=b.cond, **request.text_options)
-            embeds.append(cache[key])
-    text = Text.cat(embeds)
+            parts.append(cache[key])
+    text = Text.cat(parts)
 
     scheduler.set_timesteps(request.steps, device=device)
     shape = (n, model.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
