@@ -110,25 +110,33 @@ def test_prompts_state_what_the_oracle_checks():
         assert all(a["background"] not in (subject.colour, subject.colour2) for a in attrs)
 
 
-def test_the_dataset_is_a_concept_sheet_of_ground_truth(tmp_path):
-    from wig.concepts import read_images, read_sheet
-    from wig.synthetic import write_dataset
+def test_the_shipped_sheet_is_the_world_s_and_its_images_are_ground_truth(tmp_path):
+    from pathlib import Path
 
-    sheet = write_dataset(tmp_path / "a", n_images=4)
-    write_dataset(tmp_path / "b", n_images=4)
+    from wig.concepts import read_images, read_sheet
+    from wig.synthetic import render_images, write_sheet
+
+    shipped = Path(__file__).resolve().parents[1] / "resources/datasets/synthetic"
+    write_sheet(tmp_path / "sheet")
+    made = sorted(p.name for p in (tmp_path / "sheet").iterdir())
+    assert made == sorted(p.name for p in shipped.iterdir() if p.name != "README.md")
+    assert all((tmp_path / "sheet" / n).read_bytes() == (shipped / n).read_bytes() for n in made)
+
+    render_images(tmp_path / "a", n_images=4)
+    render_images(tmp_path / "b", n_images=4)
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert len(files) == 4 * len(SUBJECTS)
     assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
-    concepts = read_sheet(sheet)
+    concepts = read_sheet(shipped / "concepts.csv")
     assert list(concepts) == [s.name for s in SUBJECTS]
     for subject in SUBJECTS:
         concept = concepts[subject.name]
         assert concept.class_noun == subject.shape and len(concept.prompts("sks")) == len(evaluation_prompts(subject))
         images = read_images(tmp_path / "a" / subject.name)
-        assert len(images) == 4
         assert all(subject_fidelity(im, subject)["subject"] == 1.0 for im in images)
         assert {read(im).background for im in images} == set(subject.train_backgrounds)
     with pytest.raises(WigError, match="n_images must lie in"):
-        write_dataset(tmp_path / "c", n_images=2)
+        render_images(tmp_path / "c", n_images=2)
 
 
 def test_every_shape_and_radius_has_its_own_mask():

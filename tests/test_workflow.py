@@ -167,6 +167,23 @@ def test_fetch_rule_clones_the_pinned_commit(tmp_path):
     assert len(pl.read_parquet(workdir / "results/concepts/brown_dog/manifest.parquet")) == 5
 
 
+def test_the_synthetic_world_renders_its_dataset_through_the_dag(tmp_path):
+    config = _edit(_small_config(), dataset__sheet="resources/datasets/synthetic/concepts.csv",
+                   dataset__root="data/synthetic", dataset__render={"n_images": 4},
+                   dataset__concepts=["yellow_magenta_star", "red_blue_circle"])
+    workdir = _workdir(tmp_path, config)
+    planned = _planned(workdir)
+    assert planned["render_dataset"] == 1 and planned["prepare"] == 2 and "fetch_dataset" not in planned
+    proc = _snakemake(workdir, "results/concepts/yellow_magenta_star")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    manifest = pl.read_parquet(workdir / "results/concepts/yellow_magenta_star/manifest.parquet")
+    assert len(manifest) == 4 and len(list((workdir / "data/synthetic").glob("*/*.png"))) == 4 * 5
+    assert _planned(workdir)["generate"] == 2 * 2 * 3  # models × concepts × points
+    _write_config(workdir, _edit(config, dataset__fetch={"repo": "x", "commit": "abcdef1", "subdir": "y"}))
+    bad = _snakemake(workdir, "-n")
+    assert bad.returncode != 0 and "dataset.fetch and dataset.render both fill dataset.root" in bad.stdout + bad.stderr
+
+
 def _check_gpu_slots(logs, n_jobs, ids):
     """Every GPU job held one id (the one it saw), no two jobs held an id at once, every id was used."""
     held = {}

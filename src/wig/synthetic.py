@@ -211,21 +211,13 @@ def evaluation_prompts(subject: Subject) -> list[str]:
             + [f"a {c} {{}} on a {backgrounds[0]} background" for c in others[:2]])
 
 
-def write_dataset(out: str | os.PathLike, n_images: int = 5, size: int = 32, seed: int = 0) -> Path:
-    """The subjects as a concept sheet (`wig.concepts` format) with image folders and prompt lists:
-    ``concepts.csv``, ``<subject>/NN.png`` (training backgrounds in turn, jittered layout) and
-    ``<subject>.txt``. Deterministic in (n_images, size, seed)."""
-    if not 4 <= n_images <= 12:
-        raise WigError(f"n_images must lie in [4, 12], got {n_images}")
+def write_sheet(out: str | os.PathLike) -> Path:
+    """The subjects as a concept sheet (`wig.concepts` format): ``concepts.csv`` (class noun = the
+    shape, image folder = the subject's name) and a held-out prompt list ``<subject>.txt`` each."""
     out = Path(out)
-    rng = np.random.default_rng(seed)
-    layout = Layout(size=size, radii=tuple(r * size // 32 for r in Layout().radii), jitter=2 * size // 32)
+    out.mkdir(parents=True, exist_ok=True)
     rows = []
     for subject in SUBJECTS:
-        (out / subject.name).mkdir(parents=True, exist_ok=True)
-        for i in range(n_images):
-            bg = subject.train_backgrounds[i % len(subject.train_backgrounds)]
-            render(subject.scene(bg, *layout.draw(rng), size=size)).save(out / subject.name / f"{i:02d}.png")
         (out / f"{subject.name}.txt").write_text("\n".join(evaluation_prompts(subject)) + "\n")
         rows.append({"concept": subject.name, "folder": subject.name, "class_noun": subject.shape, "live": "no",
                      "prompts": f"{subject.name}.txt"})
@@ -234,3 +226,21 @@ def write_dataset(out: str | os.PathLike, n_images: int = 5, size: int = 32, see
         writer.writeheader()
         writer.writerows(rows)
     return out / "concepts.csv"
+
+
+def render_images(root: str | os.PathLike, n_images: int = 5, size: int = 32, seed: int = 0) -> None:
+    """``<subject>/NN.png`` for every subject: its training backgrounds in turn, jittered layout.
+    Deterministic in (n_images, size, seed)."""
+    if not 4 <= n_images <= 12:
+        raise WigError(f"n_images must lie in [4, 12], got {n_images}")
+    if size % 32:
+        raise WigError(f"size must be a multiple of 32, got {size}")
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    k = size // 32
+    layout = Layout(size=size, radii=tuple(r * k for r in Layout().radii), jitter=2 * k)
+    for subject in SUBJECTS:
+        (root / subject.name).mkdir(parents=True, exist_ok=True)
+        for i in range(n_images):
+            bg = subject.train_backgrounds[i % len(subject.train_backgrounds)]
+            render(subject.scene(bg, *layout.draw(rng), size=size)).save(root / subject.name / f"{i:02d}.png")

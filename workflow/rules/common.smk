@@ -24,6 +24,9 @@ def canon(value):
 
 
 FETCH = config["dataset"].get("fetch")
+RENDER = config["dataset"].get("render")  # the synthetic world's images, drawn by a rule
+if FETCH and RENDER:
+    raise ValueError("config: dataset.fetch and dataset.render both fill dataset.root: choose one")
 
 
 def _load_study():
@@ -45,7 +48,7 @@ def _load_study():
     for cid, concept in concepts.items():
         folder = Path(ds["root"]) / concept.folder
         try:
-            if not FETCH:  # fetched images are checked by the prepare jobs
+            if not (FETCH or RENDER):  # fetched or rendered images are checked by the prepare jobs
                 image_files(folder)
             prompts[cid] = concept.prompts(ds["identifier"])[: ds["max_prompts"]]
         except WigError as err:
@@ -131,8 +134,8 @@ def concept_folder(wildcards):
 
 def concept_images(wildcards):
     """The source image files of a concept (an edited or added photo reruns its preparation), or
-    the dataset folder when a rule fetches it."""
-    if FETCH:
+    the dataset folder when a rule fetches or renders it."""
+    if FETCH or RENDER:
         return [config["dataset"]["root"]]
     return [str(p) for p in image_files(concept_folder(wildcards))]
 

@@ -15,13 +15,28 @@ rule prepare:
         "../scripts/prepare.py"
 
 
-rule fetch_dataset:
-    output:
-        directory(config["dataset"]["root"]),
-    params:
-        fetch=canon(config["dataset"].get("fetch", {})),
-    log:
-        "logs/fetch_dataset.log",
-    localrule: True
-    script:
-        "../scripts/fetch_dataset.py"
+if RENDER:
+
+    rule render_dataset:
+        output:
+            directory(config["dataset"]["root"]),
+        params:
+            render=canon(RENDER),
+            code=code_hash("synthetic"),
+        log:
+            "logs/render_dataset.log",
+        script:
+            "../scripts/render_dataset.py"
+
+else:
+
+    rule fetch_dataset:
+        output:
+            directory(config["dataset"]["root"]),
+        params:
+            fetch=canon(config["dataset"].get("fetch", {})),
+        log:
+            "logs/fetch_dataset.log",
+        localrule: True
+        script:
+            "../scripts/fetch_dataset.py"
