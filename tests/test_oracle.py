@@ -3,6 +3,8 @@ definitions say (counted here from the renders, independently of the oracle)."""
 
 import itertools
 
+import polars as pl
+
 import numpy as np
 import pytest
 
@@ -142,3 +144,29 @@ def test_the_shipped_sheet_is_the_world_s_and_its_images_are_ground_truth(tmp_pa
 def test_every_shape_and_radius_has_its_own_mask():
     masks = {(s, r): shape_mask(s, 16, 16, r, 32).tobytes() for s in SHAPES for r in range(6, 14)}
     assert len(set(masks.values())) == len(masks)
+
+
+def test_oracle_scores_per_image_and_reach_the_tables():
+    from wig.metrics import aggregate, metrics_of, paired_vs_cfg
+    from wig.oracle import score_images
+
+    star = SUBJECTS[0]
+    right = render(star.scene("red", 16, 16, 10))
+    plain_wrong_bg = render(Scene("star", "yellow", "blue", 16, 16, 10))
+    scores = score_images([right, plain_wrong_bg], ["a sks star on a red background"] * 2, star.name)
+    assert scores["oracle_text"] == [1.0, 0.5]  # background wrong, shape right
+    assert scores["oracle_subject"][0] == 1.0 and scores["oracle_subject"][1] < 1.0
+    with pytest.raises(WigError, match="not a subject of the synthetic world"):
+        score_images([right], ["a sks star on a red background"], "brown_dog")
+    rows = []
+    for method, omega, vals in (("cfg", 1.0, (0.5, 0.25)), ("pg", 0.0, (1.0, 0.5))):
+        for p in range(2):
+            rows.append({"concept": star.name, "prompt_index": p, "seed": 0, "method": method, "omega": omega,
+                         "scale": 7.5, "ag_scale": 2.0, "weak": "pretrained", "protocol": "dreammatcher",
+                         "dino": 0.0, "clip_i": 0.0, "clip_t": 0.0, "oracle_text": vals[0], "oracle_subject": vals[1]})
+    frame = pl.DataFrame(rows)
+    assert metrics_of(frame)[-2:] == ("oracle_text", "oracle_subject")
+    table = aggregate(frame, n_boot=50)
+    assert table.filter(pl.col("method") == "pg")["oracle_text"].to_list() == [1.0]
+    paired = paired_vs_cfg(frame, n_boot=50)
+    assert paired["d_oracle_text"].to_list() == [0.5] and paired["d_oracle_subject"].to_list() == [0.25]

@@ -167,6 +167,7 @@ def test_fetch_rule_clones_the_pinned_commit(tmp_path):
     assert len(pl.read_parquet(workdir / "results/concepts/brown_dog/manifest.parquet")) == 5
 
 
+@pytest.mark.slow
 def test_the_synthetic_world_renders_its_dataset_through_the_dag(tmp_path):
     config = _edit(_small_config(), dataset__sheet="resources/datasets/synthetic/concepts.csv",
                    dataset__root="data/synthetic", dataset__render={"n_images": 4},
@@ -179,6 +180,14 @@ def test_the_synthetic_world_renders_its_dataset_through_the_dag(tmp_path):
     manifest = pl.read_parquet(workdir / "results/concepts/yellow_magenta_star/manifest.parquet")
     assert len(manifest) == 4 and len(list((workdir / "data/synthetic").glob("*/*.png"))) == 4 * 5
     assert _planned(workdir)["generate"] == 2 * 2 * 3  # models × concepts × points
+    # a generation job's scores carry the oracle's pixel metrics beside the encoders'
+    score = "results/tiny-sd/scores/yellow_magenta_star/cfg/w1.0_l7.5/seeds0_1.parquet"
+    proc = _snakemake(workdir, score)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    scores = pl.read_parquet(workdir / score)
+    assert len(scores) == 2 * 1 * 2  # seeds × prompts (max_prompts 1) × protocols
+    for name in ("oracle_text", "oracle_subject"):
+        assert scores[name].is_between(0.0, 1.0).all()
     _write_config(workdir, _edit(config, dataset__fetch={"repo": "x", "commit": "abcdef1", "subdir": "y"}))
     bad = _snakemake(workdir, "-n")
     assert bad.returncode != 0 and "dataset.fetch and dataset.render both fill dataset.root" in bad.stdout + bad.stderr

@@ -1,4 +1,5 @@
-"""DINO, CLIP-I and CLIP-T: per-image scores, tables with bootstrap CIs, paired comparisons.
+"""DINO, CLIP-I and CLIP-T (and, for the synthetic world, the oracle's pixel metrics): per-image
+scores, tables with bootstrap CIs, paired comparisons.
 
 Per image i of a concept with reference embeddings r_1…r_R:
     DINO_i   = mean_r cos(dino(r), dino(i))          (likewise CLIP-I with CLIP image embeddings)
@@ -22,6 +23,7 @@ import polars as pl
 from wig.errors import WigError
 
 METRICS = ("dino", "clip_i", "clip_t")
+ORACLE_METRICS = ("oracle_text", "oracle_subject")  # the synthetic world's pixel metrics (wig.oracle)
 POINT_KEYS = ("method", "omega", "scale", "ag_scale", "weak")
 IMAGE_KEYS = ("concept", "prompt_index", "seed")
 
@@ -88,12 +90,18 @@ def score_samples(
     return pl.concat(rows).select("concept", "path", "prompt_index", "seed", *POINT_KEYS, "protocol", *METRICS)
 
 
-def score_job(samples, concept: str, embeddings: dict, encoders: dict, out) -> pl.DataFrame:
+def metrics_of(scores: pl.DataFrame) -> tuple[str, ...]:
+    """The metric columns of a score frame: the encoders', plus the oracle's when present."""
+    return METRICS + tuple(m for m in ORACLE_METRICS if m in scores.columns)
+
+
+def score_job(samples, concept: str, embeddings: dict, encoders: dict, out, oracle: bool = False) -> pl.DataFrame:
     """Score one generation job from its files and write the scores to ``out`` (Parquet).
 
     ``embeddings`` maps dino, clip, dino_refs, clip_refs, texts to files; ``encoders`` maps dino
     and clip to the encoder ids the files must carry. Every file is checked (encoder, width, the
-    images of the manifest) before anything is written.
+    images of the manifest) before anything is written. ``oracle`` adds the synthetic world's
+    pixel metrics (one value per image, the same in every protocol's row).
     """
     from pathlib import Path
 
@@ -113,6 +121,18 @@ def score_job(samples, concept: str, embeddings: dict, encoders: dict, out) -> p
         clip_refs,
         read_embeddings(embeddings["texts"], encoders["clip"], dims["clip"]),
     )
+    if oracle:
+        from PIL import Image
+
+        from wig.oracle import score_images
+
+        images = [Image.open(Path(samples) / p).convert("RGB") for p in manifest["path"]]
+        pixel = score_images(images, manifest["prompt"].to_list(), concept)
+        paths = manifest["path"].to_list()
+        scores = scores.with_columns(
+            pl.col("path").replace_strict(dict(zip(paths, values)), return_dtype=pl.Float64).alias(name)
+            for name, values in pixel.items()
+        )
     scores.write_parquet(tmp_path(out))
     replace_file(tmp_path(out), out)
     return scores
@@ -153,7 +173,7 @@ def aggregate(scores: pl.DataFrame, n_boot: int = 1000, seed: int = 0) -> pl.Dat
     rows = []
     for key, group in scores.group_by("protocol", *POINT_KEYS, maintain_order=True):
         row = dict(zip(("protocol", *POINT_KEYS), key))
-        for metric in METRICS:
+        for metric in metrics_of(scores):
             m = _prompt_means(group, metric)
             row[metric] = _cell(m)
             row[f"{metric}_lo"], row[f"{metric}_hi"] = _bootstrap(m, n_boot, rng)
@@ -192,7 +212,7 @@ def paired_vs_cfg(scores: pl.DataFrame, n_boot: int = 1000, seed: int = 0) -> pl
             if len(pair) != len(a) or len(pair) != len(b):
                 raise WigError(f"{dict(zip(POINT_KEYS, point))} and its CFG reference cover different images")
             row = {"protocol": protocol, **dict(zip(POINT_KEYS, point)), "cfg_scale": ref[POINT_KEYS.index("scale")]}
-            for metric in METRICS:
+            for metric in metrics_of(scores):
                 diff = pair.select("concept", "prompt_index", (pl.col(metric) - pl.col(f"{metric}_cfg")).alias("d"))
                 m = _prompt_means(diff, "d")
                 row[f"d_{metric}"] = _cell(m)

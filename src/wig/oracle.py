@@ -10,7 +10,7 @@ Text fidelity, per attribute the prompt states (each 0 or 1, the score their mea
   background  nearest palette colour of the border median is the prompted one
   colour      the most common nearest palette colour over the object is the prompted one
   shape       the best-fitting shape is the prompted one
-Subject fidelity = mean of
+Subject fidelity (``oracle_subject`` in the score tables, ``oracle_text`` for the above) = mean of
   shape IoU   the object mask against the subject's shape, fitted in size and position
   pattern     share of the fitted subject's pixels whose nearest palette colour is the one the
               subject's pattern puts there
@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wig.synthetic import PALETTE, SHAPES, Subject, pattern_first, shape_mask
+from wig.errors import WigError
+from wig.synthetic import PALETTE, SHAPES, SUBJECTS, Subject, pattern_first, prompt_attributes, shape_mask
 
 OBJECT_DISTANCE = 60.0
 SEARCH = 2
@@ -124,3 +125,15 @@ def subject_fidelity(img, subject: Subject) -> dict:
     want = np.where(first[region], _NAMES.index(subject.colour), _NAMES.index(subject.colour2))
     pattern = float((nearest_colour(arr[region]) == want).mean())
     return {"shape_iou": fit.iou, "pattern": pattern, "subject": (fit.iou + pattern) / 2}
+
+
+def score_images(images, prompts: list[str], concept: str) -> dict[str, list[float]]:
+    """``oracle_text`` and ``oracle_subject`` per image of a synthetic subject ``concept``."""
+    subjects = {s.name: s for s in SUBJECTS}
+    if concept not in subjects:
+        raise WigError(f"concept {concept!r} is not a subject of the synthetic world ({', '.join(subjects)})")
+    out = {"oracle_text": [], "oracle_subject": []}
+    for img, prompt in zip(images, prompts, strict=True):
+        out["oracle_text"].append(text_fidelity(img, **prompt_attributes(prompt))["text"])
+        out["oracle_subject"].append(subject_fidelity(img, subjects[concept])["subject"])
+    return out

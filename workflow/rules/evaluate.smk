@@ -14,7 +14,8 @@ rule score:
         "results/{model}/scores/{concept}/{method}/{point}/seeds{seeds}.parquet",
     params:
         encoders=canon({kind: encoder_id(spec) for kind, spec in ENCODERS.items()}),
-        code=code_hash("metrics", "encoders", "atomic"),
+        oracle=bool(RENDER),  # the synthetic world's images are read back by wig.oracle
+        code=code_hash("metrics", "encoders", "atomic", *(("oracle", "synthetic") if RENDER else ())),
     log:
         "logs/{model}/score/{concept}/{method}/{point}/seeds{seeds}.log",
     script:
