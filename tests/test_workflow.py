@@ -92,6 +92,16 @@ def test_config_errors_stop_before_any_job(tmp_path, changes, message):
     assert not (workdir / "results").exists()
 
 
+def test_more_gpu_jobs_than_device_ids_stop_before_any_job(tmp_path):
+    config = _small_config()
+    config["runtime"]["gpus"] = [0, 1]
+    workdir = _workdir(tmp_path, config)
+    proc = _snakemake(workdir, "-n", "--resources", "gpu=3")
+    assert proc.returncode != 0
+    assert "--resources gpu=3 lets 3 GPU jobs run at once but there are only 2 device ids" in proc.stdout + proc.stderr
+    assert _snakemake(workdir, "-n", "--resources", "gpu=2").returncode == 0
+
+
 def test_dag_fans_out_per_model_concept_and_class(tmp_path):
     config = _edit(_small_config(), dataset__concepts=["brown_dog", "duck_toy"], seeds=[0, 1, 2],
                    sampling__seeds_per_job=2)
