@@ -18,7 +18,6 @@ from safetensors.torch import load_file
 
 from conftest import PROMPTS, generators, to_uint8
 from wig.concepts import read_images
-from wig.families import Sana
 from wig.guidance import Guidance
 from wig.lora import random_lora
 from wig.models import attach_loras, load_pipeline
