@@ -88,8 +88,12 @@ def fit_shape(mask: np.ndarray, shapes=SHAPES, radii=range(6, 14)) -> Fit | None
     return best
 
 
+def _rgb(img) -> np.ndarray:
+    return np.asarray(img.convert("RGB") if hasattr(img, "convert") else img)
+
+
 def read(img) -> Reading:
-    img = np.asarray(img.convert("RGB") if hasattr(img, "convert") else img)
+    img = _rgb(img)
     bg, mask = segment(img)
     background = _NAMES[nearest_colour(bg[None])[0]]
     if not mask.any():
@@ -100,7 +104,10 @@ def read(img) -> Reading:
 
 def text_fidelity(img, background: str | None = None, colour: str | None = None, shape: str | None = None) -> dict:
     """Per stated attribute 1.0 / 0.0, and their mean as ``text``."""
-    reading = read(img)
+    return _text_scores(read(img), background, colour, shape)
+
+
+def _text_scores(reading: Reading, background, colour, shape) -> dict:
     scores = {}
     if background is not None:
         scores["background"] = float(reading.background == background)
@@ -114,8 +121,11 @@ def text_fidelity(img, background: str | None = None, colour: str | None = None,
 
 def subject_fidelity(img, subject: Subject) -> dict:
     """Shape IoU with the subject's shape (fitted), pattern accuracy on the fitted subject, mean."""
-    arr = np.asarray(img.convert("RGB") if hasattr(img, "convert") else img)
-    _, mask = segment(arr)
+    arr = _rgb(img)
+    return _subject_scores(arr, segment(arr)[1], subject)
+
+
+def _subject_scores(arr: np.ndarray, mask: np.ndarray, subject: Subject) -> dict:
     fit = fit_shape(mask, shapes=(subject.shape,))
     if fit is None:
         return {"shape_iou": 0.0, "pattern": 0.0, "subject": 0.0}
@@ -128,12 +138,17 @@ def subject_fidelity(img, subject: Subject) -> dict:
 
 
 def score_images(images, prompts: list[str], concept: str) -> dict[str, list[float]]:
-    """``oracle_text`` and ``oracle_subject`` per image of a synthetic subject ``concept``."""
+    """``oracle_text`` and ``oracle_subject`` per image of a synthetic subject ``concept`` (one
+    segmentation per image serves both)."""
     subjects = {s.name: s for s in SUBJECTS}
     if concept not in subjects:
         raise WigError(f"concept {concept!r} is not a subject of the synthetic world ({', '.join(subjects)})")
     out = {"oracle_text": [], "oracle_subject": []}
     for img, prompt in zip(images, prompts, strict=True):
-        out["oracle_text"].append(text_fidelity(img, **prompt_attributes(prompt))["text"])
-        out["oracle_subject"].append(subject_fidelity(img, subjects[concept])["subject"])
+        arr = _rgb(img)
+        reading = read(arr)
+        attrs = prompt_attributes(prompt)
+        out["oracle_text"].append(_text_scores(reading, attrs.get("background"), attrs.get("colour"),
+                                               attrs.get("shape"))["text"])
+        out["oracle_subject"].append(_subject_scores(arr, reading.mask, subjects[concept])["subject"])
     return out
