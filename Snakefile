@@ -28,6 +28,7 @@ rule all:
         expand("results/{model}/tables/metrics.md", model=MODELS),
         expand("results/{model}/tables/paired_vs_cfg.md", model=MODELS),
         expand("results/{model}/grids/{concept}.png", model=MODELS, concept=CONCEPTS),
+        expand("results/{model}/tables/base_accuracy.md", model=SYNTHETIC_BASES),
         "results/plots/omega_ablation.png",
         "results/plots/lambda_ablation.png",
         "results/plots/pareto.png",

@@ -146,7 +146,7 @@ def test_the_workflow_runs_on_slurm_survives_failures_and_kills_and_matches_a_lo
         lines.append(line)
         if "slurm_logs/rule_train_lora/" in line and "submitted with SLURM jobid" in line:
             break
-    _wait_for((workdir / "logs/tiny-sd/train_lora/brown_dog.log").exists, 120, "training to start")
+    _wait_for((workdir / "logs/tiny-sd/train_lora/brown_dog/seed0.log").exists, 120, "training to start")
     proc.send_signal(signal.SIGKILL)
     out2 = "".join(lines) + proc.stdout.read()
     proc.wait(timeout=60)
@@ -168,7 +168,7 @@ def test_the_workflow_runs_on_slurm_survives_failures_and_kills_and_matches_a_lo
     by_target = _slurm_jobs_by_target(workdir, _slurm_states(cluster))
     assert by_target.pop("group_sample_tiny-sd_brown_dog_embed_samples_generate") == ["COMPLETED"]
     assert by_target.pop("rule_prepare/brown_dog") == ["FAILED", "COMPLETED"]
-    assert by_target["rule_train_lora/tiny-sd_brown_dog"] == ["CANCELLED", "COMPLETED"]
+    assert by_target["rule_train_lora/tiny-sd_brown_dog_0"] == ["CANCELLED", "COMPLETED"]
     assert set(map(tuple, by_target.values())) <= {("COMPLETED",), ("CANCELLED", "COMPLETED")}, by_target
     per_rule = Counter(target.split("/")[0].removeprefix("rule_") for target in by_target)
     assert per_rule + Counter({"prepare": 1}) == planned - Counter(generate=2, embed_samples=4), per_rule

@@ -7,7 +7,7 @@ import pytest
 
 from wig.errors import WigError
 from wig.metrics import (
-    METRICS, POINT_KEYS, _bootstrap, _prompt_means, aggregate, paired_vs_cfg, reference_points,
+    METRICS, POINT_KEYS, _bootstrap, _cube, aggregate, at_matched_text, paired_vs_cfg, reference_points,
     subject_fidelity, text_fidelity, to_markdown,
 )
 from wig.plots import pareto_front
@@ -29,17 +29,18 @@ def test_fidelities_equal_a_hand_computed_all_pairs_mean():
     assert np.allclose(subject_fidelity(gens[:1], gens[:1]), 1.0)
 
 
-def _scores(seed=0, concepts=("a", "b", "c"), prompts=4, seeds=(0, 1)):
+def _scores(seed=0, concepts=("a", "b", "c"), prompts=4, seeds=(0, 1), lora_seeds=(0,)):
     rng = np.random.default_rng(seed)
     points = [("cfg", 1.0, 7.5), ("pg", 0.0, 7.5), ("pg", 0.5, 7.5), ("cfgpp", 1.0, 0.6)]
     rows = []
     for method, omega, scale in points:
         for c in concepts:
             for p in range(prompts):
-                for s in seeds:
-                    rows.append({"concept": c, "prompt_index": p, "seed": s, "method": method, "omega": omega,
-                                 "scale": scale, "ag_scale": 2.0, "weak": "pretrained", "protocol": "dreammatcher",
-                                 **{m: float(rng.normal()) for m in METRICS}})
+                for ls in lora_seeds:
+                    for s in seeds:
+                        rows.append({"concept": c, "lora_seed": ls, "prompt_index": p, "seed": s, "method": method,
+                                     "omega": omega, "scale": scale, "ag_scale": 2.0, "weak": "pretrained",
+                                     "protocol": "dreammatcher", **{m: float(rng.normal()) for m in METRICS}})
     return pl.DataFrame(rows)
 
 
@@ -63,16 +64,35 @@ def test_aggregate_is_mean_over_concepts_of_mean_over_prompts_when_unbalanced():
     assert abs(row["dino"] - np.mean(per_concept)) < 1e-12
 
 
-def test_bootstrap_resamples_concepts_then_prompts():
-    # one concept with all prompts equal: no spread; two concepts far apart: the CI spans both
-    assert _bootstrap(np.full((1, 5), 0.3), 200, np.random.default_rng(0)) == pytest.approx((0.3, 0.3))
-    lo, hi = _bootstrap(np.array([[0.0] * 5, [1.0] * 5]), 2000, np.random.default_rng(0))
+def test_bootstrap_resamples_concepts_then_prompts_and_replicates():
+    # one concept with all values equal: no spread; two concepts far apart: the CI spans both
+    assert _bootstrap(np.full((1, 5, 2), 0.3), 200, np.random.default_rng(0)) == pytest.approx((0.3, 0.3))
+    lo, hi = _bootstrap(np.array([[[0.0]] * 5, [[1.0]] * 5]), 2000, np.random.default_rng(0))
     assert lo == 0.0 and hi == 1.0
-    ragged = np.array([[1.0, 3.0, np.nan], [2.0, 2.0, 2.0]])
+    ragged = np.array([[[1.0], [3.0], [np.nan]], [[2.0], [2.0], [2.0]]])
     lo, hi = _bootstrap(ragged, 2000, np.random.default_rng(1))
     assert 1.0 <= lo <= hi <= 3.0 and not np.isnan([lo, hi]).any()
-    assert _prompt_means(pl.DataFrame({"concept": ["x", "x", "x"], "prompt_index": [0, 0, 1], "v": [1.0, 3.0, 5.0]}),
-                         "v").tolist() == [[2.0, 5.0]]
+    # one concept, one prompt: the spread comes from the replicates alone (LoRA seed 0 vs 1)
+    lo, hi = _bootstrap(np.array([[[0.0, 0.0, 1.0, 1.0]]]), 4000, np.random.default_rng(2))
+    assert lo == pytest.approx(0.0) and hi == pytest.approx(1.0)
+    frame = pl.DataFrame({"concept": ["x"] * 4, "prompt_index": [1, 0, 0, 1], "lora_seed": [0, 1, 0, 1],
+                          "seed": [5, 5, 5, 5], "v": [1.0, 2.0, 3.0, 4.0]})
+    assert _cube(frame, "v").tolist() == [[[3.0, 2.0], [1.0, 4.0]]]  # prompts × (lora_seed, seed)
+    with pytest.raises(WigError, match="every prompt needs every replicate"):
+        _cube(frame.head(3), "v")
+
+
+def test_cis_are_over_lora_seeds_too():
+    # two LoRA seeds whose scores differ by a constant: the CI must widen with that spread
+    one = _scores(lora_seeds=(0,))
+
+    def cfg_row(shift):
+        two = pl.concat([one, one.with_columns(pl.lit(1, dtype=pl.Int64).alias("lora_seed"), pl.col("dino") + shift)])
+        return aggregate(two, n_boot=1000).filter(pl.col("method") == "cfg").row(0, named=True)
+
+    same, apart = cfg_row(0.0), cfg_row(2.0)
+    assert apart["n_lora_seeds"] == 2 and apart["dino"] == pytest.approx(same["dino"] + 1.0)
+    assert apart["dino_hi"] - apart["dino_lo"] > same["dino_hi"] - same["dino_lo"] + 0.5
 
 
 def test_paired_comparison_against_cfg_on_the_same_noise():
@@ -117,3 +137,23 @@ def test_figures_are_written_as_png_and_svg(tmp_path):
         assert (tmp_path / f"{name}.png").stat().st_size > 1000 and (tmp_path / f"{name}.svg").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{n}.{e}" for n in ("omega", "lambda", "pareto")
                                                                 for e in ("png", "svg"))
+
+
+def test_matched_text_fidelity_interpolates_along_lambda():
+    rows = []
+    for method, omega, points in (("cfg", 1.0, [(1.0, 0.9, 0.5), (3.0, 0.8, 0.6)]),
+                                  ("pg", 0.0, [(1.0, 0.95, 0.55), (3.0, 0.75, 0.75)])):
+        for scale, text, subject in points:
+            rows.append({"protocol": "oracle", "method": method, "omega": omega, "scale": scale, "ag_scale": 2.0,
+                         "weak": "pretrained", "oracle_text": text, "oracle_subject": subject})
+    matched = at_matched_text(pl.DataFrame(rows))
+    # CFG λ=1 has text 0.9: PG reaches it a quarter of the way from λ 1 to 3 (0.95 → 0.75)
+    first = matched.row(0, named=True)
+    assert first["cfg_scale"] == 1.0 and first["scale"] == pytest.approx(1.5)
+    assert first["oracle_subject"] == pytest.approx(0.6) and first["d_oracle_subject"] == pytest.approx(0.1)
+    second = matched.row(1, named=True)  # text 0.8: three quarters → subject 0.7 against CFG's 0.6
+    assert second["scale"] == pytest.approx(2.5) and second["d_oracle_subject"] == pytest.approx(0.1)
+    out_of_reach = at_matched_text(pl.DataFrame(rows).with_columns(
+        pl.when(pl.col("method") == "pg").then(pl.col("oracle_text") - 0.5).otherwise(pl.col("oracle_text"))
+        .alias("oracle_text")))
+    assert out_of_reach["scale"].null_count() == 2

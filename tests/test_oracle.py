@@ -161,7 +161,8 @@ def test_oracle_scores_per_image_and_reach_the_tables():
     rows = []
     for method, omega, vals in (("cfg", 1.0, (0.5, 0.25)), ("pg", 0.0, (1.0, 0.5))):
         for p in range(2):
-            rows.append({"concept": star.name, "prompt_index": p, "seed": 0, "method": method, "omega": omega,
+            rows.append({"concept": star.name, "lora_seed": 0, "prompt_index": p, "seed": 0, "method": method,
+                         "omega": omega,
                          "scale": 7.5, "ag_scale": 2.0, "weak": "pretrained", "protocol": "dreammatcher",
                          "dino": 0.0, "clip_i": 0.0, "clip_t": 0.0, "oracle_text": vals[0], "oracle_subject": vals[1]})
     frame = pl.DataFrame(rows)

@@ -79,6 +79,12 @@ def _edit(config, **changes):
         ({"dataset__root": "resources/datasets/vico"}, "concept brown_dog: concept folder not found"),
         ({"dataset__columns": {"class_noun": "noun"}}, "no column 'noun' for the class_noun"),
         ({"training__weak_step": 6}, "training.weak_step must be smaller"),
+        ({"models__tiny-sd": {"base": "tiny-xl"}}, "models.tiny-sd.base: no model 'tiny-xl'"),
+        ({"models__tiny-sd": {"base": "tiny-sana"}, "models__tiny-sana": {"base": "tiny-sd"}}, "form a cycle"),
+        ({"models__tiny-sd": {"tiny": "sd", "training": {"weak_step": 9}}}, "models.tiny-sd: training.weak_step"),
+        ({"models__tiny-sd": {"tiny": "sd", "training": {"stepz": 9}}}, "stepz"),
+        ({"encoders": {}}, "encoders is empty and dataset.render is not set"),
+        ({"encoders": {"dino": {"tiny": True}}}, "'clip' is a dependency of 'dino'"),
     ],
 )
 def test_config_errors_stop_before_any_job(tmp_path, changes, message):
@@ -113,6 +119,14 @@ def test_dag_fans_out_per_model_concept_and_class(tmp_path):
         "build_tiny_encoder": 2, "embed_references": 2 * 2, "embed_texts": 2,  # shared by the models
         "embed_samples": 2 * 24, "score": 24, "aggregate": 2, "plots": 1,
     }
+    # a second training of one base: no second build; its own prior weight and LoRA seeds
+    two = _edit(config, **{"models__tiny-sd-noprior": {"base": "tiny-sd", "training": {"prior_weight": 0.0,
+                                                                                      "seed": [0, 1]}}})
+    _write_config(workdir, two)
+    planned = _planned(workdir)
+    assert planned["build_tiny_model"] == 2 and planned["class_images"] == 2 * 2  # none for the new model
+    assert planned["train_lora"] == 2 * 2 + 2 * 2  # 2 more concepts × its 2 LoRA seeds
+    assert planned["generate"] == 2 * 2 * 3 * 2 + 2 * 2 * 3 * 2
     config = _edit(config, training__prior_weight=0.0)
     _write_config(workdir, config)
     assert "class_images" not in _planned(workdir)
@@ -147,6 +161,22 @@ def test_presets_build_the_full_paper_dag_without_weights(tmp_path, preset):
     }  # 8 seeds in one chunk per job; no tiny models or encoders: the preset names real ones, resolved
     # once on the submit host
     assert "tiny-s" not in proc.stdout  # the preset replaced the demo config, not merged into it
+
+
+def test_synthetic_preset_plans_pretraining_two_trainings_and_lora_seeds(tmp_path):
+    workdir = _workdir(tmp_path, _small_config())
+    proc = _snakemake(workdir, "-n", "--configfile", "config/presets/synthetic.yaml")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = (proc.stdout + proc.stderr).split("Job stats:")[1].split("total")[0]
+    counts = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+    points = 3 + 3 + 3 + 1 + 2 + 2  # cfg λ×3, pg ω0 λ×3, pg ω×3 at λ 3, ag, cfgpp ×2, pgpp ×2
+    cells = 2 * 5 * 2  # models (prior, no prior) × subjects × LoRA seeds, one seed chunk
+    assert counts == {
+        "render_dataset": 1, "prepare": 5, "pretrain_vae": 1, "pretrain_model": 1, "base_accuracy": 1,
+        "class_images": 5,  # the prior model only; one per subject's shape
+        "train_lora": cells, "generate": cells * points, "score": cells * points, "grid": 2 * 5,
+        "aggregate": 2, "plots": 1, "all": 1,
+    }  # no encoders: the oracle alone scores, nothing is embedded
 
 
 def test_a_preset_with_a_typo_fails_naming_the_key(tmp_path):
@@ -191,7 +221,7 @@ def test_the_synthetic_world_renders_its_dataset_through_the_dag(tmp_path):
     assert len(manifest) == 4 and len(list((workdir / "data/synthetic").glob("*/*.png"))) == 4 * 5
     assert _planned(workdir)["generate"] == 2 * 2 * 3  # models × concepts × points
     # a generation job's scores carry the oracle's pixel metrics beside the encoders'
-    score = "results/tiny-sd/scores/yellow_magenta_star/cfg/w1.0_l7.5/seeds0_1.parquet"
+    score = "results/tiny-sd/scores/yellow_magenta_star/lora0/cfg/w1.0_l7.5/seeds0_1.parquet"
     proc = _snakemake(workdir, score)
     assert proc.returncode == 0, proc.stderr[-2000:]
     scores = pl.read_parquet(workdir / score)
@@ -229,27 +259,27 @@ def test_small_study_runs_reruns_what_changed_and_matches_the_cli(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     _check_gpu_slots(workdir / "logs", n_jobs=25, ids={"0", "1", "2"})
     model = workdir / "results/tiny-sd"
-    lora = model / "lora/brown_dog"
+    lora = model / "lora/brown_dog/seed0"
     assert (lora / "full/pytorch_lora_weights.safetensors").is_file()
     assert (lora / "weak/pytorch_lora_weights.safetensors").is_file()
     assert len(pl.read_parquet(lora / "log.parquet")) == 6
     assert len(list((model / "class_images/dog").glob("*.png"))) == 2
     assert (model / "grids/brown_dog.png").is_file()
-    jobs = sorted(p.relative_to(model / "samples/brown_dog").as_posix() for p in model.glob("samples/*/*/*/seeds*"))
+    jobs = sorted(p.relative_to(model / "samples/brown_dog/lora0").as_posix() for p in model.glob("samples/*/*/*/*/seeds*"))
     assert jobs == ["cfg/w1.0_l7.5/seeds0_1", "pg/w0.0_l7.5/seeds0_1", "pg/w1.0_l7.5/seeds0_1"]
-    cfg_dir = model / "samples/brown_dog/cfg/w1.0_l7.5/seeds0_1"
+    cfg_dir = model / "samples/brown_dog/lora0/cfg/w1.0_l7.5/seeds0_1"
     manifest = pl.read_parquet(cfg_dir / "manifest.parquet")
     # the identifier reaches generation: the sheet's first live prompt, filled with "sks dog"
     assert manifest["prompt"].to_list() == ["a sks dog in the jungle"] * 2 and manifest["seed"].to_list() == [0, 1]
     # ω = 1 is CFG, bit for bit; ω = 0 is not — for both families
     for m in ("tiny-sd", "tiny-sana"):
-        samples = workdir / "results" / m / "samples/brown_dog"
+        samples = workdir / "results" / m / "samples/brown_dog/lora0"
         cfg = pl.read_parquet(samples / "cfg/w1.0_l7.5/seeds0_1/manifest.parquet")["sha256"]
         assert pl.read_parquet(samples / "pg/w1.0_l7.5/seeds0_1/manifest.parquet")["sha256"].equals(cfg)
         assert not pl.read_parquet(samples / "pg/w0.0_l7.5/seeds0_1/manifest.parquet")["sha256"].equals(cfg)
         assert pl.read_parquet(workdir / "results" / m / "tables/metrics.parquet")["method"].unique().sort().to_list() \
             == ["cfg", "pg"]
-    pg0 = model / "samples/brown_dog/pg/w0.0_l7.5/seeds0_1"
+    pg0 = model / "samples/brown_dog/lora0/pg/w0.0_l7.5/seeds0_1"
     # one log per job; per model: model, class images, training, 3 generations, grid, 3 × 2 sample
     # embeddings, 3 scores, aggregate; shared: prepare, 2 encoders, 2 reference + 1 text
     # embeddings, plots
@@ -267,7 +297,7 @@ def test_small_study_runs_reruns_what_changed_and_matches_the_cli(tmp_path):
         return m / np.linalg.norm(m, axis=1, keepdims=True)
 
     refs = unit(pl.read_parquet(workdir / "results/embeddings/dino/references/brown_dog.parquet"))
-    gens = unit(pl.read_parquet(model / "embeddings/dino/brown_dog/cfg/w1.0_l7.5/seeds0_1.parquet"))
+    gens = unit(pl.read_parquet(model / "embeddings/dino/brown_dog/lora0/cfg/w1.0_l7.5/seeds0_1.parquet"))
     assert abs(row["dino"] - (gens @ refs.T).mean()) < 1e-6 and row["n_images"] == 2
     for name in ("omega_ablation", "lambda_ablation", "pareto"):
         assert (workdir / f"results/plots/{name}.svg").is_file()
@@ -327,3 +357,54 @@ def test_small_study_runs_reruns_what_changed_and_matches_the_cli(tmp_path):
     assert report.returncode == 0, report.stderr[-2000:]
     html = (workdir / "report.html").read_text()
     assert all(k in html for k in ("Image grids", "Figures", "metrics.csv", "Pareto front"))
+
+
+def _synthetic_smoke_config():
+    """config/presets/synthetic.yaml cut to minutes: a few pretraining steps, one subject."""
+    config = yaml.safe_load((ROOT / "config/presets/synthetic.yaml").read_text())
+    config["models"]["synthetic"]["pretrain"] = {"vae_steps": 2, "steps": 2}
+    config["dataset"].update(concepts=["yellow_magenta_star"], max_prompts=2)
+    config["class_images"].update(count=2, steps=2)
+    config["training"].update(steps=3, weak_step=1)
+    config.update(seeds=[0], guidance=[{"method": "cfg", "scale": [1.5, 3.0]},
+                                       {"method": "pg", "scale": [1.5, 3.0], "omega": 0.0},
+                                       {"method": "cfgpp", "scale": 0.2}])
+    config["sampling"].update(steps=2, seeds_per_job=1)
+    config["base_accuracy"].update(n=2, steps=2)
+    config["evaluation"]["bootstrap"] = 100
+    return config
+
+
+@pytest.mark.slow
+def test_synthetic_preset_smoke_runs_end_to_end(tmp_path):
+    config = _synthetic_smoke_config()
+    workdir = _workdir(tmp_path, config)
+    proc = _snakemake(workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = workdir / "results"
+    # one pretrained base, shared: the no-prior model has no model folder and no class images
+    assert (results / "synthetic/model/model_index.json").is_file()
+    assert not (results / "synthetic-noprior/model").exists() and not (results / "synthetic-noprior/class_images").exists()
+    accuracy = pl.read_parquet(results / "synthetic/tables/base_accuracy.parquet")
+    assert accuracy["scale"].to_list() == [1.5, 3.0] and (accuracy["n_images"] == 2).all()
+    lora = results / "synthetic/lora/yellow_magenta_star"
+    assert (lora / "seed0/full/pytorch_lora_weights.safetensors").read_bytes() != \
+        (lora / "seed1/full/pytorch_lora_weights.safetensors").read_bytes()
+    for model in ("synthetic", "synthetic-noprior"):
+        table = pl.read_parquet(results / model / "tables/metrics.parquet")
+        assert table["protocol"].unique().to_list() == ["oracle"] and "dino" not in table.columns
+        assert (table["n_lora_seeds"] == 2).all() and (table["n_images"] == 2 * 2).all()  # LoRA seeds × prompts
+        assert table["oracle_text"].is_between(0.0, 1.0).all() and table["oracle_subject"].is_between(0.0, 1.0).all()
+        paired = pl.read_parquet(results / model / "tables/paired_vs_cfg.parquet")
+        assert {"d_oracle_text", "d_oracle_subject"} <= set(paired.columns)
+        matched = pl.read_parquet(results / model / "tables/matched_text.parquet")
+        assert set(matched["method"]) == {"pg", "cfgpp"} and set(matched["cfg_scale"]) == {1.5, 3.0}
+    # the bootstrap is seeded: recomputed tables are the same bytes
+    before = (results / "synthetic/tables/metrics.parquet").read_bytes()
+    assert _snakemake(workdir, "--forcerun", "aggregate").returncode == 0
+    assert (results / "synthetic/tables/metrics.parquet").read_bytes() == before
+    # a longer UNet stage keeps the autoencoder
+    config["models"]["synthetic"]["pretrain"]["steps"] = 3
+    _write_config(workdir, config)
+    planned = _planned(workdir)
+    assert planned["pretrain_model"] == 1 and "pretrain_vae" not in planned and planned["train_lora"] == 4

@@ -3,7 +3,7 @@
 A family says which module denoises, how a text becomes its condition, how one network
 evaluation is called, how latents become images and how training noises a latent:
 
-    sd    UNet2DConditionModel, CLIP text states, ε/v prediction, DDPM noising, AutoencoderKL
+    sd    UNet2DConditionModel, CLIP text states, ε/v/x0 prediction, DDPM noising, AutoencoderKL
     sana  SanaTransformer2DModel, Gemma-2 states + attention mask, flow prediction (v = ε − x0),
           rectified-flow noising x_σ = (1 − σ)·x0 + σ·ε, AutoencoderDC
 
@@ -101,8 +101,10 @@ class SD(Family):
             target = noise
         elif kind == "v_prediction":
             target = scheduler.get_velocity(latents, noise, t)
+        elif kind == "sample":
+            target = latents
         else:
-            raise WigError(f"training supports epsilon and v_prediction models, not {kind!r}")
+            raise WigError(f"training supports epsilon, v_prediction and sample models, not {kind!r}")
         return scheduler.add_noise(latents, noise, t), t, target
 
 

@@ -9,10 +9,13 @@ A table cell is the mean over concepts of the mean over prompts of the per-promp
 (DreamMatcher's order); with equally many images per prompt and prompts per concept this is
 the plain mean of the per-image scores.
 
-Confidence intervals: a two-stage percentile bootstrap — resample concepts with replacement,
-then prompts with replacement within each drawn concept, recompute the cell; 95 % interval of
-``n_boot`` draws. Paired comparisons apply the same bootstrap to per-image differences between a
-method and CFG on the same (concept, prompt, seed) noise.
+Confidence intervals: a percentile bootstrap over everything that was drawn at random —
+resample concepts with replacement, then, within each drawn concept, its prompts and its
+*replicates* (a replicate = a LoRA seed × a sampling seed: a fine-tune and the noise of an
+image) independently with replacement (the pigeonhole bootstrap of a crossed prompt × replicate
+design), recompute the cell; 95 % interval of ``n_boot`` draws. Paired comparisons apply the same
+bootstrap to per-image differences between a method and CFG on the same (concept, LoRA,
+prompt, seed) noise.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from wig.errors import WigError
 METRICS = ("dino", "clip_i", "clip_t")
 ORACLE_METRICS = ("oracle_text", "oracle_subject")  # the synthetic world's pixel metrics (wig.oracle)
 POINT_KEYS = ("method", "omega", "scale", "ag_scale", "weak")
-IMAGE_KEYS = ("concept", "prompt_index", "seed")
+IMAGE_KEYS = ("concept", "lora_seed", "prompt_index", "seed")
+REPLICATE_KEYS = ("lora_seed", "seed")
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -79,7 +83,7 @@ def score_samples(
         clip_gen = frames["clip"][0]
         prompt_text = np.stack([text_by_index[i] for i in manifest["prompt_index"].to_list()])
         rows.append(
-            manifest.select("path", *IMAGE_KEYS[1:], *POINT_KEYS).with_columns(
+            manifest.select("path", "prompt_index", "seed", *POINT_KEYS).with_columns(
                 pl.lit(concept).alias("concept"),
                 pl.lit(protocol).alias("protocol"),
                 pl.Series("dino", subject_fidelity(frames["dino"][1], frames["dino"][0])),
@@ -90,18 +94,27 @@ def score_samples(
     return pl.concat(rows).select("concept", "path", "prompt_index", "seed", *POINT_KEYS, "protocol", *METRICS)
 
 
+def oracle_rows(manifest: pl.DataFrame, concept: str) -> pl.DataFrame:
+    """The rows of a set scored by the oracle alone (no encoders): protocol ``oracle``."""
+    return manifest.select("path", "prompt_index", "seed", *POINT_KEYS).with_columns(
+        pl.lit(concept).alias("concept"), pl.lit("oracle").alias("protocol")
+    ).select("concept", "path", "prompt_index", "seed", *POINT_KEYS, "protocol")
+
+
 def metrics_of(scores: pl.DataFrame) -> tuple[str, ...]:
-    """The metric columns of a score frame: the encoders', plus the oracle's when present."""
-    return METRICS + tuple(m for m in ORACLE_METRICS if m in scores.columns)
+    """The metric columns of a score frame: the encoders' and the oracle's, those present."""
+    return tuple(m for m in METRICS + ORACLE_METRICS if m in scores.columns)
 
 
-def score_job(samples, concept: str, embeddings: dict, encoders: dict, out, oracle: bool = False) -> pl.DataFrame:
+def score_job(samples, concept: str, embeddings: dict, encoders: dict, out, oracle: bool = False,
+              lora_seed: int = 0) -> pl.DataFrame:
     """Score one generation job from its files and write the scores to ``out`` (Parquet).
 
     ``embeddings`` maps dino, clip, dino_refs, clip_refs, texts to files; ``encoders`` maps dino
-    and clip to the encoder ids the files must carry. Every file is checked (encoder, width, the
-    images of the manifest) before anything is written. ``oracle`` adds the synthetic world's
-    pixel metrics (one value per image, the same in every protocol's row).
+    and clip to the encoder ids the files must carry (both empty: no encoder metrics, the oracle
+    alone). Every file is checked (encoder, width, the images of the manifest) before anything is
+    written. ``oracle`` adds the synthetic world's pixel metrics (one value per image, the same in
+    every protocol's row). ``lora_seed`` is the seed of the LoRA the images were sampled with.
     """
     from pathlib import Path
 
@@ -109,18 +122,24 @@ def score_job(samples, concept: str, embeddings: dict, encoders: dict, out, orac
     from wig.embeddings import read_embeddings
 
     manifest = pl.read_parquet(Path(samples) / "manifest.parquet")
-    dino_refs = read_embeddings(embeddings["dino_refs"], encoders["dino"])
-    clip_refs = read_embeddings(embeddings["clip_refs"], encoders["clip"])
-    dims = {"dino": dino_refs.schema["embedding"].size, "clip": clip_refs.schema["embedding"].size}
-    scores = score_samples(
-        manifest,
-        concept,
-        read_embeddings(embeddings["dino"], encoders["dino"], dims["dino"]),
-        read_embeddings(embeddings["clip"], encoders["clip"], dims["clip"]),
-        dino_refs,
-        clip_refs,
-        read_embeddings(embeddings["texts"], encoders["clip"], dims["clip"]),
-    )
+    if not encoders and not oracle:
+        raise WigError("nothing to score with: no encoders and no oracle")
+    if encoders:
+        dino_refs = read_embeddings(embeddings["dino_refs"], encoders["dino"])
+        clip_refs = read_embeddings(embeddings["clip_refs"], encoders["clip"])
+        dims = {"dino": dino_refs.schema["embedding"].size, "clip": clip_refs.schema["embedding"].size}
+        scores = score_samples(
+            manifest,
+            concept,
+            read_embeddings(embeddings["dino"], encoders["dino"], dims["dino"]),
+            read_embeddings(embeddings["clip"], encoders["clip"], dims["clip"]),
+            dino_refs,
+            clip_refs,
+            read_embeddings(embeddings["texts"], encoders["clip"], dims["clip"]),
+        )
+    else:
+        scores = oracle_rows(manifest, concept)
+    scores = scores.with_columns(pl.lit(lora_seed, dtype=pl.Int64).alias("lora_seed"))
     if oracle:
         from PIL import Image
 
@@ -138,32 +157,38 @@ def score_job(samples, concept: str, embeddings: dict, encoders: dict, out, orac
     return scores
 
 
-def _prompt_means(frame: pl.DataFrame, value: str) -> np.ndarray:
-    """(concepts, prompts) matrix of per-prompt means; NaN where a concept has fewer prompts."""
-    per_prompt = frame.group_by("concept", "prompt_index").agg(pl.col(value).mean()).sort("concept", "prompt_index")
-    concepts = per_prompt["concept"].unique(maintain_order=True).to_list()
-    width = per_prompt.group_by("concept").len()["len"].max()
-    out = np.full((len(concepts), width), np.nan)
-    for c, concept in enumerate(concepts):
-        vals = per_prompt.filter(pl.col("concept") == concept)[value].to_numpy()
-        out[c, : len(vals)] = vals
+def _cube(frame: pl.DataFrame, value: str) -> np.ndarray:
+    """(concepts, prompts, replicates) array of per-image values, NaN-padded where a concept has
+    fewer prompts or replicates; within a concept every prompt must have every replicate."""
+    frame = frame.sort("concept", "prompt_index", *REPLICATE_KEYS)
+    parts = frame.partition_by("concept", maintain_order=True)
+    shapes = [(p["prompt_index"].n_unique(), p.select(REPLICATE_KEYS).n_unique()) for p in parts]
+    out = np.full((len(parts), max(s[0] for s in shapes), max(s[1] for s in shapes)), np.nan)
+    for c, (part, (n_p, n_r)) in enumerate(zip(parts, shapes)):
+        if len(part) != n_p * n_r:
+            raise WigError(f"concept {part['concept'][0]}: {len(part)} images for {n_p} prompts × {n_r} "
+                           f"(LoRA seed, seed) replicates — every prompt needs every replicate once")
+        out[c, :n_p, :n_r] = part[value].to_numpy().reshape(n_p, n_r)
     return out
 
 
 def _cell(m: np.ndarray) -> float:
-    return float(np.nanmean(np.nanmean(m, axis=1)))
+    return float(np.nanmean(np.nanmean(m, axis=(1, 2))))
 
 
 def _bootstrap(m: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple[float, float]:
-    counts = (~np.isnan(m)).sum(axis=1)
-    c_idx = rng.integers(0, len(m), size=(n_boot, len(m)))
-    # prompts resampled within each drawn concept, among that concept's own prompts
-    p_idx = (rng.random((n_boot, len(m), m.shape[1])) * counts[c_idx][..., None]).astype(int)
-    draws = m[c_idx[..., None], p_idx]
-    valid = np.arange(m.shape[1])[None, None, :] < counts[c_idx][..., None]
-    per_concept = np.where(valid, draws, 0.0).sum(axis=2) / counts[c_idx]
-    stats = per_concept.mean(axis=1)
-    lo, hi = np.percentile(stats, [2.5, 97.5])
+    n_c, n_p, n_r = m.shape
+    prompts = (~np.isnan(m[:, :, 0])).sum(axis=1)
+    reps = (~np.isnan(m[:, 0, :])).sum(axis=1)
+    c_idx = rng.integers(0, n_c, size=(n_boot, n_c))
+    # prompts and replicates resampled independently within each drawn concept, among its own
+    p_idx = (rng.random((n_boot, n_c, n_p)) * prompts[c_idx][..., None]).astype(int)
+    r_idx = (rng.random((n_boot, n_c, n_r)) * reps[c_idx][..., None]).astype(int)
+    draws = m[c_idx[..., None, None], p_idx[..., :, None], r_idx[..., None, :]]
+    valid = ((np.arange(n_p) < prompts[c_idx][..., None])[..., :, None]
+             & (np.arange(n_r) < reps[c_idx][..., None])[..., None, :])
+    per_concept = np.where(valid, draws, 0.0).sum(axis=(2, 3)) / (prompts * reps)[c_idx]
+    lo, hi = np.percentile(per_concept.mean(axis=1), [2.5, 97.5])
     return float(lo), float(hi)
 
 
@@ -174,10 +199,11 @@ def aggregate(scores: pl.DataFrame, n_boot: int = 1000, seed: int = 0) -> pl.Dat
     for key, group in scores.group_by("protocol", *POINT_KEYS, maintain_order=True):
         row = dict(zip(("protocol", *POINT_KEYS), key))
         for metric in metrics_of(scores):
-            m = _prompt_means(group, metric)
+            m = _cube(group, metric)
             row[metric] = _cell(m)
             row[f"{metric}_lo"], row[f"{metric}_hi"] = _bootstrap(m, n_boot, rng)
         row["n_concepts"] = group["concept"].n_unique()
+        row["n_lora_seeds"] = group["lora_seed"].n_unique()
         row["n_images"] = len(group)
         rows.append(row)
     return pl.DataFrame(rows).sort("protocol", "method", "scale", "omega")
@@ -195,8 +221,8 @@ def reference_points(points: pl.DataFrame) -> dict[tuple, tuple]:
 
 
 def paired_vs_cfg(scores: pl.DataFrame, n_boot: int = 1000, seed: int = 0) -> pl.DataFrame:
-    """Mean difference (method − CFG) per metric on the same (concept, prompt, seed) noise, with
-    the two-stage bootstrap CI; one row per (protocol, non-CFG grid point)."""
+    """Mean difference (method − CFG) per metric on the same (concept, LoRA seed, prompt, seed)
+    noise, with the bootstrap CI; one row per (protocol, non-CFG grid point)."""
     rng = np.random.default_rng(seed)
     points = scores.select(POINT_KEYS).unique(maintain_order=True)
     refs = reference_points(points)
@@ -213,8 +239,8 @@ def paired_vs_cfg(scores: pl.DataFrame, n_boot: int = 1000, seed: int = 0) -> pl
                 raise WigError(f"{dict(zip(POINT_KEYS, point))} and its CFG reference cover different images")
             row = {"protocol": protocol, **dict(zip(POINT_KEYS, point)), "cfg_scale": ref[POINT_KEYS.index("scale")]}
             for metric in metrics_of(scores):
-                diff = pair.select("concept", "prompt_index", (pl.col(metric) - pl.col(f"{metric}_cfg")).alias("d"))
-                m = _prompt_means(diff, "d")
+                diff = pair.select(*IMAGE_KEYS, (pl.col(metric) - pl.col(f"{metric}_cfg")).alias("d"))
+                m = _cube(diff, "d")
                 row[f"d_{metric}"] = _cell(m)
                 row[f"d_{metric}_lo"], row[f"d_{metric}_hi"] = _bootstrap(m, n_boot, rng)
             row["n_images"] = len(pair)
@@ -230,3 +256,50 @@ def to_markdown(frame: pl.DataFrame, digits: int = 4) -> str:
     lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in frame.iter_rows()]
     return "\n".join(lines) + "\n"
+
+
+def fidelity_pair(scores_or_table: pl.DataFrame) -> tuple[str, str]:
+    """(subject, text) fidelity metrics to compare methods on: the oracle's where a table has them
+    (the synthetic world: exact, and its tiny encoders are random), else DINO and CLIP-T."""
+    if "oracle_subject" in scores_or_table.columns:
+        return "oracle_subject", "oracle_text"
+    return "dino", "clip_t"
+
+
+def at_matched_text(table: pl.DataFrame) -> pl.DataFrame:
+    """Subject fidelity of each method at the text fidelity CFG reaches at each of its λ.
+
+    A method's λ sweep is a curve in the (text, subject) plane; where it passes CFG's text
+    fidelity (linear interpolation between adjacent λ, the smallest such λ), its subject fidelity
+    there is compared with CFG's. Rows: protocol, method, ω, λ_ag, weak, CFG's λ, the matched
+    text fidelity, the method's interpolated λ, both subject fidelities and their difference;
+    null where the method's sweep never reaches that text fidelity.
+    """
+    subject, text = fidelity_pair(table)
+    rows = []
+    curve_keys = ("method", "omega", "ag_scale", "weak")
+    for protocol in table["protocol"].unique(maintain_order=True).to_list():
+        t = table.filter(pl.col("protocol") == protocol)
+        cfg = t.filter(pl.col("method") == "cfg").sort("scale")
+        for key, curve in t.filter(~pl.col("method").is_in(["cfg", "none"])).sort("scale").group_by(
+                curve_keys, maintain_order=True):
+            lam, x, y = (curve[c].to_numpy() for c in ("scale", text, subject))
+            for ref in cfg.iter_rows(named=True):
+                target = ref[text]
+                hit = None
+                for i in range(len(x) - 1):
+                    lo, hi = sorted((x[i], x[i + 1]))
+                    if lo <= target <= hi:
+                        w = 0.0 if x[i + 1] == x[i] else (target - x[i]) / (x[i + 1] - x[i])
+                        hit = (lam[i] + w * (lam[i + 1] - lam[i]), y[i] + w * (y[i + 1] - y[i]))
+                        break
+                if hit is None and len(x) == 1 and x[0] == target:
+                    hit = (lam[0], y[0])
+                rows.append({"protocol": protocol, **dict(zip(curve_keys, key)), "cfg_scale": ref["scale"],
+                             text: target, "scale": hit and float(hit[0]), f"{subject}_cfg": ref[subject],
+                             subject: hit and float(hit[1]),
+                             f"d_{subject}": hit and float(hit[1] - ref[subject])})
+    schema = {"protocol": pl.String, "method": pl.String, "omega": pl.Float64, "ag_scale": pl.Float64,
+              "weak": pl.String, "cfg_scale": pl.Float64, text: pl.Float64, "scale": pl.Float64,
+              f"{subject}_cfg": pl.Float64, subject: pl.Float64, f"d_{subject}": pl.Float64}
+    return pl.DataFrame(rows, schema=schema)

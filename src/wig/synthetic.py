@@ -137,14 +137,17 @@ def render(scene: Scene):
     return Image.fromarray(render_array(scene))
 
 
-def caption(scene: Scene, identifier: str | None = None, colour: bool = True) -> str:
-    """"a red circle on a blue background"; a subject: "a sks star on a white background"."""
+def caption(scene: Scene, identifier: str | None = None, colour: bool = True, background: bool = True) -> str:
+    """"a red circle on a blue background"; a subject: "a sks star on a white background"; the
+    colour or background may be left unsaid ("a circle on a blue background", "a red circle")."""
     words = ["a"]
     if identifier:
         words.append(identifier)
     elif colour:
         words.append(scene.colour)
-    words += [scene.shape, "on", "a", scene.background, "background"]
+    words.append(scene.shape)
+    if background:
+        words += ["on", "a", scene.background, "background"]
     return " ".join(words)
 
 

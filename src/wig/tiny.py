@@ -18,14 +18,14 @@ import torch
 
 from wig.errors import WigError
 
-FAMILIES = ("sd", "sana")
+KINDS = ("sd", "sana", "synthetic")  # random-init twins of the families, and the synthetic world's base (wig.pretrain)
 
 
-def default_config(family: str) -> dict:
-    """The shipped config of a twin (``src/wig/configs/tiny_<family>.json``)."""
-    if family not in FAMILIES:
-        raise WigError(f"unknown model family {family!r}; choose from {', '.join(FAMILIES)}")
-    text = resources.files("wig.configs").joinpath(f"tiny_{family}.json").read_text()
+def default_config(kind: str) -> dict:
+    """The shipped config of a tiny model (``src/wig/configs/tiny_<kind>.json``)."""
+    if kind not in KINDS:
+        raise WigError(f"unknown tiny model {kind!r}; choose from {', '.join(KINDS)}")
+    text = resources.files("wig.configs").joinpath(f"tiny_{kind}.json").read_text()
     return json.loads(text)
 
 
@@ -67,11 +67,11 @@ def build_tiny_sd(out: str | os.PathLike, config: dict | None = None, seed: int 
     config = config or default_config("sd")
     seed = config.get("seed", 0) if seed is None else seed
     out = Path(out)
-    with _seeded(seed):
+    with seeded(seed):
         unet = UNet2DConditionModel(**config["unet"])
-    with _seeded(seed + 1):
+    with seeded(seed + 1):
         vae = AutoencoderKL(**config["vae"])
-    with _seeded(seed + 2):
+    with seeded(seed + 2):
         text_encoder = CLIPTextModel(CLIPTextConfig(**config["text_encoder"]))
     scheduler = DDIMScheduler(**config["scheduler"])
     tokenizer = clip_tokenizer()
@@ -108,11 +108,11 @@ def build_tiny_sana(out: str | os.PathLike, config: dict | None = None, seed: in
     config = config or default_config("sana")
     seed = config.get("seed", 0) if seed is None else seed
     tokenizer = gemma_tokenizer()
-    with _seeded(seed):
+    with seeded(seed):
         transformer = SanaTransformer2DModel(**config["transformer"])
-    with _seeded(seed + 1):
+    with seeded(seed + 1):
         vae = AutoencoderDC(**{k: _tuples(v) for k, v in config["vae"].items()})
-    with _seeded(seed + 2):
+    with seeded(seed + 2):
         text_encoder = Gemma2Model(Gemma2Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                                                 bos_token_id=tokenizer.bos_token_id,
                                                 eos_token_id=tokenizer.eos_token_id, **config["text_encoder"]))
@@ -129,7 +129,7 @@ def _tuples(value):
 
 
 @contextmanager
-def _seeded(seed: int):
+def seeded(seed: int):
     """Module init under a fixed seed, leaving the caller's global generator untouched."""
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)

@@ -42,8 +42,6 @@ def _load_study():
     if missing:
         raise ValueError(f"config: dataset.concepts {missing} are not in the sheet {ds['sheet']}")
     concepts = {c: concepts[c] for c in wanted}
-    if config["training"]["weak_step"] >= config["training"]["steps"]:
-        raise ValueError("config: training.weak_step must be smaller than training.steps")
     prompts = {}
     for cid, concept in concepts.items():
         folder = Path(ds["root"]) / concept.folder
@@ -67,15 +65,45 @@ if workflow.local_exec and not scheduler_assigned():
         raise ValueError(f"config: {err}") from None
 # sorted: the plots' params list the models, and reordering YAML keys must not rerun them
 MODELS = sorted(config["models"])
+SPECS = config["models"]
+
+
+def root_model(model):
+    """The model whose weights ``model`` uses: itself, or (``base:``) another entry's, so two
+    training set-ups of one base (e.g. with and without prior preservation) share its weights."""
+    seen = [model]
+    while "base" in SPECS[seen[-1]]:
+        base = SPECS[seen[-1]]["base"]
+        if base not in SPECS:
+            raise ValueError(f"config: models.{seen[-1]}.base: no model {base!r}")
+        if base in seen:
+            raise ValueError(f"config: models.{model}: base models form a cycle ({' -> '.join(seen + [base])})")
+        seen.append(base)
+    return seen[-1]
+
+
+# tiny kinds → the family that samples them: the synthetic world's base is a Stable Diffusion pipeline
+TINY_FAMILY = {"sd": "sd", "sana": "sana", "synthetic": "sd"}
 
 
 def _family(model):
-    spec = config["models"][model]
-    if "tiny" in spec and spec.get("family", spec["tiny"]) != spec["tiny"]:
+    spec = SPECS[root_model(model)]
+    if "tiny" in spec and spec.get("family", TINY_FAMILY[spec["tiny"]]) != TINY_FAMILY[spec["tiny"]]:
         raise ValueError(f"config: models.{model}: family {spec['family']} but tiny {spec['tiny']}")
-    return spec.get("tiny") or spec.get("family", "sd")
+    return TINY_FAMILY[spec["tiny"]] if "tiny" in spec else spec.get("family", "sd")
 
 
+def _training(model):
+    """The global training settings with the model's own ``training:`` on top."""
+    merged = {**config["training"], **SPECS[model].get("training", {})}
+    if merged["weak_step"] >= merged["steps"]:
+        raise ValueError(f"config: models.{model}: training.weak_step must be smaller than training.steps")
+    return merged
+
+
+TRAINING = {m: _training(m) for m in MODELS}
+# LoRA seeds: each (model, concept) is fine-tuned once per seed, the replicates the CIs resample
+LORA_SEEDS = {m: t["seed"] if isinstance(t["seed"], list) else [t["seed"]] for m, t in TRAINING.items()}
 # the grid per model: a family's sampler may lack a method (SANA: no DDIM for CFG++)
 MODEL_POINTS = {m: [p for p in POINTS if p.method not in UNSUPPORTED[_family(m)]] for m in MODELS}
 for _m, _points in MODEL_POINTS.items():
@@ -86,7 +114,6 @@ SEEDS = config["seeds"]
 # generation jobs take the seeds in chunks (fewer model loads); a chunk's name lists its seeds
 _k = config["sampling"]["seeds_per_job"]
 SEED_CHUNKS = ["_".join(map(str, SEEDS[i : i + _k])) for i in range(0, len(SEEDS), _k)]
-PRIOR = config["training"]["prior_weight"] > 0
 SAMPLING = canon(config["sampling"])
 # device and dtype change the numbers (slightly) and so are params; threads do not
 RUNTIME = {k: config["runtime"][k] for k in ("device", "dtype")}
@@ -102,30 +129,65 @@ wildcard_constraints:
     method="none|cfg|pg|ag|cfgpp|pgpp",
     point=r"w[0-9.]+_l-?[0-9.]+(_a-?[0-9.]+(_weak)?)?",
     seeds=r"\d+(_\d+)*",
+    lseed=r"\d+",
     encoder="dino|clip",
 
 
 def model_spec(wildcards):
-    return canon(config["models"][wildcards.model])
+    return canon(SPECS[wildcards.model])
 
 
 def model_input(wildcards):
-    """A tiny twin is a folder built by a rule; a real checkpoint is a name in params plus the
-    record of its resolved local copy (rule resolve_model, on the submit host)."""
-    if "path" in config["models"][wildcards.model]:
-        return {"weights": f"results/{wildcards.model}/weights.json"}
-    return {"model": f"results/{wildcards.model}/model"}
+    """A tiny twin or the synthetic base is a folder built by a rule; a real checkpoint is a name
+    in params plus the record of its resolved local copy (rule resolve_model, on the submit host)."""
+    root = root_model(wildcards.model)
+    if "path" in SPECS[root]:
+        return {"weights": f"results/{root}/weights.json"}
+    return {"model": f"results/{root}/model"}
+
+
+def _shipped_config(kind):
+    # read as a file: importing wig.tiny would load torch
+    return json.loads(resources.files("wig.configs").joinpath(f"tiny_{kind}.json").read_text())
 
 
 def tiny_config(wildcards):
     """The shipped config of a tiny twin (``wig/configs/tiny_<family>.json``), as a param: editing
-    it rebuilds the twin (read here as a file: importing wig.tiny would load torch)."""
-    family = config["models"][wildcards.model]["tiny"]
-    return canon(json.loads(resources.files("wig.configs").joinpath(f"tiny_{family}.json").read_text()))
+    it rebuilds the twin."""
+    return canon(_shipped_config(SPECS[wildcards.model]["tiny"]))
+
+
+def pretrain_config(stage):
+    """Input function: the part of ``tiny_synthetic.json`` a pretraining stage reads, with the
+    model's seed (the autoencoder is not retrained for a UNet change)."""
+    keys = {"vae": ("size", "vae", "vae_training"),
+            "model": ("size", "unet", "text_encoder", "scheduler", "training")}[stage]
+
+    def params(wildcards):
+        spec = SPECS[wildcards.model]
+        shipped = _shipped_config("synthetic")
+        # models.<m>.pretrain: steps of each stage (a short smoke run, a longer base)
+        for section, key in (("vae_training", "vae_steps"), ("training", "steps")):
+            if key in spec.get("pretrain", {}):
+                shipped[section]["steps"] = spec["pretrain"][key]
+        return canon({"seed": spec.get("seed", 0), **{k: shipped[k] for k in keys}})
+
+    return params
 
 
 def model_ref(wildcards, input):
-    return config["models"][wildcards.model].get("path") or input.model
+    return SPECS[root_model(wildcards.model)].get("path") or input.model
+
+
+def _constraint(names):
+    """A wildcard regex matching exactly ``names`` (nothing if empty)."""
+    return "|".join(map(re.escape, names)) or "(?!)"
+
+
+# the scales the base's accuracy is measured at: every λ of the grid's CFG-style points
+CFG_SCALES = sorted({p.scale for p in POINTS if p.method in ("cfg", "pg", "ag")})
+TINY_TWINS = [m for m in MODELS if SPECS[m].get("tiny") in ("sd", "sana")]
+SYNTHETIC_BASES = [m for m in MODELS if SPECS[m].get("tiny") == "synthetic"]
 
 
 def concept_folder(wildcards):
@@ -146,17 +208,22 @@ def class_prompt(noun: str) -> str:
 
 def class_image_settings(wildcards):
     settings = config["class_images"]
+    resolution = TRAINING[wildcards.model]["resolution"]
     return canon({
         "prompt": class_prompt(CLASSES[wildcards.noun]),
         **{k: settings[k] for k in ("count", "seed", "steps", "scale")},
-        "height": config["training"]["resolution"],
-        "width": config["training"]["resolution"],
+        "height": resolution,
+        "width": resolution,
     })
+
+
+def prior(model):
+    return TRAINING[model]["prior_weight"] > 0
 
 
 def train_input(wildcards):
     inputs = model_input(wildcards) | {"instance": f"results/concepts/{wildcards.concept}"}
-    if PRIOR:
+    if prior(wildcards.model):
         inputs["classes"] = f"results/{wildcards.model}/class_images/{CLASS_OF[wildcards.concept]}"
     return inputs
 
@@ -164,14 +231,15 @@ def train_input(wildcards):
 def train_settings(wildcards):
     concept = CONCEPTS[wildcards.concept]
     return canon({
-        "instance_prompt": concept.instance_prompt(config["dataset"]["identifier"]),
-        "class_prompt": class_prompt(concept.class_noun) if PRIOR else None,
-        **config["training"],
+        "instance_prompt": config["dataset"]["instance_prompt"].format(concept.subject(config["dataset"]["identifier"])),
+        "class_prompt": class_prompt(concept.class_noun) if prior(wildcards.model) else None,
+        **TRAINING[wildcards.model],
+        "seed": int(wildcards.lseed),
     })
 
 
 def generate_input(wildcards):
-    return model_input(wildcards) | {"lora": f"results/{wildcards.model}/lora/{wildcards.concept}"}
+    return model_input(wildcards) | {"lora": f"results/{wildcards.model}/lora/{wildcards.concept}/seed{wildcards.lseed}"}
 
 
 def guidance_of(wildcards):
@@ -184,9 +252,11 @@ def concept_prompts(wildcards):
 
 
 def sample_dirs(wildcards):
-    """Every generation job's folder of a (model, concept), point by point, then seed chunk."""
+    """The generation jobs of a (model, concept) the image grid shows — its first LoRA seed —
+    point by point, then seed chunk."""
+    lseed = LORA_SEEDS[wildcards.model][0]
     return [
-        f"results/{wildcards.model}/samples/{wildcards.concept}/{p.method}/{p.name}/seeds{chunk}"
+        f"results/{wildcards.model}/samples/{wildcards.concept}/lora{lseed}/{p.method}/{p.name}/seeds{chunk}"
         for p in MODEL_POINTS[wildcards.model]
         for chunk in SEED_CHUNKS
     ]
@@ -202,6 +272,9 @@ def grid_rows(wildcards):
 
 # --- evaluation ------------------------------------------------------------------------------
 ENCODERS = {kind: {"kind": kind, **spec} for kind, spec in config["encoders"].items()}
+if not (ENCODERS or RENDER):
+    raise ValueError("config: encoders is empty and dataset.render is not set: nothing would score the images "
+                     "(the oracle metrics exist for the synthetic world only)")
 EVAL = config["evaluation"]
 
 
@@ -225,16 +298,32 @@ def embeddings_of(kind):
     """Input function: the ``kind`` embeddings of one generation job."""
 
     def paths(wildcards):
-        return (f"results/{wildcards.model}/embeddings/{kind}/{wildcards.concept}/{wildcards.method}/"
-                f"{wildcards.point}/seeds{wildcards.seeds}.parquet")
+        return (f"results/{wildcards.model}/embeddings/{kind}/{wildcards.concept}/lora{wildcards.lseed}/"
+                f"{wildcards.method}/{wildcards.point}/seeds{wildcards.seeds}.parquet")
 
     return paths
 
 
+def score_input(wildcards):
+    """The job's images and, with encoders, its and the concept's embeddings."""
+    inputs = {"samples": (f"results/{wildcards.model}/samples/{wildcards.concept}/lora{wildcards.lseed}/"
+                          f"{wildcards.method}/{wildcards.point}/seeds{wildcards.seeds}")}
+    if ENCODERS:
+        inputs |= {
+            "dino": embeddings_of("dino")(wildcards),
+            "clip": embeddings_of("clip")(wildcards),
+            "dino_refs": f"results/embeddings/dino/references/{wildcards.concept}.parquet",
+            "clip_refs": f"results/embeddings/clip/references/{wildcards.concept}.parquet",
+            "texts": f"results/embeddings/clip/texts/{wildcards.concept}.parquet",
+        }
+    return inputs
+
+
 def score_files(wildcards):
     return [
-        f"results/{wildcards.model}/scores/{concept}/{p.method}/{p.name}/seeds{chunk}.parquet"
+        f"results/{wildcards.model}/scores/{concept}/lora{lseed}/{p.method}/{p.name}/seeds{chunk}.parquet"
         for concept in CONCEPTS
+        for lseed in LORA_SEEDS[wildcards.model]
         for p in MODEL_POINTS[wildcards.model]
         for chunk in SEED_CHUNKS
     ]

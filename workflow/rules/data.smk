@@ -25,6 +25,8 @@ if RENDER:
             code=code_hash("synthetic"),
         log:
             "logs/render_dataset.log",
+        benchmark:
+            "results/benchmarks/render_dataset.tsv"
         script:
             "../scripts/render_dataset.py"
 

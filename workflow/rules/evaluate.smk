@@ -4,20 +4,17 @@
 
 rule score:
     input:
-        samples="results/{model}/samples/{concept}/{method}/{point}/seeds{seeds}",
-        dino=embeddings_of("dino"),
-        clip=embeddings_of("clip"),
-        dino_refs="results/embeddings/dino/references/{concept}.parquet",
-        clip_refs="results/embeddings/clip/references/{concept}.parquet",
-        texts="results/embeddings/clip/texts/{concept}.parquet",
+        unpack(score_input),
     output:
-        "results/{model}/scores/{concept}/{method}/{point}/seeds{seeds}.parquet",
+        "results/{model}/scores/{concept}/lora{lseed}/{method}/{point}/seeds{seeds}.parquet",
     params:
         encoders=canon({kind: encoder_id(spec) for kind, spec in ENCODERS.items()}),
         oracle=bool(RENDER),  # the synthetic world's images are read back by wig.oracle
         code=code_hash("metrics", "encoders", "atomic", *(("oracle", "synthetic") if RENDER else ())),
     log:
-        "logs/{model}/score/{concept}/{method}/{point}/seeds{seeds}.log",
+        "logs/{model}/score/{concept}/lora{lseed}/{method}/{point}/seeds{seeds}.log",
+    benchmark:
+        "results/{model}/benchmarks/score/{concept}/lora{lseed}/{method}/{point}/seeds{seeds}.tsv"
     script:
         "../scripts/score.py"
 
@@ -35,12 +32,16 @@ rule aggregate:
         paired_csv=report("results/{model}/tables/paired_vs_cfg.csv", caption="../report/paired.rst",
                           category="Tables", labels={"model": "{model}", "table": "paired vs CFG"}),
         paired_md="results/{model}/tables/paired_vs_cfg.md",
+        matched="results/{model}/tables/matched_text.parquet",
+        matched_md="results/{model}/tables/matched_text.md",
     params:
         n_boot=EVAL["bootstrap"],
         seed=EVAL["bootstrap_seed"],
         code=code_hash("metrics", "atomic"),
     log:
         "logs/{model}/aggregate.log",
+    benchmark:
+        "results/{model}/benchmarks/aggregate.tsv"
     script:
         "../scripts/aggregate.py"
 

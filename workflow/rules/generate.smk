@@ -6,7 +6,7 @@ rule generate:
     input:
         unpack(generate_input),
     output:
-        directory("results/{model}/samples/{concept}/{method}/{point}/seeds{seeds}"),
+        directory("results/{model}/samples/{concept}/lora{lseed}/{method}/{point}/seeds{seeds}"),
     params:
         model=model_ref,
         guidance=guidance_of,
@@ -15,9 +15,9 @@ rule generate:
         runtime=RUNTIME,
         code=code_hash("guidance", "sampling", "families", "lora", "models", "generation", "atomic"),
     log:
-        "logs/{model}/generate/{concept}/{method}/{point}/seeds{seeds}.log",
+        "logs/{model}/generate/{concept}/lora{lseed}/{method}/{point}/seeds{seeds}.log",
     benchmark:
-        "results/{model}/benchmarks/generate/{concept}/{method}/{point}/seeds{seeds}.tsv"
+        "results/{model}/benchmarks/generate/{concept}/lora{lseed}/{method}/{point}/seeds{seeds}.tsv"
     threads: config["runtime"]["threads"]
     resources:
         gpu=1,

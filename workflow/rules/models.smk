@@ -1,4 +1,5 @@
-# Models: tiny twins are built from wig's shipped configs; real checkpoints are named in config.
+# Models: tiny twins are built from wig's shipped configs, the synthetic world's base is
+# pretrained here; real checkpoints are named in config.
 
 
 rule build_tiny_model:
@@ -11,8 +12,69 @@ rule build_tiny_model:
     log:
         "logs/{model}/build_tiny_model.log",
     threads: 1
+    wildcard_constraints:
+        model=_constraint(TINY_TWINS),
     script:
         "../scripts/build_tiny.py"
+
+
+# The synthetic world's base (wig.pretrain), stage by stage: a UNet setting keeps the autoencoder.
+rule pretrain_vae:
+    output:
+        directory("results/{model}/pretrain/vae"),
+    params:
+        config=pretrain_config("vae"),
+        code=code_hash("pretrain", "synthetic", "tiny", "atomic"),
+    log:
+        "logs/{model}/pretrain_vae.log",
+    benchmark:
+        "results/{model}/benchmarks/pretrain_vae.tsv"
+    threads: 2
+    wildcard_constraints:
+        model=_constraint(SYNTHETIC_BASES),
+    script:
+        "../scripts/pretrain.py"
+
+
+rule pretrain_model:
+    input:
+        vae="results/{model}/pretrain/vae",
+    output:
+        directory("results/{model}/model"),
+    params:
+        config=pretrain_config("model"),
+        code=code_hash("pretrain", "synthetic", "tiny", "atomic"),
+    log:
+        "logs/{model}/pretrain_model.log",
+    benchmark:
+        "results/{model}/benchmarks/pretrain_model.tsv"
+    threads: 2
+    wildcard_constraints:
+        model=_constraint(SYNTHETIC_BASES),
+    script:
+        "../scripts/pretrain.py"
+
+
+# Is the base good enough for the study to mean anything? CFG at the grid's scales, read by the oracle.
+rule base_accuracy:
+    input:
+        model="results/{model}/model",
+    output:
+        table="results/{model}/tables/base_accuracy.parquet",
+        md="results/{model}/tables/base_accuracy.md",
+    params:
+        scales=CFG_SCALES,
+        settings=canon(config["base_accuracy"]),
+        code=code_hash("pretrain", "sampling", "guidance", "families", "oracle", "synthetic", "models", "atomic"),
+    log:
+        "logs/{model}/base_accuracy.log",
+    benchmark:
+        "results/{model}/benchmarks/base_accuracy.tsv"
+    threads: 2
+    wildcard_constraints:
+        model=_constraint(SYNTHETIC_BASES),
+    script:
+        "../scripts/base_accuracy.py"
 
 
 # Real weights: fetched on the submit host (compute nodes may have no internet) into the hub cache;

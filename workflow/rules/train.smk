@@ -26,16 +26,16 @@ rule train_lora:
     input:
         unpack(train_input),
     output:
-        directory("results/{model}/lora/{concept}"),
+        directory("results/{model}/lora/{concept}/seed{lseed}"),
     params:
         model=model_ref,
         settings=train_settings,
         runtime=RUNTIME,
         code=code_hash("training", "families", "lora", "models", "concepts", "atomic"),
     log:
-        "logs/{model}/train_lora/{concept}.log",
+        "logs/{model}/train_lora/{concept}/seed{lseed}.log",
     benchmark:
-        "results/{model}/benchmarks/train_lora/{concept}.tsv"
+        "results/{model}/benchmarks/train_lora/{concept}/seed{lseed}.tsv"
     threads: config["runtime"]["threads"]
     resources:
         gpu=1,

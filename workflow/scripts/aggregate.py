@@ -1,11 +1,12 @@
-"""Tables of one model: per-image scores, metrics with CIs, paired comparisons (rule aggregate)."""
+"""Tables of one model: per-image scores, metrics with CIs, paired comparisons, subject fidelity at
+matched text fidelity (rule aggregate)."""
 from pathlib import Path
 
 import polars as pl
 
 from wig.atomic import replace_file, tmp_path
 from wig.jobs import job
-from wig.metrics import aggregate, paired_vs_cfg, to_markdown
+from wig.metrics import aggregate, at_matched_text, paired_vs_cfg, to_markdown
 
 
 def write(frame: pl.DataFrame, path: str) -> None:
@@ -25,7 +26,9 @@ with job(snakemake, torch=False) as log:
     scores = pl.concat([pl.read_parquet(f) for f in snakemake.input])
     table = aggregate(scores, n_boot=p.n_boot, seed=p.seed)
     paired = paired_vs_cfg(scores, n_boot=p.n_boot, seed=p.seed)
-    for frame, paths in ((scores, [o.scores]), (table, [o.table, o.csv, o.md]), (paired, [o.paired, o.paired_csv, o.paired_md])):
+    matched = at_matched_text(table)
+    for frame, paths in ((scores, [o.scores]), (table, [o.table, o.csv, o.md]), (paired, [o.paired, o.paired_csv, o.paired_md]),
+                         (matched, [o.matched, o.matched_md])):
         for path in paths:
             write(frame, path)
     log.info("%d images, %d table rows", len(scores), len(table))

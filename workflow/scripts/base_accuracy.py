@@ -1,0 +1,16 @@
+"""The synthetic base's oracle accuracy under CFG at the grid's scales (rule base_accuracy)."""
+from wig.atomic import replace_file, tmp_path
+from wig.jobs import job
+from wig.metrics import to_markdown
+from wig.models import load_pipeline
+from wig.pretrain import base_accuracy
+
+with job(snakemake) as log:
+    p, o = snakemake.params, snakemake.output
+    pipe = load_pipeline(snakemake.input.model)
+    table = base_accuracy(pipe, p.scales, **p.settings)
+    log.info("\n%s", to_markdown(table, digits=3))
+    table.write_parquet(tmp_path(o.table))
+    tmp_path(o.md).write_text(to_markdown(table, digits=3))
+    for path in (o.table, o.md):
+        replace_file(tmp_path(path), path)
