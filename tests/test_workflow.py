@@ -169,7 +169,7 @@ def test_synthetic_preset_plans_pretraining_two_trainings_and_lora_seeds(tmp_pat
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = (proc.stdout + proc.stderr).split("Job stats:")[1].split("total")[0]
     counts = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
-    points = 3 + 3 + 3 + 1 + 2 + 2  # cfg λ×3, pg ω0 λ×3, pg ω×3 at λ 3, ag, cfgpp ×2, pgpp ×2
+    points = 3 + 3 + 1 + 1 + 1 + 1  # cfg λ×3, pg ω0 λ×3, pg ω 0.5 at λ 3, ag, cfgpp, pgpp
     cells = 2 * 5 * 2  # models (prior, no prior) × subjects × LoRA seeds, one seed chunk
     assert counts == {
         "render_dataset": 1, "prepare": 5, "pretrain_vae": 1, "pretrain_model": 1, "base_accuracy": 1,
