@@ -3,7 +3,7 @@
 import pytest
 
 from wig.errors import WigError
-from wig.grid import Point, canonical, expand
+from wig.grid import Point, canonical, expand, job_chunks
 from wig.provenance import code_hash
 
 
@@ -60,3 +60,17 @@ def test_code_hash_tracks_the_named_modules():
     assert code_hash("guidance") != code_hash("sampling")
     with pytest.raises(ModuleNotFoundError):
         code_hash("no_such_module")
+
+
+def test_job_chunks_keep_grid_order_and_name_single_points_by_their_path():
+    points = expand([{"method": "cfg", "scale": [1.5, 3.0]}, {"method": "pg", "scale": 3.0, "omega": [0.0, 0.5]},
+                     {"method": "ag", "scale": 3.0, "weak": "lora"}])
+    assert job_chunks(points, 1) == {p.key: [p] for p in points}
+    assert list(job_chunks(points, 1))[-1] == "ag/w1.0_l3.0_a2.0_weak"
+    chunks = job_chunks(points, 2)
+    assert list(chunks) == ["points00", "points01", "points02"]
+    assert [p for chunk in chunks.values() for p in chunk] == points
+    assert [len(c) for c in chunks.values()] == [2, 2, 1]
+    assert list(job_chunks(points, 10).values()) == [points]
+    with pytest.raises(WigError, match="at least 1"):
+        job_chunks(points, 0)

@@ -16,6 +16,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from safetensors.torch import load_file
 
 from conftest import H, PROMPTS, STEPS, W, generators, to_uint8
+from wig.errors import WigError
+from wig.generation import generate_samples
 from wig.guidance import Guidance
 from wig.models import attach_loras, load_pipeline
 from wig.sampling import Request, SamplingError, decode, sample, sample_latents
@@ -210,3 +212,26 @@ def test_methods_that_need_a_lora_refuse_without_one(base):
 def test_prompt_and_generator_counts_must_match(base):
     with pytest.raises(SamplingError, match="one generator per image"):
         sample_latents(base, Guidance("cfg"), Request(prompts=PROMPTS, generators=generators([1])), progress=False)
+
+
+def test_one_job_of_several_points_equals_a_job_per_point(tiny_sd, lora_path, tuned, tmp_path):
+    """A chunked generation job (sampling.points_per_job) makes the images one job per point
+    makes, bit for bit — though it loads the weak LoRA for AG beside CFG and PG."""
+    alone = load_pipeline(str(tiny_sd), device="cpu", dtype="float32")
+    attach_loras(alone, lora_path)
+    points = {"cfg/w1.0_l7.5": Guidance("cfg", scale=LAMBDA), "pg/w0.0_l7.5": Guidance("pg", scale=LAMBDA, omega=0.0),
+              "ag/w1.0_l7.5_a2.0_weak": Guidance("ag", scale=LAMBDA, weak="lora")}
+    options = dict(batch_size=2, progress=False, steps=STEPS, height=H, width=W)
+    together = generate_samples(tuned, PROMPTS, points, [0, 3], tmp_path / "job", **options)
+    assert together["point"].unique(maintain_order=True).to_list() == list(points)
+    for key, guidance in points.items():
+        single = generate_samples(tuned if guidance.weak == "lora" else alone, PROMPTS, {key: guidance}, [0, 3],
+                                  tmp_path / key, **options)
+        part = together.filter(together["point"] == key)
+        assert part["path"].to_list() == [f"{key}/{p}" for p in single["path"]]
+        assert part["sha256"].to_list() == single["sha256"].to_list()
+        assert all((tmp_path / "job" / p).is_file() for p in part["path"])
+    assert len(set(together["sha256"])) == len(together)  # the points differ from one another
+    with pytest.raises(WigError, match="at least one grid point"):
+        generate_samples(alone, PROMPTS, {}, [0], tmp_path / "none", **options)
+    assert not (tmp_path / "none").exists()

@@ -135,6 +135,10 @@ def test_dag_fans_out_per_model_concept_and_class(tmp_path):
                                      {"method": "pgpp", "scale": 0.6, "omega": [0.0, 0.5]}])
     _write_config(workdir, config)
     assert _planned(workdir)["generate"] == 2 * (4 + 1) * 2  # concepts × (SD 4 + SANA 1 points) × chunks
+    # points in chunks: SD's 4 points in 2 jobs of 3 + 1, SANA's 1; embedding and scoring follow the jobs
+    _write_config(workdir, _edit(config, sampling__points_per_job=3))
+    planned = _planned(workdir)
+    assert planned["generate"] == planned["score"] == 2 * (2 + 1) * 2 and planned["embed_samples"] == 2 * 12
     _write_config(workdir, _edit(config, guidance=[{"method": "cfgpp", "scale": 0.6}]))
     proc = _snakemake(workdir, "-n")
     assert proc.returncode != 0 and "models.tiny-sana (sana) can run none of the guidance points" in proc.stdout
@@ -169,14 +173,15 @@ def test_synthetic_preset_plans_pretraining_two_trainings_and_lora_seeds(tmp_pat
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = (proc.stdout + proc.stderr).split("Job stats:")[1].split("total")[0]
     counts = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
-    points = 3 + 3 + 1 + 1 + 1 + 1  # cfg λ×3, pg ω0 λ×3, pg ω 0.5 at λ 3, ag, cfgpp, pgpp
     cells = 2 * 5 * 2  # models (prior, no prior) × subjects × LoRA seeds, one seed chunk
     assert counts == {
         "render_dataset": 1, "prepare": 5, "pretrain_vae": 1, "pretrain_model": 1, "base_accuracy": 1,
         "class_images": 5,  # the prior model only; one per subject's shape
-        "train_lora": cells, "generate": cells * points, "score": cells * points, "grid": 2 * 5,
-        "aggregate": 2, "plots": 1, "all": 1,
+        "train_lora": cells, "grid": 2 * 5, "aggregate": 2, "plots": 1, "all": 1,
+        # points_per_job: the grid's 10 points (cfg λ×3, pg ω0 λ×3, pg ω 0.5, ag, cfgpp, pgpp) in one job
+        "generate": cells, "score": cells,
     }  # no encoders: the oracle alone scores, nothing is embedded
+    assert "results/synthetic/samples/red_blue_circle/lora1/points00/seeds0_1" in proc.stdout
 
 
 def test_a_preset_with_a_typo_fails_naming_the_key(tmp_path):

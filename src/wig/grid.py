@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from wig.errors import WigError
 from wig.guidance import Guidance
@@ -36,6 +36,11 @@ class Point:
         if self.method == "ag":
             name += f"_a{canonical(self.ag_scale)}" + ("_weak" if self.weak == "lora" else "")
         return name
+
+    @property
+    def key(self) -> str:
+        """The point's place below a sample set: ``{method}/{name}``."""
+        return f"{self.method}/{self.name}"
 
     @classmethod
     def parse(cls, method: str, name: str) -> "Point":
@@ -74,3 +79,15 @@ def expand(entries: Iterable[Mapping[str, Any]]) -> list[Point]:
                 point.guidance()  # validates ω and the scales, naming the method
                 points.setdefault((method, point.name), point)
     return list(points.values())
+
+
+def job_chunks(points: Sequence[Point], size: int) -> dict[str, list[Point]]:
+    """The points of a model's generation jobs: ``size`` consecutive points of the grid per job
+    (one model load, one process start for all of them). A job of one point is named by the point
+    (``{method}/{name}``); a job of several by its place, ``points{k:02d}``, so editing the grid
+    reruns the chunks whose points changed (their params) and the ones after."""
+    if size < 1:
+        raise WigError(f"points per job must be at least 1, got {size}")
+    if size == 1:
+        return {p.key: [p] for p in points}
+    return {f"points{k:02d}": list(points[i : i + size]) for k, i in enumerate(range(0, len(points), size))}

@@ -9,7 +9,7 @@ from snakemake.utils import validate
 from wig.concepts import image_files, read_sheet
 from wig.errors import WigError
 from wig.gpus import check_resources, device_ids, scheduler_assigned
-from wig.grid import Point, expand as expand_grid
+from wig.grid import expand as expand_grid, job_chunks
 from wig.guidance import UNSUPPORTED
 from wig.provenance import code_hash, encoder_id
 
@@ -114,6 +114,8 @@ SEEDS = config["seeds"]
 # generation jobs take the seeds in chunks (fewer model loads); a chunk's name lists its seeds
 _k = config["sampling"]["seeds_per_job"]
 SEED_CHUNKS = ["_".join(map(str, SEEDS[i : i + _k])) for i in range(0, len(SEEDS), _k)]
+# ... and the grid points in chunks too: POINT_CHUNKS[model] = {chunk name: its points} (wig.grid.job_chunks)
+POINT_CHUNKS = {m: job_chunks(MODEL_POINTS[m], config["sampling"]["points_per_job"]) for m in MODELS}
 SAMPLING = canon(config["sampling"])
 # device and dtype change the numbers (slightly) and so are params; threads do not
 RUNTIME = {k: config["runtime"][k] for k in ("device", "dtype")}
@@ -126,8 +128,7 @@ wildcard_constraints:
     model="|".join(map(re.escape, MODELS)),
     concept="|".join(map(re.escape, CONCEPTS)),
     noun="|".join(map(re.escape, CLASSES)),
-    method="none|cfg|pg|ag|cfgpp|pgpp",
-    point=r"w[0-9.]+_l-?[0-9.]+(_a-?[0-9.]+(_weak)?)?",
+    points="|".join(sorted({re.escape(name) for chunks in POINT_CHUNKS.values() for name in chunks})),
     seeds=r"\d+(_\d+)*",
     lseed=r"\d+",
     encoder="dino|clip",
@@ -243,8 +244,11 @@ def generate_input(wildcards):
 
 
 def guidance_of(wildcards):
-    p = Point.parse(wildcards.method, wildcards.point)
-    return canon({"method": p.method, "scale": p.scale, "omega": p.omega, "ag_scale": p.ag_scale, "weak": p.weak})
+    """The job's points: {point key: guidance settings}."""
+    return canon({
+        p.key: {"method": p.method, "scale": p.scale, "omega": p.omega, "ag_scale": p.ag_scale, "weak": p.weak}
+        for p in POINT_CHUNKS[wildcards.model][wildcards.points]
+    })
 
 
 def concept_prompts(wildcards):
@@ -252,14 +256,17 @@ def concept_prompts(wildcards):
 
 
 def sample_dirs(wildcards):
-    """The generation jobs of a (model, concept) the image grid shows — its first LoRA seed —
-    point by point, then seed chunk."""
+    """The generation jobs of a (model, concept) the image grid shows: its first LoRA seed's."""
     lseed = LORA_SEEDS[wildcards.model][0]
     return [
-        f"results/{wildcards.model}/samples/{wildcards.concept}/lora{lseed}/{p.method}/{p.name}/seeds{chunk}"
-        for p in MODEL_POINTS[wildcards.model]
+        f"results/{wildcards.model}/samples/{wildcards.concept}/lora{lseed}/{points}/seeds{chunk}"
+        for points in POINT_CHUNKS[wildcards.model]
         for chunk in SEED_CHUNKS
     ]
+
+
+def grid_points(wildcards):
+    return [p.key for p in MODEL_POINTS[wildcards.model]]
 
 
 def grid_columns(wildcards):
@@ -299,7 +306,7 @@ def embeddings_of(kind):
 
     def paths(wildcards):
         return (f"results/{wildcards.model}/embeddings/{kind}/{wildcards.concept}/lora{wildcards.lseed}/"
-                f"{wildcards.method}/{wildcards.point}/seeds{wildcards.seeds}.parquet")
+                f"{wildcards.points}/seeds{wildcards.seeds}.parquet")
 
     return paths
 
@@ -307,7 +314,7 @@ def embeddings_of(kind):
 def score_input(wildcards):
     """The job's images and, with encoders, its and the concept's embeddings."""
     inputs = {"samples": (f"results/{wildcards.model}/samples/{wildcards.concept}/lora{wildcards.lseed}/"
-                          f"{wildcards.method}/{wildcards.point}/seeds{wildcards.seeds}")}
+                          f"{wildcards.points}/seeds{wildcards.seeds}")}
     if ENCODERS:
         inputs |= {
             "dino": embeddings_of("dino")(wildcards),
@@ -321,10 +328,10 @@ def score_input(wildcards):
 
 def score_files(wildcards):
     return [
-        f"results/{wildcards.model}/scores/{concept}/lora{lseed}/{p.method}/{p.name}/seeds{chunk}.parquet"
+        f"results/{wildcards.model}/scores/{concept}/lora{lseed}/{points}/seeds{chunk}.parquet"
         for concept in CONCEPTS
         for lseed in LORA_SEEDS[wildcards.model]
-        for p in MODEL_POINTS[wildcards.model]
+        for points in POINT_CHUNKS[wildcards.model]
         for chunk in SEED_CHUNKS
     ]
 

@@ -60,9 +60,9 @@ rule embed_texts:
 rule embed_samples:
     input:
         unpack(encoder_input),
-        images="results/{model}/samples/{concept}/lora{lseed}/{method}/{point}/seeds{seeds}",
+        images="results/{model}/samples/{concept}/lora{lseed}/{points}/seeds{seeds}",
     output:
-        "results/{model}/embeddings/{encoder}/{concept}/lora{lseed}/{method}/{point}/seeds{seeds}.parquet",
+        "results/{model}/embeddings/{encoder}/{concept}/lora{lseed}/{points}/seeds{seeds}.parquet",
     params:
         spec=encoder_spec,
         protocols=EVAL["protocols"],
@@ -70,9 +70,9 @@ rule embed_samples:
         runtime=RUNTIME,
         code=code_hash("encoders", "concepts", "atomic"),
     log:
-        "logs/{model}/embed_samples/{encoder}/{concept}/lora{lseed}/{method}/{point}/seeds{seeds}.log",
+        "logs/{model}/embed_samples/{encoder}/{concept}/lora{lseed}/{points}/seeds{seeds}.log",
     benchmark:
-        "results/{model}/benchmarks/embed_samples/{encoder}/{concept}/lora{lseed}/{method}/{point}/seeds{seeds}.tsv"
+        "results/{model}/benchmarks/embed_samples/{encoder}/{concept}/lora{lseed}/{points}/seeds{seeds}.tsv"
     threads: config["runtime"]["threads"]
     resources:
         gpu=1,

@@ -6,15 +6,15 @@ rule score:
     input:
         unpack(score_input),
     output:
-        "results/{model}/scores/{concept}/lora{lseed}/{method}/{point}/seeds{seeds}.parquet",
+        "results/{model}/scores/{concept}/lora{lseed}/{points}/seeds{seeds}.parquet",
     params:
         encoders=canon({kind: encoder_id(spec) for kind, spec in ENCODERS.items()}),
         oracle=bool(RENDER),  # the synthetic world's images are read back by wig.oracle
         code=code_hash("metrics", "encoders", "atomic", *(("oracle", "synthetic") if RENDER else ())),
     log:
-        "logs/{model}/score/{concept}/lora{lseed}/{method}/{point}/seeds{seeds}.log",
+        "logs/{model}/score/{concept}/lora{lseed}/{points}/seeds{seeds}.log",
     benchmark:
-        "results/{model}/benchmarks/score/{concept}/lora{lseed}/{method}/{point}/seeds{seeds}.tsv"
+        "results/{model}/benchmarks/score/{concept}/lora{lseed}/{points}/seeds{seeds}.tsv"
     script:
         "../scripts/score.py"
 

@@ -1,12 +1,12 @@
-# Generation: one job per (model, concept, method, grid point, seed chunk); all of the concept's
-# prompts batched; one model load. Then a same-seed image grid per (model, concept).
+# Generation: one job per (model, concept, LoRA seed, chunk of grid points, chunk of seeds); all of
+# the concept's prompts batched; one model load. Then a same-seed image grid per (model, concept).
 
 
 rule generate:
     input:
         unpack(generate_input),
     output:
-        directory("results/{model}/samples/{concept}/lora{lseed}/{method}/{point}/seeds{seeds}"),
+        directory("results/{model}/samples/{concept}/lora{lseed}/{points}/seeds{seeds}"),
     params:
         model=model_ref,
         guidance=guidance_of,
@@ -15,9 +15,9 @@ rule generate:
         runtime=RUNTIME,
         code=code_hash("guidance", "sampling", "families", "lora", "models", "generation", "atomic"),
     log:
-        "logs/{model}/generate/{concept}/lora{lseed}/{method}/{point}/seeds{seeds}.log",
+        "logs/{model}/generate/{concept}/lora{lseed}/{points}/seeds{seeds}.log",
     benchmark:
-        "results/{model}/benchmarks/generate/{concept}/lora{lseed}/{method}/{point}/seeds{seeds}.tsv"
+        "results/{model}/benchmarks/generate/{concept}/lora{lseed}/{points}/seeds{seeds}.tsv"
     threads: config["runtime"]["threads"]
     resources:
         gpu=1,
@@ -32,6 +32,7 @@ rule grid:
         report("results/{model}/grids/{concept}.png", caption="../report/grid.rst", category="Image grids",
                labels={"model": "{model}", "concept": "{concept}"}),
     params:
+        points=grid_points,
         rows=grid_rows,
         columns=grid_columns,
         code=code_hash("grids", "atomic"),

@@ -1,4 +1,4 @@
-"""All prompts × seeds of one (model, concept, method, grid point, seed chunk) job (rule generate)."""
+"""All prompts × seeds of one (model, concept, LoRA seed, grid points, seed chunk) job (rule generate)."""
 from wig.generation import generate_samples
 from wig.guidance import Guidance
 from wig.jobs import job, local_weights
@@ -7,13 +7,17 @@ from wig.training import lora_checkpoints
 
 with job(snakemake) as log:
     p = snakemake.params
-    guidance = Guidance(**p.guidance)
+    points = {key: Guidance(**settings) for key, settings in p.guidance.items()}
     pipe = load_pipeline(local_weights(snakemake, p.model), device=p.runtime["device"], dtype=p.runtime["dtype"])
     checkpoints = lora_checkpoints(snakemake.input.lora)
-    attach_loras(pipe, checkpoints["full"], checkpoints["weak"] if guidance.weak == "lora" else None)
+    weak = any(g.weak == "lora" for g in points.values())
+    attach_loras(pipe, checkpoints["full"], checkpoints["weak"] if weak else None)
     s = p.sampling
     seeds = [int(seed) for seed in snakemake.wildcards.seeds.split("_")]
-    manifest = generate_samples(pipe, p.prompts, guidance, seeds, snakemake.output[0], batch_size=s["batch_size"],
+    manifest = generate_samples(pipe, p.prompts, points, seeds, snakemake.output[0], batch_size=s["batch_size"],
                                 negative_prompt=s["negative_prompt"], steps=s["steps"], height=s["height"],
                                 width=s["width"])
-    log.info("%s: %d images, %.2f s/image", guidance, len(manifest), manifest["seconds_per_image"][0])
+    for key, guidance in points.items():
+        row = manifest.filter(manifest["point"] == key).row(0, named=True)
+        log.info("%s: %.2f s/image", guidance, row["seconds_per_image"])
+    log.info("%d images", len(manifest))
