@@ -65,6 +65,7 @@ rule base_accuracy:
     params:
         scales=CFG_SCALES,
         settings=canon(config["base_accuracy"]),
+        runtime=RUNTIME,
         code=code_hash("pretrain", "sampling", "guidance", "families", "oracle", "synthetic", "models", "atomic"),
     log:
         "logs/{model}/base_accuracy.log",

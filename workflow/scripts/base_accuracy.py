@@ -7,7 +7,7 @@ from wig.pretrain import base_accuracy
 
 with job(snakemake) as log:
     p, o = snakemake.params, snakemake.output
-    pipe = load_pipeline(snakemake.input.model)
+    pipe = load_pipeline(snakemake.input.model, device=p.runtime["device"], dtype=p.runtime["dtype"])
     table = base_accuracy(pipe, p.scales, **p.settings)
     log.info("\n%s", to_markdown(table, digits=3))
     table.write_parquet(tmp_path(o.table))
