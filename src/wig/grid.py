@@ -7,7 +7,6 @@ noise, so ``0.1 * 3`` and ``0.3`` name the same folder.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -15,7 +14,6 @@ from wig.errors import WigError
 from wig.guidance import Guidance
 
 OMEGA_METHODS = ("pg", "pgpp")
-_POINT = re.compile(r"^w(?P<omega>[0-9.]+)_l(?P<scale>-?[0-9.]+)(?:_a(?P<ag>-?[0-9.]+)(?P<weak>_weak)?)?$")
 
 
 def canonical(x: float) -> str:
@@ -41,15 +39,6 @@ class Point:
     def key(self) -> str:
         """The point's place below a sample set: ``{method}/{name}``."""
         return f"{self.method}/{self.name}"
-
-    @classmethod
-    def parse(cls, method: str, name: str) -> "Point":
-        m = _POINT.match(name)
-        if m is None or (m["ag"] is not None) != (method == "ag"):
-            raise WigError(f"not a grid point name for {method}: {name!r}")
-        ag = float(m["ag"]) if m["ag"] is not None else cls.ag_scale
-        weak = "lora" if m["weak"] else "pretrained"
-        return cls(method, scale=float(m["scale"]), omega=float(m["omega"]), ag_scale=ag, weak=weak)
 
     def guidance(self) -> Guidance:
         return Guidance(self.method, scale=self.scale, omega=self.omega, ag_scale=self.ag_scale, weak=self.weak)
