@@ -25,11 +25,17 @@ include: "workflow/rules/evaluate.smk"
 
 rule all:
     input:
-        expand("results/{model}/tables/metrics.md", model=MODELS),
-        expand("results/{model}/tables/paired_vs_cfg.md", model=MODELS),
-        expand("results/{model}/grids/{concept}.png", model=MODELS, concept=CONCEPTS),
-        expand("results/{model}/tables/base_accuracy.md", model=SYNTHETIC_BASES),
-        "results/plots/omega_ablation.png",
-        "results/plots/lambda_ablation.png",
-        "results/plots/pareto.png",
+        expand(rules.aggregate.output.md, model=MODELS),
+        expand(rules.aggregate.output.paired_md, model=MODELS),
+        expand(rules.grid.output[0], model=MODELS, concept=CONCEPTS),
+        expand(rules.base_accuracy.output.md, model=STUDY.bases("synthetic")),
+        rules.plots.output,
     default_target: True
+
+
+# Every scripted rule's params carry a hash of the wig code its script runs: the import closure of
+# the script, read from the sources (wig.provenance.code_hash). A library change reruns exactly the
+# jobs whose scripts reach it, and no rule lists module names that could drift from its imports.
+for _rule in workflow.rules:
+    if _rule.script:
+        _rule.set_params(code=script_code_hash(_rule))

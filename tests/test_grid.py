@@ -1,10 +1,9 @@
-"""Grid points: canonical names, expansion of config entries, provenance hashes."""
+"""Grid points: canonical names, expansion of config entries, job chunks."""
 
 import pytest
 
 from wig.errors import WigError
 from wig.grid import canonical, expand, job_chunks
-from wig.provenance import code_hash
 
 
 def test_canonical_spelling():
@@ -44,14 +43,6 @@ def test_expand_names_points_canonically_once():
 def test_expand_refuses_settings_that_do_not_apply(entry, message):
     with pytest.raises(WigError, match=message):
         expand([entry])
-
-
-def test_code_hash_tracks_the_named_modules():
-    assert code_hash("guidance") == code_hash("guidance")
-    assert code_hash("guidance", "sampling") == code_hash("sampling", "guidance")
-    assert code_hash("guidance") != code_hash("sampling")
-    with pytest.raises(ModuleNotFoundError):
-        code_hash("no_such_module")
 
 
 def test_job_chunks_keep_grid_order_and_name_single_points_by_their_path():

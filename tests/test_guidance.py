@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from wig.errors import WigError
-from wig.guidance import FULL, METHODS, WEAK, Branch, Guidance
+from wig.adapters import FULL, WEAK
+from wig.guidance import METHODS, Branch, Guidance
 
 
 def _outs(k, seed=0):

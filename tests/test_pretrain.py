@@ -13,8 +13,8 @@ from test_tiny import _files
 from wig.errors import WigError
 from wig.guidance import Guidance
 from wig.models import load_pipeline
-from wig.pretrain import Captions, accuracy_prompts, base_accuracy, pixels, random_caption, random_scene, train_base, \
-    train_vae
+from wig.base_accuracy import accuracy_prompts, base_accuracy
+from wig.pretrain import Captions, pixels, random_caption, random_scene, train_base, train_vae
 from wig.synthetic import PALETTE, Layout, prompt_attributes
 from wig.tiny import default_config
 

@@ -19,11 +19,11 @@ from safetensors.torch import load_file
 from conftest import PROMPTS, generators, to_uint8
 from wig.concepts import read_images
 from wig.guidance import Guidance
-from wig.lora import random_lora
+from wig.lora import lora_checkpoints, random_lora
 from wig.models import attach_loras, load_pipeline
 from wig.sampling import Request, SamplingError, sample, sample_latents
 from wig.tiny import build_tiny_sana, gemma_tokenizer
-from wig.training import TrainConfig, denoising_loss, generate_class_images, lora_checkpoints, train_lora
+from wig.training import TrainConfig, denoising_loss, generate_class_images, train_lora
 from test_tiny import _files
 from test_training import DOG
 

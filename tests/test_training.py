@@ -19,9 +19,10 @@ from conftest import generators, to_uint8
 from wig.concepts import read_images
 from wig.errors import WigError
 from wig.guidance import Guidance
+from wig.lora import lora_checkpoints
 from wig.models import attach_loras, load_pipeline
 from wig.sampling import sample
-from wig.training import ADAPTER, TrainConfig, denoising_loss, generate_class_images, lora_checkpoints, train_lora
+from wig.training import ADAPTER, TrainConfig, denoising_loss, generate_class_images, train_lora
 
 ROOT = Path(__file__).resolve().parents[1]
 DOG = ROOT / "resources/datasets/demo/images/brown_dog"

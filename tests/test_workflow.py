@@ -13,6 +13,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from test_provenance import _scripted_rules, _walk
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
@@ -40,14 +42,14 @@ def _write_config(workdir, config):
     (workdir / "config/config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-def _snakemake(workdir, *args):
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
+def _snakemake(workdir, *args, env=None):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", **(env or {}))
     return subprocess.run([*SNAKEMAKE, "--cores", "2", *args], cwd=workdir, capture_output=True, text=True, env=env)
 
 
-def _planned(workdir) -> dict[str, int]:
+def _planned(workdir, *args, env=None) -> dict[str, int]:
     """Rule -> job count of what a run would do now (from `snakemake -n`)."""
-    proc = _snakemake(workdir, "-n")
+    proc = _snakemake(workdir, "-n", *args, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout + proc.stderr
     if "Nothing to be done" in out:
@@ -67,24 +69,18 @@ def _edit(config, **changes):
     return new
 
 
+# the study's own errors are unit-tested in test_study.py; here: that schema and study errors both
+# stop the workflow at parse time, naming the key
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"guidance": [{"method": "pg", "omega": 1.5}]}, "1.5"),
         ({"guidance": [{"method": "magic"}]}, "magic"),
-        ({"guidance": [{"method": "cfg", "omega": 0.5}]}, "guidance[0].omega"),
         ({"seeds": []}, "seeds"),
         ({"sampling__stepz": 3}, "stepz"),
-        ({"dataset__concepts": ["brown_dog", "unicorn"]}, "['unicorn'] are not in the sheet"),
-        ({"dataset__root": "resources/datasets/vico"}, "concept brown_dog: concept folder not found"),
-        ({"dataset__columns": {"class_noun": "noun"}}, "no column 'noun' for the class_noun"),
-        ({"training__weak_step": 6}, "training.weak_step must be smaller"),
-        ({"models__tiny-sd": {"base": "tiny-xl"}}, "models.tiny-sd.base: no model 'tiny-xl'"),
-        ({"models__tiny-sd": {"base": "tiny-sana"}, "models__tiny-sana": {"base": "tiny-sd"}}, "form a cycle"),
-        ({"models__tiny-sd": {"tiny": "sd", "training": {"weak_step": 9}}}, "models.tiny-sd: training.weak_step"),
         ({"models__tiny-sd": {"tiny": "sd", "training": {"stepz": 9}}}, "stepz"),
-        ({"encoders": {}}, "encoders is empty and dataset.render is not set"),
         ({"encoders": {"dino": {"tiny": True}}}, "'clip' is a dependency of 'dino'"),
+        ({"dataset__concepts": ["brown_dog", "unicorn"]}, "config: dataset.concepts ['unicorn'] are not in the sheet"),
+        ({"models__tiny-sd": {"base": "tiny-sana"}, "models__tiny-sana": {"base": "tiny-sd"}}, "form a cycle"),
     ],
 )
 def test_config_errors_stop_before_any_job(tmp_path, changes, message):
@@ -345,18 +341,27 @@ def test_small_study_runs_reruns_what_changed_and_matches_the_cli(tmp_path):
     _write_config(workdir, _edit(config, seeds=[0, 1, 2]))  # a new seed: a new chunk per point
     assert _planned(workdir) == {**one_job, "generate": 6, "embed_samples": 12, "score": 6}
 
-    # a real change of the guidance module's code (seen through its hash in params): generation and
-    # everything after it rerun, training and class images do not
+    # a real change of library code (seen through the code hashes in params) plans exactly the jobs
+    # whose scripts reach the module — what --forcerun of those rules plans — and nothing else
     _write_config(workdir, config)
-    src = tmp_path / "src"
-    shutil.copytree(ROOT / "src/wig", src / "wig")
-    guidance_py = src / "wig/guidance.py"
-    guidance_py.write_text(guidance_py.read_text().replace("METHODS = (", "METHODS: tuple = ("))
-    env_proc = subprocess.run([*SNAKEMAKE, "--cores", "2", "-n"], cwd=workdir, capture_output=True, text=True,
-                              env=dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(src)))
-    table = (env_proc.stdout + env_proc.stderr).split("Job stats:")[1].split("total")[0]
-    assert {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)} == {
-        **one_job, "generate": 6, "embed_samples": 12, "score": 6}
+    scripted = _scripted_rules("config/config.yaml")
+    plans = {}
+    for module in ("concepts", "embeddings", "guidance", "cli"):
+        src = tmp_path / "src" / module
+        shutil.copytree(ROOT / "src/wig", src / "wig")
+        edited = src / "wig" / f"{module}.py"
+        edited.write_text(edited.read_text() + "\n# an edit\n")
+        plans[module] = _planned(workdir, env={"PYTHONPATH": str(src)})
+        reaching = sorted(name for name, rule in scripted.items()
+                          if (ROOT / "src/wig" / f"{module}.py").resolve() in _walk(Path(rule["script"])))
+        assert plans[module] == (_planned(workdir, "--forcerun", *reaching) if reaching else {}), module
+    assert {"prepare", "class_images", "train_lora", "generate", "embed_references", "embed_samples"} <= set(
+        plans["concepts"]) and "build_tiny_model" not in plans["concepts"]
+    assert plans["embeddings"] == {"embed_references": 4, "embed_texts": 2, "embed_samples": 12, "score": 6,
+                                   "aggregate": 2, "plots": 1, "all": 1}  # never generation
+    assert plans["guidance"] == {"generate": 6, "grid": 2, "embed_samples": 12, "score": 6, "aggregate": 2,
+                                 "plots": 1, "all": 1}  # never training or class images
+    assert plans["cli"] == {}  # no script reaches the command line
 
     report = _snakemake(workdir, "--report", "report.html")
     assert report.returncode == 0, report.stderr[-2000:]

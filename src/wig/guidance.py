@@ -24,12 +24,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 from wig.errors import WigError
+from wig.adapters import FULL, WEAK
 
 if TYPE_CHECKING:
     import torch
 
-FULL = "full"  # adapter name of the fine-tuned LoRA (θ' = θ + ΔW)
-WEAK = "weak"  # adapter name of the weak (early) LoRA checkpoint used by AG
 
 METHODS = ("none", "cfg", "pg", "ag", "cfgpp", "pgpp")
 # per model family (`wig.families`), the methods its sampler cannot run: CFG++ re-noises a DDIM

@@ -10,7 +10,7 @@ import torch
 
 from wig.errors import WigError
 from wig.families import SD, family_of
-from wig.guidance import FULL, WEAK
+from wig.adapters import FULL, WEAK
 from wig.lora import LoraError, load_lora
 
 

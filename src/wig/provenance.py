@@ -1,27 +1,136 @@
 """What a job's result depends on besides its inputs: library code and package versions.
 
-Rules pass ``code_hash(...)`` of the modules a job runs through ``params:``, so Snakemake's
-params rerun trigger sees a code change in exactly the stages that run that code.
+Every scripted rule carries ``code=code_hash(script)`` in its ``params:`` (set for all of them at
+once in the Snakefile), so Snakemake's params rerun trigger sees a library change in exactly the
+jobs that run it. The hash covers the *import closure* of the script: the ``wig`` modules it
+imports, the modules those import, and so on — found by reading the sources (``ast``), never by
+importing them (torch takes seconds; ``snakemake -n`` parses every rule). An import inside a
+function counts like one at the top: code that may run is code the result depends on. Package
+data counts too: a module that names a data folder of the package
+(``importlib.resources.files("wig.configs")``) reaches every file in it.
+
+Nothing here is typed per rule, so nothing can drift: a script that gains an import gains it in
+its hash.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.util
+import os
+from functools import lru_cache
 from importlib import metadata
+from pathlib import Path
+
+PACKAGE = "wig"
 
 
-def code_hash(*modules: str) -> str:
-    """sha256 (16 hex) over the source of the named ``wig`` modules, e.g. ``"guidance"``."""
+@lru_cache(maxsize=1)
+def _package_dir() -> Path:
+    # located without importing anything of wig
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"no package {PACKAGE}")
+    return Path(next(iter(spec.submodule_search_locations))).resolve()
+
+
+def module_file(name: str) -> Path | None:
+    """The source file of a ``wig`` module or package (``wig.a.b`` → ``wig/a/b.py`` or
+    ``wig/a/b/__init__.py``), or None when there is none."""
+    parts = name.split(".")
+    if parts[0] != PACKAGE:
+        return None
+    base = _package_dir().joinpath(*parts[1:])
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _data_folder(name: str) -> Path | None:
+    """A folder of the package that holds data files (read with ``importlib.resources``)."""
+    parts = name.split(".")
+    if len(parts) < 2 or parts[0] != PACKAGE or not all(p.isidentifier() for p in parts):
+        return None
+    folder = _package_dir().joinpath(*parts[1:])
+    if folder.is_dir() and any(f.is_file() and f.suffix != ".py" for f in folder.iterdir()):
+        return folder
+    return None
+
+
+def _parents(name: str) -> list[str]:
+    """``wig.a.b`` → ``wig``, ``wig.a``: importing a module runs its packages' ``__init__`` first."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+@lru_cache(maxsize=None)
+def _read(path: Path, package: str) -> tuple[frozenset[str], frozenset[Path]]:
+    """The ``wig`` modules a source file imports (anywhere in it) and the data folders it names.
+    ``package``: the package the file belongs to, for relative imports ('' for a script)."""
+    tree = ast.parse(path.read_bytes(), filename=str(path))
+    modules: set[str] = set()
+    data: set[Path] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                origin = ".".join(base + ([node.module] if node.module else []))
+            else:
+                origin = node.module or ""
+            modules.add(origin)
+            # `from wig import plots` imports the module wig.plots; `from wig.x import f` only wig.x
+            modules.update(f"{origin}.{a.name}" for a in node.names if module_file(f"{origin}.{a.name}"))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            folder = _data_folder(node.value)
+            if folder is not None:
+                data.add(folder)
+    ours = {m for m in modules if module_file(m)}
+    return frozenset(ours | {p for m in ours for p in _parents(m)}), frozenset(data)
+
+
+def import_closure(script: str | os.PathLike) -> tuple[list[str], list[Path]]:
+    """The ``wig`` modules a script runs, transitively, sorted; and the package data files they
+    read."""
+    todo = list(_read(Path(script).resolve(), "")[0])
+    modules: set[str] = set()
+    folders: set[Path] = set()
+    while todo:
+        name = todo.pop()
+        if name in modules:
+            continue
+        modules.add(name)
+        path = module_file(name)
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        imported, data = _read(path, package)
+        todo.extend(imported - modules)
+        folders |= data
+    files = sorted(f for folder in folders for f in folder.iterdir() if f.is_file() and f.suffix != ".py")
+    return sorted(modules), files
+
+
+def code_files(script: str | os.PathLike) -> list[Path]:
+    """Every library file a script's result depends on: its import closure's sources and data."""
+    modules, data = import_closure(script)
+    return sorted({module_file(m) for m in modules} | set(data))
+
+
+@lru_cache(maxsize=None)
+def _hash(script: Path) -> str:
     digest = hashlib.sha256()
-    for name in sorted(set(modules)):
-        spec = importlib.util.find_spec(f"wig.{name}")  # locate without importing (torch is slow)
-        if spec is None or spec.origin is None:
-            raise ModuleNotFoundError(f"no module wig.{name}")
-        digest.update(name.encode() + b"\0")
-        with open(spec.origin, "rb") as fh:
-            digest.update(fh.read())
+    root = _package_dir().parent
+    for path in code_files(script):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
+
+
+def code_hash(script: str | os.PathLike) -> str:
+    """sha256 (16 hex) over the paths and contents of ``code_files(script)``."""
+    return _hash(Path(script).resolve())
 
 
 def versions(packages=("torch", "diffusers", "transformers", "peft", "wig")) -> dict[str, str]:

@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 
 from wig.errors import WigError
 from wig.families import Text, check_options, family_of
-from wig.guidance import FULL, WEAK, Branch, Guidance
+from wig.adapters import FULL, WEAK
+from wig.guidance import Branch, Guidance
 from wig.lora import LoraScales, adapter_names
 
 

@@ -32,7 +32,7 @@ from wig.atomic import atomic_dir
 from wig.concepts import save_png
 from wig.errors import WigError
 from wig.families import Text, family_of
-from wig.lora import LORA_WEIGHT_NAME, save_lora
+from wig.lora import save_lora
 
 ADAPTER = "wig_train"
 
@@ -269,9 +269,3 @@ def generate_class_images(
                 rows.append({"path": name, "prompt": prompt, "seed": s, "sha256": save_png(image, tmp / name)})
         pl.DataFrame(rows, schema={"path": pl.String, "prompt": pl.String, "seed": pl.Int64,
                                    "sha256": pl.String}).write_parquet(tmp / "manifest.parquet")
-
-
-def lora_checkpoints(out: str | os.PathLike) -> dict[str, Path]:
-    """The full and weak checkpoint files of a training run's folder."""
-    out = Path(out)
-    return {name: out / name / LORA_WEIGHT_NAME for name in ("full", "weak")}

@@ -3,26 +3,24 @@
 
 rule prepare:
     input:
-        concept_images,
+        get_concept_images,
     output:
         directory("results/concepts/{concept}"),
     params:
-        folder=concept_folder,
-        code=code_hash("concepts", "atomic"),
+        folder=get_concept_folder,
     log:
         "logs/prepare/{concept}.log",
     script:
         "../scripts/prepare.py"
 
 
-if RENDER:
+if STUDY.render:
 
     rule render_dataset:
         output:
             directory(config["dataset"]["root"]),
         params:
-            render=canon(RENDER),
-            code=code_hash("synthetic"),
+            render=canon(STUDY.render),
         log:
             "logs/render_dataset.log",
         benchmark:

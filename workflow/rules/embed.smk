@@ -7,8 +7,7 @@ rule build_tiny_encoder:
     output:
         directory("results/encoders/{encoder}"),
     params:
-        spec=encoder_spec,
-        code=code_hash("encoders"),
+        spec=get_encoder_spec,
     log:
         "logs/build_tiny_encoder/{encoder}.log",
     script:
@@ -17,16 +16,15 @@ rule build_tiny_encoder:
 
 rule embed_references:
     input:
-        unpack(encoder_input),
+        unpack(get_encoder),
         images="results/concepts/{concept}",
     output:
         "results/embeddings/{encoder}/references/{concept}.parquet",
     params:
-        spec=encoder_spec,
+        spec=get_encoder_spec,
         protocols=EVAL["protocols"],
         batch_size=EVAL["batch_size"],
         runtime=RUNTIME,
-        code=code_hash("encoders", "concepts", "atomic"),
     log:
         "logs/embed_references/{encoder}/{concept}.log",
     threads: config["runtime"]["threads"]
@@ -38,14 +36,13 @@ rule embed_references:
 
 rule embed_texts:
     input:
-        unpack(encoder_input),
+        unpack(get_encoder),
     output:
         "results/embeddings/{encoder}/texts/{concept}.parquet",
     params:
-        spec=encoder_spec,
-        texts=clip_texts,
+        spec=get_encoder_spec,
+        texts=get_clip_texts,
         runtime=RUNTIME,
-        code=code_hash("encoders", "atomic"),
     log:
         "logs/embed_texts/{encoder}/{concept}.log",
     threads: config["runtime"]["threads"]
@@ -59,16 +56,15 @@ rule embed_texts:
 
 rule embed_samples:
     input:
-        unpack(encoder_input),
+        unpack(get_encoder),
         images="results/{model}/samples/{concept}/lora{lseed}/{points}/seeds{seeds}",
     output:
         "results/{model}/embeddings/{encoder}/{concept}/lora{lseed}/{points}/seeds{seeds}.parquet",
     params:
-        spec=encoder_spec,
+        spec=get_encoder_spec,
         protocols=EVAL["protocols"],
         batch_size=EVAL["batch_size"],
         runtime=RUNTIME,
-        code=code_hash("encoders", "concepts", "atomic"),
     log:
         "logs/{model}/embed_samples/{encoder}/{concept}/lora{lseed}/{points}/seeds{seeds}.log",
     benchmark:

@@ -4,13 +4,12 @@
 
 rule score:
     input:
-        unpack(score_input),
+        unpack(get_score_input),
     output:
         "results/{model}/scores/{concept}/lora{lseed}/{points}/seeds{seeds}.parquet",
     params:
-        encoders=canon({kind: encoder_id(spec) for kind, spec in ENCODERS.items()}),
-        oracle=bool(RENDER),  # the synthetic world's images are read back by wig.oracle
-        code=code_hash("metrics", "encoders", "atomic", *(("oracle", "synthetic") if RENDER else ())),
+        encoders=get_encoder_ids(),
+        oracle=bool(STUDY.render),  # the synthetic world's images are read back by wig.oracle
     log:
         "logs/{model}/score/{concept}/lora{lseed}/{points}/seeds{seeds}.log",
     benchmark:
@@ -21,7 +20,7 @@ rule score:
 
 rule aggregate:
     input:
-        score_files,
+        get_score_files,
     output:
         scores="results/{model}/tables/scores.parquet",
         table="results/{model}/tables/metrics.parquet",
@@ -37,7 +36,6 @@ rule aggregate:
     params:
         n_boot=EVAL["bootstrap"],
         seed=EVAL["bootstrap_seed"],
-        code=code_hash("metrics", "atomic"),
     log:
         "logs/{model}/aggregate.log",
     benchmark:
@@ -48,7 +46,7 @@ rule aggregate:
 
 rule plots:
     input:
-        model_tables,
+        expand(rules.aggregate.output.table, model=MODELS),
     output:
         report("results/plots/omega_ablation.png", caption="../report/omega.rst", category="Figures",
                labels={"figure": "ω-ablation"}),
@@ -62,7 +60,6 @@ rule plots:
     params:
         models=MODELS,
         protocol=EVAL.get("plot_protocol"),
-        code=code_hash("plots", "atomic"),
     log:
         "logs/plots.log",
     script:

@@ -4,16 +4,15 @@
 
 rule generate:
     input:
-        unpack(generate_input),
+        unpack(get_generate_input),
     output:
         directory("results/{model}/samples/{concept}/lora{lseed}/{points}/seeds{seeds}"),
     params:
-        model=model_ref,
-        guidance=guidance_of,
-        prompts=concept_prompts,
+        model=get_model_ref,
+        guidance=get_guidance,
+        prompts=get_prompts,
         sampling=SAMPLING,
         runtime=RUNTIME,
-        code=code_hash("guidance", "sampling", "families", "lora", "models", "generation", "atomic"),
     log:
         "logs/{model}/generate/{concept}/lora{lseed}/{points}/seeds{seeds}.log",
     benchmark:
@@ -27,15 +26,14 @@ rule generate:
 
 rule grid:
     input:
-        sample_dirs,
+        get_grid_samples,
     output:
         report("results/{model}/grids/{concept}.png", caption="../report/grid.rst", category="Image grids",
                labels={"model": "{model}", "concept": "{concept}"}),
     params:
-        points=grid_points,
-        rows=grid_rows,
-        columns=grid_columns,
-        code=code_hash("grids", "atomic"),
+        points=get_grid_points,
+        rows=get_grid_rows,
+        columns=get_grid_columns,
     log:
         "logs/{model}/grid/{concept}.log",
     script:

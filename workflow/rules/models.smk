@@ -6,14 +6,13 @@ rule build_tiny_model:
     output:
         directory("results/{model}/model"),
     params:
-        spec=model_spec,
-        config=tiny_config,
-        code=code_hash("tiny", "atomic"),
+        spec=get_model_spec,
+        config=get_tiny_config,
     log:
         "logs/{model}/build_tiny_model.log",
     threads: 1
     wildcard_constraints:
-        model=_constraint(TINY_TWINS),
+        model=_names(STUDY.bases("tiny")),
     script:
         "../scripts/build_tiny.py"
 
@@ -23,15 +22,14 @@ rule pretrain_vae:
     output:
         directory("results/{model}/pretrain/vae"),
     params:
-        config=pretrain_config("vae"),
-        code=code_hash("pretrain", "synthetic", "tiny", "atomic"),
+        config=get_pretrain_config("vae"),
     log:
         "logs/{model}/pretrain_vae.log",
     benchmark:
         "results/{model}/benchmarks/pretrain_vae.tsv"
     threads: 2
     wildcard_constraints:
-        model=_constraint(SYNTHETIC_BASES),
+        model=_names(STUDY.bases("synthetic")),
     script:
         "../scripts/pretrain.py"
 
@@ -42,15 +40,14 @@ rule pretrain_model:
     output:
         directory("results/{model}/model"),
     params:
-        config=pretrain_config("model"),
-        code=code_hash("pretrain", "synthetic", "tiny", "atomic"),
+        config=get_pretrain_config("model"),
     log:
         "logs/{model}/pretrain_model.log",
     benchmark:
         "results/{model}/benchmarks/pretrain_model.tsv"
     threads: 2
     wildcard_constraints:
-        model=_constraint(SYNTHETIC_BASES),
+        model=_names(STUDY.bases("synthetic")),
     script:
         "../scripts/pretrain.py"
 
@@ -63,28 +60,27 @@ rule base_accuracy:
         table="results/{model}/tables/base_accuracy.parquet",
         md="results/{model}/tables/base_accuracy.md",
     params:
-        scales=CFG_SCALES,
+        scales=STUDY.cfg_scales,
         settings=canon(config["base_accuracy"]),
         runtime=RUNTIME,
-        code=code_hash("pretrain", "sampling", "guidance", "families", "oracle", "synthetic", "models", "atomic"),
     log:
         "logs/{model}/base_accuracy.log",
     benchmark:
         "results/{model}/benchmarks/base_accuracy.tsv"
     threads: 2
     wildcard_constraints:
-        model=_constraint(SYNTHETIC_BASES),
+        model=_names(STUDY.bases("synthetic")),
     script:
         "../scripts/base_accuracy.py"
 
 
 # Real weights: fetched on the submit host (compute nodes may have no internet) into the hub cache;
-# jobs load the recorded local path. Params are the spec alone: a wig code change never refetches.
+# jobs load the recorded local path.
 rule resolve_model:
     output:
         "results/{model}/weights.json",
     params:
-        spec=model_spec,
+        spec=get_model_spec,
     log:
         "logs/{model}/resolve_model.log",
     localrule: True
@@ -96,7 +92,7 @@ rule resolve_encoder:
     output:
         "results/encoders/{encoder}.json",
     params:
-        spec=encoder_spec,
+        spec=get_encoder_spec,
     log:
         "logs/resolve_encoder/{encoder}.log",
     localrule: True

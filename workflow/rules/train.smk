@@ -3,14 +3,13 @@
 
 rule class_images:
     input:
-        unpack(model_input),
+        unpack(get_model),
     output:
         directory("results/{model}/class_images/{noun}"),
     params:
-        model=model_ref,
-        settings=class_image_settings,
+        model=get_model_ref,
+        settings=get_class_image_settings,
         runtime=RUNTIME,
-        code=code_hash("training", "families", "models", "concepts", "atomic"),
     log:
         "logs/{model}/class_images/{noun}.log",
     benchmark:
@@ -24,14 +23,13 @@ rule class_images:
 
 rule train_lora:
     input:
-        unpack(train_input),
+        unpack(get_train_input),
     output:
         directory("results/{model}/lora/{concept}/seed{lseed}"),
     params:
-        model=model_ref,
-        settings=train_settings,
+        model=get_model_ref,
+        settings=get_train_settings,
         runtime=RUNTIME,
-        code=code_hash("training", "families", "lora", "models", "concepts", "atomic"),
     log:
         "logs/{model}/train_lora/{concept}/seed{lseed}.log",
     benchmark:

@@ -3,7 +3,7 @@ from wig.atomic import replace_file, tmp_path
 from wig.jobs import job
 from wig.metrics import to_markdown
 from wig.models import load_pipeline
-from wig.pretrain import base_accuracy
+from wig.base_accuracy import base_accuracy
 
 with job(snakemake) as log:
     p, o = snakemake.params, snakemake.output

@@ -2,8 +2,8 @@
 from wig.generation import generate_samples
 from wig.guidance import Guidance
 from wig.jobs import job, local_weights
+from wig.lora import lora_checkpoints
 from wig.models import attach_loras, load_pipeline
-from wig.training import lora_checkpoints
 
 with job(snakemake) as log:
     p = snakemake.params

@@ -1,0 +1,324 @@
+"""The study a config describes, as plain data: models, concepts, personalization runs, generation
+jobs and the canonical names their results are filed under.
+
+The workflow (``workflow/rules/common.smk``) validates the config against its schema, builds one
+`Study` and asks it for everything the DAG needs; nothing about the study is decided in the
+Snakefiles. So every rule of the study — base-model chains, training-setting merges, chunking,
+class folders, and every config error — is testable in plain Python, without Snakemake.
+
+Names are the wildcard values of result paths: ``lseed`` (a LoRA seed), ``points`` (a generation
+job's grid points: ``{method}/{point}`` for one, ``points{k}`` for several, `wig.grid.job_chunks`),
+``seeds`` (its sampling seeds joined by ``_``) and ``noun`` (a class-image folder). They are made
+here once, canonically, so one setting always names one folder.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from wig.concepts import Concept, image_files, read_sheet
+from wig.errors import WigError
+from wig.grid import Point, expand, job_chunks
+from wig.guidance import UNSUPPORTED
+
+
+class StudyError(WigError):
+    """A config that describes no runnable study; the message names the key."""
+
+
+# tiny kinds → the family that samples them: the synthetic world's base is a Stable Diffusion pipeline
+TINY_FAMILY = {"sd": "sd", "sana": "sana", "synthetic": "sd"}
+# the guidance methods whose scale is a CFG scale λ (the base's accuracy is measured at those)
+CFG_STYLE = ("cfg", "pg", "ag")
+
+
+def canon(value: Any) -> Any:
+    """A value with sorted keys: Snakemake compares params by their text, so reordering keys in a
+    YAML file must not look like a change."""
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
+def shipped_config(kind: str) -> dict:
+    """The shipped config of a tiny model, ``wig/configs/tiny_<kind>.json`` (read as a file:
+    importing `wig.tiny` would load torch)."""
+    return json.loads(resources.files("wig.configs").joinpath(f"tiny_{kind}.json").read_text())
+
+
+def class_slug(noun: str) -> str:
+    """A class noun as a path component: "teddy bear" → "teddy_bear"."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", noun).strip("_")
+
+
+@dataclass(frozen=True)
+class Model:
+    """One ``models:`` entry, resolved: where its weights come from and how it is fine-tuned."""
+
+    name: str
+    spec: Mapping[str, Any]
+    root: str  # the entry whose weights it uses: itself, or the end of its `base:` chain
+    root_spec: Mapping[str, Any]
+    family: str  # sd | sana (wig.families)
+    training: Mapping[str, Any]  # the global training settings with the model's own on top
+    lora_seeds: tuple[int, ...]  # each (model, concept) is fine-tuned once per seed
+    points: tuple[Point, ...]  # the guidance grid its family's sampler can run
+    point_chunks: Mapping[str, tuple[Point, ...]]  # generation jobs' points by their name
+
+    @property
+    def kind(self) -> str:
+        """How its weights are made: ``tiny`` (a twin built from a shipped config), ``synthetic``
+        (pretrained here) or ``checkpoint`` (a real one named by ``path``, resolved once)."""
+        if "path" in self.root_spec:
+            return "checkpoint"
+        return "synthetic" if self.root_spec["tiny"] == "synthetic" else "tiny"
+
+    @property
+    def prior(self) -> bool:
+        """Whether its fine-tunes use prior preservation (and so class images)."""
+        return self.training["prior_weight"] > 0
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """One fine-tune: a (model, concept, LoRA seed); it writes the full and the weak checkpoint."""
+
+    model: str
+    concept: str
+    lora_seed: int
+
+    @property
+    def wildcards(self) -> dict[str, str]:
+        return {"model": self.model, "concept": self.concept, "lseed": str(self.lora_seed)}
+
+
+@dataclass(frozen=True)
+class GenerationJob:
+    """One generation job: all prompts of a concept for a chunk of grid points × a chunk of seeds,
+    one model load. Its embedding and scoring jobs have the same wildcards."""
+
+    model: str
+    concept: str
+    lora_seed: int
+    points: str  # the chunk's name
+    seeds: str
+
+    @property
+    def wildcards(self) -> dict[str, str]:
+        return {"model": self.model, "concept": self.concept, "lseed": str(self.lora_seed),
+                "points": self.points, "seeds": self.seeds}
+
+
+@dataclass(frozen=True)
+class Study:
+    config: Mapping[str, Any] = field(repr=False)
+    models: Mapping[str, Model]  # sorted by name: reordering YAML keys must not rerun the plots
+    concepts: Mapping[str, Concept]
+    prompts: Mapping[str, tuple[str, ...]]  # per concept, the evaluation prompts (identifier filled in)
+    points: tuple[Point, ...]  # the whole grid, config order
+    seed_chunks: Mapping[str, tuple[int, ...]]  # a generation job's seeds by their name
+    classes: Mapping[str, str]  # class-image folder → class noun
+    encoders: Mapping[str, Mapping[str, Any]]  # kind → spec with its kind
+
+    # --- building -----------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "Study":
+        """The study of a schema-validated config (defaults filled in). Reads the concept sheet, the
+        prompt lists and, unless a rule fetches or renders them, the concepts' image folders.
+        Raises `StudyError` naming the key of the first problem."""
+        ds = config["dataset"]
+        if ds.get("fetch") and ds.get("render"):
+            raise StudyError("dataset.fetch and dataset.render both fill dataset.root: choose one")
+        try:
+            points = tuple(expand(config["guidance"]))
+            sheet = read_sheet(ds["sheet"], columns=ds["columns"], prompts=ds.get("prompts"))
+        except WigError as err:
+            raise StudyError(str(err)) from None
+        wanted = ds.get("concepts", list(sheet))
+        missing = [c for c in wanted if c not in sheet]
+        if missing:
+            raise StudyError(f"dataset.concepts {missing} are not in the sheet {ds['sheet']}")
+        concepts = {c: sheet[c] for c in wanted}
+        prompts = {}
+        for cid, concept in concepts.items():
+            try:
+                if not (ds.get("fetch") or ds.get("render")):  # else the prepare jobs check them
+                    image_files(Path(ds["root"]) / concept.folder)
+                prompts[cid] = tuple(concept.prompts(ds["identifier"])[: ds["max_prompts"]])
+            except WigError as err:
+                raise StudyError(f"concept {cid}: {err}") from None
+        if not (config["encoders"] or ds.get("render")):
+            raise StudyError("encoders is empty and dataset.render is not set: nothing would score the images "
+                             "(the oracle metrics exist for the synthetic world only)")
+        k = config["sampling"]["seeds_per_job"]
+        seeds = config["seeds"]
+        seed_chunks = {"_".join(map(str, seeds[i : i + k])): tuple(seeds[i : i + k]) for i in range(0, len(seeds), k)}
+        classes: dict[str, str] = {}
+        for concept in concepts.values():
+            classes.setdefault(class_slug(concept.class_noun), concept.class_noun)
+        models = {name: _model(config, name, points) for name in sorted(config["models"])}
+        encoders = {kind: {"kind": kind, **spec} for kind, spec in config["encoders"].items()}
+        return cls(config, models, concepts, prompts, points, seed_chunks, classes, encoders)
+
+    # --- what the config says -----------------------------------------------------------------
+
+    @property
+    def fetch(self) -> Mapping[str, Any] | None:
+        return self.config["dataset"].get("fetch")
+
+    @property
+    def render(self) -> Mapping[str, Any] | None:
+        """The synthetic world's dataset settings, when a rule draws the images."""
+        return self.config["dataset"].get("render")
+
+    @property
+    def cfg_scales(self) -> list[float]:
+        """Every λ of the grid's CFG-style points."""
+        return sorted({p.scale for p in self.points if p.method in CFG_STYLE})
+
+    def bases(self, kind: str) -> list[str]:
+        """The models whose weights a rule makes (or resolves), of this `Model.kind`: the entries
+        without ``base:``; the others use their root's."""
+        return [m for m, model in self.models.items() if model.kind == kind and model.root == m]
+
+    def concept_folder(self, concept: str) -> Path:
+        return Path(self.config["dataset"]["root"]) / self.concepts[concept].folder
+
+    def class_of(self, concept: str) -> str:
+        """The class-image folder of a concept's class noun."""
+        return class_slug(self.concepts[concept].class_noun)
+
+    def class_prompt(self, noun: str) -> str:
+        return self.config["class_images"]["prompt"].format(noun)
+
+    # --- a job's settings (its params) --------------------------------------------------------
+
+    def tiny_config(self, model: str) -> dict:
+        """The shipped config of a tiny twin: editing it rebuilds the twin."""
+        return canon(shipped_config(self.models[model].spec["tiny"]))
+
+    def pretrain_config(self, model: str, stage: str) -> dict:
+        """The part of ``tiny_synthetic.json`` a pretraining stage (``vae`` or ``model``) reads,
+        with the model's seed and its ``pretrain:`` step counts: a UNet setting keeps the
+        autoencoder."""
+        keys = {"vae": ("size", "vae", "vae_training"),
+                "model": ("size", "unet", "text_encoder", "scheduler", "training")}[stage]
+        spec = self.models[model].spec
+        shipped = shipped_config("synthetic")
+        for section, key in (("vae_training", "vae_steps"), ("training", "steps")):
+            if key in spec.get("pretrain", {}):
+                shipped[section]["steps"] = spec["pretrain"][key]
+        return canon({"seed": spec.get("seed", 0), **{k: shipped[k] for k in keys}})
+
+    def class_image_settings(self, model: str, noun: str) -> dict:
+        settings = self.config["class_images"]
+        resolution = self.models[model].training["resolution"]
+        return canon({
+            "prompt": self.class_prompt(self.classes[noun]),
+            **{k: settings[k] for k in ("count", "seed", "steps", "scale")},
+            "height": resolution,
+            "width": resolution,
+        })
+
+    def train_settings(self, run: TrainingRun) -> dict:
+        ds = self.config["dataset"]
+        concept = self.concepts[run.concept]
+        model = self.models[run.model]
+        return canon({
+            "instance_prompt": ds["instance_prompt"].format(concept.subject(ds["identifier"])),
+            "class_prompt": self.class_prompt(concept.class_noun) if model.prior else None,
+            **model.training,
+            "seed": run.lora_seed,
+        })
+
+    def guidance_of(self, model: str, points: str) -> dict:
+        """A generation job's points: {point key: guidance settings}."""
+        return canon({
+            p.key: {"method": p.method, "scale": p.scale, "omega": p.omega, "ag_scale": p.ag_scale, "weak": p.weak}
+            for p in self.models[model].point_chunks[points]
+        })
+
+    def clip_texts(self, concept: str) -> list[str]:
+        texts = self.concepts[concept].clip_texts(self.config["evaluation"]["clip_t_text"])
+        return texts[: self.config["dataset"]["max_prompts"]]
+
+    # --- the jobs -----------------------------------------------------------------------------
+
+    def class_image_sets(self) -> Iterator[tuple[str, str]]:
+        """(model, class folder) of every class-image set: prior-preserving models of their own
+        weights' base, one per class noun."""
+        for name, model in self.models.items():
+            if model.prior:
+                for noun in sorted({self.class_of(c) for c in self.concepts}):
+                    yield name, noun
+
+    def training_runs(self, model: str | None = None) -> Iterator[TrainingRun]:
+        for name in [model] if model else self.models:
+            for concept in self.concepts:
+                for seed in self.models[name].lora_seeds:
+                    yield TrainingRun(name, concept, seed)
+
+    def generation_jobs(self, model: str | None = None, concept: str | None = None,
+                        lora_seed: int | None = None) -> Iterator[GenerationJob]:
+        for run in self.training_runs(model):
+            if concept not in (None, run.concept) or lora_seed not in (None, run.lora_seed):
+                continue
+            for points in self.models[run.model].point_chunks:
+                for seeds in self.seed_chunks:
+                    yield GenerationJob(run.model, run.concept, run.lora_seed, points, seeds)
+
+    def grid_jobs(self, model: str, concept: str) -> list[GenerationJob]:
+        """The generation jobs a (model, concept)'s image grid shows: its first LoRA seed's."""
+        return list(self.generation_jobs(model, concept, self.models[model].lora_seeds[0]))
+
+    def grid_rows(self, model: str) -> list[str]:
+        return [f"{p.method} {p.name}" for p in self.models[model].points]
+
+    def grid_columns(self, concept: str) -> list[str]:
+        return [f"s{seed} p{i:02d}" for seed in self.config["seeds"] for i in range(len(self.prompts[concept]))]
+
+
+def _model(config: Mapping[str, Any], name: str, points: tuple[Point, ...]) -> Model:
+    specs = config["models"]
+    chain = [name]
+    while "base" in specs[chain[-1]]:
+        base = specs[chain[-1]]["base"]
+        if base not in specs:
+            raise StudyError(f"models.{chain[-1]}.base: no model {base!r}")
+        if base in chain:
+            raise StudyError(f"models.{name}: base models form a cycle ({' -> '.join(chain + [base])})")
+        chain.append(base)
+    root = specs[chain[-1]]
+    if "tiny" in root:
+        family = TINY_FAMILY[root["tiny"]]
+        if root.get("family", family) != family:
+            raise StudyError(f"models.{name}: family {root['family']} but tiny {root['tiny']}")
+    else:
+        family = root.get("family", "sd")
+    training = {**config["training"], **specs[name].get("training", {})}
+    if training["weak_step"] >= training["steps"]:
+        raise StudyError(f"models.{name}: training.weak_step must be smaller than training.steps")
+    seeds = training["seed"]
+    runnable = tuple(p for p in points if p.method not in UNSUPPORTED[family])
+    if not runnable:
+        raise StudyError(f"models.{name} ({family}) can run none of the guidance points: "
+                         f"{', '.join(UNSUPPORTED[family])} are not available for it")
+    try:
+        chunks = job_chunks(runnable, config["sampling"]["points_per_job"])
+    except WigError as err:
+        raise StudyError(f"sampling.points_per_job: {err}") from None
+    return Model(
+        name=name,
+        spec=canon(specs[name]),
+        root=chain[-1],
+        root_spec=canon(root),
+        family=family,
+        training=canon(training),
+        lora_seeds=tuple(seeds if isinstance(seeds, list) else [seeds]),
+        points=runnable,
+        point_chunks={k: tuple(v) for k, v in chunks.items()},
+    )

@@ -1,0 +1,165 @@
+"""The study a config describes (wig.study), in plain Python: the same jobs the DAG runs, the same
+names its paths use, every config error naming its key — no Snakemake subprocess."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from wig.grid import canonical
+from wig.study import GenerationJob, Study, StudyError, TrainingRun, class_slug
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _at_root(monkeypatch):
+    monkeypatch.chdir(ROOT)  # configs name the sheet and images relative to the workflow
+
+
+def _config(path="config/config.yaml", **changes):
+    config = yaml.safe_load((ROOT / path).read_text())
+    for dotted, value in changes.items():
+        *parents, key = dotted.split("__")
+        target = config
+        for part in parents:
+            target = target[part]
+        target[key] = value
+    validate(config, str(ROOT / "config/schema.yaml"))  # fills the defaults, as the workflow does
+    return config
+
+
+def _counts(study: Study) -> dict[str, int]:
+    return {
+        "class_images": len(list(study.class_image_sets())),
+        "train_lora": len(list(study.training_runs())),
+        "generate": len(list(study.generation_jobs())),
+    }
+
+
+# none, cfg λ×4, pg ω×11, pg λ×3, ag, and for SD cfg++, pg++
+@pytest.mark.parametrize("preset, points", [("vico-sd15", 22), ("vico-sd21", 22), ("vico-sana", 20)])
+def test_paper_presets_plan_sixteen_concepts_eleven_classes_and_every_point(preset, points):
+    study = Study.from_config(_config(f"config/presets/{preset}.yaml"))
+    assert len(study.concepts) == 16 and len(study.classes) == 11
+    assert _counts(study) == {"class_images": 11, "train_lora": 16, "generate": 16 * points}
+    (model,) = study.models.values()
+    assert model.kind == "checkpoint" and study.bases("checkpoint") == [model.name]
+    assert list(study.seed_chunks) == ["0_1_2_3_4_5_6_7"]  # 8 seeds, one chunk per job
+    assert all(len(p) == 31 for p in study.prompts.values())  # max_prompts: null
+
+
+def test_synthetic_preset_shares_one_pretrained_base_between_two_trainings():
+    study = Study.from_config(_config("config/presets/synthetic.yaml"))
+    prior, noprior = study.models["synthetic"], study.models["synthetic-noprior"]
+    assert noprior.root == "synthetic" and noprior.kind == "synthetic" and not noprior.prior and prior.prior
+    assert study.bases("synthetic") == ["synthetic"] and study.bases("tiny") == []
+    assert prior.lora_seeds == noprior.lora_seeds == (0, 1)
+    # 2 models × 5 subjects × 2 LoRA seeds, the grid's 10 points in one job, both seeds in one
+    assert _counts(study) == {"class_images": 5, "train_lora": 20, "generate": 20}
+    assert list(prior.point_chunks) == ["points00"] and len(prior.points) == 10
+    assert study.cfg_scales == [1.5, 3.0, 4.5]
+    assert study.pretrain_config("synthetic", "vae")["seed"] == 0
+    assert "unet" in study.pretrain_config("synthetic", "model") and "unet" not in study.pretrain_config("synthetic", "vae")
+
+
+def test_demo_plans_each_family_its_own_grid():
+    study = Study.from_config(_config())
+    assert list(study.models) == ["tiny-sana", "tiny-sd"]  # sorted, whatever the YAML order
+    sd, sana = study.models["tiny-sd"], study.models["tiny-sana"]
+    assert sd.family == "sd" and sana.family == "sana" and study.bases("tiny") == ["tiny-sana", "tiny-sd"]
+    assert len(sd.points) == 9 and not {"cfgpp", "pgpp"} & {p.method for p in sana.points} and len(sana.points) == 6
+    assert _counts(study) == {"class_images": 4, "train_lora": 4, "generate": 2 * 9 + 2 * 6}
+    assert study.tiny_config("tiny-sd")["unet"] and study.grid_rows("tiny-sd")[0] == "none w1.0_l1.0"
+
+
+def test_seeds_and_points_are_chunked_into_jobs_named_canonically():
+    config = _config(seeds=[0, 1, 2], sampling__seeds_per_job=2, sampling__points_per_job=4,
+                     guidance=[{"method": "cfg", "scale": [1.5, 3]}, {"method": "pg", "scale": 3, "omega": [0.1 * 3, 0.3, 0]},
+                               {"method": "cfgpp", "scale": 0.6}])
+    study = Study.from_config(config)
+    assert study.seed_chunks == {"0_1": (0, 1), "2": (2,)}
+    sd = study.models["tiny-sd"]
+    # 0.1 * 3 and 0.3 are one point, one folder
+    assert [p.key for p in sd.points] == ["cfg/w1.0_l1.5", "cfg/w1.0_l3.0", "pg/w0.3_l3.0", "pg/w0.0_l3.0",
+                                          "cfgpp/w1.0_l0.6"]
+    assert {k: len(v) for k, v in sd.point_chunks.items()} == {"points00": 4, "points01": 1}
+    assert list(study.models["tiny-sana"].point_chunks) == ["points00"]  # no cfgpp: 4 points, one job
+    jobs = list(study.generation_jobs("tiny-sd", "brown_dog"))
+    assert jobs[0] == GenerationJob("tiny-sd", "brown_dog", 0, "points00", "0_1")
+    assert jobs[-1].wildcards == {"model": "tiny-sd", "concept": "brown_dog", "lseed": "0", "points": "points01",
+                                  "seeds": "2"}
+    assert study.guidance_of("tiny-sd", "points01") == {"cfgpp/w1.0_l0.6": {
+        "method": "cfgpp", "scale": 0.6, "omega": 1.0, "ag_scale": 2.0, "weak": "pretrained"}}
+    assert canonical(0.1 * 3) == "0.3" and study.grid_columns("brown_dog") == [
+        f"s{s} p{i:02d}" for s in (0, 1, 2) for i in (0, 1)]
+
+
+def test_training_settings_merge_per_model_and_lora_seeds_are_replicates():
+    config = _config()
+    config["models"]["tiny-sd-noprior"] = {"base": "tiny-sd", "training": {"prior_weight": 0.0, "seed": [3, 4]}}
+    study = Study.from_config(config)
+    model = study.models["tiny-sd-noprior"]
+    assert model.root == "tiny-sd" and model.kind == "tiny" and model.family == "sd"
+    assert model.training["steps"] == 100 and model.training["prior_weight"] == 0.0 and model.lora_seeds == (3, 4)
+    assert study.bases("tiny") == ["tiny-sana", "tiny-sd"]  # no build for a model on another's weights
+    assert [r.lora_seed for r in study.training_runs("tiny-sd-noprior")] == [3, 4, 3, 4]
+    settings = study.train_settings(TrainingRun("tiny-sd-noprior", "brown_dog", 4))
+    assert settings["seed"] == 4 and settings["class_prompt"] is None
+    assert settings["instance_prompt"] == "a photo of sks dog"
+    prior = study.train_settings(TrainingRun("tiny-sd", "brown_dog", 0))
+    assert prior["class_prompt"] == "a photo of dog"
+    assert ("tiny-sd-noprior", "dog") not in set(study.class_image_sets())
+    assert study.class_image_settings("tiny-sd", "dog") == {"count": 4, "height": 64, "prompt": "a photo of dog",
+                                                            "scale": 7.5, "seed": 0, "steps": 10, "width": 64}
+
+
+def test_class_nouns_become_folder_names():
+    assert class_slug("teddy bear") == "teddy_bear" and class_slug("rc car!") == "rc_car"
+    study = Study.from_config(_config("config/presets/vico-sd15.yaml"))
+    assert study.classes["teddy_bear"] == "teddy bear" and study.class_of("brown_teddybear") == "teddy_bear"
+    assert all(study.classes[study.class_of(c)] == concept.class_noun for c, concept in study.concepts.items())
+
+
+def test_a_study_is_frozen_and_its_params_have_sorted_keys():
+    study = Study.from_config(_config())
+    with pytest.raises(AttributeError):
+        study.models["tiny-sd"].family = "sana"
+    spec = study.models["tiny-sd"].spec
+    assert list(spec) == sorted(spec)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"guidance": [{"method": "pg", "omega": 1.5}]}, "1.5"),
+        ({"guidance": [{"method": "cfg", "omega": 0.5}]}, "guidance[0].omega"),
+        ({"guidance": [{"method": "cfg", "weak": "lora"}]}, "guidance[0].weak applies to ag only"),
+        ({"dataset__concepts": ["brown_dog", "unicorn"]}, "['unicorn'] are not in the sheet"),
+        ({"dataset__root": "resources/datasets/vico"}, "concept brown_dog: concept folder not found"),
+        ({"dataset__columns": {"class_noun": "noun"}}, "no column 'noun' for the class_noun"),
+        ({"training__weak_step": 100}, "models.tiny-sana: training.weak_step must be smaller than training.steps"),
+        ({"models__tiny-sd": {"base": "tiny-xl"}}, "models.tiny-sd.base: no model 'tiny-xl'"),
+        ({"models__tiny-sd": {"base": "tiny-sana"}, "models__tiny-sana": {"base": "tiny-sd"}},
+         "models.tiny-sana: base models form a cycle (tiny-sana -> tiny-sd -> tiny-sana)"),
+        ({"models__tiny-sd": {"tiny": "sd", "training": {"weak_step": 200}}}, "models.tiny-sd: training.weak_step"),
+        ({"models__tiny-sd": {"tiny": "sd", "family": "sana"}}, "models.tiny-sd: family sana but tiny sd"),
+        ({"encoders": {}}, "encoders is empty and dataset.render is not set"),
+        ({"guidance": [{"method": "cfgpp"}]}, "models.tiny-sana (sana) can run none of the guidance points"),
+        ({"dataset__render": {"n_images": 4}, "dataset__fetch": {"repo": "x", "commit": "abcdef1", "subdir": "y"}},
+         "dataset.fetch and dataset.render both fill dataset.root"),
+    ],
+)
+def test_config_errors_name_their_key(changes, message):
+    config = _config()
+    for key, value in changes.items():
+        *parents, last = key.split("__")
+        target = config
+        for part in parents:
+            target = target[part]
+        target[last] = copy.deepcopy(value)
+    with pytest.raises(StudyError) as err:
+        Study.from_config(config)
+    assert message in str(err.value) and "\n" not in str(err.value)
