@@ -357,8 +357,9 @@ def test_small_study_runs_reruns_what_changed_and_matches_the_cli(tmp_path):
         assert plans[module] == (_planned(workdir, "--forcerun", *reaching) if reaching else {}), module
     assert {"prepare", "class_images", "train_lora", "generate", "embed_references", "embed_samples"} <= set(
         plans["concepts"]) and "build_tiny_model" not in plans["concepts"]
-    assert plans["embeddings"] == {"embed_references": 4, "embed_texts": 2, "embed_samples": 12, "score": 6,
-                                   "aggregate": 2, "plots": 1, "all": 1}  # never generation
+    # the tiny encoders' builder runs wig.encoders, which writes the embedding schema: never generation
+    assert plans["embeddings"] == {"build_tiny_encoder": 2, "embed_references": 2, "embed_texts": 1,
+                                   "embed_samples": 12, "score": 6, "aggregate": 2, "plots": 1, "all": 1}
     assert plans["guidance"] == {"generate": 6, "grid": 2, "embed_samples": 12, "score": 6, "aggregate": 2,
                                  "plots": 1, "all": 1}  # never training or class images
     assert plans["cli"] == {}  # no script reaches the command line
