@@ -72,7 +72,10 @@ def test_demo_plans_each_family_its_own_grid():
     assert sd.family == "sd" and sana.family == "sana" and study.bases("tiny") == ["tiny-sana", "tiny-sd"]
     assert len(sd.points) == 9 and not {"cfgpp", "pgpp"} & {p.method for p in sana.points} and len(sana.points) == 6
     assert _counts(study) == {"class_images": 4, "train_lora": 4, "generate": 2 * 9 + 2 * 6}
-    assert study.tiny_config("tiny-sd")["unet"] and study.grid_rows("tiny-sd")[0] == "none w1.0_l1.0"
+    assert study.tiny_config("tiny-sd")["unet"]
+    layout = study.grid_layout("tiny-sd", "brown_dog")
+    assert layout["rows"][:2] == ["none w1.0_l1.0", "cfg w1.0_l7.5"] and layout["points"][1] == "cfg/w1.0_l7.5"
+    assert layout["columns"] == ["s0 p00", "s0 p01", "s1 p00", "s1 p01"]  # seeds × max_prompts 2
 
 
 def test_seeds_and_points_are_chunked_into_jobs_named_canonically():
@@ -93,7 +96,7 @@ def test_seeds_and_points_are_chunked_into_jobs_named_canonically():
                                   "seeds": "2"}
     assert study.guidance_of("tiny-sd", "points01") == {"cfgpp/w1.0_l0.6": {
         "method": "cfgpp", "scale": 0.6, "omega": 1.0, "ag_scale": 2.0, "weak": "pretrained"}}
-    assert canonical(0.1 * 3) == "0.3" and study.grid_columns("brown_dog") == [
+    assert canonical(0.1 * 3) == "0.3" and study.grid_layout("tiny-sd", "brown_dog")["columns"] == [
         f"s{s} p{i:02d}" for s in (0, 1, 2) for i in (0, 1)]
 
 
@@ -105,11 +108,13 @@ def test_training_settings_merge_per_model_and_lora_seeds_are_replicates():
     assert model.root == "tiny-sd" and model.kind == "tiny" and model.family == "sd"
     assert model.training["steps"] == 100 and model.training["prior_weight"] == 0.0 and model.lora_seeds == (3, 4)
     assert study.bases("tiny") == ["tiny-sana", "tiny-sd"]  # no build for a model on another's weights
+    assert list(study.training_runs("tiny-sd-noprior"))[:2] == [TrainingRun("tiny-sd-noprior", "brown_dog", 3),
+                                                                TrainingRun("tiny-sd-noprior", "brown_dog", 4)]
     assert [r.lora_seed for r in study.training_runs("tiny-sd-noprior")] == [3, 4, 3, 4]
-    settings = study.train_settings(TrainingRun("tiny-sd-noprior", "brown_dog", 4))
+    settings = study.train_settings("tiny-sd-noprior", "brown_dog", "4")  # wildcard values
     assert settings["seed"] == 4 and settings["class_prompt"] is None
     assert settings["instance_prompt"] == "a photo of sks dog"
-    prior = study.train_settings(TrainingRun("tiny-sd", "brown_dog", 0))
+    prior = study.train_settings("tiny-sd", "brown_dog", 0)
     assert prior["class_prompt"] == "a photo of dog"
     assert ("tiny-sd-noprior", "dog") not in set(study.class_image_sets())
     assert study.class_image_settings("tiny-sd", "dog") == {"count": 4, "height": 64, "prompt": "a photo of dog",

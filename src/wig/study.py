@@ -25,6 +25,7 @@ from wig.concepts import Concept, image_files, read_sheet
 from wig.errors import WigError
 from wig.grid import Point, expand, job_chunks
 from wig.guidance import UNSUPPORTED
+from wig.provenance import encoder_id
 
 
 class StudyError(WigError):
@@ -185,9 +186,6 @@ class Study:
         without ``base:``; the others use their root's."""
         return [m for m, model in self.models.items() if model.kind == kind and model.root == m]
 
-    def concept_folder(self, concept: str) -> Path:
-        return Path(self.config["dataset"]["root"]) / self.concepts[concept].folder
-
     def class_of(self, concept: str) -> str:
         """The class-image folder of a concept's class noun."""
         return class_slug(self.concepts[concept].class_noun)
@@ -196,6 +194,11 @@ class Study:
         return self.config["class_images"]["prompt"].format(noun)
 
     # --- a job's settings (its params) --------------------------------------------------------
+    # Each takes the wildcard values of the job by their names (``model``, ``concept``, ``noun``,
+    # ``lseed``, ``points``, ``encoder``), so the workflow passes them straight through.
+
+    def model_spec(self, model: str) -> dict:
+        return canon(self.models[model].spec)
 
     def tiny_config(self, model: str) -> dict:
         """The shipped config of a tiny twin: editing it rebuilds the twin."""
@@ -214,6 +217,12 @@ class Study:
                 shipped[section]["steps"] = spec["pretrain"][key]
         return canon({"seed": spec.get("seed", 0), **{k: shipped[k] for k in keys}})
 
+    def concept_folder(self, concept: str) -> str:
+        return str(Path(self.config["dataset"]["root"]) / self.concepts[concept].folder)
+
+    def concept_prompts(self, concept: str) -> list[str]:
+        return list(self.prompts[concept])
+
     def class_image_settings(self, model: str, noun: str) -> dict:
         settings = self.config["class_images"]
         resolution = self.models[model].training["resolution"]
@@ -224,15 +233,14 @@ class Study:
             "width": resolution,
         })
 
-    def train_settings(self, run: TrainingRun) -> dict:
+    def train_settings(self, model: str, concept: str, lseed: str | int) -> dict:
         ds = self.config["dataset"]
-        concept = self.concepts[run.concept]
-        model = self.models[run.model]
+        subject = self.concepts[concept]
         return canon({
-            "instance_prompt": ds["instance_prompt"].format(concept.subject(ds["identifier"])),
-            "class_prompt": self.class_prompt(concept.class_noun) if model.prior else None,
-            **model.training,
-            "seed": run.lora_seed,
+            "instance_prompt": ds["instance_prompt"].format(subject.subject(ds["identifier"])),
+            "class_prompt": self.class_prompt(subject.class_noun) if self.models[model].prior else None,
+            **self.models[model].training,
+            "seed": int(lseed),
         })
 
     def guidance_of(self, model: str, points: str) -> dict:
@@ -241,6 +249,20 @@ class Study:
             p.key: {"method": p.method, "scale": p.scale, "omega": p.omega, "ag_scale": p.ag_scale, "weak": p.weak}
             for p in self.models[model].point_chunks[points]
         })
+
+    def grid_layout(self, model: str, concept: str) -> dict:
+        """The image grid of a (model, concept): its rows (grid points, in grid order, by key and
+        by label) and its columns (seed × prompt)."""
+        points = self.models[model].points
+        return {"points": [p.key for p in points], "rows": [f"{p.method} {p.name}" for p in points],
+                "columns": [f"s{seed} p{i:02d}" for seed in self.config["seeds"] for i in range(len(self.prompts[concept]))]}
+
+    def encoder_spec(self, encoder: str) -> dict:
+        return canon(self.encoders[encoder])
+
+    def encoder_ids(self) -> dict:
+        """Each encoder's stable name, written into and checked against the embedding files."""
+        return canon({kind: encoder_id(spec) for kind, spec in self.encoders.items()})
 
     def clip_texts(self, concept: str) -> list[str]:
         texts = self.concepts[concept].clip_texts(self.config["evaluation"]["clip_t_text"])
@@ -274,12 +296,6 @@ class Study:
     def grid_jobs(self, model: str, concept: str) -> list[GenerationJob]:
         """The generation jobs a (model, concept)'s image grid shows: its first LoRA seed's."""
         return list(self.generation_jobs(model, concept, self.models[model].lora_seeds[0]))
-
-    def grid_rows(self, model: str) -> list[str]:
-        return [f"{p.method} {p.name}" for p in self.models[model].points]
-
-    def grid_columns(self, concept: str) -> list[str]:
-        return [f"s{seed} p{i:02d}" for seed in self.config["seeds"] for i in range(len(self.prompts[concept]))]
 
 
 def _model(config: Mapping[str, Any], name: str, points: tuple[Point, ...]) -> Model:

@@ -1,5 +1,6 @@
-# Schema validation, the study (wig.study: every decision about models, concepts, grid and jobs),
-# and the input functions that ask it. Paths come from the rules' own outputs.
+# Schema validation, the study (wig.study decides everything about models, concepts, grid and
+# jobs) and the input functions that ask it. Paths come from the rules' own outputs.
+import inspect
 import re
 from pathlib import Path
 
@@ -8,8 +9,8 @@ from snakemake.utils import validate
 from wig.concepts import image_files
 from wig.errors import WigError
 from wig.gpus import check_resources, device_ids, scheduler_assigned
-from wig.provenance import code_hash, encoder_id
-from wig.study import Study, TrainingRun, canon
+from wig.provenance import code_hash
+from wig.study import Study, canon
 
 
 validate(config, workflow.source_path("../../config/schema.yaml"))
@@ -23,9 +24,7 @@ try:
 except WigError as err:
     raise ValueError(f"config: {err}") from None
 
-MODELS = list(STUDY.models)
-CONCEPTS = list(STUDY.concepts)
-ENCODERS = STUDY.encoders
+MODELS, CONCEPTS, ENCODERS = list(STUDY.models), list(STUDY.concepts), STUDY.encoders
 EVAL = config["evaluation"]
 SAMPLING = canon(config["sampling"])
 # device and dtype change the numbers (slightly) and so are params; threads do not
@@ -53,8 +52,10 @@ def script_code_hash(rule):
     return code_hash(Path(rule.basedir.get_path_or_uri(secret_free=True)) / rule.script)
 
 
-def _model(wildcards):
-    return STUDY.models[wildcards.model]
+def from_study(method, **fixed):
+    """A params function: the Study ``method`` called with the job's wildcards of the same names."""
+    names = [n for n in inspect.signature(method).parameters if n not in fixed]
+    return lambda wildcards: method(**{n: getattr(wildcards, n) for n in names}, **fixed)
 
 
 def _path(rule, wildcards, **values):
@@ -62,17 +63,10 @@ def _path(rule, wildcards, **values):
     return expand(rule.output[0], **{**dict(wildcards.items()), **values})[0]
 
 
-# --- models -----------------------------------------------------------------------------------
-
-
-def get_model_spec(wildcards):
-    return _model(wildcards).spec
-
-
 def get_model(wildcards):
     """A tiny twin or the synthetic base is a folder built by a rule; a real checkpoint is a name
     in params plus the record of its resolved local copy (rule resolve_model, on the submit host)."""
-    model = _model(wildcards)
+    model = STUDY.models[wildcards.model]
     if model.kind == "checkpoint":
         return {"weights": _path(rules.resolve_model, {}, model=model.root)}
     built_by = rules.pretrain_model if model.kind == "synthetic" else rules.build_tiny_model
@@ -80,22 +74,7 @@ def get_model(wildcards):
 
 
 def get_model_ref(wildcards, input):
-    return _model(wildcards).root_spec.get("path") or input.model
-
-
-def get_tiny_config(wildcards):
-    return STUDY.tiny_config(wildcards.model)
-
-
-def get_pretrain_config(stage):
-    return lambda wildcards: STUDY.pretrain_config(wildcards.model, stage)
-
-
-# --- data and personalization -----------------------------------------------------------------
-
-
-def get_concept_folder(wildcards):
-    return str(STUDY.concept_folder(wildcards.concept))
+    return STUDY.models[wildcards.model].root_spec.get("path") or input.model
 
 
 def get_concept_images(wildcards):
@@ -106,53 +85,19 @@ def get_concept_images(wildcards):
     return [str(p) for p in image_files(STUDY.concept_folder(wildcards.concept))]
 
 
-def get_class_image_settings(wildcards):
-    return STUDY.class_image_settings(wildcards.model, wildcards.noun)
-
-
 def get_train_input(wildcards):
     inputs = get_model(wildcards) | {"instance": _path(rules.prepare, wildcards)}
-    if _model(wildcards).prior:
+    if STUDY.models[wildcards.model].prior:
         inputs["classes"] = _path(rules.class_images, wildcards, noun=STUDY.class_of(wildcards.concept))
     return inputs
-
-
-def get_train_settings(wildcards):
-    return STUDY.train_settings(TrainingRun(wildcards.model, wildcards.concept, int(wildcards.lseed)))
-
-
-# --- generation -------------------------------------------------------------------------------
 
 
 def get_generate_input(wildcards):
     return get_model(wildcards) | {"lora": _path(rules.train_lora, wildcards)}
 
 
-def get_guidance(wildcards):
-    return STUDY.guidance_of(wildcards.model, wildcards.points)
-
-
-def get_prompts(wildcards):
-    return list(STUDY.prompts[wildcards.concept])
-
-
 def get_grid_samples(wildcards):
     return [_path(rules.generate, job.wildcards) for job in STUDY.grid_jobs(wildcards.model, wildcards.concept)]
-
-
-def get_grid_points(wildcards):
-    return [p.key for p in _model(wildcards).points]
-
-
-def get_grid_rows(wildcards):
-    return STUDY.grid_rows(wildcards.model)
-
-
-def get_grid_columns(wildcards):
-    return STUDY.grid_columns(wildcards.concept)
-
-
-# --- evaluation -------------------------------------------------------------------------------
 
 
 def get_encoder(wildcards):
@@ -163,28 +108,16 @@ def get_encoder(wildcards):
     return {"weights": _path(rules.resolve_encoder, wildcards)}
 
 
-def get_encoder_spec(wildcards):
-    return canon(ENCODERS[wildcards.encoder])
-
-
-def get_clip_texts(wildcards):
-    return STUDY.clip_texts(wildcards.concept)
-
-
 def get_score_input(wildcards):
     """The job's images and, with encoders, its and the concept's embeddings."""
     inputs = {"samples": _path(rules.generate, wildcards)}
+    for kind in ENCODERS:
+        inputs[kind] = _path(rules.embed_samples, wildcards, encoder=kind)
+        inputs[f"{kind}_refs"] = _path(rules.embed_references, wildcards, encoder=kind)
     if ENCODERS:
-        for kind in ENCODERS:
-            inputs[kind] = _path(rules.embed_samples, wildcards, encoder=kind)
-            inputs[f"{kind}_refs"] = _path(rules.embed_references, wildcards, encoder=kind)
         inputs["texts"] = _path(rules.embed_texts, wildcards, encoder="clip")
     return inputs
 
 
 def get_score_files(wildcards):
     return [_path(rules.score, job.wildcards) for job in STUDY.generation_jobs(wildcards.model)]
-
-
-def get_encoder_ids():
-    return canon({kind: encoder_id(spec) for kind, spec in ENCODERS.items()})

@@ -7,7 +7,7 @@ rule prepare:
     output:
         directory("results/concepts/{concept}"),
     params:
-        folder=get_concept_folder,
+        folder=from_study(STUDY.concept_folder),
     log:
         "logs/prepare/{concept}.log",
     script:

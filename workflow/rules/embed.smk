@@ -7,7 +7,7 @@ rule build_tiny_encoder:
     output:
         directory("results/encoders/{encoder}"),
     params:
-        spec=get_encoder_spec,
+        spec=from_study(STUDY.encoder_spec),
     log:
         "logs/build_tiny_encoder/{encoder}.log",
     script:
@@ -21,7 +21,7 @@ rule embed_references:
     output:
         "results/embeddings/{encoder}/references/{concept}.parquet",
     params:
-        spec=get_encoder_spec,
+        spec=from_study(STUDY.encoder_spec),
         protocols=EVAL["protocols"],
         batch_size=EVAL["batch_size"],
         runtime=RUNTIME,
@@ -40,8 +40,8 @@ rule embed_texts:
     output:
         "results/embeddings/{encoder}/texts/{concept}.parquet",
     params:
-        spec=get_encoder_spec,
-        texts=get_clip_texts,
+        spec=from_study(STUDY.encoder_spec),
+        texts=from_study(STUDY.clip_texts),
         runtime=RUNTIME,
     log:
         "logs/embed_texts/{encoder}/{concept}.log",
@@ -61,7 +61,7 @@ rule embed_samples:
     output:
         "results/{model}/embeddings/{encoder}/{concept}/lora{lseed}/{points}/seeds{seeds}.parquet",
     params:
-        spec=get_encoder_spec,
+        spec=from_study(STUDY.encoder_spec),
         protocols=EVAL["protocols"],
         batch_size=EVAL["batch_size"],
         runtime=RUNTIME,

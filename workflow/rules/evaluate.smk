@@ -8,7 +8,7 @@ rule score:
     output:
         "results/{model}/scores/{concept}/lora{lseed}/{points}/seeds{seeds}.parquet",
     params:
-        encoders=get_encoder_ids(),
+        encoders=STUDY.encoder_ids(),
         oracle=bool(STUDY.render),  # the synthetic world's images are read back by wig.oracle
     log:
         "logs/{model}/score/{concept}/lora{lseed}/{points}/seeds{seeds}.log",

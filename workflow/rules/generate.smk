@@ -9,8 +9,8 @@ rule generate:
         directory("results/{model}/samples/{concept}/lora{lseed}/{points}/seeds{seeds}"),
     params:
         model=get_model_ref,
-        guidance=get_guidance,
-        prompts=get_prompts,
+        guidance=from_study(STUDY.guidance_of),
+        prompts=from_study(STUDY.concept_prompts),
         sampling=SAMPLING,
         runtime=RUNTIME,
     log:
@@ -31,9 +31,7 @@ rule grid:
         report("results/{model}/grids/{concept}.png", caption="../report/grid.rst", category="Image grids",
                labels={"model": "{model}", "concept": "{concept}"}),
     params:
-        points=get_grid_points,
-        rows=get_grid_rows,
-        columns=get_grid_columns,
+        layout=from_study(STUDY.grid_layout),
     log:
         "logs/{model}/grid/{concept}.log",
     script:

@@ -6,8 +6,8 @@ rule build_tiny_model:
     output:
         directory("results/{model}/model"),
     params:
-        spec=get_model_spec,
-        config=get_tiny_config,
+        spec=from_study(STUDY.model_spec),
+        config=from_study(STUDY.tiny_config),
     log:
         "logs/{model}/build_tiny_model.log",
     threads: 1
@@ -22,7 +22,7 @@ rule pretrain_vae:
     output:
         directory("results/{model}/pretrain/vae"),
     params:
-        config=get_pretrain_config("vae"),
+        config=from_study(STUDY.pretrain_config, stage="vae"),
     log:
         "logs/{model}/pretrain_vae.log",
     benchmark:
@@ -40,7 +40,7 @@ rule pretrain_model:
     output:
         directory("results/{model}/model"),
     params:
-        config=get_pretrain_config("model"),
+        config=from_study(STUDY.pretrain_config, stage="model"),
     log:
         "logs/{model}/pretrain_model.log",
     benchmark:
@@ -80,7 +80,7 @@ rule resolve_model:
     output:
         "results/{model}/weights.json",
     params:
-        spec=get_model_spec,
+        spec=from_study(STUDY.model_spec),
     log:
         "logs/{model}/resolve_model.log",
     localrule: True
@@ -92,7 +92,7 @@ rule resolve_encoder:
     output:
         "results/encoders/{encoder}.json",
     params:
-        spec=get_encoder_spec,
+        spec=from_study(STUDY.encoder_spec),
     log:
         "logs/resolve_encoder/{encoder}.log",
     localrule: True

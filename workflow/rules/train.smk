@@ -8,7 +8,7 @@ rule class_images:
         directory("results/{model}/class_images/{noun}"),
     params:
         model=get_model_ref,
-        settings=get_class_image_settings,
+        settings=from_study(STUDY.class_image_settings),
         runtime=RUNTIME,
     log:
         "logs/{model}/class_images/{noun}.log",
@@ -28,7 +28,7 @@ rule train_lora:
         directory("results/{model}/lora/{concept}/seed{lseed}"),
     params:
         model=get_model_ref,
-        settings=get_train_settings,
+        settings=from_study(STUDY.train_settings),
         runtime=RUNTIME,
     log:
         "logs/{model}/train_lora/{concept}/seed{lseed}.log",

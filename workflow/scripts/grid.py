@@ -7,11 +7,11 @@ from wig.grids import contact_sheet
 from wig.jobs import job
 
 with job(snakemake):
-    p = snakemake.params
+    layout = snakemake.params.layout
     # a job may hold several points and seeds: order its images by grid point, then seed, prompt
     frames = [pl.read_parquet(Path(d) / "manifest.parquet").with_columns(folder=pl.lit(d)) for d in snakemake.input]
-    rank = {key: i for i, key in enumerate(p.points)}
+    rank = {key: i for i, key in enumerate(layout["points"])}
     manifest = (pl.concat(frames).with_columns(rank=pl.col("point").replace_strict(rank, return_dtype=pl.Int64))
                 .sort("rank", "seed", "prompt_index"))
     images = [Path(d) / f for d, f in zip(manifest["folder"], manifest["path"])]
-    contact_sheet(images, p.rows, p.columns, snakemake.output[0])
+    contact_sheet(images, layout["rows"], layout["columns"], snakemake.output[0])
