@@ -2,10 +2,12 @@
 names its paths use, every config error naming its key — no Snakemake subprocess."""
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 from snakemake.utils import validate
 
 from wig.grid import canonical
@@ -116,15 +118,33 @@ def test_training_settings_merge_per_model_and_lora_seeds_are_replicates():
     assert settings["instance_prompt"] == "a photo of sks dog"
     prior = study.train_settings("tiny-sd", "brown_dog", 0)
     assert prior["class_prompt"] == "a photo of dog"
-    assert ("tiny-sd-noprior", "dog") not in set(study.class_image_sets())
-    assert study.class_image_settings("tiny-sd", "dog") == {"count": 4, "height": 64, "prompt": "a photo of dog",
+    dog = study.class_of("brown_dog")
+    assert ("tiny-sd", dog) in set(study.class_image_sets())
+    assert ("tiny-sd-noprior", dog) not in set(study.class_image_sets())
+    assert study.class_image_settings("tiny-sd", dog) == {"count": 4, "height": 64, "prompt": "a photo of dog",
                                                             "scale": 7.5, "seed": 0, "steps": 10, "width": 64}
 
 
-def test_class_nouns_become_folder_names():
-    assert class_slug("teddy bear") == "teddy_bear" and class_slug("rc car!") == "rc_car"
+def test_class_nouns_become_unique_valid_folder_names(tmp_path):
+    assert class_slug("teddy bear").startswith("teddy_bear-") and class_slug("rc car!").startswith("rc_car-")
+    assert class_slug("teddy bear") != class_slug("teddy-bear") and class_slug("犬") != class_slug("猫")
+    assert re.fullmatch(r"[0-9a-f]{8}", class_slug("犬")) and class_slug("犬") == class_slug("犬")
     study = Study.from_config(_config("config/presets/vico-sd15.yaml"))
-    assert study.classes["teddy_bear"] == "teddy bear" and study.class_of("brown_teddybear") == "teddy_bear"
+    slug = study.class_of("brown_teddybear")
+    assert slug.startswith("teddy_bear-") and study.classes[slug] == "teddy bear"
+    # nouns outside [A-Za-z0-9], and two nouns of one readable part: one folder each
+    root = tmp_path / "images"
+    rows = ["concept,class_noun,prompts"]
+    for cid, noun in (("a", "犬"), ("b", "猫"), ("c", "teddy bear"), ("d", "teddy-bear"), ("e", "!!!")):
+        (root / cid).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(root / cid / "0.png")
+        rows.append(f"{cid},{noun},p.txt")
+    (tmp_path / "p.txt").write_text("a photo of {}\n")
+    (tmp_path / "sheet.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    study = Study.from_config(_config(dataset__sheet=str(tmp_path / "sheet.csv"), dataset__root=str(root),
+                                      dataset__concepts=list("abcde")))
+    assert len(study.classes) == 5 and sorted(study.classes.values()) == sorted(["犬", "猫", "teddy bear", "teddy-bear", "!!!"])
+    assert all(re.fullmatch(r"[A-Za-z0-9_]*-?[0-9a-f]{8}", slug) for slug in study.classes)
     assert all(study.classes[study.class_of(c)] == concept.class_noun for c, concept in study.concepts.items())
 
 

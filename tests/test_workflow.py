@@ -94,6 +94,22 @@ def test_config_errors_stop_before_any_job(tmp_path, changes, message):
     assert not (workdir / "results").exists()
 
 
+def test_class_nouns_of_any_script_get_their_own_class_images(tmp_path):
+    # 犬 and 猫 have no ASCII letters, teddy bear and teddy-bear share their readable part
+    config = _small_config()
+    root = tmp_path / "work/data"
+    rows = ["concept,class_noun,prompts"]
+    for cid, noun in (("inu", "犬"), ("neko", "猫"), ("bear1", "teddy bear"), ("bear2", "teddy-bear")):
+        shutil.copytree(ROOT / "resources/datasets/demo/images/brown_dog", root / cid)
+        rows.append(f"{cid},{noun},prompts.txt")
+    (root / "prompts.txt").write_text("a photo of {}\n")
+    (root / "sheet.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    config["dataset"].update(sheet="data/sheet.csv", root="data", concepts=["inu", "neko", "bear1", "bear2"])
+    workdir = _workdir(tmp_path / "work", config)
+    planned = _planned(workdir)
+    assert planned["class_images"] == 2 * 4 and planned["train_lora"] == 2 * 4  # models × nouns, concepts
+
+
 def test_more_gpu_jobs_than_device_ids_stop_before_any_job(tmp_path):
     config = _small_config()
     config["runtime"]["gpus"] = [0, 1]
@@ -264,7 +280,8 @@ def test_small_study_runs_reruns_what_changed_and_matches_the_cli(tmp_path):
     assert (lora / "full/pytorch_lora_weights.safetensors").is_file()
     assert (lora / "weak/pytorch_lora_weights.safetensors").is_file()
     assert len(pl.read_parquet(lora / "log.parquet")) == 6
-    assert len(list((model / "class_images/dog").glob("*.png"))) == 2
+    (dogs,) = model.glob("class_images/dog-*")  # the noun's slug and hash (wig.study.class_slug)
+    assert len(list(dogs.glob("*.png"))) == 2
     assert (model / "grids/brown_dog.png").is_file()
     jobs = sorted(p.relative_to(model / "samples/brown_dog/lora0").as_posix() for p in model.glob("samples/*/*/*/*/seeds*"))
     assert jobs == ["cfg/w1.0_l7.5/seeds0_1", "pg/w0.0_l7.5/seeds0_1", "pg/w1.0_l7.5/seeds0_1"]
@@ -307,6 +324,16 @@ def test_small_study_runs_reruns_what_changed_and_matches_the_cli(tmp_path):
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
     # the same settings with the YAML keys in another order are no change
     (workdir / "config/config.yaml").write_text(yaml.safe_dump(config, sort_keys=True))
+    assert _planned(workdir) == {}
+    # --forcerun deletes a rule's outputs before its jobs run: killed in between, the LoRA is gone
+    # and -n sees nothing to do; --summary says missing, the same --forcerun remakes it (docs/cluster.md)
+    aside = tmp_path / "lora-aside"
+    os.rename(lora, aside)
+    assert _planned(workdir) == {}
+    summary = _snakemake(workdir, "--summary").stdout
+    assert re.search(rf"^{re.escape(str(lora.relative_to(workdir)))}\s.*\bmissing\b", summary, re.M), summary[-2000:]
+    assert _planned(workdir, "--forcerun", "train_lora")["train_lora"] == 2
+    os.rename(aside, lora)
     assert _planned(workdir) == {}
 
     # the same image from the CLI with the same seed and the trained LoRA

@@ -27,6 +27,8 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False):
     for stale in out.parent.glob(f".{out.name}.tmp*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
+    # mkdtemp makes a private (0700) folder; a result is a folder like any other: the umask decides
+    os.chmod(tmp, 0o777 & ~current_umask())
     try:
         yield tmp
         if out.exists():
@@ -35,6 +37,13 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def replace_file(tmp: str | os.PathLike, out: str | os.PathLike) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -12,23 +13,55 @@ from wig.errors import WigError
 from wig.guidance import METHODS
 
 
+# Arguments are checked by argparse and `_check_args` before torch and diffusers are imported
+# (6-12 s): a wrong argument is refused at once.
+
+
+def _int_in(low: int, high: int | None = None, what: str = "an integer"):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low or (high is not None and value >= high):
+            bound = f"≥ {low}" if high is None else f"in [{low}, {high})"
+            raise argparse.ArgumentTypeError(f"{what} must be {bound}, got {value}")
+        return value
+
+    return parse
+
+
+_SEED = _int_in(0, 2**64, "a seed")  # what torch.Generator.manual_seed takes
+_POSITIVE = _int_in(1, what="a positive integer")
+_DEVICE = re.compile(r"^(auto|cpu|mps|(cuda|xpu)(:\d+)?)$")
+
+
+def _device(text: str) -> str:
+    if not _DEVICE.match(text):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}: auto, cpu, cuda, cuda:N, mps, xpu or xpu:N")
+    return text
+
+
 def _add_runtime(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, …")
+    p.add_argument("--device", default="auto", type=_device,
+                   help="torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, …")
     p.add_argument(
         "--dtype",
         default="auto",
         choices=("auto", "float32", "float16", "bfloat16"),
         help="weights/activations dtype; auto = float32 on CPU, float16 on GPU",
     )
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=_int_in(0, what="--threads"), default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--negative-prompt", default="", help="negative prompt for the ∅ branch (default empty)")
-    p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
-    p.add_argument("--height", type=int, default=None, help="image height (default: the model's)")
-    p.add_argument("--width", type=int, default=None, help="image width (default: the model's)")
+    p.add_argument("--steps", type=_POSITIVE, default=50, help="sampling steps (default 50)")
+    p.add_argument("--height", type=_POSITIVE, default=None,
+                   help="image height, a multiple of the model's size step (8 for SD; default: the model's)")
+    p.add_argument("--width", type=_POSITIVE, default=None,
+                   help="image width, a multiple of the model's size step (8 for SD; default: the model's)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", required=True, choices=("sd", "sana"),
                    help="model family: sd = Stable-Diffusion style, sana = SANA style")
     p.add_argument("--out", required=True, type=Path, help="output folder (a diffusers pipeline folder)")
-    p.add_argument("--seed", type=int, default=None, help="init seed (default: the config's)")
+    p.add_argument("--seed", type=_SEED, default=None, help="init seed (default: the config's)")
     p.add_argument("--config", type=Path, default=None, help="JSON config replacing the shipped tiny config")
 
     p = sub.add_parser(
@@ -58,9 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, help="diffusers model folder or hub name")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--rank", type=int, default=4, help="LoRA rank (default 4)")
+    p.add_argument("--rank", type=_POSITIVE, default=4, help="LoRA rank (default 4)")
     p.add_argument("--std", type=float, default=0.1, help="std of the random A and B entries (default 0.1)")
-    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--seed", type=_SEED, default=0, help="seed (default 0)")
 
     p = sub.add_parser(
         "generate",
@@ -78,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--omega", type=float, default=1.0, help="pg/pgpp weak-model weight ω in [0, 1] (default 1 = cfg)")
     p.add_argument("--ag-scale", type=float, default=2.0, help="autoguidance scale λ_ag (default 2.0)")
     p.add_argument("--prompt", required=True, action="append", help="prompt (repeat for a batch)")
-    p.add_argument("--seed", type=int, action="append", required=True, help="seed (repeat for a batch)")
+    p.add_argument("--seed", type=_SEED, action="append", required=True, help="seed (repeat for a batch)")
     _add_sampling(p)
     p.add_argument("--scheduler", default="auto", choices=("auto", "ddim", "model"),
                    help="auto (default): DDIM for SD, the checkpoint's flow DPM-Solver for SANA; "
@@ -88,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="output PNG; with several images a pattern with {index} and/or {seed}, e.g. out/{index:02d}.png",
     )
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files (default: refuse)")
     _add_runtime(p)
 
     p = sub.add_parser(
@@ -99,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--concept-dir", required=True, type=Path, help="folder of the concept's images")
     p.add_argument("--out", required=True, type=Path, help="output folder (must not exist or be empty)")
+    p.add_argument("--max-pixels", type=_POSITIVE, default=None,
+                   help="refuse photos with more pixels (default 256,000,000: PIL's bomb guard at wig's limit)")
+    p.add_argument("--max-side", type=_POSITIVE, default=None,
+                   help="keep photos at most this long on their long side (default 2048, LANCZOS)")
 
     p = sub.add_parser(
         "class-images",
@@ -108,10 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, help="diffusers model folder or hub name")
     p.add_argument("--prompt", required=True, help='class prompt, e.g. "a photo of dog"')
-    p.add_argument("--count", type=int, required=True, help="number of images")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first image (default 0)")
+    p.add_argument("--count", type=_POSITIVE, required=True, help="number of images")
+    p.add_argument("--seed", type=_SEED, default=0, help="seed of the first image (default 0)")
     p.add_argument("--scale", type=float, default=7.5, help="CFG scale (default 7.5)")
-    p.add_argument("--batch-size", type=int, default=4, help="images per sampling call (default 4)")
+    p.add_argument("--batch-size", type=_POSITIVE, default=4, help="images per sampling call (default 4)")
     _add_sampling(p)
     p.add_argument("--out", required=True, type=Path, help="output folder")
     _add_runtime(p)
@@ -130,12 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-dir", type=Path, help="class images for prior preservation")
     p.add_argument("--class-prompt", help='e.g. "a photo of dog" (needed with --class-dir)')
     p.add_argument("--prior-weight", type=float, default=1.0, help="prior-preservation loss weight (default 1.0; 0 = plain DreamBooth-LoRA)")
-    p.add_argument("--steps", type=int, default=500, help="training steps (default 500)")
-    p.add_argument("--weak-step", type=int, default=100, help="step of the weak checkpoint (default 100)")
-    p.add_argument("--rank", type=int, default=4, help="LoRA rank (default 4)")
+    p.add_argument("--steps", type=_POSITIVE, default=500, help="training steps (default 500)")
+    p.add_argument("--weak-step", type=_POSITIVE, default=100, help="step of the weak checkpoint (default 100)")
+    p.add_argument("--rank", type=_POSITIVE, default=4, help="LoRA rank (default 4)")
     p.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
-    p.add_argument("--resolution", type=int, default=512, help="training resolution (default 512)")
-    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--resolution", type=_POSITIVE, default=512, help="training resolution (default 512)")
+    p.add_argument("--seed", type=_SEED, default=0, help="seed (default 0)")
     p.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"), help="autocast precision on a GPU (default no)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for UNet activation memory")
     p.add_argument("--out", required=True, type=Path, help="output folder")
@@ -159,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--text", action="append", help="a text to embed with CLIP (repeat)")
     p.add_argument("--protocol", action="append", choices=("dreammatcher", "standard"),
                    help="preprocessing protocol (repeat; default dreammatcher)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward (default 32)")
+    p.add_argument("--batch-size", type=_POSITIVE, default=32, help="images per forward (default 32)")
     p.add_argument("--out", required=True, type=Path, help="output .parquet file")
     _add_runtime(p)
     return parser
@@ -198,7 +236,7 @@ def _pair(prompts: list[str], seeds: list[int]) -> tuple[list[str], list[int]]:
     return prompts, seeds
 
 
-def _out_paths(pattern: str, seeds: list[int]) -> list[Path]:
+def _out_paths(pattern: str, seeds: list[int], overwrite: bool = False) -> list[Path]:
     if not pattern.lower().endswith(".png"):
         raise WigError(f"--out must be a .png path, got {pattern}")
     if len(seeds) > 1 and "{" not in pattern:
@@ -209,6 +247,11 @@ def _out_paths(pattern: str, seeds: list[int]) -> list[Path]:
         raise WigError(f"bad --out pattern {pattern!r}: {err}") from None
     if len(set(paths)) != len(paths):
         raise WigError(f"--out pattern {pattern!r} gives the same file to several images")
+    for path in paths:
+        if path.is_dir():
+            raise WigError(f"--out {path} is a folder: name a .png file in it")
+        if path.exists() and not overwrite:
+            raise WigError(f"output exists: {path} (--overwrite replaces it)")
     return paths
 
 
@@ -223,7 +266,7 @@ def _cmd_generate(args) -> None:
     from wig.lora import lora_file
 
     prompts, seeds = _pair(args.prompt, args.seed)
-    paths = _out_paths(args.out, seeds)
+    paths = _out_paths(args.out, seeds, overwrite=args.overwrite)
     for path in (args.lora, args.weak_lora):
         if path is not None:
             lora_file(path)  # fail before the model load
@@ -268,9 +311,10 @@ def _runtime(args):
 
 
 def _cmd_prepare(args) -> None:
-    from wig.concepts import prepare_concept
+    from wig.concepts import MAX_PIXELS, MAX_SIDE, prepare_concept
 
-    manifest = prepare_concept(args.concept_dir, args.out)
+    manifest = prepare_concept(args.concept_dir, args.out, max_pixels=args.max_pixels or MAX_PIXELS,
+                               max_side=args.max_side or MAX_SIDE)
     print(f"{len(manifest)} images -> {args.out}")
 
 
@@ -339,8 +383,29 @@ COMMANDS = {
 }
 
 
+FOLDER_OUTPUTS = ("build-tiny", "random-lora", "prepare", "class-images", "train-lora")
+
+
+def _check_args(args) -> None:
+    """What argparse cannot see, before any heavy import: a run must not train for an hour to
+    find its output taken."""
+    if args.command == "generate":
+        _out_paths(args.out, _pair(args.prompt, args.seed)[1], overwrite=args.overwrite)
+    elif args.command in FOLDER_OUTPUTS:
+        out = Path(args.out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise WigError(f"output exists and is not an empty folder: {out}")
+    elif args.command == "embed" and Path(args.out).is_dir():
+        raise WigError(f"--out {args.out} is a folder: name a .parquet file")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        _check_args(args)
+    except WigError as err:
+        print(f"wig {args.command}: error: {err}", file=sys.stderr)
+        return 1
     # library chatter (loading bars, "no text-encoder LoRA keys" notes) would bury our one-line
     # errors and the sampling progress bar
     from diffusers.utils import logging as dlog

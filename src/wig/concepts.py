@@ -7,7 +7,8 @@ concept. Sheet columns, by meaning (the names are configurable, so DreamBooth's
     concept     id used in result paths                      required
     class_noun  the noun of the concept's class ("dog")      required
     folder      image folder under the root                  default: the concept id
-    live        yes/no: a live subject (picks a prompt list) optional
+    live        yes/no: a live subject                       optional; picks the dataset's
+                                                             prompt list when it has one per kind
     prompts     prompt-list file, relative to the sheet      default: the dataset's
 """
 
@@ -16,8 +17,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import logging
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -31,7 +34,14 @@ from wig.errors import WigError
 
 FIELDS = ("concept", "class_noun", "folder", "live", "prompts")
 REQUIRED = ("concept", "class_noun")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".gif", ".bmp")
+# Reference photos larger than this many pixels are refused (PIL's decompression-bomb guard, at
+# wig's own limit): a 196-MP camera photo loads, a 74-byte PNG declaring 100000 × 100000 does not.
+MAX_PIXELS = 256_000_000
+# ... and photos are kept at most this many pixels on their long side (LANCZOS): training resizes
+# to 512 (SD) or 1024 (SANA) and the encoders to 224, so 2048 keeps 2× the largest of them.
+MAX_SIDE = 2048
+log = logging.getLogger("wig.concepts")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -111,10 +121,12 @@ def _truthy(value: str, where: str) -> bool | None:
 def read_sheet(
     path: str | os.PathLike,
     columns: Mapping[str, str] | None = None,
-    prompts: str | os.PathLike | None = None,
+    prompts: str | os.PathLike | Mapping[str, str | os.PathLike] | None = None,
 ) -> dict[str, Concept]:
     """Concepts of a sheet by id. ``columns`` maps a field (see module doc) to the sheet's name for
-    it; ``prompts`` is the default prompt list for rows without one."""
+    it; ``prompts`` is the default prompt list for rows without one: a file for all of them, or
+    ``{"live": file, "object": file}``, from which each row's ``live`` flag picks (ViCo and
+    DreamBooth prompt live subjects and objects differently)."""
     path = Path(path)
     columns = {field: field for field in FIELDS} | dict(columns or {})
     unknown = set(columns) - set(FIELDS)
@@ -145,14 +157,18 @@ def read_sheet(
             raise ConceptError(f"{where}: concept {cid} has no class noun")
         if cid in concepts:
             raise ConceptError(f"{where}: concept {cid} listed twice")
-        prompt_file = get("prompts")
-        concepts[cid] = Concept(
-            id=cid,
-            class_noun=noun,
-            folder=get("folder") or cid,
-            live=_truthy(get("live"), where),
-            prompts_file=(path.parent / prompt_file) if prompt_file else (Path(prompts) if prompts else None),
-        )
+        prompt_file, live = get("prompts"), _truthy(get("live"), where)
+        if prompt_file:
+            prompts_file = path.parent / prompt_file
+        elif isinstance(prompts, Mapping):
+            if live is None:
+                raise ConceptError(f"{where}: concept {cid} needs 'live' (yes/no) to pick its prompt list "
+                                   f"(live: {prompts['live']}, object: {prompts['object']})")
+            prompts_file = Path(prompts["live" if live else "object"])
+        else:
+            prompts_file = Path(prompts) if prompts else None
+        concepts[cid] = Concept(id=cid, class_noun=noun, folder=get("folder") or cid, live=live,
+                                prompts_file=prompts_file)
     if not concepts:
         raise ConceptError(f"concept sheet {path} lists no concept")
     return concepts
@@ -186,17 +202,41 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open, fully decode, apply EXIF orientation and convert to RGB; a broken file raises a
-    `ConceptError` naming it."""
+def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open, fully decode, apply EXIF orientation and convert to RGB. Anything PIL refuses — a
+    broken or truncated file, more than ``max_pixels`` pixels, an animation (which frame would
+    be the subject?) — raises a `ConceptError` naming the file."""
     path = Path(path)
+    previous = Image.MAX_IMAGE_PIXELS
     try:
-        with Image.open(path) as image:
-            image.load()  # decode now: a truncated file fails here, not later
-            image = ImageOps.exif_transpose(image)
-            return to_rgb(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        # PIL warns above MAX_IMAGE_PIXELS and refuses above twice that: both are a refusal here
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                frames = getattr(image, "n_frames", 1)
+                if frames > 1:
+                    raise ConceptError(f"{path}: an animation of {frames} frames, not a photo (save the frame "
+                                       "you mean as a PNG)")
+                image.load()  # decode now: a truncated file fails here, not later
+                image = ImageOps.exif_transpose(image)
+                return to_rgb(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ConceptError(f"{path}: more than the {max_pixels:,} pixels an image may have (wig.concepts.MAX_PIXELS, "
+                           f"dataset.max_image_pixels): {err}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as err:
         raise ConceptError(f"{path}: not a readable image ({err})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def fit_within(image: Image.Image, max_side: int) -> Image.Image:
+    """``image`` with its long side at most ``max_side`` (LANCZOS, aspect kept), else itself."""
+    if max(image.size) <= max_side:
+        return image
+    scale = max_side / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS)
 
 
 def image_files(folder: str | os.PathLike) -> list[Path]:
@@ -215,22 +255,33 @@ MANIFEST_SCHEMA = {
     "source": pl.String,  # the original file
     "source_sha256": pl.String,
     "sha256": pl.String,  # of the PNG written
-    "width": pl.Int64,
+    "width": pl.Int64,  # as kept (at most max_side on the long side)
     "height": pl.Int64,
+    "source_width": pl.Int64,  # as decoded, after EXIF orientation
+    "source_height": pl.Int64,
 }
 
 
-def prepare_concept(src: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False):
+def prepare_concept(src: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
+                    max_pixels: int = MAX_PIXELS, max_side: int = MAX_SIDE):
     """Validate and normalise a concept's reference images into ``out``: ``NN.png`` (RGB,
-    EXIF orientation applied, original size) and ``manifest.parquet``.
+    EXIF orientation applied, the long side at most ``max_side``) and ``manifest.parquet``.
 
-    Every image is checked before anything is written; on error ``out`` does not exist.
+    Every image is checked before anything is written; on error ``out`` does not exist. Files of
+    the folder that are not images (by suffix) are skipped with a warning naming them.
     """
     files = image_files(src)
-    images = [load_image(f) for f in files]
+    others = sorted(p.name for p in Path(src).iterdir() if p.is_file() and p not in files and not p.name.startswith("."))
+    if others:
+        log.warning("%s: skipped %d file(s) that are not images (%s): %s", src, len(others),
+                    ", ".join(IMAGE_SUFFIXES), ", ".join(others))
+    kept = []  # one full-size photo in memory at a time
+    for f in files:
+        original = load_image(f, max_pixels=max_pixels)
+        kept.append((fit_within(original, max_side), original.size))
     rows = []
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        for i, (source, image) in enumerate(zip(files, images)):
+        for i, (source, (image, (source_width, source_height))) in enumerate(zip(files, kept)):
             name = f"{i:02d}.png"
             rows.append({
                 "path": name,
@@ -239,6 +290,8 @@ def prepare_concept(src: str | os.PathLike, out: str | os.PathLike, overwrite: b
                 "sha256": save_png(image, tmp / name),
                 "width": image.width,
                 "height": image.height,
+                "source_width": source_width,
+                "source_height": source_height,
             })
         manifest = pl.DataFrame(rows, schema=MANIFEST_SCHEMA)
         manifest.write_parquet(tmp / "manifest.parquet")

@@ -32,6 +32,7 @@ from PIL import Image
 
 from wig.concepts import load_image
 from wig.embeddings import EmbeddingError, image_schema, text_schema
+from wig.gpus import resolve_device
 from wig.provenance import encoder_id
 from wig.weights import offline
 
@@ -106,7 +107,7 @@ class Encoder:
 def load_encoder(spec: dict, path: str | os.PathLike | None = None, device: str = "auto") -> Encoder:
     """Load the encoder a config entry names; ``path`` is the folder of a built tiny twin, or of
     real weights resolved by `wig.weights` (then nothing is fetched)."""
-    device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    device = resolve_device(device)
     kind = spec["kind"]
     source = str(path) if spec.get("tiny") or (path is not None and kind == "dino") else spec["name"]
     if spec.get("tiny") and (path is None or not Path(path).is_dir()):

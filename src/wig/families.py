@@ -14,12 +14,41 @@ Each mirrors its stock diffusers pipeline operation for operation (``StableDiffu
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import dataclass
 from typing import Mapping
 
 import torch
 
 from wig.errors import WigError
+
+log = logging.getLogger("wig.families")
+
+
+class NonFiniteError(WigError):
+    """NaN or inf where an image or latent should be: a diverged sample is never a result."""
+
+    def __init__(self, what: str, indices: list[int]):
+        super().__init__(f"non-finite values (NaN/inf) in the {what} of image(s) {indices}")
+        self.what, self.indices = what, indices
+
+
+def check_finite(tensor: torch.Tensor, what: str) -> None:
+    """Raise `NonFiniteError` naming the batch entries of ``tensor`` that hold NaN or inf."""
+    bad = (~torch.isfinite(tensor)).flatten(1).any(1)
+    if bool(bad.any()):
+        raise NonFiniteError(what, [int(i) for i in torch.nonzero(bad).flatten()])
+
+
+def warn_truncated(tokenizer, texts: list[str], limit: int, family: str) -> None:
+    """Say so when the text encoder will see only the first ``limit`` tokens of a text (what stock
+    diffusers warns about, and wig's CLI would otherwise hide)."""
+    for text in texts:
+        ids = tokenizer(text, truncation=False, add_special_tokens=True)["input_ids"]
+        if len(ids) > limit:
+            kept = tokenizer.decode(ids[:limit], skip_special_tokens=True)
+            log.warning("%s text encoder sees %d of the %d tokens of %r: only %r is used", family, limit, len(ids),
+                        text, kept)
 
 
 @dataclass
@@ -46,6 +75,12 @@ class Family:
     def denoiser(cls, pipe) -> torch.nn.Module:
         return getattr(pipe, cls.component)
 
+    @classmethod
+    def size_step(cls, pipe) -> int:
+        """Image sizes must be multiples of this: the autoencoder's stride times the denoiser's
+        patch size (diffusers would otherwise round the size down without a word)."""
+        return pipe.vae_scale_factor * (getattr(cls.denoiser(pipe).config, "patch_size", None) or 1)
+
 
 class SD(Family):
     name = "sd"
@@ -57,6 +92,7 @@ class SD(Family):
     @torch.no_grad()
     def encode(pipe, texts: list[str], cond: bool = True, **options) -> Text:
         """As ``StableDiffusionPipeline.encode_prompt`` (no clip skip); ``cond`` plays no part."""
+        warn_truncated(pipe.tokenizer, texts, pipe.tokenizer.model_max_length, "sd")
         tok = pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt")
         device = pipe.text_encoder.device
@@ -76,6 +112,7 @@ class SD(Family):
     @staticmethod
     def decode(pipe, latents: torch.Tensor, output_type: str = "pil"):
         image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+        check_finite(image, "decoded image")
         return pipe.image_processor.postprocess(image, output_type=output_type, do_denormalize=[True] * len(image))
 
     @staticmethod
@@ -131,6 +168,7 @@ class Sana(Family):
         """As ``SanaPipeline.encode_prompt``: the prompt after the complex human instruction (its
         first and last max_sequence_length − 1 states), the negative prompt without it."""
         options = {**Sana.default_options(), **options}
+        warn_truncated(pipe.tokenizer, texts, options["max_sequence_length"], "sana")
         if not cond:
             options["complex_human_instruction"] = None
         embeds, mask, _, _ = pipe.encode_prompt(texts, do_classifier_free_guidance=False,
@@ -154,6 +192,7 @@ class Sana(Family):
     @staticmethod
     def decode(pipe, latents: torch.Tensor, output_type: str = "pil"):
         image = pipe.vae.decode(latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor, return_dict=False)[0]
+        check_finite(image, "decoded image")
         return pipe.image_processor.postprocess(image, output_type=output_type)
 
     @staticmethod

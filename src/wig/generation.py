@@ -20,7 +20,7 @@ from wig.concepts import save_png
 from wig.errors import WigError
 from wig.guidance import Guidance
 from wig.provenance import versions
-from wig.sampling import sample
+from wig.sampling import SamplingError, sample
 
 MANIFEST_SCHEMA = {
     "path": pl.String,  # [{point}/]s{seed}_p{prompt_index:02d}.png, relative to the manifest's folder
@@ -70,7 +70,11 @@ def generate_samples(
             for first in range(0, len(jobs), batch_size):
                 chunk = jobs[first : first + batch_size]
                 generators = [torch.Generator("cpu").manual_seed(seed) for seed, _, _ in chunk]
-                images += sample(pipe, [p for _, _, p in chunk], guidance, generators, progress=progress, **sampling)
+                try:
+                    images += sample(pipe, [p for _, _, p in chunk], guidance, generators, progress=progress,
+                                     **sampling)
+                except SamplingError as err:
+                    raise SamplingError(f"grid point {key}: {err}") from None
             seconds = (time.perf_counter() - start) / len(jobs)
             for (seed, i, prompt), image in zip(jobs, images):
                 path = folder / f"s{seed}_p{i:02d}.png"

@@ -26,6 +26,24 @@ class GpuError(WigError):
     """Device ids that contradict the run's settings."""
 
 
+def resolve_device(device: str = "auto"):
+    """The torch device a setting names: ``auto`` is the first GPU if there is one, else the CPU;
+    a named device must exist on this machine (else one line naming it, not a CUDA traceback)."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise GpuError(f"unknown device {device!r}: auto, cpu, cuda, cuda:N, …") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (resolved.index or 0) >= count:
+            raise GpuError(f"device {device}: this machine has {count} CUDA device(s)")
+    return resolved
+
+
 def device_ids(configured: list | None, env: dict | None = None) -> list[str]:
     """The ids jobs may use: ``runtime.gpus`` from the config, else the submitting shell's
     CUDA_VISIBLE_DEVICES, else none (CPU-only, or a single default GPU)."""

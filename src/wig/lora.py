@@ -80,17 +80,25 @@ def load_lora(pipe, path: str | os.PathLike, adapter_name: str) -> None:
 
 
 def _check_fits(pipe, state: Mapping[str, torch.Tensor], path: Path) -> None:
-    """Name the first key of a diffusers/PEFT-format LoRA that misses or mismatches its layer.
+    """Name the first key of a diffusers/PEFT-format LoRA that is not a LoRA matrix, holds NaN or
+    inf, lacks its partner (A without B), disagrees with it on the rank, or misses or mismatches
+    its layer — before diffusers sees the file (its errors name no key, or only warn).
 
-    (Other formats, e.g. kohya's, are converted by diffusers and checked by the count above.)
+    (Other formats, e.g. kohya's, are converted by diffusers and checked by the count after it.)
     """
     missing = []
+    pairs: dict[str, dict[str, tuple[str, torch.Tensor]]] = {}
     for key, tensor in state.items():
+        if not (_is_lora_matrix(key) or key.endswith(".alpha")):
+            raise LoraError(f"LoRA {path}: unexpected key {key} (not a LoRA matrix)")
+        if not bool(torch.isfinite(tensor).all()):
+            raise LoraError(f"LoRA {path}: {key} holds NaN or inf values")
         component, _, rest = key.partition(".")
         match = _PEFT_OR_DIFFUSERS.match(rest)
         if match is None:
             continue
         module_name, kind = match["module"], "A" if match["kind"] in ("lora_A", "lora.down") else "B"
+        pairs.setdefault(f"{component}.{module_name}", {})[kind] = (key, tensor)
         model = getattr(pipe, component, None)
         layer = dict(model.named_modules()).get(module_name) if isinstance(model, torch.nn.Module) else None
         if layer is None or not hasattr(layer, "weight"):
@@ -98,11 +106,19 @@ def _check_fits(pipe, state: Mapping[str, torch.Tensor], path: Path) -> None:
             continue
         expected = layer.weight.shape[1] if kind == "A" else layer.weight.shape[0]
         got = tensor.shape[1] if kind == "A" else tensor.shape[0]
-        if expected != got:
+        if tensor.ndim != 2 or expected != got:
             raise LoraError(
                 f"LoRA {path} does not fit the model: {key} has shape {tuple(tensor.shape)}, "
                 f"layer {component}.{module_name} has weight {tuple(layer.weight.shape)}"
             )
+    for module, pair in pairs.items():
+        if len(pair) == 1:
+            (kind, (key, _)), = pair.items()
+            other = "B (up)" if kind == "A" else "A (down)"
+            raise LoraError(f"LoRA {path}: {key} has no {other} partner for {module}")
+        (key_a, a), (key_b, b) = pair["A"], pair["B"]
+        if a.shape[0] != b.shape[1]:
+            raise LoraError(f"LoRA {path}: rank of {key_a} ({a.shape[0]}) differs from {key_b} ({b.shape[1]})")
     if missing:
         raise LoraError(
             f"LoRA {path} does not fit the model: {len(missing)} keys name layers the model lacks, "

@@ -10,6 +10,7 @@ import torch
 
 from wig.errors import WigError
 from wig.families import SD, family_of
+from wig.gpus import resolve_device
 from wig.adapters import FULL, WEAK
 from wig.lora import LoraError, load_lora
 
@@ -19,12 +20,6 @@ class ModelError(WigError):
 
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:

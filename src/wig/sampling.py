@@ -25,7 +25,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
 from wig.errors import WigError
-from wig.families import Text, check_options, family_of
+from wig.families import NonFiniteError, Text, check_finite, check_options, family_of
 from wig.adapters import FULL, WEAK
 from wig.guidance import Branch, Guidance
 from wig.lora import LoraScales, adapter_names
@@ -66,6 +66,13 @@ def _check(pipe, guidance: Guidance, request: Request) -> None:
         check_options(family_of(pipe), request.text_options)
     except WigError as err:
         raise SamplingError(str(err)) from None
+    step = family_of(pipe).size_step(pipe)
+    for name in ("height", "width"):
+        size = getattr(request, name)
+        if size is not None and (size < step or size % step):
+            nearest = sorted({max(step, size // step * step), max(step, -(-size // step) * step)})
+            raise SamplingError(f"{name} {size} is not a positive multiple of {step}, this model's size step "
+                                f"(its latent stride × patch): use {' or '.join(map(str, nearest))}")
 
 
 def _branch_scales(branches: Sequence[Branch], n: int, device) -> dict[str, torch.Tensor]:
@@ -119,8 +126,9 @@ def sample_latents(pipe, guidance: Guidance, request: Request, progress: bool = 
     device = model.device
     branches = guidance.branches()
     n = len(request.prompts)
-    height = request.height or model.config.sample_size * pipe.vae_scale_factor
-    width = request.width or model.config.sample_size * pipe.vae_scale_factor
+    default = model.config.sample_size * pipe.vae_scale_factor
+    height = default if request.height is None else request.height
+    width = default if request.width is None else request.width
 
     with LoraScales([pipe.text_encoder]) as text_scales:
         # one encoder pass per distinct text condition (and per scale set if the text encoder has a LoRA)
@@ -159,7 +167,19 @@ def sample_latents(pipe, guidance: Guidance, request: Request, progress: bool = 
                 latents = scheduler.step(guided, t, latents, **step_kwargs, return_dict=False)[0]
             else:
                 latents = _ddim_pp_step(scheduler, guided, renoise, t, latents)
+    try:
+        check_finite(latents, "final latents")
+    except NonFiniteError as err:
+        raise _diverged(err, request) from None
     return latents
+
+
+def _diverged(err: NonFiniteError, request: Request) -> SamplingError:
+    """A non-finite sample, named by its seed (the generator's): a NaN/inf LoRA or an extreme
+    scale makes an all-black PNG that must never be scored as a result."""
+    seeds = [request.generators[i].initial_seed() for i in err.indices]
+    return SamplingError(f"non-finite values (NaN/inf) in the {err.what} of seed(s) {seeds}: the sample "
+                         "diverged (a LoRA holding NaN/inf, or an extreme guidance scale?)")
 
 
 @torch.no_grad()
@@ -179,4 +199,8 @@ def sample(
 ):
     """Guided images for ``prompts``, one generator per image. ``kwargs``: see `Request`."""
     request = Request(prompts=list(prompts), generators=list(generators), **kwargs)
-    return decode(pipe, sample_latents(pipe, guidance, request, progress=progress), output_type)
+    latents = sample_latents(pipe, guidance, request, progress=progress)
+    try:
+        return decode(pipe, latents, output_type)
+    except NonFiniteError as err:
+        raise _diverged(err, request) from None

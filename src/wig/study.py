@@ -14,6 +14,7 @@ here once, canonically, so one setting always names one folder.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -51,8 +52,12 @@ def shipped_config(kind: str) -> dict:
 
 
 def class_slug(noun: str) -> str:
-    """A class noun as a path component: "teddy bear" → "teddy_bear"."""
-    return re.sub(r"[^A-Za-z0-9]+", "_", noun).strip("_")
+    """A class noun as a path component, unique and valid for any noun: its ASCII letters and
+    digits, then 8 hex of the noun's sha256 — "teddy bear" → "teddy_bear-…", "犬" → "…" alone —
+    so "teddy bear" and "teddy-bear", or two nouns of no ASCII letters, never share a folder."""
+    readable = re.sub(r"[^A-Za-z0-9]+", "_", noun).strip("_")
+    digest = hashlib.sha256(noun.encode("utf-8")).hexdigest()[:8]
+    return f"{readable}-{digest}" if readable else digest
 
 
 @dataclass(frozen=True)

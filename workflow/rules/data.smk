@@ -8,6 +8,7 @@ rule prepare:
         directory("results/concepts/{concept}"),
     params:
         folder=from_study(STUDY.concept_folder),
+        limits={"max_pixels": config["dataset"]["max_image_pixels"], "max_side": config["dataset"]["max_image_side"]},
     log:
         "logs/prepare/{concept}.log",
     script:

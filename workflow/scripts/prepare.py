@@ -3,5 +3,7 @@ from wig.concepts import prepare_concept
 from wig.jobs import job
 
 with job(snakemake) as log:
-    manifest = prepare_concept(snakemake.params.folder, snakemake.output[0], overwrite=True)
+    limits = snakemake.params.limits
+    manifest = prepare_concept(snakemake.params.folder, snakemake.output[0], overwrite=True,
+                               max_pixels=limits["max_pixels"], max_side=limits["max_side"])
     log.info("%d images from %s", len(manifest), snakemake.params.folder)
