@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 install: $(STAMP)
 
@@ -31,7 +31,12 @@ demo: $(STAMP)
 	$(BIN)/snakemake --report results/report.html
 	@echo "report: results/report.html  tables: results/*/tables/metrics.md  figures: results/plots/  grids: results/*/grids/  logs: logs/"
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/snakefmt --check Snakefile workflow
+
+test: lint
 	$(BIN)/python -m pytest -n $(CORES) $(PYTEST_ARGS)
 
 clean:

@@ -24,13 +24,13 @@ include: "workflow/rules/evaluate.smk"
 
 
 rule all:
+    default_target: True
     input:
         expand(rules.aggregate.output.md, model=MODELS),
         expand(rules.aggregate.output.paired_md, model=MODELS),
         expand(rules.grid.output[0], model=MODELS, concept=CONCEPTS),
         expand(rules.base_accuracy.output.md, model=STUDY.bases("synthetic")),
         rules.plots.output,
-    default_target: True
 
 
 # Every scripted rule's params carry a hash of the wig code its script runs: the import closure of

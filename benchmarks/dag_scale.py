@@ -74,16 +74,30 @@ def model_load_share(seeds_per_job: int, prompts: int = 31) -> dict:
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextConfig, CLIPTextModel
 
-        n_params = sum(p.numel() for m in (UNet2DConditionModel(**paper_cfg["unet"]), AutoencoderKL(**paper_cfg["vae"]),
-                                           CLIPTextModel(CLIPTextConfig(**paper_cfg["text_encoder"])))
-                       for p in m.parameters())
+        n_params = sum(
+            p.numel()
+            for m in (
+                UNet2DConditionModel(**paper_cfg["unet"]),
+                AutoencoderKL(**paper_cfg["vae"]),
+                CLIPTextModel(CLIPTextConfig(**paper_cfg["text_encoder"])),
+            )
+            for p in m.parameters()
+        )
     paper_bytes = 2 * n_params  # fp16
     flops_ratio = (_unet_flops(paper_cfg, 64) * steps_paper) / (_unet_flops(tiny_cfg, 32) * steps_tiny)
     load = load_tiny * paper_bytes / tiny_bytes
     image = image_tiny * flops_ratio
     n = prompts * seeds_per_job
-    return {"load_tiny_s": load_tiny, "image_tiny_s": image_tiny, "bytes_ratio": paper_bytes / tiny_bytes,
-            "flops_ratio": flops_ratio, "load_s": load, "image_s": image, "images": n, "share": load / (load + n * image)}
+    return {
+        "load_tiny_s": load_tiny,
+        "image_tiny_s": image_tiny,
+        "bytes_ratio": paper_bytes / tiny_bytes,
+        "flops_ratio": flops_ratio,
+        "load_s": load,
+        "image_s": image,
+        "images": n,
+        "share": load / (load + n * image),
+    }
 
 
 def main():
@@ -95,10 +109,12 @@ def main():
     print(f"no-op rerun of the demo        {seconds:6.2f} s   (goal < 15 s; run `make demo` first)")
     for k in (1, 8):
         r = model_load_share(k)
-        print(f"model-load share, seeds_per_job={k}: {100 * r['share']:.2f} %  (goal <= 10 %)  "
-              f"[L_tiny {r['load_tiny_s']:.2f} s × bytes ratio {r['bytes_ratio']:.0f} = {r['load_s']:.0f} s; "
-              f"I_tiny {r['image_tiny_s']:.3f} s × FLOP ratio {r['flops_ratio']:.0f} = {r['image_s']:.0f} s/image; "
-              f"{r['images']} images per job]")
+        print(
+            f"model-load share, seeds_per_job={k}: {100 * r['share']:.2f} %  (goal <= 10 %)  "
+            f"[L_tiny {r['load_tiny_s']:.2f} s × bytes ratio {r['bytes_ratio']:.0f} = {r['load_s']:.0f} s; "
+            f"I_tiny {r['image_tiny_s']:.3f} s × FLOP ratio {r['flops_ratio']:.0f} = {r['image_s']:.0f} s/image; "
+            f"{r['images']} images per job]"
+        )
 
 
 if __name__ == "__main__":

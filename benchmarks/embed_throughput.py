@@ -71,8 +71,10 @@ def main():
                 build_tiny_encoder(kind, tmp / kind)
                 encoders[kind] = load_encoder({"kind": kind, "tiny": True}, tmp / kind, device=args.device)
         n = len(list(folder.glob("*.png")))
-        print(f"{n} images, batch {args.batch}, protocol {args.protocol}, device {next(iter(encoders.values())).device}, "
-              f"median of {args.repeats}")
+        print(
+            f"{n} images, batch {args.batch}, protocol {args.protocol}, device {next(iter(encoders.values())).device}, "
+            f"median of {args.repeats}"
+        )
         for kind, encoder in encoders.items():
             plain(encoder, folder, args.protocol, args.batch)  # warm-up
             times = {"ours": [], "plain": []}
@@ -85,8 +87,10 @@ def main():
                 times["plain"].append(time.perf_counter() - t0)
             assert len(frame) == n
             rate = {k: n / statistics.median(v) for k, v in times.items()}
-            print(f"  {kind}: ours {rate['ours']:.1f} img/s, plain loop {rate['plain']:.1f} img/s, "
-                  f"ours/plain {rate['ours'] / rate['plain']:.3f} (goal >= 0.95)")
+            print(
+                f"  {kind}: ours {rate['ours']:.1f} img/s, plain loop {rate['plain']:.1f} img/s, "
+                f"ours/plain {rate['ours'] / rate['plain']:.3f} (goal >= 0.95)"
+            )
 
 
 if __name__ == "__main__":

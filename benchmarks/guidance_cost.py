@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from diffusers.utils.torch_utils import randn_tensor
 
 from wig.families import SD, family_of
@@ -106,8 +105,12 @@ def _pg_two_passes(pipe, guidance, args):
     sched.set_timesteps(r.steps, device=device)
     h = (r.height or model.config.sample_size * pipe.vae_scale_factor) // pipe.vae_scale_factor
     w = (r.width or model.config.sample_size * pipe.vae_scale_factor) // pipe.vae_scale_factor
-    x = randn_tensor((len(r.prompts), model.config.in_channels, h, w), generator=r.generators, device=device,
-                     dtype=family.latent_dtype(pipe, cond))
+    x = randn_tensor(
+        (len(r.prompts), model.config.in_channels, h, w),
+        generator=r.generators,
+        device=device,
+        dtype=family.latent_dtype(pipe, cond),
+    )
     x = x * sched.init_noise_sigma
     for t in sched.timesteps:
         xin = sched.scale_model_input(x, t)
@@ -127,8 +130,16 @@ def _time_stock(stock, args):
     _sync(device)
     t0 = time.perf_counter()
     r = _request(args, args.batch)
-    images = stock(r.prompts, guidance_scale=args.scale, num_inference_steps=r.steps, height=r.height,
-                   width=r.width, generator=r.generators, output_type="np", **family.stock_call).images
+    images = stock(
+        r.prompts,
+        guidance_scale=args.scale,
+        num_inference_steps=r.steps,
+        height=r.height,
+        width=r.width,
+        generator=r.generators,
+        output_type="np",
+        **family.stock_call,
+    ).images
     _sync(device)
     return time.perf_counter() - t0, images
 
@@ -143,9 +154,28 @@ def _cuda_peak(pipe, guidance, args):
 
 def _cpu_peak(variant, model, lora, args):
     """Peak RSS (MiB) of a fresh process that loads the model and samples once."""
-    cmd = [sys.executable, __file__, "--_probe", variant, "--model", str(model), "--_lora", str(lora),
-           "--steps", str(args.steps), "--batch", str(args.batch), "--device", "cpu", "--dtype", args.dtype,
-           "--threads", str(args.threads), "--scale", str(args.scale)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--_probe",
+        variant,
+        "--model",
+        str(model),
+        "--_lora",
+        str(lora),
+        "--steps",
+        str(args.steps),
+        "--batch",
+        str(args.batch),
+        "--device",
+        "cpu",
+        "--dtype",
+        args.dtype,
+        "--threads",
+        str(args.threads),
+        "--scale",
+        str(args.scale),
+    ]
     for name in ("height", "width"):
         if getattr(args, name):
             cmd += [f"--{name}", str(getattr(args, name))]
@@ -223,9 +253,11 @@ def main():
 
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
     h = args.height
-    print(f"{family.name} ({type(pipe).__name__}, {type(pipe.scheduler).__name__}); device: {dev}; "
-          f"dtype {denoiser.dtype}; batch {args.batch}; {h}px; {args.steps} steps; λ {args.scale}; "
-          f"median of {args.repeats}")
+    print(
+        f"{family.name} ({type(pipe).__name__}, {type(pipe.scheduler).__name__}); device: {dev}; "
+        f"dtype {denoiser.dtype}; batch {args.batch}; {h}px; {args.steps} steps; λ {args.scale}; "
+        f"median of {args.repeats}"
+    )
     for name in times:
         print(f"  {name:10s} {med[name]:8.3f} s")
     print(f"PG/CFG wall time         {med['pg'] / med['cfg']:.3f}   (goal <= 1.02)")

@@ -56,12 +56,16 @@ def main(argv=None) -> None:
         times = [t for r in rules for t in seconds.get(r, [])]
         total += sum(times)
         if times:
-            print(f"{stage:<12}{len(times):>6}{sum(times):>12.1f}{sum(times) / args.cores:>11.1f}"
-                  f"{sum(times) / len(times):>12.2f}")
+            print(
+                f"{stage:<12}{len(times):>6}{sum(times):>12.1f}{sum(times) / args.cores:>11.1f}"
+                f"{sum(times) / len(times):>12.2f}"
+            )
     print(f"{'all':<12}{sum(map(len, seconds.values())):>6}{total:>12.1f}{total / args.cores:>11.1f}")
     if args.wall:
-        print(f"run wall time {args.wall:.0f} s: {args.wall / (total / args.cores):.2f} × job time / cores "
-              "(the rest: Snakemake's own work, stages that cannot overlap)")
+        print(
+            f"run wall time {args.wall:.0f} s: {args.wall / (total / args.cores):.2f} × job time / cores "
+            "(the rest: Snakemake's own work, stages that cannot overlap)"
+        )
 
 
 if __name__ == "__main__":

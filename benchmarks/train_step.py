@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from wig.concepts import read_images
+from wig.families import SD
 from wig.models import load_pipeline
 from wig.tiny import build_tiny_sd, default_config
-from wig.families import SD
 from wig.training import TrainConfig, pixel_tensor, train_lora
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,8 +46,15 @@ def _sync(device):
 
 
 def ours(pipe, images, args, out: Path) -> float:
-    config = TrainConfig(instance_prompt=INSTANCE, class_prompt=CLASS, steps=args.steps, weak_step=1, lr=1e-4,
-                         resolution=args.resolution, mixed_precision=args.mixed_precision)
+    config = TrainConfig(
+        instance_prompt=INSTANCE,
+        class_prompt=CLASS,
+        steps=args.steps,
+        weak_step=1,
+        lr=1e-4,
+        resolution=args.resolution,
+        mixed_precision=args.mixed_precision,
+    )
     log = train_lora(pipe, images, out, config, class_images=images, progress=False, overwrite=True)
     seconds = log["seconds"].to_list()
     return statistics.median(b - a for a, b in zip(seconds[1:], seconds[2:]))  # skip the checkpoint step
@@ -61,15 +68,18 @@ def reference(pipe, images, args) -> float:
     unet, vae, te, tok = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
     device = unet.device
     sched = DDPMScheduler.from_config(pipe.scheduler.config)
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=list(SD.lora_targets)),
-                     adapter_name="ref")
+    unet.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=list(SD.lora_targets)),
+        adapter_name="ref",
+    )
     params = [p for p in unet.parameters() if p.requires_grad]
     for p in params:
         p.data = p.data.float()
     opt = torch.optim.AdamW(params, lr=1e-4)
     pixels = pixel_tensor(images, args.resolution).to(device, vae.dtype)
-    ids = tok([INSTANCE, CLASS], padding="max_length", max_length=tok.model_max_length, truncation=True,
-              return_tensors="pt").input_ids.to(device)
+    ids = tok(
+        [INSTANCE, CLASS], padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids.to(device)
     amp = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.mixed_precision)
     times = []
     try:
@@ -104,8 +114,22 @@ def _peak(variant, model, args) -> float:
         with tempfile.TemporaryDirectory() as tmp:
             _run(variant, pipe, args, Path(tmp))
         return torch.cuda.max_memory_allocated() / 2**20
-    cmd = [sys.executable, __file__, "--_probe", variant, "--model", str(model), "--steps", "3",
-           "--resolution", str(args.resolution), "--threads", str(args.threads), "--dtype", args.dtype]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--_probe",
+        variant,
+        "--model",
+        str(model),
+        "--steps",
+        "3",
+        "--resolution",
+        str(args.resolution),
+        "--threads",
+        str(args.threads),
+        "--dtype",
+        args.dtype,
+    ]
     return float(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
 
 
@@ -154,8 +178,10 @@ def main():
     device = pipe.unet.device
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"device: {dev}; dtype {pipe.unet.dtype}; mixed precision {args.mixed_precision}; batch 1 instance + 1 class; "
-          f"{args.resolution}px; {args.steps} steps x {args.repeats} runs")
+    print(
+        f"device: {dev}; dtype {pipe.unet.dtype}; mixed precision {args.mixed_precision}; batch 1 instance + 1 class; "
+        f"{args.resolution}px; {args.steps} steps x {args.repeats} runs"
+    )
     for k, v in med.items():
         print(f"  {k:10s} {v * 1000:8.1f} ms/step   peak {peak[k]:.0f} MiB")
     print(f"ours/reference step time   {med['ours'] / med['reference']:.3f}   (goal <= 1.05)")

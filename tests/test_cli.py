@@ -11,16 +11,32 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from conftest import H, STEPS, W
 from wig.cli import build_parser, main
+
+from conftest import STEPS, H, W
 
 PROMPT = "a sks dog in the snow"
 
 
 def _generate(tiny_sd, out, *extra):
     return main(
-        ["generate", "--model", str(tiny_sd), "--prompt", PROMPT, "--steps", str(STEPS), "--height", str(H),
-         "--width", str(W), "--out", str(out), "--quiet", *extra]
+        [
+            "generate",
+            "--model",
+            str(tiny_sd),
+            "--prompt",
+            PROMPT,
+            "--steps",
+            str(STEPS),
+            "--height",
+            str(H),
+            "--width",
+            str(W),
+            "--out",
+            str(out),
+            "--quiet",
+            *extra,
+        ]
     )
 
 
@@ -33,8 +49,14 @@ def test_generate_cfg_equals_stock_pipeline(tiny_sd, lora_path, tmp_path, with_l
     stock.set_progress_bar_config(disable=True)
     if with_lora:
         stock.load_lora_weights(str(lora_path.parent))
-    ref = stock(PROMPT, guidance_scale=7.5, num_inference_steps=STEPS, height=H, width=W,
-                generator=torch.Generator("cpu").manual_seed(3)).images[0]
+    ref = stock(
+        PROMPT,
+        guidance_scale=7.5,
+        num_inference_steps=STEPS,
+        height=H,
+        width=W,
+        generator=torch.Generator("cpu").manual_seed(3),
+    ).images[0]
     got = np.asarray(Image.open(out), dtype=np.int16)
     assert got.shape == (H, W, 3)
     assert np.abs(got - np.asarray(ref, dtype=np.int16)).max() <= 1
@@ -44,14 +66,19 @@ def test_generate_cfg_equals_stock_pipeline(tiny_sd, lora_path, tmp_path, with_l
 
 def test_generate_batch_writes_one_file_per_seed(tiny_sd, lora_path, tmp_path):
     pattern = str(tmp_path / "s{seed}.png")
-    rc = _generate(tiny_sd, pattern, "--method", "pg", "--omega", "0", "--lora", str(lora_path),
-                   "--seed", "1", "--seed", "2")
+    rc = _generate(
+        tiny_sd, pattern, "--method", "pg", "--omega", "0", "--lora", str(lora_path), "--seed", "1", "--seed", "2"
+    )
     assert rc == 0
     a, b = (np.asarray(Image.open(tmp_path / f"s{s}.png")) for s in (1, 2))
     assert not np.array_equal(a, b)
     # the batch gives each image what a run of its own gives
-    assert _generate(tiny_sd, tmp_path / "single.png", "--method", "pg", "--omega", "0", "--lora",
-                     str(lora_path), "--seed", "2") == 0
+    assert (
+        _generate(
+            tiny_sd, tmp_path / "single.png", "--method", "pg", "--omega", "0", "--lora", str(lora_path), "--seed", "2"
+        )
+        == 0
+    )
     assert np.abs(np.asarray(Image.open(tmp_path / "single.png"), dtype=np.int16) - b).max() <= 1
 
 
@@ -115,9 +142,24 @@ def test_unknown_method_is_refused_by_the_console_script(tiny_sd, tmp_path):
     # the installed entry point, as a user runs it: exit code and stderr for real
     out = tmp_path / "out.png"
     proc = subprocess.run(
-        [sys.executable, "-m", "wig.cli", "generate", "--model", str(tiny_sd), "--method", "magic",
-         "--prompt", "x", "--seed", "0", "--out", str(out)],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "wig.cli",
+            "generate",
+            "--model",
+            str(tiny_sd),
+            "--method",
+            "magic",
+            "--prompt",
+            "x",
+            "--seed",
+            "0",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2
     assert "invalid choice: 'magic'" in proc.stderr.strip().splitlines()[-1]
@@ -157,8 +199,26 @@ def test_sana_from_the_cli(tmp_path):
     assert main(["build-tiny", "--family", "sana", "--out", str(tmp_path / "sana")]) == 0
     assert main(["random-lora", "--model", str(tmp_path / "sana"), "--out", str(tmp_path / "lora")]) == 0
     out = tmp_path / "pg.png"
-    args = ["generate", "--model", str(tmp_path / "sana"), "--lora", str(tmp_path / "lora"), "--method", "pg",
-            "--omega", "0", "--scale", "4.5", "--prompt", "a sks dog", "--seed", "0", "--steps", "3", "--quiet"]
+    args = [
+        "generate",
+        "--model",
+        str(tmp_path / "sana"),
+        "--lora",
+        str(tmp_path / "lora"),
+        "--method",
+        "pg",
+        "--omega",
+        "0",
+        "--scale",
+        "4.5",
+        "--prompt",
+        "a sks dog",
+        "--seed",
+        "0",
+        "--steps",
+        "3",
+        "--quiet",
+    ]
     assert main([*args, "--out", str(out)]) == 0
     assert Image.open(out).size == (64, 64)
     assert main([*args, "--method", "cfgpp", "--out", str(tmp_path / "pp.png")]) == 1  # DDIM only

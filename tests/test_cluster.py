@@ -16,7 +16,6 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-
 from test_workflow import ROOT, _small_config, _workdir
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -56,20 +55,36 @@ def _profile(workdir: Path) -> None:
     shutil.copytree(ROOT / "profiles/slurm", workdir / "profiles/slurm")
     path = workdir / "profiles/slurm/config.yaml"
     text = path.read_text()
-    for old, new in (("cpus_per_gpu = 4 ", "cpus_per_gpu = 1 "), ("gpu_mem_mb = 16000", "gpu_mem_mb = 3000"),
-                     ("cpu_mem_mb = 2000", "cpu_mem_mb = 1000")):
+    for old, new in (
+        ("cpus_per_gpu = 4 ", "cpus_per_gpu = 1 "),
+        ("gpu_mem_mb = 16000", "gpu_mem_mb = 3000"),
+        ("cpu_mem_mb = 2000", "cpu_mem_mb = 1000"),
+    ):
         assert old in text
         text = text.replace(old, new)
     path.write_text(text)
 
 
-CLUSTER_ARGS = ["--profile", "profiles/slurm", "--slurm-init-seconds-before-status-checks", "2",
-                "--slurm-keep-successful-logs", "--latency-wait", "5"]
+CLUSTER_ARGS = [
+    "--profile",
+    "profiles/slurm",
+    "--slurm-init-seconds-before-status-checks",
+    "2",
+    "--slurm-keep-successful-logs",
+    "--latency-wait",
+    "5",
+]
 
 
 def _submit(workdir, *args, timeout=400):
-    return subprocess.run([sys.executable, "-m", "snakemake", *CLUSTER_ARGS, *args], cwd=workdir, capture_output=True,
-                          text=True, timeout=timeout, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", *CLUSTER_ARGS, *args],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
 
 
 def _finished(output: str) -> Counter:
@@ -82,8 +97,12 @@ def _submitted(output: str) -> Counter:
 
 
 def _planned(workdir) -> Counter:
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--forceall"], cwd=workdir,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--forceall"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+    )
     table = (proc.stdout + proc.stderr).split("Job stats:")[1].split("total")[0]
     return Counter({m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)})
 
@@ -121,9 +140,14 @@ def test_the_workflow_runs_on_slurm_survives_failures_and_kills_and_matches_a_lo
     planned = _planned(workdir)
     del planned["all"]  # a local rule: the one job snakemake runs itself
     local = _fresh(tmp_path / "local", config)
-    local_run = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1"], cwd=local, text=True,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                 env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    local_run = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "--cores", "1"],
+        cwd=local,
+        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
 
     # 1. a corrupt reference image: its preparation fails on the cluster; the run stops naming the log
     image = workdir / "resources/datasets/demo/images/brown_dog/00.jpg"
@@ -139,8 +163,14 @@ def test_the_workflow_runs_on_slurm_survives_failures_and_kills_and_matches_a_lo
     # 2. fixed input; while training runs on the cluster the submitting snakemake is SIGKILLed and
     # its jobs are cancelled (what a dead login session leaves behind, cleaned up with scancel)
     image.write_bytes(good)
-    proc = subprocess.Popen([sys.executable, "-m", "snakemake", *CLUSTER_ARGS], cwd=workdir, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", *CLUSTER_ARGS],
+        cwd=workdir,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
     lines = []
     for line in proc.stdout:
         lines.append(line)
@@ -157,8 +187,12 @@ def test_the_workflow_runs_on_slurm_survives_failures_and_kills_and_matches_a_lo
     assert not set(_finished(out1)) & {k.removeprefix("rule_") for k in _submitted(out2)}
 
     # 3. unlock (the killed run held the lock) and finish with --rerun-incomplete
-    assert subprocess.run([sys.executable, "-m", "snakemake", "--unlock", "--cores", "1"], cwd=workdir,
-                          capture_output=True).returncode == 0
+    assert (
+        subprocess.run(
+            [sys.executable, "-m", "snakemake", "--unlock", "--cores", "1"], cwd=workdir, capture_output=True
+        ).returncode
+        == 0
+    )
     third = _submit(workdir, "--rerun-incomplete")
     assert third.returncode == 0, (third.stdout + third.stderr)[-3000:]
 

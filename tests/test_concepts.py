@@ -90,11 +90,26 @@ def _concept(tmp_path, name="concept"):
 def test_prepare_writes_pngs_and_a_manifest(tmp_path):
     out = tmp_path / "out"
     manifest = prepare_concept(DOG, out)
-    assert sorted(p.name for p in out.iterdir()) == ["00.png", "01.png", "02.png", "03.png", "04.png", "manifest.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "00.png",
+        "01.png",
+        "02.png",
+        "03.png",
+        "04.png",
+        "manifest.parquet",
+    ]
     for reader in (pl.read_parquet, lambda p: pl.from_arrow(pq.read_table(p))):
         back = reader(out / "manifest.parquet")
-        assert back.columns == ["path", "source", "source_sha256", "sha256", "width", "height", "source_width",
-                                "source_height"]
+        assert back.columns == [
+            "path",
+            "source",
+            "source_sha256",
+            "sha256",
+            "width",
+            "height",
+            "source_width",
+            "source_height",
+        ]
         assert back.equals(manifest)
     src = np.asarray(Image.open(DOG / "00.jpg").convert("RGB"))
     assert np.array_equal(np.asarray(Image.open(out / "00.png")), src)

@@ -69,9 +69,20 @@ def _sample_set(folder: Path, images: list[Path]) -> Path:
     for i, src in enumerate(images):
         name = f"s0_p{i:02d}.png"
         shutil.copy(src, folder / name)
-        rows.append({"path": name, "prompt_index": i, "prompt": f"a sks dog {i}", "seed": 0, "method": "cfg",
-                     "omega": 1.0, "scale": 7.5, "ag_scale": 2.0, "weak": "pretrained",
-                     "sha256": hashlib.sha256((folder / name).read_bytes()).hexdigest()})
+        rows.append(
+            {
+                "path": name,
+                "prompt_index": i,
+                "prompt": f"a sks dog {i}",
+                "seed": 0,
+                "method": "cfg",
+                "omega": 1.0,
+                "scale": 7.5,
+                "ag_scale": 2.0,
+                "weak": "pretrained",
+                "sha256": hashlib.sha256((folder / name).read_bytes()).hexdigest(),
+            }
+        )
     pl.DataFrame(rows).write_parquet(folder / "manifest.parquet")
     return folder
 
@@ -110,7 +121,9 @@ def _one_image_dir(tmp_path):
 def test_each_image_goes_through_the_encoder_once_per_protocol_in_batches(encoders, refs):
     enc = encoders["dino"]
     calls = []
-    handle = enc.model.register_forward_hook(lambda m, a, k, o: calls.append(k["pixel_values"].shape[0]), with_kwargs=True)
+    handle = enc.model.register_forward_hook(
+        lambda m, a, k, o: calls.append(k["pixel_values"].shape[0]), with_kwargs=True
+    )
     before = enc.forwards
     try:
         frame = embed_images(enc, refs, PROTOCOLS, batch_size=2)
@@ -139,7 +152,8 @@ def test_wrong_inputs_are_refused_and_nothing_is_written(encoders, refs, tmp_pat
     with pytest.raises(EmbeddingError, match=r"holds embeddings of \['clip-tiny:s0'\], expected dino-tiny:s0"):
         score_job(samples, "dog", swapped, ids, out)
     narrow = pl.read_parquet(files["clip"]).with_columns(
-        pl.col("embedding").arr.to_list().list.head(16).list.to_array(16))
+        pl.col("embedding").arr.to_list().list.head(16).list.to_array(16)
+    )
     narrow.write_parquet(tmp_path / "narrow.parquet")
     with pytest.raises(EmbeddingError, match="embedding width 16, expected 32"):
         score_job(samples, "dog", dict(files, clip=tmp_path / "narrow.parquet"), ids, out)
@@ -155,8 +169,9 @@ def test_scores_follow_the_manifest_hashes(encoders, refs, tmp_path):
     manifest = pl.read_parquet(samples / "manifest.parquet").with_columns(pl.lit("0" * 64).alias("sha256"))
     frames = {k: pl.read_parquet(v) for k, v in files.items()}
     with pytest.raises(Exception, match="sha256 differs"):
-        score_samples(manifest, "dog", frames["dino"], frames["clip"], frames["dino_refs"], frames["clip_refs"],
-                      frames["texts"])
+        score_samples(
+            manifest, "dog", frames["dino"], frames["clip"], frames["dino_refs"], frames["clip_refs"], frames["texts"]
+        )
 
 
 def test_missing_encoder_is_a_clear_error(tmp_path):
@@ -171,13 +186,38 @@ def test_cli_embed(refs, tmp_path, capsys):
 
     enc = tmp_path / "clip"
     out = tmp_path / "e.parquet"
-    assert main(["embed", "--kind", "clip", "--tiny", str(enc), "--build-tiny", "--images", str(refs),
-                 "--protocol", "dreammatcher", "--protocol", "standard", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                "--kind",
+                "clip",
+                "--tiny",
+                str(enc),
+                "--build-tiny",
+                "--images",
+                str(refs),
+                "--protocol",
+                "dreammatcher",
+                "--protocol",
+                "standard",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     frame = read_embeddings(out, "clip-tiny:s0", 32)
     assert len(frame) == 10 and frame["protocol"].to_list() == ["dreammatcher"] * 5 + ["standard"] * 5
     texts = tmp_path / "t.parquet"
-    assert main(["embed", "--kind", "clip", "--tiny", str(enc), "--text", "a dog", "--text", "a cat",
-                 "--out", str(texts)]) == 0
+    assert (
+        main(["embed", "--kind", "clip", "--tiny", str(enc), "--text", "a dog", "--text", "a cat", "--out", str(texts)])
+        == 0
+    )
     assert pl.read_parquet(texts)["text"].to_list() == ["a dog", "a cat"]
-    assert main(["embed", "--kind", "dino", "--tiny", str(enc), "--text", "a dog", "--out", str(tmp_path / "x.parquet")]) == 1
+    assert (
+        main(["embed", "--kind", "dino", "--tiny", str(enc), "--text", "a dog", "--out", str(tmp_path / "x.parquet")])
+        == 1
+    )
     assert "cannot load dino encoder" in capsys.readouterr().err and not (tmp_path / "x.parquet").exists()

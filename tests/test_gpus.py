@@ -20,8 +20,12 @@ with gpu_slot(["0", "1"], lock_dir=sys.argv[1]) as device:
 
 
 def _holder(lock_dir):
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(lock_dir)], stdout=subprocess.PIPE, text=True,
-                            env={k: v for k, v in os.environ.items() if k != "SLURM_JOB_ID"})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(lock_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "SLURM_JOB_ID"},
+    )
     return proc, proc.stdout.readline().strip()
 
 

@@ -12,19 +12,24 @@ def test_canonical_spelling():
 
 
 def test_expand_names_points_canonically_once():
-    points = expand([
-        {"method": "none"},
-        {"method": "cfg", "scale": [5.0, 7.5]},
-        {"method": "pg", "scale": 7.5, "omega": [0.0, 0.1 * 3, 1.0]},
-        {"method": "ag", "ag_scale": 2.0},
-        {"method": "ag", "ag_scale": 2.0, "weak": "lora"},
-        {"method": "cfg", "scale": 7.5},  # a duplicate point is kept once
-    ])
+    points = expand(
+        [
+            {"method": "none"},
+            {"method": "cfg", "scale": [5.0, 7.5]},
+            {"method": "pg", "scale": 7.5, "omega": [0.0, 0.1 * 3, 1.0]},
+            {"method": "ag", "ag_scale": 2.0},
+            {"method": "ag", "ag_scale": 2.0, "weak": "lora"},
+            {"method": "cfg", "scale": 7.5},  # a duplicate point is kept once
+        ]
+    )
     names = [(p.method, p.name) for p in points]
     assert names == [
         ("none", "w1.0_l1.0"),
-        ("cfg", "w1.0_l5.0"), ("cfg", "w1.0_l7.5"),
-        ("pg", "w0.0_l7.5"), ("pg", "w0.3_l7.5"), ("pg", "w1.0_l7.5"),
+        ("cfg", "w1.0_l5.0"),
+        ("cfg", "w1.0_l7.5"),
+        ("pg", "w0.0_l7.5"),
+        ("pg", "w0.3_l7.5"),
+        ("pg", "w1.0_l7.5"),
         ("ag", "w1.0_l7.5_a2.0"),
         ("ag", "w1.0_l7.5_a2.0_weak"),
     ]
@@ -46,8 +51,13 @@ def test_expand_refuses_settings_that_do_not_apply(entry, message):
 
 
 def test_job_chunks_keep_grid_order_and_name_single_points_by_their_path():
-    points = expand([{"method": "cfg", "scale": [1.5, 3.0]}, {"method": "pg", "scale": 3.0, "omega": [0.0, 0.5]},
-                     {"method": "ag", "scale": 3.0, "weak": "lora"}])
+    points = expand(
+        [
+            {"method": "cfg", "scale": [1.5, 3.0]},
+            {"method": "pg", "scale": 3.0, "omega": [0.0, 0.5]},
+            {"method": "ag", "scale": 3.0, "weak": "lora"},
+        ]
+    )
     assert job_chunks(points, 1) == {p.key: [p] for p in points}
     assert list(job_chunks(points, 1))[-1] == "ag/w1.0_l3.0_a2.0_weak"
     chunks = job_chunks(points, 2)

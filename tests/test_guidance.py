@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from wig.errors import WigError
 from wig.adapters import FULL, WEAK
+from wig.errors import WigError
 from wig.guidance import METHODS, Branch, Guidance
 
 

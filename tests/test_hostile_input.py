@@ -17,7 +17,6 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from conftest import H, STEPS, W
 from wig.atomic import atomic_dir
 from wig.cli import main
 from wig.concepts import load_image, prepare_concept, read_sheet
@@ -26,12 +25,31 @@ from wig.generation import generate_samples
 from wig.guidance import Guidance
 from wig.models import attach_loras, load_pipeline
 
+from conftest import STEPS, H, W
+
 PROMPT = "a sks dog in the snow"
 
 
 def _generate(model, out, *extra):
-    return main(["generate", "--model", str(model), "--prompt", PROMPT, "--steps", str(STEPS), "--height", str(H),
-                 "--width", str(W), "--out", str(out), "--quiet", *extra])
+    return main(
+        [
+            "generate",
+            "--model",
+            str(model),
+            "--prompt",
+            PROMPT,
+            "--steps",
+            str(STEPS),
+            "--height",
+            str(H),
+            "--width",
+            str(W),
+            "--out",
+            str(out),
+            "--quiet",
+            *extra,
+        ]
+    )
 
 
 def _one_line(capsys) -> str:
@@ -54,8 +72,18 @@ def _scaled_lora(lora_path, tmp_path, factor) -> str:
 def test_a_diverged_sample_fails_naming_its_seed_and_writes_nothing(tiny_sd, lora_path, tmp_path, capsys, case):
     out = tmp_path / "img.png"
     if case == "huge-lora":  # finite weights (1e30), non-finite activations
-        rc = _generate(tiny_sd, out, "--method", "pg", "--omega", "0", "--seed", "5", "--lora",
-                       _scaled_lora(lora_path, tmp_path, 1e30))
+        rc = _generate(
+            tiny_sd,
+            out,
+            "--method",
+            "pg",
+            "--omega",
+            "0",
+            "--seed",
+            "5",
+            "--lora",
+            _scaled_lora(lora_path, tmp_path, 1e30),
+        )
     else:
         rc = _generate(tiny_sd, out, "--method", "cfg", "--scale", "1e308", "--seed", "5")
     assert rc == 1
@@ -92,12 +120,14 @@ def test_a_generation_job_with_a_diverged_point_names_it_and_leaves_no_folder(ti
 
 def _png_declaring(path, width, height):
     """A tiny PNG whose header claims ``width`` × ``height`` (a decompression bomb's shape)."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) +
-                     chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
 
 
 def test_a_bomb_header_and_an_over_limit_photo_are_refused_naming_the_file(tmp_path, capsys):
@@ -126,7 +156,9 @@ def test_large_photos_are_kept_at_the_documented_size(tmp_path):
     Image.new("RGB", (64, 48), "green").save(concept / "b.png")
     manifest = prepare_concept(concept, tmp_path / "out", max_side=1024)
     assert manifest.select("width", "height", "source_width", "source_height").rows() == [
-        (1024, 410, 3000, 1200), (64, 48, 64, 48)]
+        (1024, 410, 3000, 1200),
+        (64, 48, 64, 48),
+    ]
     assert Image.open(tmp_path / "out/00.png").size == (1024, 410)
     default = prepare_concept(concept, tmp_path / "default")  # MAX_SIDE 2048
     assert default["width"].to_list() == [2048, 64]
@@ -162,14 +194,31 @@ def test_other_files_are_skipped_with_a_warning_and_animations_refused(tmp_path,
         (["--threads", "-1"], 2, "argument --threads: --threads must be ≥ 0, got -1"),
         (["--device", "cuda:99"], 1, "device cuda:99: this machine has"),
         (["--height", "61", "--width", "32"], 1, "height 61 is not a positive multiple of 2"),
-        (["--height", "32", "--width", "33"], 1, "width 33 is not a positive multiple of 2, this model's size "
-                                                   "step (its latent stride × patch): use 32 or 34"),
+        (
+            ["--height", "32", "--width", "33"],
+            1,
+            "width 33 is not a positive multiple of 2, this model's size "
+            "step (its latent stride × patch): use 32 or 34",
+        ),
     ],
 )
 def test_bad_cli_settings_are_refused_never_rounded(tiny_sd, tmp_path, capsys, args, code, message):
     out = tmp_path / "img.png"
-    argv = ["generate", "--model", str(tiny_sd), "--method", "cfg", "--prompt", PROMPT, "--steps", "2",
-            "--out", str(out), "--quiet", *args]
+    argv = [
+        "generate",
+        "--model",
+        str(tiny_sd),
+        "--method",
+        "cfg",
+        "--prompt",
+        PROMPT,
+        "--steps",
+        "2",
+        "--out",
+        str(out),
+        "--quiet",
+        *args,
+    ]
     argv += [] if "--seed" in args else ["--seed", "0"]
     if code == 2:
         with pytest.raises(SystemExit) as exit_:
@@ -200,18 +249,42 @@ def test_out_onto_a_folder_or_an_existing_file_is_refused(tiny_sd, tmp_path, cap
 def test_a_truncated_prompt_is_said(tiny_sd, tmp_path, caplog):
     long_prompt = "a sks dog " + "wearing a red hat and " * 30 + "in the snow"
     with caplog.at_level(logging.WARNING, logger="wig.families"):
-        assert main(["generate", "--model", str(tiny_sd), "--method", "cfg", "--prompt", long_prompt, "--seed", "0",
-                     "--steps", "2", "--height", str(H), "--width", str(W), "--out", str(tmp_path / "a.png"),
-                     "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "generate",
+                    "--model",
+                    str(tiny_sd),
+                    "--method",
+                    "cfg",
+                    "--prompt",
+                    long_prompt,
+                    "--seed",
+                    "0",
+                    "--steps",
+                    "2",
+                    "--height",
+                    str(H),
+                    "--width",
+                    str(W),
+                    "--out",
+                    str(tmp_path / "a.png"),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
     (record,) = [r for r in caplog.records if "tokens of" in r.message]
     assert "sd text encoder sees 77 of the" in record.message and "wearing a red hat" in record.message
 
 
 def test_argument_errors_come_before_torch_is_imported(tmp_path):
     (tmp_path / "x.png").mkdir()
-    code = ("import sys; from wig.cli import main; "
-            f"rc = main(['generate', '--model', 'm', '--method', 'cfg', '--prompt', 'x', '--seed', '0', "
-            f"'--out', {str(tmp_path / 'x.png')!r}]); print(rc, 'torch' in sys.modules)")
+    code = (
+        "import sys; from wig.cli import main; "
+        f"rc = main(['generate', '--model', 'm', '--method', 'cfg', '--prompt', 'x', '--seed', '0', "
+        f"'--out', {str(tmp_path / 'x.png')!r}]); print(rc, 'torch' in sys.modules)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.stdout.split() == ["1", "False"], proc.stderr
     assert "is a folder" in proc.stderr
@@ -226,8 +299,9 @@ def _bad_lora(state, case):
         return {k: v for k, v in state.items() if k.endswith("lora.down.weight")}, f"{downs[0]} has no B (up) partner"
     if case == "rank":
         up = downs[0].replace("lora.down", "lora.up")
-        return dict(state, **{up: torch.zeros(state[up].shape[0], state[up].shape[1] + 2)}), \
-            f"rank of {downs[0]} (4) differs from {up} (6)"
+        return dict(
+            state, **{up: torch.zeros(state[up].shape[0], state[up].shape[1] + 2)}
+        ), f"rank of {downs[0]} (4) differs from {up} (6)"
     extra = "unet.conv_in.weight"
     return dict(state, **{extra: torch.zeros(1)}), f"unexpected key {extra} (not a LoRA matrix)"
 

@@ -7,8 +7,17 @@ import pytest
 
 from wig.errors import WigError
 from wig.metrics import (
-    METRICS, POINT_KEYS, _bootstrap, _cube, aggregate, at_matched_text, paired_vs_cfg, reference_points,
-    subject_fidelity, text_fidelity, to_markdown,
+    METRICS,
+    POINT_KEYS,
+    _bootstrap,
+    _cube,
+    aggregate,
+    at_matched_text,
+    paired_vs_cfg,
+    reference_points,
+    subject_fidelity,
+    text_fidelity,
+    to_markdown,
 )
 from wig.plots import pareto_front
 
@@ -38,9 +47,21 @@ def _scores(seed=0, concepts=("a", "b", "c"), prompts=4, seeds=(0, 1), lora_seed
             for p in range(prompts):
                 for ls in lora_seeds:
                     for s in seeds:
-                        rows.append({"concept": c, "lora_seed": ls, "prompt_index": p, "seed": s, "method": method,
-                                     "omega": omega, "scale": scale, "ag_scale": 2.0, "weak": "pretrained",
-                                     "protocol": "dreammatcher", **{m: float(rng.normal()) for m in METRICS}})
+                        rows.append(
+                            {
+                                "concept": c,
+                                "lora_seed": ls,
+                                "prompt_index": p,
+                                "seed": s,
+                                "method": method,
+                                "omega": omega,
+                                "scale": scale,
+                                "ag_scale": 2.0,
+                                "weak": "pretrained",
+                                "protocol": "dreammatcher",
+                                **{m: float(rng.normal()) for m in METRICS},
+                            }
+                        )
     return pl.DataFrame(rows)
 
 
@@ -59,8 +80,10 @@ def test_aggregate_is_mean_over_concepts_of_mean_over_prompts_when_unbalanced():
     scores = _scores().filter(~((pl.col("concept") == "c") & (pl.col("prompt_index") >= 2)))
     row = aggregate(scores, n_boot=100).filter((pl.col("method") == "cfg")).row(0, named=True)
     frame = scores.filter(pl.col("method") == "cfg")
-    per_concept = [frame.filter(pl.col("concept") == c).group_by("prompt_index").agg(pl.col("dino").mean())["dino"].mean()
-                   for c in ("a", "b", "c")]
+    per_concept = [
+        frame.filter(pl.col("concept") == c).group_by("prompt_index").agg(pl.col("dino").mean())["dino"].mean()
+        for c in ("a", "b", "c")
+    ]
     assert abs(row["dino"] - np.mean(per_concept)) < 1e-12
 
 
@@ -75,8 +98,15 @@ def test_bootstrap_resamples_concepts_then_prompts_and_replicates():
     # one concept, one prompt: the spread comes from the replicates alone (LoRA seed 0 vs 1)
     lo, hi = _bootstrap(np.array([[[0.0, 0.0, 1.0, 1.0]]]), 4000, np.random.default_rng(2))
     assert lo == pytest.approx(0.0) and hi == pytest.approx(1.0)
-    frame = pl.DataFrame({"concept": ["x"] * 4, "prompt_index": [1, 0, 0, 1], "lora_seed": [0, 1, 0, 1],
-                          "seed": [5, 5, 5, 5], "v": [1.0, 2.0, 3.0, 4.0]})
+    frame = pl.DataFrame(
+        {
+            "concept": ["x"] * 4,
+            "prompt_index": [1, 0, 0, 1],
+            "lora_seed": [0, 1, 0, 1],
+            "seed": [5, 5, 5, 5],
+            "v": [1.0, 2.0, 3.0, 4.0],
+        }
+    )
     assert _cube(frame, "v").tolist() == [[[3.0, 2.0], [1.0, 4.0]]]  # prompts × (lora_seed, seed)
     with pytest.raises(WigError, match="every prompt needs every replicate"):
         _cube(frame.head(3), "v")
@@ -135,17 +165,30 @@ def test_figures_are_written_as_png_and_svg(tmp_path):
     for name, draw in (("omega", plots.omega_ablation), ("lambda", plots.lambda_ablation), ("pareto", plots.pareto)):
         draw({"m1": table, "m2": table}, tmp_path / name)
         assert (tmp_path / f"{name}.png").stat().st_size > 1000 and (tmp_path / f"{name}.svg").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{n}.{e}" for n in ("omega", "lambda", "pareto")
-                                                                for e in ("png", "svg"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"{n}.{e}" for n in ("omega", "lambda", "pareto") for e in ("png", "svg")
+    )
 
 
 def test_matched_text_fidelity_interpolates_along_lambda():
     rows = []
-    for method, omega, points in (("cfg", 1.0, [(1.0, 0.9, 0.5), (3.0, 0.8, 0.6)]),
-                                  ("pg", 0.0, [(1.0, 0.95, 0.55), (3.0, 0.75, 0.75)])):
+    for method, omega, points in (
+        ("cfg", 1.0, [(1.0, 0.9, 0.5), (3.0, 0.8, 0.6)]),
+        ("pg", 0.0, [(1.0, 0.95, 0.55), (3.0, 0.75, 0.75)]),
+    ):
         for scale, text, subject in points:
-            rows.append({"protocol": "oracle", "method": method, "omega": omega, "scale": scale, "ag_scale": 2.0,
-                         "weak": "pretrained", "oracle_text": text, "oracle_subject": subject})
+            rows.append(
+                {
+                    "protocol": "oracle",
+                    "method": method,
+                    "omega": omega,
+                    "scale": scale,
+                    "ag_scale": 2.0,
+                    "weak": "pretrained",
+                    "oracle_text": text,
+                    "oracle_subject": subject,
+                }
+            )
     matched = at_matched_text(pl.DataFrame(rows))
     # CFG λ=1 has text 0.9: PG reaches it a quarter of the way from λ 1 to 3 (0.95 → 0.75)
     first = matched.row(0, named=True)
@@ -153,7 +196,12 @@ def test_matched_text_fidelity_interpolates_along_lambda():
     assert first["oracle_subject"] == pytest.approx(0.6) and first["d_oracle_subject"] == pytest.approx(0.1)
     second = matched.row(1, named=True)  # text 0.8: three quarters → subject 0.7 against CFG's 0.6
     assert second["scale"] == pytest.approx(2.5) and second["d_oracle_subject"] == pytest.approx(0.1)
-    out_of_reach = at_matched_text(pl.DataFrame(rows).with_columns(
-        pl.when(pl.col("method") == "pg").then(pl.col("oracle_text") - 0.5).otherwise(pl.col("oracle_text"))
-        .alias("oracle_text")))
+    out_of_reach = at_matched_text(
+        pl.DataFrame(rows).with_columns(
+            pl.when(pl.col("method") == "pg")
+            .then(pl.col("oracle_text") - 0.5)
+            .otherwise(pl.col("oracle_text"))
+            .alias("oracle_text")
+        )
+    )
     assert out_of_reach["scale"].null_count() == 2

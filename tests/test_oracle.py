@@ -3,15 +3,24 @@ definitions say (counted here from the renders, independently of the oracle)."""
 
 import itertools
 
-import polars as pl
-
 import numpy as np
+import polars as pl
 import pytest
 
 from wig.errors import WigError
 from wig.oracle import read, subject_fidelity, text_fidelity
-from wig.synthetic import (PALETTE, SHAPES, SUBJECTS, Layout, Scene, caption, evaluation_prompts, render,
-                           render_array, shape_mask)
+from wig.synthetic import (
+    PALETTE,
+    SHAPES,
+    SUBJECTS,
+    Layout,
+    Scene,
+    caption,
+    evaluation_prompts,
+    render,
+    render_array,
+    shape_mask,
+)
 
 
 def _layouts():
@@ -22,8 +31,7 @@ def _layouts():
 @pytest.mark.parametrize("shape", SHAPES)
 def test_ground_truth_plain_objects_score_one(shape):
     colours = list(PALETTE)
-    for (cx, cy, r), (colour, background) in zip(itertools.cycle(_layouts()),
-                                                  itertools.permutations(colours, 2)):
+    for (cx, cy, r), (colour, background) in zip(itertools.cycle(_layouts()), itertools.permutations(colours, 2)):
         img = render(Scene(shape, colour, background, cx, cy, r))
         scores = text_fidelity(img, background=background, colour=colour, shape=shape)
         assert scores == {"background": 1.0, "colour": 1.0, "shape": 1.0, "text": 1.0}, (colour, background, cx, cy, r)
@@ -55,7 +63,9 @@ def test_a_plain_star_scores_its_share_of_the_pattern():
     plain = render(Scene("star", "yellow", "white", 16, 16, 10))
     scores = subject_fidelity(plain, star)
     assert scores["shape_iou"] == 1.0 and 0.3 < share_yellow < 0.7
-    assert scores["pattern"] == pytest.approx(share_yellow) and scores["subject"] == pytest.approx((1 + share_yellow) / 2)
+    assert scores["pattern"] == pytest.approx(share_yellow) and scores["subject"] == pytest.approx(
+        (1 + share_yellow) / 2
+    )
     # swapped colours: every pixel wrong
     swapped = render(Scene("star", "magenta", "white", 16, 16, 10, "hsplit", "yellow"))
     assert subject_fidelity(swapped, star)["pattern"] == 0.0
@@ -64,7 +74,11 @@ def test_a_plain_star_scores_its_share_of_the_pattern():
 def test_wrong_attributes_score_zero_each():
     img = render(Scene("circle", "red", "blue", 16, 16, 10))
     assert text_fidelity(img, background="green", colour="red", shape="circle") == {
-        "background": 0.0, "colour": 1.0, "shape": 1.0, "text": pytest.approx(2 / 3)}
+        "background": 0.0,
+        "colour": 1.0,
+        "shape": 1.0,
+        "text": pytest.approx(2 / 3),
+    }
     assert text_fidelity(img, colour="yellow")["text"] == 0.0
     assert text_fidelity(img, shape="square")["text"] == 0.0
     # a different shape of the subject's colours: IoU of the two masks, fitted
@@ -76,7 +90,11 @@ def test_wrong_attributes_score_zero_each():
 def test_an_empty_image_has_no_object():
     blank = np.full((32, 32, 3), PALETTE["green"], dtype=np.uint8)
     assert text_fidelity(blank, background="green", colour="red", shape="star") == {
-        "background": 1.0, "colour": 0.0, "shape": 0.0, "text": pytest.approx(1 / 3)}
+        "background": 1.0,
+        "colour": 0.0,
+        "shape": 0.0,
+        "text": pytest.approx(1 / 3),
+    }
     assert subject_fidelity(blank, SUBJECTS[0])["subject"] == 0.0
 
 
@@ -96,10 +114,16 @@ def test_prompts_state_what_the_oracle_checks():
     from wig.synthetic import evaluation_prompts, prompt_attributes
 
     assert prompt_attributes("a red circle on a blue background") == {
-        "colour": "red", "shape": "circle", "background": "blue"}
+        "colour": "red",
+        "shape": "circle",
+        "background": "blue",
+    }
     assert prompt_attributes("a sks star on a green background") == {"shape": "star", "background": "green"}
     assert prompt_attributes("a blue sks star on a red background") == {
-        "colour": "blue", "shape": "star", "background": "red"}
+        "colour": "blue",
+        "shape": "star",
+        "background": "red",
+    }
     with pytest.raises(WigError, match="not a prompt of the synthetic world"):
         prompt_attributes("a sks dog in the jungle")
     for subject in SUBJECTS:
@@ -161,10 +185,25 @@ def test_oracle_scores_per_image_and_reach_the_tables():
     rows = []
     for method, omega, vals in (("cfg", 1.0, (0.5, 0.25)), ("pg", 0.0, (1.0, 0.5))):
         for p in range(2):
-            rows.append({"concept": star.name, "lora_seed": 0, "prompt_index": p, "seed": 0, "method": method,
-                         "omega": omega,
-                         "scale": 7.5, "ag_scale": 2.0, "weak": "pretrained", "protocol": "dreammatcher",
-                         "dino": 0.0, "clip_i": 0.0, "clip_t": 0.0, "oracle_text": vals[0], "oracle_subject": vals[1]})
+            rows.append(
+                {
+                    "concept": star.name,
+                    "lora_seed": 0,
+                    "prompt_index": p,
+                    "seed": 0,
+                    "method": method,
+                    "omega": omega,
+                    "scale": 7.5,
+                    "ag_scale": 2.0,
+                    "weak": "pretrained",
+                    "protocol": "dreammatcher",
+                    "dino": 0.0,
+                    "clip_i": 0.0,
+                    "clip_t": 0.0,
+                    "oracle_text": vals[0],
+                    "oracle_subject": vals[1],
+                }
+            )
     frame = pl.DataFrame(rows)
     assert metrics_of(frame)[-2:] == ("oracle_text", "oracle_subject")
     table = aggregate(frame, n_boot=50)

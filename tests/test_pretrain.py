@@ -8,15 +8,16 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from conftest import generators, to_uint8
-from test_tiny import _files
+from wig.base_accuracy import accuracy_prompts, base_accuracy
 from wig.errors import WigError
 from wig.guidance import Guidance
 from wig.models import load_pipeline
-from wig.base_accuracy import accuracy_prompts, base_accuracy
 from wig.pretrain import Captions, pixels, random_caption, random_scene, train_base, train_vae
 from wig.synthetic import PALETTE, Layout, prompt_attributes
 from wig.tiny import default_config
+
+from conftest import generators, to_uint8
+from test_tiny import _files
 
 PROMPTS = ["a red star on a blue background", ""]
 
@@ -72,8 +73,10 @@ def test_pretraining_writes_a_stock_sd_pipeline_reproducibly(base, tmp_path):
     assert {k: v for k, v in first.items() if k not in drop} == {k: v for k, v in again.items() if k not in drop}
     other = copy.deepcopy(config) | {"seed": 1}
     train_base(other, tmp_path / "vae", tmp_path / "other", progress=False)
-    assert _files(tmp_path / "other")["unet/diffusion_pytorch_model.safetensors"] != first[
-        "unet/diffusion_pytorch_model.safetensors"]
+    assert (
+        _files(tmp_path / "other")["unet/diffusion_pytorch_model.safetensors"]
+        != first["unet/diffusion_pytorch_model.safetensors"]
+    )
 
 
 def test_base_must_predict_v_or_x0(base, tmp_path):
@@ -89,8 +92,14 @@ def test_cfg_on_the_base_equals_the_stock_pipeline(base):
     root = base[0]
     from wig.sampling import sample
 
-    ours = sample(load_pipeline(str(root / "model"), device="cpu", dtype="float32"), PROMPTS,
-                  Guidance("cfg", scale=4.0), generators(), progress=False, steps=5)
+    ours = sample(
+        load_pipeline(str(root / "model"), device="cpu", dtype="float32"),
+        PROMPTS,
+        Guidance("cfg", scale=4.0),
+        generators(),
+        progress=False,
+        steps=5,
+    )
     stock = StableDiffusionPipeline.from_pretrained(root / "model", safety_checker=None)
     stock.set_progress_bar_config(disable=True)
     ref = stock(PROMPTS, guidance_scale=4.0, num_inference_steps=5, generator=generators()).images

@@ -55,7 +55,9 @@ def _imported(path: Path, package: str) -> tuple[set[str], set[Path]]:
                 level = consts[-2] if len(consts) >= 2 else 0
                 name = ins.argval
                 if level:
-                    name = ".".join(package.split(".")[: len(package.split(".")) - level + 1] + ([name] if name else []))
+                    name = ".".join(
+                        package.split(".")[: len(package.split(".")) - level + 1] + ([name] if name else [])
+                    )
                 current = name
                 modules.add(name)
             elif ins.opname == "IMPORT_FROM" and current is not None:
@@ -111,7 +113,7 @@ def _scripted_rules(configfile: str) -> dict:
     proc = subprocess.run([sys.executable, "-c", _DUMP, configfile], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RULES "))
-    return json.loads(line[len("RULES "):])
+    return json.loads(line[len("RULES ") :])
 
 
 def test_every_scripted_rule_hashes_exactly_its_scripts_import_closure():

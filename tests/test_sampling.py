@@ -15,12 +15,13 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.utils.torch_utils import randn_tensor
 from safetensors.torch import load_file
 
-from conftest import H, PROMPTS, STEPS, W, generators, to_uint8
 from wig.errors import WigError
 from wig.generation import generate_samples
 from wig.guidance import Guidance
 from wig.models import attach_loras, load_pipeline
 from wig.sampling import Request, SamplingError, decode, sample, sample_latents
+
+from conftest import PROMPTS, STEPS, H, W, generators, to_uint8
 
 LAMBDA = 7.5
 
@@ -114,7 +115,9 @@ def test_cfg_equals_stock_pipeline(tiny_sd, lora_path, base, tuned, with_lora):
     # `tuned` also holds the weak adapter; cfg's branches set it to 0, which must be exact
     ours = sample(pipe, PROMPTS, guidance, generators(), steps=STEPS, height=H, width=W, progress=False)
     stock = _stock(tiny_sd, lora_path if with_lora else None)
-    ref = stock(PROMPTS, guidance_scale=LAMBDA, num_inference_steps=STEPS, height=H, width=W, generator=generators()).images
+    ref = stock(
+        PROMPTS, guidance_scale=LAMBDA, num_inference_steps=STEPS, height=H, width=W, generator=generators()
+    ).images
     assert np.abs(to_uint8(ours) - to_uint8(ref)).max() <= 1
 
 
@@ -127,7 +130,9 @@ def test_lora_changes_the_image(base, tuned):
 def test_none_equals_stock_pipeline_without_guidance(tiny_sd, base):
     # stock diffusers skips CFG at guidance_scale = 1: one conditional pass, like `none`
     ours = sample(base, PROMPTS, Guidance("none"), generators(), steps=STEPS, height=H, width=W, progress=False)
-    ref = _stock(tiny_sd)(PROMPTS, guidance_scale=1.0, num_inference_steps=STEPS, height=H, width=W, generator=generators())
+    ref = _stock(tiny_sd)(
+        PROMPTS, guidance_scale=1.0, num_inference_steps=STEPS, height=H, width=W, generator=generators()
+    )
     assert np.abs(to_uint8(ours) - to_uint8(ref.images)).max() <= 1
 
 
@@ -219,14 +224,18 @@ def test_one_job_of_several_points_equals_a_job_per_point(tiny_sd, lora_path, tu
     makes, bit for bit — though it loads the weak LoRA for AG beside CFG and PG."""
     alone = load_pipeline(str(tiny_sd), device="cpu", dtype="float32")
     attach_loras(alone, lora_path)
-    points = {"cfg/w1.0_l7.5": Guidance("cfg", scale=LAMBDA), "pg/w0.0_l7.5": Guidance("pg", scale=LAMBDA, omega=0.0),
-              "ag/w1.0_l7.5_a2.0_weak": Guidance("ag", scale=LAMBDA, weak="lora")}
+    points = {
+        "cfg/w1.0_l7.5": Guidance("cfg", scale=LAMBDA),
+        "pg/w0.0_l7.5": Guidance("pg", scale=LAMBDA, omega=0.0),
+        "ag/w1.0_l7.5_a2.0_weak": Guidance("ag", scale=LAMBDA, weak="lora"),
+    }
     options = dict(batch_size=2, progress=False, steps=STEPS, height=H, width=W)
     together = generate_samples(tuned, PROMPTS, points, [0, 3], tmp_path / "job", **options)
     assert together["point"].unique(maintain_order=True).to_list() == list(points)
     for key, guidance in points.items():
-        single = generate_samples(tuned if guidance.weak == "lora" else alone, PROMPTS, {key: guidance}, [0, 3],
-                                  tmp_path / key, **options)
+        single = generate_samples(
+            tuned if guidance.weak == "lora" else alone, PROMPTS, {key: guidance}, [0, 3], tmp_path / key, **options
+        )
         part = together.filter(together["point"] == key)
         assert part["path"].to_list() == [f"{key}/{p}" for p in single["path"]]
         assert part["sha256"].to_list() == single["sha256"].to_list()

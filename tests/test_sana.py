@@ -15,8 +15,8 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, SanaPipeline, SanaTransformer2DModel
 from diffusers.utils.torch_utils import randn_tensor
 from safetensors.torch import load_file
+from test_training import DOG
 
-from conftest import PROMPTS, generators, to_uint8
 from wig.concepts import read_images
 from wig.guidance import Guidance
 from wig.lora import lora_checkpoints, random_lora
@@ -24,8 +24,9 @@ from wig.models import attach_loras, load_pipeline
 from wig.sampling import Request, SamplingError, sample, sample_latents
 from wig.tiny import build_tiny_sana, gemma_tokenizer
 from wig.training import TrainConfig, denoising_loss, generate_class_images, train_lora
+
+from conftest import PROMPTS, generators, to_uint8
 from test_tiny import _files
-from test_training import DOG
 
 H = W = 64  # the twin's native size: 16x16 latents
 STEPS = 6
@@ -58,8 +59,16 @@ def _stock(tiny_sana, lora=None):
 
 
 def _call_stock(pipe, **kw):
-    return pipe(PROMPTS, guidance_scale=LAMBDA, num_inference_steps=STEPS, height=H, width=W,
-                generator=generators(), use_resolution_binning=False, **kw).images
+    return pipe(
+        PROMPTS,
+        guidance_scale=LAMBDA,
+        num_inference_steps=STEPS,
+        height=H,
+        width=W,
+        generator=generators(),
+        use_resolution_binning=False,
+        **kw,
+    ).images
 
 
 def _latents(pipe, guidance):
@@ -100,8 +109,9 @@ def test_gemma_tokenizer_encodes_any_prompt():
 @pytest.mark.parametrize("with_lora", [False, True], ids=["base", "lora"])
 def test_cfg_equals_stock_pipeline(tiny_sana, lora, base, tuned, with_lora):
     pipe = tuned if with_lora else base
-    ours = sample(pipe, PROMPTS, Guidance("cfg", scale=LAMBDA), generators(), steps=STEPS, height=H, width=W,
-                  progress=False)
+    ours = sample(
+        pipe, PROMPTS, Guidance("cfg", scale=LAMBDA), generators(), steps=STEPS, height=H, width=W, progress=False
+    )
     ref = _call_stock(_stock(tiny_sana, lora if with_lora else None))
     assert np.abs(to_uint8(ours) - to_uint8(ref)).max() <= 1
 
@@ -110,11 +120,30 @@ def test_text_options_reach_the_encoder(tiny_sana, base):
     # without the complex human instruction (and shorter states) stock and ours still agree,
     # and the images differ from the default's
     opts = {"complex_human_instruction": None, "max_sequence_length": 40}
-    ours = sample(base, PROMPTS, Guidance("cfg", scale=LAMBDA), generators(), steps=STEPS, height=H, width=W,
-                  progress=False, output_type="np", text_options=opts)
+    ours = sample(
+        base,
+        PROMPTS,
+        Guidance("cfg", scale=LAMBDA),
+        generators(),
+        steps=STEPS,
+        height=H,
+        width=W,
+        progress=False,
+        output_type="np",
+        text_options=opts,
+    )
     ref = _call_stock(_stock(tiny_sana), output_type="np", **opts)
-    default = sample(base, PROMPTS, Guidance("cfg", scale=LAMBDA), generators(), steps=STEPS, height=H, width=W,
-                     progress=False, output_type="np")
+    default = sample(
+        base,
+        PROMPTS,
+        Guidance("cfg", scale=LAMBDA),
+        generators(),
+        steps=STEPS,
+        height=H,
+        width=W,
+        progress=False,
+        output_type="np",
+    )
     assert np.abs(ours - ref).max() <= 1 / 255 and np.abs(ours - default).max() > 1e-2
     with pytest.raises(SamplingError, match="clip_skip"):
         sample(base, PROMPTS, Guidance("cfg"), generators(), steps=1, text_options={"clip_skip": 1})
@@ -147,17 +176,18 @@ def _reference_loop(pipe, weak, strong):
     """PG as two separate transformers, one call each per step; stock encode, noise and solver."""
     chi = inspect.signature(SanaPipeline.__call__).parameters["complex_human_instruction"].default
     cond, cond_mask, _, _ = pipe.encode_prompt(PROMPTS, False, device="cpu", complex_human_instruction=chi)
-    uncond, uncond_mask, _, _ = pipe.encode_prompt([""] * len(PROMPTS), False, device="cpu",
-                                                   complex_human_instruction=None)
+    uncond, uncond_mask, _, _ = pipe.encode_prompt(
+        [""] * len(PROMPTS), False, device="cpu", complex_human_instruction=None
+    )
     sched = copy.deepcopy(pipe.scheduler)
     sched.set_timesteps(STEPS)
     x = randn_tensor((len(PROMPTS), 4, H // 4, W // 4), generator=generators(), dtype=torch.float32)
     for t in sched.timesteps:
         ts = t.expand(len(PROMPTS))
-        e_u = weak(x, encoder_hidden_states=uncond, encoder_attention_mask=uncond_mask, timestep=ts,
-                   return_dict=False)[0]
-        e_c = strong(x, encoder_hidden_states=cond, encoder_attention_mask=cond_mask, timestep=ts,
-                     return_dict=False)[0]
+        e_u = weak(x, encoder_hidden_states=uncond, encoder_attention_mask=uncond_mask, timestep=ts, return_dict=False)[
+            0
+        ]
+        e_c = strong(x, encoder_hidden_states=cond, encoder_attention_mask=cond_mask, timestep=ts, return_dict=False)[0]
         x = sched.step(e_u + LAMBDA * (e_c - e_u), t, x, return_dict=False)[0]
     return x
 
@@ -184,8 +214,15 @@ def test_cfgpp_refuses_the_flow_solver(tuned):
 def run(base, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sana-train")
     generate_class_images(base, "a photo of dog", 2, tmp / "class", steps=2, height=H, width=W, progress=False)
-    config = TrainConfig(instance_prompt="a photo of sks dog", class_prompt="a photo of dog", steps=10,
-                         weak_step=3, lr=1e-2, resolution=H, seed=3)
+    config = TrainConfig(
+        instance_prompt="a photo of sks dog",
+        class_prompt="a photo of dog",
+        steps=10,
+        weak_step=3,
+        lr=1e-2,
+        resolution=H,
+        seed=3,
+    )
     train_lora(base, read_images(DOG), tmp / "run", config, class_images=read_images(tmp / "class"), progress=False)
     return tmp / "run", config, read_images(tmp / "class")
 

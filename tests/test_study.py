@@ -64,7 +64,9 @@ def test_synthetic_preset_shares_one_pretrained_base_between_two_trainings():
     assert list(prior.point_chunks) == ["points00"] and len(prior.points) == 10
     assert study.cfg_scales == [1.5, 3.0, 4.5]
     assert study.pretrain_config("synthetic", "vae")["seed"] == 0
-    assert "unet" in study.pretrain_config("synthetic", "model") and "unet" not in study.pretrain_config("synthetic", "vae")
+    assert "unet" in study.pretrain_config("synthetic", "model") and "unet" not in study.pretrain_config(
+        "synthetic", "vae"
+    )
 
 
 def test_demo_plans_each_family_its_own_grid():
@@ -81,25 +83,44 @@ def test_demo_plans_each_family_its_own_grid():
 
 
 def test_seeds_and_points_are_chunked_into_jobs_named_canonically():
-    config = _config(seeds=[0, 1, 2], sampling__seeds_per_job=2, sampling__points_per_job=4,
-                     guidance=[{"method": "cfg", "scale": [1.5, 3]}, {"method": "pg", "scale": 3, "omega": [0.1 * 3, 0.3, 0]},
-                               {"method": "cfgpp", "scale": 0.6}])
+    config = _config(
+        seeds=[0, 1, 2],
+        sampling__seeds_per_job=2,
+        sampling__points_per_job=4,
+        guidance=[
+            {"method": "cfg", "scale": [1.5, 3]},
+            {"method": "pg", "scale": 3, "omega": [0.1 * 3, 0.3, 0]},
+            {"method": "cfgpp", "scale": 0.6},
+        ],
+    )
     study = Study.from_config(config)
     assert study.seed_chunks == {"0_1": (0, 1), "2": (2,)}
     sd = study.models["tiny-sd"]
     # 0.1 * 3 and 0.3 are one point, one folder
-    assert [p.key for p in sd.points] == ["cfg/w1.0_l1.5", "cfg/w1.0_l3.0", "pg/w0.3_l3.0", "pg/w0.0_l3.0",
-                                          "cfgpp/w1.0_l0.6"]
+    assert [p.key for p in sd.points] == [
+        "cfg/w1.0_l1.5",
+        "cfg/w1.0_l3.0",
+        "pg/w0.3_l3.0",
+        "pg/w0.0_l3.0",
+        "cfgpp/w1.0_l0.6",
+    ]
     assert {k: len(v) for k, v in sd.point_chunks.items()} == {"points00": 4, "points01": 1}
     assert list(study.models["tiny-sana"].point_chunks) == ["points00"]  # no cfgpp: 4 points, one job
     jobs = list(study.generation_jobs("tiny-sd", "brown_dog"))
     assert jobs[0] == GenerationJob("tiny-sd", "brown_dog", 0, "points00", "0_1")
-    assert jobs[-1].wildcards == {"model": "tiny-sd", "concept": "brown_dog", "lseed": "0", "points": "points01",
-                                  "seeds": "2"}
-    assert study.guidance_of("tiny-sd", "points01") == {"cfgpp/w1.0_l0.6": {
-        "method": "cfgpp", "scale": 0.6, "omega": 1.0, "ag_scale": 2.0, "weak": "pretrained"}}
+    assert jobs[-1].wildcards == {
+        "model": "tiny-sd",
+        "concept": "brown_dog",
+        "lseed": "0",
+        "points": "points01",
+        "seeds": "2",
+    }
+    assert study.guidance_of("tiny-sd", "points01") == {
+        "cfgpp/w1.0_l0.6": {"method": "cfgpp", "scale": 0.6, "omega": 1.0, "ag_scale": 2.0, "weak": "pretrained"}
+    }
     assert canonical(0.1 * 3) == "0.3" and study.grid_layout("tiny-sd", "brown_dog")["columns"] == [
-        f"s{s} p{i:02d}" for s in (0, 1, 2) for i in (0, 1)]
+        f"s{s} p{i:02d}" for s in (0, 1, 2) for i in (0, 1)
+    ]
 
 
 def test_training_settings_merge_per_model_and_lora_seeds_are_replicates():
@@ -110,8 +131,10 @@ def test_training_settings_merge_per_model_and_lora_seeds_are_replicates():
     assert model.root == "tiny-sd" and model.kind == "tiny" and model.family == "sd"
     assert model.training["steps"] == 100 and model.training["prior_weight"] == 0.0 and model.lora_seeds == (3, 4)
     assert study.bases("tiny") == ["tiny-sana", "tiny-sd"]  # no build for a model on another's weights
-    assert list(study.training_runs("tiny-sd-noprior"))[:2] == [TrainingRun("tiny-sd-noprior", "brown_dog", 3),
-                                                                TrainingRun("tiny-sd-noprior", "brown_dog", 4)]
+    assert list(study.training_runs("tiny-sd-noprior"))[:2] == [
+        TrainingRun("tiny-sd-noprior", "brown_dog", 3),
+        TrainingRun("tiny-sd-noprior", "brown_dog", 4),
+    ]
     assert [r.lora_seed for r in study.training_runs("tiny-sd-noprior")] == [3, 4, 3, 4]
     settings = study.train_settings("tiny-sd-noprior", "brown_dog", "4")  # wildcard values
     assert settings["seed"] == 4 and settings["class_prompt"] is None
@@ -121,8 +144,15 @@ def test_training_settings_merge_per_model_and_lora_seeds_are_replicates():
     dog = study.class_of("brown_dog")
     assert ("tiny-sd", dog) in set(study.class_image_sets())
     assert ("tiny-sd-noprior", dog) not in set(study.class_image_sets())
-    assert study.class_image_settings("tiny-sd", dog) == {"count": 4, "height": 64, "prompt": "a photo of dog",
-                                                            "scale": 7.5, "seed": 0, "steps": 10, "width": 64}
+    assert study.class_image_settings("tiny-sd", dog) == {
+        "count": 4,
+        "height": 64,
+        "prompt": "a photo of dog",
+        "scale": 7.5,
+        "seed": 0,
+        "steps": 10,
+        "width": 64,
+    }
 
 
 def test_class_nouns_become_unique_valid_folder_names(tmp_path):
@@ -141,9 +171,12 @@ def test_class_nouns_become_unique_valid_folder_names(tmp_path):
         rows.append(f"{cid},{noun},p.txt")
     (tmp_path / "p.txt").write_text("a photo of {}\n")
     (tmp_path / "sheet.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    study = Study.from_config(_config(dataset__sheet=str(tmp_path / "sheet.csv"), dataset__root=str(root),
-                                      dataset__concepts=list("abcde")))
-    assert len(study.classes) == 5 and sorted(study.classes.values()) == sorted(["犬", "猫", "teddy bear", "teddy-bear", "!!!"])
+    study = Study.from_config(
+        _config(dataset__sheet=str(tmp_path / "sheet.csv"), dataset__root=str(root), dataset__concepts=list("abcde"))
+    )
+    assert len(study.classes) == 5 and sorted(study.classes.values()) == sorted(
+        ["犬", "猫", "teddy bear", "teddy-bear", "!!!"]
+    )
     assert all(re.fullmatch(r"[A-Za-z0-9_]*-?[0-9a-f]{8}", slug) for slug in study.classes)
     assert all(study.classes[study.class_of(c)] == concept.class_noun for c, concept in study.concepts.items())
 
@@ -167,14 +200,18 @@ def test_a_study_is_frozen_and_its_params_have_sorted_keys():
         ({"dataset__columns": {"class_noun": "noun"}}, "no column 'noun' for the class_noun"),
         ({"training__weak_step": 100}, "models.tiny-sana: training.weak_step must be smaller than training.steps"),
         ({"models__tiny-sd": {"base": "tiny-xl"}}, "models.tiny-sd.base: no model 'tiny-xl'"),
-        ({"models__tiny-sd": {"base": "tiny-sana"}, "models__tiny-sana": {"base": "tiny-sd"}},
-         "models.tiny-sana: base models form a cycle (tiny-sana -> tiny-sd -> tiny-sana)"),
+        (
+            {"models__tiny-sd": {"base": "tiny-sana"}, "models__tiny-sana": {"base": "tiny-sd"}},
+            "models.tiny-sana: base models form a cycle (tiny-sana -> tiny-sd -> tiny-sana)",
+        ),
         ({"models__tiny-sd": {"tiny": "sd", "training": {"weak_step": 200}}}, "models.tiny-sd: training.weak_step"),
         ({"models__tiny-sd": {"tiny": "sd", "family": "sana"}}, "models.tiny-sd: family sana but tiny sd"),
         ({"encoders": {}}, "encoders is empty and dataset.render is not set"),
         ({"guidance": [{"method": "cfgpp"}]}, "models.tiny-sana (sana) can run none of the guidance points"),
-        ({"dataset__render": {"n_images": 4}, "dataset__fetch": {"repo": "x", "commit": "abcdef1", "subdir": "y"}},
-         "dataset.fetch and dataset.render both fill dataset.root"),
+        (
+            {"dataset__render": {"n_images": 4}, "dataset__fetch": {"repo": "x", "commit": "abcdef1", "subdir": "y"}},
+            "dataset.fetch and dataset.render both fill dataset.root",
+        ),
     ],
 )
 def test_config_errors_name_their_key(changes, message):

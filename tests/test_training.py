@@ -15,7 +15,6 @@ from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
 import wig.training
-from conftest import generators, to_uint8
 from wig.concepts import read_images
 from wig.errors import WigError
 from wig.guidance import Guidance
@@ -23,6 +22,8 @@ from wig.lora import lora_checkpoints
 from wig.models import attach_loras, load_pipeline
 from wig.sampling import sample
 from wig.training import ADAPTER, TrainConfig, denoising_loss, generate_class_images, train_lora
+
+from conftest import generators, to_uint8
 
 ROOT = Path(__file__).resolve().parents[1]
 DOG = ROOT / "resources/datasets/demo/images/brown_dog"
@@ -56,7 +57,11 @@ def run(pipe, class_dir, tmp_path_factory):
 
 def test_class_images_start_from_the_generate_latents(pipe, class_dir):
     manifest = pl.read_parquet(class_dir / "manifest.parquet")
-    assert manifest["seed"].to_list() == [5, 6, 7] and manifest["path"].to_list() == ["0000.png", "0001.png", "0002.png"]
+    assert manifest["seed"].to_list() == [5, 6, 7] and manifest["path"].to_list() == [
+        "0000.png",
+        "0001.png",
+        "0002.png",
+    ]
     # image 1 is what `wig generate --method cfg --seed 6` gives
     ref = sample(pipe, [CLASS], Guidance("cfg", 7.5), generators([6]), steps=3, height=RES, width=RES, progress=False)
     assert np.abs(to_uint8(read_images(class_dir)[1:2]) - to_uint8(ref)).max() <= 1
@@ -88,7 +93,9 @@ def test_checkpoints_load_in_stock_diffusers_and_change_the_image(tiny_sd, run):
     stock.set_progress_bar_config(disable=True)
 
     def image():
-        out = stock("a sks dog on the beach", num_inference_steps=3, height=RES, width=RES, generator=generators([0])[0])
+        out = stock(
+            "a sks dog on the beach", num_inference_steps=3, height=RES, width=RES, generator=generators([0])[0]
+        )
         return to_uint8(out.images)
 
     base = image()
@@ -114,15 +121,25 @@ def test_training_lowers_the_instance_loss(tiny_sd, tmp_path):
 
 
 def test_prior_weight_zero_ignores_class_images(pipe, class_dir, tmp_path):
-    log = train_lora(pipe, read_images(DOG), tmp_path / "run", _config(prior_weight=0.0),
-                     class_images=read_images(class_dir), progress=False)
+    log = train_lora(
+        pipe,
+        read_images(DOG),
+        tmp_path / "run",
+        _config(prior_weight=0.0),
+        class_images=read_images(class_dir),
+        progress=False,
+    )
     assert log["prior_loss"].null_count() == len(log)
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"weak_step": 12}, "weak_step must lie in"), ({"steps": 0}, "steps must be"), ({"resolution": 30}, "multiple of 8"),
-     ({"mixed_precision": "fp8"}, "mixed_precision")],
+    [
+        ({"weak_step": 12}, "weak_step must lie in"),
+        ({"steps": 0}, "steps must be"),
+        ({"resolution": 30}, "multiple of 8"),
+        ({"mixed_precision": "fp8"}, "mixed_precision"),
+    ],
 )
 def test_bad_training_settings(kwargs, message):
     with pytest.raises(WigError, match=message):
@@ -149,9 +166,27 @@ def test_a_failed_run_leaves_no_checkpoint(pipe, monkeypatch, tmp_path):
 
 def test_sigkill_then_rerun_leaves_no_corrupt_checkpoint(tiny_sd, tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "wig.cli", "train-lora", "--model", str(tiny_sd), "--instance-dir", str(DOG),
-           "--instance-prompt", INSTANCE, "--resolution", str(RES), "--weak-step", "2", "--threads", "1",
-           "--quiet", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "wig.cli",
+        "train-lora",
+        "--model",
+        str(tiny_sd),
+        "--instance-dir",
+        str(DOG),
+        "--instance-prompt",
+        INSTANCE,
+        "--resolution",
+        str(RES),
+        "--weak-step",
+        "2",
+        "--threads",
+        "1",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.Popen([*cmd, "--steps", "100000"], env=dict(os.environ, HF_HUB_OFFLINE="1"))
     deadline = time.time() + 120
     while not list(tmp_path.glob(".run.tmp*/weak/*.safetensors")) and time.time() < deadline:
@@ -160,7 +195,9 @@ def test_sigkill_then_rerun_leaves_no_corrupt_checkpoint(tiny_sd, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not out.exists()  # nothing where the next stage would look
-    done = subprocess.run([*cmd, "--steps", "4"], env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True)
+    done = subprocess.run(
+        [*cmd, "--steps", "4"], env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the killed run's leftovers are gone
     state = load_file(str(lora_checkpoints(out)["full"]))

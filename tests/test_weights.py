@@ -33,16 +33,20 @@ def test_models_and_dino_resolve_to_the_cached_commit_and_load_from_the_record(t
     hf_home = tmp_path / "hf"
     model_dir = _cache_repo(hf_home, "wig-test/tiny-sd", build_tiny_sd)
     dino_dir = _cache_repo(hf_home, "wig-test/tiny-dino", lambda out: build_tiny_encoder("dino", out))
-    proc = _run(hf_home, f"""
+    proc = _run(
+        hf_home,
+        f"""
 from wig.weights import resolve_model, resolve_encoder, write_record, recorded_path
 from wig.models import load_pipeline
 from wig.encoders import load_encoder
 write_record(resolve_model({{"path": "wig-test/tiny-sd"}}), "{tmp_path}/model.json")
 write_record(resolve_encoder({{"kind": "dino", "name": "wig-test/tiny-dino"}}), "{tmp_path}/dino.json")
 pipe = load_pipeline(recorded_path("{tmp_path}/model.json"), device="cpu", dtype="float32")
-enc = load_encoder({{"kind": "dino", "name": "wig-test/tiny-dino"}}, recorded_path("{tmp_path}/dino.json"), device="cpu")
+dino = {{"kind": "dino", "name": "wig-test/tiny-dino"}}
+enc = load_encoder(dino, recorded_path("{tmp_path}/dino.json"), device="cpu")
 print(type(pipe).__name__, enc.kind)
-""")
+""",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["StableDiffusionPipeline", "dino"]
     model = json.loads((tmp_path / "model.json").read_text())
@@ -54,10 +58,13 @@ print(type(pipe).__name__, enc.kind)
 def test_unresolvable_weights_and_a_cleaned_cache_fail_naming_what(tmp_path):
     from wig.weights import WeightsError, recorded_path, resolve_model, write_record
 
-    proc = _run(tmp_path / "empty", """
+    proc = _run(
+        tmp_path / "empty",
+        """
 from wig.weights import resolve_model
 resolve_model({"path": "wig-test/not-cached"})
-""")
+""",
+    )
     assert proc.returncode != 0 and "cannot resolve model wig-test/not-cached" in proc.stderr
     folder = tmp_path / "local-model"
     folder.mkdir()

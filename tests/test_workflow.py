@@ -121,19 +121,30 @@ def test_more_gpu_jobs_than_device_ids_stop_before_any_job(tmp_path):
 
 
 def test_dag_fans_out_per_model_concept_and_class(tmp_path):
-    config = _edit(_small_config(), dataset__concepts=["brown_dog", "duck_toy"], seeds=[0, 1, 2],
-                   sampling__seeds_per_job=2)
+    config = _edit(
+        _small_config(), dataset__concepts=["brown_dog", "duck_toy"], seeds=[0, 1, 2], sampling__seeds_per_job=2
+    )
     workdir = _workdir(tmp_path, config)
     assert _planned(workdir) == {
-        "all": 1, "build_tiny_model": 2, "prepare": 2, "class_images": 2 * 2, "train_lora": 2 * 2,
+        "all": 1,
+        "build_tiny_model": 2,
+        "prepare": 2,
+        "class_images": 2 * 2,
+        "train_lora": 2 * 2,
         "generate": 2 * 2 * 3 * 2,  # models × concepts × points × seed chunks ([0, 1], [2])
         "grid": 2 * 2,
-        "build_tiny_encoder": 2, "embed_references": 2 * 2, "embed_texts": 2,  # shared by the models
-        "embed_samples": 2 * 24, "score": 24, "aggregate": 2, "plots": 1,
+        "build_tiny_encoder": 2,
+        "embed_references": 2 * 2,
+        "embed_texts": 2,  # shared by the models
+        "embed_samples": 2 * 24,
+        "score": 24,
+        "aggregate": 2,
+        "plots": 1,
     }
     # a second training of one base: no second build; its own prior weight and LoRA seeds
-    two = _edit(config, **{"models__tiny-sd-noprior": {"base": "tiny-sd", "training": {"prior_weight": 0.0,
-                                                                                      "seed": [0, 1]}}})
+    two = _edit(
+        config, **{"models__tiny-sd-noprior": {"base": "tiny-sd", "training": {"prior_weight": 0.0, "seed": [0, 1]}}}
+    )
     _write_config(workdir, two)
     planned = _planned(workdir)
     assert planned["build_tiny_model"] == 2 and planned["class_images"] == 2 * 2  # none for the new model
@@ -143,8 +154,14 @@ def test_dag_fans_out_per_model_concept_and_class(tmp_path):
     _write_config(workdir, config)
     assert "class_images" not in _planned(workdir)
     # CFG++ needs DDIM: its points are planned for SD only
-    config = _edit(config, guidance=[{"method": "cfg"}, {"method": "cfgpp", "scale": 0.6},
-                                     {"method": "pgpp", "scale": 0.6, "omega": [0.0, 0.5]}])
+    config = _edit(
+        config,
+        guidance=[
+            {"method": "cfg"},
+            {"method": "cfgpp", "scale": 0.6},
+            {"method": "pgpp", "scale": 0.6, "omega": [0.0, 0.5]},
+        ],
+    )
     _write_config(workdir, config)
     assert _planned(workdir)["generate"] == 2 * (4 + 1) * 2  # concepts × (SD 4 + SANA 1 points) × chunks
     # points in chunks: SD's 4 points in 2 jobs of 3 + 1, SANA's 1; embedding and scoring follow the jobs
@@ -157,8 +174,11 @@ def test_dag_fans_out_per_model_concept_and_class(tmp_path):
 
 
 # none, cfg λ×4, pg ω×11, pg λ×3, ag, and for SD cfg++, pg++
-PAPER_POINTS = {"vico-sd15": 1 + 4 + 11 + 3 + 1 + 1 + 1, "vico-sd21": 1 + 4 + 11 + 3 + 1 + 1 + 1,
-                "vico-sana": 1 + 4 + 11 + 3 + 1}
+PAPER_POINTS = {
+    "vico-sd15": 1 + 4 + 11 + 3 + 1 + 1 + 1,
+    "vico-sd21": 1 + 4 + 11 + 3 + 1 + 1 + 1,
+    "vico-sana": 1 + 4 + 11 + 3 + 1,
+}
 
 
 @pytest.mark.parametrize("preset", list(PAPER_POINTS))
@@ -170,10 +190,21 @@ def test_presets_build_the_full_paper_dag_without_weights(tmp_path, preset):
     table = (proc.stdout + proc.stderr).split("Job stats:")[1].split("total")[0]
     counts = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
     assert counts == {
-        "fetch_dataset": 1, "prepare": 16, "class_images": 11, "train_lora": 16,  # 11 class nouns in ViCo
-        "generate": 16 * points, "grid": 16, "embed_references": 16 * 2, "embed_texts": 16,
-        "embed_samples": 16 * points * 2, "score": 16 * points, "aggregate": 1, "plots": 1, "all": 1,
-        "resolve_model": 1, "resolve_encoder": 2,
+        "fetch_dataset": 1,
+        "prepare": 16,
+        "class_images": 11,
+        "train_lora": 16,  # 11 class nouns in ViCo
+        "generate": 16 * points,
+        "grid": 16,
+        "embed_references": 16 * 2,
+        "embed_texts": 16,
+        "embed_samples": 16 * points * 2,
+        "score": 16 * points,
+        "aggregate": 1,
+        "plots": 1,
+        "all": 1,
+        "resolve_model": 1,
+        "resolve_encoder": 2,
     }  # 8 seeds in one chunk per job; no tiny models or encoders: the preset names real ones, resolved
     # once on the submit host
     assert "tiny-s" not in proc.stdout  # the preset replaced the demo config, not merged into it
@@ -187,11 +218,20 @@ def test_synthetic_preset_plans_pretraining_two_trainings_and_lora_seeds(tmp_pat
     counts = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
     cells = 2 * 5 * 2  # models (prior, no prior) × subjects × LoRA seeds, one seed chunk
     assert counts == {
-        "render_dataset": 1, "prepare": 5, "pretrain_vae": 1, "pretrain_model": 1, "base_accuracy": 1,
+        "render_dataset": 1,
+        "prepare": 5,
+        "pretrain_vae": 1,
+        "pretrain_model": 1,
+        "base_accuracy": 1,
         "class_images": 5,  # the prior model only; one per subject's shape
-        "train_lora": cells, "grid": 2 * 5, "aggregate": 2, "plots": 1, "all": 1,
+        "train_lora": cells,
+        "grid": 2 * 5,
+        "aggregate": 2,
+        "plots": 1,
+        "all": 1,
         # points_per_job: the grid's 10 points (cfg λ×3, pg ω0 λ×3, pg ω 0.5, ag, cfgpp, pgpp) in one job
-        "generate": cells, "score": cells,
+        "generate": cells,
+        "score": cells,
     }  # no encoders: the oracle alone scores, nothing is embedded
     assert "results/synthetic/samples/red_blue_circle/lora1/points00/seeds0_1" in proc.stdout
 
@@ -214,8 +254,11 @@ def test_fetch_rule_clones_the_pinned_commit(tmp_path):
     commit = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
     (origin / "inputs/brown_dog/00.jpg").unlink()  # a later commit the pin must not see
     subprocess.run([*git, "commit", "-qam", "drop one"], check=True)
-    config = _edit(_small_config(), dataset__root="data/vico",
-                   dataset__fetch={"repo": str(origin), "commit": commit[:10], "subdir": "inputs"})
+    config = _edit(
+        _small_config(),
+        dataset__root="data/vico",
+        dataset__fetch={"repo": str(origin), "commit": commit[:10], "subdir": "inputs"},
+    )
     (tmp_path / "work").mkdir()
     workdir = _workdir(tmp_path / "work", config)
     proc = _snakemake(workdir, "results/concepts/brown_dog")
@@ -226,9 +269,13 @@ def test_fetch_rule_clones_the_pinned_commit(tmp_path):
 
 @pytest.mark.slow
 def test_the_synthetic_world_renders_its_dataset_through_the_dag(tmp_path):
-    config = _edit(_small_config(), dataset__sheet="resources/datasets/synthetic/concepts.csv",
-                   dataset__root="data/synthetic", dataset__render={"n_images": 4},
-                   dataset__concepts=["yellow_magenta_star", "red_blue_circle"])
+    config = _edit(
+        _small_config(),
+        dataset__sheet="resources/datasets/synthetic/concepts.csv",
+        dataset__root="data/synthetic",
+        dataset__render={"n_images": 4},
+        dataset__concepts=["yellow_magenta_star", "red_blue_circle"],
+    )
     workdir = _workdir(tmp_path, config)
     planned = _planned(workdir)
     assert planned["render_dataset"] == 1 and planned["prepare"] == 2 and "fetch_dataset" not in planned
@@ -283,7 +330,9 @@ def test_small_study_runs_reruns_what_changed_and_matches_the_cli(tmp_path):
     (dogs,) = model.glob("class_images/dog-*")  # the noun's slug and hash (wig.study.class_slug)
     assert len(list(dogs.glob("*.png"))) == 2
     assert (model / "grids/brown_dog.png").is_file()
-    jobs = sorted(p.relative_to(model / "samples/brown_dog/lora0").as_posix() for p in model.glob("samples/*/*/*/*/seeds*"))
+    jobs = sorted(
+        p.relative_to(model / "samples/brown_dog/lora0").as_posix() for p in model.glob("samples/*/*/*/*/seeds*")
+    )
     assert jobs == ["cfg/w1.0_l7.5/seeds0_1", "pg/w0.0_l7.5/seeds0_1", "pg/w1.0_l7.5/seeds0_1"]
     cfg_dir = model / "samples/brown_dog/lora0/cfg/w1.0_l7.5/seeds0_1"
     manifest = pl.read_parquet(cfg_dir / "manifest.parquet")
@@ -295,8 +344,9 @@ def test_small_study_runs_reruns_what_changed_and_matches_the_cli(tmp_path):
         cfg = pl.read_parquet(samples / "cfg/w1.0_l7.5/seeds0_1/manifest.parquet")["sha256"]
         assert pl.read_parquet(samples / "pg/w1.0_l7.5/seeds0_1/manifest.parquet")["sha256"].equals(cfg)
         assert not pl.read_parquet(samples / "pg/w0.0_l7.5/seeds0_1/manifest.parquet")["sha256"].equals(cfg)
-        assert pl.read_parquet(workdir / "results" / m / "tables/metrics.parquet")["method"].unique().sort().to_list() \
-            == ["cfg", "pg"]
+        assert pl.read_parquet(workdir / "results" / m / "tables/metrics.parquet")[
+            "method"
+        ].unique().sort().to_list() == ["cfg", "pg"]
     pg0 = model / "samples/brown_dog/lora0/pg/w0.0_l7.5/seeds0_1"
     # one log per job; per model: model, class images, training, 3 generations, grid, 3 × 2 sample
     # embeddings, 3 scores, aggregate; shared: prepare, 2 encoders, 2 reference + 1 text
@@ -340,9 +390,32 @@ def test_small_study_runs_reruns_what_changed_and_matches_the_cli(tmp_path):
     from wig.cli import main
 
     out = tmp_path / "cli.png"
-    rc = main(["generate", "--model", str(model / "model"), "--lora", str(lora / "full"), "--method", "pg",
-               "--omega", "0", "--prompt", "a sks dog in the jungle", "--seed", "1", "--steps", "2",
-               "--height", "32", "--width", "32", "--out", str(out), "--quiet"])
+    rc = main(
+        [
+            "generate",
+            "--model",
+            str(model / "model"),
+            "--lora",
+            str(lora / "full"),
+            "--method",
+            "pg",
+            "--omega",
+            "0",
+            "--prompt",
+            "a sks dog in the jungle",
+            "--seed",
+            "1",
+            "--steps",
+            "2",
+            "--height",
+            "32",
+            "--width",
+            "32",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     ref = np.asarray(Image.open(pg0 / "s1_p00.png"), dtype=np.int16)
     assert np.abs(np.asarray(Image.open(out), dtype=np.int16) - ref).max() <= 1
@@ -356,11 +429,28 @@ def test_small_study_runs_reruns_what_changed_and_matches_the_cli(tmp_path):
     _write_config(workdir, _edit(config, evaluation__clip_t_text="raw"))
     assert _planned(workdir) == {"embed_texts": 1, "score": 6, "aggregate": 2, "plots": 1, "all": 1}
     _write_config(workdir, _edit(config, encoders__dino={"tiny": True, "seed": 1}))
-    assert _planned(workdir) == {"build_tiny_encoder": 1, "embed_references": 1, "embed_samples": 6, "score": 6,
-                                 "aggregate": 2, "plots": 1, "all": 1}
+    assert _planned(workdir) == {
+        "build_tiny_encoder": 1,
+        "embed_references": 1,
+        "embed_samples": 6,
+        "score": 6,
+        "aggregate": 2,
+        "plots": 1,
+        "all": 1,
+    }
     _write_config(workdir, _edit(config, **{"models__tiny-sana": {"tiny": "sana", "seed": 1}}))  # one model
-    assert _planned(workdir) == {"build_tiny_model": 1, "class_images": 1, "train_lora": 1, "generate": 3,
-                                 "grid": 1, "embed_samples": 6, "score": 3, "aggregate": 1, "plots": 1, "all": 1}
+    assert _planned(workdir) == {
+        "build_tiny_model": 1,
+        "class_images": 1,
+        "train_lora": 1,
+        "generate": 3,
+        "grid": 1,
+        "embed_samples": 6,
+        "score": 3,
+        "aggregate": 1,
+        "plots": 1,
+        "all": 1,
+    }
     one_job = {"generate": 2, "embed_samples": 4, "score": 2, "grid": 2, "aggregate": 2, "plots": 1, "all": 1}
     guidance = config["guidance"][:1] + [{"method": "pg", "scale": 7.5, "omega": [0.0, 0.5, 1.0]}]
     _write_config(workdir, _edit(config, guidance=guidance))  # a new ω: one job per model
@@ -379,16 +469,35 @@ def test_small_study_runs_reruns_what_changed_and_matches_the_cli(tmp_path):
         edited = src / "wig" / f"{module}.py"
         edited.write_text(edited.read_text() + "\n# an edit\n")
         plans[module] = _planned(workdir, env={"PYTHONPATH": str(src)})
-        reaching = sorted(name for name, rule in scripted.items()
-                          if (ROOT / "src/wig" / f"{module}.py").resolve() in _walk(Path(rule["script"])))
+        reaching = sorted(
+            name
+            for name, rule in scripted.items()
+            if (ROOT / "src/wig" / f"{module}.py").resolve() in _walk(Path(rule["script"]))
+        )
         assert plans[module] == (_planned(workdir, "--forcerun", *reaching) if reaching else {}), module
     assert {"prepare", "class_images", "train_lora", "generate", "embed_references", "embed_samples"} <= set(
-        plans["concepts"]) and "build_tiny_model" not in plans["concepts"]
+        plans["concepts"]
+    ) and "build_tiny_model" not in plans["concepts"]
     # the tiny encoders' builder runs wig.encoders, which writes the embedding schema: never generation
-    assert plans["embeddings"] == {"build_tiny_encoder": 2, "embed_references": 2, "embed_texts": 1,
-                                   "embed_samples": 12, "score": 6, "aggregate": 2, "plots": 1, "all": 1}
-    assert plans["guidance"] == {"generate": 6, "grid": 2, "embed_samples": 12, "score": 6, "aggregate": 2,
-                                 "plots": 1, "all": 1}  # never training or class images
+    assert plans["embeddings"] == {
+        "build_tiny_encoder": 2,
+        "embed_references": 2,
+        "embed_texts": 1,
+        "embed_samples": 12,
+        "score": 6,
+        "aggregate": 2,
+        "plots": 1,
+        "all": 1,
+    }
+    assert plans["guidance"] == {
+        "generate": 6,
+        "grid": 2,
+        "embed_samples": 12,
+        "score": 6,
+        "aggregate": 2,
+        "plots": 1,
+        "all": 1,
+    }  # never training or class images
     assert plans["cli"] == {}  # no script reaches the command line
 
     report = _snakemake(workdir, "--report", "report.html")
@@ -404,9 +513,14 @@ def _synthetic_smoke_config():
     config["dataset"].update(concepts=["yellow_magenta_star"], max_prompts=2)
     config["class_images"].update(count=2, steps=2)
     config["training"].update(steps=3, weak_step=1)
-    config.update(seeds=[0], guidance=[{"method": "cfg", "scale": [1.5, 3.0]},
-                                       {"method": "pg", "scale": [1.5, 3.0], "omega": 0.0},
-                                       {"method": "cfgpp", "scale": 0.2}])
+    config.update(
+        seeds=[0],
+        guidance=[
+            {"method": "cfg", "scale": [1.5, 3.0]},
+            {"method": "pg", "scale": [1.5, 3.0], "omega": 0.0},
+            {"method": "cfgpp", "scale": 0.2},
+        ],
+    )
     config["sampling"].update(steps=2, seeds_per_job=1)
     config["base_accuracy"].update(n=2, steps=2)
     config["evaluation"]["bootstrap"] = 100
@@ -422,12 +536,15 @@ def test_synthetic_preset_smoke_runs_end_to_end(tmp_path):
     results = workdir / "results"
     # one pretrained base, shared: the no-prior model has no model folder and no class images
     assert (results / "synthetic/model/model_index.json").is_file()
-    assert not (results / "synthetic-noprior/model").exists() and not (results / "synthetic-noprior/class_images").exists()
+    assert (
+        not (results / "synthetic-noprior/model").exists() and not (results / "synthetic-noprior/class_images").exists()
+    )
     accuracy = pl.read_parquet(results / "synthetic/tables/base_accuracy.parquet")
     assert accuracy["scale"].to_list() == [1.5, 3.0] and (accuracy["n_images"] == 2).all()
     lora = results / "synthetic/lora/yellow_magenta_star"
-    assert (lora / "seed0/full/pytorch_lora_weights.safetensors").read_bytes() != \
-        (lora / "seed1/full/pytorch_lora_weights.safetensors").read_bytes()
+    assert (lora / "seed0/full/pytorch_lora_weights.safetensors").read_bytes() != (
+        lora / "seed1/full/pytorch_lora_weights.safetensors"
+    ).read_bytes()
     for model in ("synthetic", "synthetic-noprior"):
         table = pl.read_parquet(results / model / "tables/metrics.parquet")
         assert table["protocol"].unique().to_list() == ["oracle"] and "dino" not in table.columns

@@ -29,8 +29,9 @@ def accuracy_prompts(n: int, seed: int = 0) -> list[str]:
     return out
 
 
-def base_accuracy(pipe, scales, n: int = 64, seed: int = 0, steps: int = 20, batch_size: int = 32,
-                  progress: bool = True) -> pl.DataFrame:
+def base_accuracy(
+    pipe, scales, n: int = 64, seed: int = 0, steps: int = 20, batch_size: int = 32, progress: bool = True
+) -> pl.DataFrame:
     """How well the base model follows world prompts under CFG: per guidance scale λ, the oracle's
     accuracy on background, object colour and shape over ``n`` random full captions (image i
     sampled with seed ``seed + i``), plus their mean (``text``)."""

@@ -12,7 +12,6 @@ from wig.atomic import atomic_dir, replace_file, tmp_path
 from wig.errors import WigError
 from wig.guidance import METHODS
 
-
 # Arguments are checked by argparse and `_check_args` before torch and diffusers are imported
 # (6-12 s): a wrong argument is refused at once.
 
@@ -43,25 +42,39 @@ def _device(text: str) -> str:
 
 
 def _add_runtime(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", type=_device,
-                   help="torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, …")
+    p.add_argument(
+        "--device",
+        default="auto",
+        type=_device,
+        help="torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, …",
+    )
     p.add_argument(
         "--dtype",
         default="auto",
         choices=("auto", "float32", "float16", "bfloat16"),
         help="weights/activations dtype; auto = float32 on CPU, float16 on GPU",
     )
-    p.add_argument("--threads", type=_int_in(0, what="--threads"), default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument(
+        "--threads", type=_int_in(0, what="--threads"), default=0, help="torch CPU threads (0: torch's default)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--negative-prompt", default="", help="negative prompt for the ∅ branch (default empty)")
     p.add_argument("--steps", type=_POSITIVE, default=50, help="sampling steps (default 50)")
-    p.add_argument("--height", type=_POSITIVE, default=None,
-                   help="image height, a multiple of the model's size step (8 for SD; default: the model's)")
-    p.add_argument("--width", type=_POSITIVE, default=None,
-                   help="image width, a multiple of the model's size step (8 for SD; default: the model's)")
+    p.add_argument(
+        "--height",
+        type=_POSITIVE,
+        default=None,
+        help="image height, a multiple of the model's size step (8 for SD; default: the model's)",
+    )
+    p.add_argument(
+        "--width",
+        type=_POSITIVE,
+        default=None,
+        help="image width, a multiple of the model's size step (8 for SD; default: the model's)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,8 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build a seeded random-init twin (same classes and layout as the real checkpoint) "
         "that stock diffusers loads with from_pretrained. Same seed → byte-identical files.",
     )
-    p.add_argument("--family", required=True, choices=("sd", "sana"),
-                   help="model family: sd = Stable-Diffusion style, sana = SANA style")
+    p.add_argument(
+        "--family",
+        required=True,
+        choices=("sd", "sana"),
+        help="model family: sd = Stable-Diffusion style, sana = SANA style",
+    )
     p.add_argument("--out", required=True, type=Path, help="output folder (a diffusers pipeline folder)")
     p.add_argument("--seed", type=_SEED, default=None, help="init seed (default: the config's)")
     p.add_argument("--config", type=Path, default=None, help="JSON config replacing the shipped tiny config")
@@ -104,8 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
         "draws with generator=torch.Generator('cpu').manual_seed(seed_i).",
     )
     p.add_argument("--model", required=True, help="diffusers model folder or hub name (HF_HUB_OFFLINE is honoured)")
-    p.add_argument("--lora", type=Path, help="fine-tuned LoRA: folder with pytorch_lora_weights.safetensors, or the file")
-    p.add_argument("--weak-lora", type=Path, help="weak (early) LoRA checkpoint for ag; without it ag's weak model is the pretrained one")
+    p.add_argument(
+        "--lora", type=Path, help="fine-tuned LoRA: folder with pytorch_lora_weights.safetensors, or the file"
+    )
+    p.add_argument(
+        "--weak-lora",
+        type=Path,
+        help="weak (early) LoRA checkpoint for ag; without it ag's weak model is the pretrained one",
+    )
     p.add_argument("--method", required=True, choices=METHODS, help="guidance method")
     p.add_argument("--scale", type=float, default=7.5, help="guidance scale λ (default 7.5)")
     p.add_argument("--omega", type=float, default=1.0, help="pg/pgpp weak-model weight ω in [0, 1] (default 1 = cfg)")
@@ -113,9 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True, action="append", help="prompt (repeat for a batch)")
     p.add_argument("--seed", type=_SEED, action="append", required=True, help="seed (repeat for a batch)")
     _add_sampling(p)
-    p.add_argument("--scheduler", default="auto", choices=("auto", "ddim", "model"),
-                   help="auto (default): DDIM for SD, the checkpoint's flow DPM-Solver for SANA; "
-                        "ddim; or the model's own scheduler")
+    p.add_argument(
+        "--scheduler",
+        default="auto",
+        choices=("auto", "ddim", "model"),
+        help="auto (default): DDIM for SD, the checkpoint's flow DPM-Solver for SANA; "
+        "ddim; or the model's own scheduler",
+    )
     p.add_argument(
         "--out",
         required=True,
@@ -133,10 +160,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--concept-dir", required=True, type=Path, help="folder of the concept's images")
     p.add_argument("--out", required=True, type=Path, help="output folder (must not exist or be empty)")
-    p.add_argument("--max-pixels", type=_POSITIVE, default=None,
-                   help="refuse photos with more pixels (default 256,000,000: PIL's bomb guard at wig's limit)")
-    p.add_argument("--max-side", type=_POSITIVE, default=None,
-                   help="keep photos at most this long on their long side (default 2048, LANCZOS)")
+    p.add_argument(
+        "--max-pixels",
+        type=_POSITIVE,
+        default=None,
+        help="refuse photos with more pixels (default 256,000,000: PIL's bomb guard at wig's limit)",
+    )
+    p.add_argument(
+        "--max-side",
+        type=_POSITIVE,
+        default=None,
+        help="keep photos at most this long on their long side (default 2048, LANCZOS)",
+    )
 
     p = sub.add_parser(
         "class-images",
@@ -163,18 +198,30 @@ def build_parser() -> argparse.ArgumentParser:
         "when the run completes.",
     )
     p.add_argument("--model", required=True, help="diffusers model folder or hub name")
-    p.add_argument("--instance-dir", required=True, type=Path, help="the concept's images (a prepared folder or any image folder)")
+    p.add_argument(
+        "--instance-dir", required=True, type=Path, help="the concept's images (a prepared folder or any image folder)"
+    )
     p.add_argument("--instance-prompt", required=True, help='e.g. "a photo of sks dog"')
     p.add_argument("--class-dir", type=Path, help="class images for prior preservation")
     p.add_argument("--class-prompt", help='e.g. "a photo of dog" (needed with --class-dir)')
-    p.add_argument("--prior-weight", type=float, default=1.0, help="prior-preservation loss weight (default 1.0; 0 = plain DreamBooth-LoRA)")
+    p.add_argument(
+        "--prior-weight",
+        type=float,
+        default=1.0,
+        help="prior-preservation loss weight (default 1.0; 0 = plain DreamBooth-LoRA)",
+    )
     p.add_argument("--steps", type=_POSITIVE, default=500, help="training steps (default 500)")
     p.add_argument("--weak-step", type=_POSITIVE, default=100, help="step of the weak checkpoint (default 100)")
     p.add_argument("--rank", type=_POSITIVE, default=4, help="LoRA rank (default 4)")
     p.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
     p.add_argument("--resolution", type=_POSITIVE, default=512, help="training resolution (default 512)")
     p.add_argument("--seed", type=_SEED, default=0, help="seed (default 0)")
-    p.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"), help="autocast precision on a GPU (default no)")
+    p.add_argument(
+        "--mixed-precision",
+        default="no",
+        choices=("no", "fp16", "bf16"),
+        help="autocast precision on a GPU (default no)",
+    )
     p.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for UNet activation memory")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     _add_runtime(p)
@@ -195,8 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--images", type=Path, help="folder with manifest.parquet (wig prepare / a generation job)")
     what.add_argument("--text", action="append", help="a text to embed with CLIP (repeat)")
-    p.add_argument("--protocol", action="append", choices=("dreammatcher", "standard"),
-                   help="preprocessing protocol (repeat; default dreammatcher)")
+    p.add_argument(
+        "--protocol",
+        action="append",
+        choices=("dreammatcher", "standard"),
+        help="preprocessing protocol (repeat; default dreammatcher)",
+    )
     p.add_argument("--batch-size", type=_POSITIVE, default=32, help="images per forward (default 32)")
     p.add_argument("--out", required=True, type=Path, help="output .parquet file")
     _add_runtime(p)
@@ -260,10 +311,9 @@ def _cmd_generate(args) -> None:
     from PIL.PngImagePlugin import PngInfo
 
     from wig.guidance import Guidance
+    from wig.lora import lora_file
     from wig.models import attach_loras, load_pipeline
     from wig.sampling import sample
-
-    from wig.lora import lora_file
 
     prompts, seeds = _pair(args.prompt, args.seed)
     paths = _out_paths(args.out, seeds, overwrite=args.overwrite)
@@ -293,8 +343,16 @@ def _cmd_generate(args) -> None:
     )
     for image, path, prompt, seed in zip(images, paths, prompts, seeds):
         info = PngInfo()
-        meta = {"prompt": prompt, "seed": seed, "method": args.method, "scale": args.scale, "omega": args.omega,
-                "ag_scale": args.ag_scale, "steps": args.steps, "model": str(args.model)}
+        meta = {
+            "prompt": prompt,
+            "seed": seed,
+            "method": args.method,
+            "scale": args.scale,
+            "omega": args.omega,
+            "ag_scale": args.ag_scale,
+            "steps": args.steps,
+            "model": str(args.model),
+        }
         info.add_text("wig", json.dumps(meta))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = tmp_path(path)
@@ -313,8 +371,9 @@ def _runtime(args):
 def _cmd_prepare(args) -> None:
     from wig.concepts import MAX_PIXELS, MAX_SIDE, prepare_concept
 
-    manifest = prepare_concept(args.concept_dir, args.out, max_pixels=args.max_pixels or MAX_PIXELS,
-                               max_side=args.max_side or MAX_SIDE)
+    manifest = prepare_concept(
+        args.concept_dir, args.out, max_pixels=args.max_pixels or MAX_PIXELS, max_side=args.max_side or MAX_SIDE
+    )
     print(f"{len(manifest)} images -> {args.out}")
 
 
@@ -324,9 +383,20 @@ def _cmd_class_images(args) -> None:
 
     _runtime(args)
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
-    generate_class_images(pipe, args.prompt, args.count, args.out, seed=args.seed, steps=args.steps,
-                          scale=args.scale, height=args.height, width=args.width, batch_size=args.batch_size,
-                          negative_prompt=args.negative_prompt, progress=not args.quiet)
+    generate_class_images(
+        pipe,
+        args.prompt,
+        args.count,
+        args.out,
+        seed=args.seed,
+        steps=args.steps,
+        scale=args.scale,
+        height=args.height,
+        width=args.width,
+        batch_size=args.batch_size,
+        negative_prompt=args.negative_prompt,
+        progress=not args.quiet,
+    )
 
 
 def _cmd_train_lora(args) -> None:
@@ -335,9 +405,17 @@ def _cmd_train_lora(args) -> None:
     from wig.training import TrainConfig, train_lora
 
     config = TrainConfig(
-        instance_prompt=args.instance_prompt, class_prompt=args.class_prompt, prior_weight=args.prior_weight,
-        steps=args.steps, weak_step=args.weak_step, rank=args.rank, lr=args.lr, resolution=args.resolution,
-        seed=args.seed, mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
+        instance_prompt=args.instance_prompt,
+        class_prompt=args.class_prompt,
+        prior_weight=args.prior_weight,
+        steps=args.steps,
+        weak_step=args.weak_step,
+        rank=args.rank,
+        lr=args.lr,
+        resolution=args.resolution,
+        seed=args.seed,
+        mixed_precision=args.mixed_precision,
+        gradient_checkpointing=args.gradient_checkpointing,
     )
     if args.class_dir is not None and args.class_prompt is None:
         raise WigError("--class-dir needs --class-prompt")

@@ -162,13 +162,16 @@ def read_sheet(
             prompts_file = path.parent / prompt_file
         elif isinstance(prompts, Mapping):
             if live is None:
-                raise ConceptError(f"{where}: concept {cid} needs 'live' (yes/no) to pick its prompt list "
-                                   f"(live: {prompts['live']}, object: {prompts['object']})")
+                raise ConceptError(
+                    f"{where}: concept {cid} needs 'live' (yes/no) to pick its prompt list "
+                    f"(live: {prompts['live']}, object: {prompts['object']})"
+                )
             prompts_file = Path(prompts["live" if live else "object"])
         else:
             prompts_file = Path(prompts) if prompts else None
-        concepts[cid] = Concept(id=cid, class_noun=noun, folder=get("folder") or cid, live=live,
-                                prompts_file=prompts_file)
+        concepts[cid] = Concept(
+            id=cid, class_noun=noun, folder=get("folder") or cid, live=live, prompts_file=prompts_file
+        )
     if not concepts:
         raise ConceptError(f"concept sheet {path} lists no concept")
     return concepts
@@ -216,14 +219,17 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.I
             with Image.open(path) as image:
                 frames = getattr(image, "n_frames", 1)
                 if frames > 1:
-                    raise ConceptError(f"{path}: an animation of {frames} frames, not a photo (save the frame "
-                                       "you mean as a PNG)")
+                    raise ConceptError(
+                        f"{path}: an animation of {frames} frames, not a photo (save the frame you mean as a PNG)"
+                    )
                 image.load()  # decode now: a truncated file fails here, not later
                 image = ImageOps.exif_transpose(image)
                 return to_rgb(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ConceptError(f"{path}: more than the {max_pixels:,} pixels an image may have (wig.concepts.MAX_PIXELS, "
-                           f"dataset.max_image_pixels): {err}") from None
+        raise ConceptError(
+            f"{path}: more than the {max_pixels:,} pixels an image may have (wig.concepts.MAX_PIXELS, "
+            f"dataset.max_image_pixels): {err}"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as err:
         raise ConceptError(f"{path}: not a readable image ({err})") from None
     finally:
@@ -262,8 +268,13 @@ MANIFEST_SCHEMA = {
 }
 
 
-def prepare_concept(src: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
-                    max_pixels: int = MAX_PIXELS, max_side: int = MAX_SIDE):
+def prepare_concept(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    overwrite: bool = False,
+    max_pixels: int = MAX_PIXELS,
+    max_side: int = MAX_SIDE,
+):
     """Validate and normalise a concept's reference images into ``out``: ``NN.png`` (RGB,
     EXIF orientation applied, the long side at most ``max_side``) and ``manifest.parquet``.
 
@@ -271,10 +282,17 @@ def prepare_concept(src: str | os.PathLike, out: str | os.PathLike, overwrite: b
     the folder that are not images (by suffix) are skipped with a warning naming them.
     """
     files = image_files(src)
-    others = sorted(p.name for p in Path(src).iterdir() if p.is_file() and p not in files and not p.name.startswith("."))
+    others = sorted(
+        p.name for p in Path(src).iterdir() if p.is_file() and p not in files and not p.name.startswith(".")
+    )
     if others:
-        log.warning("%s: skipped %d file(s) that are not images (%s): %s", src, len(others),
-                    ", ".join(IMAGE_SUFFIXES), ", ".join(others))
+        log.warning(
+            "%s: skipped %d file(s) that are not images (%s): %s",
+            src,
+            len(others),
+            ", ".join(IMAGE_SUFFIXES),
+            ", ".join(others),
+        )
     kept = []  # one full-size photo in memory at a time
     for f in files:
         original = load_image(f, max_pixels=max_pixels)
@@ -283,16 +301,18 @@ def prepare_concept(src: str | os.PathLike, out: str | os.PathLike, overwrite: b
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for i, (source, (image, (source_width, source_height))) in enumerate(zip(files, kept)):
             name = f"{i:02d}.png"
-            rows.append({
-                "path": name,
-                "source": str(source),
-                "source_sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
-                "sha256": save_png(image, tmp / name),
-                "width": image.width,
-                "height": image.height,
-                "source_width": source_width,
-                "source_height": source_height,
-            })
+            rows.append(
+                {
+                    "path": name,
+                    "source": str(source),
+                    "source_sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
+                    "sha256": save_png(image, tmp / name),
+                    "width": image.width,
+                    "height": image.height,
+                    "source_width": source_width,
+                    "source_height": source_height,
+                }
+            )
         manifest = pl.DataFrame(rows, schema=MANIFEST_SCHEMA)
         manifest.write_parquet(tmp / "manifest.parquet")
     return manifest

@@ -21,8 +21,13 @@ class EmbeddingError(WigError):
 
 
 def image_schema(dim: int) -> dict:
-    return {"path": pl.String, "sha256": pl.String, "encoder": pl.String, "protocol": pl.String,
-            "embedding": pl.Array(pl.Float32, dim)}
+    return {
+        "path": pl.String,
+        "sha256": pl.String,
+        "encoder": pl.String,
+        "protocol": pl.String,
+        "embedding": pl.Array(pl.Float32, dim),
+    }
 
 
 def text_schema(dim: int) -> dict:

@@ -77,13 +77,15 @@ class Encoder:
             return v2.functional.normalize(x, self.clip_mean, self.clip_std)
         if self.kind == "clip":
             return torch.stack([self.clip_preprocess(im.convert("RGB")) for im in images])
-        transform = v2.Compose([
-            v2.ToImage(),
-            v2.Resize(256, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-            v2.CenterCrop(224),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ])
+        transform = v2.Compose(
+            [
+                v2.ToImage(),
+                v2.Resize(256, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+                v2.CenterCrop(224),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            ]
+        )
         return torch.stack([transform(im.convert("RGB")) for im in images])
 
     @torch.no_grad()
@@ -126,9 +128,16 @@ def load_encoder(spec: dict, path: str | os.PathLike | None = None, device: str 
             with offline() if path is not None else contextlib.nullcontext():
                 model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=spec.get("pretrained"))
             normalize = preprocess.transforms[-1]
-            return Encoder(encoder_id(spec), kind, model.to(device).eval(), device, clip_preprocess=preprocess,
-                           tokenizer=open_clip.get_tokenizer(name), clip_mean=tuple(normalize.mean),
-                           clip_std=tuple(normalize.std))
+            return Encoder(
+                encoder_id(spec),
+                kind,
+                model.to(device).eval(),
+                device,
+                clip_preprocess=preprocess,
+                tokenizer=open_clip.get_tokenizer(name),
+                clip_mean=tuple(normalize.mean),
+                clip_std=tuple(normalize.std),
+            )
     except (OSError, RuntimeError, ValueError) as err:
         raise EmbeddingError(f"cannot load {kind} encoder {source}: {str(err).splitlines()[0]}") from None
     raise EmbeddingError(f"unknown encoder kind {kind!r}; choose dino or clip")
@@ -136,8 +145,16 @@ def load_encoder(spec: dict, path: str | os.PathLike | None = None, device: str 
 
 # --- tiny twins --------------------------------------------------------------------------
 
-TINY_DINO = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
-             "image_size": 224, "patch_size": 16, "layer_norm_eps": 1e-6, "qkv_bias": True}
+TINY_DINO = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "image_size": 224,
+    "patch_size": 16,
+    "layer_norm_eps": 1e-6,
+    "qkv_bias": True,
+}
 TINY_CLIP = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "patch_size": 32},
@@ -165,9 +182,15 @@ def build_tiny_encoder(kind: str, out: str | os.PathLike, seed: int = 0) -> None
             import open_clip
 
             model = open_clip.CLIP(**TINY_CLIP)
-            config = {"model_cfg": TINY_CLIP,
-                      "preprocess_cfg": {"mean": list(OPENAI_MEAN), "std": list(OPENAI_STD), "interpolation": "bicubic",
-                                         "resize_mode": "shortest"}}
+            config = {
+                "model_cfg": TINY_CLIP,
+                "preprocess_cfg": {
+                    "mean": list(OPENAI_MEAN),
+                    "std": list(OPENAI_STD),
+                    "interpolation": "bicubic",
+                    "resize_mode": "shortest",
+                },
+            }
             (out / "open_clip_config.json").write_text(json.dumps(config, indent=2))
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "open_clip_model.safetensors")
         else:
@@ -215,7 +238,11 @@ def embed_texts(encoder: Encoder, texts: Sequence[str]) -> pl.DataFrame:
     """One row per text: ``index`` (position), ``text``, ``encoder``, ``embedding``."""
     emb = encoder.embed_texts(texts).numpy()
     return pl.DataFrame(
-        {"index": list(range(len(texts))), "text": list(texts), "encoder": [encoder.id] * len(texts),
-         "embedding": list(emb)},
+        {
+            "index": list(range(len(texts))),
+            "text": list(texts),
+            "encoder": [encoder.id] * len(texts),
+            "embedding": list(emb),
+        },
         schema=text_schema(emb.shape[1]),
     )

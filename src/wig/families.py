@@ -47,8 +47,9 @@ def warn_truncated(tokenizer, texts: list[str], limit: int, family: str) -> None
         ids = tokenizer(text, truncation=False, add_special_tokens=True)["input_ids"]
         if len(ids) > limit:
             kept = tokenizer.decode(ids[:limit], skip_special_tokens=True)
-            log.warning("%s text encoder sees %d of the %d tokens of %r: only %r is used", family, limit, len(ids),
-                        text, kept)
+            log.warning(
+                "%s text encoder sees %d of the %d tokens of %r: only %r is used", family, limit, len(ids), text, kept
+            )
 
 
 @dataclass
@@ -93,8 +94,13 @@ class SD(Family):
     def encode(pipe, texts: list[str], cond: bool = True, **options) -> Text:
         """As ``StableDiffusionPipeline.encode_prompt`` (no clip skip); ``cond`` plays no part."""
         warn_truncated(pipe.tokenizer, texts, pipe.tokenizer.model_max_length, "sd")
-        tok = pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt")
+        tok = pipe.tokenizer(
+            texts,
+            padding="max_length",
+            max_length=pipe.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
         device = pipe.text_encoder.device
         use_mask = getattr(pipe.text_encoder.config, "use_attention_mask", False)
         mask = tok.attention_mask.to(device) if use_mask else None
@@ -171,8 +177,9 @@ class Sana(Family):
         warn_truncated(pipe.tokenizer, texts, options["max_sequence_length"], "sana")
         if not cond:
             options["complex_human_instruction"] = None
-        embeds, mask, _, _ = pipe.encode_prompt(texts, do_classifier_free_guidance=False,
-                                                device=pipe.text_encoder.device, **options)
+        embeds, mask, _, _ = pipe.encode_prompt(
+            texts, do_classifier_free_guidance=False, device=pipe.text_encoder.device, **options
+        )
         return Text(embeds, mask)
 
     @staticmethod
@@ -183,8 +190,13 @@ class Sana(Family):
     def predict(pipe, x: torch.Tensor, t, text: Text) -> torch.Tensor:
         model = pipe.transformer
         timestep = t.expand(x.shape[0]) * model.config.timestep_scale
-        out = model(x.to(model.dtype), encoder_hidden_states=text.embeds.to(model.dtype),
-                    encoder_attention_mask=text.mask, timestep=timestep, return_dict=False)[0].float()
+        out = model(
+            x.to(model.dtype),
+            encoder_hidden_states=text.embeds.to(model.dtype),
+            encoder_attention_mask=text.mask,
+            timestep=timestep,
+            return_dict=False,
+        )[0].float()
         if model.config.out_channels // 2 == model.config.in_channels:  # learned sigma: drop it
             out = out.chunk(2, dim=1)[0]
         return out

@@ -22,12 +22,16 @@ def fetch_git_folder(repo: str, commit: str, subdir: str, out: str | os.PathLike
         raise WigError("fetching the dataset needs git on PATH")
     with tempfile.TemporaryDirectory() as tmp:
         clone = Path(tmp) / "repo"
-        for args in (["clone", "--quiet", "--no-checkout", "--", repo, str(clone)],
-                     ["-C", str(clone), "checkout", "--quiet", commit, "--", subdir]):
+        for args in (
+            ["clone", "--quiet", "--no-checkout", "--", repo, str(clone)],
+            ["-C", str(clone), "checkout", "--quiet", commit, "--", subdir],
+        ):
             proc = subprocess.run([git, *args], capture_output=True, text=True)
             if proc.returncode != 0:
-                raise WigError(f"git {args[0] if args[0] != '-C' else args[2]} of {repo}@{commit} failed: "
-                               f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+                raise WigError(
+                    f"git {args[0] if args[0] != '-C' else args[2]} of {repo}@{commit} failed: "
+                    f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}"
+                )
         source = clone / subdir
         if not source.is_dir():
             raise WigError(f"{repo}@{commit} has no folder {subdir!r}")

@@ -71,19 +71,31 @@ def generate_samples(
                 chunk = jobs[first : first + batch_size]
                 generators = [torch.Generator("cpu").manual_seed(seed) for seed, _, _ in chunk]
                 try:
-                    images += sample(pipe, [p for _, _, p in chunk], guidance, generators, progress=progress,
-                                     **sampling)
+                    images += sample(
+                        pipe, [p for _, _, p in chunk], guidance, generators, progress=progress, **sampling
+                    )
                 except SamplingError as err:
                     raise SamplingError(f"grid point {key}: {err}") from None
             seconds = (time.perf_counter() - start) / len(jobs)
             for (seed, i, prompt), image in zip(jobs, images):
                 path = folder / f"s{seed}_p{i:02d}.png"
-                rows.append({
-                    "path": path.relative_to(tmp).as_posix(), "prompt_index": i, "prompt": prompt, "seed": seed,
-                    "point": key, "method": guidance.method, "omega": guidance.omega, "scale": guidance.scale,
-                    "ag_scale": guidance.ag_scale, "weak": guidance.weak, "sha256": save_png(image, path),
-                    "seconds_per_image": seconds, "versions": stamp,
-                })
+                rows.append(
+                    {
+                        "path": path.relative_to(tmp).as_posix(),
+                        "prompt_index": i,
+                        "prompt": prompt,
+                        "seed": seed,
+                        "point": key,
+                        "method": guidance.method,
+                        "omega": guidance.omega,
+                        "scale": guidance.scale,
+                        "ag_scale": guidance.ag_scale,
+                        "weak": guidance.weak,
+                        "sha256": save_png(image, path),
+                        "seconds_per_image": seconds,
+                        "versions": stamp,
+                    }
+                )
         manifest = pl.DataFrame(rows, schema=MANIFEST_SCHEMA)
         manifest.write_parquet(tmp / "manifest.parquet")
     return manifest

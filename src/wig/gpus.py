@@ -56,9 +56,11 @@ def device_ids(configured: list | None, env: dict | None = None) -> list[str]:
 def check_resources(ids: list[str], gpu_resource: int | None) -> None:
     """More concurrent GPU jobs than device ids would make two jobs share one device."""
     if gpu_resource is not None and len(ids) > 0 and gpu_resource > len(ids):
-        raise GpuError(f"--resources gpu={gpu_resource} lets {gpu_resource} GPU jobs run at once but there are only "
-                       f"{len(ids)} device ids ({','.join(ids)}; runtime.gpus or CUDA_VISIBLE_DEVICES): "
-                       f"lower gpu= or list more ids")
+        raise GpuError(
+            f"--resources gpu={gpu_resource} lets {gpu_resource} GPU jobs run at once but there are only "
+            f"{len(ids)} device ids ({','.join(ids)}; runtime.gpus or CUDA_VISIBLE_DEVICES): "
+            f"lower gpu= or list more ids"
+        )
 
 
 def scheduler_assigned(env: dict | None = None) -> bool:

@@ -23,8 +23,8 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Mapping, Sequence
 
-from wig.errors import WigError
 from wig.adapters import FULL, WEAK
+from wig.errors import WigError
 
 if TYPE_CHECKING:
     import torch

@@ -28,8 +28,10 @@ def where() -> str:
     """Where a job runs: host, SLURM job, the devices it sees (SLURM sets CUDA_VISIBLE_DEVICES
     to the GPUs it allocated)."""
     env = os.environ
-    return (f"host {platform.node()} slurm_job {env.get('SLURM_JOB_ID', '-')} "
-            f"CUDA_VISIBLE_DEVICES {env.get('CUDA_VISIBLE_DEVICES', '-')}")
+    return (
+        f"host {platform.node()} slurm_job {env.get('SLURM_JOB_ID', '-')} "
+        f"CUDA_VISIBLE_DEVICES {env.get('CUDA_VISIBLE_DEVICES', '-')}"
+    )
 
 
 @contextlib.contextmanager

@@ -74,8 +74,7 @@ def load_lora(pipe, path: str | os.PathLike, adapter_name: str) -> None:
     if n_loaded != n_lora:
         _drop_adapter(pipe, adapter_name)
         raise LoraError(
-            f"LoRA {path} does not fit the model: {n_lora} LoRA matrices in the file, "
-            f"{n_loaded} placed in the model"
+            f"LoRA {path} does not fit the model: {n_lora} LoRA matrices in the file, {n_loaded} placed in the model"
         )
 
 
@@ -113,7 +112,7 @@ def _check_fits(pipe, state: Mapping[str, torch.Tensor], path: Path) -> None:
             )
     for module, pair in pairs.items():
         if len(pair) == 1:
-            (kind, (key, _)), = pair.items()
+            ((kind, (key, _)),) = pair.items()
             other = "B (up)" if kind == "A" else "A (down)"
             raise LoraError(f"LoRA {path}: {key} has no {other} partner for {module}")
         (key_a, a), (key_b, b) = pair["A"], pair["B"]
@@ -121,8 +120,7 @@ def _check_fits(pipe, state: Mapping[str, torch.Tensor], path: Path) -> None:
             raise LoraError(f"LoRA {path}: rank of {key_a} ({a.shape[0]}) differs from {key_b} ({b.shape[1]})")
     if missing:
         raise LoraError(
-            f"LoRA {path} does not fit the model: {len(missing)} keys name layers the model lacks, "
-            f"e.g. {missing[0]}"
+            f"LoRA {path} does not fit the model: {len(missing)} keys name layers the model lacks, e.g. {missing[0]}"
         )
 
 
@@ -197,9 +195,7 @@ class LoraScales:
             if isinstance(scale, float):
                 return out * scale
             if out.shape[0] != scale.shape[0]:
-                raise RuntimeError(
-                    f"LoRA scale vector has {scale.shape[0]} entries, batch has {out.shape[0]}"
-                )
+                raise RuntimeError(f"LoRA scale vector has {scale.shape[0]} entries, batch has {out.shape[0]}")
             return out * scale.to(out.dtype).view(-1, *([1] * (out.dim() - 1)))
 
         return hook

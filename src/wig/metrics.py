@@ -96,9 +96,11 @@ def score_samples(
 
 def oracle_rows(manifest: pl.DataFrame, concept: str) -> pl.DataFrame:
     """The rows of a set scored by the oracle alone (no encoders): protocol ``oracle``."""
-    return manifest.select("path", "prompt_index", "seed", *POINT_KEYS).with_columns(
-        pl.lit(concept).alias("concept"), pl.lit("oracle").alias("protocol")
-    ).select("concept", "path", "prompt_index", "seed", *POINT_KEYS, "protocol")
+    return (
+        manifest.select("path", "prompt_index", "seed", *POINT_KEYS)
+        .with_columns(pl.lit(concept).alias("concept"), pl.lit("oracle").alias("protocol"))
+        .select("concept", "path", "prompt_index", "seed", *POINT_KEYS, "protocol")
+    )
 
 
 def metrics_of(scores: pl.DataFrame) -> tuple[str, ...]:
@@ -106,8 +108,9 @@ def metrics_of(scores: pl.DataFrame) -> tuple[str, ...]:
     return tuple(m for m in METRICS + ORACLE_METRICS if m in scores.columns)
 
 
-def score_job(samples, concept: str, embeddings: dict, encoders: dict, out, oracle: bool = False,
-              lora_seed: int = 0) -> pl.DataFrame:
+def score_job(
+    samples, concept: str, embeddings: dict, encoders: dict, out, oracle: bool = False, lora_seed: int = 0
+) -> pl.DataFrame:
     """Score one generation job from its files and write the scores to ``out`` (Parquet).
 
     ``embeddings`` maps dino, clip, dino_refs, clip_refs, texts to files; ``encoders`` maps dino
@@ -166,8 +169,10 @@ def _cube(frame: pl.DataFrame, value: str) -> np.ndarray:
     out = np.full((len(parts), max(s[0] for s in shapes), max(s[1] for s in shapes)), np.nan)
     for c, (part, (n_p, n_r)) in enumerate(zip(parts, shapes)):
         if len(part) != n_p * n_r:
-            raise WigError(f"concept {part['concept'][0]}: {len(part)} images for {n_p} prompts × {n_r} "
-                           f"(LoRA seed, seed) replicates — every prompt needs every replicate once")
+            raise WigError(
+                f"concept {part['concept'][0]}: {len(part)} images for {n_p} prompts × {n_r} "
+                f"(LoRA seed, seed) replicates — every prompt needs every replicate once"
+            )
         out[c, :n_p, :n_r] = part[value].to_numpy().reshape(n_p, n_r)
     return out
 
@@ -185,8 +190,9 @@ def _bootstrap(m: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple[fl
     p_idx = (rng.random((n_boot, n_c, n_p)) * prompts[c_idx][..., None]).astype(int)
     r_idx = (rng.random((n_boot, n_c, n_r)) * reps[c_idx][..., None]).astype(int)
     draws = m[c_idx[..., None, None], p_idx[..., :, None], r_idx[..., None, :]]
-    valid = ((np.arange(n_p) < prompts[c_idx][..., None])[..., :, None]
-             & (np.arange(n_r) < reps[c_idx][..., None])[..., None, :])
+    valid = (np.arange(n_p) < prompts[c_idx][..., None])[..., :, None] & (np.arange(n_r) < reps[c_idx][..., None])[
+        ..., None, :
+    ]
     per_concept = np.where(valid, draws, 0.0).sum(axis=(2, 3)) / (prompts * reps)[c_idx]
     lo, hi = np.percentile(per_concept.mean(axis=1), [2.5, 97.5])
     return float(lo), float(hi)
@@ -250,6 +256,7 @@ def paired_vs_cfg(scores: pl.DataFrame, n_boot: int = 1000, seed: int = 0) -> pl
 
 def to_markdown(frame: pl.DataFrame, digits: int = 4) -> str:
     """A GitHub-style table; floats rounded to ``digits``."""
+
     def fmt(v):
         return f"{v:.{digits}f}" if isinstance(v, float) else ("" if v is None else str(v))
 
@@ -281,8 +288,9 @@ def at_matched_text(table: pl.DataFrame) -> pl.DataFrame:
     for protocol in table["protocol"].unique(maintain_order=True).to_list():
         t = table.filter(pl.col("protocol") == protocol)
         cfg = t.filter(pl.col("method") == "cfg").sort("scale")
-        for key, curve in t.filter(~pl.col("method").is_in(["cfg", "none"])).sort("scale").group_by(
-                curve_keys, maintain_order=True):
+        for key, curve in (
+            t.filter(~pl.col("method").is_in(["cfg", "none"])).sort("scale").group_by(curve_keys, maintain_order=True)
+        ):
             lam, x, y = (curve[c].to_numpy() for c in ("scale", text, subject))
             for ref in cfg.iter_rows(named=True):
                 target = ref[text]
@@ -295,11 +303,29 @@ def at_matched_text(table: pl.DataFrame) -> pl.DataFrame:
                         break
                 if hit is None and len(x) == 1 and x[0] == target:
                     hit = (lam[0], y[0])
-                rows.append({"protocol": protocol, **dict(zip(curve_keys, key)), "cfg_scale": ref["scale"],
-                             text: target, "scale": hit and float(hit[0]), f"{subject}_cfg": ref[subject],
-                             subject: hit and float(hit[1]),
-                             f"d_{subject}": hit and float(hit[1] - ref[subject])})
-    schema = {"protocol": pl.String, "method": pl.String, "omega": pl.Float64, "ag_scale": pl.Float64,
-              "weak": pl.String, "cfg_scale": pl.Float64, text: pl.Float64, "scale": pl.Float64,
-              f"{subject}_cfg": pl.Float64, subject: pl.Float64, f"d_{subject}": pl.Float64}
+                rows.append(
+                    {
+                        "protocol": protocol,
+                        **dict(zip(curve_keys, key)),
+                        "cfg_scale": ref["scale"],
+                        text: target,
+                        "scale": hit and float(hit[0]),
+                        f"{subject}_cfg": ref[subject],
+                        subject: hit and float(hit[1]),
+                        f"d_{subject}": hit and float(hit[1] - ref[subject]),
+                    }
+                )
+    schema = {
+        "protocol": pl.String,
+        "method": pl.String,
+        "omega": pl.Float64,
+        "ag_scale": pl.Float64,
+        "weak": pl.String,
+        "cfg_scale": pl.Float64,
+        text: pl.Float64,
+        "scale": pl.Float64,
+        f"{subject}_cfg": pl.Float64,
+        subject: pl.Float64,
+        f"d_{subject}": pl.Float64,
+    }
     return pl.DataFrame(rows, schema=schema)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 
+from wig.adapters import FULL, WEAK
 from wig.errors import WigError
 from wig.families import SD, family_of
 from wig.gpus import resolve_device
-from wig.adapters import FULL, WEAK
 from wig.lora import LoraError, load_lora
 
 

@@ -148,7 +148,8 @@ def score_images(images, prompts: list[str], concept: str) -> dict[str, list[flo
         arr = _rgb(img)
         reading = read(arr)
         attrs = prompt_attributes(prompt)
-        out["oracle_text"].append(_text_scores(reading, attrs.get("background"), attrs.get("colour"),
-                                               attrs.get("shape"))["text"])
+        out["oracle_text"].append(
+            _text_scores(reading, attrs.get("background"), attrs.get("colour"), attrs.get("shape"))["text"]
+        )
         out["oracle_subject"].append(_subject_scores(arr, reading.mask, subjects[concept])["subject"])
     return out

@@ -21,8 +21,13 @@ import polars as pl  # noqa: E402
 from wig.atomic import replace_file, tmp_path  # noqa: E402
 from wig.metrics import fidelity_pair  # noqa: E402
 
-LABELS = {"dino": "DINO", "clip_i": "CLIP-I", "clip_t": "CLIP-T", "oracle_subject": "oracle subject fidelity",
-          "oracle_text": "oracle text fidelity"}
+LABELS = {
+    "dino": "DINO",
+    "clip_i": "CLIP-I",
+    "clip_t": "CLIP-T",
+    "oracle_subject": "oracle subject fidelity",
+    "oracle_text": "oracle text fidelity",
+}
 
 
 def _pair(tables: Mapping[str, pl.DataFrame]) -> tuple[str, str]:
@@ -65,13 +70,21 @@ def omega_ablation(tables: Mapping[str, pl.DataFrame], out, protocol: str | None
         for model, table in tables.items():
             t = _protocol(table, protocol)
             for (scale,), pg in t.filter(pl.col("method") == "pg").sort("omega").group_by("scale", maintain_order=True):
-                line = ax.errorbar(pg["omega"], pg[metric], yerr=[pg[metric] - pg[f"{metric}_lo"], pg[f"{metric}_hi"] - pg[metric]],
-                                   marker="o", capsize=3, label=f"{model} PG λ={scale:g}")
+                line = ax.errorbar(
+                    pg["omega"],
+                    pg[metric],
+                    yerr=[pg[metric] - pg[f"{metric}_lo"], pg[f"{metric}_hi"] - pg[metric]],
+                    marker="o",
+                    capsize=3,
+                    label=f"{model} PG λ={scale:g}",
+                )
                 color = line[0].get_color()
                 for method, style in (("cfg", "--"), ("ag", ":")):
                     ref = t.filter((pl.col("method") == method) & (pl.col("scale") == scale))
                     if not ref.is_empty():
-                        ax.axhline(ref[metric][0], linestyle=style, color=color, label=f"{model} {method.upper()} λ={scale:g}")
+                        ax.axhline(
+                            ref[metric][0], linestyle=style, color=color, label=f"{model} {method.upper()} λ={scale:g}"
+                        )
 
     _two_panels("ω-ablation", "ω (weight of the fine-tuned model in the weak branch)", draw, out, _pair(tables))
 
@@ -107,8 +120,14 @@ def pareto(tables: Mapping[str, pl.DataFrame], out, protocol: str | None = None)
         xy = list(zip(t[text].to_list(), t[subject].to_list()))
         dots = ax.scatter(*zip(*xy), alpha=0.5, label=f"{model} points")
         front = pareto_front(xy)
-        ax.plot([xy[i][0] for i in front], [xy[i][1] for i in front], "-o", color=dots.get_facecolor()[0],
-                linewidth=2, label=f"{model} front")
+        ax.plot(
+            [xy[i][0] for i in front],
+            [xy[i][1] for i in front],
+            "-o",
+            color=dots.get_facecolor()[0],
+            linewidth=2,
+            label=f"{model} front",
+        )
         for i in front:
             row = t.row(i, named=True)
             ax.annotate(f"{row['method']} ω={row['omega']:g} λ={row['scale']:g}", xy[i], fontsize=6)

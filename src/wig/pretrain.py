@@ -63,8 +63,9 @@ def random_scene(rng: np.random.Generator, layout: Layout, patterned: float = 0.
 def random_caption(rng: np.random.Generator, scene: Scene, captions: Captions) -> str:
     if rng.random() < captions.empty:
         return ""
-    return caption(scene, colour=rng.random() >= captions.drop_colour,
-                   background=rng.random() >= captions.drop_background)
+    return caption(
+        scene, colour=rng.random() >= captions.drop_colour, background=rng.random() >= captions.drop_background
+    )
 
 
 def pixels(scenes: list[Scene]) -> torch.Tensor:
@@ -75,10 +76,12 @@ def pixels(scenes: list[Scene]) -> torch.Tensor:
 
 def _lr_lambda(warmup: int, steps: int):
     """Linear warm-up, then cosine decay to 10 % of the peak."""
+
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         return 0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
     return f
 
 
@@ -120,8 +123,15 @@ def train_vae(config: dict, out: str | os.PathLike, progress: bool = True) -> pl
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        rows.append({"step": step, "loss": loss.item(), "reconstruction": rec.item(), "kl": kl.item(),
-                     "seconds": time.perf_counter() - start})
+        rows.append(
+            {
+                "step": step,
+                "loss": loss.item(),
+                "reconstruction": rec.item(),
+                "kl": kl.item(),
+                "seconds": time.perf_counter() - start,
+            }
+        )
     vae.eval()
     with torch.no_grad():  # SD's convention: latents × scaling_factor have unit variance
         x = pixels([random_scene(rng, layout, patterned=0.5) for _ in range(256)])
@@ -143,8 +153,10 @@ def train_base(config: dict, vae_dir: str | os.PathLike, out: str | os.PathLike,
     settings = _check(config, "training")
     kind = config["scheduler"].get("prediction_type")
     if kind not in ("sample", "v_prediction"):
-        raise WigError(f"the synthetic base predicts x0 or v (ε gives noise at this budget): scheduler.prediction_type "
-                       f"must be 'sample' or 'v_prediction', got {kind!r}")
+        raise WigError(
+            f"the synthetic base predicts x0 or v (ε gives noise at this budget): scheduler.prediction_type "
+            f"must be 'sample' or 'v_prediction', got {kind!r}"
+        )
     vae = AutoencoderKL.from_pretrained(vae_dir).requires_grad_(False).eval()
     vae.register_to_config(_name_or_path="vae")  # not the stage folder's path: same config, same bytes
     with seeded(config["seed"]):
@@ -173,8 +185,9 @@ def train_base(config: dict, vae_dir: str | os.PathLike, out: str | os.PathLike,
         with torch.no_grad():
             dist = vae.encode(pixels(scenes)).latent_dist
             latents = (dist.mean + dist.std * torch.randn(dist.mean.shape, generator=gen)) * scaling
-        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids
+        ids = tokenizer(
+            texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
         noise = torch.randn(latents.shape, generator=gen)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,), generator=gen)
         noisy = noise_scheduler.add_noise(latents, noise, t)
@@ -186,12 +199,20 @@ def train_base(config: dict, vae_dir: str | os.PathLike, out: str | os.PathLike,
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        rows.append({"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0],
-                     "seconds": time.perf_counter() - start})
+        rows.append(
+            {"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0], "seconds": time.perf_counter() - start}
+        )
     unet.eval(), text_encoder.eval()
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=sampler, safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=sampler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     log = pl.DataFrame(rows)
     with atomic_dir(out, overwrite=True) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)

@@ -24,9 +24,9 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
+from wig.adapters import FULL, WEAK
 from wig.errors import WigError
 from wig.families import NonFiniteError, Text, check_finite, check_options, family_of
-from wig.adapters import FULL, WEAK
 from wig.guidance import Branch, Guidance
 from wig.lora import LoraScales, adapter_names
 
@@ -60,8 +60,9 @@ def _check(pipe, guidance: Guidance, request: Request) -> None:
     if guidance.method == "ag" and guidance.weak == "lora" and WEAK not in loaded:
         raise SamplingError(f"ag with weak=lora needs the weak LoRA loaded as adapter {WEAK!r} (--weak-lora)")
     if guidance.renoise_with_uncond and type(pipe.scheduler).__name__ != "DDIMScheduler":
-        raise SamplingError(f"{guidance.method} re-noises a DDIM step and needs a DDIMScheduler, "
-                            f"got {type(pipe.scheduler).__name__}")
+        raise SamplingError(
+            f"{guidance.method} re-noises a DDIM step and needs a DDIMScheduler, got {type(pipe.scheduler).__name__}"
+        )
     try:
         check_options(family_of(pipe), request.text_options)
     except WigError as err:
@@ -71,8 +72,10 @@ def _check(pipe, guidance: Guidance, request: Request) -> None:
         size = getattr(request, name)
         if size is not None and (size < step or size % step):
             nearest = sorted({max(step, size // step * step), max(step, -(-size // step) * step)})
-            raise SamplingError(f"{name} {size} is not a positive multiple of {step}, this model's size step "
-                                f"(its latent stride × patch): use {' or '.join(map(str, nearest))}")
+            raise SamplingError(
+                f"{name} {size} is not a positive multiple of {step}, this model's size step "
+                f"(its latent stride × patch): use {' or '.join(map(str, nearest))}"
+            )
 
 
 def _branch_scales(branches: Sequence[Branch], n: int, device) -> dict[str, torch.Tensor]:
@@ -178,8 +181,10 @@ def _diverged(err: NonFiniteError, request: Request) -> SamplingError:
     """A non-finite sample, named by its seed (the generator's): a NaN/inf LoRA or an extreme
     scale makes an all-black PNG that must never be scored as a result."""
     seeds = [request.generators[i].initial_seed() for i in err.indices]
-    return SamplingError(f"non-finite values (NaN/inf) in the {err.what} of seed(s) {seeds}: the sample "
-                         "diverged (a LoRA holding NaN/inf, or an extreme guidance scale?)")
+    return SamplingError(
+        f"non-finite values (NaN/inf) in the {err.what} of seed(s) {seeds}: the sample "
+        "diverged (a LoRA holding NaN/inf, or an extreme guidance scale?)"
+    )
 
 
 @torch.no_grad()

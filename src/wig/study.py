@@ -114,8 +114,13 @@ class GenerationJob:
 
     @property
     def wildcards(self) -> dict[str, str]:
-        return {"model": self.model, "concept": self.concept, "lseed": str(self.lora_seed),
-                "points": self.points, "seeds": self.seeds}
+        return {
+            "model": self.model,
+            "concept": self.concept,
+            "lseed": str(self.lora_seed),
+            "points": self.points,
+            "seeds": self.seeds,
+        }
 
 
 @dataclass(frozen=True)
@@ -158,8 +163,10 @@ class Study:
             except WigError as err:
                 raise StudyError(f"concept {cid}: {err}") from None
         if not (config["encoders"] or ds.get("render")):
-            raise StudyError("encoders is empty and dataset.render is not set: nothing would score the images "
-                             "(the oracle metrics exist for the synthetic world only)")
+            raise StudyError(
+                "encoders is empty and dataset.render is not set: nothing would score the images "
+                "(the oracle metrics exist for the synthetic world only)"
+            )
         k = config["sampling"]["seeds_per_job"]
         seeds = config["seeds"]
         seed_chunks = {"_".join(map(str, seeds[i : i + k])): tuple(seeds[i : i + k]) for i in range(0, len(seeds), k)}
@@ -213,8 +220,10 @@ class Study:
         """The part of ``tiny_synthetic.json`` a pretraining stage (``vae`` or ``model``) reads,
         with the model's seed and its ``pretrain:`` step counts: a UNet setting keeps the
         autoencoder."""
-        keys = {"vae": ("size", "vae", "vae_training"),
-                "model": ("size", "unet", "text_encoder", "scheduler", "training")}[stage]
+        keys = {
+            "vae": ("size", "vae", "vae_training"),
+            "model": ("size", "unet", "text_encoder", "scheduler", "training"),
+        }[stage]
         spec = self.models[model].spec
         shipped = shipped_config("synthetic")
         for section, key in (("vae_training", "vae_steps"), ("training", "steps")):
@@ -231,36 +240,47 @@ class Study:
     def class_image_settings(self, model: str, noun: str) -> dict:
         settings = self.config["class_images"]
         resolution = self.models[model].training["resolution"]
-        return canon({
-            "prompt": self.class_prompt(self.classes[noun]),
-            **{k: settings[k] for k in ("count", "seed", "steps", "scale")},
-            "height": resolution,
-            "width": resolution,
-        })
+        return canon(
+            {
+                "prompt": self.class_prompt(self.classes[noun]),
+                **{k: settings[k] for k in ("count", "seed", "steps", "scale")},
+                "height": resolution,
+                "width": resolution,
+            }
+        )
 
     def train_settings(self, model: str, concept: str, lseed: str | int) -> dict:
         ds = self.config["dataset"]
         subject = self.concepts[concept]
-        return canon({
-            "instance_prompt": ds["instance_prompt"].format(subject.subject(ds["identifier"])),
-            "class_prompt": self.class_prompt(subject.class_noun) if self.models[model].prior else None,
-            **self.models[model].training,
-            "seed": int(lseed),
-        })
+        return canon(
+            {
+                "instance_prompt": ds["instance_prompt"].format(subject.subject(ds["identifier"])),
+                "class_prompt": self.class_prompt(subject.class_noun) if self.models[model].prior else None,
+                **self.models[model].training,
+                "seed": int(lseed),
+            }
+        )
 
     def guidance_of(self, model: str, points: str) -> dict:
         """A generation job's points: {point key: guidance settings}."""
-        return canon({
-            p.key: {"method": p.method, "scale": p.scale, "omega": p.omega, "ag_scale": p.ag_scale, "weak": p.weak}
-            for p in self.models[model].point_chunks[points]
-        })
+        return canon(
+            {
+                p.key: {"method": p.method, "scale": p.scale, "omega": p.omega, "ag_scale": p.ag_scale, "weak": p.weak}
+                for p in self.models[model].point_chunks[points]
+            }
+        )
 
     def grid_layout(self, model: str, concept: str) -> dict:
         """The image grid of a (model, concept): its rows (grid points, in grid order, by key and
         by label) and its columns (seed × prompt)."""
         points = self.models[model].points
-        return {"points": [p.key for p in points], "rows": [f"{p.method} {p.name}" for p in points],
-                "columns": [f"s{seed} p{i:02d}" for seed in self.config["seeds"] for i in range(len(self.prompts[concept]))]}
+        return {
+            "points": [p.key for p in points],
+            "rows": [f"{p.method} {p.name}" for p in points],
+            "columns": [
+                f"s{seed} p{i:02d}" for seed in self.config["seeds"] for i in range(len(self.prompts[concept]))
+            ],
+        }
 
     def encoder_spec(self, encoder: str) -> dict:
         return canon(self.encoders[encoder])
@@ -289,8 +309,9 @@ class Study:
                 for seed in self.models[name].lora_seeds:
                     yield TrainingRun(name, concept, seed)
 
-    def generation_jobs(self, model: str | None = None, concept: str | None = None,
-                        lora_seed: int | None = None) -> Iterator[GenerationJob]:
+    def generation_jobs(
+        self, model: str | None = None, concept: str | None = None, lora_seed: int | None = None
+    ) -> Iterator[GenerationJob]:
         for run in self.training_runs(model):
             if concept not in (None, run.concept) or lora_seed not in (None, run.lora_seed):
                 continue
@@ -326,8 +347,10 @@ def _model(config: Mapping[str, Any], name: str, points: tuple[Point, ...]) -> M
     seeds = training["seed"]
     runnable = tuple(p for p in points if p.method not in UNSUPPORTED[family])
     if not runnable:
-        raise StudyError(f"models.{name} ({family}) can run none of the guidance points: "
-                         f"{', '.join(UNSUPPORTED[family])} are not available for it")
+        raise StudyError(
+            f"models.{name} ({family}) can run none of the guidance points: "
+            f"{', '.join(UNSUPPORTED[family])} are not available for it"
+        )
     try:
         chunks = job_chunks(runnable, config["sampling"]["points_per_job"])
     except WigError as err:

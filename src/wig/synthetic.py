@@ -138,7 +138,7 @@ def render(scene: Scene):
 
 
 def caption(scene: Scene, identifier: str | None = None, colour: bool = True, background: bool = True) -> str:
-    """"a red circle on a blue background"; a subject: "a sks star on a white background"; the
+    """ "a red circle on a blue background"; a subject: "a sks star on a white background"; the
     colour or background may be left unsaid ("a circle on a blue background", "a red circle")."""
     words = ["a"]
     if identifier:
@@ -210,8 +210,9 @@ def evaluation_prompts(subject: Subject) -> list[str]:
     own = {subject.colour, subject.colour2}
     backgrounds = [c for c in PALETTE if c not in own and c not in subject.train_backgrounds]
     others = [c for c in PALETTE if c not in own and c != backgrounds[0]]
-    return ([f"a {{}} on a {bg} background" for bg in backgrounds]
-            + [f"a {c} {{}} on a {backgrounds[0]} background" for c in others[:2]])
+    return [f"a {{}} on a {bg} background" for bg in backgrounds] + [
+        f"a {c} {{}} on a {backgrounds[0]} background" for c in others[:2]
+    ]
 
 
 def write_sheet(out: str | os.PathLike) -> Path:
@@ -222,8 +223,15 @@ def write_sheet(out: str | os.PathLike) -> Path:
     rows = []
     for subject in SUBJECTS:
         (out / f"{subject.name}.txt").write_text("\n".join(evaluation_prompts(subject)) + "\n")
-        rows.append({"concept": subject.name, "folder": subject.name, "class_noun": subject.shape, "live": "no",
-                     "prompts": f"{subject.name}.txt"})
+        rows.append(
+            {
+                "concept": subject.name,
+                "folder": subject.name,
+                "class_noun": subject.shape,
+                "live": "no",
+                "prompts": f"{subject.name}.txt",
+            }
+        )
     with open(out / "concepts.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()

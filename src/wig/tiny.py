@@ -113,12 +113,19 @@ def build_tiny_sana(out: str | os.PathLike, config: dict | None = None, seed: in
     with seeded(seed + 1):
         vae = AutoencoderDC(**{k: _tuples(v) for k, v in config["vae"].items()})
     with seeded(seed + 2):
-        text_encoder = Gemma2Model(Gemma2Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                                                bos_token_id=tokenizer.bos_token_id,
-                                                eos_token_id=tokenizer.eos_token_id, **config["text_encoder"]))
+        text_encoder = Gemma2Model(
+            Gemma2Config(
+                vocab_size=len(tokenizer),
+                pad_token_id=tokenizer.pad_token_id,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                **config["text_encoder"],
+            )
+        )
     scheduler = DPMSolverMultistepScheduler(**config["scheduler"])
-    pipe = SanaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-                        scheduler=scheduler)
+    pipe = SanaPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
+    )
     pipe.save_pretrained(out, safe_serialization=True)
     return pipe
 

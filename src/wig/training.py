@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import polars as pl
 import torch
@@ -71,13 +70,15 @@ def pixel_tensor(images, resolution: int) -> torch.Tensor:
     """Images → (N, 3, R, R) in [-1, 1]: shorter side resized to R (bilinear), centre crop."""
     from torchvision.transforms import v2
 
-    transform = v2.Compose([
-        v2.ToImage(),
-        v2.Resize(resolution, interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
-        v2.CenterCrop(resolution),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize([0.5], [0.5]),
-    ])
+    transform = v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(resolution, interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
+            v2.CenterCrop(resolution),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize([0.5], [0.5]),
+        ]
+    )
     return torch.stack([transform(im) for im in images])
 
 
@@ -138,8 +139,15 @@ def train_lora(
         text = Text.cat([text, family.encode(pipe, [config.class_prompt])])
 
     torch.manual_seed(config.seed)  # LoRA init (PEFT draws lora_A from the global generator)
-    model.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.rank, init_lora_weights="gaussian",
-                                 target_modules=list(family.lora_targets)), adapter_name=ADAPTER)
+    model.add_adapter(
+        LoraConfig(
+            r=config.rank,
+            lora_alpha=config.rank,
+            init_lora_weights="gaussian",
+            target_modules=list(family.lora_targets),
+        ),
+        adapter_name=ADAPTER,
+    )
     if config.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -171,14 +179,16 @@ def train_lora(
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 values = losses.detach().tolist()
-                rows.append({
-                    "step": step,
-                    "loss": loss.item(),
-                    "instance_loss": values[0],
-                    "prior_loss": values[1] if prior else None,
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "seconds": time.perf_counter() - start,
-                })
+                rows.append(
+                    {
+                        "step": step,
+                        "loss": loss.item(),
+                        "instance_loss": values[0],
+                        "prior_loss": values[1] if prior else None,
+                        "lr": optimizer.param_groups[0]["lr"],
+                        "seconds": time.perf_counter() - start,
+                    }
+                )
                 if step == config.weak_step:
                     save_lora(pipe, ADAPTER, tmp / "weak")
             save_lora(pipe, ADAPTER, tmp / "full")
@@ -261,11 +271,19 @@ def generate_class_images(
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for first in tqdm(range(0, count, batch_size), desc="class images", disable=not progress):
             seeds = list(range(seed + first, seed + min(count, first + batch_size)))
-            images = pipe([prompt] * len(seeds), negative_prompt=[negative_prompt] * len(seeds), guidance_scale=scale,
-                          num_inference_steps=steps, height=height, width=width,
-                          generator=[torch.Generator("cpu").manual_seed(s) for s in seeds], **extra).images
+            images = pipe(
+                [prompt] * len(seeds),
+                negative_prompt=[negative_prompt] * len(seeds),
+                guidance_scale=scale,
+                num_inference_steps=steps,
+                height=height,
+                width=width,
+                generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+                **extra,
+            ).images
             for s, image in zip(seeds, images):
                 name = f"{s - seed:04d}.png"
                 rows.append({"path": name, "prompt": prompt, "seed": s, "sha256": save_png(image, tmp / name)})
-        pl.DataFrame(rows, schema={"path": pl.String, "prompt": pl.String, "seed": pl.Int64,
-                                   "sha256": pl.String}).write_parquet(tmp / "manifest.parquet")
+        pl.DataFrame(
+            rows, schema={"path": pl.String, "prompt": pl.String, "seed": pl.Int64, "sha256": pl.String}
+        ).write_parquet(tmp / "manifest.parquet")

@@ -46,8 +46,12 @@ def resolve_model(spec: dict) -> dict:
         folder = DiffusionPipeline.download(source, revision=spec.get("revision"))
     except Exception as err:  # hub errors come in many types; all mean the same here
         raise WeightsError(f"cannot resolve model {source}: {str(err).splitlines()[0]}") from None
-    return {"source": source, "requested": spec.get("revision"), "revision": _snapshot_revision(folder),
-            "path": str(folder)}
+    return {
+        "source": source,
+        "requested": spec.get("revision"),
+        "revision": _snapshot_revision(folder),
+        "path": str(folder),
+    }
 
 
 def resolve_encoder(spec: dict) -> dict:
@@ -62,8 +66,12 @@ def resolve_encoder(spec: dict) -> dict:
             folder = snapshot_download(source, revision=spec.get("revision"), allow_patterns=ENCODER_FILES)
         except Exception as err:
             raise WeightsError(f"cannot resolve DINO {source}: {str(err).splitlines()[0]}") from None
-        return {"source": source, "requested": spec.get("revision"), "revision": _snapshot_revision(folder),
-                "path": folder}
+        return {
+            "source": source,
+            "requested": spec.get("revision"),
+            "revision": _snapshot_revision(folder),
+            "path": folder,
+        }
     import open_clip
 
     tag = spec.get("pretrained")
@@ -105,6 +113,8 @@ def recorded_path(record_file: str | os.PathLike) -> str:
     except (OSError, ValueError, KeyError) as err:
         raise WeightsError(f"unreadable weights record {record_file}: {err}") from None
     if not Path(path).exists():
-        raise WeightsError(f"{record_file}: resolved weights are gone from {path}; resolve again "
-                           f"(snakemake --forcerun resolve_model resolve_encoder)")
+        raise WeightsError(
+            f"{record_file}: resolved weights are gone from {path}; resolve again "
+            f"(snakemake --forcerun resolve_model resolve_encoder)"
+        )
     return path

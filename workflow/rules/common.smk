@@ -12,7 +12,6 @@ from wig.gpus import check_resources, device_ids, scheduler_assigned
 from wig.provenance import code_hash
 from wig.study import Study, canon
 
-
 validate(config, workflow.source_path("../../config/schema.yaml"))
 
 try:

@@ -6,11 +6,11 @@ rule prepare:
         get_concept_images,
     output:
         directory("results/concepts/{concept}"),
+    log:
+        "logs/prepare/{concept}.log",
     params:
         folder=from_study(STUDY.concept_folder),
         limits={"max_pixels": config["dataset"]["max_image_pixels"], "max_side": config["dataset"]["max_image_side"]},
-    log:
-        "logs/prepare/{concept}.log",
     script:
         "../scripts/prepare.py"
 
@@ -20,12 +20,12 @@ if STUDY.render:
     rule render_dataset:
         output:
             directory(config["dataset"]["root"]),
-        params:
-            render=canon(STUDY.render),
         log:
             "logs/render_dataset.log",
         benchmark:
             "results/benchmarks/render_dataset.tsv"
+        params:
+            render=canon(STUDY.render),
         script:
             "../scripts/render_dataset.py"
 
@@ -34,10 +34,10 @@ else:
     rule fetch_dataset:
         output:
             directory(config["dataset"]["root"]),
-        params:
-            fetch=canon(config["dataset"].get("fetch", {})),
         log:
             "logs/fetch_dataset.log",
         localrule: True
+        params:
+            fetch=canon(config["dataset"].get("fetch", {})),
         script:
             "../scripts/fetch_dataset.py"

@@ -6,10 +6,10 @@
 rule build_tiny_encoder:
     output:
         directory("results/encoders/{encoder}"),
-    params:
-        spec=from_study(STUDY.encoder_spec),
     log:
         "logs/build_tiny_encoder/{encoder}.log",
+    params:
+        spec=from_study(STUDY.encoder_spec),
     script:
         "../scripts/build_tiny_encoder.py"
 
@@ -17,19 +17,19 @@ rule build_tiny_encoder:
 rule embed_references:
     input:
         unpack(get_encoder),
-        images="results/concepts/{concept}",
+        images=rules.prepare.output[0],
     output:
         "results/embeddings/{encoder}/references/{concept}.parquet",
-    params:
-        spec=from_study(STUDY.encoder_spec),
-        protocols=EVAL["protocols"],
-        batch_size=EVAL["batch_size"],
-        runtime=RUNTIME,
     log:
         "logs/embed_references/{encoder}/{concept}.log",
     threads: config["runtime"]["threads"]
     resources:
         gpu=1,
+    params:
+        spec=from_study(STUDY.encoder_spec),
+        protocols=EVAL["protocols"],
+        batch_size=EVAL["batch_size"],
+        runtime=RUNTIME,
     script:
         "../scripts/embed.py"
 
@@ -39,17 +39,17 @@ rule embed_texts:
         unpack(get_encoder),
     output:
         "results/embeddings/{encoder}/texts/{concept}.parquet",
+    log:
+        "logs/embed_texts/{encoder}/{concept}.log",
+    wildcard_constraints:
+        encoder="clip",
+    threads: config["runtime"]["threads"]
+    resources:
+        gpu=1,
     params:
         spec=from_study(STUDY.encoder_spec),
         texts=from_study(STUDY.clip_texts),
         runtime=RUNTIME,
-    log:
-        "logs/embed_texts/{encoder}/{concept}.log",
-    threads: config["runtime"]["threads"]
-    resources:
-        gpu=1,
-    wildcard_constraints:
-        encoder="clip",
     script:
         "../scripts/embed.py"
 
@@ -57,14 +57,9 @@ rule embed_texts:
 rule embed_samples:
     input:
         unpack(get_encoder),
-        images="results/{model}/samples/{concept}/lora{lseed}/{points}/seeds{seeds}",
+        images=rules.generate.output[0],
     output:
         "results/{model}/embeddings/{encoder}/{concept}/lora{lseed}/{points}/seeds{seeds}.parquet",
-    params:
-        spec=from_study(STUDY.encoder_spec),
-        protocols=EVAL["protocols"],
-        batch_size=EVAL["batch_size"],
-        runtime=RUNTIME,
     log:
         "logs/{model}/embed_samples/{encoder}/{concept}/lora{lseed}/{points}/seeds{seeds}.log",
     benchmark:
@@ -72,5 +67,10 @@ rule embed_samples:
     threads: config["runtime"]["threads"]
     resources:
         gpu=1,
+    params:
+        spec=from_study(STUDY.encoder_spec),
+        protocols=EVAL["protocols"],
+        batch_size=EVAL["batch_size"],
+        runtime=RUNTIME,
     script:
         "../scripts/embed.py"

@@ -7,12 +7,6 @@ rule generate:
         unpack(get_generate_input),
     output:
         directory("results/{model}/samples/{concept}/lora{lseed}/{points}/seeds{seeds}"),
-    params:
-        model=get_model_ref,
-        guidance=from_study(STUDY.guidance_of),
-        prompts=from_study(STUDY.concept_prompts),
-        sampling=SAMPLING,
-        runtime=RUNTIME,
     log:
         "logs/{model}/generate/{concept}/lora{lseed}/{points}/seeds{seeds}.log",
     benchmark:
@@ -20,6 +14,12 @@ rule generate:
     threads: config["runtime"]["threads"]
     resources:
         gpu=1,
+    params:
+        model=get_model_ref,
+        guidance=from_study(STUDY.guidance_of),
+        prompts=from_study(STUDY.concept_prompts),
+        sampling=SAMPLING,
+        runtime=RUNTIME,
     script:
         "../scripts/generate.py"
 
@@ -28,11 +28,15 @@ rule grid:
     input:
         get_grid_samples,
     output:
-        report("results/{model}/grids/{concept}.png", caption="../report/grid.rst", category="Image grids",
-               labels={"model": "{model}", "concept": "{concept}"}),
-    params:
-        layout=from_study(STUDY.grid_layout),
+        report(
+            "results/{model}/grids/{concept}.png",
+            caption="../report/grid.rst",
+            category="Image grids",
+            labels={"model": "{model}", "concept": "{concept}"},
+        ),
     log:
         "logs/{model}/grid/{concept}.log",
+    params:
+        layout=from_study(STUDY.grid_layout),
     script:
         "../scripts/grid.py"

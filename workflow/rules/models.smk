@@ -5,14 +5,14 @@
 rule build_tiny_model:
     output:
         directory("results/{model}/model"),
+    log:
+        "logs/{model}/build_tiny_model.log",
+    wildcard_constraints:
+        model=_names(STUDY.bases("tiny")),
+    threads: 1
     params:
         spec=from_study(STUDY.model_spec),
         config=from_study(STUDY.tiny_config),
-    log:
-        "logs/{model}/build_tiny_model.log",
-    threads: 1
-    wildcard_constraints:
-        model=_names(STUDY.bases("tiny")),
     script:
         "../scripts/build_tiny.py"
 
@@ -21,33 +21,33 @@ rule build_tiny_model:
 rule pretrain_vae:
     output:
         directory("results/{model}/pretrain/vae"),
-    params:
-        config=from_study(STUDY.pretrain_config, stage="vae"),
     log:
         "logs/{model}/pretrain_vae.log",
     benchmark:
         "results/{model}/benchmarks/pretrain_vae.tsv"
-    threads: 2
     wildcard_constraints:
         model=_names(STUDY.bases("synthetic")),
+    threads: 2
+    params:
+        config=from_study(STUDY.pretrain_config, stage="vae"),
     script:
         "../scripts/pretrain.py"
 
 
 rule pretrain_model:
     input:
-        vae="results/{model}/pretrain/vae",
+        vae=rules.pretrain_vae.output[0],
     output:
         directory("results/{model}/model"),
-    params:
-        config=from_study(STUDY.pretrain_config, stage="model"),
     log:
         "logs/{model}/pretrain_model.log",
     benchmark:
         "results/{model}/benchmarks/pretrain_model.tsv"
-    threads: 2
     wildcard_constraints:
         model=_names(STUDY.bases("synthetic")),
+    threads: 2
+    params:
+        config=from_study(STUDY.pretrain_config, stage="model"),
     script:
         "../scripts/pretrain.py"
 
@@ -55,21 +55,21 @@ rule pretrain_model:
 # Is the base good enough for the study to mean anything? CFG at the grid's scales, read by the oracle.
 rule base_accuracy:
     input:
-        model="results/{model}/model",
+        model=rules.pretrain_model.output[0],
     output:
         table="results/{model}/tables/base_accuracy.parquet",
         md="results/{model}/tables/base_accuracy.md",
-    params:
-        scales=STUDY.cfg_scales,
-        settings=canon(config["base_accuracy"]),
-        runtime=RUNTIME,
     log:
         "logs/{model}/base_accuracy.log",
     benchmark:
         "results/{model}/benchmarks/base_accuracy.tsv"
-    threads: 2
     wildcard_constraints:
         model=_names(STUDY.bases("synthetic")),
+    threads: 2
+    params:
+        scales=STUDY.cfg_scales,
+        settings=canon(config["base_accuracy"]),
+        runtime=RUNTIME,
     script:
         "../scripts/base_accuracy.py"
 
@@ -79,11 +79,11 @@ rule base_accuracy:
 rule resolve_model:
     output:
         "results/{model}/weights.json",
-    params:
-        spec=from_study(STUDY.model_spec),
     log:
         "logs/{model}/resolve_model.log",
     localrule: True
+    params:
+        spec=from_study(STUDY.model_spec),
     script:
         "../scripts/resolve_weights.py"
 
@@ -91,10 +91,10 @@ rule resolve_model:
 rule resolve_encoder:
     output:
         "results/encoders/{encoder}.json",
-    params:
-        spec=from_study(STUDY.encoder_spec),
     log:
         "logs/resolve_encoder/{encoder}.log",
     localrule: True
+    params:
+        spec=from_study(STUDY.encoder_spec),
     script:
         "../scripts/resolve_weights.py"

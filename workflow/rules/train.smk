@@ -6,10 +6,6 @@ rule class_images:
         unpack(get_model),
     output:
         directory("results/{model}/class_images/{noun}"),
-    params:
-        model=get_model_ref,
-        settings=from_study(STUDY.class_image_settings),
-        runtime=RUNTIME,
     log:
         "logs/{model}/class_images/{noun}.log",
     benchmark:
@@ -17,6 +13,10 @@ rule class_images:
     threads: config["runtime"]["threads"]
     resources:
         gpu=1,
+    params:
+        model=get_model_ref,
+        settings=from_study(STUDY.class_image_settings),
+        runtime=RUNTIME,
     script:
         "../scripts/class_images.py"
 
@@ -26,10 +26,6 @@ rule train_lora:
         unpack(get_train_input),
     output:
         directory("results/{model}/lora/{concept}/seed{lseed}"),
-    params:
-        model=get_model_ref,
-        settings=from_study(STUDY.train_settings),
-        runtime=RUNTIME,
     log:
         "logs/{model}/train_lora/{concept}/seed{lseed}.log",
     benchmark:
@@ -37,5 +33,9 @@ rule train_lora:
     threads: config["runtime"]["threads"]
     resources:
         gpu=1,
+    params:
+        model=get_model_ref,
+        settings=from_study(STUDY.train_settings),
+        runtime=RUNTIME,
     script:
         "../scripts/train_lora.py"

@@ -1,5 +1,6 @@
 """Tables of one model: per-image scores, metrics with CIs, paired comparisons, subject fidelity at
 matched text fidelity (rule aggregate)."""
+
 from pathlib import Path
 
 import polars as pl
@@ -27,8 +28,12 @@ with job(snakemake, torch=False) as log:
     table = aggregate(scores, n_boot=p.n_boot, seed=p.seed)
     paired = paired_vs_cfg(scores, n_boot=p.n_boot, seed=p.seed)
     matched = at_matched_text(table)
-    for frame, paths in ((scores, [o.scores]), (table, [o.table, o.csv, o.md]), (paired, [o.paired, o.paired_csv, o.paired_md]),
-                         (matched, [o.matched, o.matched_md])):
+    for frame, paths in (
+        (scores, [o.scores]),
+        (table, [o.table, o.csv, o.md]),
+        (paired, [o.paired, o.paired_csv, o.paired_md]),
+        (matched, [o.matched, o.matched_md]),
+    ):
         for path in paths:
             write(frame, path)
     log.info("%d images, %d table rows", len(scores), len(table))

@@ -1,4 +1,5 @@
 """Build a model's tiny twin (rule build_tiny_model)."""
+
 from wig.atomic import atomic_dir
 from wig.jobs import job
 from wig.tiny import BUILDERS

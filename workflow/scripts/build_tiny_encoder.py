@@ -1,4 +1,5 @@
 """Build a tiny random-init DINO or CLIP twin (rule build_tiny_encoder)."""
+
 from wig.atomic import atomic_dir
 from wig.encoders import build_tiny_encoder
 from wig.jobs import job

@@ -1,4 +1,5 @@
 """Prior-preservation images of one class noun with the base model (rule class_images)."""
+
 from wig.jobs import job, local_weights
 from wig.models import load_pipeline
 from wig.training import generate_class_images

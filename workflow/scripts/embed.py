@@ -1,4 +1,5 @@
 """Embed reference images, prompt texts or a generation job's samples (rules embed_*)."""
+
 from wig.atomic import replace_file, tmp_path
 from wig.encoders import embed_images, embed_texts, load_encoder
 from wig.jobs import job, local_weights

@@ -1,4 +1,5 @@
 """Clone the dataset's public copy at a pinned commit into dataset.root (rule fetch_dataset)."""
+
 from wig.fetch import fetch_git_folder
 from wig.jobs import job
 

@@ -1,4 +1,5 @@
 """All prompts × seeds of one (model, concept, LoRA seed, grid points, seed chunk) job (rule generate)."""
+
 from wig.generation import generate_samples
 from wig.guidance import Guidance
 from wig.jobs import job, local_weights
@@ -14,9 +15,18 @@ with job(snakemake) as log:
     attach_loras(pipe, checkpoints["full"], checkpoints["weak"] if weak else None)
     s = p.sampling
     seeds = [int(seed) for seed in snakemake.wildcards.seeds.split("_")]
-    manifest = generate_samples(pipe, p.prompts, points, seeds, snakemake.output[0], batch_size=s["batch_size"],
-                                negative_prompt=s["negative_prompt"], steps=s["steps"], height=s["height"],
-                                width=s["width"])
+    manifest = generate_samples(
+        pipe,
+        p.prompts,
+        points,
+        seeds,
+        snakemake.output[0],
+        batch_size=s["batch_size"],
+        negative_prompt=s["negative_prompt"],
+        steps=s["steps"],
+        height=s["height"],
+        width=s["width"],
+    )
     for key, guidance in points.items():
         row = manifest.filter(manifest["point"] == key).row(0, named=True)
         log.info("%s: %.2f s/image", guidance, row["seconds_per_image"])

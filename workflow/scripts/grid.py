@@ -1,4 +1,5 @@
 """Same-seed image grid of one (model, concept): rows = grid points, columns = seed × prompt (rule grid)."""
+
 from pathlib import Path
 
 import polars as pl
@@ -11,7 +12,10 @@ with job(snakemake):
     # a job may hold several points and seeds: order its images by grid point, then seed, prompt
     frames = [pl.read_parquet(Path(d) / "manifest.parquet").with_columns(folder=pl.lit(d)) for d in snakemake.input]
     rank = {key: i for i, key in enumerate(layout["points"])}
-    manifest = (pl.concat(frames).with_columns(rank=pl.col("point").replace_strict(rank, return_dtype=pl.Int64))
-                .sort("rank", "seed", "prompt_index"))
+    manifest = (
+        pl.concat(frames)
+        .with_columns(rank=pl.col("point").replace_strict(rank, return_dtype=pl.Int64))
+        .sort("rank", "seed", "prompt_index")
+    )
     images = [Path(d) / f for d, f in zip(manifest["folder"], manifest["path"])]
     contact_sheet(images, layout["rows"], layout["columns"], snakemake.output[0])

@@ -1,4 +1,5 @@
 """ω-ablation, λ-ablation and Pareto figures across models (rule plots)."""
+
 import polars as pl
 
 from wig import plots

@@ -1,4 +1,5 @@
 """One stage of the synthetic world's base model (rules pretrain_vae, pretrain_model)."""
+
 from wig.jobs import job
 from wig.pretrain import train_base, train_vae
 

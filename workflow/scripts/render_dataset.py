@@ -1,4 +1,5 @@
 """Draw the synthetic world's subject images into dataset.root (rule render_dataset)."""
+
 from wig.atomic import atomic_dir
 from wig.jobs import job
 from wig.synthetic import render_images

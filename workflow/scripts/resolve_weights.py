@@ -1,4 +1,5 @@
 """Fetch a real checkpoint or encoder into the local hub cache and record it (rules resolve_*)."""
+
 from wig.jobs import job
 from wig.weights import resolve_encoder, resolve_model, write_record
 
