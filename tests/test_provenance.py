@@ -121,6 +121,8 @@ def test_every_scripted_rule_hashes_exactly_its_scripts_import_closure():
     rules = _scripted_rules("config/config.yaml") | _scripted_rules("config/presets/synthetic.yaml")
     assert {Path(r["script"]).name for r in rules.values()} == {p.name for p in SCRIPTS.glob("*.py")}
     assert {"generate", "train_lora", "score", "render_dataset", "fetch_dataset", "resolve_model"} <= set(rules)
+    # one script per rule's work: none branches on which rule runs it
+    assert not [p.name for p in SCRIPTS.glob("*.py") if "snakemake.rule" in p.read_text()]
     for name, rule in rules.items():
         walked = _walk(Path(rule["script"]))
         assert set(code_files(rule["script"])) == walked, name
@@ -141,7 +143,9 @@ def test_the_closure_follows_lazy_imports_package_data_and_from_imports(tmp_path
     assert "wig.cli" not in import_closure(plain)[0] and code_hash(plain) != before
 
 
-@pytest.mark.parametrize("script", ["train_lora", "class_images", "pretrain", "build_tiny", "prepare"])
+@pytest.mark.parametrize(
+    "script", ["train_lora", "class_images", "pretrain_vae", "pretrain_model", "build_tiny", "prepare"]
+)
 def test_training_and_data_never_reach_the_guidance_methods(script):
     # so a guidance change reruns generation and what follows, never a fine-tune
     modules, _ = import_closure(SCRIPTS / f"{script}.py")
@@ -149,7 +153,7 @@ def test_training_and_data_never_reach_the_guidance_methods(script):
 
 
 def test_embedding_and_scoring_reach_the_embedding_schema_generation_does_not():
-    for script in ("embed", "score", "aggregate"):
+    for script in ("embed_images", "embed_texts", "score", "aggregate"):
         assert "wig.embeddings" in import_closure(SCRIPTS / f"{script}.py")[0], script
     generate = import_closure(SCRIPTS / "generate.py")[0]
     assert "wig.embeddings" not in generate and {"wig.concepts", "wig.lora", "wig.provenance"} <= set(generate)

@@ -31,7 +31,7 @@ rule embed_references:
         batch_size=EVAL["batch_size"],
         runtime=RUNTIME,
     script:
-        "../scripts/embed.py"
+        "../scripts/embed_images.py"
 
 
 rule embed_texts:
@@ -51,7 +51,7 @@ rule embed_texts:
         texts=from_study(STUDY.clip_texts),
         runtime=RUNTIME,
     script:
-        "../scripts/embed.py"
+        "../scripts/embed_texts.py"
 
 
 rule embed_samples:
@@ -73,4 +73,4 @@ rule embed_samples:
         batch_size=EVAL["batch_size"],
         runtime=RUNTIME,
     script:
-        "../scripts/embed.py"
+        "../scripts/embed_images.py"

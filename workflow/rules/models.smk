@@ -31,7 +31,7 @@ rule pretrain_vae:
     params:
         config=from_study(STUDY.pretrain_config, stage="vae"),
     script:
-        "../scripts/pretrain.py"
+        "../scripts/pretrain_vae.py"
 
 
 rule pretrain_model:
@@ -49,7 +49,7 @@ rule pretrain_model:
     params:
         config=from_study(STUDY.pretrain_config, stage="model"),
     script:
-        "../scripts/pretrain.py"
+        "../scripts/pretrain_model.py"
 
 
 # Is the base good enough for the study to mean anything? CFG at the grid's scales, read by the oracle.
@@ -85,7 +85,7 @@ rule resolve_model:
     params:
         spec=from_study(STUDY.model_spec),
     script:
-        "../scripts/resolve_weights.py"
+        "../scripts/resolve_model.py"
 
 
 rule resolve_encoder:
@@ -97,4 +97,4 @@ rule resolve_encoder:
     params:
         spec=from_study(STUDY.encoder_spec),
     script:
-        "../scripts/resolve_weights.py"
+        "../scripts/resolve_encoder.py"
