@@ -22,7 +22,7 @@ def test_expand_names_points_canonically_once():
             {"method": "cfg", "scale": 7.5},  # a duplicate point is kept once
         ]
     )
-    names = [(p.method, p.name) for p in points]
+    names = [(p.method, p.point_name) for p in points]
     assert names == [
         ("none", "w1.0_l1.0"),
         ("cfg", "w1.0_l5.0"),

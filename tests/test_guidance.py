@@ -5,7 +5,7 @@ import torch
 
 from wig.adapters import FULL, WEAK
 from wig.errors import WigError
-from wig.guidance import METHODS, Branch, Guidance
+from wig.guidance import NEGATIVE, PROMPT, REGISTRY, Branch, Guidance, parameters
 
 
 def _outs(k, seed=0):
@@ -14,12 +14,12 @@ def _outs(k, seed=0):
 
 
 def test_branches_follow_the_table():
-    assert Guidance("none").branches() == [Branch(True, {FULL: 1.0})]
-    assert Guidance("cfg").branches() == [Branch(False, {FULL: 1.0}), Branch(True, {FULL: 1.0})]
-    assert Guidance("pg", omega=0.3).branches() == [Branch(False, {FULL: 0.3}), Branch(True, {FULL: 1.0})]
-    assert Guidance("pgpp", omega=0.0).branches() == [Branch(False, {FULL: 0.0}), Branch(True, {FULL: 1.0})]
-    assert Guidance("ag").branches()[2] == Branch(True, {FULL: 0.0})
-    assert Guidance("ag", weak="lora").branches()[2] == Branch(True, {FULL: 0.0, WEAK: 1.0})
+    assert Guidance("none").branches() == [Branch(PROMPT, {FULL: 1.0})]
+    assert Guidance("cfg").branches() == [Branch(NEGATIVE, {FULL: 1.0}), Branch(PROMPT, {FULL: 1.0})]
+    assert Guidance("pg", omega=0.3).branches() == [Branch(NEGATIVE, {FULL: 0.3}), Branch(PROMPT, {FULL: 1.0})]
+    assert Guidance("pgpp", omega=0.0).branches() == [Branch(NEGATIVE, {FULL: 0.0}), Branch(PROMPT, {FULL: 1.0})]
+    assert Guidance("ag").branches()[2] == Branch(PROMPT, {FULL: 0.0})
+    assert Guidance("ag", weak="lora").branches()[2] == Branch(PROMPT, {FULL: 0.0, WEAK: 1.0})
 
 
 def test_pg_at_omega_one_is_cfg():
@@ -30,7 +30,8 @@ def test_pg_at_omega_one_is_cfg():
 @pytest.mark.parametrize("method", ["cfg", "pg", "cfgpp", "pgpp"])
 def test_two_branch_combination(method):
     e_u, e_c = _outs(2)
-    guided, renoise = Guidance(method, scale=5.0, omega=0.5).combine([e_u, e_c])
+    omega = {"omega": 0.5} if "omega" in parameters(REGISTRY[method]) else {}
+    guided, renoise = Guidance(method, scale=5.0, **omega).combine([e_u, e_c])
     torch.testing.assert_close(guided, e_u + 5.0 * (e_c - e_u), rtol=0, atol=0)
     assert renoise is (e_u if method.endswith("pp") else guided)
 
@@ -45,15 +46,18 @@ def test_ag_combination():
 
 def test_none_is_the_conditional_prediction():
     (e_c,) = _outs(1)
-    guided, renoise = Guidance("none", scale=9.0).combine([e_c])
+    guided, renoise = Guidance("none").combine([e_c])
     assert guided is e_c and renoise is e_c
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", sorted(REGISTRY))
 def test_combination_weights_sum_to_one(method):
     # a prediction shared by every branch passes through unchanged: the weights sum to 1,
     # which is why the same combination is valid for ε, v and x0 predictions
-    g = Guidance(method, scale=6.0, ag_scale=3.0, omega=0.2)
+    settings = {"scale": 6.0, "ag_scale": 3.0, "omega": 0.2}
+    g = Guidance(
+        method, **{k: v for k, v in settings.items() if k in parameters(REGISTRY[method]) and method != "none"}
+    )
     x = _outs(1, seed=3)[0]
     guided, _ = g.combine([x] * len(g.branches()))
     torch.testing.assert_close(guided, x, rtol=1e-5, atol=1e-5)
@@ -68,6 +72,8 @@ def test_combination_weights_sum_to_one(method):
         ({"method": "pg", "omega": float("nan")}, "omega"),
         ({"method": "cfg", "scale": float("inf")}, "scale must be finite"),
         ({"method": "ag", "weak": "early"}, "weak must be"),
+        ({"method": "cfg", "omega": 0.5}, "omega applies to pg/pgpp only, not cfg"),
+        ({"method": "none", "scale": 9.0}, "scale must be 1.0"),
     ],
 )
 def test_bad_settings_are_refused(kwargs, key):

@@ -8,12 +8,12 @@ import pytest
 from wig.errors import WigError
 from wig.metrics import (
     METRICS,
-    POINT_KEYS,
     _bootstrap,
     _cube,
     aggregate,
     at_matched_text,
     paired_vs_cfg,
+    point_keys,
     reference_points,
     subject_fidelity,
     text_fidelity,
@@ -70,7 +70,7 @@ def test_aggregate_equals_the_mean_of_per_image_scores():
     table = aggregate(scores, n_boot=200)
     assert len(table) == 4 and (table["n_images"] == 24).all() and (table["n_concepts"] == 3).all()
     for row in table.iter_rows(named=True):
-        mine = scores.filter(pl.all_horizontal([pl.col(k) == row[k] for k in POINT_KEYS]))
+        mine = scores.filter(pl.all_horizontal([pl.col(k) == row[k] for k in point_keys()]))
         for metric in METRICS:
             assert abs(row[metric] - mine[metric].mean()) < 1e-12  # balanced design: plain mean
             assert row[f"{metric}_lo"] < row[metric] < row[f"{metric}_hi"]
@@ -140,7 +140,8 @@ def test_paired_comparison_against_cfg_on_the_same_noise():
 
 def test_paired_needs_a_cfg_point():
     with pytest.raises(WigError, match="need a cfg point"):
-        reference_points(pl.DataFrame({k: [v] for k, v in zip(POINT_KEYS, ("pg", 0.0, 7.5, 2.0, "pretrained"))}))
+        point = {"method": "pg", "omega": 0.0, "scale": 7.5, "ag_scale": 2.0, "weak": "pretrained"}
+        reference_points(pl.DataFrame({k: [point[k]] for k in point_keys()}))
 
 
 def test_tables_read_back_with_polars_and_pyarrow(tmp_path):

@@ -15,6 +15,7 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.utils.torch_utils import randn_tensor
 from safetensors.torch import load_file
 
+from wig.adapters import WEAK
 from wig.errors import WigError
 from wig.generation import generate_samples
 from wig.guidance import Guidance
@@ -192,7 +193,7 @@ def test_ag_equals_three_separate_passes(tuned, weak):
 @pytest.mark.parametrize("method", ["cfgpp", "pgpp"])
 def test_cfgpp_equals_the_cfgpp_ddim_update(tuned, method):
     lam = 0.6  # CFG++ works with λ in [0, 1]
-    ours = _latents(tuned, Guidance(method, lam, omega=0.0))
+    ours = _latents(tuned, Guidance(method, lam, **({"omega": 0.0} if method == "pgpp" else {})))
     unet = tuned.unet
     ref = _reference_loop(
         tuned,
@@ -201,7 +202,7 @@ def test_cfgpp_equals_the_cfgpp_ddim_update(tuned, method):
         renoise_uncond=True,
     )
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
-    plain = _latents(tuned, Guidance(method.removesuffix("pp"), lam, omega=0.0))
+    plain = _latents(tuned, Guidance(method.removesuffix("pp"), lam, **({"omega": 0.0} if method == "pgpp" else {})))
     assert (ours - plain).abs().max() > 1e-3  # the re-noising differs from plain DDIM
 
 
@@ -234,7 +235,12 @@ def test_one_job_of_several_points_equals_a_job_per_point(tiny_sd, lora_path, tu
     assert together["point"].unique(maintain_order=True).to_list() == list(points)
     for key, guidance in points.items():
         single = generate_samples(
-            tuned if guidance.weak == "lora" else alone, PROMPTS, {key: guidance}, [0, 3], tmp_path / key, **options
+            tuned if WEAK in guidance.required_adapters() else alone,
+            PROMPTS,
+            {key: guidance},
+            [0, 3],
+            tmp_path / key,
+            **options,
         )
         part = together.filter(together["point"] == key)
         assert part["path"].to_list() == [f"{key}/{p}" for p in single["path"]]

@@ -116,7 +116,7 @@ def test_seeds_and_points_are_chunked_into_jobs_named_canonically():
         "seeds": "2",
     }
     assert study.guidance_of("tiny-sd", "points01") == {
-        "cfgpp/w1.0_l0.6": {"method": "cfgpp", "scale": 0.6, "omega": 1.0, "ag_scale": 2.0, "weak": "pretrained"}
+        "cfgpp/w1.0_l0.6": {"method": "cfgpp", "scale": 0.6}  # a job's params: the method's own settings
     }
     assert canonical(0.1 * 3) == "0.3" and study.grid_layout("tiny-sd", "brown_dog")["columns"] == [
         f"s{s} p{i:02d}" for s in (0, 1, 2) for i in (0, 1)

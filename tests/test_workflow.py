@@ -463,16 +463,18 @@ def test_small_study_runs_reruns_what_changed_and_matches_the_cli(tmp_path):
     _write_config(workdir, config)
     scripted = _scripted_rules("config/config.yaml")
     plans = {}
-    for module in ("concepts", "embeddings", "guidance", "cli"):
+    # (the guidance methods are a package: editing one method's module, PG's, is a guidance change)
+    modules = {"concepts": "concepts.py", "embeddings": "embeddings.py", "guidance": "guidance/pg.py", "cli": "cli.py"}
+    for module, file in modules.items():
         src = tmp_path / "src" / module
         shutil.copytree(ROOT / "src/wig", src / "wig")
-        edited = src / "wig" / f"{module}.py"
+        edited = src / "wig" / file
         edited.write_text(edited.read_text() + "\n# an edit\n")
         plans[module] = _planned(workdir, env={"PYTHONPATH": str(src)})
         reaching = sorted(
             name
             for name, rule in scripted.items()
-            if (ROOT / "src/wig" / f"{module}.py").resolve() in _walk(Path(rule["script"]))
+            if (ROOT / "src/wig" / file).resolve() in _walk(Path(rule["script"]))
         )
         assert plans[module] == (_planned(workdir, "--forcerun", *reaching) if reaching else {}), module
     assert {"prepare", "class_images", "train_lora", "generate", "embed_references", "embed_samples"} <= set(

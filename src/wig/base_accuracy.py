@@ -12,7 +12,7 @@ import polars as pl
 import torch
 from tqdm.auto import tqdm
 
-from wig.guidance import Guidance
+from wig.guidance.cfg import CFG
 from wig.oracle import text_fidelity
 from wig.sampling import sample
 from wig.synthetic import PALETTE, SHAPES, prompt_attributes
@@ -42,7 +42,7 @@ def base_accuracy(
         for first in range(0, n, batch_size):
             chunk = prompts[first : first + batch_size]
             gens = [torch.Generator("cpu").manual_seed(seed + first + i) for i in range(len(chunk))]
-            images = sample(pipe, chunk, Guidance("cfg", scale=scale), gens, progress=False, steps=steps)
+            images = sample(pipe, chunk, CFG(scale=scale), gens, progress=False, steps=steps)
             scores += [text_fidelity(im, **prompt_attributes(p)) for im, p in zip(images, chunk)]
         row = {"scale": float(scale)}
         for attr in ("background", "colour", "shape", "text"):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from wig.atomic import atomic_dir, replace_file, tmp_path
 from wig.errors import WigError
-from wig.guidance import METHODS
+from wig.guidance import REGISTRY, columns, make, parameters
 
 # Arguments are checked by argparse and `_check_args` before torch and diffusers are imported
 # (6-12 s): a wrong argument is refused at once.
@@ -77,6 +77,23 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_guidance_parameters(p: argparse.ArgumentParser) -> None:
+    """One flag per registered guidance parameter (``--scale``, ``--omega``, …): its type, doc and,
+    per method, its default (`wig.guidance`); a flag the chosen method lacks is refused."""
+    for name, f in columns().items():
+        owners = {m: parameters(cls)[name].default for m, cls in REGISTRY.items() if name in parameters(cls)}
+        defaults = ", ".join(f"{m} {d}" for m, d in owners.items())
+        kind = {"float": float, "int": int}.get(str(getattr(f.type, "__name__", f.type)), str)
+        choices = f.metadata.get("choices") or None
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=kind,
+            default=None,
+            choices=choices if kind is str else None,
+            help=f"{f.metadata['doc']} (default: {defaults})",
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wig",
@@ -115,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "generate",
         help="generate images with a guidance method",
-        description="Sample images with none/cfg/pg/ag/cfgpp/pgpp guidance. All branches of a step run as "
+        description=f"Sample images with {'/'.join(REGISTRY)} guidance. All branches of a step run as "
         "one batched forward with per-sample LoRA scales. Prompts and seeds pair up one to one; a single "
         "prompt or seed is repeated to the other's length. Image i starts from the latent stock diffusers "
         "draws with generator=torch.Generator('cpu').manual_seed(seed_i).",
@@ -127,12 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--weak-lora",
         type=Path,
-        help="weak (early) LoRA checkpoint for ag; without it ag's weak model is the pretrained one",
+        help="weak (early) LoRA checkpoint, attached as adapter 'weak' for the methods that use it",
     )
-    p.add_argument("--method", required=True, choices=METHODS, help="guidance method")
-    p.add_argument("--scale", type=float, default=7.5, help="guidance scale λ (default 7.5)")
-    p.add_argument("--omega", type=float, default=1.0, help="pg/pgpp weak-model weight ω in [0, 1] (default 1 = cfg)")
-    p.add_argument("--ag-scale", type=float, default=2.0, help="autoguidance scale λ_ag (default 2.0)")
+    p.add_argument("--method", required=True, choices=sorted(REGISTRY), help="guidance method")
+    _add_guidance_parameters(p)
     p.add_argument("--prompt", required=True, action="append", help="prompt (repeat for a batch)")
     p.add_argument("--seed", type=_SEED, action="append", required=True, help="seed (repeat for a batch)")
     _add_sampling(p)
@@ -310,7 +325,6 @@ def _cmd_generate(args) -> None:
     import torch
     from PIL.PngImagePlugin import PngInfo
 
-    from wig.guidance import Guidance
     from wig.lora import lora_file
     from wig.models import attach_loras, load_pipeline
     from wig.sampling import sample
@@ -320,13 +334,7 @@ def _cmd_generate(args) -> None:
     for path in (args.lora, args.weak_lora):
         if path is not None:
             lora_file(path)  # fail before the model load
-    guidance = Guidance(
-        args.method,
-        scale=args.scale,
-        omega=args.omega,
-        ag_scale=args.ag_scale,
-        weak="lora" if args.weak_lora else "pretrained",
-    )
+    guidance = _guidance(args)
     _runtime(args)
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, scheduler=args.scheduler)
     attach_loras(pipe, args.lora, args.weak_lora)
@@ -346,10 +354,7 @@ def _cmd_generate(args) -> None:
         meta = {
             "prompt": prompt,
             "seed": seed,
-            "method": args.method,
-            "scale": args.scale,
-            "omega": args.omega,
-            "ag_scale": args.ag_scale,
+            **guidance.settings(),
             "steps": args.steps,
             "model": str(args.model),
         }
@@ -358,6 +363,12 @@ def _cmd_generate(args) -> None:
         tmp = tmp_path(path)
         image.save(tmp, format="PNG", pnginfo=info)
         replace_file(tmp, path)
+
+
+def _guidance(args):
+    """The method with the settings given on the command line (its defaults for the others)."""
+    given = {name: getattr(args, name) for name in columns() if getattr(args, name) is not None}
+    return make(args.method, **given)
 
 
 def _runtime(args):
@@ -468,6 +479,7 @@ def _check_args(args) -> None:
     """What argparse cannot see, before any heavy import: a run must not train for an hour to
     find its output taken."""
     if args.command == "generate":
+        _guidance(args)
         _out_paths(args.out, _pair(args.prompt, args.seed)[1], overwrite=args.overwrite)
     elif args.command in FOLDER_OUTPUTS:
         out = Path(args.out)

@@ -1,6 +1,6 @@
 """A generation job: all prompts of a concept at one or more grid points for a chunk of seeds.
 
-``manifest.parquet`` has one row per image (schema in `MANIFEST_SCHEMA`): which file, prompt
+``manifest.parquet`` has one row per image (schema: `manifest_schema`): which file, prompt
 and seed, the grid point and its guidance settings, the image's sha256, the point's sampling
 wall time per image, and the package versions that made it.
 """
@@ -18,31 +18,32 @@ import torch
 from wig.atomic import atomic_dir
 from wig.concepts import save_png
 from wig.errors import WigError
-from wig.guidance import Guidance
+from wig.guidance import GuidanceMethod, point_columns, point_schema
 from wig.provenance import versions
 from wig.sampling import SamplingError, sample
 
-MANIFEST_SCHEMA = {
-    "path": pl.String,  # [{point}/]s{seed}_p{prompt_index:02d}.png, relative to the manifest's folder
-    "prompt_index": pl.Int64,
-    "prompt": pl.String,
-    "seed": pl.Int64,
-    "point": pl.String,  # the grid point, as its path spells it: {method}/{name} (wig.grid.Point.key)
-    "method": pl.String,
-    "omega": pl.Float64,
-    "scale": pl.Float64,
-    "ag_scale": pl.Float64,
-    "weak": pl.String,
-    "sha256": pl.String,
-    "seconds_per_image": pl.Float64,  # the point's sampling wall time / its images
-    "versions": pl.String,  # JSON: torch, diffusers, transformers, peft, wig
-}
+
+def manifest_schema() -> dict:
+    """The manifest's columns: the image, its grid point (``point``, as its path spells it, then
+    ``method`` and every registered guidance parameter, `wig.guidance.point_schema`), and how it
+    was made."""
+    return {
+        "path": pl.String,  # [{point}/]s{seed}_p{prompt_index:02d}.png, relative to the manifest's folder
+        "prompt_index": pl.Int64,
+        "prompt": pl.String,
+        "seed": pl.Int64,
+        "point": pl.String,  # {method}/{point_name} (GuidanceMethod.key)
+        **point_schema(),
+        "sha256": pl.String,
+        "seconds_per_image": pl.Float64,  # the point's sampling wall time / its images
+        "versions": pl.String,  # JSON: torch, diffusers, transformers, peft, wig
+    }
 
 
 def generate_samples(
     pipe,
     prompts: Sequence[str],
-    points: Mapping[str, Guidance],
+    points: Mapping[str, GuidanceMethod],
     seeds: Sequence[int],
     out: str | os.PathLike,
     batch_size: int = 8,
@@ -86,16 +87,12 @@ def generate_samples(
                         "prompt": prompt,
                         "seed": seed,
                         "point": key,
-                        "method": guidance.method,
-                        "omega": guidance.omega,
-                        "scale": guidance.scale,
-                        "ag_scale": guidance.ag_scale,
-                        "weak": guidance.weak,
+                        **point_columns(guidance),
                         "sha256": save_png(image, path),
                         "seconds_per_image": seconds,
                         "versions": stamp,
                     }
                 )
-        manifest = pl.DataFrame(rows, schema=MANIFEST_SCHEMA)
+        manifest = pl.DataFrame(rows, schema=manifest_schema())
         manifest.write_parquet(tmp / "manifest.parquet")
     return manifest

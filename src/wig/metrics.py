@@ -24,10 +24,18 @@ import numpy as np
 import polars as pl
 
 from wig.errors import WigError
+from wig.guidance import REGISTRY, baseline, point_schema
 
 METRICS = ("dino", "clip_i", "clip_t")
 ORACLE_METRICS = ("oracle_text", "oracle_subject")  # the synthetic world's pixel metrics (wig.oracle)
-POINT_KEYS = ("method", "omega", "scale", "ag_scale", "weak")
+
+
+def point_keys() -> tuple[str, ...]:
+    """A grid point's columns: method and every registered guidance parameter (wig.guidance), read
+    when used, so a method registered by a plug-in has its table rows too."""
+    return tuple(point_schema())
+
+
 IMAGE_KEYS = ("concept", "lora_seed", "prompt_index", "seed")
 REPLICATE_KEYS = ("lora_seed", "seed")
 
@@ -83,7 +91,7 @@ def score_samples(
         clip_gen = frames["clip"][0]
         prompt_text = np.stack([text_by_index[i] for i in manifest["prompt_index"].to_list()])
         rows.append(
-            manifest.select("path", "prompt_index", "seed", *POINT_KEYS).with_columns(
+            manifest.select("path", "prompt_index", "seed", *point_keys()).with_columns(
                 pl.lit(concept).alias("concept"),
                 pl.lit(protocol).alias("protocol"),
                 pl.Series("dino", subject_fidelity(frames["dino"][1], frames["dino"][0])),
@@ -91,15 +99,15 @@ def score_samples(
                 pl.Series("clip_t", text_fidelity(clip_gen, prompt_text)),
             )
         )
-    return pl.concat(rows).select("concept", "path", "prompt_index", "seed", *POINT_KEYS, "protocol", *METRICS)
+    return pl.concat(rows).select("concept", "path", "prompt_index", "seed", *point_keys(), "protocol", *METRICS)
 
 
 def oracle_rows(manifest: pl.DataFrame, concept: str) -> pl.DataFrame:
     """The rows of a set scored by the oracle alone (no encoders): protocol ``oracle``."""
     return (
-        manifest.select("path", "prompt_index", "seed", *POINT_KEYS)
+        manifest.select("path", "prompt_index", "seed", *point_keys())
         .with_columns(pl.lit(concept).alias("concept"), pl.lit("oracle").alias("protocol"))
-        .select("concept", "path", "prompt_index", "seed", *POINT_KEYS, "protocol")
+        .select("concept", "path", "prompt_index", "seed", *point_keys(), "protocol")
     )
 
 
@@ -202,8 +210,9 @@ def aggregate(scores: pl.DataFrame, n_boot: int = 1000, seed: int = 0) -> pl.Dat
     """One row per (protocol, grid point): DINO, CLIP-I, CLIP-T with 95 % CIs and n_images."""
     rng = np.random.default_rng(seed)
     rows = []
-    for key, group in scores.group_by("protocol", *POINT_KEYS, maintain_order=True):
-        row = dict(zip(("protocol", *POINT_KEYS), key))
+    keys = point_keys()
+    for key, group in scores.group_by("protocol", *keys, maintain_order=True):
+        row = dict(zip(("protocol", *keys), key))
         for metric in metrics_of(scores):
             m = _cube(group, metric)
             row[metric] = _cell(m)
@@ -212,25 +221,27 @@ def aggregate(scores: pl.DataFrame, n_boot: int = 1000, seed: int = 0) -> pl.Dat
         row["n_lora_seeds"] = group["lora_seed"].n_unique()
         row["n_images"] = len(group)
         rows.append(row)
-    return pl.DataFrame(rows).sort("protocol", "method", "scale", "omega")
+    return pl.DataFrame(rows).sort("protocol", "method", "scale", *(k for k in keys if k not in ("method", "scale")))
 
 
 def reference_points(points: pl.DataFrame) -> dict[tuple, tuple]:
-    """For every grid point, the CFG point it is compared with: CFG at the same λ if the grid has
-    it, else the grid's first CFG point."""
-    cfg = points.filter(pl.col("method") == "cfg")
+    """For every grid point, the baseline point (CFG, `wig.guidance.baseline`) it is compared with:
+    the baseline at the same λ if the grid has it, else the grid's first baseline point."""
+    cfg = points.filter(pl.col("method") == baseline().name)
     if cfg.is_empty():
-        raise WigError("paired comparisons need a cfg point in the guidance grid")
+        raise WigError(f"paired comparisons need a {baseline().name} point in the guidance grid")
     first = tuple(cfg.row(0))
-    by_scale = {row[POINT_KEYS.index("scale")]: tuple(row) for row in cfg.iter_rows()}
-    return {tuple(p): by_scale.get(p[POINT_KEYS.index("scale")], first) for p in points.iter_rows()}
+    at = points.columns.index("scale")
+    by_scale = {row[at]: tuple(row) for row in cfg.iter_rows()}
+    return {tuple(p): by_scale.get(p[at], first) for p in points.iter_rows()}
 
 
 def paired_vs_cfg(scores: pl.DataFrame, n_boot: int = 1000, seed: int = 0) -> pl.DataFrame:
     """Mean difference (method − CFG) per metric on the same (concept, LoRA seed, prompt, seed)
     noise, with the bootstrap CI; one row per (protocol, non-CFG grid point)."""
     rng = np.random.default_rng(seed)
-    points = scores.select(POINT_KEYS).unique(maintain_order=True)
+    keys = point_keys()
+    points = scores.select(keys).unique(maintain_order=True)
     refs = reference_points(points)
     rows = []
     for protocol in scores["protocol"].unique(maintain_order=True).to_list():
@@ -238,12 +249,12 @@ def paired_vs_cfg(scores: pl.DataFrame, n_boot: int = 1000, seed: int = 0) -> pl
         for point, ref in refs.items():
             if point == ref:
                 continue
-            a = frame.filter(pl.all_horizontal([pl.col(k) == v for k, v in zip(POINT_KEYS, point)]))
-            b = frame.filter(pl.all_horizontal([pl.col(k) == v for k, v in zip(POINT_KEYS, ref)]))
+            a = frame.filter(pl.all_horizontal([pl.col(k) == v for k, v in zip(keys, point)]))
+            b = frame.filter(pl.all_horizontal([pl.col(k) == v for k, v in zip(keys, ref)]))
             pair = a.join(b, on=list(IMAGE_KEYS), suffix="_cfg")
             if len(pair) != len(a) or len(pair) != len(b):
-                raise WigError(f"{dict(zip(POINT_KEYS, point))} and its CFG reference cover different images")
-            row = {"protocol": protocol, **dict(zip(POINT_KEYS, point)), "cfg_scale": ref[POINT_KEYS.index("scale")]}
+                raise WigError(f"{dict(zip(keys, point))} and its CFG reference cover different images")
+            row = {"protocol": protocol, **dict(zip(keys, point)), "cfg_scale": ref[keys.index("scale")]}
             for metric in metrics_of(scores):
                 diff = pair.select(*IMAGE_KEYS, (pl.col(metric) - pl.col(f"{metric}_cfg")).alias("d"))
                 m = _cube(diff, "d")
@@ -284,12 +295,13 @@ def at_matched_text(table: pl.DataFrame) -> pl.DataFrame:
     """
     subject, text = fidelity_pair(table)
     rows = []
-    curve_keys = ("method", "omega", "ag_scale", "weak")
+    curve_keys = tuple(k for k in point_keys() if k != "scale")
+    swept = [name for name, cls in REGISTRY.items() if cls.guided and not cls.baseline]
     for protocol in table["protocol"].unique(maintain_order=True).to_list():
         t = table.filter(pl.col("protocol") == protocol)
-        cfg = t.filter(pl.col("method") == "cfg").sort("scale")
+        cfg = t.filter(pl.col("method") == baseline().name).sort("scale")
         for key, curve in (
-            t.filter(~pl.col("method").is_in(["cfg", "none"])).sort("scale").group_by(curve_keys, maintain_order=True)
+            t.filter(pl.col("method").is_in(swept)).sort("scale").group_by(curve_keys, maintain_order=True)
         ):
             lam, x, y = (curve[c].to_numpy() for c in ("scale", text, subject))
             for ref in cfg.iter_rows(named=True):
@@ -317,10 +329,7 @@ def at_matched_text(table: pl.DataFrame) -> pl.DataFrame:
                 )
     schema = {
         "protocol": pl.String,
-        "method": pl.String,
-        "omega": pl.Float64,
-        "ag_scale": pl.Float64,
-        "weak": pl.String,
+        **{k: v for k, v in point_schema().items() if k != "scale"},
         "cfg_scale": pl.Float64,
         text: pl.Float64,
         "scale": pl.Float64,

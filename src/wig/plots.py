@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 
 from wig.atomic import replace_file, tmp_path  # noqa: E402
+from wig.guidance import REGISTRY, parameters, point_schema  # noqa: E402
 from wig.metrics import fidelity_pair  # noqa: E402
 
 LABELS = {
@@ -63,40 +64,61 @@ def _two_panels(title: str, xlabel: str, draw, out, metrics: tuple[str, str]) ->
     _save(fig, out)
 
 
+def _with(parameter: str) -> list[str]:
+    """The registered guidance methods that have ``parameter``."""
+    return [name for name, cls in REGISTRY.items() if parameter in parameters(cls)]
+
+
+def _settings(row: Mapping, method: str, skip: tuple[str, ...] = ()) -> str:
+    """A point's own settings as a label, e.g. ``ω=0 λ=7.5``."""
+    symbols = {"omega": "ω", "scale": "λ", "ag_scale": "λ_ag"}
+    own = [k for k in parameters(REGISTRY[method]) if k not in skip] if method in REGISTRY else []
+    return " ".join(f"{symbols.get(k, k)}={row[k]:g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in own)
+
+
 def omega_ablation(tables: Mapping[str, pl.DataFrame], out, protocol: str | None = None) -> None:
-    """Subject and text fidelity against ω for PG (one line per model and λ), CFG and AG as reference lines."""
+    """Subject and text fidelity against ω for every method with an ω (one line per model, method
+    and λ); the methods that declare a reference line (CFG, AG) drawn at the same λ."""
+    references = [(name, cls.reference_line) for name, cls in REGISTRY.items() if cls.reference_line]
 
     def draw(ax, metric):
         for model, table in tables.items():
             t = _protocol(table, protocol)
-            for (scale,), pg in t.filter(pl.col("method") == "pg").sort("omega").group_by("scale", maintain_order=True):
+            for (method, scale), sweep in (
+                t.filter(pl.col("method").is_in(_with("omega")))
+                .sort("omega")
+                .group_by("method", "scale", maintain_order=True)
+            ):
                 line = ax.errorbar(
-                    pg["omega"],
-                    pg[metric],
-                    yerr=[pg[metric] - pg[f"{metric}_lo"], pg[f"{metric}_hi"] - pg[metric]],
+                    sweep["omega"],
+                    sweep[metric],
+                    yerr=[sweep[metric] - sweep[f"{metric}_lo"], sweep[f"{metric}_hi"] - sweep[metric]],
                     marker="o",
                     capsize=3,
-                    label=f"{model} PG λ={scale:g}",
+                    label=f"{model} {method.upper()} λ={scale:g}",
                 )
                 color = line[0].get_color()
-                for method, style in (("cfg", "--"), ("ag", ":")):
-                    ref = t.filter((pl.col("method") == method) & (pl.col("scale") == scale))
+                for name, style in references:
+                    ref = t.filter((pl.col("method") == name) & (pl.col("scale") == scale))
                     if not ref.is_empty():
                         ax.axhline(
-                            ref[metric][0], linestyle=style, color=color, label=f"{model} {method.upper()} λ={scale:g}"
+                            ref[metric][0], linestyle=style, color=color, label=f"{model} {name.upper()} λ={scale:g}"
                         )
 
     _two_panels("ω-ablation", "ω (weight of the fine-tuned model in the weak branch)", draw, out, _pair(tables))
 
 
 def lambda_ablation(tables: Mapping[str, pl.DataFrame], out, protocol: str | None = None) -> None:
-    """Subject and text fidelity against λ, one line per (model, method, ω)."""
+    """Subject and text fidelity against λ, one line per (model, method, its other settings)."""
+    guided = [name for name, cls in REGISTRY.items() if cls.guided]
 
     def draw(ax, metric):
         for model, table in tables.items():
-            t = _protocol(table, protocol).filter(pl.col("method") != "none")
-            for (method, omega), g in t.sort("scale").group_by("method", "omega", maintain_order=True):
-                label = f"{model} {method}" + (f" ω={omega:g}" if method in ("pg", "pgpp") else "")
+            t = _protocol(table, protocol).filter(pl.col("method").is_in(guided))
+            others = [k for k in point_schema() if k not in ("method", "scale")]
+            for _, g in t.sort("scale").group_by("method", *others, maintain_order=True):
+                row = g.row(0, named=True)
+                label = f"{model} {row['method']} {_settings(row, row['method'], skip=('scale',))}".rstrip()
                 ax.plot(g["scale"], g[metric], marker="o", label=label)
 
     _two_panels("λ-ablation", "λ (guidance scale)", draw, out, _pair(tables))
@@ -130,7 +152,7 @@ def pareto(tables: Mapping[str, pl.DataFrame], out, protocol: str | None = None)
         )
         for i in front:
             row = t.row(i, named=True)
-            ax.annotate(f"{row['method']} ω={row['omega']:g} λ={row['scale']:g}", xy[i], fontsize=6)
+            ax.annotate(f"{row['method']} {_settings(row, row['method'])}", xy[i], fontsize=6)
     ax.set_xlabel(f"{LABELS[text]} (prompt fidelity)")
     ax.set_ylabel(f"{LABELS[subject]} (subject fidelity)")
     ax.grid(alpha=0.3)

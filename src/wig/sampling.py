@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from wig.adapters import FULL, WEAK
 from wig.errors import WigError
 from wig.families import NonFiniteError, Text, check_finite, check_options, family_of
-from wig.guidance import Branch, Guidance
+from wig.guidance import NEGATIVE, PROMPT, Branch, GuidanceMethod
 from wig.lora import LoraScales, adapter_names
 
 
@@ -45,9 +45,11 @@ class Request:
     width: int | None = None
     eta: float = 0.0
     text_options: dict = field(default_factory=dict)  # family text settings (SANA: max_sequence_length, …)
+    # per sample, the extra texts a method's branches name (`GuidanceMethod.extra_texts`)
+    extra_texts: dict = field(default_factory=dict)
 
 
-def _check(pipe, guidance: Guidance, request: Request) -> None:
+def _check(pipe, guidance: GuidanceMethod, request: Request) -> None:
     if len(request.prompts) != len(request.generators):
         raise SamplingError(
             f"{len(request.prompts)} prompts but {len(request.generators)} generators: one generator per image"
@@ -55,11 +57,19 @@ def _check(pipe, guidance: Guidance, request: Request) -> None:
     if request.steps < 1:
         raise SamplingError(f"steps must be ≥ 1, got {request.steps}")
     loaded = adapter_names(pipe)
-    if guidance.uses_lora and FULL not in loaded:
-        raise SamplingError(f"method {guidance.method} needs a fine-tuned LoRA loaded as adapter {FULL!r} (--lora)")
-    if guidance.method == "ag" and guidance.weak == "lora" and WEAK not in loaded:
-        raise SamplingError(f"ag with weak=lora needs the weak LoRA loaded as adapter {WEAK!r} (--weak-lora)")
-    if guidance.renoise_with_uncond and type(pipe.scheduler).__name__ != "DDIMScheduler":
+    what = {FULL: "a fine-tuned LoRA", WEAK: "the weak (early) LoRA checkpoint"}
+    flags = {FULL: "--lora", WEAK: "--weak-lora"}
+    for adapter in sorted(guidance.required_adapters() - loaded):
+        raise SamplingError(
+            f"method {guidance.method} needs {what.get(adapter, 'a checkpoint')} loaded as adapter {adapter!r} "
+            f"({flags.get(adapter, 'attach it')})"
+        )
+    for name in guidance.extra_texts:
+        if len(request.extra_texts.get(name, ())) != len(request.prompts):
+            raise SamplingError(
+                f"{guidance.method} needs the extra text {name!r} for each of the {len(request.prompts)} prompts"
+            )
+    if guidance.requires_ddim and type(pipe.scheduler).__name__ != "DDIMScheduler":
         raise SamplingError(
             f"{guidance.method} re-noises a DDIM step and needs a DDIMScheduler, got {type(pipe.scheduler).__name__}"
         )
@@ -115,7 +125,7 @@ def _x0_eps(pred: torch.Tensor, x: torch.Tensor, a_t, prediction_type: str):
 
 
 @torch.no_grad()
-def sample_latents(pipe, guidance: Guidance, request: Request, progress: bool = True) -> torch.Tensor:
+def sample_latents(pipe, guidance: GuidanceMethod, request: Request, progress: bool = True) -> torch.Tensor:
     """Run the guided reverse process; returns the final latents (P, C, h, w).
 
     Leaves every loaded LoRA adapter active at weight 1 (per-branch scales are applied inside).
@@ -138,12 +148,17 @@ def sample_latents(pipe, guidance: Guidance, request: Request, progress: bool = 
         cache: dict = {}
         parts = []
         for b in branches:
-            key = (b.cond, tuple(sorted(b.scales.items())) if text_scales.has_lora else None)
+            key = (b.text, tuple(sorted(b.scales.items())) if text_scales.has_lora else None)
             if key not in cache:
-                texts = request.prompts if b.cond else [request.negative_prompt] * n
+                if b.text == PROMPT:
+                    texts = request.prompts
+                elif b.text == NEGATIVE:
+                    texts = [request.negative_prompt] * n
+                else:
+                    texts = list(request.extra_texts[b.text])
                 # the branch's LoRA scales matter only when the text encoder carries a LoRA
                 text_scales.set(_branch_scales([b], n, pipe.text_encoder.device))
-                cache[key] = family.encode(pipe, texts, cond=b.cond, **request.text_options)
+                cache[key] = family.encode(pipe, texts, cond=b.text != NEGATIVE, **request.text_options)
             parts.append(cache[key])
     text = Text.cat(parts)
 
@@ -161,11 +176,11 @@ def sample_latents(pipe, guidance: Guidance, request: Request, progress: bool = 
     k = len(branches)
     with LoraScales([model]) as model_scales:
         model_scales.set(_branch_scales(branches, n, device))
-        for t in tqdm(scheduler.timesteps, desc=f"{guidance.method}", disable=not progress, leave=False):
+        for i, t in enumerate(tqdm(scheduler.timesteps, desc=f"{guidance.method}", disable=not progress, leave=False)):
             x_in = torch.cat([latents] * k) if k > 1 else latents
             x_in = scheduler.scale_model_input(x_in, t)
             out = family.predict(pipe, x_in, t, text)
-            guided, renoise = guidance.combine(out.chunk(k))
+            guided, renoise = guidance.combine(out.chunk(k), step=i, timestep=t)
             if renoise is guided:
                 latents = scheduler.step(guided, t, latents, **step_kwargs, return_dict=False)[0]
             else:
@@ -196,7 +211,7 @@ def decode(pipe, latents: torch.Tensor, output_type: str = "pil"):
 def sample(
     pipe,
     prompts: Sequence[str],
-    guidance: Guidance,
+    guidance: GuidanceMethod,
     generators: Sequence[torch.Generator],
     progress: bool = True,
     output_type: str = "pil",

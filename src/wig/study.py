@@ -24,8 +24,8 @@ from typing import Any, Iterator, Mapping
 
 from wig.concepts import Concept, image_files, read_sheet
 from wig.errors import WigError
-from wig.grid import Point, expand, job_chunks
-from wig.guidance import UNSUPPORTED
+from wig.grid import expand, job_chunks
+from wig.guidance import GuidanceMethod
 from wig.provenance import encoder_id
 
 
@@ -35,8 +35,9 @@ class StudyError(WigError):
 
 # tiny kinds → the family that samples them: the synthetic world's base is a Stable Diffusion pipeline
 TINY_FAMILY = {"sd": "sd", "sana": "sana", "synthetic": "sd"}
-# the guidance methods whose scale is a CFG scale λ (the base's accuracy is measured at those)
-CFG_STYLE = ("cfg", "pg", "ag")
+# the families whose sampler is DDIM (`load_pipeline(scheduler="auto")`): SANA samples with a
+# multistep flow DPM-Solver, so methods that change the DDIM update are not planned for it
+DDIM_FAMILIES = ("sd",)
 
 
 def canon(value: Any) -> Any:
@@ -71,8 +72,8 @@ class Model:
     family: str  # sd | sana (wig.families)
     training: Mapping[str, Any]  # the global training settings with the model's own on top
     lora_seeds: tuple[int, ...]  # each (model, concept) is fine-tuned once per seed
-    points: tuple[Point, ...]  # the guidance grid its family's sampler can run
-    point_chunks: Mapping[str, tuple[Point, ...]]  # generation jobs' points by their name
+    points: tuple[GuidanceMethod, ...]  # the guidance grid its family's sampler can run
+    point_chunks: Mapping[str, tuple[GuidanceMethod, ...]]  # generation jobs' points by their name
 
     @property
     def kind(self) -> str:
@@ -129,7 +130,7 @@ class Study:
     models: Mapping[str, Model]  # sorted by name: reordering YAML keys must not rerun the plots
     concepts: Mapping[str, Concept]
     prompts: Mapping[str, tuple[str, ...]]  # per concept, the evaluation prompts (identifier filled in)
-    points: tuple[Point, ...]  # the whole grid, config order
+    points: tuple[GuidanceMethod, ...]  # the whole grid, config order
     seed_chunks: Mapping[str, tuple[int, ...]]  # a generation job's seeds by their name
     classes: Mapping[str, str]  # class-image folder → class noun
     encoders: Mapping[str, Mapping[str, Any]]  # kind → spec with its kind
@@ -191,7 +192,7 @@ class Study:
     @property
     def cfg_scales(self) -> list[float]:
         """Every λ of the grid's CFG-style points."""
-        return sorted({p.scale for p in self.points if p.method in CFG_STYLE})
+        return sorted({p.scale for p in self.points if p.cfg_scale})
 
     def bases(self, kind: str) -> list[str]:
         """The models whose weights a rule makes (or resolves), of this `Model.kind`: the entries
@@ -263,12 +264,7 @@ class Study:
 
     def guidance_of(self, model: str, points: str) -> dict:
         """A generation job's points: {point key: guidance settings}."""
-        return canon(
-            {
-                p.key: {"method": p.method, "scale": p.scale, "omega": p.omega, "ag_scale": p.ag_scale, "weak": p.weak}
-                for p in self.models[model].point_chunks[points]
-            }
-        )
+        return canon({p.key: p.settings() for p in self.models[model].point_chunks[points]})
 
     def grid_layout(self, model: str, concept: str) -> dict:
         """The image grid of a (model, concept): its rows (grid points, in grid order, by key and
@@ -276,7 +272,7 @@ class Study:
         points = self.models[model].points
         return {
             "points": [p.key for p in points],
-            "rows": [f"{p.method} {p.name}" for p in points],
+            "rows": [f"{p.method} {p.point_name}" for p in points],
             "columns": [
                 f"s{seed} p{i:02d}" for seed in self.config["seeds"] for i in range(len(self.prompts[concept]))
             ],
@@ -324,7 +320,7 @@ class Study:
         return list(self.generation_jobs(model, concept, self.models[model].lora_seeds[0]))
 
 
-def _model(config: Mapping[str, Any], name: str, points: tuple[Point, ...]) -> Model:
+def _model(config: Mapping[str, Any], name: str, points: tuple[GuidanceMethod, ...]) -> Model:
     specs = config["models"]
     chain = [name]
     while "base" in specs[chain[-1]]:
@@ -345,11 +341,12 @@ def _model(config: Mapping[str, Any], name: str, points: tuple[Point, ...]) -> M
     if training["weak_step"] >= training["steps"]:
         raise StudyError(f"models.{name}: training.weak_step must be smaller than training.steps")
     seeds = training["seed"]
-    runnable = tuple(p for p in points if p.method not in UNSUPPORTED[family])
+    runnable = tuple(p for p in points if family in DDIM_FAMILIES or not p.requires_ddim)
     if not runnable:
+        skipped = sorted({p.method for p in points})
         raise StudyError(
             f"models.{name} ({family}) can run none of the guidance points: "
-            f"{', '.join(UNSUPPORTED[family])} are not available for it"
+            f"{', '.join(skipped)} need a DDIM sampler, which {family} does not use"
         )
     try:
         chunks = job_chunks(runnable, config["sampling"]["points_per_job"])

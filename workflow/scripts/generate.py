@@ -1,5 +1,6 @@
 """All prompts × seeds of one (model, concept, LoRA seed, grid points, seed chunk) job (rule generate)."""
 
+from wig.adapters import WEAK
 from wig.generation import generate_samples
 from wig.guidance import Guidance
 from wig.jobs import job, local_weights
@@ -11,7 +12,7 @@ with job(snakemake) as log:
     points = {key: Guidance(**settings) for key, settings in p.guidance.items()}
     pipe = load_pipeline(local_weights(snakemake, p.model), device=p.runtime["device"], dtype=p.runtime["dtype"])
     checkpoints = lora_checkpoints(snakemake.input.lora)
-    weak = any(g.weak == "lora" for g in points.values())
+    weak = any(WEAK in g.required_adapters() for g in points.values())  # attach it only if a point uses it
     attach_loras(pipe, checkpoints["full"], checkpoints["weak"] if weak else None)
     s = p.sampling
     seeds = [int(seed) for seed in snakemake.wildcards.seeds.split("_")]

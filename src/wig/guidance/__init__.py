@@ -1,0 +1,56 @@
+"""Guidance methods, one module each (``wig/guidance/<method>.py``), behind one registry
+(`wig.guidance.base`): the branches a step evaluates and how their outputs combine.
+
+    none   (θ', c)                                  e_c
+    cfg    (θ', ∅) (θ', c)                          e_u + λ(e_c − e_u)
+    pg     (θω, ∅) (θ', c)                          e_u + λ(e_c − e_u)     (Park et al. 2025)
+    ag     (θ', ∅) (θ', c) (θ_weak, c)              e_u + λ(e_c − e_u) + (λ_ag − 1)(e_c − e_w)
+    cfgpp  as cfg; DDIM re-noises with e_u          (CFG++, Chung et al. 2024)
+    pgpp   as pg;  DDIM re-noises with e_u
+
+The combinations are linear and their weights sum to one, so they hold for any prediction type
+(ε, v or x0) of the model. A new method is a module with a registered `GuidanceMethod` subclass;
+importing it is all it takes for the sampler, the grid, the tables, the plots and the CLI.
+"""
+
+from wig.guidance import ag, cfg, cfgpp, none, pg, pgpp  # noqa: F401  (registers the shipped methods)
+from wig.guidance.base import (
+    NEGATIVE,
+    PROMPT,
+    REGISTRY,
+    Branch,
+    GuidanceMethod,
+    baseline,
+    canonical,
+    column_values,
+    columns,
+    make,
+    method_class,
+    param,
+    parameters,
+    point_columns,
+    point_schema,
+    register,
+)
+
+Guidance = make  # `Guidance("pg", 7.5, omega=0.0)`: a method by name with its settings
+
+__all__ = [
+    "NEGATIVE",
+    "PROMPT",
+    "REGISTRY",
+    "Branch",
+    "Guidance",
+    "GuidanceMethod",
+    "baseline",
+    "canonical",
+    "column_values",
+    "columns",
+    "make",
+    "method_class",
+    "param",
+    "parameters",
+    "point_columns",
+    "point_schema",
+    "register",
+]

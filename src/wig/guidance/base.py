@@ -1,0 +1,202 @@
+"""What every guidance method is: its parameters, the branches a step evaluates, how their outputs
+combine, what it needs, and how its grid point is named (modelled on diffusers' ``guiders/``, kept
+to wig's one batched forward per step).
+
+A *branch* is one network evaluation: a text condition (the prompt, the negative prompt, or a
+named extra text the caller supplies per sample) and the weights, given as a scale per adapter.
+With a LoRA, θ' = θ + ΔW and θω = ω·θ' + (1−ω)·θ = θ + ω·ΔW is the LoRA at scale ω, so every
+branch of every method is "base + Σ scale·ΔW" and all branches of a step run as one batched
+forward (`wig.lora.LoraScales`).
+
+A method is a frozen dataclass whose fields are its parameters (each with a default and, in its
+metadata, bounds or choices and a one-line doc) registered under its ``name``. The sampler, the
+grid, the study, the manifests, the tables, the plots and the CLI ask the registry; no other
+module names a method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
+
+from wig.errors import WigError
+
+if TYPE_CHECKING:
+    import torch
+
+PROMPT = "prompt"  # a branch conditioned on the sample's prompt c
+NEGATIVE = "negative"  # ... on the negative (by default empty) prompt ∅
+
+
+def canonical(x: float) -> str:
+    """The shortest decimal of ``x`` after rounding away float noise: ``0.1 * 3`` and ``0.3`` name
+    the same folder."""
+    return repr(round(float(x), 9) + 0.0)  # + 0.0 turns -0.0 into 0.0
+
+
+def param(default: Any, doc: str, low: float | None = None, high: float | None = None, choices: tuple = ()):
+    """A method parameter: its default, a one-line doc (CLI help, schema docs), its closed bounds
+    or its choices."""
+    return dataclasses.field(default=default, metadata={"doc": doc, "low": low, "high": high, "choices": choices})
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One network evaluation per step."""
+
+    text: str  # PROMPT, NEGATIVE or the name of an extra text (`GuidanceMethod.extra_texts`)
+    scales: Mapping[str, float] = dataclasses.field(default_factory=dict)  # adapter -> scale
+
+
+@dataclass(frozen=True)
+class GuidanceMethod:
+    """A guidance method with its settings. Subclasses set the class attributes below, declare
+    their parameters as fields, and implement `branches`, `combine` and `point_name`."""
+
+    name: ClassVar[str]
+    # what it needs
+    requires_fine_tune: ClassVar[bool] = False  # the fine-tuned checkpoint attached (adapter FULL)
+    requires_ddim: ClassVar[bool] = False  # a DDIM sampler (it changes the DDIM update itself)
+    extra_texts: ClassVar[tuple[str, ...]] = ()  # named texts per sample beyond prompt and negative
+    # how the study reads it
+    guided: ClassVar[bool] = True  # it has a guidance scale to sweep (not: the unguided prediction)
+    cfg_scale: ClassVar[bool] = False  # its `scale` is a CFG λ (the synthetic base's accuracy is read at those)
+    baseline: ClassVar[bool] = False  # the method the paired tables compare every other with
+    reference_line: ClassVar[str | None] = None  # drawn as a reference in the ω-ablation (a line style)
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value, meta = getattr(self, f.name), f.metadata
+            if meta.get("choices"):
+                if value not in meta["choices"]:
+                    options = " or ".join(repr(c) for c in meta["choices"])
+                    raise WigError(f"{f.name} must be {options}, got {value!r}")
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise WigError(f"{self.name}: {f.name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                if meta.get("low") is not None and meta.get("high") is not None:
+                    raise WigError(f"{f.name} must lie in [{meta['low']:g}, {meta['high']:g}], got {value}")
+                raise WigError(f"{f.name} must be finite, got {value}")
+            low, high = meta.get("low"), meta.get("high")
+            if (low is not None and value < low) or (high is not None and value > high):
+                bounds = f"[{low:g}, {high:g}]" if low is not None and high is not None else f"≥ {low:g}"
+                raise WigError(f"{f.name} must lie in {bounds}, got {value}")
+            object.__setattr__(self, f.name, float(value))
+
+    # --- what a step does --------------------------------------------------------------------
+
+    def branches(self) -> list[Branch]:
+        raise NotImplementedError
+
+    def combine(
+        self, outs: Sequence[torch.Tensor], step: int = 0, timestep: Any = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Branch outputs (in `branches` order) → (guided prediction, the prediction the step
+        re-noises with). ``step`` (0-based) and ``timestep`` allow time-dependent weights."""
+        raise NotImplementedError
+
+    def required_adapters(self) -> set[str]:
+        """The adapters that must be attached for this setting (`wig.adapters`)."""
+        from wig.adapters import FULL
+
+        return {FULL} if self.requires_fine_tune else set()
+
+    @property
+    def renoise_with_uncond(self) -> bool:
+        return self.requires_ddim
+
+    # --- names -------------------------------------------------------------------------------
+
+    @property
+    def method(self) -> str:
+        return self.name
+
+    @property
+    def point_name(self) -> str:
+        """The grid point's folder name (its settings, canonically spelled)."""
+        raise NotImplementedError
+
+    @property
+    def key(self) -> str:
+        """The point's place below a sample set: ``{method}/{point_name}``."""
+        return f"{self.name}/{self.point_name}"
+
+    def settings(self) -> dict[str, Any]:
+        """``{"method": name, **parameters}``: what `make` takes back (a job's params)."""
+        return {"method": self.name, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
+
+    def __str__(self) -> str:
+        values = ", ".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self))
+        return f"{self.name}({values})"
+
+
+REGISTRY: dict[str, type[GuidanceMethod]] = {}
+
+
+def register(cls: type[GuidanceMethod]) -> type[GuidanceMethod]:
+    """Class decorator: make a method known by its ``name`` (a plug-in registers itself the same way)."""
+    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
+        raise WigError(f"guidance method {cls.name!r} is registered twice")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def method_class(name: str) -> type[GuidanceMethod]:
+    if name not in REGISTRY:
+        raise WigError(f"unknown guidance method {name!r}; choose from {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
+
+
+def parameters(cls: type[GuidanceMethod]) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def make(method: str, *args, **params) -> GuidanceMethod:
+    """A method by name with its settings: ``make("pg", 7.5, omega=0.0)``. A setting the method
+    does not have is refused, naming the methods that have it."""
+    cls = method_class(method)
+    own = parameters(cls)
+    for key in params:
+        if key not in own:
+            owners = [n for n, c in REGISTRY.items() if key in parameters(c)]
+            where = f"applies to {'/'.join(owners)} only" if owners else "is no guidance setting"
+            raise WigError(f"{key} {where}, not {method}")
+    return cls(*args, **params)
+
+
+def columns() -> dict[str, dataclasses.Field]:
+    """Every registered parameter by name, sorted (whatever order plug-ins register in), with the
+    first declaration's default: the manifest's and the tables' columns beside ``method``."""
+    out: dict[str, dataclasses.Field] = {}
+    for name in sorted(REGISTRY):
+        for key, f in parameters(REGISTRY[name]).items():
+            out.setdefault(key, f)
+    return dict(sorted(out.items()))
+
+
+def column_values(guidance: GuidanceMethod) -> dict[str, Any]:
+    """A point's row values: its own parameters, and for the others of the registry their
+    defaults (ω = 1 for a method without ω: it is what CFG is)."""
+    return {name: getattr(guidance, name, f.default) for name, f in columns().items()}
+
+
+def point_schema() -> dict:
+    """Polars dtypes of a grid point's columns in manifests, scores and tables: ``method`` and
+    every registered parameter (`columns`)."""
+    import polars as pl
+
+    dtypes = {"float": pl.Float64, "str": pl.String, "int": pl.Int64}
+    return {"method": pl.String, **{n: dtypes[str(getattr(f.type, "__name__", f.type))] for n, f in columns().items()}}
+
+
+def point_columns(guidance: GuidanceMethod) -> dict[str, Any]:
+    """A point's values for `point_schema`."""
+    return {"method": guidance.name, **column_values(guidance)}
+
+
+def baseline() -> type[GuidanceMethod]:
+    (cls,) = [c for c in REGISTRY.values() if c.baseline]
+    return cls

@@ -1,0 +1,21 @@
+"""PG++: personalization guidance with CFG++'s re-noising — PG's branches, and the DDIM step
+re-noises with the weak branch's unconditional prediction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from wig.guidance.base import register
+from wig.guidance.pg import PG
+
+
+@register
+@dataclass(frozen=True)
+class PGpp(PG):
+    name = "pgpp"
+    requires_ddim = True
+    cfg_scale = False
+
+    def combine(self, outs, step=0, timestep=None):
+        guided, _ = super().combine(outs, step, timestep)
+        return guided, outs[0]

@@ -1,0 +1,189 @@
+"""The guidance registry is the one place a method lives: a method defined here, in a test, runs
+through the sampler, gets grid names, manifest columns and table rows without a shipped file
+changing; and no shipped module but a method's own names it."""
+
+import ast
+import inspect
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+
+from wig.adapters import FULL
+from wig.errors import WigError
+from wig.generation import generate_samples
+from wig.grid import expand
+from wig.guidance import NEGATIVE, PROMPT, REGISTRY, Branch, Guidance, GuidanceMethod, canonical, param, register
+from wig.guidance.cfg import cfg_combine
+from wig.metrics import aggregate, paired_vs_cfg
+from wig.models import attach_loras, load_pipeline
+from wig.sampling import Request, sample_latents
+
+from conftest import PROMPTS, STEPS, H, W, generators
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class IntervalGuidance(GuidanceMethod):
+    """CFG on the first ``fraction`` of the steps, the conditional prediction after: a
+    time-dependent method with a parameter no shipped method has."""
+
+    name = "toy-interval"
+    scale: float = param(7.5, "guidance scale λ")
+    fraction: float = param(0.5, "share of the steps that are guided", low=0.0, high=1.0)
+    steps: float = param(8.0, "the sampler's step count")
+
+    def branches(self):
+        return [Branch(NEGATIVE, {FULL: 1.0}), Branch(PROMPT, {FULL: 1.0})]
+
+    def combine(self, outs, step=0, timestep=None):
+        guided = cfg_combine(outs[0], outs[1], self.scale) if step < self.fraction * self.steps else outs[1]
+        return guided, guided
+
+    @property
+    def point_name(self) -> str:
+        return f"f{canonical(self.fraction)}_l{canonical(self.scale)}"
+
+
+@dataclass(frozen=True)
+class OtherText(GuidanceMethod):
+    """The conditional prediction for a named extra text instead of the prompt."""
+
+    name = "toy-other-text"
+    extra_texts = ("other",)
+
+    def branches(self):
+        return [Branch("other", {FULL: 1.0})]
+
+    def combine(self, outs, step=0, timestep=None):
+        return outs[0], outs[0]
+
+    @property
+    def point_name(self) -> str:
+        return "other"
+
+
+@pytest.fixture
+def toys():
+    for cls in (IntervalGuidance, OtherText):
+        register(cls)
+    yield
+    for cls in (IntervalGuidance, OtherText):
+        REGISTRY.pop(cls.name)
+
+
+@pytest.fixture(scope="module")
+def base(tiny_sd):
+    pipe = load_pipeline(str(tiny_sd), device="cpu", dtype="float32")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _latents(pipe, guidance, prompts=PROMPTS, **extra):
+    request = Request(prompts=list(prompts), generators=generators(), steps=STEPS, height=H, width=W, **extra)
+    return sample_latents(pipe, guidance, request, progress=False)
+
+
+def test_a_method_defined_in_a_test_runs_through_the_sampler(toys, base):
+    # its formula from separate runs: all steps guided is CFG, none guided is the prompt alone
+    cfg, cond = _latents(base, Guidance("cfg", 5.0)), _latents(base, Guidance("none"))
+    assert torch.equal(_latents(base, Guidance("toy-interval", 5.0, fraction=1.0, steps=STEPS)), cfg)
+    # (a two-branch batch against a one-branch one: equal up to batched-kernel rounding)
+    torch.testing.assert_close(
+        _latents(base, Guidance("toy-interval", 5.0, fraction=0.0, steps=STEPS)), cond, rtol=1e-5, atol=1e-5
+    )
+    half = _latents(base, Guidance("toy-interval", 5.0, fraction=0.5, steps=STEPS))
+    assert (half - cfg).abs().max() > 1e-3 and (half - cond).abs().max() > 1e-3
+    # a named extra text reaches its branch: the same as sampling that text as the prompt
+    others = ["a red car", "a blue house"]
+    via_extra = _latents(base, Guidance("toy-other-text"), extra_texts={"other": others})
+    assert torch.equal(via_extra, _latents(base, Guidance("none"), prompts=others))
+    with pytest.raises(WigError, match="needs the extra text 'other'"):
+        _latents(base, Guidance("toy-other-text"))
+
+
+def test_a_method_defined_in_a_test_gets_grid_names_manifest_columns_and_table_rows(toys, tiny_sd, lora_path, tmp_path):
+    points = expand([{"method": "cfg", "scale": 5.0}, {"method": "toy-interval", "scale": 5.0, "fraction": [0.25, 1]}])
+    assert [p.key for p in points] == ["cfg/w1.0_l5.0", "toy-interval/f0.25_l5.0", "toy-interval/f1.0_l5.0"]
+    with pytest.raises(WigError, match=r"guidance\[0\]\.fraction applies to toy-interval only, not pg"):
+        expand([{"method": "pg", "fraction": 0.5}])
+    pipe = load_pipeline(str(tiny_sd), device="cpu", dtype="float32")
+    attach_loras(pipe, lora_path)
+    manifest = generate_samples(
+        pipe,
+        PROMPTS[:1],
+        {p.key: p for p in points},
+        [0, 1],
+        tmp_path / "job",
+        steps=2,
+        height=H,
+        width=W,
+        progress=False,
+    )
+    assert {"fraction", "steps", "omega", "scale"} <= set(manifest.columns)
+    toy = manifest.filter(pl.col("method") == "toy-interval")
+    assert (
+        sorted(toy["fraction"].unique()) == [0.25, 1.0]
+        and (manifest.filter(pl.col("method") == "cfg")["fraction"] == 0.5).all()
+    )
+    scores = manifest.select(
+        "prompt_index", "seed", "method", "scale", "omega", "ag_scale", "weak", "fraction", "steps"
+    ).with_columns(
+        concept=pl.lit("c"),
+        lora_seed=pl.lit(0),
+        protocol=pl.lit("dreammatcher"),
+        dino=pl.Series(range(6), dtype=pl.Float64) / 10,
+        clip_i=pl.lit(0.5),
+        clip_t=pl.lit(0.2),
+    )
+    table = aggregate(scores, n_boot=100)
+    assert table.filter(pl.col("method") == "toy-interval")["fraction"].to_list() == [0.25, 1.0]
+    paired = paired_vs_cfg(scores, n_boot=100)
+    assert paired["method"].to_list() == ["toy-interval", "toy-interval"]
+
+
+def _method_uses(tree: ast.AST):
+    """String constants used as a method name: compared, collected in a literal, passed to a
+    registry lookup, or given as ``method=``."""
+    lookups = {"make", "Guidance", "method_class"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+        elif isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            operands = node.elts
+        elif isinstance(node, ast.Dict):
+            operands = [k for k in node.keys if k is not None] + node.values
+        elif isinstance(node, ast.Call):
+            name = getattr(node.func, "id", getattr(node.func, "attr", ""))
+            operands = (node.args[:1] if name in lookups else []) + [
+                k.value for k in node.keywords if k.arg == "method"
+            ]
+        elif isinstance(node, ast.Subscript):
+            operands = [node.slice]
+        else:
+            continue
+        for op in operands:
+            for const in ast.walk(op):
+                if isinstance(const, ast.Constant) and isinstance(const.value, str):
+                    yield const.value, const.lineno
+
+
+def test_each_shipped_method_is_named_in_its_own_module_only():
+    shipped = {name: Path(inspect.getfile(cls)).resolve() for name, cls in REGISTRY.items()}
+    found = []
+    for path in sorted([*(ROOT / "src").rglob("*.py"), *(ROOT / "workflow").rglob("*.py")]):
+        for value, line in _method_uses(ast.parse(path.read_text())):
+            if value in shipped and shipped[value] != path.resolve():
+                found.append(f"{path.relative_to(ROOT)}:{line} {value}")
+    for path in [ROOT / "Snakefile", *(ROOT / "workflow").rglob("*.smk")]:  # Snakemake syntax: read as text
+        for line_no, line in enumerate(path.read_text().splitlines(), 1):
+            for value in shipped:
+                if re.search(rf"""["']{re.escape(value)}["']""", line):
+                    found.append(f"{path.relative_to(ROOT)}:{line_no} {value}")
+    assert found == []
+    # and each is where the registry says: wig/guidance/<name>.py
+    assert all(path.name == f"{name}.py" and path.parent.name == "guidance" for name, path in shipped.items())
