@@ -94,8 +94,8 @@ def _embed_all(encoders, refs, samples, tmp_path):
         embed_images(enc, samples, PROTOCOLS).write_parquet(files[kind])
         files[f"{kind}_refs"] = tmp_path / f"{kind}_refs.parquet"
         embed_images(enc, refs, PROTOCOLS).write_parquet(files[f"{kind}_refs"])
-    files["texts"] = tmp_path / "texts.parquet"
-    embed_texts(encoders["clip"], ["a dog 0", "a dog 1"]).write_parquet(files["texts"])
+    files["clip_texts"] = tmp_path / "texts.parquet"
+    embed_texts(encoders["clip"], ["a dog 0", "a dog 1"]).write_parquet(files["clip_texts"])
     return files
 
 
@@ -169,9 +169,7 @@ def test_scores_follow_the_manifest_hashes(encoders, refs, tmp_path):
     manifest = pl.read_parquet(samples / "manifest.parquet").with_columns(pl.lit("0" * 64).alias("sha256"))
     frames = {k: pl.read_parquet(v) for k, v in files.items()}
     with pytest.raises(Exception, match="sha256 differs"):
-        score_samples(
-            manifest, "dog", frames["dino"], frames["clip"], frames["dino_refs"], frames["clip_refs"], frames["texts"]
-        )
+        score_samples(manifest, "dog", frames, ["dino", "clip_i", "clip_t"])
 
 
 def test_missing_encoder_is_a_clear_error(tmp_path):

@@ -63,6 +63,7 @@ def test_synthetic_preset_shares_one_pretrained_base_between_two_trainings():
     assert _counts(study) == {"class_images": 5, "train_lora": 20, "generate": 20}
     assert list(prior.point_chunks) == ["points00"] and len(prior.points) == 10
     assert study.cfg_scales == [1.5, 3.0, 4.5]
+    assert study.metrics == ("oracle_text", "oracle_subject") and study.metric_encoders() == []
     assert study.pretrain_config("synthetic", "vae")["seed"] == 0
     assert "unet" in study.pretrain_config("synthetic", "model") and "unet" not in study.pretrain_config(
         "synthetic", "vae"
@@ -77,6 +78,10 @@ def test_demo_plans_each_family_its_own_grid():
     assert len(sd.points) == 9 and not {"cfgpp", "pgpp"} & {p.method for p in sana.points} and len(sana.points) == 6
     assert _counts(study) == {"class_images": 4, "train_lora": 4, "generate": 2 * 9 + 2 * 6}
     assert study.tiny_config("tiny-sd")["unet"]
+    # metrics: every one the encoders allow; a study that scores CLIP-T alone embeds with CLIP alone
+    assert study.metrics == ("dino", "clip_i", "clip_t") and study.metric_encoders() == ["dino", "clip"]
+    clip_t = Study.from_config(_config(evaluation__metrics=["clip_t"]))
+    assert clip_t.metric_encoders() == clip_t.text_encoders() == ["clip"] and list(clip_t.encoder_ids()) == ["clip"]
     layout = study.grid_layout("tiny-sd", "brown_dog")
     assert layout["rows"][:2] == ["none w1.0_l1.0", "cfg w1.0_l7.5"] and layout["points"][1] == "cfg/w1.0_l7.5"
     assert layout["columns"] == ["s0 p00", "s0 p01", "s1 p00", "s1 p01"]  # seeds × max_prompts 2
@@ -207,6 +212,11 @@ def test_a_study_is_frozen_and_its_params_have_sorted_keys():
         ({"models__tiny-sd": {"tiny": "sd", "training": {"weak_step": 200}}}, "models.tiny-sd: training.weak_step"),
         ({"models__tiny-sd": {"tiny": "sd", "family": "sana"}}, "models.tiny-sd: family sana but tiny sd"),
         ({"encoders": {}}, "encoders is empty and dataset.render is not set"),
+        ({"evaluation__metrics": ["dino", "pickscore"]}, "evaluation.metrics: unknown metric 'pickscore'"),
+        (
+            {"evaluation__metrics": ["oracle_text"]},
+            "oracle_text reads the synthetic world's images, but dataset.render",
+        ),
         ({"guidance": [{"method": "cfgpp"}]}, "models.tiny-sana (sana) can run none of the guidance points"),
         (
             {"dataset__render": {"n_images": 4}, "dataset__fetch": {"repo": "x", "commit": "abcdef1", "subdir": "y"}},

@@ -1,5 +1,10 @@
-"""DINO, CLIP-I and CLIP-T (and, for the synthetic world, the oracle's pixel metrics): per-image
-scores, tables with bootstrap CIs, paired comparisons.
+"""Metrics as a registry — DINO, CLIP-I, CLIP-T and, for the synthetic world, the oracle's pixel
+metrics —, per-image scores, tables with bootstrap CIs, paired comparisons.
+
+A `Metric` says what it reads (the concept's reference embeddings, its prompt's text embedding,
+or the pixels), which encoder's embeddings, which side of the trade-off it measures (subject or
+text fidelity) and how it scores; `register_metric` makes it known. Scoring, the tables and the
+figures iterate over the metrics a study enables (``evaluation.metrics``).
 
 Per image i of a concept with reference embeddings r_1…r_R:
     DINO_i   = mean_r cos(dino(r), dino(i))          (likewise CLIP-I with CLIP image embeddings)
@@ -20,14 +25,15 @@ prompt, seed) noise.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
 import numpy as np
 import polars as pl
 
 from wig.errors import WigError
-from wig.guidance import REGISTRY, baseline, point_schema
-
-METRICS = ("dino", "clip_i", "clip_t")
-ORACLE_METRICS = ("oracle_text", "oracle_subject")  # the synthetic world's pixel metrics (wig.oracle)
+from wig.guidance import REGISTRY as METHODS
+from wig.guidance import baseline, point_schema
 
 
 def point_keys() -> tuple[str, ...]:
@@ -55,55 +61,125 @@ def text_fidelity(generated: np.ndarray, texts: np.ndarray) -> np.ndarray:
     return (_unit(generated) * _unit(texts)).sum(axis=1)
 
 
+@dataclass(frozen=True)
+class Metric:
+    """A per-image score."""
+
+    name: str  # its column in scores and tables
+    label: str  # its axis label in figures
+    fidelity: str  # "subject" or "text": which side of the trade-off it measures
+    reads: str  # "references" (the concept's reference embeddings), "texts" (its prompt's), "pixels"
+    # encoder metrics: score(generated (n, d), references (m, d) | prompt texts (n, d)) -> (n,);
+    # pixel metrics: score(images, prompts, concept) -> {metric name: values}, one call serving every
+    # metric that shares the function (the oracle segments an image once for both of its metrics)
+    score: Callable
+    encoder: str | None = None  # whose embeddings it reads (`wig.encoders` kind); None for pixels
+    synthetic_only: bool = False  # it reads the synthetic world's images (dataset.render)
+
+
+REGISTRY: dict[str, Metric] = {}
+
+
+def register_metric(metric: Metric) -> Metric:
+    """Make a metric known by its name (a plug-in registers itself the same way)."""
+    if metric.reads not in ("references", "texts", "pixels") or metric.fidelity not in ("subject", "text"):
+        raise WigError(f"metric {metric.name}: reads references|texts|pixels and measures subject|text fidelity")
+    if (metric.encoder is None) != (metric.reads == "pixels"):
+        raise WigError(f"metric {metric.name}: an encoder exactly when it reads embeddings")
+    REGISTRY[metric.name] = metric
+    return metric
+
+
+def _oracle(images, prompts, concept):
+    from wig.oracle import score_images
+
+    return score_images(images, prompts, concept)
+
+
+def _mean_to_references(generated: np.ndarray, references: np.ndarray) -> np.ndarray:
+    return subject_fidelity(references, generated)
+
+
+register_metric(Metric("dino", "DINO", "subject", "references", _mean_to_references, encoder="dino"))
+register_metric(Metric("clip_i", "CLIP-I", "subject", "references", _mean_to_references, encoder="clip"))
+register_metric(Metric("clip_t", "CLIP-T", "text", "texts", text_fidelity, encoder="clip"))
+for _name, _label, _side in (
+    ("oracle_text", "oracle text fidelity", "text"),
+    ("oracle_subject", "oracle subject fidelity", "subject"),
+):
+    register_metric(Metric(_name, _label, _side, "pixels", _oracle, synthetic_only=True))
+
+
+def enabled_metrics(encoders, render: bool) -> list[str]:
+    """The metrics a study scores by default: every registered metric whose encoder it configures,
+    and the pixel metrics (the synthetic world's only where it renders its images)."""
+    names = []
+    for m in REGISTRY.values():
+        if (m.encoder in encoders) if m.encoder is not None else (render or not m.synthetic_only):
+            names.append(m.name)
+    return names
+
+
 def _matrix(frame: pl.DataFrame) -> np.ndarray:
     return np.stack(frame["embedding"].to_numpy())
 
 
 def score_samples(
-    manifest: pl.DataFrame,
-    concept: str,
-    dino: pl.DataFrame,
-    clip: pl.DataFrame,
-    dino_refs: pl.DataFrame,
-    clip_refs: pl.DataFrame,
-    texts: pl.DataFrame,
+    manifest: pl.DataFrame, concept: str, embeddings: dict[str, pl.DataFrame], metrics: Sequence[str]
 ) -> pl.DataFrame:
-    """Per-image scores of one sample set, one row per (image, protocol).
+    """Per-image encoder-metric scores of one sample set, one row per (image, protocol).
 
-    ``dino``/``clip`` are the set's embeddings, ``*_refs`` the concept's reference embeddings,
-    ``texts`` the CLIP text embeddings indexed by prompt index.
+    ``embeddings`` maps an encoder kind to the set's embeddings, ``{kind}_refs`` to the concept's
+    reference embeddings and ``{kind}_texts`` to its prompt texts' (by prompt index), for the
+    encoders ``metrics`` read.
     """
+    chosen = [REGISTRY[m] for m in metrics if REGISTRY[m].encoder is not None]
+    kinds = list(dict.fromkeys(m.encoder for m in chosen))
     rows = []
-    text_by_index = dict(zip(texts["index"].to_list(), _matrix(texts)))
-    for protocol in sorted(set(dino["protocol"].to_list())):
-        frames = {}
-        for name, emb, refs in (("dino", dino, dino_refs), ("clip", clip, clip_refs)):
-            gen = emb.filter(pl.col("protocol") == protocol)
-            ref = refs.filter(pl.col("protocol") == protocol)
+    for protocol in sorted(set(embeddings[kinds[0]]["protocol"].to_list())):
+        generated, references = {}, {}
+        for kind in kinds:
+            gen = embeddings[kind].filter(pl.col("protocol") == protocol)
+            ref = embeddings[f"{kind}_refs"].filter(pl.col("protocol") == protocol)
             if gen.is_empty() or ref.is_empty():
-                raise WigError(f"no {name} embeddings for protocol {protocol}")
+                raise WigError(f"no {kind} embeddings for protocol {protocol}")
             joined = manifest.join(gen.select("path", "sha256", "embedding"), on="path", how="left", suffix="_emb")
             if joined["embedding"].null_count():
-                raise WigError(f"{joined['embedding'].null_count()} image(s) of the set have no {name} embedding")
+                raise WigError(f"{joined['embedding'].null_count()} image(s) of the set have no {kind} embedding")
             if (joined["sha256"] != joined["sha256_emb"]).any():
-                raise WigError(f"{name} embeddings are of other images than the manifest's (sha256 differs)")
-            frames[name] = (_matrix(joined), _matrix(ref))
-        clip_gen = frames["clip"][0]
-        prompt_text = np.stack([text_by_index[i] for i in manifest["prompt_index"].to_list()])
+                raise WigError(f"{kind} embeddings are of other images than the manifest's (sha256 differs)")
+            generated[kind], references[kind] = _matrix(joined), _matrix(ref)
+        columns = []
+        for m in chosen:
+            if m.reads == "texts":
+                texts = embeddings[f"{m.encoder}_texts"]
+                by_index = dict(zip(texts["index"].to_list(), _matrix(texts)))
+                other = np.stack([by_index[i] for i in manifest["prompt_index"].to_list()])
+            else:
+                other = references[m.encoder]
+            columns.append(pl.Series(m.name, m.score(generated[m.encoder], other)))
         rows.append(
             manifest.select("path", "prompt_index", "seed", *point_keys()).with_columns(
-                pl.lit(concept).alias("concept"),
-                pl.lit(protocol).alias("protocol"),
-                pl.Series("dino", subject_fidelity(frames["dino"][1], frames["dino"][0])),
-                pl.Series("clip_i", subject_fidelity(frames["clip"][1], clip_gen)),
-                pl.Series("clip_t", text_fidelity(clip_gen, prompt_text)),
+                pl.lit(concept).alias("concept"), pl.lit(protocol).alias("protocol"), *columns
             )
         )
-    return pl.concat(rows).select("concept", "path", "prompt_index", "seed", *point_keys(), "protocol", *METRICS)
+    names = [m.name for m in chosen]
+    return pl.concat(rows).select("concept", "path", "prompt_index", "seed", *point_keys(), "protocol", *names)
 
 
-def oracle_rows(manifest: pl.DataFrame, concept: str) -> pl.DataFrame:
-    """The rows of a set scored by the oracle alone (no encoders): protocol ``oracle``."""
+def pixel_scores(images, prompts: list[str], concept: str, metrics: Sequence[str]) -> dict[str, list[float]]:
+    """The pixel metrics among ``metrics`` per image, each scoring function called once."""
+    out: dict[str, list[float]] = {}
+    chosen = [REGISTRY[m] for m in metrics if REGISTRY[m].reads == "pixels"]
+    for score in dict.fromkeys(m.score for m in chosen):
+        values = score(images, prompts, concept)
+        out |= {m.name: list(values[m.name]) for m in chosen if m.score is score}
+    return out
+
+
+def unscored_rows(manifest: pl.DataFrame, concept: str) -> pl.DataFrame:
+    """The rows of a set no encoder scores (pixel metrics only), under protocol ``oracle``, as the
+    synthetic world's tables name it."""
     return (
         manifest.select("path", "prompt_index", "seed", *point_keys())
         .with_columns(pl.lit(concept).alias("concept"), pl.lit("oracle").alias("protocol"))
@@ -112,52 +188,60 @@ def oracle_rows(manifest: pl.DataFrame, concept: str) -> pl.DataFrame:
 
 
 def metrics_of(scores: pl.DataFrame) -> tuple[str, ...]:
-    """The metric columns of a score frame: the encoders' and the oracle's, those present."""
-    return tuple(m for m in METRICS + ORACLE_METRICS if m in scores.columns)
+    """The metric columns of a score frame: the registered metrics it holds, in registry order."""
+    return tuple(m for m in REGISTRY if m in scores.columns)
 
 
 def score_job(
-    samples, concept: str, embeddings: dict, encoders: dict, out, oracle: bool = False, lora_seed: int = 0
+    samples,
+    concept: str,
+    embeddings: dict,
+    encoders: dict,
+    out,
+    metrics: Sequence[str] | None = None,
+    lora_seed: int = 0,
 ) -> pl.DataFrame:
     """Score one generation job from its files and write the scores to ``out`` (Parquet).
 
-    ``embeddings`` maps dino, clip, dino_refs, clip_refs, texts to files; ``encoders`` maps dino
-    and clip to the encoder ids the files must carry (both empty: no encoder metrics, the oracle
-    alone). Every file is checked (encoder, width, the images of the manifest) before anything is
-    written. ``oracle`` adds the synthetic world's pixel metrics (one value per image, the same in
-    every protocol's row). ``lora_seed`` is the seed of the LoRA the images were sampled with.
+    ``metrics``: the registered metrics to score (default: every encoder metric of ``encoders``).
+    ``embeddings`` maps each encoder kind they read to the set's embedding file, ``{kind}_refs``
+    to the concept's references and ``{kind}_texts`` to its prompt texts; ``encoders`` maps a kind
+    to the encoder id its files must carry. Every file is checked (encoder, width, the images of
+    the manifest) before anything is written. Pixel metrics give one value per image, the same in
+    every protocol's row. ``lora_seed`` is the seed of the LoRA the images were sampled with.
     """
     from pathlib import Path
 
     from wig.atomic import replace_file, tmp_path
     from wig.embeddings import read_embeddings
 
+    metrics = list(metrics) if metrics is not None else enabled_metrics(encoders, render=False)
+    unknown = [m for m in metrics if m not in REGISTRY]
+    if unknown or not metrics:
+        raise WigError(f"metrics {unknown or '[]'}: score with some of {', '.join(REGISTRY)}")
     manifest = pl.read_parquet(Path(samples) / "manifest.parquet")
-    if not encoders and not oracle:
-        raise WigError("nothing to score with: no encoders and no oracle")
-    if encoders:
-        dino_refs = read_embeddings(embeddings["dino_refs"], encoders["dino"])
-        clip_refs = read_embeddings(embeddings["clip_refs"], encoders["clip"])
-        dims = {"dino": dino_refs.schema["embedding"].size, "clip": clip_refs.schema["embedding"].size}
-        scores = score_samples(
-            manifest,
-            concept,
-            read_embeddings(embeddings["dino"], encoders["dino"], dims["dino"]),
-            read_embeddings(embeddings["clip"], encoders["clip"], dims["clip"]),
-            dino_refs,
-            clip_refs,
-            read_embeddings(embeddings["texts"], encoders["clip"], dims["clip"]),
-        )
+    kinds = list(dict.fromkeys(REGISTRY[m].encoder for m in metrics if REGISTRY[m].encoder is not None))
+    if kinds:
+        frames = {}
+        for kind in kinds:
+            if kind not in encoders:
+                raise WigError(
+                    f"metric(s) {[m for m in metrics if REGISTRY[m].encoder == kind]} need the {kind} encoder"
+                )
+            frames[f"{kind}_refs"] = read_embeddings(embeddings[f"{kind}_refs"], encoders[kind])
+            width = frames[f"{kind}_refs"].schema["embedding"].size
+            frames[kind] = read_embeddings(embeddings[kind], encoders[kind], width)
+            if any(REGISTRY[m].reads == "texts" and REGISTRY[m].encoder == kind for m in metrics):
+                frames[f"{kind}_texts"] = read_embeddings(embeddings[f"{kind}_texts"], encoders[kind], width)
+        scores = score_samples(manifest, concept, frames, metrics)
     else:
-        scores = oracle_rows(manifest, concept)
+        scores = unscored_rows(manifest, concept)
     scores = scores.with_columns(pl.lit(lora_seed, dtype=pl.Int64).alias("lora_seed"))
-    if oracle:
+    if any(REGISTRY[m].reads == "pixels" for m in metrics):
         from PIL import Image
 
-        from wig.oracle import score_images
-
         images = [Image.open(Path(samples) / p).convert("RGB") for p in manifest["path"]]
-        pixel = score_images(images, manifest["prompt"].to_list(), concept)
+        pixel = pixel_scores(images, manifest["prompt"].to_list(), concept, metrics)
         paths = manifest["path"].to_list()
         scores = scores.with_columns(
             pl.col("path").replace_strict(dict(zip(paths, values)), return_dtype=pl.Float64).alias(name)
@@ -277,11 +361,16 @@ def to_markdown(frame: pl.DataFrame, digits: int = 4) -> str:
 
 
 def fidelity_pair(scores_or_table: pl.DataFrame) -> tuple[str, str]:
-    """(subject, text) fidelity metrics to compare methods on: the oracle's where a table has them
-    (the synthetic world: exact, and its tiny encoders are random), else DINO and CLIP-T."""
-    if "oracle_subject" in scores_or_table.columns:
-        return "oracle_subject", "oracle_text"
-    return "dino", "clip_t"
+    """(subject, text) fidelity metrics to compare methods on: the first of each side the table
+    holds, pixel metrics first (the synthetic world's oracle is exact, its tiny encoders random),
+    else in registry order (DINO, CLIP-T)."""
+    present = sorted(
+        (m for m in REGISTRY.values() if m.name in scores_or_table.columns), key=lambda m: m.reads != "pixels"
+    )
+    pair = [next((m.name for m in present if m.fidelity == side), None) for side in ("subject", "text")]
+    if None in pair:
+        raise WigError(f"no subject and text fidelity metric among {scores_or_table.columns}")
+    return pair[0], pair[1]
 
 
 def at_matched_text(table: pl.DataFrame) -> pl.DataFrame:
@@ -296,7 +385,7 @@ def at_matched_text(table: pl.DataFrame) -> pl.DataFrame:
     subject, text = fidelity_pair(table)
     rows = []
     curve_keys = tuple(k for k in point_keys() if k != "scale")
-    swept = [name for name, cls in REGISTRY.items() if cls.guided and not cls.baseline]
+    swept = [name for name, cls in METHODS.items() if cls.guided and not cls.baseline]
     for protocol in table["protocol"].unique(maintain_order=True).to_list():
         t = table.filter(pl.col("protocol") == protocol)
         cfg = t.filter(pl.col("method") == baseline().name).sort("scale")

@@ -19,21 +19,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 
 from wig.atomic import replace_file, tmp_path  # noqa: E402
-from wig.guidance import REGISTRY, parameters, point_schema  # noqa: E402
+from wig.guidance import REGISTRY as METHODS  # noqa: E402
+from wig.guidance import parameters, point_schema  # noqa: E402
+from wig.metrics import REGISTRY as METRICS  # noqa: E402
 from wig.metrics import fidelity_pair  # noqa: E402
-
-LABELS = {
-    "dino": "DINO",
-    "clip_i": "CLIP-I",
-    "clip_t": "CLIP-T",
-    "oracle_subject": "oracle subject fidelity",
-    "oracle_text": "oracle text fidelity",
-}
 
 
 def _pair(tables: Mapping[str, pl.DataFrame]) -> tuple[str, str]:
-    pairs = {fidelity_pair(t) for t in tables.values()}
-    return pairs.pop() if len(pairs) == 1 else ("dino", "clip_t")
+    """The fidelity pair every table holds (`wig.metrics.fidelity_pair` of their common columns)."""
+    common = set.intersection(*(set(t.columns) for t in tables.values()))
+    return fidelity_pair(pl.DataFrame(schema={c: pl.Float64 for c in common}))
 
 
 def _save(fig, out: str | os.PathLike) -> None:
@@ -57,7 +52,7 @@ def _two_panels(title: str, xlabel: str, draw, out, metrics: tuple[str, str]) ->
     for ax, metric in zip(axes, metrics):
         draw(ax, metric)
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(LABELS[metric])
+        ax.set_ylabel(METRICS[metric].label)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle(title)
@@ -66,20 +61,20 @@ def _two_panels(title: str, xlabel: str, draw, out, metrics: tuple[str, str]) ->
 
 def _with(parameter: str) -> list[str]:
     """The registered guidance methods that have ``parameter``."""
-    return [name for name, cls in REGISTRY.items() if parameter in parameters(cls)]
+    return [name for name, cls in METHODS.items() if parameter in parameters(cls)]
 
 
 def _settings(row: Mapping, method: str, skip: tuple[str, ...] = ()) -> str:
     """A point's own settings as a label, e.g. ``ω=0 λ=7.5``."""
     symbols = {"omega": "ω", "scale": "λ", "ag_scale": "λ_ag"}
-    own = [k for k in parameters(REGISTRY[method]) if k not in skip] if method in REGISTRY else []
+    own = [k for k in parameters(METHODS[method]) if k not in skip] if method in METHODS else []
     return " ".join(f"{symbols.get(k, k)}={row[k]:g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in own)
 
 
 def omega_ablation(tables: Mapping[str, pl.DataFrame], out, protocol: str | None = None) -> None:
     """Subject and text fidelity against ω for every method with an ω (one line per model, method
     and λ); the methods that declare a reference line (CFG, AG) drawn at the same λ."""
-    references = [(name, cls.reference_line) for name, cls in REGISTRY.items() if cls.reference_line]
+    references = [(name, cls.reference_line) for name, cls in METHODS.items() if cls.reference_line]
 
     def draw(ax, metric):
         for model, table in tables.items():
@@ -110,7 +105,7 @@ def omega_ablation(tables: Mapping[str, pl.DataFrame], out, protocol: str | None
 
 def lambda_ablation(tables: Mapping[str, pl.DataFrame], out, protocol: str | None = None) -> None:
     """Subject and text fidelity against λ, one line per (model, method, its other settings)."""
-    guided = [name for name, cls in REGISTRY.items() if cls.guided]
+    guided = [name for name, cls in METHODS.items() if cls.guided]
 
     def draw(ax, metric):
         for model, table in tables.items():
@@ -153,8 +148,8 @@ def pareto(tables: Mapping[str, pl.DataFrame], out, protocol: str | None = None)
         for i in front:
             row = t.row(i, named=True)
             ax.annotate(f"{row['method']} {_settings(row, row['method'])}", xy[i], fontsize=6)
-    ax.set_xlabel(f"{LABELS[text]} (prompt fidelity)")
-    ax.set_ylabel(f"{LABELS[subject]} (subject fidelity)")
+    ax.set_xlabel(f"{METRICS[text].label} (prompt fidelity)")
+    ax.set_ylabel(f"{METRICS[subject].label} (subject fidelity)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     _save(fig, out)

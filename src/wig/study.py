@@ -26,6 +26,8 @@ from wig.concepts import Concept, image_files, read_sheet
 from wig.errors import WigError
 from wig.grid import expand, job_chunks
 from wig.guidance import GuidanceMethod
+from wig.metrics import REGISTRY as METRICS
+from wig.metrics import enabled_metrics
 from wig.provenance import encoder_id
 
 
@@ -134,6 +136,7 @@ class Study:
     seed_chunks: Mapping[str, tuple[int, ...]]  # a generation job's seeds by their name
     classes: Mapping[str, str]  # class-image folder → class noun
     encoders: Mapping[str, Mapping[str, Any]]  # kind → spec with its kind
+    metrics: tuple[str, ...]  # the registered metrics (wig.metrics) the score jobs compute
 
     # --- building -----------------------------------------------------------------------------
 
@@ -176,7 +179,8 @@ class Study:
             classes.setdefault(class_slug(concept.class_noun), concept.class_noun)
         models = {name: _model(config, name, points) for name in sorted(config["models"])}
         encoders = {kind: {"kind": kind, **spec} for kind, spec in config["encoders"].items()}
-        return cls(config, models, concepts, prompts, points, seed_chunks, classes, encoders)
+        metrics = tuple(_metrics(config, encoders))
+        return cls(config, models, concepts, prompts, points, seed_chunks, classes, encoders, metrics)
 
     # --- what the config says -----------------------------------------------------------------
 
@@ -281,9 +285,18 @@ class Study:
     def encoder_spec(self, encoder: str) -> dict:
         return canon(self.encoders[encoder])
 
+    def metric_encoders(self) -> list[str]:
+        """The encoders whose image embeddings an enabled metric reads."""
+        return list(dict.fromkeys(METRICS[m].encoder for m in self.metrics if METRICS[m].encoder is not None))
+
     def encoder_ids(self) -> dict:
-        """Each encoder's stable name, written into and checked against the embedding files."""
-        return canon({kind: encoder_id(spec) for kind, spec in self.encoders.items()})
+        """The stable name of each encoder a metric reads, written into and checked against the
+        embedding files."""
+        return canon({kind: encoder_id(self.encoders[kind]) for kind in self.metric_encoders()})
+
+    def text_encoders(self) -> list[str]:
+        """The encoders whose prompt-text embeddings an enabled metric reads."""
+        return list(dict.fromkeys(METRICS[m].encoder for m in self.metrics if METRICS[m].reads == "texts"))
 
     def clip_texts(self, concept: str) -> list[str]:
         texts = self.concepts[concept].clip_texts(self.config["evaluation"]["clip_t_text"])
@@ -318,6 +331,27 @@ class Study:
     def grid_jobs(self, model: str, concept: str) -> list[GenerationJob]:
         """The generation jobs a (model, concept)'s image grid shows: its first LoRA seed's."""
         return list(self.generation_jobs(model, concept, self.models[model].lora_seeds[0]))
+
+
+def _metrics(config: Mapping[str, Any], encoders: Mapping[str, Any]) -> list[str]:
+    """``evaluation.metrics``, or every registered metric the encoders (and the synthetic world)
+    allow; each checked against what it reads."""
+    render = bool(config["dataset"].get("render"))
+    names = config["evaluation"].get("metrics") or enabled_metrics(encoders, render)
+    for name in names:
+        if name not in METRICS:
+            raise StudyError(f"evaluation.metrics: unknown metric {name!r}; choose from {', '.join(METRICS)}")
+        metric = METRICS[name]
+        if metric.encoder is not None and metric.encoder not in encoders:
+            raise StudyError(
+                f"evaluation.metrics: {name} reads {metric.encoder} embeddings, "
+                f"but encoders.{metric.encoder} is not set"
+            )
+        if metric.synthetic_only and not render:
+            raise StudyError(
+                f"evaluation.metrics: {name} reads the synthetic world's images, but dataset.render is not set"
+            )
+    return list(names)
 
 
 def _model(config: Mapping[str, Any], name: str, points: tuple[GuidanceMethod, ...]) -> Model:

@@ -108,13 +108,14 @@ def get_encoder(wildcards):
 
 
 def get_score_input(wildcards):
-    """The job's images and, with encoders, its and the concept's embeddings."""
+    """The job's images and the embeddings its metrics read: the job's and the concept's for each
+    encoder, the concept's prompt texts for the text metrics' encoders."""
     inputs = {"samples": _path(rules.generate, wildcards)}
-    for kind in ENCODERS:
+    for kind in STUDY.metric_encoders():
         inputs[kind] = _path(rules.embed_samples, wildcards, encoder=kind)
         inputs[f"{kind}_refs"] = _path(rules.embed_references, wildcards, encoder=kind)
-    if ENCODERS:
-        inputs["texts"] = _path(rules.embed_texts, wildcards, encoder="clip")
+    for kind in STUDY.text_encoders():
+        inputs[f"{kind}_texts"] = _path(rules.embed_texts, wildcards, encoder=kind)
     return inputs
 
 

@@ -13,7 +13,7 @@ rule score:
         "results/{model}/benchmarks/score/{concept}/lora{lseed}/{points}/seeds{seeds}.tsv"
     params:
         encoders=STUDY.encoder_ids(),
-        oracle=bool(STUDY.render),  # the synthetic world's images are read back by wig.oracle
+        metrics=list(STUDY.metrics),
     script:
         "../scripts/score.py"
 
