@@ -20,14 +20,8 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
 def _small_config():
-    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
-    config["dataset"].update(concepts=["brown_dog"], max_prompts=1)
-    config["class_images"].update(count=2, steps=2)
-    config["training"].update(steps=6, weak_step=2, resolution=32)
-    config["sampling"].update(steps=2, height=32, width=32)
-    config["guidance"] = [{"method": "cfg", "scale": 7.5}, {"method": "pg", "scale": 7.5, "omega": [0.0, 1.0]}]
-    config["evaluation"].update(bootstrap=200)
-    return config
+    """The small study of .test/config/small.yaml (runnable by hand, see its header)."""
+    return yaml.safe_load((ROOT / ".test/config/small.yaml").read_text())
 
 
 def _workdir(tmp_path, config):
@@ -509,24 +503,8 @@ def test_small_study_runs_reruns_what_changed_and_matches_the_cli(tmp_path):
 
 
 def _synthetic_smoke_config():
-    """config/presets/synthetic.yaml cut to minutes: a few pretraining steps, one subject."""
-    config = yaml.safe_load((ROOT / "config/presets/synthetic.yaml").read_text())
-    config["models"]["synthetic"]["pretrain"] = {"vae_steps": 2, "steps": 2}
-    config["dataset"].update(concepts=["yellow_magenta_star"], max_prompts=2)
-    config["class_images"].update(count=2, steps=2)
-    config["training"].update(steps=3, weak_step=1)
-    config.update(
-        seeds=[0],
-        guidance=[
-            {"method": "cfg", "scale": [1.5, 3.0]},
-            {"method": "pg", "scale": [1.5, 3.0], "omega": 0.0},
-            {"method": "cfgpp", "scale": 0.2},
-        ],
-    )
-    config["sampling"].update(steps=2, seeds_per_job=1)
-    config["base_accuracy"].update(n=2, steps=2)
-    config["evaluation"]["bootstrap"] = 100
-    return config
+    """config/presets/synthetic.yaml cut to minutes: .test/config/synthetic-smoke.yaml."""
+    return yaml.safe_load((ROOT / ".test/config/synthetic-smoke.yaml").read_text())
 
 
 @pytest.mark.slow
@@ -565,3 +543,17 @@ def test_synthetic_preset_smoke_runs_end_to_end(tmp_path):
     _write_config(workdir, config)
     planned = _planned(workdir)
     assert planned["pretrain_model"] == 1 and "pretrain_vae" not in planned and planned["train_lora"] == 4
+
+
+@pytest.mark.parametrize("name", ["small", "synthetic-smoke"])
+def test_the_test_configs_run_by_hand_as_their_headers_say(name):
+    # the files pytest loads are whole configs: `snakemake -n --configfile` plans them in the checkout
+    proc = subprocess.run(
+        [*SNAKEMAKE, "-n", "--cores", "2", "--configfile", f".test/config/{name}.yaml"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "generate" in proc.stdout and f".test/config/{name}.yaml" in (ROOT / f".test/config/{name}.yaml").read_text()

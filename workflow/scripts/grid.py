@@ -4,7 +4,7 @@ from pathlib import Path
 
 import polars as pl
 
-from wig.grids import contact_sheet
+from wig.contact_sheet import contact_sheet
 from wig.jobs import job
 
 with job(snakemake):

@@ -1,4 +1,4 @@
-"""Image grids: same-seed samples side by side, rows labelled by method and grid point."""
+"""Contact sheets: same-seed samples side by side, rows labelled by method and grid point (rule grid)."""
 
 from __future__ import annotations
 
