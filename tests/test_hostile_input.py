@@ -25,31 +25,8 @@ from wig.generation import generate_samples
 from wig.guidance import Guidance
 from wig.models import attach_loras, load_pipeline
 
-from conftest import STEPS, H, W
-
-PROMPT = "a sks dog in the snow"
-
-
-def _generate(model, out, *extra):
-    return main(
-        [
-            "generate",
-            "--model",
-            str(model),
-            "--prompt",
-            PROMPT,
-            "--steps",
-            str(STEPS),
-            "--height",
-            str(H),
-            "--width",
-            str(W),
-            "--out",
-            str(out),
-            "--quiet",
-            *extra,
-        ]
-    )
+from conftest import H, W
+from test_cli import PROMPT, _generate
 
 
 def _one_line(capsys) -> str:
