@@ -50,6 +50,16 @@ def lora_path(tiny_sd, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def sana_lora_path(tiny_sana, tmp_path_factory):
+    """A random LoRA of the SANA twin's transformer (alpha = rank)."""
+    from wig.lora import random_lora
+    from wig.models import load_pipeline
+
+    pipe = load_pipeline(str(tiny_sana), device="cpu", dtype="float32")
+    return random_lora(pipe, tmp_path_factory.mktemp("sana-lora"), std=0.3, seed=1)
+
+
+@pytest.fixture(scope="session")
 def weak_lora_path(tiny_sd, tmp_path_factory):
     from wig.lora import random_lora
     from wig.models import load_pipeline

@@ -20,7 +20,7 @@ from wig.errors import WigError
 from wig.generation import generate_samples
 from wig.guidance import Guidance
 from wig.models import attach_loras, load_pipeline
-from wig.sampling import Request, SamplingError, decode, sample, sample_latents
+from wig.sampling import Request, SamplingError, sample, sample_latents
 
 from conftest import PROMPTS, STEPS, H, W, generators, to_uint8
 
@@ -109,25 +109,6 @@ def _materialised_unet(model_dir, lora_file, omega):
 # --- against stock diffusers ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("with_lora", [False, True], ids=["base", "lora"])
-def test_cfg_equals_stock_pipeline(tiny_sd, lora_path, base, tuned, with_lora):
-    pipe = tuned if with_lora else base
-    guidance = Guidance("cfg", scale=LAMBDA)
-    # `tuned` also holds the weak adapter; cfg's branches set it to 0, which must be exact
-    ours = sample(pipe, PROMPTS, guidance, generators(), steps=STEPS, height=H, width=W, progress=False)
-    stock = _stock(tiny_sd, lora_path if with_lora else None)
-    ref = stock(
-        PROMPTS, guidance_scale=LAMBDA, num_inference_steps=STEPS, height=H, width=W, generator=generators()
-    ).images
-    assert np.abs(to_uint8(ours) - to_uint8(ref)).max() <= 1
-
-
-def test_lora_changes_the_image(base, tuned):
-    a = decode(base, _latents(base, Guidance("cfg")), "np")
-    b = decode(tuned, _latents(tuned, Guidance("cfg")), "np")
-    assert np.abs(a - b).mean() > 0.02  # mean pixel change > 2 % of the range
-
-
 def test_none_equals_stock_pipeline_without_guidance(tiny_sd, base):
     # stock diffusers skips CFG at guidance_scale = 1: one conditional pass, like `none`
     ours = sample(base, PROMPTS, Guidance("none"), generators(), steps=STEPS, height=H, width=W, progress=False)
@@ -138,10 +119,6 @@ def test_none_equals_stock_pipeline_without_guidance(tiny_sd, base):
 
 
 # --- PG ----------------------------------------------------------------------------------
-
-
-def test_pg_omega_one_equals_cfg_exactly(tuned):
-    assert torch.equal(_latents(tuned, Guidance("pg", LAMBDA, omega=1.0)), _latents(tuned, Guidance("cfg", LAMBDA)))
 
 
 def test_pg_omega_zero_uses_the_pretrained_weak_branch(tuned):

@@ -1,0 +1,131 @@
+"""What every model family must do, checked once over a family fixture (SD and SANA tiny twins):
+seeded twins, our CFG equals the stock pipeline's, a LoRA changes the
+image, PG at ω = 1 is CFG bit for bit. Family-specific checks stay in test_sampling.py (SD's
+reference loops, CFG++) and test_sana.py (Gemma, text options, flow training)."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+from diffusers import SanaPipeline, StableDiffusionPipeline
+
+from wig.guidance import Guidance
+from wig.models import attach_loras, load_pipeline
+from wig.sampling import Request, decode, sample, sample_latents
+from wig.tiny import build_tiny_sana, build_tiny_sd
+
+from conftest import PROMPTS, generators, to_uint8
+from test_tiny import _files
+
+
+@dataclass
+class Case:
+    name: str
+    twin: Path
+    lora: Path
+    build: Callable
+    stock: type
+    size: int  # the twin's test size (SANA: its native 64 px, 16×16 latents)
+    steps: int
+    scale: float  # the family's default CFG λ
+    weights: str  # the denoiser's file in the pipeline folder
+    stock_kwargs: dict = field(default_factory=dict)
+
+
+@pytest.fixture(scope="module", params=["sd", "sana"])
+def case(request, tiny_sd, lora_path, tiny_sana, sana_lora_path):
+    if request.param == "sd":
+        return Case(
+            "sd",
+            tiny_sd,
+            lora_path,
+            build_tiny_sd,
+            StableDiffusionPipeline,
+            32,
+            8,
+            7.5,
+            "unet/diffusion_pytorch_model.safetensors",
+            {"safety_checker": None},
+        )
+    return Case(
+        "sana",
+        tiny_sana,
+        sana_lora_path,
+        build_tiny_sana,
+        SanaPipeline,
+        64,
+        6,
+        4.5,
+        "transformer/diffusion_pytorch_model.safetensors",
+    )
+
+
+@pytest.fixture(scope="module")
+def pipes(case):
+    base = load_pipeline(str(case.twin), device="cpu", dtype="float32")
+    tuned = load_pipeline(str(case.twin), device="cpu", dtype="float32")
+    attach_loras(tuned, case.lora)
+    return base, tuned
+
+
+def _stock(case, lora=None):
+    pipe = case.stock.from_pretrained(str(case.twin), **case.stock_kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    if lora is not None:
+        pipe.load_lora_weights(str(lora))
+    return pipe
+
+
+def _latents(case, pipe, guidance):
+    request = Request(prompts=PROMPTS, generators=generators(), steps=case.steps, height=case.size, width=case.size)
+    return sample_latents(pipe, guidance, request, progress=False)
+
+
+def test_same_seed_gives_byte_identical_files(case, tmp_path):
+    case.build(tmp_path / "again")
+    first, again = _files(case.twin), _files(tmp_path / "again")
+    assert first.keys() == again.keys() and case.weights in first
+    assert all(first[k] == again[k] for k in first)
+
+
+@pytest.mark.parametrize("with_lora", [False, True], ids=["base", "lora"])
+def test_cfg_equals_stock_pipeline(case, pipes, with_lora):
+    pipe = pipes[1] if with_lora else pipes[0]
+    ours = sample(
+        pipe,
+        PROMPTS,
+        Guidance("cfg", case.scale),
+        generators(),
+        steps=case.steps,
+        height=case.size,
+        width=case.size,
+        progress=False,
+    )
+    extra = {"use_resolution_binning": False} if case.name == "sana" else {}
+    ref = _stock(case, case.lora if with_lora else None)(
+        PROMPTS,
+        guidance_scale=case.scale,
+        num_inference_steps=case.steps,
+        height=case.size,
+        width=case.size,
+        generator=generators(),
+        **extra,
+    ).images
+    assert np.abs(to_uint8(ours) - to_uint8(ref)).max() <= 1
+
+
+def test_lora_changes_the_image(case, pipes):
+    base, tuned = (_latents(case, p, Guidance("cfg", case.scale)) for p in pipes)
+    assert (base - tuned).abs().max() > 0.1
+    images = [decode(p, x, "np") for p, x in zip(pipes, (base, tuned))]
+    assert np.abs(images[0] - images[1]).mean() > 0.02  # mean pixel change > 2 % of the range
+
+
+def test_pg_omega_one_equals_cfg_exactly(case, pipes):
+    tuned = pipes[1]
+    assert torch.equal(
+        _latents(case, tuned, Guidance("pg", case.scale, omega=1.0)), _latents(case, tuned, Guidance("cfg", case.scale))
+    )
