@@ -149,16 +149,17 @@ def test_other_files_are_skipped_with_a_warning_and_animations_refused(tmp_path,
     concept.mkdir()
     Image.new("RGB", (16, 16), "red").save(concept / "a.tiff")
     Image.new("RGB", (16, 16), "blue").save(concept / "b.gif")  # one frame: a photo like any other
+    Image.new("RGB", (16, 16), "green").save(concept / "c.bmp")
     (concept / "notes.txt").write_text("shot on a phone\n")
     with caplog.at_level(logging.WARNING, logger="wig.concepts"):
         manifest = prepare_concept(concept, tmp_path / "out")
-    assert len(manifest) == 2
+    assert len(manifest) == 3
     assert any("skipped 1 file(s)" in r.message and "notes.txt" in r.message for r in caplog.records)
     frames = [Image.new("RGB", (16, 16), c) for c in ("red", "blue")]
-    frames[0].save(concept / "c.gif", save_all=True, append_images=frames[1:])
+    frames[0].save(concept / "d.gif", save_all=True, append_images=frames[1:])
     assert main(["prepare", "--concept-dir", str(concept), "--out", str(tmp_path / "out2")]) == 1
     line = _one_line(capsys)
-    assert "c.gif: an animation of 2 frames" in line and not (tmp_path / "out2").exists()
+    assert "d.gif: an animation of 2 frames" in line and not (tmp_path / "out2").exists()
 
 
 @pytest.mark.parametrize(

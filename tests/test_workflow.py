@@ -104,6 +104,15 @@ def test_class_nouns_of_any_script_get_their_own_class_images(tmp_path):
     assert planned["class_images"] == 2 * 4 and planned["train_lora"] == 2 * 4  # models × nouns, concepts
 
 
+def test_only_the_embeddings_the_enabled_metrics_read_are_planned(tmp_path):
+    config = _edit(_small_config(), evaluation__metrics=["clip_t"])
+    workdir = _workdir(tmp_path, config)
+    planned = _planned(workdir)
+    # CLIP alone: its twin, its references (1 concept), texts, and each job's samples; no DINO
+    assert planned["build_tiny_encoder"] == 1 and planned["embed_references"] == 1 and planned["embed_texts"] == 1
+    assert planned["embed_samples"] == planned["generate"] == planned["score"] == 2 * 3
+
+
 def test_more_gpu_jobs_than_device_ids_stop_before_any_job(tmp_path):
     config = _small_config()
     config["runtime"]["gpus"] = [0, 1]

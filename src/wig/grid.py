@@ -11,7 +11,8 @@ import itertools
 from typing import Any, Iterable, Mapping, Sequence
 
 from wig.errors import WigError
-from wig.guidance import REGISTRY, GuidanceMethod, canonical, make, method_class, parameters
+from wig.guidance import GuidanceMethod, canonical, make, method_class, parameters
+from wig.guidance.base import foreign_setting
 
 __all__ = ["canonical", "expand", "job_chunks"]
 
@@ -32,13 +33,10 @@ def expand(entries: Iterable[Mapping[str, Any]]) -> list[GuidanceMethod]:
             cls = method_class(entry["method"])
         except WigError as err:
             raise WigError(f"guidance[{i}].method: {err}") from None
-        own = parameters(cls)
         for key in entry:
-            if key != "method" and key not in own:
-                owners = [n for n, c in REGISTRY.items() if key in parameters(c)]
-                where = f"applies to {'/'.join(owners)} only" if owners else "is no guidance setting"
-                raise WigError(f"guidance[{i}].{key} {where}, not {cls.name}")
-        names = [k for k in own if k in entry]
+            if key != "method" and (why := foreign_setting(cls, key)) is not None:
+                raise WigError(f"guidance[{i}].{key} {why}")
+        names = [k for k in parameters(cls) if k in entry]
         for combo in itertools.product(*(_values(entry[k]) for k in names)):
             try:
                 point = make(cls.name, **dict(zip(names, combo)))

@@ -59,7 +59,9 @@ def _check(pipe, guidance: GuidanceMethod, request: Request) -> None:
     loaded = adapter_names(pipe)
     what = {FULL: "a fine-tuned LoRA", WEAK: "the weak (early) LoRA checkpoint"}
     flags = {FULL: "--lora", WEAK: "--weak-lora"}
-    for adapter in sorted(guidance.required_adapters() - loaded):
+    missing = sorted(guidance.required_adapters() - loaded)
+    if missing:
+        adapter = missing[0]
         raise SamplingError(
             f"method {guidance.method} needs {what.get(adapter, 'a checkpoint')} loaded as adapter {adapter!r} "
             f"({flags.get(adapter, 'attach it')})"

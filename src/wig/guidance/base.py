@@ -104,10 +104,6 @@ class GuidanceMethod:
 
         return {FULL} if self.requires_fine_tune else set()
 
-    @property
-    def renoise_with_uncond(self) -> bool:
-        return self.requires_ddim
-
     # --- names -------------------------------------------------------------------------------
 
     @property
@@ -154,16 +150,21 @@ def parameters(cls: type[GuidanceMethod]) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls)}
 
 
+def foreign_setting(cls: type[GuidanceMethod], key: str) -> str | None:
+    """Why ``key`` is no setting of ``cls`` (naming the methods that have it), or None if it is."""
+    if key in parameters(cls):
+        return None
+    owners = [n for n, c in REGISTRY.items() if key in parameters(c)]
+    return f"applies to {'/'.join(owners)} only, not {cls.name}" if owners else f"is no setting of {cls.name}"
+
+
 def make(method: str, *args, **params) -> GuidanceMethod:
     """A method by name with its settings: ``make("pg", 7.5, omega=0.0)``. A setting the method
     does not have is refused, naming the methods that have it."""
     cls = method_class(method)
-    own = parameters(cls)
     for key in params:
-        if key not in own:
-            owners = [n for n, c in REGISTRY.items() if key in parameters(c)]
-            where = f"applies to {'/'.join(owners)} only" if owners else "is no guidance setting"
-            raise WigError(f"{key} {where}, not {method}")
+        if (why := foreign_setting(cls, key)) is not None:
+            raise WigError(f"{key} {why}")
     return cls(*args, **params)
 
 
