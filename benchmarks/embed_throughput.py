@@ -1,6 +1,6 @@
 """Embedding throughput: our embed stage vs a plain batched loop over the same encoder.
 
-Ours: `wig.encoders.embed_images` on a sample folder (manifest check, decode, protocol
+Ours: `wig.evaluation.encoders.embed_images` on a sample folder (manifest check, decode, protocol
 preprocessing, batched forward, Parquet rows). Plain: decode the same files, preprocess the same
 way, forward in batches of the same size, nothing else. Images/s of each, median over
 interleaved repeats, and their ratio (goal >= 0.95).
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from wig.concepts import load_image, prepare_concept
-from wig.encoders import build_tiny_encoder, embed_images, load_encoder
+from wig.evaluation.encoders import build_tiny_encoder, embed_images, load_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "resources/datasets/demo/images"

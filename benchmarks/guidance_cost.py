@@ -30,12 +30,12 @@ import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from wig.families import SD, family_of
 from wig.guidance import Guidance
-from wig.lora import random_lora
-from wig.models import attach_loras, load_pipeline
-from wig.sampling import Request, decode, sample_latents
-from wig.tiny import BUILDERS, default_config
+from wig.personalization.lora import random_lora
+from wig.sampling.families import SD, family_of
+from wig.sampling.pipelines import attach_loras, load_pipeline
+from wig.sampling.sampler import Request, decode, sample_latents
+from wig.sampling.tiny import BUILDERS, default_config
 
 SCALE = {"sd": 7.5, "sana": 4.5}  # each family's usual CFG λ
 

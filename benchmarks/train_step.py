@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from wig.concepts import read_images
-from wig.families import SD
-from wig.models import load_pipeline
-from wig.tiny import build_tiny_sd, default_config
-from wig.training import TrainConfig, pixel_tensor, train_lora
+from wig.personalization.training import TrainConfig, pixel_tensor, train_lora
+from wig.sampling.families import SD
+from wig.sampling.pipelines import load_pipeline
+from wig.sampling.tiny import build_tiny_sd, default_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DOG = ROOT / "resources/datasets/demo/images/brown_dog"

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wig.contact_sheet import contact_sheet
 from wig.errors import WigError
+from wig.evaluation.contact_sheet import contact_sheet
 
 
 def _tiles(tmp_path, n, size=(8, 6)):

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from wig.concepts import prepare_concept
-from wig.embeddings import EmbeddingError, read_embeddings
-from wig.encoders import build_tiny_encoder, dreammatcher_tensor, embed_images, embed_texts, load_encoder
-from wig.metrics import score_job, score_samples
+from wig.evaluation.embeddings import EmbeddingError, read_embeddings
+from wig.evaluation.encoders import build_tiny_encoder, dreammatcher_tensor, embed_images, embed_texts, load_encoder
+from wig.evaluation.metrics import score_job, score_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 DOG = ROOT / "resources/datasets/demo/images/brown_dog"

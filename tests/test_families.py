@@ -13,9 +13,9 @@ import torch
 from diffusers import SanaPipeline, StableDiffusionPipeline
 
 from wig.guidance import Guidance
-from wig.models import attach_loras, load_pipeline
-from wig.sampling import Request, decode, sample, sample_latents
-from wig.tiny import build_tiny_sana, build_tiny_sd
+from wig.sampling.pipelines import attach_loras, load_pipeline
+from wig.sampling.sampler import Request, decode, sample, sample_latents
+from wig.sampling.tiny import build_tiny_sana, build_tiny_sd
 
 from conftest import PROMPTS, generators, to_uint8
 from test_tiny import _files

@@ -3,7 +3,7 @@
 import pytest
 
 from wig.errors import WigError
-from wig.grid import canonical, expand, job_chunks
+from wig.guidance.grid import canonical, expand, job_chunks
 
 
 def test_canonical_spelling():

@@ -12,15 +12,15 @@ import polars as pl
 import pytest
 import torch
 
-from wig.adapters import FULL
 from wig.errors import WigError
-from wig.generation import generate_samples
-from wig.grid import expand
+from wig.evaluation.metrics import aggregate, paired_vs_cfg
 from wig.guidance import NEGATIVE, PROMPT, REGISTRY, Branch, Guidance, GuidanceMethod, canonical, param, register
 from wig.guidance.cfg import cfg_combine
-from wig.metrics import aggregate, paired_vs_cfg
-from wig.models import attach_loras, load_pipeline
-from wig.sampling import Request, sample_latents
+from wig.guidance.grid import expand
+from wig.personalization.checkpoints import FULL
+from wig.sampling.generation import generate_samples
+from wig.sampling.pipelines import attach_loras, load_pipeline
+from wig.sampling.sampler import Request, sample_latents
 
 from conftest import PROMPTS, STEPS, H, W, generators
 

@@ -6,10 +6,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from wig.embeddings import image_schema
 from wig.errors import WigError
-from wig.guidance import Guidance, point_columns
-from wig.metrics import (
+from wig.evaluation.embeddings import image_schema
+from wig.evaluation.metrics import (
     REGISTRY,
     Metric,
     aggregate,
@@ -19,6 +18,7 @@ from wig.metrics import (
     register_metric,
     score_job,
 )
+from wig.guidance import Guidance, point_columns
 
 ENCODER = "dino-tiny:s0"
 

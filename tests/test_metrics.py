@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from wig.errors import WigError
-from wig.metrics import (
+from wig.evaluation.metrics import (
     _bootstrap,
     _cube,
     aggregate,
@@ -18,9 +18,9 @@ from wig.metrics import (
     text_fidelity,
     to_markdown,
 )
-from wig.plots import pareto_front
+from wig.evaluation.plots import pareto_front
 
-METRICS = ("dino", "clip_i", "clip_t")  # the encoder metrics of wig.metrics.REGISTRY
+METRICS = ("dino", "clip_i", "clip_t")  # the encoder metrics of wig.evaluation.metrics.REGISTRY
 
 
 def _hand_cos(a, b):
@@ -161,7 +161,7 @@ def test_pareto_front():
 
 
 def test_figures_are_written_as_png_and_svg(tmp_path):
-    from wig import plots
+    from wig.evaluation import plots
 
     table = aggregate(_scores(), n_boot=100)
     for name, draw in (("omega", plots.omega_ablation), ("lambda", plots.lambda_ablation), ("pareto", plots.pareto)):

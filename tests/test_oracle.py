@@ -8,8 +8,8 @@ import polars as pl
 import pytest
 
 from wig.errors import WigError
-from wig.oracle import read, subject_fidelity, text_fidelity
-from wig.synthetic import (
+from wig.synthetic.oracle import read, subject_fidelity, text_fidelity
+from wig.synthetic.world import (
     PALETTE,
     SHAPES,
     SUBJECTS,
@@ -111,7 +111,7 @@ def test_renders_and_captions():
 
 
 def test_prompts_state_what_the_oracle_checks():
-    from wig.synthetic import evaluation_prompts, prompt_attributes
+    from wig.synthetic.world import evaluation_prompts, prompt_attributes
 
     assert prompt_attributes("a red circle on a blue background") == {
         "colour": "red",
@@ -140,7 +140,7 @@ def test_the_shipped_sheet_is_the_world_s_and_its_images_are_ground_truth(tmp_pa
     from pathlib import Path
 
     from wig.concepts import read_images, read_sheet
-    from wig.synthetic import render_images, write_sheet
+    from wig.synthetic.world import render_images, write_sheet
 
     shipped = Path(__file__).resolve().parents[1] / "resources/datasets/synthetic"
     write_sheet(tmp_path / "sheet")
@@ -171,8 +171,8 @@ def test_every_shape_and_radius_has_its_own_mask():
 
 
 def test_oracle_scores_per_image_and_reach_the_tables():
-    from wig.metrics import aggregate, metrics_of, paired_vs_cfg
-    from wig.oracle import score_images
+    from wig.evaluation.metrics import aggregate, metrics_of, paired_vs_cfg
+    from wig.synthetic.oracle import score_images
 
     star = SUBJECTS[0]
     right = render(star.scene("red", 16, 16, 10))

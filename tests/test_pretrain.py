@@ -8,13 +8,13 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from wig.base_accuracy import accuracy_prompts, base_accuracy
 from wig.errors import WigError
 from wig.guidance import Guidance
-from wig.models import load_pipeline
-from wig.pretrain import Captions, pixels, random_caption, random_scene, train_base, train_vae
-from wig.synthetic import PALETTE, Layout, prompt_attributes
-from wig.tiny import default_config
+from wig.sampling.pipelines import load_pipeline
+from wig.sampling.tiny import default_config
+from wig.synthetic.base_accuracy import accuracy_prompts, base_accuracy
+from wig.synthetic.pretrain import Captions, pixels, random_caption, random_scene, train_base, train_vae
+from wig.synthetic.world import PALETTE, Layout, prompt_attributes
 
 from conftest import generators, to_uint8
 from test_tiny import _files
@@ -90,7 +90,7 @@ def test_base_must_predict_v_or_x0(base, tmp_path):
 
 def test_cfg_on_the_base_equals_the_stock_pipeline(base):
     root = base[0]
-    from wig.sampling import sample
+    from wig.sampling.sampler import sample
 
     ours = sample(
         load_pipeline(str(root / "model"), device="cpu", dtype="float32"),

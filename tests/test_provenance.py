@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from wig.provenance import code_files, code_hash, import_closure
+from wig.workflow.provenance import code_files, code_hash, import_closure
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "workflow/scripts"
@@ -131,15 +131,15 @@ def test_every_scripted_rule_hashes_exactly_its_scripts_import_closure():
 
 def test_the_closure_follows_lazy_imports_package_data_and_from_imports(tmp_path):
     script = tmp_path / "s.py"
-    script.write_text("from wig import plots\n\ndef later():\n    from wig.cli import main\n")
+    script.write_text("from wig.evaluation import plots\n\ndef later():\n    from wig.cli import main\n")
     modules, data = import_closure(script)
-    # wig.cli imports wig.tiny inside a function; wig.tiny reads wig/configs/*.json
-    assert {"wig", "wig.plots", "wig.cli", "wig.tiny", "wig.metrics"} <= set(modules)
+    # wig.cli imports wig.sampling.tiny inside a function; wig.sampling.tiny reads wig/configs/*.json
+    assert {"wig", "wig.evaluation.plots", "wig.cli", "wig.sampling.tiny", "wig.evaluation.metrics"} <= set(modules)
     assert {p.name for p in data} == {"tiny_sd.json", "tiny_sana.json", "tiny_synthetic.json"}
     assert set(code_files(script)) == _walk(script)
     before = code_hash(script)
     plain = tmp_path / "plain.py"
-    plain.write_text("from wig import plots\n")
+    plain.write_text("from wig.evaluation import plots\n")
     assert "wig.cli" not in import_closure(plain)[0] and code_hash(plain) != before
 
 
@@ -149,11 +149,15 @@ def test_the_closure_follows_lazy_imports_package_data_and_from_imports(tmp_path
 def test_training_and_data_never_reach_the_guidance_methods(script):
     # so a guidance change reruns generation and what follows, never a fine-tune
     modules, _ = import_closure(SCRIPTS / f"{script}.py")
-    assert "wig.guidance" not in modules and "wig.sampling" not in modules
+    assert "wig.guidance" not in modules and "wig.sampling.sampler" not in modules
 
 
 def test_embedding_and_scoring_reach_the_embedding_schema_generation_does_not():
     for script in ("embed_images", "embed_texts", "score", "aggregate"):
-        assert "wig.embeddings" in import_closure(SCRIPTS / f"{script}.py")[0], script
+        assert "wig.evaluation.embeddings" in import_closure(SCRIPTS / f"{script}.py")[0], script
     generate = import_closure(SCRIPTS / "generate.py")[0]
-    assert "wig.embeddings" not in generate and {"wig.concepts", "wig.lora", "wig.provenance"} <= set(generate)
+    assert "wig.evaluation.embeddings" not in generate and {
+        "wig.concepts",
+        "wig.personalization.lora",
+        "wig.workflow.provenance",
+    } <= set(generate)

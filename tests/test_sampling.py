@@ -1,6 +1,6 @@
 """The sampler against stock diffusers and against hand-written reference loops.
 
-The references below never touch `wig.sampling`: they encode with diffusers'
+The references below never touch `wig.sampling.sampler`: they encode with diffusers'
 ``encode_prompt``, draw noise with diffusers' ``randn_tensor`` and run each branch as its own
 UNet pass (or its own UNet), which is exactly what the batched per-sample-scale forward claims
 to reproduce.
@@ -15,12 +15,12 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.utils.torch_utils import randn_tensor
 from safetensors.torch import load_file
 
-from wig.adapters import WEAK
 from wig.errors import WigError
-from wig.generation import generate_samples
 from wig.guidance import Guidance
-from wig.models import attach_loras, load_pipeline
-from wig.sampling import Request, SamplingError, sample, sample_latents
+from wig.personalization.checkpoints import WEAK
+from wig.sampling.generation import generate_samples
+from wig.sampling.pipelines import attach_loras, load_pipeline
+from wig.sampling.sampler import Request, SamplingError, sample, sample_latents
 
 from conftest import PROMPTS, STEPS, H, W, generators, to_uint8
 

@@ -1,7 +1,7 @@
 """The SANA family on its tiny twin: build, sampler against stock SanaPipeline and a
 materialised-weights loop, LoRA training loadable by stock diffusers.
 
-The references never touch `wig.sampling`: stock ``SanaPipeline.__call__``, or a loop that
+The references never touch `wig.sampling.sampler`: stock ``SanaPipeline.__call__``, or a loop that
 encodes with the pipeline's ``encode_prompt``, steps its DPM-Solver and calls each branch's
 transformer on its own.
 """
@@ -18,11 +18,11 @@ from safetensors.torch import load_file
 
 from wig.concepts import read_images
 from wig.guidance import Guidance
-from wig.lora import lora_checkpoints, random_lora
-from wig.models import attach_loras, load_pipeline
-from wig.sampling import Request, SamplingError, sample, sample_latents
-from wig.tiny import gemma_tokenizer
-from wig.training import TrainConfig, denoising_loss, generate_class_images, train_lora
+from wig.personalization.lora import lora_checkpoints, random_lora
+from wig.personalization.training import TrainConfig, denoising_loss, generate_class_images, train_lora
+from wig.sampling.pipelines import attach_loras, load_pipeline
+from wig.sampling.sampler import Request, SamplingError, sample, sample_latents
+from wig.sampling.tiny import gemma_tokenizer
 
 from conftest import PROMPTS, generators, to_uint8
 from test_training import DOG

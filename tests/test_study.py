@@ -1,4 +1,4 @@
-"""The study a config describes (wig.study), in plain Python: the same jobs the DAG runs, the same
+"""The study a config describes (wig.workflow.study), in plain Python: the same jobs the DAG runs, the same
 names its paths use, every config error naming its key — no Snakemake subprocess."""
 
 import copy
@@ -10,8 +10,8 @@ import yaml
 from PIL import Image
 from snakemake.utils import validate
 
-from wig.grid import canonical
-from wig.study import GenerationJob, Study, StudyError, TrainingRun, class_slug
+from wig.guidance.grid import canonical
+from wig.workflow.study import GenerationJob, Study, StudyError, TrainingRun, class_slug
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@ import open_clip
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-from wig.tiny import clip_tokenizer
+from wig.sampling.tiny import clip_tokenizer
 
 
 def _files(root):

@@ -14,14 +14,14 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
-import wig.training
+import wig.personalization.training
 from wig.concepts import read_images
 from wig.errors import WigError
 from wig.guidance import Guidance
-from wig.lora import lora_checkpoints
-from wig.models import attach_loras, load_pipeline
-from wig.sampling import sample
-from wig.training import ADAPTER, TrainConfig, denoising_loss, generate_class_images, train_lora
+from wig.personalization.lora import lora_checkpoints
+from wig.personalization.training import ADAPTER, TrainConfig, denoising_loss, generate_class_images, train_lora
+from wig.sampling.pipelines import attach_loras, load_pipeline
+from wig.sampling.sampler import sample
 
 from conftest import generators, to_uint8
 
@@ -155,8 +155,8 @@ def test_a_failed_run_leaves_no_checkpoint(pipe, monkeypatch, tmp_path):
             raise RuntimeError("disk full")
         return real_save(pipe, adapter, out)
 
-    real_save = wig.training.save_lora
-    monkeypatch.setattr(wig.training, "save_lora", failing_save)
+    real_save = wig.personalization.training.save_lora
+    monkeypatch.setattr(wig.personalization.training, "save_lora", failing_save)
     with pytest.raises(RuntimeError, match="disk full"):
         train_lora(pipe, read_images(DOG), tmp_path / "run", _config(class_prompt=None), progress=False)
     assert calls == ["weak", "full"] and list(tmp_path.iterdir()) == []

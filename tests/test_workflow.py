@@ -321,7 +321,7 @@ def test_small_study_runs_reruns_what_changed_and_matches_the_cli(tmp_path):
     config = _small_config()
     config["runtime"]["gpus"] = [0, 1, 2]  # fake device ids: not params, no job reruns for them
     workdir = _workdir(tmp_path, config)
-    # 25 GPU jobs (11 per model, 3 shared embeddings) spread over the 3 ids, 3 at a time (wig.gpus)
+    # 25 GPU jobs (11 per model, 3 shared embeddings) spread over the 3 ids, 3 at a time (wig.workflow.gpus)
     proc = _snakemake(workdir, "--cores", "6", "--resources", "gpu=3")
     assert proc.returncode == 0, proc.stderr[-3000:]
     _check_gpu_slots(workdir / "logs", n_jobs=25, ids={"0", "1", "2"})
@@ -330,7 +330,7 @@ def test_small_study_runs_reruns_what_changed_and_matches_the_cli(tmp_path):
     assert (lora / "full/pytorch_lora_weights.safetensors").is_file()
     assert (lora / "weak/pytorch_lora_weights.safetensors").is_file()
     assert len(pl.read_parquet(lora / "log.parquet")) == 6
-    (dogs,) = model.glob("class_images/dog-*")  # the noun's slug and hash (wig.study.class_slug)
+    (dogs,) = model.glob("class_images/dog-*")  # the noun's slug and hash (wig.workflow.study.class_slug)
     assert len(list(dogs.glob("*.png"))) == 2
     assert (model / "grids/brown_dog.png").is_file()
     jobs = sorted(
@@ -467,7 +467,12 @@ def test_small_study_runs_reruns_what_changed_and_matches_the_cli(tmp_path):
     scripted = _scripted_rules("config/config.yaml")
     plans = {}
     # (the guidance methods are a package: editing one method's module, PG's, is a guidance change)
-    modules = {"concepts": "concepts.py", "embeddings": "embeddings.py", "guidance": "guidance/pg.py", "cli": "cli.py"}
+    modules = {
+        "concepts": "concepts.py",
+        "embeddings": "evaluation/embeddings.py",
+        "guidance": "guidance/pg.py",
+        "cli": "cli.py",
+    }
     for module, file in modules.items():
         src = tmp_path / "src" / module
         shutil.copytree(ROOT / "src/wig", src / "wig")
@@ -483,7 +488,7 @@ def test_small_study_runs_reruns_what_changed_and_matches_the_cli(tmp_path):
     assert {"prepare", "class_images", "train_lora", "generate", "embed_references", "embed_samples"} <= set(
         plans["concepts"]
     ) and "build_tiny_model" not in plans["concepts"]
-    # the tiny encoders' builder runs wig.encoders, which writes the embedding schema: never generation
+    # the tiny encoders' builder runs wig.evaluation.encoders, which writes the embedding schema: never generation
     assert plans["embeddings"] == {
         "build_tiny_encoder": 2,
         "embed_references": 2,

@@ -8,9 +8,9 @@ import re
 import sys
 from pathlib import Path
 
-from wig.atomic import atomic_dir, replace_file, tmp_path
 from wig.errors import WigError
 from wig.guidance import REGISTRY, columns, make, parameters
+from wig.workflow.atomic import atomic_dir, replace_file, tmp_path
 
 # Arguments are checked by argparse and `_check_args` before torch and diffusers are imported
 # (6-12 s): a wrong argument is refused at once.
@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_build_tiny(args) -> None:
-    from wig.tiny import BUILDERS, default_config
+    from wig.sampling.tiny import BUILDERS, default_config
 
     if args.config is not None:
         try:
@@ -284,8 +284,8 @@ def _cmd_build_tiny(args) -> None:
 
 
 def _cmd_random_lora(args) -> None:
-    from wig.lora import random_lora
-    from wig.models import load_pipeline
+    from wig.personalization.lora import random_lora
+    from wig.sampling.pipelines import load_pipeline
 
     pipe = load_pipeline(args.model, device="cpu", dtype="float32")
     with atomic_dir(args.out) as tmp:
@@ -325,9 +325,9 @@ def _cmd_generate(args) -> None:
     import torch
     from PIL.PngImagePlugin import PngInfo
 
-    from wig.lora import lora_file
-    from wig.models import attach_loras, load_pipeline
-    from wig.sampling import sample
+    from wig.personalization.lora import lora_file
+    from wig.sampling.pipelines import attach_loras, load_pipeline
+    from wig.sampling.sampler import sample
 
     prompts, seeds = _pair(args.prompt, args.seed)
     paths = _out_paths(args.out, seeds, overwrite=args.overwrite)
@@ -389,8 +389,8 @@ def _cmd_prepare(args) -> None:
 
 
 def _cmd_class_images(args) -> None:
-    from wig.models import load_pipeline
-    from wig.training import generate_class_images
+    from wig.personalization.training import generate_class_images
+    from wig.sampling.pipelines import load_pipeline
 
     _runtime(args)
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
@@ -412,8 +412,8 @@ def _cmd_class_images(args) -> None:
 
 def _cmd_train_lora(args) -> None:
     from wig.concepts import read_images
-    from wig.models import load_pipeline
-    from wig.training import TrainConfig, train_lora
+    from wig.personalization.training import TrainConfig, train_lora
+    from wig.sampling.pipelines import load_pipeline
 
     config = TrainConfig(
         instance_prompt=args.instance_prompt,
@@ -439,7 +439,7 @@ def _cmd_train_lora(args) -> None:
 
 
 def _cmd_embed(args) -> None:
-    from wig.encoders import build_tiny_encoder, embed_images, embed_texts, load_encoder
+    from wig.evaluation.encoders import build_tiny_encoder, embed_images, embed_texts, load_encoder
 
     _runtime(args)
     if args.build_tiny:

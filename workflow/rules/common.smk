@@ -1,4 +1,4 @@
-# Schema validation, the study (wig.study decides everything about models, concepts, grid and
+# Schema validation, the study (wig.workflow.study decides everything about models, concepts, grid and
 # jobs) and the input functions that ask it. Paths come from the rules' own outputs.
 import inspect
 import re
@@ -8,15 +8,15 @@ from snakemake.utils import validate
 
 from wig.concepts import image_files
 from wig.errors import WigError
-from wig.gpus import check_resources, device_ids, scheduler_assigned
-from wig.provenance import code_hash
-from wig.study import Study, canon
+from wig.workflow.gpus import check_resources, device_ids, scheduler_assigned
+from wig.workflow.provenance import code_hash
+from wig.workflow.study import Study, canon
 
 validate(config, workflow.source_path("../../config/schema.yaml"))
 
 try:
     STUDY = Study.from_config(config)
-    # a local run spreads GPU jobs over the device ids (wig.gpus): no more of them at once than ids
+    # a local run spreads GPU jobs over the device ids (wig.workflow.gpus): no more of them at once than ids
     if workflow.local_exec and not scheduler_assigned():
         _gpu = workflow.global_resources.get("gpu")
         check_resources(device_ids(config["runtime"].get("gpus")), getattr(_gpu, "value", _gpu))
@@ -46,7 +46,7 @@ wildcard_constraints:
 
 
 def script_code_hash(rule):
-    """The code hash of a rule's script (wig.provenance.code_hash); the Snakefile sets it as every
+    """The code hash of a rule's script (wig.workflow.provenance.code_hash); the Snakefile sets it as every
     scripted rule's ``code`` param."""
     return code_hash(Path(rule.basedir.get_path_or_uri(secret_free=True)) / rule.script)
 

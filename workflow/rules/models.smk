@@ -17,7 +17,7 @@ rule build_tiny_model:
         "../scripts/build_tiny.py"
 
 
-# The synthetic world's base (wig.pretrain), stage by stage: a UNet setting keeps the autoencoder.
+# The synthetic world's base (wig.synthetic.pretrain), stage by stage: a UNet setting keeps the autoencoder.
 rule pretrain_vae:
     output:
         directory("results/{model}/pretrain/vae"),

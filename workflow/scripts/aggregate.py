@@ -5,9 +5,9 @@ from pathlib import Path
 
 import polars as pl
 
-from wig.atomic import replace_file, tmp_path
-from wig.jobs import job
-from wig.metrics import aggregate, at_matched_text, paired_vs_cfg, to_markdown
+from wig.evaluation.metrics import aggregate, at_matched_text, paired_vs_cfg, to_markdown
+from wig.workflow.atomic import replace_file, tmp_path
+from wig.workflow.jobs import job
 
 
 def write(frame: pl.DataFrame, path: str) -> None:

@@ -1,10 +1,10 @@
 """The synthetic base's oracle accuracy under CFG at the grid's scales (rule base_accuracy)."""
 
-from wig.atomic import replace_file, tmp_path
-from wig.base_accuracy import base_accuracy
-from wig.jobs import job
-from wig.metrics import to_markdown
-from wig.models import load_pipeline
+from wig.evaluation.metrics import to_markdown
+from wig.sampling.pipelines import load_pipeline
+from wig.synthetic.base_accuracy import base_accuracy
+from wig.workflow.atomic import replace_file, tmp_path
+from wig.workflow.jobs import job
 
 with job(snakemake) as log:
     p, o = snakemake.params, snakemake.output

@@ -1,8 +1,8 @@
 """Build a model's tiny twin (rule build_tiny_model)."""
 
-from wig.atomic import atomic_dir
-from wig.jobs import job
-from wig.tiny import BUILDERS
+from wig.sampling.tiny import BUILDERS
+from wig.workflow.atomic import atomic_dir
+from wig.workflow.jobs import job
 
 with job(snakemake) as log:
     spec = snakemake.params.spec

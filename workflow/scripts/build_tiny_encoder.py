@@ -1,8 +1,8 @@
 """Build a tiny random-init DINO or CLIP twin (rule build_tiny_encoder)."""
 
-from wig.atomic import atomic_dir
-from wig.encoders import build_tiny_encoder
-from wig.jobs import job
+from wig.evaluation.encoders import build_tiny_encoder
+from wig.workflow.atomic import atomic_dir
+from wig.workflow.jobs import job
 
 with job(snakemake) as log:
     spec = snakemake.params.spec

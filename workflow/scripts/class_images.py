@@ -1,8 +1,8 @@
 """Prior-preservation images of one class noun with the base model (rule class_images)."""
 
-from wig.jobs import job, local_weights
-from wig.models import load_pipeline
-from wig.training import generate_class_images
+from wig.personalization.training import generate_class_images
+from wig.sampling.pipelines import load_pipeline
+from wig.workflow.jobs import job, local_weights
 
 with job(snakemake) as log:
     p = snakemake.params

@@ -1,8 +1,8 @@
 """Embed a concept's prompt texts with CLIP's text tower (rule embed_texts)."""
 
-from wig.atomic import replace_file, tmp_path
-from wig.encoders import embed_texts, load_encoder
-from wig.jobs import job, local_weights
+from wig.evaluation.encoders import embed_texts, load_encoder
+from wig.workflow.atomic import replace_file, tmp_path
+from wig.workflow.jobs import job, local_weights
 
 with job(snakemake) as log:
     p, out = snakemake.params, snakemake.output[0]

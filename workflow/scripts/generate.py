@@ -1,11 +1,11 @@
 """All prompts × seeds of one (model, concept, LoRA seed, grid points, seed chunk) job (rule generate)."""
 
-from wig.adapters import WEAK
-from wig.generation import generate_samples
 from wig.guidance import Guidance
-from wig.jobs import job, local_weights
-from wig.lora import lora_checkpoints
-from wig.models import attach_loras, load_pipeline
+from wig.personalization.checkpoints import WEAK
+from wig.personalization.lora import lora_checkpoints
+from wig.sampling.generation import generate_samples
+from wig.sampling.pipelines import attach_loras, load_pipeline
+from wig.workflow.jobs import job, local_weights
 
 with job(snakemake) as log:
     p = snakemake.params

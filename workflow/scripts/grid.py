@@ -4,8 +4,8 @@ from pathlib import Path
 
 import polars as pl
 
-from wig.contact_sheet import contact_sheet
-from wig.jobs import job
+from wig.evaluation.contact_sheet import contact_sheet
+from wig.workflow.jobs import job
 
 with job(snakemake):
     layout = snakemake.params.layout

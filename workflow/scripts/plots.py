@@ -2,8 +2,8 @@
 
 import polars as pl
 
-from wig import plots
-from wig.jobs import job
+from wig.evaluation import plots
+from wig.workflow.jobs import job
 
 with job(snakemake, torch=False):
     tables = {model: pl.read_parquet(path) for model, path in zip(snakemake.params.models, snakemake.input)}

@@ -1,7 +1,7 @@
 """Validate and normalise one concept's reference images (rule prepare)."""
 
 from wig.concepts import prepare_concept
-from wig.jobs import job
+from wig.workflow.jobs import job
 
 with job(snakemake) as log:
     limits = snakemake.params.limits

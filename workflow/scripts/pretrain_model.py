@@ -1,7 +1,7 @@
 """The synthetic world's UNet and text encoder on its frozen autoencoder (rule pretrain_model)."""
 
-from wig.jobs import job
-from wig.pretrain import train_base
+from wig.synthetic.pretrain import train_base
+from wig.workflow.jobs import job
 
 with job(snakemake) as log:
     result = train_base(snakemake.params.config, snakemake.input.vae, snakemake.output[0])

@@ -1,7 +1,7 @@
 """The synthetic world's autoencoder, the first stage of its base model (rule pretrain_vae)."""
 
-from wig.jobs import job
-from wig.pretrain import train_vae
+from wig.synthetic.pretrain import train_vae
+from wig.workflow.jobs import job
 
 with job(snakemake) as log:
     result = train_vae(snakemake.params.config, snakemake.output[0])

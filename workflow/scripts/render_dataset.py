@@ -1,8 +1,8 @@
 """Draw the synthetic world's subject images into dataset.root (rule render_dataset)."""
 
-from wig.atomic import atomic_dir
-from wig.jobs import job
-from wig.synthetic import render_images
+from wig.synthetic.world import render_images
+from wig.workflow.atomic import atomic_dir
+from wig.workflow.jobs import job
 
 with job(snakemake, torch=False) as log:
     r = snakemake.params.render

@@ -1,7 +1,7 @@
 """Per-image scores of one generation job, one column per enabled metric (rule score)."""
 
-from wig.jobs import job
-from wig.metrics import score_job
+from wig.evaluation.metrics import score_job
+from wig.workflow.jobs import job
 
 with job(snakemake, torch=False) as log:
     i, w = snakemake.input, snakemake.wildcards

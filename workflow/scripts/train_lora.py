@@ -1,9 +1,9 @@
 """DreamBooth-LoRA for one (model, concept): full + weak checkpoint and a log (rule train_lora)."""
 
 from wig.concepts import read_images
-from wig.jobs import job, local_weights
-from wig.models import load_pipeline
-from wig.training import TrainConfig, train_lora
+from wig.personalization.training import TrainConfig, train_lora
+from wig.sampling.pipelines import load_pipeline
+from wig.workflow.jobs import job, local_weights
 
 with job(snakemake) as log:
     p = snakemake.params

@@ -6,7 +6,7 @@ A *branch* is one network evaluation: a text condition (the prompt, the negative
 named extra text the caller supplies per sample) and the weights, given as a scale per adapter.
 With a LoRA, θ' = θ + ΔW and θω = ω·θ' + (1−ω)·θ = θ + ω·ΔW is the LoRA at scale ω, so every
 branch of every method is "base + Σ scale·ΔW" and all branches of a step run as one batched
-forward (`wig.lora.LoraScales`).
+forward (`wig.personalization.lora.LoraScales`).
 
 A method is a frozen dataclass whose fields are its parameters (each with a default and, in its
 metadata, bounds or choices and a one-line doc) registered under its ``name``. The sampler, the
@@ -99,8 +99,8 @@ class GuidanceMethod:
         raise NotImplementedError
 
     def required_adapters(self) -> set[str]:
-        """The adapters that must be attached for this setting (`wig.adapters`)."""
-        from wig.adapters import FULL
+        """The adapters that must be attached for this setting (`wig.personalization.checkpoints`)."""
+        from wig.personalization.checkpoints import FULL
 
         return {FULL} if self.requires_fine_tune else set()
 

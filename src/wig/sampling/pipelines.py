@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
-from wig.adapters import FULL, WEAK
 from wig.errors import WigError
-from wig.families import SD, family_of
-from wig.gpus import resolve_device
-from wig.lora import LoraError, load_lora
+from wig.personalization.checkpoints import FULL, WEAK
+from wig.personalization.lora import LoraError, load_lora
+from wig.sampling.families import SD, family_of
+from wig.workflow.gpus import resolve_device
 
 
 class ModelError(WigError):
@@ -77,7 +77,7 @@ def _no_safety_checker(path: Path) -> dict:
 def attach_loras(pipe, lora: str | os.PathLike | None = None, weak_lora: str | os.PathLike | None = None) -> None:
     """Load the fine-tuned LoRA as adapter ``full`` and the weak checkpoint as ``weak``.
 
-    The sampler runs both at per-branch scales (`wig.lora.LoraScales`).
+    The sampler runs both at per-branch scales (`wig.personalization.lora.LoraScales`).
     """
     if weak_lora is not None and lora is None:
         raise LoraError("a weak LoRA needs the full LoRA too (--lora)")

@@ -99,7 +99,7 @@ def offline():
 
 
 def write_record(record: dict, out: str | os.PathLike) -> None:
-    from wig.atomic import replace_file, tmp_path
+    from wig.workflow.atomic import replace_file, tmp_path
 
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     tmp_path(out).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")

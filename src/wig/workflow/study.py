@@ -7,7 +7,7 @@ Snakefiles. So every rule of the study — base-model chains, training-setting m
 class folders, and every config error — is testable in plain Python, without Snakemake.
 
 Names are the wildcard values of result paths: ``lseed`` (a LoRA seed), ``points`` (a generation
-job's grid points: ``{method}/{point}`` for one, ``points{k}`` for several, `wig.grid.job_chunks`),
+job's grid points: ``{method}/{point}`` for one, ``points{k}`` for several, `wig.guidance.grid.job_chunks`),
 ``seeds`` (its sampling seeds joined by ``_``) and ``noun`` (a class-image folder). They are made
 here once, canonically, so one setting always names one folder.
 """
@@ -24,11 +24,11 @@ from typing import Any, Iterator, Mapping
 
 from wig.concepts import Concept, image_files, read_sheet
 from wig.errors import WigError
-from wig.grid import expand, job_chunks
+from wig.evaluation.metrics import REGISTRY as METRICS
+from wig.evaluation.metrics import enabled_metrics
 from wig.guidance import GuidanceMethod
-from wig.metrics import REGISTRY as METRICS
-from wig.metrics import enabled_metrics
-from wig.provenance import encoder_id
+from wig.guidance.grid import expand, job_chunks
+from wig.workflow.provenance import encoder_id
 
 
 class StudyError(WigError):
@@ -50,7 +50,7 @@ def canon(value: Any) -> Any:
 
 def shipped_config(kind: str) -> dict:
     """The shipped config of a tiny model, ``wig/configs/tiny_<kind>.json`` (read as a file:
-    importing `wig.tiny` would load torch)."""
+    importing `wig.sampling.tiny` would load torch)."""
     return json.loads(resources.files("wig.configs").joinpath(f"tiny_{kind}.json").read_text())
 
 
@@ -71,7 +71,7 @@ class Model:
     spec: Mapping[str, Any]
     root: str  # the entry whose weights it uses: itself, or the end of its `base:` chain
     root_spec: Mapping[str, Any]
-    family: str  # sd | sana (wig.families)
+    family: str  # sd | sana (wig.sampling.families)
     training: Mapping[str, Any]  # the global training settings with the model's own on top
     lora_seeds: tuple[int, ...]  # each (model, concept) is fine-tuned once per seed
     points: tuple[GuidanceMethod, ...]  # the guidance grid its family's sampler can run
@@ -136,7 +136,7 @@ class Study:
     seed_chunks: Mapping[str, tuple[int, ...]]  # a generation job's seeds by their name
     classes: Mapping[str, str]  # class-image folder → class noun
     encoders: Mapping[str, Mapping[str, Any]]  # kind → spec with its kind
-    metrics: tuple[str, ...]  # the registered metrics (wig.metrics) the score jobs compute
+    metrics: tuple[str, ...]  # the registered metrics (wig.evaluation.metrics) the score jobs compute
 
     # --- building -----------------------------------------------------------------------------
 

@@ -18,9 +18,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from wig.adapters import FULL, WEAK
 from wig.errors import WigError
-from wig.families import SD, family_of
+from wig.personalization.checkpoints import FULL, WEAK
+from wig.sampling.families import SD, family_of
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 # "<module>.lora_A.weight" (PEFT) or "<module>.lora.down.weight" (diffusers); A/down: (rank, in)
@@ -28,7 +28,7 @@ _PEFT_OR_DIFFUSERS = re.compile(r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora\.
 
 
 def lora_checkpoints(out: str | os.PathLike) -> dict[str, Path]:
-    """The full and weak checkpoint files of a training run's folder (``wig.training``)."""
+    """The full and weak checkpoint files of a training run's folder (``wig.personalization.training``)."""
     out = Path(out)
     return {name: out / name / LORA_WEIGHT_NAME for name in (FULL, WEAK)}
 

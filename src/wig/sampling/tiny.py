@@ -18,7 +18,11 @@ import torch
 
 from wig.errors import WigError
 
-KINDS = ("sd", "sana", "synthetic")  # random-init twins of the families, and the synthetic world's base (wig.pretrain)
+KINDS = (
+    "sd",
+    "sana",
+    "synthetic",
+)  # random-init twins of the families, and the synthetic world's base (wig.synthetic.pretrain)
 
 
 def default_config(kind: str) -> dict:

@@ -1,9 +1,9 @@
 """Figures from the tables: ω-ablation (paper Fig. 3), λ-ablation (Fig. 7), subject × text
 fidelity Pareto front.
 
-Each figure is written as PNG and SVG; ``tables`` maps a model name to its `wig.metrics.aggregate`
+Each figure is written as PNG and SVG; ``tables`` maps a model name to its `wig.evaluation.metrics.aggregate`
 table (one protocol is drawn: the first of the table unless given). Subject and text fidelity are
-DINO and CLIP-T, or the oracle's where every table has it (`wig.metrics.fidelity_pair`).
+DINO and CLIP-T, or the oracle's where every table has it (`wig.evaluation.metrics.fidelity_pair`).
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 
-from wig.atomic import replace_file, tmp_path  # noqa: E402
+from wig.evaluation.metrics import REGISTRY as METRICS  # noqa: E402
+from wig.evaluation.metrics import fidelity_pair  # noqa: E402
 from wig.guidance import REGISTRY as METHODS  # noqa: E402
 from wig.guidance import parameters, point_schema  # noqa: E402
-from wig.metrics import REGISTRY as METRICS  # noqa: E402
-from wig.metrics import fidelity_pair  # noqa: E402
+from wig.workflow.atomic import replace_file, tmp_path  # noqa: E402
 
 
 def _pair(tables: Mapping[str, pl.DataFrame]) -> tuple[str, str]:
-    """The fidelity pair every table holds (`wig.metrics.fidelity_pair` of their common columns)."""
+    """The fidelity pair every table holds (`wig.evaluation.metrics.fidelity_pair` of their common columns)."""
     common = set.intersection(*(set(t.columns) for t in tables.values()))
     return fidelity_pair(pl.DataFrame(schema={c: pl.Float64 for c in common}))
 

@@ -4,7 +4,7 @@ The recipe of diffusers' ``train_dreambooth_lora.py`` / ``train_dreambooth_lora_
 paper: LoRA (rank 4) on the denoiser's attention projections (the family's targets: SD's UNet
 to_q/to_k/to_v/to_out.0, SANA's transformer to_q/to_k/to_v), AdamW (lr 1e-4), constant
 schedule, batch 1 instance image (+ 1 class image with prior preservation, loss = instance +
-w · prior). The family fixes the noising and target (`wig.families`): SD a DDPM schedule with
+w · prior). The family fixes the noising and target (`wig.sampling.families`): SD a DDPM schedule with
 the checkpoint's betas, ε or v target; SANA rectified flow at a uniform step of the
 FlowMatchEuler training schedule, target ε − x0. SANA prompts are encoded as its pipeline
 encodes them when sampling (with the complex human instruction; diffusers' script leaves it
@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from wig.atomic import atomic_dir
 from wig.concepts import save_png
 from wig.errors import WigError
-from wig.families import Text, family_of
-from wig.lora import save_lora
+from wig.personalization.lora import save_lora
+from wig.sampling.families import Text, family_of
+from wig.workflow.atomic import atomic_dir
 
 ADAPTER = "wig_train"
 

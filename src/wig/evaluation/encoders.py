@@ -31,10 +31,10 @@ import torch
 from PIL import Image
 
 from wig.concepts import load_image
-from wig.embeddings import EmbeddingError, image_schema, text_schema
-from wig.gpus import resolve_device
-from wig.provenance import encoder_id
-from wig.weights import offline
+from wig.evaluation.embeddings import EmbeddingError, image_schema, text_schema
+from wig.workflow.gpus import resolve_device
+from wig.workflow.provenance import encoder_id
+from wig.workflow.weights import offline
 
 PROTOCOLS = ("dreammatcher", "standard")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -108,7 +108,7 @@ class Encoder:
 
 def load_encoder(spec: dict, path: str | os.PathLike | None = None, device: str = "auto") -> Encoder:
     """Load the encoder a config entry names; ``path`` is the folder of a built tiny twin, or of
-    real weights resolved by `wig.weights` (then nothing is fetched)."""
+    real weights resolved by `wig.workflow.weights` (then nothing is fetched)."""
     device = resolve_device(device)
     kind = spec["kind"]
     source = str(path) if spec.get("tiny") or (path is not None and kind == "dino") else spec["name"]

@@ -1,8 +1,8 @@
 """Is the synthetic world's base good enough for the study to mean anything? Its accuracy on world
 prompts under CFG, read back by the oracle (rule base_accuracy).
 
-Apart from ``wig.pretrain`` because it samples with guidance: pretraining must not rerun when the
-guidance code changes (rules hash their scripts' imports, ``wig.provenance``).
+Apart from ``wig.synthetic.pretrain`` because it samples with guidance: pretraining must not rerun when the
+guidance code changes (rules hash their scripts' imports, ``wig.workflow.provenance``).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import torch
 from tqdm.auto import tqdm
 
 from wig.guidance.cfg import CFG
-from wig.oracle import text_fidelity
-from wig.sampling import sample
-from wig.synthetic import PALETTE, SHAPES, prompt_attributes
+from wig.sampling.sampler import sample
+from wig.synthetic.oracle import text_fidelity
+from wig.synthetic.world import PALETTE, SHAPES, prompt_attributes
 
 
 def accuracy_prompts(n: int, seed: int = 0) -> list[str]:

@@ -73,7 +73,7 @@ class Metric:
     # pixel metrics: score(images, prompts, concept) -> {metric name: values}, one call serving every
     # metric that shares the function (the oracle segments an image once for both of its metrics)
     score: Callable
-    encoder: str | None = None  # whose embeddings it reads (`wig.encoders` kind); None for pixels
+    encoder: str | None = None  # whose embeddings it reads (`wig.evaluation.encoders` kind); None for pixels
     synthetic_only: bool = False  # it reads the synthetic world's images (dataset.render)
 
 
@@ -91,7 +91,7 @@ def register_metric(metric: Metric) -> Metric:
 
 
 def _oracle(images, prompts, concept):
-    from wig.oracle import score_images
+    from wig.synthetic.oracle import score_images
 
     return score_images(images, prompts, concept)
 
@@ -212,8 +212,8 @@ def score_job(
     """
     from pathlib import Path
 
-    from wig.atomic import replace_file, tmp_path
-    from wig.embeddings import read_embeddings
+    from wig.evaluation.embeddings import read_embeddings
+    from wig.workflow.atomic import replace_file, tmp_path
 
     metrics = list(metrics) if metrics is not None else enabled_metrics(encoders, render=False)
     unknown = [m for m in metrics if m not in REGISTRY]

@@ -1,4 +1,4 @@
-"""Oracle metrics of the synthetic world (`wig.synthetic`), computed from pixels alone.
+"""Oracle metrics of the synthetic world (`wig.synthetic.world`), computed from pixels alone.
 
 Segmentation: the background is the median colour of the 2-px border ring; the object is every
 pixel farther than `OBJECT_DISTANCE` (RGB units) from it. The object's geometry is then fitted
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from wig.errors import WigError
-from wig.synthetic import PALETTE, SHAPES, SUBJECTS, Subject, pattern_first, prompt_attributes, shape_mask
+from wig.synthetic.world import PALETTE, SHAPES, SUBJECTS, Subject, pattern_first, prompt_attributes, shape_mask
 
 OBJECT_DISTANCE = 60.0
 SEARCH = 2

@@ -3,8 +3,8 @@
 For P images and K branches the batch is branch-major, ``[branch 0 × P, branch 1 × P, …]``,
 the layout stock diffusers uses for CFG (``[uncond × P, cond × P]``), so `cfg` reproduces
 ``StableDiffusionPipeline.__call__`` and ``SanaPipeline.__call__`` operation for operation (the
-family-specific calls live in `wig.families`). LoRA branches differ only in per-sample adapter
-scales (`wig.lora.LoraScales`): no second UNet or transformer is held in memory.
+family-specific calls live in `wig.sampling.families`). LoRA branches differ only in per-sample adapter
+scales (`wig.personalization.lora.LoraScales`): no second UNet or transformer is held in memory.
 
 Usable from plain diffusers code::
 
@@ -24,11 +24,11 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
-from wig.adapters import FULL, WEAK
 from wig.errors import WigError
-from wig.families import NonFiniteError, Text, check_finite, check_options, family_of
 from wig.guidance import NEGATIVE, PROMPT, Branch, GuidanceMethod
-from wig.lora import LoraScales, adapter_names
+from wig.personalization.checkpoints import FULL, WEAK
+from wig.personalization.lora import LoraScales, adapter_names
+from wig.sampling.families import NonFiniteError, Text, check_finite, check_options, family_of
 
 
 class SamplingError(WigError):

@@ -82,7 +82,7 @@ def _read(path: Path, package: str) -> tuple[frozenset[str], frozenset[Path]]:
             else:
                 origin = node.module or ""
             modules.add(origin)
-            # `from wig import plots` imports the module wig.plots; `from wig.x import f` only wig.x
+            # `from wig.evaluation import plots` imports wig.evaluation.plots; `from wig.x import f` only wig.x
             modules.update(f"{origin}.{a.name}" for a in node.names if module_file(f"{origin}.{a.name}"))
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             folder = _data_folder(node.value)

@@ -22,7 +22,7 @@ import torch
 
 from wig.errors import WigError
 
-log = logging.getLogger("wig.families")
+log = logging.getLogger("wig.sampling.families")
 
 
 class NonFiniteError(WigError):

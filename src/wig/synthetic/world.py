@@ -1,5 +1,5 @@
 """A procedurally rendered world where a subject's identity and a prompt's content can be read
-back from pixels exactly (`wig.oracle`): one object on a flat background.
+back from pixels exactly (`wig.synthetic.oracle`): one object on a flat background.
 
 A scene is a shape (circle, square, triangle, star, diamond) of a palette colour, or of a two-tone
 *pattern*, at an integer centre and radius, on a palette background. Pretraining sees plain
