@@ -37,7 +37,7 @@ lint: $(STAMP)
 	$(BIN)/snakefmt --check Snakefile workflow
 
 test: lint
-	$(BIN)/python -m pytest -n $(CORES) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(CORES) --dist loadgroup $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .snakemake results

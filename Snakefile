@@ -26,9 +26,9 @@ include: "workflow/rules/evaluate.smk"
 rule all:
     default_target: True
     input:
-        expand(rules.aggregate.output.md, model=MODELS),
-        expand(rules.aggregate.output.paired_md, model=MODELS),
-        expand(rules.grid.output[0], model=MODELS, concept=CONCEPTS),
+        [expand(rules.aggregate.output.md, model=m, finetune=f)[0] for m, f in FINETUNES],
+        [expand(rules.aggregate.output.paired_md, model=m, finetune=f)[0] for m, f in FINETUNES],
+        [expand(rules.grid.output[0], model=m, finetune=f, concept=CONCEPTS) for m, f in FINETUNES],
         expand(rules.base_accuracy.output.md, model=STUDY.bases("synthetic")),
         rules.plots.output,
 

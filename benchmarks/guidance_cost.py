@@ -31,9 +31,9 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from wig.guidance import Guidance
-from wig.personalization.lora import random_lora
+from wig.personalization.lora import attach_loras, random_lora
 from wig.sampling.families import SD, family_of
-from wig.sampling.pipelines import attach_loras, load_pipeline
+from wig.sampling.pipelines import load_pipeline
 from wig.sampling.sampler import Request, decode, sample_latents
 from wig.sampling.tiny import BUILDERS, default_config
 

@@ -18,7 +18,7 @@ from pathlib import Path
 STAGES = {  # stage -> the rules (benchmark folder names) it covers
     "render": ("render_dataset",),
     "pretrain": ("pretrain_vae", "pretrain_model", "base_accuracy"),
-    "LoRA": ("class_images", "train_lora"),
+    "fine-tune": ("class_images", "train"),
     "generation": ("generate",),
     "metrics": ("embed_samples", "score", "aggregate"),
 }

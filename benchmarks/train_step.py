@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from wig.concepts import read_images
-from wig.personalization.training import TrainConfig, pixel_tensor, train_lora
+from wig.personalization import Subject, make
+from wig.personalization.training import pixel_tensor
 from wig.sampling.families import SD
 from wig.sampling.pipelines import load_pipeline
 from wig.sampling.tiny import build_tiny_sd, default_config
@@ -46,16 +47,15 @@ def _sync(device):
 
 
 def ours(pipe, images, args, out: Path) -> float:
-    config = TrainConfig(
-        instance_prompt=INSTANCE,
-        class_prompt=CLASS,
+    method = make(
+        "db-lora",
         steps=args.steps,
         weak_step=1,
         lr=1e-4,
         resolution=args.resolution,
         mixed_precision=args.mixed_precision,
     )
-    log = train_lora(pipe, images, out, config, class_images=images, progress=False, overwrite=True)
+    log = method.train(pipe, Subject(images, INSTANCE, images, CLASS), out, progress=False, overwrite=True)
     seconds = log["seconds"].to_list()
     return statistics.median(b - a for a, b in zip(seconds[1:], seconds[2:]))  # skip the checkpoint step
 

@@ -20,7 +20,7 @@ from test_workflow import ROOT, _small_config, _workdir
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 SLURM_LOCAL = ROOT / "tools/slurm-local"
-GPU_RULES = {"class_images", "train_lora", "generate", "embed_references", "embed_texts", "embed_samples"}
+GPU_RULES = {"class_images", "train", "generate", "embed_references", "embed_texts", "embed_samples"}
 
 
 @pytest.fixture(scope="module")
@@ -174,9 +174,9 @@ def test_the_workflow_runs_on_slurm_survives_failures_and_kills_and_matches_a_lo
     lines = []
     for line in proc.stdout:
         lines.append(line)
-        if "slurm_logs/rule_train_lora/" in line and "submitted with SLURM jobid" in line:
+        if "slurm_logs/rule_train/" in line and "submitted with SLURM jobid" in line:
             break
-    _wait_for((workdir / "logs/tiny-sd/train_lora/brown_dog/seed0.log").exists, 120, "training to start")
+    _wait_for((workdir / "logs/tiny-sd/db-lora/train/brown_dog/ft0.log").exists, 120, "training to start")
     proc.send_signal(signal.SIGKILL)
     out2 = "".join(lines) + proc.stdout.read()
     proc.wait(timeout=60)
@@ -200,9 +200,9 @@ def test_the_workflow_runs_on_slurm_survives_failures_and_kills_and_matches_a_lo
     # redone after the failure or the kill; prepare failed once, training was cancelled once (and
     # whatever ran beside it); the generation + embedding jobs went in one grouped sbatch
     by_target = _slurm_jobs_by_target(workdir, _slurm_states(cluster))
-    assert by_target.pop("group_sample_tiny-sd_brown_dog_embed_samples_generate") == ["COMPLETED"]
+    assert by_target.pop("group_sample_tiny-sd_db-lora_brown_dog_embed_samples_generate") == ["COMPLETED"]
     assert by_target.pop("rule_prepare/brown_dog") == ["FAILED", "COMPLETED"]
-    assert by_target["rule_train_lora/tiny-sd_brown_dog_0"] == ["CANCELLED", "COMPLETED"]
+    assert by_target["rule_train/tiny-sd_db-lora_brown_dog_0"] == ["CANCELLED", "COMPLETED"]
     assert set(map(tuple, by_target.values())) <= {("COMPLETED",), ("CANCELLED", "COMPLETED")}, by_target
     per_rule = Counter(target.split("/")[0].removeprefix("rule_") for target in by_target)
     assert per_rule + Counter({"prepare": 1}) == planned - Counter(generate=2, embed_samples=4), per_rule
@@ -222,6 +222,6 @@ def test_the_workflow_runs_on_slurm_survives_failures_and_kills_and_matches_a_lo
     # the tables equal a local run's (started at the beginning, beside the cluster run)
     assert local_run.wait(timeout=300) == 0, local_run.stderr.read()[-2000:]
     for table in ("scores", "metrics", "paired_vs_cfg"):
-        a = pl.read_parquet(workdir / f"results/tiny-sd/tables/{table}.parquet")
-        b = pl.read_parquet(local / f"results/tiny-sd/tables/{table}.parquet")
+        a = pl.read_parquet(workdir / f"results/tiny-sd/db-lora/tables/{table}.parquet")
+        b = pl.read_parquet(local / f"results/tiny-sd/db-lora/tables/{table}.parquet")
         assert a.equals(b), table

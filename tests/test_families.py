@@ -13,7 +13,8 @@ import torch
 from diffusers import SanaPipeline, StableDiffusionPipeline
 
 from wig.guidance import Guidance
-from wig.sampling.pipelines import attach_loras, load_pipeline
+from wig.personalization.lora import attach_loras
+from wig.sampling.pipelines import load_pipeline
 from wig.sampling.sampler import Request, decode, sample, sample_latents
 from wig.sampling.tiny import build_tiny_sana, build_tiny_sd
 

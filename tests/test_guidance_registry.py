@@ -1,6 +1,6 @@
 """The guidance registry is the one place a method lives: a method defined here, in a test, runs
 through the sampler, gets grid names, manifest columns and table rows without a shipped file
-changing; and no shipped module but a method's own names it."""
+changing; and no shipped module but a method's own names it (guidance and personalization methods)."""
 
 import ast
 import inspect
@@ -17,9 +17,11 @@ from wig.evaluation.metrics import aggregate, paired_vs_cfg
 from wig.guidance import NEGATIVE, PROMPT, REGISTRY, Branch, Guidance, GuidanceMethod, canonical, param, register
 from wig.guidance.cfg import cfg_combine
 from wig.guidance.grid import expand
+from wig.personalization import REGISTRY as PERSONALIZATION
 from wig.personalization.checkpoints import FULL
+from wig.personalization.lora import attach_loras
 from wig.sampling.generation import generate_samples
-from wig.sampling.pipelines import attach_loras, load_pipeline
+from wig.sampling.pipelines import load_pipeline
 from wig.sampling.sampler import Request, sample_latents
 
 from conftest import PROMPTS, STEPS, H, W, generators
@@ -134,7 +136,7 @@ def test_a_method_defined_in_a_test_gets_grid_names_manifest_columns_and_table_r
         "prompt_index", "seed", "method", "scale", "omega", "ag_scale", "weak", "fraction", "steps"
     ).with_columns(
         concept=pl.lit("c"),
-        lora_seed=pl.lit(0),
+        finetune_seed=pl.lit(0),
         protocol=pl.lit("dreammatcher"),
         dino=pl.Series(range(6), dtype=pl.Float64) / 10,
         clip_i=pl.lit(0.5),
@@ -172,8 +174,9 @@ def _method_uses(tree: ast.AST):
                     yield const.value, const.lineno
 
 
-def test_each_shipped_method_is_named_in_its_own_module_only():
-    shipped = {name: Path(inspect.getfile(cls)).resolve() for name, cls in REGISTRY.items()}
+@pytest.mark.parametrize("registry, package", [(REGISTRY, "guidance"), (PERSONALIZATION, "personalization")])
+def test_each_shipped_method_is_named_in_its_own_module_only(registry, package):
+    shipped = {name: Path(inspect.getfile(cls)).resolve() for name, cls in registry.items()}
     found = []
     for path in sorted([*(ROOT / "src").rglob("*.py"), *(ROOT / "workflow").rglob("*.py")]):
         for value, line in _method_uses(ast.parse(path.read_text())):
@@ -185,5 +188,13 @@ def test_each_shipped_method_is_named_in_its_own_module_only():
                 if re.search(rf"""["']{re.escape(value)}["']""", line):
                     found.append(f"{path.relative_to(ROOT)}:{line_no} {value}")
     assert found == []
-    # and each is where the registry says: wig/guidance/<name>.py
-    assert all(path.name == f"{name}.py" and path.parent.name == "guidance" for name, path in shipped.items())
+    # and each is where the registry says: wig/<package>/<name>.py
+    assert all(
+        path.name == f"{name.replace('-', '_')}.py" and path.parent.name == package for name, path in shipped.items()
+    )
+
+
+def test_the_name_check_sees_a_method_named_outside_its_module(tmp_path):
+    # what the check above must catch: a comparison, a lookup, a literal collection, a method= argument
+    code = 'if m == "pg": make("db-lora")\nx = ("ag", 1)\nrun(method="cfgpp")\ny = d["none"]\n'
+    assert {v for v, _ in _method_uses(ast.parse(code))} >= {"pg", "db-lora", "ag", "cfgpp", "none"}

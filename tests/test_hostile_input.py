@@ -21,8 +21,9 @@ from wig.cli import main
 from wig.concepts import load_image, prepare_concept, read_sheet
 from wig.errors import WigError
 from wig.guidance import Guidance
+from wig.personalization.lora import attach_loras
 from wig.sampling.generation import generate_samples
-from wig.sampling.pipelines import attach_loras, load_pipeline
+from wig.sampling.pipelines import load_pipeline
 from wig.workflow.atomic import atomic_dir
 
 from conftest import H, W

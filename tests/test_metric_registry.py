@@ -100,9 +100,9 @@ def test_a_metric_defined_in_a_test_is_scored_and_tabled(toy_metric, tmp_path):
     expected = _max_cosine(np.stack(got["embedding"].to_numpy()).astype(np.float64), refs.astype(np.float64))
     np.testing.assert_allclose(got["toy_max_dino"].to_numpy(), expected, rtol=0, atol=1e-6)
     assert (got["toy_max_dino"] >= got["dino"] - 1e-9).all()  # the best reference beats the mean
-    table = aggregate(scores.with_columns(lora_seed=pl.lit(0)), n_boot=100)
+    table = aggregate(scores.with_columns(finetune_seed=pl.lit(0)), n_boot=100)
     assert {"toy_max_dino", "toy_max_dino_lo", "toy_max_dino_hi"} <= set(table.columns) and len(table) == 4
-    paired = paired_vs_cfg(scores.with_columns(lora_seed=pl.lit(0)), n_boot=100)
+    paired = paired_vs_cfg(scores.with_columns(finetune_seed=pl.lit(0)), n_boot=100)
     assert "d_toy_max_dino" in paired.columns and paired["method"].unique().to_list() == ["pg"]
 
 

@@ -39,19 +39,19 @@ def test_fidelities_equal_a_hand_computed_all_pairs_mean():
     assert np.allclose(subject_fidelity(gens[:1], gens[:1]), 1.0)
 
 
-def _scores(seed=0, concepts=("a", "b", "c"), prompts=4, seeds=(0, 1), lora_seeds=(0,)):
+def _scores(seed=0, concepts=("a", "b", "c"), prompts=4, seeds=(0, 1), finetune_seeds=(0,)):
     rng = np.random.default_rng(seed)
     points = [("cfg", 1.0, 7.5), ("pg", 0.0, 7.5), ("pg", 0.5, 7.5), ("cfgpp", 1.0, 0.6)]
     rows = []
     for method, omega, scale in points:
         for c in concepts:
             for p in range(prompts):
-                for ls in lora_seeds:
+                for ls in finetune_seeds:
                     for s in seeds:
                         rows.append(
                             {
                                 "concept": c,
-                                "lora_seed": ls,
+                                "finetune_seed": ls,
                                 "prompt_index": p,
                                 "seed": s,
                                 "method": method,
@@ -103,26 +103,26 @@ def test_bootstrap_resamples_concepts_then_prompts_and_replicates():
         {
             "concept": ["x"] * 4,
             "prompt_index": [1, 0, 0, 1],
-            "lora_seed": [0, 1, 0, 1],
+            "finetune_seed": [0, 1, 0, 1],
             "seed": [5, 5, 5, 5],
             "v": [1.0, 2.0, 3.0, 4.0],
         }
     )
-    assert _cube(frame, "v").tolist() == [[[3.0, 2.0], [1.0, 4.0]]]  # prompts × (lora_seed, seed)
+    assert _cube(frame, "v").tolist() == [[[3.0, 2.0], [1.0, 4.0]]]  # prompts × (finetune_seed, seed)
     with pytest.raises(WigError, match="every prompt needs every replicate"):
         _cube(frame.head(3), "v")
 
 
-def test_cis_are_over_lora_seeds_too():
+def test_cis_are_over_finetune_seeds_too():
     # two LoRA seeds whose scores differ by a constant: the CI must widen with that spread
-    one = _scores(lora_seeds=(0,))
+    one = _scores(finetune_seeds=(0,))
 
     def cfg_row(shift):
-        two = pl.concat([one, one.with_columns(pl.lit(1, dtype=pl.Int64).alias("lora_seed"), pl.col("dino") + shift)])
+        two = pl.concat([one, one.with_columns(pl.lit(1, dtype=pl.Int64).alias("finetune_seed"), pl.col("dino") + shift)])
         return aggregate(two, n_boot=1000).filter(pl.col("method") == "cfg").row(0, named=True)
 
     same, apart = cfg_row(0.0), cfg_row(2.0)
-    assert apart["n_lora_seeds"] == 2 and apart["dino"] == pytest.approx(same["dino"] + 1.0)
+    assert apart["n_finetune_seeds"] == 2 and apart["dino"] == pytest.approx(same["dino"] + 1.0)
     assert apart["dino_hi"] - apart["dino_lo"] > same["dino_hi"] - same["dino_lo"] + 0.5
 
 

@@ -188,7 +188,7 @@ def test_oracle_scores_per_image_and_reach_the_tables():
             rows.append(
                 {
                     "concept": star.name,
-                    "lora_seed": 0,
+                    "finetune_seed": 0,
                     "prompt_index": p,
                     "seed": 0,
                     "method": method,

@@ -120,7 +120,7 @@ def test_every_scripted_rule_hashes_exactly_its_scripts_import_closure():
     # the demo defines fetch_dataset, the synthetic preset render_dataset: together, every rule
     rules = _scripted_rules("config/config.yaml") | _scripted_rules("config/presets/synthetic.yaml")
     assert {Path(r["script"]).name for r in rules.values()} == {p.name for p in SCRIPTS.glob("*.py")}
-    assert {"generate", "train_lora", "score", "render_dataset", "fetch_dataset", "resolve_model"} <= set(rules)
+    assert {"generate", "train", "score", "render_dataset", "fetch_dataset", "resolve_model"} <= set(rules)
     # one script per rule's work: none branches on which rule runs it
     assert not [p.name for p in SCRIPTS.glob("*.py") if "snakemake.rule" in p.read_text()]
     for name, rule in rules.items():
@@ -143,9 +143,7 @@ def test_the_closure_follows_lazy_imports_package_data_and_from_imports(tmp_path
     assert "wig.cli" not in import_closure(plain)[0] and code_hash(plain) != before
 
 
-@pytest.mark.parametrize(
-    "script", ["train_lora", "class_images", "pretrain_vae", "pretrain_model", "build_tiny", "prepare"]
-)
+@pytest.mark.parametrize("script", ["train", "class_images", "pretrain_vae", "pretrain_model", "build_tiny", "prepare"])
 def test_training_and_data_never_reach_the_guidance_methods(script):
     # so a guidance change reruns generation and what follows, never a fine-tune
     modules, _ = import_closure(SCRIPTS / f"{script}.py")

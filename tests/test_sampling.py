@@ -18,8 +18,9 @@ from safetensors.torch import load_file
 from wig.errors import WigError
 from wig.guidance import Guidance
 from wig.personalization.checkpoints import WEAK
+from wig.personalization.lora import attach_loras
 from wig.sampling.generation import generate_samples
-from wig.sampling.pipelines import attach_loras, load_pipeline
+from wig.sampling.pipelines import load_pipeline
 from wig.sampling.sampler import Request, SamplingError, sample, sample_latents
 
 from conftest import PROMPTS, STEPS, H, W, generators, to_uint8

@@ -18,9 +18,10 @@ from safetensors.torch import load_file
 
 from wig.concepts import read_images
 from wig.guidance import Guidance
-from wig.personalization.lora import lora_checkpoints, random_lora
-from wig.personalization.training import TrainConfig, denoising_loss, generate_class_images, train_lora
-from wig.sampling.pipelines import attach_loras, load_pipeline
+from wig.personalization import Subject, make
+from wig.personalization.lora import attach_loras, random_lora
+from wig.personalization.training import denoising_loss, generate_class_images
+from wig.sampling.pipelines import load_pipeline
 from wig.sampling.sampler import Request, SamplingError, sample, sample_latents
 from wig.sampling.tiny import gemma_tokenizer
 
@@ -188,22 +189,15 @@ def test_cfgpp_refuses_the_flow_solver(tuned):
 def run(base, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sana-train")
     generate_class_images(base, "a photo of dog", 2, tmp / "class", steps=2, height=H, width=W, progress=False)
-    config = TrainConfig(
-        instance_prompt="a photo of sks dog",
-        class_prompt="a photo of dog",
-        steps=10,
-        weak_step=3,
-        lr=1e-2,
-        resolution=H,
-        seed=3,
-    )
-    train_lora(base, read_images(DOG), tmp / "run", config, class_images=read_images(tmp / "class"), progress=False)
-    return tmp / "run", config, read_images(tmp / "class")
+    method = make("db-lora", steps=10, weak_step=3, lr=1e-2, resolution=H)
+    subject = Subject(read_images(DOG), "a photo of sks dog", read_images(tmp / "class"), "a photo of dog")
+    method.train(base, subject, tmp / "run", seed=3, progress=False)
+    return tmp / "run", method, subject
 
 
 def test_checkpoints_load_in_stock_diffusers_and_change_the_image(tiny_sana, run):
-    out, _, _ = run
-    ckpt = lora_checkpoints(out)
+    out, method, _ = run
+    ckpt = method.checkpoints(out)
     keys = load_file(str(ckpt["full"])).keys()
     assert keys and all(k.startswith("transformer.") and (".lora_A." in k or ".lora_B." in k) for k in keys)
     plain = to_uint8(_call_stock(_stock(tiny_sana)))
@@ -213,19 +207,19 @@ def test_checkpoints_load_in_stock_diffusers_and_change_the_image(tiny_sana, run
 
 
 def test_same_seed_gives_identical_checkpoints(base, run, tmp_path):
-    out, config, classes = run
-    train_lora(base, read_images(DOG), tmp_path / "again", config, class_images=classes, progress=False)
-    for name, path in lora_checkpoints(out).items():
-        assert path.read_bytes() == lora_checkpoints(tmp_path / "again")[name].read_bytes()
+    out, method, subject = run
+    method.train(base, subject, tmp_path / "again", seed=3, progress=False)
+    for name, path in method.checkpoints(out).items():
+        assert path.read_bytes() == method.checkpoints(tmp_path / "again")[name].read_bytes()
 
 
 def test_training_lowers_the_flow_matching_loss(tiny_sana, tmp_path):
     pipe = load_pipeline(str(tiny_sana), device="cpu", dtype="float32")
     images = read_images(DOG)
     before = denoising_loss(pipe, images, "a photo of sks dog", H, n=8)
-    config = TrainConfig(instance_prompt="a photo of sks dog", steps=40, weak_step=10, lr=1e-2, resolution=H)
-    train_lora(pipe, images, tmp_path / "run", config, progress=False)
-    attach_loras(pipe, lora_checkpoints(tmp_path / "run")["full"])
+    method = make("db-lora", steps=40, weak_step=10, lr=1e-2, resolution=H)
+    method.train(pipe, Subject(images, "a photo of sks dog"), tmp_path / "run", progress=False)
+    method.attach(pipe, tmp_path / "run", weak=False)
     pipe.set_adapters(["full"])
     after = denoising_loss(pipe, images, "a photo of sks dog", H, n=8)
     assert after < 0.9 * before, (before, after)

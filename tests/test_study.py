@@ -11,6 +11,7 @@ from PIL import Image
 from snakemake.utils import validate
 
 from wig.guidance.grid import canonical
+from wig.personalization import make
 from wig.workflow.study import GenerationJob, Study, StudyError, TrainingRun, class_slug
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +37,7 @@ def _config(path="config/config.yaml", **changes):
 def _counts(study: Study) -> dict[str, int]:
     return {
         "class_images": len(list(study.class_image_sets())),
-        "train_lora": len(list(study.training_runs())),
+        "train": len(list(study.training_runs())),
         "generate": len(list(study.generation_jobs())),
     }
 
@@ -46,7 +47,7 @@ def _counts(study: Study) -> dict[str, int]:
 def test_paper_presets_plan_sixteen_concepts_eleven_classes_and_every_point(preset, points):
     study = Study.from_config(_config(f"config/presets/{preset}.yaml"))
     assert len(study.concepts) == 16 and len(study.classes) == 11
-    assert _counts(study) == {"class_images": 11, "train_lora": 16, "generate": 16 * points}
+    assert _counts(study) == {"class_images": 11, "train": 16, "generate": 16 * points}
     (model,) = study.models.values()
     assert model.kind == "checkpoint" and study.bases("checkpoint") == [model.name]
     assert list(study.seed_chunks) == ["0_1_2_3_4_5_6_7"]  # 8 seeds, one chunk per job
@@ -58,9 +59,10 @@ def test_synthetic_preset_shares_one_pretrained_base_between_two_trainings():
     prior, noprior = study.models["synthetic"], study.models["synthetic-noprior"]
     assert noprior.root == "synthetic" and noprior.kind == "synthetic" and not noprior.prior and prior.prior
     assert study.bases("synthetic") == ["synthetic"] and study.bases("tiny") == []
-    assert prior.lora_seeds == noprior.lora_seeds == (0, 1)
-    # 2 models × 5 subjects × 2 LoRA seeds, the grid's 10 points in one job, both seeds in one
-    assert _counts(study) == {"class_images": 5, "train_lora": 20, "generate": 20}
+    (tune,) = prior.finetunes.values()
+    assert tune.seeds == noprior.finetunes[tune.name].seeds == (0, 1)
+    # 2 models × 5 subjects × 2 fine-tune seeds, the grid's 10 points in one job, both seeds in one
+    assert _counts(study) == {"class_images": 5, "train": 20, "generate": 20}
     assert list(prior.point_chunks) == ["points00"] and len(prior.points) == 10
     assert study.cfg_scales == [1.5, 3.0, 4.5]
     assert study.metrics == ("oracle_text", "oracle_subject") and study.metric_encoders() == []
@@ -76,7 +78,7 @@ def test_demo_plans_each_family_its_own_grid():
     sd, sana = study.models["tiny-sd"], study.models["tiny-sana"]
     assert sd.family == "sd" and sana.family == "sana" and study.bases("tiny") == ["tiny-sana", "tiny-sd"]
     assert len(sd.points) == 9 and not {"cfgpp", "pgpp"} & {p.method for p in sana.points} and len(sana.points) == 6
-    assert _counts(study) == {"class_images": 4, "train_lora": 4, "generate": 2 * 9 + 2 * 6}
+    assert _counts(study) == {"class_images": 4, "train": 4, "generate": 2 * 9 + 2 * 6}
     assert study.tiny_config("tiny-sd")["unet"]
     # metrics: every one the encoders allow; a study that scores CLIP-T alone embeds with CLIP alone
     assert study.metrics == ("dino", "clip_i", "clip_t") and study.metric_encoders() == ["dino", "clip"]
@@ -111,12 +113,13 @@ def test_seeds_and_points_are_chunked_into_jobs_named_canonically():
     ]
     assert {k: len(v) for k, v in sd.point_chunks.items()} == {"points00": 4, "points01": 1}
     assert list(study.models["tiny-sana"].point_chunks) == ["points00"]  # no cfgpp: 4 points, one job
-    jobs = list(study.generation_jobs("tiny-sd", "brown_dog"))
-    assert jobs[0] == GenerationJob("tiny-sd", "brown_dog", 0, "points00", "0_1")
+    jobs = list(study.generation_jobs("tiny-sd", concept="brown_dog"))
+    assert jobs[0] == GenerationJob("tiny-sd", "db-lora", "brown_dog", 0, "points00", "0_1")
     assert jobs[-1].wildcards == {
         "model": "tiny-sd",
+        "finetune": "db-lora",
         "concept": "brown_dog",
-        "lseed": "0",
+        "fseed": "0",
         "points": "points01",
         "seeds": "2",
     }
@@ -128,24 +131,28 @@ def test_seeds_and_points_are_chunked_into_jobs_named_canonically():
     ]
 
 
-def test_training_settings_merge_per_model_and_lora_seeds_are_replicates():
+def test_fine_tune_settings_merge_per_model_and_seeds_are_replicates():
     config = _config()
-    config["models"]["tiny-sd-noprior"] = {"base": "tiny-sd", "training": {"prior_weight": 0.0, "seed": [3, 4]}}
+    config["models"]["tiny-sd-noprior"] = {"base": "tiny-sd", "personalization": {"prior_weight": 0, "seed": [3, 4]}}
     study = Study.from_config(config)
     model = study.models["tiny-sd-noprior"]
     assert model.root == "tiny-sd" and model.kind == "tiny" and model.family == "sd"
-    assert model.training["steps"] == 100 and model.training["prior_weight"] == 0.0 and model.lora_seeds == (3, 4)
+    (tune,) = model.finetunes.values()
+    assert tune.name == "db-lora" and tune.seeds == (3, 4)
+    assert (tune.method.steps, tune.method.prior_weight, tune.method.prior) == (100, 0.0, False)
     assert study.bases("tiny") == ["tiny-sana", "tiny-sd"]  # no build for a model on another's weights
     assert list(study.training_runs("tiny-sd-noprior"))[:2] == [
-        TrainingRun("tiny-sd-noprior", "brown_dog", 3),
-        TrainingRun("tiny-sd-noprior", "brown_dog", 4),
+        TrainingRun("tiny-sd-noprior", "db-lora", "brown_dog", 3),
+        TrainingRun("tiny-sd-noprior", "db-lora", "brown_dog", 4),
     ]
-    assert [r.lora_seed for r in study.training_runs("tiny-sd-noprior")] == [3, 4, 3, 4]
-    settings = study.train_settings("tiny-sd-noprior", "brown_dog", "4")  # wildcard values
-    assert settings["seed"] == 4 and settings["class_prompt"] is None
-    assert settings["instance_prompt"] == "a photo of sks dog"
-    prior = study.train_settings("tiny-sd", "brown_dog", 0)
-    assert prior["class_prompt"] == "a photo of dog"
+    assert [r.seed for r in study.training_runs("tiny-sd-noprior")] == [3, 4, 3, 4]
+    assert study.subject_prompts("tiny-sd-noprior", "db-lora", "brown_dog") == {
+        "prompt": "a photo of sks dog",
+        "class_prompt": None,
+    }
+    assert study.subject_prompts("tiny-sd", "db-lora", "brown_dog")["class_prompt"] == "a photo of dog"
+    # a job's params are the method's settings, which `make` takes back
+    assert make(**study.finetune_settings("tiny-sd-noprior", "db-lora")) == tune.method
     dog = study.class_of("brown_dog")
     assert ("tiny-sd", dog) in set(study.class_image_sets())
     assert ("tiny-sd-noprior", dog) not in set(study.class_image_sets())
@@ -158,6 +165,29 @@ def test_training_settings_merge_per_model_and_lora_seeds_are_replicates():
         "steps": 10,
         "width": 64,
     }
+
+
+def test_two_fine_tunes_of_one_model_coexist_under_their_names():
+    config = _config(
+        personalization=[
+            {"method": "db-lora", "steps": 10, "weak_step": 2, "resolution": 32},
+            {"method": "db-lora", "name": "db-lora-r8", "rank": 8, "resolution": 64, "seed": [1, 2]},
+            {"method": "db-lora", "name": "plain", "prior_weight": 0, "resolution": 128},
+        ]
+    )
+    study = Study.from_config(config)
+    sd = study.models["tiny-sd"]
+    assert list(sd.finetunes) == ["db-lora", "db-lora-r8", "plain"]
+    assert sd.finetunes["db-lora-r8"].method.rank == 8 and sd.finetunes["db-lora-r8"].seeds == (1, 2)
+    assert sd.finetunes["db-lora"].method.steps == 10 and sd.finetunes["db-lora-r8"].method.steps == 500
+    assert ("tiny-sd", "plain") in study.finetune_pairs() and len(study.finetune_pairs()) == 6
+    # one run per (model, fine-tune, concept, seed); each its own generation jobs
+    assert len(study.concepts) == 2 and _counts(study)["train"] == 2 * 2 * (1 + 2 + 1)  # models × concepts × runs
+    runs = {(r.finetune, r.seed) for r in study.training_runs("tiny-sd")}
+    assert runs == {("db-lora", 0), ("db-lora-r8", 1), ("db-lora-r8", 2), ("plain", 0)}
+    assert {j.finetune for j in study.generation_jobs("tiny-sd", "db-lora-r8")} == {"db-lora-r8"}
+    # one class-image set per (model, class), at the largest resolution of the fine-tunes that use it
+    assert study.class_image_settings("tiny-sd", study.class_of("brown_dog"))["height"] == 64
 
 
 def test_class_nouns_become_unique_valid_folder_names(tmp_path):
@@ -203,13 +233,34 @@ def test_a_study_is_frozen_and_its_params_have_sorted_keys():
         ({"dataset__concepts": ["brown_dog", "unicorn"]}, "['unicorn'] are not in the sheet"),
         ({"dataset__root": "resources/datasets/vico"}, "concept brown_dog: concept folder not found"),
         ({"dataset__columns": {"class_noun": "noun"}}, "no column 'noun' for the class_noun"),
-        ({"training__weak_step": 100}, "models.tiny-sana: training.weak_step must be smaller than training.steps"),
+        (
+            {"personalization__weak_step": 100},
+            "personalization: weak_step must lie in [1, steps), got 100 with steps=100",
+        ),
+        ({"personalization__rnak": 8}, "personalization: rnak is no setting of db-lora"),
+        (
+            {"personalization": {"method": "textual-inversion"}},
+            "personalization.method: unknown personalization method",
+        ),
+        (
+            {"personalization": [{"method": "db-lora"}, {"method": "db-lora", "rank": 8}]},
+            "personalization[1].name: two",
+        ),
+        ({"personalization": {"method": "db-lora", "name": "tables"}}, "personalization.name: 'tables' is taken"),
+        ({"personalization": {"method": "db-lora", "seed": [1, 1]}}, "personalization.seed: seeds repeat"),
         ({"models__tiny-sd": {"base": "tiny-xl"}}, "models.tiny-sd.base: no model 'tiny-xl'"),
         (
             {"models__tiny-sd": {"base": "tiny-sana"}, "models__tiny-sana": {"base": "tiny-sd"}},
             "models.tiny-sana: base models form a cycle (tiny-sana -> tiny-sd -> tiny-sana)",
         ),
-        ({"models__tiny-sd": {"tiny": "sd", "training": {"weak_step": 200}}}, "models.tiny-sd: training.weak_step"),
+        (
+            {"models__tiny-sd": {"tiny": "sd", "personalization": {"weak_step": 200}}},
+            "models.tiny-sd.personalization (fine-tune db-lora): weak_step must lie in [1, steps)",
+        ),
+        (
+            {"models__tiny-sd": {"tiny": "sd", "personalization": {"stepz": 9}}},
+            "models.tiny-sd.personalization.stepz: no fine-tune's method has this setting",
+        ),
         ({"models__tiny-sd": {"tiny": "sd", "family": "sana"}}, "models.tiny-sd: family sana but tiny sd"),
         ({"encoders": {}}, "encoders is empty and dataset.render is not set"),
         ({"evaluation__metrics": ["dino", "pickscore"]}, "evaluation.metrics: unknown metric 'pickscore'"),

@@ -1,5 +1,6 @@
 """DreamBooth-LoRA training and class images on the tiny twin with a demo concept."""
 
+import json
 import os
 import signal
 import subprocess
@@ -18,9 +19,10 @@ import wig.personalization.training
 from wig.concepts import read_images
 from wig.errors import WigError
 from wig.guidance import Guidance
-from wig.personalization.lora import lora_checkpoints
-from wig.personalization.training import ADAPTER, TrainConfig, denoising_loss, generate_class_images, train_lora
-from wig.sampling.pipelines import attach_loras, load_pipeline
+from wig.personalization import Subject, make
+from wig.personalization.lora import attach_loras
+from wig.personalization.training import ADAPTER, denoising_loss, generate_class_images
+from wig.sampling.pipelines import load_pipeline
 from wig.sampling.sampler import sample
 
 from conftest import generators, to_uint8
@@ -43,15 +45,21 @@ def class_dir(pipe, tmp_path_factory):
     return out
 
 
-def _config(**kw):
-    base = dict(instance_prompt=INSTANCE, class_prompt=CLASS, steps=12, weak_step=4, lr=1e-3, resolution=RES, seed=3)
-    return TrainConfig(**(base | kw))
+def _method(**kw):
+    return make("db-lora", **(dict(steps=12, weak_step=4, lr=1e-3, resolution=RES) | kw))
+
+
+def _train(pipe, out, class_dir=None, seed=3, **settings):
+    """One DreamBooth-LoRA run on the demo dog (with prior preservation when ``class_dir`` is given)."""
+    classes = read_images(class_dir) if class_dir is not None else None
+    subject = Subject(read_images(DOG), INSTANCE, classes, CLASS if class_dir is not None else None)
+    return _method(**settings).train(pipe, subject, out, seed=seed, progress=False)
 
 
 @pytest.fixture(scope="module")
 def run(pipe, class_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("train") / "run"
-    train_lora(pipe, read_images(DOG), out, _config(), class_images=read_images(class_dir), progress=False)
+    _train(pipe, out, class_dir)
     return out
 
 
@@ -67,8 +75,8 @@ def test_class_images_start_from_the_generate_latents(pipe, class_dir):
     assert np.abs(to_uint8(read_images(class_dir)[1:2]) - to_uint8(ref)).max() <= 1
 
 
-def test_one_run_writes_full_weak_and_a_log(run):
-    files = lora_checkpoints(run)
+def test_one_run_writes_full_weak_a_log_and_its_settings(run):
+    files = _method().checkpoints(run)
     assert all(f.is_file() for f in files.values())
     assert files["full"].read_bytes() != files["weak"].read_bytes()
     log = pl.read_parquet(run / "log.parquet")
@@ -76,16 +84,35 @@ def test_one_run_writes_full_weak_and_a_log(run):
     assert log["step"].to_list() == list(range(1, 13))
     np.testing.assert_allclose(log["loss"], log["instance_loss"] + log["prior_loss"], rtol=1e-6)
     assert (log["lr"] == 1e-3).all() and log["seconds"].is_sorted()
+    config = json.loads((run / "config.json").read_text())
+    prompts_and_seed = [config.pop(k) for k in ("instance_prompt", "class_prompt", "seed")]
+    assert make(**config) == _method() and prompts_and_seed == [INSTANCE, CLASS, 3]
 
 
 def test_same_seed_gives_identical_safetensors(pipe, class_dir, run, tmp_path):
-    again = tmp_path / "again"
-    train_lora(pipe, read_images(DOG), again, _config(), class_images=read_images(class_dir), progress=False)
-    other = tmp_path / "other"
-    train_lora(pipe, read_images(DOG), other, _config(seed=4), class_images=read_images(class_dir), progress=False)
-    for name, path in lora_checkpoints(run).items():
-        assert lora_checkpoints(again)[name].read_bytes() == path.read_bytes()
-        assert lora_checkpoints(other)[name].read_bytes() != path.read_bytes()
+    again, other = tmp_path / "again", tmp_path / "other"
+    _train(pipe, again, class_dir)
+    _train(pipe, other, class_dir, seed=4)
+    files = _method().checkpoints
+    for name, path in files(run).items():
+        assert files(again)[name].read_bytes() == path.read_bytes()
+        assert files(other)[name].read_bytes() != path.read_bytes()
+
+
+def test_a_run_attaches_with_its_method_as_its_loras_do_by_hand(tiny_sd, run):
+    # the README's library path: method.attach returns the sampler's `weights=`
+    by_method = load_pipeline(str(tiny_sd), device="cpu", dtype="float32")
+    weights = _method().attach(by_method, run)
+    by_hand = load_pipeline(str(tiny_sd), device="cpu", dtype="float32")
+    attach_loras(by_hand, run / "full", run / "weak")
+    for guidance in (Guidance("pg", 7.5, omega=0.0), Guidance("ag", 7.5, weak="lora")):
+        kw = dict(steps=3, height=RES, width=RES, progress=False, output_type="np")
+        ours = sample(by_method, [INSTANCE], guidance, generators([0]), weights=weights, **kw)
+        np.testing.assert_array_equal(ours, sample(by_hand, [INSTANCE], guidance, generators([0]), **kw))
+    without_weak = load_pipeline(str(tiny_sd), device="cpu", dtype="float32")
+    _method().attach(without_weak, run, weak=False)
+    with pytest.raises(WigError, match="needs the weak"):
+        sample(without_weak, [INSTANCE], Guidance("ag", 7.5, weak="lora"), generators([0]), steps=1, progress=False)
 
 
 def test_checkpoints_load_in_stock_diffusers_and_change_the_image(tiny_sd, run):
@@ -100,7 +127,7 @@ def test_checkpoints_load_in_stock_diffusers_and_change_the_image(tiny_sd, run):
 
     base = image()
     results = {}
-    for name, path in lora_checkpoints(run).items():
+    for name, path in _method().checkpoints(run).items():
         stock.load_lora_weights(str(path.parent), adapter_name=name)
         stock.set_adapters([name])
         results[name] = image()
@@ -113,7 +140,7 @@ def test_training_lowers_the_instance_loss(tiny_sd, tmp_path):
     images = read_images(DOG)
     before = denoising_loss(pipe, images, INSTANCE, RES)
     out = tmp_path / "run"
-    log = train_lora(pipe, images, out, _config(steps=40, weak_step=10, class_prompt=None), progress=False)
+    log = _train(pipe, out, steps=40, weak_step=10)
     assert log["prior_loss"].null_count() == 40  # plain DreamBooth-LoRA: no class images
     attach_loras(pipe, out / "full")
     after = denoising_loss(pipe, images, INSTANCE, RES)
@@ -121,14 +148,8 @@ def test_training_lowers_the_instance_loss(tiny_sd, tmp_path):
 
 
 def test_prior_weight_zero_ignores_class_images(pipe, class_dir, tmp_path):
-    log = train_lora(
-        pipe,
-        read_images(DOG),
-        tmp_path / "run",
-        _config(prior_weight=0.0),
-        class_images=read_images(class_dir),
-        progress=False,
-    )
+    log = _train(pipe, tmp_path / "run", class_dir, prior_weight=0.0)
+    assert json.loads((tmp_path / "run/config.json").read_text())["class_prompt"] is None
     assert log["prior_loss"].null_count() == len(log)
 
 
@@ -139,11 +160,16 @@ def test_prior_weight_zero_ignores_class_images(pipe, class_dir, tmp_path):
         ({"steps": 0}, "steps must be"),
         ({"resolution": 30}, "multiple of 8"),
         ({"mixed_precision": "fp8"}, "mixed_precision"),
+        ({"rank": 0}, "rank must be ≥ 1, got 0"),
+        ({"lr": 0.0}, "lr must be > 0"),
+        ({"rank": 2.5}, "rank must be an integer"),
+        ({"gradient_checkpointing": "yes"}, "gradient_checkpointing must be true or false"),
+        ({"rnak": 4}, "rnak is no setting of db-lora"),
     ],
 )
 def test_bad_training_settings(kwargs, message):
     with pytest.raises(WigError, match=message):
-        _config(**kwargs)
+        _method(**kwargs)
 
 
 def test_a_failed_run_leaves_no_checkpoint(pipe, monkeypatch, tmp_path):
@@ -158,7 +184,7 @@ def test_a_failed_run_leaves_no_checkpoint(pipe, monkeypatch, tmp_path):
     real_save = wig.personalization.training.save_lora
     monkeypatch.setattr(wig.personalization.training, "save_lora", failing_save)
     with pytest.raises(RuntimeError, match="disk full"):
-        train_lora(pipe, read_images(DOG), tmp_path / "run", _config(class_prompt=None), progress=False)
+        _train(pipe, tmp_path / "run")
     assert calls == ["weak", "full"] and list(tmp_path.iterdir()) == []
     # and the pipeline is left as it was: no training adapter behind
     assert ADAPTER not in getattr(pipe.unet, "peft_config", {})
@@ -170,7 +196,9 @@ def test_sigkill_then_rerun_leaves_no_corrupt_checkpoint(tiny_sd, tmp_path):
         sys.executable,
         "-m",
         "wig.cli",
-        "train-lora",
+        "train",
+        "--method",
+        "db-lora",
         "--model",
         str(tiny_sd),
         "--instance-dir",
@@ -200,5 +228,5 @@ def test_sigkill_then_rerun_leaves_no_corrupt_checkpoint(tiny_sd, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the killed run's leftovers are gone
-    state = load_file(str(lora_checkpoints(out)["full"]))
+    state = load_file(str(_method().checkpoints(out)["full"]))
     assert state and all(torch.isfinite(v).all() for v in state.values())

@@ -1,5 +1,6 @@
 """The Snakemake workflow on a temporary copy: config checks, a small run, targeted reruns."""
 
+import json
 import os
 import re
 import shutil
@@ -71,7 +72,8 @@ def _edit(config, **changes):
         ({"guidance": [{"method": "magic"}]}, "magic"),
         ({"seeds": []}, "seeds"),
         ({"sampling__stepz": 3}, "stepz"),
-        ({"models__tiny-sd": {"tiny": "sd", "training": {"stepz": 9}}}, "stepz"),
+        ({"models__tiny-sd": {"tiny": "sd", "personalization": {"stepz": 9}}}, "stepz"),
+        ({"personalization": {"method": "db-lora", "rnak": 8}}, "personalization: rnak is no setting of db-lora"),
         ({"encoders": {"dino": {"tiny": True}}}, "'clip' is a dependency of 'dino'"),
         ({"dataset__concepts": ["brown_dog", "unicorn"]}, "config: dataset.concepts ['unicorn'] are not in the sheet"),
         ({"models__tiny-sd": {"base": "tiny-sana"}, "models__tiny-sana": {"base": "tiny-sd"}}, "form a cycle"),
@@ -101,7 +103,7 @@ def test_class_nouns_of_any_script_get_their_own_class_images(tmp_path):
     config["dataset"].update(sheet="data/sheet.csv", root="data", concepts=["inu", "neko", "bear1", "bear2"])
     workdir = _workdir(tmp_path / "work", config)
     planned = _planned(workdir)
-    assert planned["class_images"] == 2 * 4 and planned["train_lora"] == 2 * 4  # models × nouns, concepts
+    assert planned["class_images"] == 2 * 4 and planned["train"] == 2 * 4  # models × nouns, concepts
 
 
 def test_only_the_embeddings_the_enabled_metrics_read_are_planned(tmp_path):
@@ -133,7 +135,7 @@ def test_dag_fans_out_per_model_concept_and_class(tmp_path):
         "build_tiny_model": 2,
         "prepare": 2,
         "class_images": 2 * 2,
-        "train_lora": 2 * 2,
+        "train": 2 * 2,
         "generate": 2 * 2 * 3 * 2,  # models × concepts × points × seed chunks ([0, 1], [2])
         "grid": 2 * 2,
         "build_tiny_encoder": 2,
@@ -144,16 +146,17 @@ def test_dag_fans_out_per_model_concept_and_class(tmp_path):
         "aggregate": 2,
         "plots": 1,
     }
-    # a second training of one base: no second build; its own prior weight and LoRA seeds
+    # a second fine-tune of one base: no second build; its own prior weight and fine-tune seeds
     two = _edit(
-        config, **{"models__tiny-sd-noprior": {"base": "tiny-sd", "training": {"prior_weight": 0.0, "seed": [0, 1]}}}
+        config,
+        **{"models__tiny-sd-noprior": {"base": "tiny-sd", "personalization": {"prior_weight": 0.0, "seed": [0, 1]}}},
     )
     _write_config(workdir, two)
     planned = _planned(workdir)
     assert planned["build_tiny_model"] == 2 and planned["class_images"] == 2 * 2  # none for the new model
-    assert planned["train_lora"] == 2 * 2 + 2 * 2  # 2 more concepts × its 2 LoRA seeds
+    assert planned["train"] == 2 * 2 + 2 * 2  # 2 more concepts × its 2 fine-tune seeds
     assert planned["generate"] == 2 * 2 * 3 * 2 + 2 * 2 * 3 * 2
-    config = _edit(config, training__prior_weight=0.0)
+    config = _edit(config, personalization__prior_weight=0.0)
     _write_config(workdir, config)
     assert "class_images" not in _planned(workdir)
     # CFG++ needs DDIM: its points are planned for SD only
@@ -196,7 +199,7 @@ def test_presets_build_the_full_paper_dag_without_weights(tmp_path, preset):
         "fetch_dataset": 1,
         "prepare": 16,
         "class_images": 11,
-        "train_lora": 16,  # 11 class nouns in ViCo
+        "train": 16,  # 11 class nouns in ViCo
         "generate": 16 * points,
         "grid": 16,
         "embed_references": 16 * 2,
@@ -213,13 +216,13 @@ def test_presets_build_the_full_paper_dag_without_weights(tmp_path, preset):
     assert "tiny-s" not in proc.stdout  # the preset replaced the demo config, not merged into it
 
 
-def test_synthetic_preset_plans_pretraining_two_trainings_and_lora_seeds(tmp_path):
+def test_synthetic_preset_plans_pretraining_two_fine_tunes_and_their_seeds(tmp_path):
     workdir = _workdir(tmp_path, _small_config())
     proc = _snakemake(workdir, "-n", "--configfile", "config/presets/synthetic.yaml")
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = (proc.stdout + proc.stderr).split("Job stats:")[1].split("total")[0]
     counts = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
-    cells = 2 * 5 * 2  # models (prior, no prior) × subjects × LoRA seeds, one seed chunk
+    cells = 2 * 5 * 2  # models (prior, no prior) × subjects × fine-tune seeds, one seed chunk
     assert counts == {
         "render_dataset": 1,
         "prepare": 5,
@@ -227,7 +230,7 @@ def test_synthetic_preset_plans_pretraining_two_trainings_and_lora_seeds(tmp_pat
         "pretrain_model": 1,
         "base_accuracy": 1,
         "class_images": 5,  # the prior model only; one per subject's shape
-        "train_lora": cells,
+        "train": cells,
         "grid": 2 * 5,
         "aggregate": 2,
         "plots": 1,
@@ -236,15 +239,15 @@ def test_synthetic_preset_plans_pretraining_two_trainings_and_lora_seeds(tmp_pat
         "generate": cells,
         "score": cells,
     }  # no encoders: the oracle alone scores, nothing is embedded
-    assert "results/synthetic/samples/red_blue_circle/lora1/points00/seeds0_1" in proc.stdout
+    assert "results/synthetic/db-lora/samples/red_blue_circle/ft1/points00/seeds0_1" in proc.stdout
 
 
 def test_a_preset_with_a_typo_fails_naming_the_key(tmp_path):
     workdir = _workdir(tmp_path, _small_config())
-    preset = (workdir / "config/presets/vico-sd15.yaml").read_text().replace("training:", "trainig:")
+    preset = (workdir / "config/presets/vico-sd15.yaml").read_text().replace("personalization:", "personalisation:")
     (workdir / "typo.yaml").write_text(preset)
     proc = _snakemake(workdir, "-n", "--configfile", "typo.yaml")
-    assert proc.returncode != 0 and "'trainig' was unexpected" in proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "'personalisation' was unexpected" in proc.stdout + proc.stderr
 
 
 def test_fetch_rule_clones_the_pinned_commit(tmp_path):
@@ -288,7 +291,7 @@ def test_the_synthetic_world_renders_its_dataset_through_the_dag(tmp_path):
     assert len(manifest) == 4 and len(list((workdir / "data/synthetic").glob("*/*.png"))) == 4 * 5
     assert _planned(workdir)["generate"] == 2 * 2 * 3  # models × concepts × points
     # a generation job's scores carry the oracle's pixel metrics beside the encoders'
-    score = "results/tiny-sd/scores/yellow_magenta_star/lora0/cfg/w1.0_l7.5/seeds0_1.parquet"
+    score = "results/tiny-sd/db-lora/scores/yellow_magenta_star/ft0/cfg/w1.0_l7.5/seeds0_1.parquet"
     proc = _snakemake(workdir, score)
     assert proc.returncode == 0, proc.stderr[-2000:]
     scores = pl.read_parquet(workdir / score)
@@ -316,51 +319,81 @@ def _check_gpu_slots(logs, n_jobs, ids):
         assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:])), spans
 
 
-@pytest.mark.slow
-def test_small_study_runs_reruns_what_changed_and_matches_the_cli(tmp_path):
+# --- the small study, run once; each scenario below reads it or plans against it ---------------
+# (one xdist group: `make test` runs with --dist loadgroup, so the study runs once, on one worker)
+
+SMALL = pytest.mark.xdist_group("small-study")
+RUN = "results/tiny-sd/db-lora/runs/brown_dog/ft0"  # (model, fine-tune, concept, seed)
+SAMPLES = "db-lora/samples/brown_dog/ft0"  # below results/<model>/
+
+
+@pytest.fixture(scope="module")
+def small_study(tmp_path_factory):
+    """The small study after one complete run on 3 fake GPU ids, and its config."""
     config = _small_config()
     config["runtime"]["gpus"] = [0, 1, 2]  # fake device ids: not params, no job reruns for them
-    workdir = _workdir(tmp_path, config)
-    # 25 GPU jobs (11 per model, 3 shared embeddings) spread over the 3 ids, 3 at a time (wig.workflow.gpus)
+    workdir = _workdir(tmp_path_factory.mktemp("small-study"), config)
     proc = _snakemake(workdir, "--cores", "6", "--resources", "gpu=3")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    _check_gpu_slots(workdir / "logs", n_jobs=25, ids={"0", "1", "2"})
-    model = workdir / "results/tiny-sd"
-    lora = model / "lora/brown_dog/seed0"
-    assert (lora / "full/pytorch_lora_weights.safetensors").is_file()
-    assert (lora / "weak/pytorch_lora_weights.safetensors").is_file()
-    assert len(pl.read_parquet(lora / "log.parquet")) == 6
+    return workdir, config
+
+
+@pytest.fixture
+def study(small_study):
+    """The small study with its own config back in place after a scenario that edits it."""
+    workdir, config = small_study
+    yield workdir, config
+    _write_config(workdir, config)
+
+
+@SMALL
+@pytest.mark.slow
+def test_small_study_writes_runs_samples_tables_and_one_log_per_job(study):
+    workdir, _ = study
+    _check_gpu_slots(workdir / "logs", n_jobs=25, ids={"0", "1", "2"})  # 11 per model, 3 shared embeddings
+    model, run = workdir / "results/tiny-sd", workdir / RUN
+    assert (run / "full/pytorch_lora_weights.safetensors").is_file()
+    assert (run / "weak/pytorch_lora_weights.safetensors").is_file()
+    assert len(pl.read_parquet(run / "log.parquet")) == 6
+    assert json.loads((run / "config.json").read_text())["method"] == "db-lora"
     (dogs,) = model.glob("class_images/dog-*")  # the noun's slug and hash (wig.workflow.study.class_slug)
     assert len(list(dogs.glob("*.png"))) == 2
-    assert (model / "grids/brown_dog.png").is_file()
-    jobs = sorted(
-        p.relative_to(model / "samples/brown_dog/lora0").as_posix() for p in model.glob("samples/*/*/*/*/seeds*")
-    )
+    assert (model / "db-lora/grids/brown_dog.png").is_file()
+    jobs = sorted(p.relative_to(model / SAMPLES).as_posix() for p in (model / SAMPLES).glob("*/*/seeds*"))
     assert jobs == ["cfg/w1.0_l7.5/seeds0_1", "pg/w0.0_l7.5/seeds0_1", "pg/w1.0_l7.5/seeds0_1"]
-    cfg_dir = model / "samples/brown_dog/lora0/cfg/w1.0_l7.5/seeds0_1"
-    manifest = pl.read_parquet(cfg_dir / "manifest.parquet")
+    manifest = pl.read_parquet(model / SAMPLES / "cfg/w1.0_l7.5/seeds0_1/manifest.parquet")
     # the identifier reaches generation: the sheet's first live prompt, filled with "sks dog"
     assert manifest["prompt"].to_list() == ["a sks dog in the jungle"] * 2 and manifest["seed"].to_list() == [0, 1]
-    # ω = 1 is CFG, bit for bit; ω = 0 is not — for both families
-    for m in ("tiny-sd", "tiny-sana"):
-        samples = workdir / "results" / m / "samples/brown_dog/lora0"
-        cfg = pl.read_parquet(samples / "cfg/w1.0_l7.5/seeds0_1/manifest.parquet")["sha256"]
-        assert pl.read_parquet(samples / "pg/w1.0_l7.5/seeds0_1/manifest.parquet")["sha256"].equals(cfg)
-        assert not pl.read_parquet(samples / "pg/w0.0_l7.5/seeds0_1/manifest.parquet")["sha256"].equals(cfg)
-        assert pl.read_parquet(workdir / "results" / m / "tables/metrics.parquet")[
-            "method"
-        ].unique().sort().to_list() == ["cfg", "pg"]
-    pg0 = model / "samples/brown_dog/lora0/pg/w0.0_l7.5/seeds0_1"
     # one log per job; per model: model, class images, training, 3 generations, grid, 3 × 2 sample
     # embeddings, 3 scores, aggregate; shared: prepare, 2 encoders, 2 reference + 1 text
     # embeddings, plots
     assert len(list((workdir / "logs").rglob("*.log"))) == 2 * (1 + 1 + 1 + 3 + 1 + 6 + 3 + 1) + 1 + 2 + 3 + 1
     # every image through each encoder once per protocol: 2 images × 2 protocols per job
-    for log in (workdir / "logs/tiny-sd/embed_samples").rglob("*.log"):
+    for log in (workdir / "logs/tiny-sd/db-lora/embed_samples").rglob("*.log"):
         assert "4 rows, 4 images through the encoder" in log.read_text()
+    for name in ("omega_ablation", "lambda_ablation", "pareto"):
+        assert (workdir / f"results/plots/{name}.svg").is_file()
 
-    # the table's DINO equals the per-image all-pairs cosine mean recomputed from the embeddings
-    table = pl.read_parquet(model / "tables/metrics.parquet")
+
+@SMALL
+@pytest.mark.slow
+def test_small_study_pg_at_omega_one_is_cfg_bit_for_bit_in_both_families(study):
+    workdir, _ = study
+    for m in ("tiny-sd", "tiny-sana"):
+        samples = workdir / "results" / m / SAMPLES
+        cfg = pl.read_parquet(samples / "cfg/w1.0_l7.5/seeds0_1/manifest.parquet")["sha256"]
+        assert pl.read_parquet(samples / "pg/w1.0_l7.5/seeds0_1/manifest.parquet")["sha256"].equals(cfg)
+        assert not pl.read_parquet(samples / "pg/w0.0_l7.5/seeds0_1/manifest.parquet")["sha256"].equals(cfg)
+        table = pl.read_parquet(workdir / "results" / m / "db-lora/tables/metrics.parquet")
+        assert table["method"].unique().sort().to_list() == ["cfg", "pg"]
+
+
+@SMALL
+@pytest.mark.slow
+def test_small_study_dino_equals_the_mean_cosine_recomputed_from_the_embeddings(study):
+    workdir, _ = study
+    tune = workdir / "results/tiny-sd/db-lora"
+    table = pl.read_parquet(tune / "tables/metrics.parquet")
     row = table.filter((pl.col("method") == "cfg") & (pl.col("protocol") == "dreammatcher")).row(0, named=True)
 
     def unit(frame):
@@ -368,67 +401,58 @@ def test_small_study_runs_reruns_what_changed_and_matches_the_cli(tmp_path):
         return m / np.linalg.norm(m, axis=1, keepdims=True)
 
     refs = unit(pl.read_parquet(workdir / "results/embeddings/dino/references/brown_dog.parquet"))
-    gens = unit(pl.read_parquet(model / "embeddings/dino/brown_dog/lora0/cfg/w1.0_l7.5/seeds0_1.parquet"))
+    gens = unit(pl.read_parquet(tune / "embeddings/dino/brown_dog/ft0/cfg/w1.0_l7.5/seeds0_1.parquet"))
     assert abs(row["dino"] - (gens @ refs.T).mean()) < 1e-6 and row["n_images"] == 2
-    for name in ("omega_ablation", "lambda_ablation", "pareto"):
-        assert (workdir / f"results/plots/{name}.svg").is_file()
 
+
+@SMALL
+@pytest.mark.slow
+def test_small_study_is_complete_and_key_order_is_no_change(study, tmp_path):
+    workdir, config = study
     again = _snakemake(workdir)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
-    # the same settings with the YAML keys in another order are no change
     (workdir / "config/config.yaml").write_text(yaml.safe_dump(config, sort_keys=True))
     assert _planned(workdir) == {}
-    # --forcerun deletes a rule's outputs before its jobs run: killed in between, the LoRA is gone
+    # --forcerun deletes a rule's outputs before its jobs run: killed in between, the run is gone
     # and -n sees nothing to do; --summary says missing, the same --forcerun remakes it (docs/cluster.md)
-    aside = tmp_path / "lora-aside"
-    os.rename(lora, aside)
-    assert _planned(workdir) == {}
-    summary = _snakemake(workdir, "--summary").stdout
-    assert re.search(rf"^{re.escape(str(lora.relative_to(workdir)))}\s.*\bmissing\b", summary, re.M), summary[-2000:]
-    assert _planned(workdir, "--forcerun", "train_lora")["train_lora"] == 2
-    os.rename(aside, lora)
+    run, aside = workdir / RUN, tmp_path / "run-aside"
+    os.rename(run, aside)
+    try:
+        assert _planned(workdir) == {}
+        summary = _snakemake(workdir, "--summary").stdout
+        assert re.search(rf"^{re.escape(RUN)}\s.*\bmissing\b", summary, re.M), summary[-2000:]
+        assert _planned(workdir, "--forcerun", "train")["train"] == 2
+    finally:
+        os.rename(aside, run)
     assert _planned(workdir) == {}
 
-    # the same image from the CLI with the same seed and the trained LoRA
+
+@SMALL
+@pytest.mark.slow
+def test_small_study_sample_is_what_the_cli_makes_with_the_trained_lora(study, tmp_path):
     from wig.cli import main
 
+    workdir, _ = study
     out = tmp_path / "cli.png"
-    rc = main(
-        [
-            "generate",
-            "--model",
-            str(model / "model"),
-            "--lora",
-            str(lora / "full"),
-            "--method",
-            "pg",
-            "--omega",
-            "0",
-            "--prompt",
-            "a sks dog in the jungle",
-            "--seed",
-            "1",
-            "--steps",
-            "2",
-            "--height",
-            "32",
-            "--width",
-            "32",
-            "--out",
-            str(out),
-            "--quiet",
-        ]
+    args = ["--model", str(workdir / "results/tiny-sd/model"), "--lora", str(workdir / RUN / "full")]
+    args += ["--method", "pg", "--omega", "0", "--prompt", "a sks dog in the jungle", "--seed", "1"]
+    assert (
+        main(["generate", *args, "--steps", "2", "--height", "32", "--width", "32", "--out", str(out), "--quiet"]) == 0
     )
-    assert rc == 0
-    ref = np.asarray(Image.open(pg0 / "s1_p00.png"), dtype=np.int16)
-    assert np.abs(np.asarray(Image.open(out), dtype=np.int16) - ref).max() <= 1
+    ref = Image.open(workdir / "results/tiny-sd" / SAMPLES / "pg/w0.0_l7.5/seeds0_1/s1_p00.png")
+    assert np.abs(np.asarray(Image.open(out), dtype=np.int16) - np.asarray(ref, dtype=np.int16)).max() <= 1
 
-    # reruns: exactly the jobs a change touches (per model ×2 where both models are hit)
+
+@SMALL
+@pytest.mark.slow
+def test_small_study_config_changes_rerun_exactly_the_jobs_they_touch(study):
+    workdir, config = study
+    # per model ×2 where both models are hit
     downstream = {"embed_samples": 12, "score": 6, "aggregate": 2, "plots": 1, "all": 1}
-    _write_config(workdir, _edit(config, training__steps=8))
-    assert _planned(workdir) == {"train_lora": 2, "generate": 6, "grid": 2, **downstream}
+    _write_config(workdir, _edit(config, personalization__steps=8))
+    assert _planned(workdir) == {"train": 2, "generate": 6, "grid": 2, **downstream}
     _write_config(workdir, _edit(config, class_images__count=3))
-    assert _planned(workdir) == {"class_images": 2, "train_lora": 2, "generate": 6, "grid": 2, **downstream}
+    assert _planned(workdir) == {"class_images": 2, "train": 2, "generate": 6, "grid": 2, **downstream}
     _write_config(workdir, _edit(config, evaluation__clip_t_text="raw"))
     assert _planned(workdir) == {"embed_texts": 1, "score": 6, "aggregate": 2, "plots": 1, "all": 1}
     _write_config(workdir, _edit(config, encoders__dino={"tiny": True, "seed": 1}))
@@ -445,7 +469,7 @@ def test_small_study_runs_reruns_what_changed_and_matches_the_cli(tmp_path):
     assert _planned(workdir) == {
         "build_tiny_model": 1,
         "class_images": 1,
-        "train_lora": 1,
+        "train": 1,
         "generate": 3,
         "grid": 1,
         "embed_samples": 6,
@@ -460,10 +484,28 @@ def test_small_study_runs_reruns_what_changed_and_matches_the_cli(tmp_path):
     assert _planned(workdir) == one_job
     _write_config(workdir, _edit(config, seeds=[0, 1, 2]))  # a new seed: a new chunk per point
     assert _planned(workdir) == {**one_job, "generate": 6, "embed_samples": 12, "score": 6}
+    # a second fine-tune beside the first: its own runs, samples, tables and grids; nothing of the
+    # first reruns but the figures that draw both
+    second = {"method": "db-lora", "name": "db-lora-r8", "steps": 6, "weak_step": 2, "rank": 8, "resolution": 32}
+    _write_config(workdir, _edit(config, personalization=[config["personalization"], second]))
+    assert _planned(workdir) == {
+        "train": 2,
+        "generate": 6,
+        "grid": 2,
+        "embed_samples": 12,
+        "score": 6,
+        "aggregate": 2,
+        "plots": 1,
+        "all": 1,
+    }
 
+
+@SMALL
+@pytest.mark.slow
+def test_small_study_code_changes_rerun_exactly_the_jobs_whose_scripts_reach_them(study, tmp_path):
     # a real change of library code (seen through the code hashes in params) plans exactly the jobs
     # whose scripts reach the module — what --forcerun of those rules plans — and nothing else
-    _write_config(workdir, config)
+    workdir, _ = study
     scripted = _scripted_rules("config/config.yaml")
     plans = {}
     # (the guidance methods are a package: editing one method's module, PG's, is a guidance change)
@@ -485,7 +527,7 @@ def test_small_study_runs_reruns_what_changed_and_matches_the_cli(tmp_path):
             if (ROOT / "src/wig" / file).resolve() in _walk(Path(rule["script"]))
         )
         assert plans[module] == (_planned(workdir, "--forcerun", *reaching) if reaching else {}), module
-    assert {"prepare", "class_images", "train_lora", "generate", "embed_references", "embed_samples"} <= set(
+    assert {"prepare", "class_images", "train", "generate", "embed_references", "embed_samples"} <= set(
         plans["concepts"]
     ) and "build_tiny_model" not in plans["concepts"]
     # the tiny encoders' builder runs wig.evaluation.encoders, which writes the embedding schema: never generation
@@ -510,6 +552,11 @@ def test_small_study_runs_reruns_what_changed_and_matches_the_cli(tmp_path):
     }  # never training or class images
     assert plans["cli"] == {}  # no script reaches the command line
 
+
+@SMALL
+@pytest.mark.slow
+def test_small_study_report_holds_grids_figures_and_tables(study):
+    workdir, _ = study
     report = _snakemake(workdir, "--report", "report.html")
     assert report.returncode == 0, report.stderr[-2000:]
     html = (workdir / "report.html").read_text()
@@ -535,28 +582,29 @@ def test_synthetic_preset_smoke_runs_end_to_end(tmp_path):
     )
     accuracy = pl.read_parquet(results / "synthetic/tables/base_accuracy.parquet")
     assert accuracy["scale"].to_list() == [1.5, 3.0] and (accuracy["n_images"] == 2).all()
-    lora = results / "synthetic/lora/yellow_magenta_star"
-    assert (lora / "seed0/full/pytorch_lora_weights.safetensors").read_bytes() != (
-        lora / "seed1/full/pytorch_lora_weights.safetensors"
+    runs = results / "synthetic/db-lora/runs/yellow_magenta_star"
+    assert (runs / "ft0/full/pytorch_lora_weights.safetensors").read_bytes() != (
+        runs / "ft1/full/pytorch_lora_weights.safetensors"
     ).read_bytes()
     for model in ("synthetic", "synthetic-noprior"):
-        table = pl.read_parquet(results / model / "tables/metrics.parquet")
+        tables = results / model / "db-lora/tables"
+        table = pl.read_parquet(tables / "metrics.parquet")
         assert table["protocol"].unique().to_list() == ["oracle"] and "dino" not in table.columns
-        assert (table["n_lora_seeds"] == 2).all() and (table["n_images"] == 2 * 2).all()  # LoRA seeds × prompts
+        assert (table["n_finetune_seeds"] == 2).all() and (table["n_images"] == 2 * 2).all()  # ft seeds × prompts
         assert table["oracle_text"].is_between(0.0, 1.0).all() and table["oracle_subject"].is_between(0.0, 1.0).all()
-        paired = pl.read_parquet(results / model / "tables/paired_vs_cfg.parquet")
+        paired = pl.read_parquet(tables / "paired_vs_cfg.parquet")
         assert {"d_oracle_text", "d_oracle_subject"} <= set(paired.columns)
-        matched = pl.read_parquet(results / model / "tables/matched_text.parquet")
+        matched = pl.read_parquet(tables / "matched_text.parquet")
         assert set(matched["method"]) == {"pg", "cfgpp"} and set(matched["cfg_scale"]) == {1.5, 3.0}
     # the bootstrap is seeded: recomputed tables are the same bytes
-    before = (results / "synthetic/tables/metrics.parquet").read_bytes()
+    before = (results / "synthetic/db-lora/tables/metrics.parquet").read_bytes()
     assert _snakemake(workdir, "--forcerun", "aggregate").returncode == 0
-    assert (results / "synthetic/tables/metrics.parquet").read_bytes() == before
+    assert (results / "synthetic/db-lora/tables/metrics.parquet").read_bytes() == before
     # a longer UNet stage keeps the autoencoder
     config["models"]["synthetic"]["pretrain"]["steps"] = 3
     _write_config(workdir, config)
     planned = _planned(workdir)
-    assert planned["pretrain_model"] == 1 and "pretrain_vae" not in planned and planned["train_lora"] == 4
+    assert planned["pretrain_model"] == 1 and "pretrain_vae" not in planned and planned["train"] == 4
 
 
 @pytest.mark.parametrize("name", ["small", "synthetic-smoke"])

@@ -1,15 +1,18 @@
-"""`wig` command line: tiny twins, concept preparation, class images, LoRA training, guided sampling."""
+"""`wig` command line: tiny twins, concept preparation, class images, fine-tuning, guided sampling."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
 from pathlib import Path
 
 from wig.errors import WigError
-from wig.guidance import REGISTRY, columns, make, parameters
+from wig.guidance import REGISTRY, make
+from wig.personalization import REGISTRY as PERSONALIZATION
+from wig.settings import type_name
 from wig.workflow.atomic import atomic_dir, replace_file, tmp_path
 
 # Arguments are checked by argparse and `_check_args` before torch and diffusers are imported
@@ -77,21 +80,38 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_guidance_parameters(p: argparse.ArgumentParser) -> None:
-    """One flag per registered guidance parameter (``--scale``, ``--omega``, …): its type, doc and,
-    per method, its default (`wig.guidance`); a flag the chosen method lacks is refused."""
-    for name, f in columns().items():
-        owners = {m: parameters(cls)[name].default for m, cls in REGISTRY.items() if name in parameters(cls)}
+def _all_settings(registry) -> dict:
+    """Every setting of a registry's methods by name (the first declaration's field)."""
+    out: dict = {}
+    for name in sorted(registry):
+        for f in dataclasses.fields(registry[name]):
+            out.setdefault(f.name, f)
+    return out
+
+
+def _add_settings(p: argparse.ArgumentParser, registry) -> None:
+    """One flag per setting of a registry's methods (``--scale``, ``--omega``, ``--rank``, …): its
+    type, doc and, per method, its default; a flag the chosen method lacks is refused."""
+    for name, f in _all_settings(registry).items():
+        owners = {m: d.default for m, cls in registry.items() for d in dataclasses.fields(cls) if d.name == name}
         defaults = ", ".join(f"{m} {d}" for m, d in owners.items())
-        kind = {"float": float, "int": int}.get(str(getattr(f.type, "__name__", f.type)), str)
+        flag = f"--{name.replace('_', '-')}"
+        if type_name(f) == "bool":
+            p.add_argument(flag, action="store_const", const=True, default=None, help=f"{f.metadata['doc']}")
+            continue
+        kind = {"float": float, "int": int}.get(type_name(f), str)
         choices = f.metadata.get("choices") or None
         p.add_argument(
-            f"--{name.replace('_', '-')}",
+            flag,
             type=kind,
             default=None,
             choices=choices if kind is str else None,
             help=f"{f.metadata['doc']} (default: {defaults})",
         )
+
+
+def _settings_given(args, registry) -> dict:
+    return {name: getattr(args, name) for name in _all_settings(registry) if getattr(args, name) is not None}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="weak (early) LoRA checkpoint, attached as adapter 'weak' for the methods that use it",
     )
     p.add_argument("--method", required=True, choices=sorted(REGISTRY), help="guidance method")
-    _add_guidance_parameters(p)
+    _add_settings(p, REGISTRY)
     p.add_argument("--prompt", required=True, action="append", help="prompt (repeat for a batch)")
     p.add_argument("--seed", type=_SEED, action="append", required=True, help="seed (repeat for a batch)")
     _add_sampling(p)
@@ -205,39 +225,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime(p)
 
     p = sub.add_parser(
-        "train-lora",
-        help="DreamBooth-LoRA with prior preservation: writes full/ and weak/ checkpoints and a log",
-        description="Train a UNet LoRA (to_q/to_k/to_v/to_out.0) on a concept's images. One run writes "
-        "OUT/full/ and OUT/weak/ (pytorch_lora_weights.safetensors, diffusers format), OUT/log.parquet "
+        "train",
+        help="fine-tune on a concept's images with a personalization method: full and weak checkpoints and a log",
+        description="Fine-tune the model on a concept's images (with prior preservation when class images are "
+        f"given) with one of {'/'.join(sorted(PERSONALIZATION))}. One run writes OUT/full/ and OUT/weak/ (the "
+        "method's checkpoints, e.g. a diffusers LoRA folder), OUT/log.parquet "
         "(step, loss, instance_loss, prior_loss, lr, seconds) and OUT/config.json. OUT appears only "
         "when the run completes.",
     )
     p.add_argument("--model", required=True, help="diffusers model folder or hub name")
+    p.add_argument("--method", required=True, choices=sorted(PERSONALIZATION), help="personalization method")
+    _add_settings(p, PERSONALIZATION)
     p.add_argument(
         "--instance-dir", required=True, type=Path, help="the concept's images (a prepared folder or any image folder)"
     )
     p.add_argument("--instance-prompt", required=True, help='e.g. "a photo of sks dog"')
     p.add_argument("--class-dir", type=Path, help="class images for prior preservation")
     p.add_argument("--class-prompt", help='e.g. "a photo of dog" (needed with --class-dir)')
-    p.add_argument(
-        "--prior-weight",
-        type=float,
-        default=1.0,
-        help="prior-preservation loss weight (default 1.0; 0 = plain DreamBooth-LoRA)",
-    )
-    p.add_argument("--steps", type=_POSITIVE, default=500, help="training steps (default 500)")
-    p.add_argument("--weak-step", type=_POSITIVE, default=100, help="step of the weak checkpoint (default 100)")
-    p.add_argument("--rank", type=_POSITIVE, default=4, help="LoRA rank (default 4)")
-    p.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
-    p.add_argument("--resolution", type=_POSITIVE, default=512, help="training resolution (default 512)")
     p.add_argument("--seed", type=_SEED, default=0, help="seed (default 0)")
-    p.add_argument(
-        "--mixed-precision",
-        default="no",
-        choices=("no", "fp16", "bf16"),
-        help="autocast precision on a GPU (default no)",
-    )
-    p.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for UNet activation memory")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     _add_runtime(p)
 
@@ -325,8 +330,8 @@ def _cmd_generate(args) -> None:
     import torch
     from PIL.PngImagePlugin import PngInfo
 
-    from wig.personalization.lora import lora_file
-    from wig.sampling.pipelines import attach_loras, load_pipeline
+    from wig.personalization.lora import attach_loras, lora_file
+    from wig.sampling.pipelines import load_pipeline
     from wig.sampling.sampler import sample
 
     prompts, seeds = _pair(args.prompt, args.seed)
@@ -367,8 +372,15 @@ def _cmd_generate(args) -> None:
 
 def _guidance(args):
     """The method with the settings given on the command line (its defaults for the others)."""
-    given = {name: getattr(args, name) for name in columns() if getattr(args, name) is not None}
-    return make(args.method, **given)
+    return make(args.method, **_settings_given(args, REGISTRY))
+
+
+def _personalization(args):
+    """The personalization method with the settings given on the command line."""
+    from wig.personalization import REGISTRY as METHODS
+    from wig.personalization import make as make_method
+
+    return make_method(args.method, **_settings_given(args, METHODS))
 
 
 def _runtime(args):
@@ -410,32 +422,24 @@ def _cmd_class_images(args) -> None:
     )
 
 
-def _cmd_train_lora(args) -> None:
+def _cmd_train(args) -> None:
     from wig.concepts import read_images
-    from wig.personalization.training import TrainConfig, train_lora
+    from wig.personalization import Subject
     from wig.sampling.pipelines import load_pipeline
 
-    config = TrainConfig(
-        instance_prompt=args.instance_prompt,
-        class_prompt=args.class_prompt,
-        prior_weight=args.prior_weight,
-        steps=args.steps,
-        weak_step=args.weak_step,
-        rank=args.rank,
-        lr=args.lr,
-        resolution=args.resolution,
-        seed=args.seed,
-        mixed_precision=args.mixed_precision,
-        gradient_checkpointing=args.gradient_checkpointing,
-    )
+    method = _personalization(args)
     if args.class_dir is not None and args.class_prompt is None:
         raise WigError("--class-dir needs --class-prompt")
-    instance = read_images(args.instance_dir)
-    classes = read_images(args.class_dir) if args.class_dir is not None else None
+    subject = Subject(
+        read_images(args.instance_dir),
+        args.instance_prompt,
+        read_images(args.class_dir) if args.class_dir is not None else None,
+        args.class_prompt,
+    )
     _runtime(args)
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
-    log = train_lora(pipe, instance, args.out, config, class_images=classes, progress=not args.quiet)
-    print(f"{config.steps} steps, final loss {log['loss'][-1]:.4f} -> {args.out}")
+    log = method.train(pipe, subject, args.out, seed=args.seed, progress=not args.quiet)
+    print(f"{method.name}: {method.steps} steps, final loss {log['loss'][-1]:.4f} -> {args.out}")
 
 
 def _cmd_embed(args) -> None:
@@ -467,17 +471,19 @@ COMMANDS = {
     "generate": _cmd_generate,
     "prepare": _cmd_prepare,
     "class-images": _cmd_class_images,
-    "train-lora": _cmd_train_lora,
+    "train": _cmd_train,
     "embed": _cmd_embed,
 }
 
 
-FOLDER_OUTPUTS = ("build-tiny", "random-lora", "prepare", "class-images", "train-lora")
+FOLDER_OUTPUTS = ("build-tiny", "random-lora", "prepare", "class-images", "train")
 
 
 def _check_args(args) -> None:
     """What argparse cannot see, before any heavy import: a run must not train for an hour to
     find its output taken."""
+    if args.command == "train":
+        _personalization(args)
     if args.command == "generate":
         _guidance(args)
         _out_paths(args.out, _pair(args.prompt, args.seed)[1], overwrite=args.overwrite)

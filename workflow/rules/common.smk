@@ -24,6 +24,7 @@ except WigError as err:
     raise ValueError(f"config: {err}") from None
 
 MODELS, CONCEPTS, ENCODERS = list(STUDY.models), list(STUDY.concepts), STUDY.encoders
+FINETUNES = STUDY.finetune_pairs()  # (model, fine-tune): each has its runs, samples and tables
 EVAL = config["evaluation"]
 SAMPLING = canon(config["sampling"])
 # device and dtype change the numbers (slightly) and so are params; threads do not
@@ -41,7 +42,8 @@ wildcard_constraints:
     noun=_names(STUDY.classes),
     points=_names({name for m in STUDY.models.values() for name in m.point_chunks}),
     seeds=_names(STUDY.seed_chunks),
-    lseed=r"\d+",
+    finetune=_names({f for _, f in FINETUNES}),
+    fseed=r"\d+",
     encoder="dino|clip",
 
 
@@ -86,17 +88,18 @@ def get_concept_images(wildcards):
 
 def get_train_input(wildcards):
     inputs = get_model(wildcards) | {"instance": _path(rules.prepare, wildcards)}
-    if STUDY.models[wildcards.model].prior:
+    if STUDY.models[wildcards.model].finetunes[wildcards.finetune].method.prior:
         inputs["classes"] = _path(rules.class_images, wildcards, noun=STUDY.class_of(wildcards.concept))
     return inputs
 
 
 def get_generate_input(wildcards):
-    return get_model(wildcards) | {"lora": _path(rules.train_lora, wildcards)}
+    return get_model(wildcards) | {"run": _path(rules.train, wildcards)}
 
 
 def get_grid_samples(wildcards):
-    return [_path(rules.generate, job.wildcards) for job in STUDY.grid_jobs(wildcards.model, wildcards.concept)]
+    jobs = STUDY.grid_jobs(wildcards.model, wildcards.finetune, wildcards.concept)
+    return [_path(rules.generate, job.wildcards) for job in jobs]
 
 
 def get_encoder(wildcards):
@@ -120,4 +123,4 @@ def get_score_input(wildcards):
 
 
 def get_score_files(wildcards):
-    return [_path(rules.score, job.wildcards) for job in STUDY.generation_jobs(wildcards.model)]
+    return [_path(rules.score, job.wildcards) for job in STUDY.generation_jobs(wildcards.model, wildcards.finetune)]

@@ -59,11 +59,11 @@ rule embed_samples:
         unpack(get_encoder),
         images=rules.generate.output[0],
     output:
-        "results/{model}/embeddings/{encoder}/{concept}/lora{lseed}/{points}/seeds{seeds}.parquet",
+        "results/{model}/{finetune}/embeddings/{encoder}/{concept}/ft{fseed}/{points}/seeds{seeds}.parquet",
     log:
-        "logs/{model}/embed_samples/{encoder}/{concept}/lora{lseed}/{points}/seeds{seeds}.log",
+        "logs/{model}/{finetune}/embed_samples/{encoder}/{concept}/ft{fseed}/{points}/seeds{seeds}.log",
     benchmark:
-        "results/{model}/benchmarks/embed_samples/{encoder}/{concept}/lora{lseed}/{points}/seeds{seeds}.tsv"
+        "results/{model}/{finetune}/benchmarks/embed_samples/{encoder}/{concept}/ft{fseed}/{points}/seeds{seeds}.tsv"
     threads: config["runtime"]["threads"]
     resources:
         gpu=1,

@@ -1,16 +1,16 @@
-# Scores per generation job, then per model: tables with bootstrap CIs, paired comparisons
-# against CFG; figures across models.
+# Scores per generation job, then per (model, fine-tune): tables with bootstrap CIs, paired
+# comparisons against CFG; figures across them.
 
 
 rule score:
     input:
         unpack(get_score_input),
     output:
-        "results/{model}/scores/{concept}/lora{lseed}/{points}/seeds{seeds}.parquet",
+        "results/{model}/{finetune}/scores/{concept}/ft{fseed}/{points}/seeds{seeds}.parquet",
     log:
-        "logs/{model}/score/{concept}/lora{lseed}/{points}/seeds{seeds}.log",
+        "logs/{model}/{finetune}/score/{concept}/ft{fseed}/{points}/seeds{seeds}.log",
     benchmark:
-        "results/{model}/benchmarks/score/{concept}/lora{lseed}/{points}/seeds{seeds}.tsv"
+        "results/{model}/{finetune}/benchmarks/score/{concept}/ft{fseed}/{points}/seeds{seeds}.tsv"
     params:
         encoders=STUDY.encoder_ids(),
         metrics=list(STUDY.metrics),
@@ -22,29 +22,29 @@ rule aggregate:
     input:
         get_score_files,
     output:
-        scores="results/{model}/tables/scores.parquet",
-        table="results/{model}/tables/metrics.parquet",
+        scores="results/{model}/{finetune}/tables/scores.parquet",
+        table="results/{model}/{finetune}/tables/metrics.parquet",
         csv=report(
-            "results/{model}/tables/metrics.csv",
+            "results/{model}/{finetune}/tables/metrics.csv",
             caption="../report/metrics.rst",
             category="Tables",
-            labels={"model": "{model}", "table": "metrics"},
+            labels={"model": "{model}", "fine-tune": "{finetune}", "table": "metrics"},
         ),
-        md="results/{model}/tables/metrics.md",
-        paired="results/{model}/tables/paired_vs_cfg.parquet",
+        md="results/{model}/{finetune}/tables/metrics.md",
+        paired="results/{model}/{finetune}/tables/paired_vs_cfg.parquet",
         paired_csv=report(
-            "results/{model}/tables/paired_vs_cfg.csv",
+            "results/{model}/{finetune}/tables/paired_vs_cfg.csv",
             caption="../report/paired.rst",
             category="Tables",
-            labels={"model": "{model}", "table": "paired vs CFG"},
+            labels={"model": "{model}", "fine-tune": "{finetune}", "table": "paired vs CFG"},
         ),
-        paired_md="results/{model}/tables/paired_vs_cfg.md",
-        matched="results/{model}/tables/matched_text.parquet",
-        matched_md="results/{model}/tables/matched_text.md",
+        paired_md="results/{model}/{finetune}/tables/paired_vs_cfg.md",
+        matched="results/{model}/{finetune}/tables/matched_text.parquet",
+        matched_md="results/{model}/{finetune}/tables/matched_text.md",
     log:
-        "logs/{model}/aggregate.log",
+        "logs/{model}/{finetune}/aggregate.log",
     benchmark:
-        "results/{model}/benchmarks/aggregate.tsv"
+        "results/{model}/{finetune}/benchmarks/aggregate.tsv"
     params:
         n_boot=EVAL["bootstrap"],
         seed=EVAL["bootstrap_seed"],
@@ -54,7 +54,7 @@ rule aggregate:
 
 rule plots:
     input:
-        expand(rules.aggregate.output.table, model=MODELS),
+        [expand(rules.aggregate.output.table, model=m, finetune=f)[0] for m, f in FINETUNES],
     output:
         report(
             "results/plots/omega_ablation.png",
@@ -80,7 +80,7 @@ rule plots:
     log:
         "logs/plots.log",
     params:
-        models=MODELS,
+        labels=[f"{m}/{f}" for m, f in FINETUNES],
         protocol=EVAL.get("plot_protocol"),
     script:
         "../scripts/plots.py"

@@ -1,4 +1,5 @@
-# Personalization: class images per (model, class noun), DreamBooth-LoRA per (model, concept).
+# Personalization: class images per (model, class noun); one fine-tune run per (model, fine-tune,
+# concept, seed) with the method its `personalization:` entry names (wig.personalization).
 
 
 rule class_images:
@@ -21,21 +22,22 @@ rule class_images:
         "../scripts/class_images.py"
 
 
-rule train_lora:
+rule train:
     input:
         unpack(get_train_input),
     output:
-        directory("results/{model}/lora/{concept}/seed{lseed}"),
+        directory("results/{model}/{finetune}/runs/{concept}/ft{fseed}"),
     log:
-        "logs/{model}/train_lora/{concept}/seed{lseed}.log",
+        "logs/{model}/{finetune}/train/{concept}/ft{fseed}.log",
     benchmark:
-        "results/{model}/benchmarks/train_lora/{concept}/seed{lseed}.tsv"
+        "results/{model}/{finetune}/benchmarks/train/{concept}/ft{fseed}.tsv"
     threads: config["runtime"]["threads"]
     resources:
         gpu=1,
     params:
         model=get_model_ref,
-        settings=from_study(STUDY.train_settings),
+        method=from_study(STUDY.finetune_settings),
+        subject=from_study(STUDY.subject_prompts),
         runtime=RUNTIME,
     script:
-        "../scripts/train_lora.py"
+        "../scripts/train.py"

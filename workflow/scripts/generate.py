@@ -1,19 +1,19 @@
-"""All prompts × seeds of one (model, concept, LoRA seed, grid points, seed chunk) job (rule generate)."""
+"""All prompts × seeds of one (model, fine-tune, concept, its seed, grid points, seed chunk) job
+(rule generate)."""
 
 from wig.guidance import Guidance
+from wig.personalization import make
 from wig.personalization.checkpoints import WEAK
-from wig.personalization.lora import lora_checkpoints
 from wig.sampling.generation import generate_samples
-from wig.sampling.pipelines import attach_loras, load_pipeline
+from wig.sampling.pipelines import load_pipeline
 from wig.workflow.jobs import job, local_weights
 
 with job(snakemake) as log:
     p = snakemake.params
     points = {key: Guidance(**settings) for key, settings in p.guidance.items()}
     pipe = load_pipeline(local_weights(snakemake, p.model), device=p.runtime["device"], dtype=p.runtime["dtype"])
-    checkpoints = lora_checkpoints(snakemake.input.lora)
     weak = any(WEAK in g.required_adapters() for g in points.values())  # attach it only if a point uses it
-    attach_loras(pipe, checkpoints["full"], checkpoints["weak"] if weak else None)
+    weights = make(**p.method).attach(pipe, snakemake.input.run, weak=weak)
     s = p.sampling
     seeds = [int(seed) for seed in snakemake.wildcards.seeds.split("_")]
     manifest = generate_samples(
@@ -27,6 +27,7 @@ with job(snakemake) as log:
         steps=s["steps"],
         height=s["height"],
         width=s["width"],
+        weights=weights,
     )
     for key, guidance in points.items():
         row = manifest.filter(manifest["point"] == key).row(0, named=True)

@@ -1,4 +1,4 @@
-"""Same-seed image grid of one (model, concept): rows = grid points, columns = seed × prompt (rule grid)."""
+"""Same-seed image grid of one (model, fine-tune, concept): rows = grid points, columns = seed × prompt (rule grid)."""
 
 from pathlib import Path
 

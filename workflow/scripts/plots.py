@@ -1,4 +1,4 @@
-"""ω-ablation, λ-ablation and Pareto figures across models (rule plots)."""
+"""ω-ablation, λ-ablation and Pareto figures across (model, fine-tune)s (rule plots)."""
 
 import polars as pl
 
@@ -6,7 +6,7 @@ from wig.evaluation import plots
 from wig.workflow.jobs import job
 
 with job(snakemake, torch=False):
-    tables = {model: pl.read_parquet(path) for model, path in zip(snakemake.params.models, snakemake.input)}
+    tables = {label: pl.read_parquet(path) for label, path in zip(snakemake.params.labels, snakemake.input)}
     protocol = snakemake.params.protocol
     plots.omega_ablation(tables, "results/plots/omega_ablation", protocol)
     plots.lambda_ablation(tables, "results/plots/lambda_ablation", protocol)

@@ -13,6 +13,6 @@ with job(snakemake, torch=False) as log:
         snakemake.params.encoders,
         snakemake.output[0],
         metrics=snakemake.params.metrics,
-        lora_seed=int(w.lseed),
+        finetune_seed=int(w.fseed),
     )
     log.info("%d scores", len(scores))

@@ -16,7 +16,7 @@ the plain mean of the per-image scores.
 
 Confidence intervals: a percentile bootstrap over everything that was drawn at random —
 resample concepts with replacement, then, within each drawn concept, its prompts and its
-*replicates* (a replicate = a LoRA seed × a sampling seed: a fine-tune and the noise of an
+*replicates* (a replicate = a fine-tune seed × a sampling seed: a fine-tune and the noise of an
 image) independently with replacement (the pigeonhole bootstrap of a crossed prompt × replicate
 design), recompute the cell; 95 % interval of ``n_boot`` draws. Paired comparisons apply the same
 bootstrap to per-image differences between a method and CFG on the same (concept, LoRA,
@@ -42,8 +42,8 @@ def point_keys() -> tuple[str, ...]:
     return tuple(point_schema())
 
 
-IMAGE_KEYS = ("concept", "lora_seed", "prompt_index", "seed")
-REPLICATE_KEYS = ("lora_seed", "seed")
+IMAGE_KEYS = ("concept", "finetune_seed", "prompt_index", "seed")
+REPLICATE_KEYS = ("finetune_seed", "seed")
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -199,7 +199,7 @@ def score_job(
     encoders: dict,
     out,
     metrics: Sequence[str] | None = None,
-    lora_seed: int = 0,
+    finetune_seed: int = 0,
 ) -> pl.DataFrame:
     """Score one generation job from its files and write the scores to ``out`` (Parquet).
 
@@ -208,7 +208,7 @@ def score_job(
     to the concept's references and ``{kind}_texts`` to its prompt texts; ``encoders`` maps a kind
     to the encoder id its files must carry. Every file is checked (encoder, width, the images of
     the manifest) before anything is written. Pixel metrics give one value per image, the same in
-    every protocol's row. ``lora_seed`` is the seed of the LoRA the images were sampled with.
+    every protocol's row. ``finetune_seed`` is the seed of the fine-tune run the images were sampled with.
     """
     from pathlib import Path
 
@@ -236,7 +236,7 @@ def score_job(
         scores = score_samples(manifest, concept, frames, metrics)
     else:
         scores = unscored_rows(manifest, concept)
-    scores = scores.with_columns(pl.lit(lora_seed, dtype=pl.Int64).alias("lora_seed"))
+    scores = scores.with_columns(pl.lit(finetune_seed, dtype=pl.Int64).alias("finetune_seed"))
     if any(REGISTRY[m].reads == "pixels" for m in metrics):
         from PIL import Image
 
@@ -263,7 +263,7 @@ def _cube(frame: pl.DataFrame, value: str) -> np.ndarray:
         if len(part) != n_p * n_r:
             raise WigError(
                 f"concept {part['concept'][0]}: {len(part)} images for {n_p} prompts × {n_r} "
-                f"(LoRA seed, seed) replicates — every prompt needs every replicate once"
+                f"(fine-tune seed, seed) replicates — every prompt needs every replicate once"
             )
         out[c, :n_p, :n_r] = part[value].to_numpy().reshape(n_p, n_r)
     return out
@@ -302,7 +302,7 @@ def aggregate(scores: pl.DataFrame, n_boot: int = 1000, seed: int = 0) -> pl.Dat
             row[metric] = _cell(m)
             row[f"{metric}_lo"], row[f"{metric}_hi"] = _bootstrap(m, n_boot, rng)
         row["n_concepts"] = group["concept"].n_unique()
-        row["n_lora_seeds"] = group["lora_seed"].n_unique()
+        row["n_finetune_seeds"] = group["finetune_seed"].n_unique()
         row["n_images"] = len(group)
         rows.append(row)
     return pl.DataFrame(rows).sort("protocol", "method", "scale", *(k for k in keys if k not in ("method", "scale")))
@@ -321,7 +321,7 @@ def reference_points(points: pl.DataFrame) -> dict[tuple, tuple]:
 
 
 def paired_vs_cfg(scores: pl.DataFrame, n_boot: int = 1000, seed: int = 0) -> pl.DataFrame:
-    """Mean difference (method − CFG) per metric on the same (concept, LoRA seed, prompt, seed)
+    """Mean difference (method − CFG) per metric on the same (concept, fine-tune seed, prompt, seed)
     noise, with the bootstrap CI; one row per (protocol, non-CFG grid point)."""
     rng = np.random.default_rng(seed)
     keys = point_keys()

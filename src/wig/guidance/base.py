@@ -8,8 +8,8 @@ With a LoRA, θ' = θ + ΔW and θω = ω·θ' + (1−ω)·θ = θ + ω·ΔW is 
 branch of every method is "base + Σ scale·ΔW" and all branches of a step run as one batched
 forward (`wig.personalization.lora.LoraScales`).
 
-A method is a frozen dataclass whose fields are its parameters (each with a default and, in its
-metadata, bounds or choices and a one-line doc) registered under its ``name``. The sampler, the
+A method is a frozen dataclass whose fields are its parameters (`wig.settings.param`: a default,
+bounds or choices and a one-line doc) registered under its ``name``. The sampler, the
 grid, the study, the manifests, the tables, the plots and the CLI ask the registry; no other
 module names a method.
 """
@@ -17,11 +17,12 @@ module names a method.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
 from wig.errors import WigError
+from wig.settings import check_settings, settings_of, type_name
+from wig.settings import param as param  # re-exported: the methods declare their parameters with it
 
 if TYPE_CHECKING:
     import torch
@@ -34,12 +35,6 @@ def canonical(x: float) -> str:
     """The shortest decimal of ``x`` after rounding away float noise: ``0.1 * 3`` and ``0.3`` name
     the same folder."""
     return repr(round(float(x), 9) + 0.0)  # + 0.0 turns -0.0 into 0.0
-
-
-def param(default: Any, doc: str, low: float | None = None, high: float | None = None, choices: tuple = ()):
-    """A method parameter: its default, a one-line doc (CLI help, schema docs), its closed bounds
-    or its choices."""
-    return dataclasses.field(default=default, metadata={"doc": doc, "low": low, "high": high, "choices": choices})
 
 
 @dataclass(frozen=True)
@@ -67,24 +62,7 @@ class GuidanceMethod:
     reference_line: ClassVar[str | None] = None  # drawn as a reference in the ω-ablation (a line style)
 
     def __post_init__(self):
-        for f in dataclasses.fields(self):
-            value, meta = getattr(self, f.name), f.metadata
-            if meta.get("choices"):
-                if value not in meta["choices"]:
-                    options = " or ".join(repr(c) for c in meta["choices"])
-                    raise WigError(f"{f.name} must be {options}, got {value!r}")
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise WigError(f"{self.name}: {f.name} must be a number, got {value!r}")
-            if not math.isfinite(value):
-                if meta.get("low") is not None and meta.get("high") is not None:
-                    raise WigError(f"{f.name} must lie in [{meta['low']:g}, {meta['high']:g}], got {value}")
-                raise WigError(f"{f.name} must be finite, got {value}")
-            low, high = meta.get("low"), meta.get("high")
-            if (low is not None and value < low) or (high is not None and value > high):
-                bounds = f"[{low:g}, {high:g}]" if low is not None and high is not None else f"≥ {low:g}"
-                raise WigError(f"{f.name} must lie in {bounds}, got {value}")
-            object.__setattr__(self, f.name, float(value))
+        check_settings(self, self.name)
 
     # --- what a step does --------------------------------------------------------------------
 
@@ -122,7 +100,7 @@ class GuidanceMethod:
 
     def settings(self) -> dict[str, Any]:
         """``{"method": name, **parameters}``: what `make` takes back (a job's params)."""
-        return {"method": self.name, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
+        return {"method": self.name, **settings_of(self)}
 
     def __str__(self) -> str:
         values = ", ".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self))
@@ -190,7 +168,7 @@ def point_schema() -> dict:
     import polars as pl
 
     dtypes = {"float": pl.Float64, "str": pl.String, "int": pl.Int64}
-    return {"method": pl.String, **{n: dtypes[str(getattr(f.type, "__name__", f.type))] for n, f in columns().items()}}
+    return {"method": pl.String, **{n: dtypes[type_name(f)] for n, f in columns().items()}}
 
 
 def point_columns(guidance: GuidanceMethod) -> dict[str, Any]:

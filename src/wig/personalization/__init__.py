@@ -1,1 +1,36 @@
-"""Personalization: fine-tuning a model on a subject, and realising each guidance branch's weights."""
+"""Personalization methods, one module each (``wig/personalization/<method>.py``), behind one
+registry (`wig.personalization.base`): how a run fine-tunes a model on a subject (writing the
+full and the weak checkpoint), how it attaches to a pipeline and how each guidance branch's
+weights θω are realised.
+
+    db-lora   DreamBooth-LoRA with prior preservation (the paper's method); θω = the LoRA at scale ω
+
+A new method is a module with a registered `PersonalizationMethod` subclass; importing it here is
+all it takes for config, the study, the train rule and the CLI.
+
+Only the light declarations are imported here (no torch): the study reads the registry when
+Snakemake parses the workflow. Training and loading code is imported by the method when it runs.
+"""
+
+from wig.personalization import db_lora  # noqa: F401  (registers the shipped methods)
+from wig.personalization.base import (
+    REGISTRY,
+    BranchWeights,
+    PersonalizationMethod,
+    Subject,
+    make,
+    method_class,
+    register,
+    scales_of,
+)
+
+__all__ = [
+    "REGISTRY",
+    "BranchWeights",
+    "PersonalizationMethod",
+    "Subject",
+    "make",
+    "method_class",
+    "register",
+    "scales_of",
+]

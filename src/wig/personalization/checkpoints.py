@@ -6,5 +6,6 @@ import the guidance methods: a change to how guidance combines branches must not
 change to training (the rules' code hashes follow imports, ``wig.workflow.provenance``).
 """
 
-FULL = "full"  # adapter name of the fine-tuned LoRA (θ' = θ + ΔW)
-WEAK = "weak"  # adapter name of the weak (early) LoRA checkpoint used by AG
+FULL = "full"  # the fine-tuned checkpoint θ' (for a LoRA: its adapter name, θ' = θ + ΔW)
+WEAK = "weak"  # the weak (early) checkpoint, AG's weak model
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # a diffusers LoRA folder's file

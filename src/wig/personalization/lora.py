@@ -19,18 +19,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from wig.errors import WigError
-from wig.personalization.checkpoints import FULL, WEAK
+from wig.personalization.base import BranchWeights
+from wig.personalization.checkpoints import FULL, LORA_WEIGHT_NAME, WEAK
 from wig.sampling.families import SD, family_of
 
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 # "<module>.lora_A.weight" (PEFT) or "<module>.lora.down.weight" (diffusers); A/down: (rank, in)
 _PEFT_OR_DIFFUSERS = re.compile(r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora\.down|lora\.up)\.weight$")
-
-
-def lora_checkpoints(out: str | os.PathLike) -> dict[str, Path]:
-    """The full and weak checkpoint files of a training run's folder (``wig.personalization.training``)."""
-    out = Path(out)
-    return {name: out / name / LORA_WEIGHT_NAME for name in (FULL, WEAK)}
 
 
 class LoraError(WigError):
@@ -154,6 +148,37 @@ def adapter_names(pipe) -> set[str]:
     return {name for names in pipe.get_list_adapters().values() for name in names}
 
 
+def attach_loras(pipe, lora: str | os.PathLike | None = None, weak_lora: str | os.PathLike | None = None) -> None:
+    """Load the fine-tuned LoRA as adapter ``full`` and the weak checkpoint as ``weak`` (files or
+    diffusers folders, e.g. any LoRA trained with diffusers' scripts); the sampler runs both at
+    per-branch scales (`LoraBranchWeights`)."""
+    if weak_lora is not None and lora is None:
+        raise LoraError("a weak LoRA needs the full LoRA too (--lora)")
+    for path, name in ((lora, FULL), (weak_lora, WEAK)):
+        if path is not None:
+            load_lora(pipe, path, name)
+
+
+class LoraBranchWeights(BranchWeights):
+    """Branch weights from the pipeline's LoRA adapters: θ + Σ_k s_k·ΔW_k is adapter k at scale
+    s_k, per sample (`LoraScales`), so all branches of a step share one batched forward. The
+    default of the sampler: a pipeline with LoRAs loaded by plain diffusers code works as is."""
+
+    def attached(self, pipe) -> set[str]:
+        return adapter_names(pipe)
+
+    def prepare(self, pipe) -> None:
+        loaded = sorted(adapter_names(pipe))
+        if loaded:  # branch scales replace adapter weights: every adapter runs, at weight 1
+            pipe.set_adapters(loaded, adapter_weights=[1.0] * len(loaded))
+
+    def text_encoder(self, pipe) -> LoraScales:
+        return LoraScales([pipe.text_encoder])
+
+    def denoiser(self, pipe) -> LoraScales:
+        return LoraScales([family_of(pipe).denoiser(pipe)])
+
+
 class LoraScales:
     """Per-sample, per-adapter LoRA scales for batched forwards of ``modules``.
 
@@ -169,7 +194,8 @@ class LoraScales:
         self._handles: list = []
 
     @property
-    def has_lora(self) -> bool:
+    def has_effect(self) -> bool:
+        """Whether any LoRA layer is among the modules (else `set` changes nothing)."""
         return bool(self._layers)
 
     def set(self, scales: Mapping[str, torch.Tensor]) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import polars as pl
 import torch
@@ -33,37 +33,11 @@ from wig.personalization.lora import save_lora
 from wig.sampling.families import Text, family_of
 from wig.workflow.atomic import atomic_dir
 
+if TYPE_CHECKING:
+    from wig.personalization.base import Subject
+    from wig.personalization.db_lora import DreamBoothLoRA
+
 ADAPTER = "wig_train"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    instance_prompt: str
-    class_prompt: str | None = None
-    prior_weight: float = 1.0
-    steps: int = 500
-    weak_step: int = 100
-    rank: int = 4
-    lr: float = 1e-4
-    resolution: int = 512
-    seed: int = 0
-    mixed_precision: str = "no"  # "no", "fp16", "bf16"
-    gradient_checkpointing: bool = False
-    max_grad_norm: float = 1.0
-
-    def __post_init__(self):
-        if self.steps < 1:
-            raise WigError(f"steps must be ≥ 1, got {self.steps}")
-        if not 1 <= self.weak_step < self.steps:
-            raise WigError(f"weak_step must lie in [1, steps), got {self.weak_step} with steps={self.steps}")
-        if self.rank < 1:
-            raise WigError(f"rank must be ≥ 1, got {self.rank}")
-        if self.prior_weight < 0:
-            raise WigError(f"prior_weight must be ≥ 0, got {self.prior_weight}")
-        if self.resolution % 8:
-            raise WigError(f"resolution must be a multiple of 8, got {self.resolution}")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise WigError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
 
 
 def pixel_tensor(images, resolution: int) -> torch.Tensor:
@@ -99,25 +73,27 @@ class _Data:
 
 def train_lora(
     pipe,
-    instance_images,
+    subject: Subject,
     out: str | os.PathLike,
-    config: TrainConfig,
-    class_images=None,
+    config: DreamBoothLoRA,
+    seed: int = 0,
     progress: bool = True,
     overwrite: bool = False,
 ):
-    """Train a DreamBooth LoRA on ``pipe``'s denoiser; write ``out/{full,weak}/`` + ``out/log.parquet``.
+    """Train a DreamBooth LoRA on ``pipe``'s denoiser; write ``out/{full,weak}/``,
+    ``out/log.parquet`` and ``out/config.json`` (the settings, the prompts and the seed).
 
-    ``pipe`` is a loaded (base) pipeline; it is left without the training adapter.
+    ``pipe`` is a loaded (base) pipeline; it is left without the training adapter. Prior
+    preservation runs when the subject has class images and ``prior_weight`` > 0.
     Returns the training log as a polars DataFrame.
     """
     from accelerate import Accelerator
     from peft import LoraConfig
 
-    prior = class_images is not None and config.prior_weight > 0
-    if prior and not config.class_prompt:
+    prior = subject.class_images is not None and config.prior_weight > 0
+    if prior and not subject.class_prompt:
         raise WigError("prior preservation needs a class prompt")
-    if not instance_images:
+    if not subject.images:
         raise WigError("no instance images")
     family = family_of(pipe)
     model, vae = family.denoiser(pipe), pipe.vae
@@ -127,18 +103,18 @@ def train_lora(
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=model.device.type == "cpu")
     device = accelerator.device
     noise_scheduler = family.noise_scheduler(pipe)
-    gen = torch.Generator("cpu").manual_seed(config.seed)
+    gen = torch.Generator("cpu").manual_seed(seed)
     for module in (model, vae, pipe.text_encoder):
         module.requires_grad_(False)
     scaling = vae.config.scaling_factor
 
-    inst = _Data(*family.latent_dist(vae, pixel_tensor(instance_images, config.resolution)), gen)
-    text = family.encode(pipe, [config.instance_prompt])
+    inst = _Data(*family.latent_dist(vae, pixel_tensor(subject.images, config.resolution)), gen)
+    text = family.encode(pipe, [subject.prompt])
     if prior:
-        cls = _Data(*family.latent_dist(vae, pixel_tensor(class_images, config.resolution)), gen)
-        text = Text.cat([text, family.encode(pipe, [config.class_prompt])])
+        cls = _Data(*family.latent_dist(vae, pixel_tensor(subject.class_images, config.resolution)), gen)
+        text = Text.cat([text, family.encode(pipe, [subject.class_prompt])])
 
-    torch.manual_seed(config.seed)  # LoRA init (PEFT draws lora_A from the global generator)
+    torch.manual_seed(seed)  # LoRA init (PEFT draws lora_A from the global generator)
     model.add_adapter(
         LoraConfig(
             r=config.rank,
@@ -163,7 +139,7 @@ def train_lora(
     start = time.perf_counter()
     try:
         with atomic_dir(out, overwrite=overwrite) as tmp:
-            for step in tqdm(range(1, config.steps + 1), desc="train_lora", disable=not progress):
+            for step in tqdm(range(1, config.steps + 1), desc="train", disable=not progress):
                 latents = inst.draw()
                 if prior:
                     latents = torch.cat([latents, cls.draw()])
@@ -194,7 +170,7 @@ def train_lora(
             save_lora(pipe, ADAPTER, tmp / "full")
             log = pl.DataFrame(rows, schema=LOG_SCHEMA)
             log.write_parquet(tmp / "log.parquet")
-            (tmp / "config.json").write_text(_json(config))
+            (tmp / "config.json").write_text(run_config(config, subject, seed, prior))
     finally:
         model.delete_adapters(ADAPTER)
         if config.gradient_checkpointing:
@@ -203,10 +179,12 @@ def train_lora(
     return log
 
 
-def _json(config: TrainConfig) -> str:
+def run_config(method, subject: Subject, seed: int, prior: bool) -> str:
+    """A run's ``config.json``: the method and its settings, the prompts and the seed."""
     import json
 
-    return json.dumps(asdict(config), indent=2, sort_keys=True)
+    prompts = {"instance_prompt": subject.prompt, "class_prompt": subject.class_prompt if prior else None}
+    return json.dumps({**method.settings(), **prompts, "seed": seed}, indent=2, sort_keys=True)
 
 
 LOG_SCHEMA = {

@@ -18,6 +18,7 @@ import torch
 from wig.concepts import save_png
 from wig.errors import WigError
 from wig.guidance import GuidanceMethod, point_columns, point_schema
+from wig.personalization.base import BranchWeights
 from wig.sampling.sampler import SamplingError, sample
 from wig.workflow.atomic import atomic_dir
 from wig.workflow.provenance import versions
@@ -48,6 +49,7 @@ def generate_samples(
     out: str | os.PathLike,
     batch_size: int = 8,
     progress: bool = True,
+    weights: BranchWeights | None = None,
     **sampling,
 ) -> pl.DataFrame:
     """Write every point × seed × prompt image and ``manifest.parquet`` into ``out``.
@@ -56,6 +58,7 @@ def generate_samples(
     are ``s{seed}_p{i:02d}.png`` in ``out``; several points' go below ``out/{key}/``. Every image
     starts from the latent of ``wig generate --seed <seed>``: the noise depends on the seed
     alone, never on the method, ω or λ, so all methods are compared on the same noise.
+    ``weights``: how the attached fine-tune realises each branch (`wig.sampling.sampler.sample`).
     """
     if not points:
         raise WigError(f"{out}: a generation job needs at least one grid point")
@@ -73,7 +76,13 @@ def generate_samples(
                 generators = [torch.Generator("cpu").manual_seed(seed) for seed, _, _ in chunk]
                 try:
                     images += sample(
-                        pipe, [p for _, _, p in chunk], guidance, generators, progress=progress, **sampling
+                        pipe,
+                        [p for _, _, p in chunk],
+                        guidance,
+                        generators,
+                        progress=progress,
+                        weights=weights,
+                        **sampling,
                     )
                 except SamplingError as err:
                     raise SamplingError(f"grid point {key}: {err}") from None

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from wig.errors import WigError
-from wig.personalization.checkpoints import FULL, WEAK
-from wig.personalization.lora import LoraError, load_lora
 from wig.sampling.families import SD, family_of
 from wig.workflow.gpus import resolve_device
 
@@ -72,15 +69,3 @@ def _no_safety_checker(path: Path) -> dict:
     if path.exists() and "safety_checker" not in json.loads((path / "model_index.json").read_text()):
         return {}
     return {"safety_checker": None}
-
-
-def attach_loras(pipe, lora: str | os.PathLike | None = None, weak_lora: str | os.PathLike | None = None) -> None:
-    """Load the fine-tuned LoRA as adapter ``full`` and the weak checkpoint as ``weak``.
-
-    The sampler runs both at per-branch scales (`wig.personalization.lora.LoraScales`).
-    """
-    if weak_lora is not None and lora is None:
-        raise LoraError("a weak LoRA needs the full LoRA too (--lora)")
-    for path, name in ((lora, FULL), (weak_lora, WEAK)):
-        if path is not None:
-            load_lora(pipe, path, name)

@@ -3,8 +3,10 @@
 For P images and K branches the batch is branch-major, ``[branch 0 × P, branch 1 × P, …]``,
 the layout stock diffusers uses for CFG (``[uncond × P, cond × P]``), so `cfg` reproduces
 ``StableDiffusionPipeline.__call__`` and ``SanaPipeline.__call__`` operation for operation (the
-family-specific calls live in `wig.sampling.families`). LoRA branches differ only in per-sample adapter
-scales (`wig.personalization.lora.LoraScales`): no second UNet or transformer is held in memory.
+family-specific calls live in `wig.sampling.families`). Branches differ only in the coefficients
+of the attached checkpoints, which a personalization method realises per sample
+(`wig.personalization.base.BranchWeights`; for a LoRA, per-sample adapter scales,
+`wig.personalization.lora.LoraBranchWeights`): no second UNet or transformer is held in memory.
 
 Usable from plain diffusers code::
 
@@ -25,9 +27,10 @@ from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
 from wig.errors import WigError
-from wig.guidance import NEGATIVE, PROMPT, Branch, GuidanceMethod
+from wig.guidance import NEGATIVE, PROMPT, GuidanceMethod
+from wig.personalization.base import BranchWeights, scales_of
 from wig.personalization.checkpoints import FULL, WEAK
-from wig.personalization.lora import LoraScales, adapter_names
+from wig.personalization.lora import LoraBranchWeights
 from wig.sampling.families import NonFiniteError, Text, check_finite, check_options, family_of
 
 
@@ -49,14 +52,14 @@ class Request:
     extra_texts: dict = field(default_factory=dict)
 
 
-def _check(pipe, guidance: GuidanceMethod, request: Request) -> None:
+def _check(pipe, guidance: GuidanceMethod, request: Request, weights: BranchWeights) -> None:
     if len(request.prompts) != len(request.generators):
         raise SamplingError(
             f"{len(request.prompts)} prompts but {len(request.generators)} generators: one generator per image"
         )
     if request.steps < 1:
         raise SamplingError(f"steps must be ≥ 1, got {request.steps}")
-    loaded = adapter_names(pipe)
+    loaded = weights.attached(pipe)
     what = {FULL: "a fine-tuned LoRA", WEAK: "the weak (early) LoRA checkpoint"}
     flags = {FULL: "--lora", WEAK: "--weak-lora"}
     missing = sorted(guidance.required_adapters() - loaded)
@@ -90,15 +93,6 @@ def _check(pipe, guidance: GuidanceMethod, request: Request) -> None:
             )
 
 
-def _branch_scales(branches: Sequence[Branch], n: int, device) -> dict[str, torch.Tensor]:
-    """Per-sample scale vectors, branch-major, for every adapter a branch names."""
-    names = {name for b in branches for name in b.scales}
-    return {
-        name: torch.tensor([b.scales.get(name, 0.0) for b in branches for _ in range(n)], device=device)
-        for name in names
-    }
-
-
 def _ddim_pp_step(scheduler, guided: torch.Tensor, renoise: torch.Tensor, t, x: torch.Tensor) -> torch.Tensor:
     """Deterministic DDIM update with x̂0 from ``guided`` and re-noising with ``renoise``.
 
@@ -127,17 +121,20 @@ def _x0_eps(pred: torch.Tensor, x: torch.Tensor, a_t, prediction_type: str):
 
 
 @torch.no_grad()
-def sample_latents(pipe, guidance: GuidanceMethod, request: Request, progress: bool = True) -> torch.Tensor:
+def sample_latents(
+    pipe, guidance: GuidanceMethod, request: Request, progress: bool = True, weights: BranchWeights | None = None
+) -> torch.Tensor:
     """Run the guided reverse process; returns the final latents (P, C, h, w).
 
-    Leaves every loaded LoRA adapter active at weight 1 (per-branch scales are applied inside).
+    ``weights`` realises each branch's checkpoint coefficients (what the personalization
+    method's ``attach`` returned; default: the pipeline's LoRA adapters, which it leaves active
+    at weight 1 — per-branch scales are applied inside).
     """
-    _check(pipe, guidance, request)
+    weights = weights or LoraBranchWeights()
+    _check(pipe, guidance, request, weights)
     family = family_of(pipe)
     model, scheduler = family.denoiser(pipe), pipe.scheduler
-    loaded = sorted(adapter_names(pipe))
-    if loaded:  # branch scales replace adapter weights: every adapter runs, at weight 1
-        pipe.set_adapters(loaded, adapter_weights=[1.0] * len(loaded))
+    weights.prepare(pipe)
     device = model.device
     branches = guidance.branches()
     n = len(request.prompts)
@@ -145,12 +142,12 @@ def sample_latents(pipe, guidance: GuidanceMethod, request: Request, progress: b
     height = default if request.height is None else request.height
     width = default if request.width is None else request.width
 
-    with LoraScales([pipe.text_encoder]) as text_scales:
-        # one encoder pass per distinct text condition (and per scale set if the text encoder has a LoRA)
+    with weights.text_encoder(pipe) as text_scales:
+        # one encoder pass per distinct text condition (and per weight set if the fine-tune changes the text encoder)
         cache: dict = {}
         parts = []
         for b in branches:
-            key = (b.text, tuple(sorted(b.scales.items())) if text_scales.has_lora else None)
+            key = (b.text, tuple(sorted(b.scales.items())) if text_scales.has_effect else None)
             if key not in cache:
                 if b.text == PROMPT:
                     texts = request.prompts
@@ -158,8 +155,8 @@ def sample_latents(pipe, guidance: GuidanceMethod, request: Request, progress: b
                     texts = [request.negative_prompt] * n
                 else:
                     texts = list(request.extra_texts[b.text])
-                # the branch's LoRA scales matter only when the text encoder carries a LoRA
-                text_scales.set(_branch_scales([b], n, pipe.text_encoder.device))
+                # the branch's weights matter only when the fine-tune changes the text encoder
+                text_scales.set(scales_of([b], n, pipe.text_encoder.device))
                 cache[key] = family.encode(pipe, texts, cond=b.text != NEGATIVE, **request.text_options)
             parts.append(cache[key])
     text = Text.cat(parts)
@@ -176,8 +173,8 @@ def sample_latents(pipe, guidance: GuidanceMethod, request: Request, progress: b
         step_kwargs["generator"] = request.generators
 
     k = len(branches)
-    with LoraScales([model]) as model_scales:
-        model_scales.set(_branch_scales(branches, n, device))
+    with weights.denoiser(pipe) as model_scales:
+        model_scales.set(scales_of(branches, n, device))
         for i, t in enumerate(tqdm(scheduler.timesteps, desc=f"{guidance.method}", disable=not progress, leave=False)):
             x_in = torch.cat([latents] * k) if k > 1 else latents
             x_in = scheduler.scale_model_input(x_in, t)
@@ -217,11 +214,13 @@ def sample(
     generators: Sequence[torch.Generator],
     progress: bool = True,
     output_type: str = "pil",
+    weights: BranchWeights | None = None,
     **kwargs,
 ):
-    """Guided images for ``prompts``, one generator per image. ``kwargs``: see `Request`."""
+    """Guided images for ``prompts``, one generator per image. ``weights``: see `sample_latents`;
+    ``kwargs``: see `Request`."""
     request = Request(prompts=list(prompts), generators=list(generators), **kwargs)
-    latents = sample_latents(pipe, guidance, request, progress=progress)
+    latents = sample_latents(pipe, guidance, request, progress=progress, weights=weights)
     try:
         return decode(pipe, latents, output_type)
     except NonFiniteError as err:

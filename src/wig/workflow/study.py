@@ -3,10 +3,11 @@ jobs and the canonical names their results are filed under.
 
 The workflow (``workflow/rules/common.smk``) validates the config against its schema, builds one
 `Study` and asks it for everything the DAG needs; nothing about the study is decided in the
-Snakefiles. So every rule of the study — base-model chains, training-setting merges, chunking,
+Snakefiles. So every rule of the study — base-model chains, fine-tune setting merges, chunking,
 class folders, and every config error — is testable in plain Python, without Snakemake.
 
-Names are the wildcard values of result paths: ``lseed`` (a LoRA seed), ``points`` (a generation
+Names are the wildcard values of result paths: ``finetune`` (a ``personalization:`` entry's
+name), ``fseed`` (its seed), ``points`` (a generation
 job's grid points: ``{method}/{point}`` for one, ``points{k}`` for several, `wig.guidance.grid.job_chunks`),
 ``seeds`` (its sampling seeds joined by ``_``) and ``noun`` (a class-image folder). They are made
 here once, canonically, so one setting always names one folder.
@@ -14,6 +15,7 @@ here once, canonically, so one setting always names one folder.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -28,6 +30,8 @@ from wig.evaluation.metrics import REGISTRY as METRICS
 from wig.evaluation.metrics import enabled_metrics
 from wig.guidance import GuidanceMethod
 from wig.guidance.grid import expand, job_chunks
+from wig.personalization import PersonalizationMethod, method_class
+from wig.personalization import make as make_method
 from wig.workflow.provenance import encoder_id
 
 
@@ -63,6 +67,21 @@ def class_slug(noun: str) -> str:
     return f"{readable}-{digest}" if readable else digest
 
 
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a fine-tune's name: one path component
+# what else lives in results/<model>/: a fine-tune must not be named like it
+MODEL_FOLDERS = ("model", "pretrain", "tables", "benchmarks", "class_images", "weights.json")
+
+
+@dataclass(frozen=True)
+class Finetune:
+    """One ``personalization:`` entry as a model runs it: its name (a path component), the method
+    with its settings (the global entry with the model's overrides on top) and its seeds."""
+
+    name: str
+    method: PersonalizationMethod
+    seeds: tuple[int, ...]  # each (model, concept) is fine-tuned once per seed
+
+
 @dataclass(frozen=True)
 class Model:
     """One ``models:`` entry, resolved: where its weights come from and how it is fine-tuned."""
@@ -72,8 +91,7 @@ class Model:
     root: str  # the entry whose weights it uses: itself, or the end of its `base:` chain
     root_spec: Mapping[str, Any]
     family: str  # sd | sana (wig.sampling.families)
-    training: Mapping[str, Any]  # the global training settings with the model's own on top
-    lora_seeds: tuple[int, ...]  # each (model, concept) is fine-tuned once per seed
+    finetunes: Mapping[str, Finetune]  # by name, config order
     points: tuple[GuidanceMethod, ...]  # the guidance grid its family's sampler can run
     point_chunks: Mapping[str, tuple[GuidanceMethod, ...]]  # generation jobs' points by their name
 
@@ -87,21 +105,22 @@ class Model:
 
     @property
     def prior(self) -> bool:
-        """Whether its fine-tunes use prior preservation (and so class images)."""
-        return self.training["prior_weight"] > 0
+        """Whether any of its fine-tunes uses prior preservation (and so class images)."""
+        return any(f.method.prior for f in self.finetunes.values())
 
 
 @dataclass(frozen=True)
 class TrainingRun:
-    """One fine-tune: a (model, concept, LoRA seed); it writes the full and the weak checkpoint."""
+    """One fine-tune run: a (model, fine-tune, concept, seed); it writes the full and the weak checkpoint."""
 
     model: str
+    finetune: str
     concept: str
-    lora_seed: int
+    seed: int
 
     @property
     def wildcards(self) -> dict[str, str]:
-        return {"model": self.model, "concept": self.concept, "lseed": str(self.lora_seed)}
+        return {"model": self.model, "finetune": self.finetune, "concept": self.concept, "fseed": str(self.seed)}
 
 
 @dataclass(frozen=True)
@@ -110,8 +129,9 @@ class GenerationJob:
     one model load. Its embedding and scoring jobs have the same wildcards."""
 
     model: str
+    finetune: str
     concept: str
-    lora_seed: int
+    finetune_seed: int
     points: str  # the chunk's name
     seeds: str
 
@@ -119,8 +139,9 @@ class GenerationJob:
     def wildcards(self) -> dict[str, str]:
         return {
             "model": self.model,
+            "finetune": self.finetune,
             "concept": self.concept,
-            "lseed": str(self.lora_seed),
+            "fseed": str(self.finetune_seed),
             "points": self.points,
             "seeds": self.seeds,
         }
@@ -177,7 +198,8 @@ class Study:
         classes: dict[str, str] = {}
         for concept in concepts.values():
             classes.setdefault(class_slug(concept.class_noun), concept.class_noun)
-        models = {name: _model(config, name, points) for name in sorted(config["models"])}
+        finetunes = _finetunes(config["personalization"])
+        models = {name: _model(config, name, points, finetunes) for name in sorted(config["models"])}
         encoders = {kind: {"kind": kind, **spec} for kind, spec in config["encoders"].items()}
         metrics = tuple(_metrics(config, encoders))
         return cls(config, models, concepts, prompts, points, seed_chunks, classes, encoders, metrics)
@@ -212,7 +234,7 @@ class Study:
 
     # --- a job's settings (its params) --------------------------------------------------------
     # Each takes the wildcard values of the job by their names (``model``, ``concept``, ``noun``,
-    # ``lseed``, ``points``, ``encoder``), so the workflow passes them straight through.
+    # ``finetune``, ``fseed``, ``points``, ``encoder``), so the workflow passes them straight through.
 
     def model_spec(self, model: str) -> dict:
         return canon(self.models[model].spec)
@@ -244,7 +266,9 @@ class Study:
 
     def class_image_settings(self, model: str, noun: str) -> dict:
         settings = self.config["class_images"]
-        resolution = self.models[model].training["resolution"]
+        # one set per (model, class) serves every prior-preserving fine-tune: drawn at the largest
+        # resolution among them (training resizes)
+        resolution = max(f.method.resolution for f in self.models[model].finetunes.values() if f.method.prior)
         return canon(
             {
                 "prompt": self.class_prompt(self.classes[noun]),
@@ -254,24 +278,26 @@ class Study:
             }
         )
 
-    def train_settings(self, model: str, concept: str, lseed: str | int) -> dict:
+    def finetune_settings(self, model: str, finetune: str) -> dict:
+        """The fine-tune's method and settings (``make`` takes them back)."""
+        return canon(self.models[model].finetunes[finetune].method.settings())
+
+    def subject_prompts(self, model: str, finetune: str, concept: str) -> dict:
+        """A run's instance prompt and, with prior preservation, its class prompt."""
         ds = self.config["dataset"]
         subject = self.concepts[concept]
-        return canon(
-            {
-                "instance_prompt": ds["instance_prompt"].format(subject.subject(ds["identifier"])),
-                "class_prompt": self.class_prompt(subject.class_noun) if self.models[model].prior else None,
-                **self.models[model].training,
-                "seed": int(lseed),
-            }
-        )
+        prior = self.models[model].finetunes[finetune].method.prior
+        return {
+            "prompt": ds["instance_prompt"].format(subject.subject(ds["identifier"])),
+            "class_prompt": self.class_prompt(subject.class_noun) if prior else None,
+        }
 
     def guidance_of(self, model: str, points: str) -> dict:
         """A generation job's points: {point key: guidance settings}."""
         return canon({p.key: p.settings() for p in self.models[model].point_chunks[points]})
 
     def grid_layout(self, model: str, concept: str) -> dict:
-        """The image grid of a (model, concept): its rows (grid points, in grid order, by key and
+        """The image grid of a (model, fine-tune, concept): its rows (grid points, in grid order, by key and
         by label) and its columns (seed × prompt)."""
         points = self.models[model].points
         return {
@@ -312,25 +338,36 @@ class Study:
                 for noun in sorted({self.class_of(c) for c in self.concepts}):
                     yield name, noun
 
-    def training_runs(self, model: str | None = None) -> Iterator[TrainingRun]:
-        for name in [model] if model else self.models:
+    def finetune_pairs(self) -> list[tuple[str, str]]:
+        """Every (model, fine-tune): each has its own runs, samples, tables and grids."""
+        return [(name, f) for name, model in self.models.items() for f in model.finetunes]
+
+    def training_runs(self, model: str | None = None, finetune: str | None = None) -> Iterator[TrainingRun]:
+        for name, ft in self.finetune_pairs():
+            if model not in (None, name) or finetune not in (None, ft):
+                continue
             for concept in self.concepts:
-                for seed in self.models[name].lora_seeds:
-                    yield TrainingRun(name, concept, seed)
+                for seed in self.models[name].finetunes[ft].seeds:
+                    yield TrainingRun(name, ft, concept, seed)
 
     def generation_jobs(
-        self, model: str | None = None, concept: str | None = None, lora_seed: int | None = None
+        self,
+        model: str | None = None,
+        finetune: str | None = None,
+        concept: str | None = None,
+        finetune_seed: int | None = None,
     ) -> Iterator[GenerationJob]:
-        for run in self.training_runs(model):
-            if concept not in (None, run.concept) or lora_seed not in (None, run.lora_seed):
+        for run in self.training_runs(model, finetune):
+            if concept not in (None, run.concept) or finetune_seed not in (None, run.seed):
                 continue
             for points in self.models[run.model].point_chunks:
                 for seeds in self.seed_chunks:
-                    yield GenerationJob(run.model, run.concept, run.lora_seed, points, seeds)
+                    yield GenerationJob(run.model, run.finetune, run.concept, run.seed, points, seeds)
 
-    def grid_jobs(self, model: str, concept: str) -> list[GenerationJob]:
-        """The generation jobs a (model, concept)'s image grid shows: its first LoRA seed's."""
-        return list(self.generation_jobs(model, concept, self.models[model].lora_seeds[0]))
+    def grid_jobs(self, model: str, finetune: str, concept: str) -> list[GenerationJob]:
+        """The generation jobs a (model, fine-tune, concept)'s image grid shows: its first seed's."""
+        first = self.models[model].finetunes[finetune].seeds[0]
+        return list(self.generation_jobs(model, finetune, concept, first))
 
 
 def _metrics(config: Mapping[str, Any], encoders: Mapping[str, Any]) -> list[str]:
@@ -354,7 +391,70 @@ def _metrics(config: Mapping[str, Any], encoders: Mapping[str, Any]) -> list[str
     return list(names)
 
 
-def _model(config: Mapping[str, Any], name: str, points: tuple[GuidanceMethod, ...]) -> Model:
+def _seeds(value: Any, key: str) -> tuple[int, ...]:
+    seeds = value if isinstance(value, list) else [value]
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+        raise StudyError(f"{key}: a seed is an integer ≥ 0 (or a non-empty list of them), got {value!r}")
+    if len(set(seeds)) != len(seeds):
+        raise StudyError(f"{key}: seeds repeat in {value!r}")
+    return tuple(seeds)
+
+
+def _settings(entry: Mapping[str, Any]) -> dict:
+    """A ``personalization:`` entry's method settings (all but method, name and seed)."""
+    return {k: v for k, v in entry.items() if k not in ("method", "name", "seed")}
+
+
+def _setting_names(method: str) -> set[str]:
+    return {f.name for f in dataclasses.fields(method_class(method))}
+
+
+def _finetunes(entries: Any) -> dict[str, dict]:
+    """``personalization:`` (one entry or a list) → {name: entry}. The name defaults to the
+    method's and is a path component; settings are checked per model (`_model`), after its
+    overrides."""
+    entries = entries if isinstance(entries, list) else [entries]
+    out: dict[str, dict] = {}
+    for i, entry in enumerate(entries):
+        key = f"personalization[{i}]" if len(entries) > 1 else "personalization"
+        if "method" not in entry:
+            raise StudyError(f"{key}: name the method (method: …)")
+        try:
+            method_class(entry["method"])
+        except WigError as err:
+            raise StudyError(f"{key}.method: {err}") from None
+        try:
+            make_method(entry["method"], **_settings(entry))
+        except WigError as err:
+            raise StudyError(f"{key}: {err}") from None
+        _seeds(entry.get("seed", 0), f"{key}.seed")
+        name = entry.get("name", entry["method"])
+        if not isinstance(name, str) or not NAME.match(name):
+            raise StudyError(f"{key}.name: {name!r} is not a folder name (letters, digits, _ . -)")
+        if name in MODEL_FOLDERS:
+            raise StudyError(f"{key}.name: {name!r} is taken by results/<model>/{name} (choose another)")
+        if name in out:
+            raise StudyError(f"{key}.name: two fine-tunes are named {name!r} (give each a name)")
+        out[name] = dict(entry)
+    return out
+
+
+def _finetune(entry: Mapping[str, Any], overrides: Mapping[str, Any], model: str) -> Finetune:
+    """One fine-tune of a model: the entry's settings with the model's overrides on top (those
+    the method has), validated by the method."""
+    own = _setting_names(entry["method"])
+    settings = _settings(entry) | {k: v for k, v in overrides.items() if k in own}
+    name = entry.get("name", entry["method"])
+    try:
+        method = make_method(entry["method"], **settings)
+    except WigError as err:
+        raise StudyError(f"models.{model}.personalization (fine-tune {name}): {err}") from None
+    return Finetune(name, method, _seeds(overrides.get("seed", entry.get("seed", 0)), f"models.{model}: {name}.seed"))
+
+
+def _model(
+    config: Mapping[str, Any], name: str, points: tuple[GuidanceMethod, ...], finetunes: Mapping[str, dict]
+) -> Model:
     specs = config["models"]
     chain = [name]
     while "base" in specs[chain[-1]]:
@@ -371,10 +471,12 @@ def _model(config: Mapping[str, Any], name: str, points: tuple[GuidanceMethod, .
             raise StudyError(f"models.{name}: family {root['family']} but tiny {root['tiny']}")
     else:
         family = root.get("family", "sd")
-    training = {**config["training"], **specs[name].get("training", {})}
-    if training["weak_step"] >= training["steps"]:
-        raise StudyError(f"models.{name}: training.weak_step must be smaller than training.steps")
-    seeds = training["seed"]
+    overrides = specs[name].get("personalization", {})
+    known = {"seed"} | {f for e in finetunes.values() for f in _setting_names(e["method"])}
+    for key in overrides:
+        if key not in known:
+            raise StudyError(f"models.{name}.personalization.{key}: no fine-tune's method has this setting")
+    tunes = {ft: _finetune(entry, overrides, name) for ft, entry in finetunes.items()}
     runnable = tuple(p for p in points if family in DDIM_FAMILIES or not p.requires_ddim)
     if not runnable:
         skipped = sorted({p.method for p in points})
@@ -392,8 +494,7 @@ def _model(config: Mapping[str, Any], name: str, points: tuple[GuidanceMethod, .
         root=chain[-1],
         root_spec=canon(root),
         family=family,
-        training=canon(training),
-        lora_seeds=tuple(seeds if isinstance(seeds, list) else [seeds]),
+        finetunes=tunes,
         points=runnable,
         point_chunks={k: tuple(v) for k, v in chunks.items()},
     )

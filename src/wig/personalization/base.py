@@ -1,0 +1,160 @@
+"""What every personalization method is: its settings, how one run trains (writing the full and
+the weak checkpoint), how a run attaches to a pipeline, and how each guidance branch's weights
+are realised from what it attached (modelled on peft's tuners and diffusers' ``loaders/``).
+
+Guidance methods name a branch's weights as coefficients of attached checkpoints: a branch
+``{FULL: ω}`` runs at θ + ω(θ' − θ) = θω, ``{}`` at the pretrained θ (`wig.guidance.base.Branch`).
+How that is realised is the method's business, behind `BranchWeights`:
+
+- a LoRA (DreamBooth-LoRA): θ + ω·ΔW is the adapter at scale ω, per sample, so every branch of a
+  step runs in one batched forward (`wig.personalization.lora.LoraBranchWeights`);
+- a fine-tune that learns text embeddings (textual inversion) adds tokens that only the prompt
+  uses: the ∅ branch never sees them, its LoRA part is as above;
+- a fine-tune of whole tensors realises θω exactly — as an exact low-rank adapter of the
+  differences (their rank is bounded by the layer's width), or by a lerped copy of the tensors.
+
+A method is a frozen dataclass whose fields are its settings (`wig.settings.param`), registered
+under its ``name``; config (``personalization: {method: db-lora, …}``), the study and the train
+rule ask the registry, no other module names a method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+
+from wig.errors import WigError
+from wig.settings import check_settings, param, settings_of
+
+if TYPE_CHECKING:
+    import polars as pl
+    import torch
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What one run learns from: a concept's images and prompt, and (prior preservation) its
+    class's images and prompt."""
+
+    images: Sequence[Any]  # PIL images
+    prompt: str  # the instance prompt, e.g. "a photo of sks dog"
+    class_images: Sequence[Any] | None = None
+    class_prompt: str | None = None
+
+
+class BranchWeights:
+    """How a pipeline's attached checkpoints become each branch's weights in the sampler.
+
+    ``scales`` maps a checkpoint name (FULL, WEAK) to a per-sample vector of coefficients s: sample
+    i runs at θ + Σ_k s_ik (θ_k − θ). `text_encoder` and `denoiser` return context managers whose
+    ``set(scales)`` fixes the coefficients of the next forwards (``has_effect``: whether the
+    checkpoints change that module at all).
+    """
+
+    def attached(self, pipe) -> set[str]:
+        """The checkpoint names attached to ``pipe``."""
+        raise NotImplementedError
+
+    def prepare(self, pipe) -> None:
+        """Called once before sampling (e.g. activate every adapter at weight 1)."""
+
+    def text_encoder(self, pipe):
+        raise NotImplementedError
+
+    def denoiser(self, pipe):
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class PersonalizationMethod:
+    """A personalization method with its settings. Subclasses set ``name``, declare their own
+    settings as fields and implement `train`, `checkpoints` and `attach`."""
+
+    name: ClassVar[str]
+    # what every method has: training length, the weak checkpoint, resolution, prior preservation
+    steps: int = param(500, "training steps", low=1)
+    weak_step: int = param(100, "the step of the weak (early) checkpoint, < steps (AG's weak model)", low=1)
+    resolution: int = param(512, "training resolution in px", low=8, multiple_of=8)
+    prior_weight: float = param(1.0, "weight of the prior-preservation loss; 0 = no class images", low=0.0)
+    mixed_precision: str = param("no", "autocast precision on a GPU", choices=("no", "fp16", "bf16"))
+    gradient_checkpointing: bool = param(False, "trade compute for memory in the denoiser")
+
+    def __post_init__(self):
+        check_settings(self, self.name)
+        if self.weak_step >= self.steps:
+            raise WigError(f"weak_step must lie in [1, steps), got {self.weak_step} with steps={self.steps}")
+
+    @property
+    def prior(self) -> bool:
+        """Whether its runs use prior preservation (and so class images)."""
+        return self.prior_weight > 0
+
+    def settings(self) -> dict[str, Any]:
+        """``{"method": name, **settings}``: what `make` takes back (a job's params)."""
+        return {"method": self.name, **settings_of(self)}
+
+    # --- what a run does ---------------------------------------------------------------------
+
+    def train(
+        self,
+        pipe,
+        subject: Subject,
+        out: str | os.PathLike,
+        seed: int = 0,
+        progress: bool = True,
+        overwrite: bool = False,
+    ) -> pl.DataFrame:
+        """Fine-tune ``pipe`` (left as it was) on ``subject``; write the full and the weak
+        checkpoint, the training log (``log.parquet``) and the settings (``config.json``) into
+        ``out``, atomically. Returns the log. Bit-reproducible on the CPU for a seed."""
+        raise NotImplementedError
+
+    def checkpoints(self, out: str | os.PathLike) -> dict[str, Path]:
+        """The files of a run's full and weak checkpoint in its folder ``out``."""
+        raise NotImplementedError
+
+    def attach(self, pipe, out: str | os.PathLike, weak: bool = True) -> BranchWeights:
+        """Attach a run's full (and weak) checkpoint to ``pipe``; return how branches realise them."""
+        raise NotImplementedError
+
+
+REGISTRY: dict[str, type[PersonalizationMethod]] = {}
+
+
+def register(cls: type[PersonalizationMethod]) -> type[PersonalizationMethod]:
+    """Class decorator: make a method known by its ``name`` (a plug-in registers itself the same way)."""
+    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
+        raise WigError(f"personalization method {cls.name!r} is registered twice")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def method_class(name: str) -> type[PersonalizationMethod]:
+    if name not in REGISTRY:
+        raise WigError(f"unknown personalization method {name!r}; choose from {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
+
+
+def make(method: str, **settings) -> PersonalizationMethod:
+    """A method by name with its settings; a setting the method does not have is refused by name."""
+    cls = method_class(method)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in settings:
+        if key not in known:
+            raise WigError(f"{key} is no setting of {method} (its settings: {', '.join(sorted(known))})")
+    return cls(**settings)
+
+
+def scales_of(branches: Sequence[Any], n: int, device) -> dict[str, torch.Tensor]:
+    """Per-sample coefficient vectors, branch-major (the sampler's batch layout), for every
+    checkpoint a branch names; a checkpoint a branch does not name is at 0 there."""
+    import torch
+
+    names = {name for b in branches for name in b.scales}
+    return {
+        name: torch.tensor([b.scales.get(name, 0.0) for b in branches for _ in range(n)], device=device)
+        for name in names
+    }

@@ -1,0 +1,39 @@
+"""DreamBooth-LoRA (``db-lora``): a LoRA on the denoiser's attention projections, trained with the
+DreamBooth loss and prior preservation — the paper's personalization method and the recipe of
+diffusers' ``train_dreambooth_lora.py`` / ``train_dreambooth_lora_sana.py`` (training loop:
+`wig.personalization.training.train_lora`). θω is the LoRA at scale ω."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from wig.personalization.base import BranchWeights, PersonalizationMethod, Subject, register
+from wig.personalization.checkpoints import FULL, LORA_WEIGHT_NAME, WEAK
+from wig.settings import param
+
+
+@register
+@dataclass(frozen=True)
+class DreamBoothLoRA(PersonalizationMethod):
+    name = "db-lora"
+    rank: int = param(4, "LoRA rank (alpha = rank: scaling 1)", low=1)
+    lr: float = param(1e-4, "AdamW learning rate (constant schedule)", above=0.0)
+    max_grad_norm: float = param(1.0, "gradient clipping norm", above=0.0)
+
+    def train(self, pipe, subject: Subject, out, seed=0, progress=True, overwrite=False):
+        from wig.personalization.training import train_lora
+
+        return train_lora(pipe, subject, out, self, seed=seed, progress=progress, overwrite=overwrite)
+
+    def checkpoints(self, out: str | os.PathLike) -> dict[str, Path]:
+        """``out/full/`` and ``out/weak/``, each a diffusers LoRA folder (``pytorch_lora_weights.safetensors``)."""
+        return {name: Path(out) / name / LORA_WEIGHT_NAME for name in (FULL, WEAK)}
+
+    def attach(self, pipe, out, weak: bool = True) -> BranchWeights:
+        from wig.personalization.lora import LoraBranchWeights, attach_loras
+
+        files = self.checkpoints(out)
+        attach_loras(pipe, files[FULL], files[WEAK] if weak else None)
+        return LoraBranchWeights()

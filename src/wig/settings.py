@@ -1,0 +1,79 @@
+"""Settings as frozen dataclasses: each field a setting with a default, a one-line doc (CLI help,
+docs) and its bounds or choices in the field's metadata, checked when the object is made.
+
+Guidance methods (`wig.guidance.base`) and personalization methods (`wig.personalization.base`)
+declare their settings this way; one checker names the field of the first bad value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from wig.errors import WigError
+
+
+def param(
+    default: Any,
+    doc: str,
+    low: float | None = None,
+    high: float | None = None,
+    choices: tuple = (),
+    multiple_of: int | None = None,
+    above: float | None = None,
+):
+    """A setting: its default, a one-line doc, its closed bounds ``[low, high]`` (or an open lower
+    bound ``above``), its choices, or (integers) the number it must be a multiple of."""
+    meta = {"doc": doc, "low": low, "high": high, "choices": choices, "multiple_of": multiple_of, "above": above}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def type_name(field: dataclasses.Field) -> str:
+    """``float``, ``int``, ``bool`` or ``str``: the field's annotation (a string under postponed
+    evaluation of annotations)."""
+    return str(getattr(field.type, "__name__", field.type))
+
+
+def check_settings(obj: Any, owner: str) -> None:
+    """Check (and, for float fields, coerce ints to float) every field of the dataclass ``obj``
+    against its metadata; raise `WigError` naming ``owner`` and the field."""
+    for f in dataclasses.fields(obj):
+        value, meta, kind = getattr(obj, f.name), f.metadata, type_name(f)
+        if meta.get("choices"):
+            if value not in meta["choices"]:
+                options = " or ".join(repr(c) for c in meta["choices"])
+                raise WigError(f"{f.name} must be {options}, got {value!r}")
+            continue
+        if kind == "bool":
+            if not isinstance(value, bool):
+                raise WigError(f"{owner}: {f.name} must be true or false, got {value!r}")
+            continue
+        if kind == "str":
+            if not isinstance(value, str):
+                raise WigError(f"{owner}: {f.name} must be a string, got {value!r}")
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise WigError(f"{owner}: {f.name} must be a number, got {value!r}")
+        if kind == "int" and not isinstance(value, int):
+            raise WigError(f"{owner}: {f.name} must be an integer, got {value!r}")
+        low, high, above = meta.get("low"), meta.get("high"), meta.get("above")
+        if not math.isfinite(value):
+            if low is not None and high is not None:
+                raise WigError(f"{f.name} must lie in [{low:g}, {high:g}], got {value}")
+            raise WigError(f"{f.name} must be finite, got {value}")
+        if (low is not None and value < low) or (high is not None and value > high):
+            if low is not None and high is not None:
+                raise WigError(f"{f.name} must lie in [{low:g}, {high:g}], got {value}")
+            raise WigError(f"{f.name} must be {f'≥ {low:g}' if low is not None else f'≤ {high:g}'}, got {value}")
+        if above is not None and value <= above:
+            raise WigError(f"{f.name} must be > {above:g}, got {value}")
+        if meta.get("multiple_of") and value % meta["multiple_of"]:
+            raise WigError(f"{f.name} must be a multiple of {meta['multiple_of']}, got {value}")
+        if kind == "float":
+            object.__setattr__(obj, f.name, float(value))
+
+
+def settings_of(obj: Any) -> dict[str, Any]:
+    """The dataclass's settings by field name."""
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
