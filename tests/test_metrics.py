@@ -118,7 +118,9 @@ def test_cis_are_over_finetune_seeds_too():
     one = _scores(finetune_seeds=(0,))
 
     def cfg_row(shift):
-        two = pl.concat([one, one.with_columns(pl.lit(1, dtype=pl.Int64).alias("finetune_seed"), pl.col("dino") + shift)])
+        two = pl.concat(
+            [one, one.with_columns(pl.lit(1, dtype=pl.Int64).alias("finetune_seed"), pl.col("dino") + shift)]
+        )
         return aggregate(two, n_boot=1000).filter(pl.col("method") == "cfg").row(0, named=True)
 
     same, apart = cfg_row(0.0), cfg_row(2.0)
