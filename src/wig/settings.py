@@ -2,7 +2,8 @@
 docs) and its bounds or choices in the field's metadata, checked when the object is made.
 
 Guidance methods (`wig.guidance.base`) and personalization methods (`wig.personalization.base`)
-declare their settings this way; one checker names the field of the first bad value.
+declare their settings this way; one checker names the field of the first bad value, and one
+`Registry` kind holds each family of methods by name.
 """
 
 from __future__ import annotations
@@ -77,3 +78,24 @@ def check_settings(obj: Any, owner: str) -> None:
 def settings_of(obj: Any) -> dict[str, Any]:
     """The dataclass's settings by field name."""
     return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+
+
+class Registry(dict):
+    """Method classes by their ``name``: `register` is the class decorator a shipped module or a
+    plug-in uses, `method_class` the lookup whose error lists the choices."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind  # "guidance method", "personalization method": what the errors call one
+
+    def register(self, cls):
+        """Class decorator: make a method known by its ``name``."""
+        if cls.name in self and self[cls.name] is not cls:
+            raise WigError(f"{self.kind} {cls.name!r} is registered twice")
+        self[cls.name] = cls
+        return cls
+
+    def method_class(self, name: str):
+        if name not in self:
+            raise WigError(f"unknown {self.kind} {name!r}; choose from {', '.join(sorted(self))}")
+        return self[name]

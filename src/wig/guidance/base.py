@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
 from wig.errors import WigError
-from wig.settings import check_settings, settings_of, type_name
+from wig.settings import Registry, check_settings, settings_of, type_name
 from wig.settings import param as param  # re-exported: the methods declare their parameters with it
 
 if TYPE_CHECKING:
@@ -107,21 +107,9 @@ class GuidanceMethod:
         return f"{self.name}({values})"
 
 
-REGISTRY: dict[str, type[GuidanceMethod]] = {}
-
-
-def register(cls: type[GuidanceMethod]) -> type[GuidanceMethod]:
-    """Class decorator: make a method known by its ``name`` (a plug-in registers itself the same way)."""
-    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
-        raise WigError(f"guidance method {cls.name!r} is registered twice")
-    REGISTRY[cls.name] = cls
-    return cls
-
-
-def method_class(name: str) -> type[GuidanceMethod]:
-    if name not in REGISTRY:
-        raise WigError(f"unknown guidance method {name!r}; choose from {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[name]
+REGISTRY: Registry = Registry("guidance method")  # name -> GuidanceMethod subclass
+register = REGISTRY.register  # class decorator (a plug-in registers itself the same way)
+method_class = REGISTRY.method_class
 
 
 def parameters(cls: type[GuidanceMethod]) -> dict[str, dataclasses.Field]:

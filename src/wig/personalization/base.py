@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 from wig.errors import WigError
-from wig.settings import check_settings, param, settings_of
+from wig.settings import Registry, check_settings, param, settings_of
 
 if TYPE_CHECKING:
     import polars as pl
@@ -121,21 +121,9 @@ class PersonalizationMethod:
         raise NotImplementedError
 
 
-REGISTRY: dict[str, type[PersonalizationMethod]] = {}
-
-
-def register(cls: type[PersonalizationMethod]) -> type[PersonalizationMethod]:
-    """Class decorator: make a method known by its ``name`` (a plug-in registers itself the same way)."""
-    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
-        raise WigError(f"personalization method {cls.name!r} is registered twice")
-    REGISTRY[cls.name] = cls
-    return cls
-
-
-def method_class(name: str) -> type[PersonalizationMethod]:
-    if name not in REGISTRY:
-        raise WigError(f"unknown personalization method {name!r}; choose from {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[name]
+REGISTRY: Registry = Registry("personalization method")  # name -> PersonalizationMethod subclass
+register = REGISTRY.register  # class decorator (a plug-in registers itself the same way)
+method_class = REGISTRY.method_class
 
 
 def make(method: str, **settings) -> PersonalizationMethod:
