@@ -11,6 +11,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
+import yaml
+from snakemake.utils import validate
 
 from wig.errors import WigError
 from wig.evaluation.metrics import aggregate, paired_vs_cfg
@@ -23,6 +25,7 @@ from wig.personalization.lora import attach_loras
 from wig.sampling.generation import generate_samples
 from wig.sampling.pipelines import load_pipeline
 from wig.sampling.sampler import Request, sample_latents
+from wig.workflow.study import Study, StudyError
 
 from conftest import PROMPTS, STEPS, H, W, generators
 
@@ -69,12 +72,27 @@ class OtherText(GuidanceMethod):
         return "other"
 
 
+@dataclass(frozen=True)
+class ClassText(OtherText):
+    """The conditional prediction for the concept's class prompt (the prompt with the subject
+    replaced by its class noun, `wig.concepts.TEXTS`)."""
+
+    name = "toy-class-text"
+    extra_texts = ("class_prompt",)
+
+    def branches(self):
+        return [Branch("class_prompt", {FULL: 1.0})]
+
+
+TOYS = (IntervalGuidance, OtherText, ClassText)
+
+
 @pytest.fixture
 def toys():
-    for cls in (IntervalGuidance, OtherText):
+    for cls in TOYS:
         register(cls)
     yield
-    for cls in (IntervalGuidance, OtherText):
+    for cls in TOYS:
         REGISTRY.pop(cls.name)
 
 
@@ -198,3 +216,45 @@ def test_the_name_check_sees_a_method_named_outside_its_module(tmp_path):
     # what the check above must catch: a comparison, a lookup, a literal collection, a method= argument
     code = 'if m == "pg": make("db-lora")\nx = ("ag", 1)\nrun(method="cfgpp")\ny = d["none"]\n'
     assert {v for v, _ in _method_uses(ast.parse(code))} >= {"pg", "db-lora", "ag", "cfgpp", "none"}
+
+
+def test_a_concept_text_reaches_its_branch_through_the_study_and_the_generation_job(
+    toys, tiny_sd, lora_path, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(ROOT)  # the demo config names its sheet relative to the workflow
+    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    config["guidance"] = [{"method": "toy-class-text"}, {"method": "cfg"}]
+    validate(config, str(ROOT / "config/schema.yaml"))
+    study = Study.from_config(config)
+    chunk = next(k for k, pts in study.models["tiny-sd"].point_chunks.items() if pts[0].method == "toy-class-text")
+    texts = study.extra_texts_of("tiny-sd", chunk, "brown_dog")
+    prompts = study.concept_prompts("brown_dog")
+    assert texts == {"class_prompt": [p.replace("sks dog", "dog") for p in prompts]} and len(prompts) == 2
+    cfg_chunk = next(k for k, pts in study.models["tiny-sd"].point_chunks.items() if pts[0].method == "cfg")
+    assert study.extra_texts_of("tiny-sd", cfg_chunk, "brown_dog") == {}  # what a point does not name, a job lacks
+    # the job samples each prompt's class text where the branch names it: the prompt-only method
+    # given those texts as prompts makes the same images
+    pipe = load_pipeline(str(tiny_sd), device="cpu", dtype="float32")
+    attach_loras(pipe, lora_path)
+    kw = dict(steps=2, height=H, width=W, progress=False)
+    ours = generate_samples(
+        pipe, prompts, {"t": Guidance("toy-class-text")}, [0], tmp_path / "a", extra_texts=texts, **kw
+    )
+    ref = generate_samples(pipe, texts["class_prompt"], {"n": Guidance("none")}, [0], tmp_path / "b", **kw)
+    assert ours["sha256"].to_list() == ref["sha256"].to_list()
+    with pytest.raises(WigError, match="extra text 'class_prompt' has 1 entries for 2 prompts"):
+        generate_samples(
+            pipe,
+            prompts,
+            {"t": Guidance("toy-class-text")},
+            [0],
+            tmp_path / "c",
+            extra_texts={"class_prompt": ["x"]},
+            **kw,
+        )
+    # a text no concept makes stops the study, naming it
+    config["guidance"] = [{"method": "toy-other-text"}]
+    with pytest.raises(
+        StudyError, match="toy-other-text conditions a branch on the text 'other', which no concept text"
+    ):
+        Study.from_config(config)

@@ -23,7 +23,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import polars as pl
@@ -83,8 +83,34 @@ class Concept:
         if mode == "raw":
             return self.templates()
         if mode == "class":
-            return [line.format(self.class_noun) for line in self.templates()]
+            return TEXTS["class_prompt"](self)
         raise ConceptError(f"unknown CLIP-T text mode {mode!r}; choose class or raw")
+
+
+# Texts a guidance branch may be conditioned on beside the prompt and the negative prompt
+# (`wig.guidance.base.GuidanceMethod.extra_texts`), one per prompt line, built from the concept:
+# the workflow hands a generation job the texts its points name. A plug-in adds one with
+# `register_text`.
+TEXTS: dict[str, Callable[[Concept], list[str]]] = {}
+
+
+def register_text(name: str):
+    """Decorator: make ``builder(concept) -> one text per prompt line`` known as ``name``."""
+
+    def add(builder: Callable[[Concept], list[str]]):
+        if name in TEXTS and TEXTS[name] is not builder:
+            raise ConceptError(f"concept text {name!r} is registered twice")
+        TEXTS[name] = builder
+        return builder
+
+    return add
+
+
+@register_text("class_prompt")
+def class_prompts(concept: Concept) -> list[str]:
+    """Each prompt with the subject replaced by its class noun ("a dog in the snow" for "a sks dog
+    in the snow"): a subject-agnostic condition, and CLIP-T's text."""
+    return [line.format(concept.class_noun) for line in concept.templates()]
 
 
 def read_prompt_list(path: str | os.PathLike) -> list[str]:

@@ -20,6 +20,7 @@ rule generate:
         method=from_study(STUDY.finetune_settings),
         guidance=from_study(STUDY.guidance_of),
         prompts=from_study(STUDY.concept_prompts),
+        extra_texts=from_study(STUDY.extra_texts_of),
         sampling=SAMPLING,
         runtime=RUNTIME,
     script:

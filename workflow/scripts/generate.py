@@ -28,6 +28,7 @@ with job(snakemake) as log:
         height=s["height"],
         width=s["width"],
         weights=weights,
+        extra_texts=p.extra_texts,
     )
     for key, guidance in points.items():
         row = manifest.filter(manifest["point"] == key).row(0, named=True)

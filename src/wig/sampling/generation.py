@@ -50,6 +50,7 @@ def generate_samples(
     batch_size: int = 8,
     progress: bool = True,
     weights: BranchWeights | None = None,
+    extra_texts: Mapping[str, Sequence[str]] | None = None,
     **sampling,
 ) -> pl.DataFrame:
     """Write every point × seed × prompt image and ``manifest.parquet`` into ``out``.
@@ -59,7 +60,13 @@ def generate_samples(
     starts from the latent of ``wig generate --seed <seed>``: the noise depends on the seed
     alone, never on the method, ω or λ, so all methods are compared on the same noise.
     ``weights``: how the attached fine-tune realises each branch (`wig.sampling.sampler.sample`).
+    ``extra_texts``: for each text a point's branches name beyond prompt and negative
+    (`GuidanceMethod.extra_texts`), one per prompt.
     """
+    extra_texts = dict(extra_texts or {})
+    for name, texts in extra_texts.items():
+        if len(texts) != len(prompts):
+            raise WigError(f"{out}: extra text {name!r} has {len(texts)} entries for {len(prompts)} prompts")
     if not points:
         raise WigError(f"{out}: a generation job needs at least one grid point")
     jobs = [(seed, i, prompt) for seed in seeds for i, prompt in enumerate(prompts)]
@@ -74,6 +81,11 @@ def generate_samples(
             for first in range(0, len(jobs), batch_size):
                 chunk = jobs[first : first + batch_size]
                 generators = [torch.Generator("cpu").manual_seed(seed) for seed, _, _ in chunk]
+                texts = {
+                    name: [extra_texts[name][i] for _, i, _ in chunk]
+                    for name in guidance.extra_texts
+                    if name in extra_texts
+                }
                 try:
                     images += sample(
                         pipe,
@@ -82,6 +94,7 @@ def generate_samples(
                         generators,
                         progress=progress,
                         weights=weights,
+                        extra_texts=texts,
                         **sampling,
                     )
                 except SamplingError as err:

@@ -24,7 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from wig.concepts import Concept, image_files, read_sheet
+from wig.concepts import TEXTS, Concept, image_files, read_sheet
 from wig.errors import WigError
 from wig.evaluation.metrics import REGISTRY as METRICS
 from wig.evaluation.metrics import enabled_metrics
@@ -187,6 +187,13 @@ class Study:
                 prompts[cid] = tuple(concept.prompts(ds["identifier"])[: ds["max_prompts"]])
             except WigError as err:
                 raise StudyError(f"concept {cid}: {err}") from None
+        for point in points:
+            for name in point.extra_texts:
+                if name not in TEXTS:
+                    raise StudyError(
+                        f"guidance: {point.method} conditions a branch on the text {name!r}, which no concept "
+                        f"text makes (wig.concepts.TEXTS: {', '.join(sorted(TEXTS))})"
+                    )
         if not (config["encoders"] or ds.get("render")):
             raise StudyError(
                 "encoders is empty and dataset.render is not set: nothing would score the images "
@@ -291,6 +298,12 @@ class Study:
             "prompt": ds["instance_prompt"].format(subject.subject(ds["identifier"])),
             "class_prompt": self.class_prompt(subject.class_noun) if prior else None,
         }
+
+    def extra_texts_of(self, model: str, points: str, concept: str) -> dict:
+        """A generation job's extra texts: for each text its points' branches name, one per prompt."""
+        names = sorted({name for p in self.models[model].point_chunks[points] for name in p.extra_texts})
+        n = len(self.prompts[concept])
+        return {name: TEXTS[name](self.concepts[concept])[:n] for name in names}
 
     def guidance_of(self, model: str, points: str) -> dict:
         """A generation job's points: {point key: guidance settings}."""
