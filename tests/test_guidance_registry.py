@@ -258,3 +258,33 @@ def test_a_concept_text_reaches_its_branch_through_the_study_and_the_generation_
         StudyError, match="toy-other-text conditions a branch on the text 'other', which no concept text"
     ):
         Study.from_config(config)
+
+
+def test_wig_generate_takes_the_texts_a_method_names(toys, tiny_sd, lora_path, tmp_path, capsys):
+    from wig.cli import main
+
+    def generate(out, *args):
+        common = ["--model", str(tiny_sd), "--lora", str(lora_path), "--seed", "0", "--steps", "2"]
+        return main(["generate", *common, "--height", str(H), "--width", str(W), "--quiet", "--out", str(out), *args])
+
+    assert (
+        generate(tmp_path / "a.png", "--method", "toy-other-text", "--prompt", "x", "--extra-text", "other=a red car")
+        == 0
+    )
+    assert generate(tmp_path / "b.png", "--method", "none", "--prompt", "a red car") == 0
+    assert (tmp_path / "a.png").read_bytes().split(b"IDAT")[1] == (tmp_path / "b.png").read_bytes().split(b"IDAT")[1]
+    capsys.readouterr()
+    assert generate(tmp_path / "c.png", "--method", "toy-other-text", "--prompt", "x") == 1
+    assert "--method toy-other-text needs --extra-text other=TEXT" in capsys.readouterr().err
+    assert generate(tmp_path / "c.png", "--method", "cfg", "--prompt", "x", "--extra-text", "other=y") == 1
+    assert "--extra-text other: --method cfg uses no text 'other'" in capsys.readouterr().err
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_a_setting_named_like_a_command_flag_gets_its_own_flag(toys):
+    from wig.cli import _guidance, build_parser
+
+    # toy-interval's `steps` would collide with the sampler's --steps: it is --setting-steps
+    argv = ["generate", "--model", "m", "--method", "toy-interval", "--prompt", "p", "--seed", "0", "--out", "o.png"]
+    args = build_parser().parse_args([*argv, "--steps", "3", "--setting-steps", "9", "--fraction", "0.25"])
+    assert args.steps == 3 and _guidance(args) == Guidance("toy-interval", fraction=0.25, steps=9.0)

@@ -96,13 +96,17 @@ def _add_settings(p: argparse.ArgumentParser, registry) -> None:
         owners = {m: d.default for m, cls in registry.items() for d in dataclasses.fields(cls) if d.name == name}
         defaults = ", ".join(f"{m} {d}" for m, d in owners.items())
         flag = f"--{name.replace('_', '-')}"
+        if flag in p._option_string_actions:  # a plug-in's setting named like a command flag (--steps)
+            flag = f"--setting-{name.replace('_', '-')}"
+        dest = f"setting_{name}"
         if type_name(f) == "bool":
-            p.add_argument(flag, action="store_const", const=True, default=None, help=f"{f.metadata['doc']}")
+            p.add_argument(flag, dest=dest, action="store_const", const=True, default=None, help=f.metadata["doc"])
             continue
         kind = {"float": float, "int": int}.get(type_name(f), str)
         choices = f.metadata.get("choices") or None
         p.add_argument(
             flag,
+            dest=dest,
             type=kind,
             default=None,
             choices=choices if kind is str else None,
@@ -111,7 +115,8 @@ def _add_settings(p: argparse.ArgumentParser, registry) -> None:
 
 
 def _settings_given(args, registry) -> dict:
-    return {name: getattr(args, name) for name in _all_settings(registry) if getattr(args, name) is not None}
+    values = {name: getattr(args, f"setting_{name}") for name in _all_settings(registry)}
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,9 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="weak (early) LoRA checkpoint, attached as adapter 'weak' for the methods that use it",
     )
     p.add_argument("--method", required=True, choices=sorted(REGISTRY), help="guidance method")
-    _add_settings(p, REGISTRY)
     p.add_argument("--prompt", required=True, action="append", help="prompt (repeat for a batch)")
     p.add_argument("--seed", type=_SEED, action="append", required=True, help="seed (repeat for a batch)")
+    p.add_argument(
+        "--extra-text",
+        action="append",
+        default=[],
+        metavar="NAME=TEXT",
+        help='a named text a method\'s branch is conditioned on (e.g. class_prompt="a dog on the beach"); '
+        "once, or once per image in prompt order",
+    )
     _add_sampling(p)
     p.add_argument(
         "--scheduler",
@@ -185,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (default: refuse)")
     _add_runtime(p)
+    _add_settings(p, REGISTRY)  # last: a setting named like a command flag gets --setting-<name>
 
     p = sub.add_parser(
         "prepare",
@@ -235,7 +248,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, help="diffusers model folder or hub name")
     p.add_argument("--method", required=True, choices=sorted(PERSONALIZATION), help="personalization method")
-    _add_settings(p, PERSONALIZATION)
     p.add_argument(
         "--instance-dir", required=True, type=Path, help="the concept's images (a prepared folder or any image folder)"
     )
@@ -245,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_SEED, default=0, help="seed (default 0)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     _add_runtime(p)
+    _add_settings(p, PERSONALIZATION)
 
     p = sub.add_parser(
         "embed",
@@ -307,6 +320,30 @@ def _pair(prompts: list[str], seeds: list[int]) -> tuple[list[str], list[int]]:
     return prompts, seeds
 
 
+def _extra_texts(args, n: int) -> dict[str, list[str]]:
+    """``--extra-text NAME=TEXT`` flags → {name: one text per image}; every text the method's
+    branches name must be given, once or once per image."""
+    texts: dict[str, list[str]] = {}
+    for item in args.extra_text:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            raise WigError(f"--extra-text takes NAME=TEXT, got {item!r}")
+        texts.setdefault(name, []).append(text)
+    needed = _guidance(args).extra_texts
+    for name in needed:
+        if name not in texts:
+            raise WigError(f"--method {args.method} needs --extra-text {name}=TEXT")
+    for name, values in texts.items():
+        if name not in needed:
+            raise WigError(f"--extra-text {name}: --method {args.method} uses no text {name!r}")
+        if len(values) not in (1, n):
+            raise WigError(
+                f"--extra-text {name} is given {len(values)} times for {n} images: give it once or {n} times"
+            )
+        texts[name] = values * n if len(values) == 1 else values
+    return texts
+
+
 def _out_paths(pattern: str, seeds: list[int], overwrite: bool = False) -> list[Path]:
     if not pattern.lower().endswith(".png"):
         raise WigError(f"--out must be a .png path, got {pattern}")
@@ -340,6 +377,7 @@ def _cmd_generate(args) -> None:
         if path is not None:
             lora_file(path)  # fail before the model load
     guidance = _guidance(args)
+    extra_texts = _extra_texts(args, len(prompts))
     _runtime(args)
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, scheduler=args.scheduler)
     attach_loras(pipe, args.lora, args.weak_lora)
@@ -349,6 +387,7 @@ def _cmd_generate(args) -> None:
         guidance,
         generators=[torch.Generator("cpu").manual_seed(s) for s in seeds],
         negative_prompt=args.negative_prompt,
+        extra_texts=extra_texts,
         steps=args.steps,
         height=args.height,
         width=args.width,
@@ -485,8 +524,9 @@ def _check_args(args) -> None:
     if args.command == "train":
         _personalization(args)
     if args.command == "generate":
-        _guidance(args)
-        _out_paths(args.out, _pair(args.prompt, args.seed)[1], overwrite=args.overwrite)
+        prompts, seeds = _pair(args.prompt, args.seed)
+        _extra_texts(args, len(prompts))
+        _out_paths(args.out, seeds, overwrite=args.overwrite)
     elif args.command in FOLDER_OUTPUTS:
         out = Path(args.out)
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
