@@ -228,7 +228,7 @@ def test_a_concept_text_reaches_its_branch_through_the_study_and_the_generation_
     study = Study.from_config(config)
     chunk = next(k for k, pts in study.models["tiny-sd"].point_chunks.items() if pts[0].method == "toy-class-text")
     texts = study.extra_texts_of("tiny-sd", chunk, "brown_dog")
-    prompts = study.concept_prompts("brown_dog")
+    prompts = study.concept_prompts("tiny-sd", "db-lora", "brown_dog")
     assert texts == {"class_prompt": [p.replace("sks dog", "dog") for p in prompts]} and len(prompts) == 2
     cfg_chunk = next(k for k, pts in study.models["tiny-sd"].point_chunks.items() if pts[0].method == "cfg")
     assert study.extra_texts_of("tiny-sd", cfg_chunk, "brown_dog") == {}  # what a point does not name, a job lacks

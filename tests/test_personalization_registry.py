@@ -122,3 +122,27 @@ def test_wig_train_runs_it_and_its_attachment_drives_the_sampler(toy, tiny_sd, t
         sample(pipe, ["a sks dog"], Guidance("pg", 7.5, omega=1.0), generators([0]), **kw), cfg
     )
     assert not np.array_equal(sample(pipe, ["a sks dog"], Guidance("pg", 7.5, omega=0.0), generators([0]), **kw), cfg)
+
+
+@dataclass(frozen=True)
+class NewTokens(RandomDelta):
+    """A method that names the subject with tokens of its own, as textual inversion does."""
+
+    name = "toy-new-tokens"
+
+    def identifier(self, identifier):
+        return "<s0><s1>"
+
+
+def test_a_method_that_names_the_subject_its_own_way_gets_its_prompts(at_root):
+    register(NewTokens)
+    try:
+        shipped = _config()["personalization"]
+        study = Study.from_config(_config(personalization=[shipped, {"method": "toy-new-tokens"}]))
+        ours = study.concept_prompts("tiny-sd", "toy-new-tokens", "brown_dog")
+        plain = study.concept_prompts("tiny-sd", "db-lora", "brown_dog")
+        assert plain[0] == "a sks dog in the jungle" and ours == [p.replace("sks", "<s0><s1>") for p in plain]
+        assert study.subject_prompts("tiny-sd", "toy-new-tokens", "brown_dog")["prompt"] == "a photo of <s0><s1> dog"
+        assert study.subject_prompts("tiny-sd", "db-lora", "brown_dog")["prompt"] == "a photo of sks dog"
+    finally:
+        REGISTRY.pop(NewTokens.name)

@@ -92,6 +92,12 @@ class PersonalizationMethod:
         """Whether its runs use prior preservation (and so class images)."""
         return self.prior_weight > 0
 
+    def identifier(self, identifier: str) -> str:
+        """What names the subject in its prompts, for the dataset's ``identifier`` (a rare token,
+        "sks"): that token by default; a method that learns new tokens returns them (textual
+        inversion: "<s0><s1>"). Training and evaluation prompts both use it."""
+        return identifier
+
     def settings(self) -> dict[str, Any]:
         """``{"method": name, **settings}``: what `make` takes back (a job's params)."""
         return {"method": self.name, **settings_of(self)}

@@ -152,7 +152,7 @@ class Study:
     config: Mapping[str, Any] = field(repr=False)
     models: Mapping[str, Model]  # sorted by name: reordering YAML keys must not rerun the plots
     concepts: Mapping[str, Concept]
-    prompts: Mapping[str, tuple[str, ...]]  # per concept, the evaluation prompts (identifier filled in)
+    prompts: Mapping[str, tuple[str, ...]]  # per concept, the evaluation prompts (dataset identifier filled in)
     points: tuple[GuidanceMethod, ...]  # the whole grid, config order
     seed_chunks: Mapping[str, tuple[int, ...]]  # a generation job's seeds by their name
     classes: Mapping[str, str]  # class-image folder → class noun
@@ -268,8 +268,13 @@ class Study:
     def concept_folder(self, concept: str) -> str:
         return str(Path(self.config["dataset"]["root"]) / self.concepts[concept].folder)
 
-    def concept_prompts(self, concept: str) -> list[str]:
-        return list(self.prompts[concept])
+    def concept_prompts(self, model: str, finetune: str, concept: str) -> list[str]:
+        """A concept's evaluation prompts as a fine-tune names the subject (`PersonalizationMethod.identifier`)."""
+        identifier = self._identifier(model, finetune)
+        return self.concepts[concept].prompts(identifier)[: len(self.prompts[concept])]
+
+    def _identifier(self, model: str, finetune: str) -> str:
+        return self.models[model].finetunes[finetune].method.identifier(self.config["dataset"]["identifier"])
 
     def class_image_settings(self, model: str, noun: str) -> dict:
         settings = self.config["class_images"]
@@ -295,7 +300,7 @@ class Study:
         subject = self.concepts[concept]
         prior = self.models[model].finetunes[finetune].method.prior
         return {
-            "prompt": ds["instance_prompt"].format(subject.subject(ds["identifier"])),
+            "prompt": ds["instance_prompt"].format(subject.subject(self._identifier(model, finetune))),
             "class_prompt": self.class_prompt(subject.class_noun) if prior else None,
         }
 
