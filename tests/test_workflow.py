@@ -531,25 +531,9 @@ def test_small_study_code_changes_rerun_exactly_the_jobs_whose_scripts_reach_the
         plans["concepts"]
     ) and "build_tiny_model" not in plans["concepts"]
     # the tiny encoders' builder runs wig.evaluation.encoders, which writes the embedding schema: never generation
-    assert plans["embeddings"] == {
-        "build_tiny_encoder": 2,
-        "embed_references": 2,
-        "embed_texts": 1,
-        "embed_samples": 12,
-        "score": 6,
-        "aggregate": 2,
-        "plots": 1,
-        "all": 1,
-    }
-    assert plans["guidance"] == {
-        "generate": 6,
-        "grid": 2,
-        "embed_samples": 12,
-        "score": 6,
-        "aggregate": 2,
-        "plots": 1,
-        "all": 1,
-    }  # never training or class images
+    rescored = {"embed_samples": 12, "score": 6, "aggregate": 2, "plots": 1, "all": 1}
+    assert plans["embeddings"] == {"build_tiny_encoder": 2, "embed_references": 2, "embed_texts": 1, **rescored}
+    assert plans["guidance"] == {"generate": 6, "grid": 2, **rescored}  # never training or class images
     assert plans["cli"] == {}  # no script reaches the command line
 
 

@@ -80,19 +80,10 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _all_settings(registry) -> dict:
-    """Every setting of a registry's methods by name (the first declaration's field)."""
-    out: dict = {}
-    for name in sorted(registry):
-        for f in dataclasses.fields(registry[name]):
-            out.setdefault(f.name, f)
-    return out
-
-
 def _add_settings(p: argparse.ArgumentParser, registry) -> None:
     """One flag per setting of a registry's methods (``--scale``, ``--omega``, ``--rank``, …): its
     type, doc and, per method, its default; a flag the chosen method lacks is refused."""
-    for name, f in _all_settings(registry).items():
+    for name, f in registry.fields().items():
         owners = {m: d.default for m, cls in registry.items() for d in dataclasses.fields(cls) if d.name == name}
         defaults = ", ".join(f"{m} {d}" for m, d in owners.items())
         flag = f"--{name.replace('_', '-')}"
@@ -115,7 +106,7 @@ def _add_settings(p: argparse.ArgumentParser, registry) -> None:
 
 
 def _settings_given(args, registry) -> dict:
-    values = {name: getattr(args, f"setting_{name}") for name in _all_settings(registry)}
+    values = {name: getattr(args, f"setting_{name}") for name in registry.fields()}
     return {name: value for name, value in values.items() if value is not None}
 
 

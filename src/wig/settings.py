@@ -99,3 +99,33 @@ class Registry(dict):
         if name not in self:
             raise WigError(f"unknown {self.kind} {name!r}; choose from {', '.join(sorted(self))}")
         return self[name]
+
+    def foreign_setting(self, cls, key: str) -> str | None:
+        """Why ``key`` is no setting of ``cls`` (naming the methods that have it), or None if it is."""
+        if key in settings_names(cls):
+            return None
+        owners = [n for n, c in self.items() if key in settings_names(c)]
+        return f"applies to {'/'.join(owners)} only, not {cls.name}" if owners else f"is no setting of {cls.name}"
+
+    def fields(self) -> dict[str, dataclasses.Field]:
+        """Every setting of the registered methods by name, sorted (whatever order plug-ins
+        register in), each the field of the first method (by name) that declares it."""
+        out: dict[str, dataclasses.Field] = {}
+        for name in sorted(self):
+            for f in dataclasses.fields(self[name]):
+                out.setdefault(f.name, f)
+        return dict(sorted(out.items()))
+
+    def make(self, method: str, *args, **settings):
+        """A method by name with its settings; a setting it does not have is refused, naming the
+        methods that have it."""
+        cls = self.method_class(method)
+        for key in settings:
+            if (why := self.foreign_setting(cls, key)) is not None:
+                raise WigError(f"{key} {why}")
+        return cls(*args, **settings)
+
+
+def settings_names(cls) -> list[str]:
+    """The setting names of a settings dataclass, in declaration order."""
+    return [f.name for f in dataclasses.fields(cls)]

@@ -20,7 +20,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
-from wig.errors import WigError
 from wig.settings import Registry, check_settings, settings_of, type_name
 from wig.settings import param as param  # re-exported: the methods declare their parameters with it
 
@@ -116,32 +115,19 @@ def parameters(cls: type[GuidanceMethod]) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls)}
 
 
-def foreign_setting(cls: type[GuidanceMethod], key: str) -> str | None:
-    """Why ``key`` is no setting of ``cls`` (naming the methods that have it), or None if it is."""
-    if key in parameters(cls):
-        return None
-    owners = [n for n, c in REGISTRY.items() if key in parameters(c)]
-    return f"applies to {'/'.join(owners)} only, not {cls.name}" if owners else f"is no setting of {cls.name}"
+foreign_setting = REGISTRY.foreign_setting
 
 
 def make(method: str, *args, **params) -> GuidanceMethod:
     """A method by name with its settings: ``make("pg", 7.5, omega=0.0)``. A setting the method
     does not have is refused, naming the methods that have it."""
-    cls = method_class(method)
-    for key in params:
-        if (why := foreign_setting(cls, key)) is not None:
-            raise WigError(f"{key} {why}")
-    return cls(*args, **params)
+    return REGISTRY.make(method, *args, **params)
 
 
 def columns() -> dict[str, dataclasses.Field]:
     """Every registered parameter by name, sorted (whatever order plug-ins register in), with the
     first declaration's default: the manifest's and the tables' columns beside ``method``."""
-    out: dict[str, dataclasses.Field] = {}
-    for name in sorted(REGISTRY):
-        for key, f in parameters(REGISTRY[name]).items():
-            out.setdefault(key, f)
-    return dict(sorted(out.items()))
+    return REGISTRY.fields()
 
 
 def column_values(guidance: GuidanceMethod) -> dict[str, Any]:

@@ -15,7 +15,6 @@ here once, canonically, so one setting always names one folder.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import re
@@ -32,6 +31,7 @@ from wig.guidance import GuidanceMethod
 from wig.guidance.grid import expand, job_chunks
 from wig.personalization import PersonalizationMethod, method_class
 from wig.personalization import make as make_method
+from wig.settings import settings_names
 from wig.workflow.provenance import encoder_id
 
 
@@ -423,10 +423,6 @@ def _settings(entry: Mapping[str, Any]) -> dict:
     return {k: v for k, v in entry.items() if k not in ("method", "name", "seed")}
 
 
-def _setting_names(method: str) -> set[str]:
-    return {f.name for f in dataclasses.fields(method_class(method))}
-
-
 def _finetunes(entries: Any) -> dict[str, dict]:
     """``personalization:`` (one entry or a list) → {name: entry}. The name defaults to the
     method's and is a path component; settings are checked per model (`_model`), after its
@@ -460,7 +456,7 @@ def _finetunes(entries: Any) -> dict[str, dict]:
 def _finetune(entry: Mapping[str, Any], overrides: Mapping[str, Any], model: str) -> Finetune:
     """One fine-tune of a model: the entry's settings with the model's overrides on top (those
     the method has), validated by the method."""
-    own = _setting_names(entry["method"])
+    own = settings_names(method_class(entry["method"]))
     settings = _settings(entry) | {k: v for k, v in overrides.items() if k in own}
     name = entry.get("name", entry["method"])
     try:
@@ -490,7 +486,7 @@ def _model(
     else:
         family = root.get("family", "sd")
     overrides = specs[name].get("personalization", {})
-    known = {"seed"} | {f for e in finetunes.values() for f in _setting_names(e["method"])}
+    known = {"seed"} | {f for e in finetunes.values() for f in settings_names(method_class(e["method"]))}
     for key in overrides:
         if key not in known:
             raise StudyError(f"models.{name}.personalization.{key}: no fine-tune's method has this setting")
