@@ -203,7 +203,8 @@ def test_the_workflow_runs_on_slurm_survives_failures_and_kills_and_matches_a_lo
     assert by_target.pop("group_sample_tiny-sd_db-lora_brown_dog_embed_samples_generate") == ["COMPLETED"]
     assert by_target.pop("rule_prepare/brown_dog") == ["FAILED", "COMPLETED"]
     assert by_target["rule_train/tiny-sd_db-lora_brown_dog_0"] == ["CANCELLED", "COMPLETED"]
-    assert set(map(tuple, by_target.values())) <= {("COMPLETED",), ("CANCELLED", "COMPLETED")}, by_target
+    odd = {t: s for t, s in by_target.items() if tuple(s) not in {("COMPLETED",), ("CANCELLED", "COMPLETED")}}
+    assert odd == {}, odd  # the targets whose SLURM history is unexpected, named (the whole dict truncates)
     per_rule = Counter(target.split("/")[0].removeprefix("rule_") for target in by_target)
     assert per_rule + Counter({"prepare": 1}) == planned - Counter(generate=2, embed_samples=4), per_rule
 
