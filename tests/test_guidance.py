@@ -44,6 +44,32 @@ def test_ag_combination():
     assert renoise is guided
 
 
+@pytest.mark.parametrize("time, w_t", [(0.95, -1.0), (0.9, 0.5), (0.3, 0.5)])
+def test_sag_combination(time, w_t):
+    # Chan et al. 2024's dual CFG: ē = (1 + w_t)e_c − w_t e_c₀ (w_t = −1 above T, r below), then
+    # e_u + λ(ē − e_u); at t = T the subject is already back
+    e_u, e_c, e_0 = _outs(3)
+    g = Guidance("sag", scale=7.5, omega=0.3, subject_weight=0.5, subject_from=0.9)
+    assert g.branches() == [
+        Branch(NEGATIVE, {FULL: 0.3}),
+        Branch(PROMPT, {FULL: 1.0}),
+        Branch("class_prompt", {FULL: 1.0}),
+    ]
+    guided, renoise = g.combine([e_u, e_c, e_0], time=time)
+    weak = (1 + w_t) * e_c - w_t * e_0
+    torch.testing.assert_close(guided, e_u + 7.5 * (weak - e_u), rtol=1e-6, atol=1e-6)
+    assert renoise is guided
+    if w_t == -1.0:  # early: guided towards the subject-agnostic prompt alone
+        torch.testing.assert_close(guided, e_u + 7.5 * (e_0 - e_u), rtol=0, atol=0)
+
+
+def test_sag_at_r_zero_after_T_is_cfg():
+    e_u, e_c, e_0 = _outs(3)
+    sag, _ = Guidance("sag", scale=7.5).combine([e_u, e_c, e_0], time=0.5)
+    cfg, _ = Guidance("cfg", scale=7.5).combine([e_u, e_c])
+    torch.testing.assert_close(sag, cfg, rtol=0, atol=0)
+
+
 def test_none_is_the_conditional_prediction():
     (e_c,) = _outs(1)
     guided, renoise = Guidance("none").combine([e_c])
@@ -59,8 +85,9 @@ def test_combination_weights_sum_to_one(method):
         method, **{k: v for k, v in settings.items() if k in parameters(REGISTRY[method]) and method != "none"}
     )
     x = _outs(1, seed=3)[0]
-    guided, _ = g.combine([x] * len(g.branches()))
-    torch.testing.assert_close(guided, x, rtol=1e-5, atol=1e-5)
+    for time in (0.2, 0.95):  # both phases of a time-dependent method (sag)
+        guided, _ = g.combine([x] * len(g.branches()), time=time)
+        torch.testing.assert_close(guided, x, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -72,7 +99,7 @@ def test_combination_weights_sum_to_one(method):
         ({"method": "pg", "omega": float("nan")}, "omega"),
         ({"method": "cfg", "scale": float("inf")}, "scale must be finite"),
         ({"method": "ag", "weak": "early"}, "weak must be"),
-        ({"method": "cfg", "omega": 0.5}, "omega applies to pg/pgpp only, not cfg"),
+        ({"method": "cfg", "omega": 0.5}, "omega applies to pg/pgpp/sag only, not cfg"),
         ({"method": "none", "scale": 9.0}, "scale must be 1.0"),
     ],
 )

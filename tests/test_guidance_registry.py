@@ -16,7 +16,18 @@ from snakemake.utils import validate
 
 from wig.errors import WigError
 from wig.evaluation.metrics import aggregate, paired_vs_cfg
-from wig.guidance import NEGATIVE, PROMPT, REGISTRY, Branch, Guidance, GuidanceMethod, canonical, param, register
+from wig.guidance import (
+    NEGATIVE,
+    PROMPT,
+    REGISTRY,
+    Branch,
+    Guidance,
+    GuidanceMethod,
+    canonical,
+    param,
+    point_schema,
+    register,
+)
 from wig.guidance.cfg import cfg_combine
 from wig.guidance.grid import expand
 from wig.personalization import REGISTRY as PERSONALIZATION
@@ -45,7 +56,7 @@ class IntervalGuidance(GuidanceMethod):
     def branches(self):
         return [Branch(NEGATIVE, {FULL: 1.0}), Branch(PROMPT, {FULL: 1.0})]
 
-    def combine(self, outs, step=0, timestep=None):
+    def combine(self, outs, step=0, time=None):
         guided = cfg_combine(outs[0], outs[1], self.scale) if step < self.fraction * self.steps else outs[1]
         return guided, guided
 
@@ -64,7 +75,7 @@ class OtherText(GuidanceMethod):
     def branches(self):
         return [Branch("other", {FULL: 1.0})]
 
-    def combine(self, outs, step=0, timestep=None):
+    def combine(self, outs, step=0, time=None):
         return outs[0], outs[0]
 
     @property
@@ -150,9 +161,7 @@ def test_a_method_defined_in_a_test_gets_grid_names_manifest_columns_and_table_r
         sorted(toy["fraction"].unique()) == [0.25, 1.0]
         and (manifest.filter(pl.col("method") == "cfg")["fraction"] == 0.5).all()
     )
-    scores = manifest.select(
-        "prompt_index", "seed", "method", "scale", "omega", "ag_scale", "weak", "fraction", "steps"
-    ).with_columns(
+    scores = manifest.select("prompt_index", "seed", *point_schema()).with_columns(
         concept=pl.lit("c"),
         finetune_seed=pl.lit(0),
         protocol=pl.lit("dreammatcher"),

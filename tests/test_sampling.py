@@ -53,8 +53,9 @@ def _latents(pipe, guidance, **kw):
     return sample_latents(pipe, guidance, request, progress=False)
 
 
-def _reference_loop(pipe, branch_fns, combine, renoise_uncond=False):
-    """Each branch a separate UNet call: branch_fns[i](x, t, cond_embeds, uncond_embeds) -> prediction."""
+def _reference_loop(pipe, branch_fns, combine, renoise_uncond=False, timed=False):
+    """Each branch a separate UNet call: branch_fns[i](x, t, cond_embeds, uncond_embeds) -> prediction;
+    ``timed``: ``combine`` also takes the step's diffusion time t / 1000."""
     cond, uncond = pipe.encode_prompt(PROMPTS, "cpu", 1, True, negative_prompt=[""] * len(PROMPTS))
     sched = copy.deepcopy(pipe.scheduler)
     sched.set_timesteps(STEPS)
@@ -62,7 +63,7 @@ def _reference_loop(pipe, branch_fns, combine, renoise_uncond=False):
     x = x * sched.init_noise_sigma
     for t in sched.timesteps:
         outs = [fn(x, t, cond, uncond) for fn in branch_fns]
-        guided = combine(*outs)
+        guided = combine(*outs, time=float(t) / 1000) if timed else combine(*outs)
         if not renoise_uncond:
             x = sched.step(guided, t, x, return_dict=False)[0]
         else:  # CFG++ DDIM (Chung et al. 2024): x̂0 from the guided noise, re-noise with e_u
@@ -166,6 +167,49 @@ def test_ag_equals_three_separate_passes(tuned, weak):
         lambda u, c, w: u + lam * (c - u) + (lam_ag - 1) * (c - w),
     )
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+# class prompts: the subject replaced by its class noun (SAG's c₀)
+CLASS_PROMPTS = [p.replace("sks ", "") for p in PROMPTS]
+
+
+@pytest.mark.parametrize("omega", [1.0, 0.4])
+def test_sag_equals_its_formula_from_three_separate_passes(tiny_sd, tuned, lora_path, omega):
+    # T = 0.5 splits the few test steps between the subject-agnostic start and the subject's
+    # return; r = 0.5 extrapolates away from c₀. ω < 1 is PG + SAG (a separately lerped UNet).
+    lam, r, T = 5.0, 0.5, 0.5
+    assert CLASS_PROMPTS != PROMPTS
+    g = Guidance("sag", lam, omega=omega, subject_weight=r, subject_from=T)
+    ours = _latents(tuned, g, extra_texts={"class_prompt": CLASS_PROMPTS})
+    c0 = tuned.encode_prompt(CLASS_PROMPTS, "cpu", 1, False)[0]
+    unet = tuned.unet
+    full = _unet_call(unet, True, ["full"])
+    if omega == 1.0:
+        weak = _unet_call(unet, False, ["full"])
+    else:
+        weak_unet = _materialised_unet(tiny_sd, lora_path, omega)
+        weak = lambda x, t, c, u: weak_unet(x, t, encoder_hidden_states=u, return_dict=False)[0]  # noqa: E731
+
+    def agnostic(x, t, c, u):
+        return full(x, t, c0, u)
+
+    seen = set()
+
+    def formula(u, c, c_0, time):
+        w_t = -1.0 if time > T else r
+        seen.add(w_t)
+        return u + lam * ((1 + w_t) * c - w_t * c_0 - u)
+
+    ref = _reference_loop(tuned, [weak, full, agnostic], formula, timed=True)
+    assert seen == {-1.0, r}  # both phases ran
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+    cfg = _latents(tuned, Guidance("pg" if omega < 1 else "cfg", lam, **({"omega": omega} if omega < 1 else {})))
+    assert (ours - cfg).abs().max() > 1e-2  # c₀ matters
+
+
+def test_sag_needs_the_class_prompts(tuned):
+    with pytest.raises(SamplingError, match="needs the extra text 'class_prompt'"):
+        _latents(tuned, Guidance("sag"))
 
 
 @pytest.mark.parametrize("method", ["cfgpp", "pgpp"])

@@ -36,7 +36,7 @@ class AG(GuidanceMethod):
         weak = {FULL: 0.0, WEAK: 1.0} if self.weak == "lora" else {FULL: 0.0}
         return [Branch(NEGATIVE, {FULL: 1.0}), Branch(PROMPT, {FULL: 1.0}), Branch(PROMPT, weak)]
 
-    def combine(self, outs, step=0, timestep=None):
+    def combine(self, outs, step=0, time=None):
         e_u, e_c, e_w = outs
         guided = cfg_combine(e_u, e_c, self.scale) + (self.ag_scale - 1.0) * (e_c - e_w)
         return guided, guided

@@ -69,10 +69,12 @@ class GuidanceMethod:
         raise NotImplementedError
 
     def combine(
-        self, outs: Sequence[torch.Tensor], step: int = 0, timestep: Any = None
+        self, outs: Sequence[torch.Tensor], step: int = 0, time: float | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Branch outputs (in `branches` order) → (guided prediction, the prediction the step
-        re-noises with). ``step`` (0-based) and ``timestep`` allow time-dependent weights."""
+        re-noises with). ``step`` (0-based) and ``time`` allow time-dependent weights: ``time``
+        is the step's diffusion time in [0, 1] (its timestep over the scheduler's
+        ``num_train_timesteps``; 1 = pure noise), the same for an ε, v or flow model."""
         raise NotImplementedError
 
     def required_adapters(self) -> set[str]:

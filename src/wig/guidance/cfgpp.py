@@ -18,6 +18,6 @@ class CFGpp(CFG):
     baseline = False
     reference_line = None
 
-    def combine(self, outs, step=0, timestep=None):
-        guided, _ = super().combine(outs, step, timestep)
+    def combine(self, outs, step=0, time=None):
+        guided, _ = super().combine(outs, step, time)
         return guided, outs[0]

@@ -19,7 +19,7 @@ class NoGuidance(GuidanceMethod):
     def branches(self):
         return [Branch(PROMPT, {FULL: 1.0})]
 
-    def combine(self, outs, step=0, timestep=None):
+    def combine(self, outs, step=0, time=None):
         return outs[0], outs[0]
 
     @property

@@ -23,7 +23,7 @@ class PG(GuidanceMethod):
     def branches(self):
         return [Branch(NEGATIVE, {FULL: self.omega}), Branch(PROMPT, {FULL: 1.0})]
 
-    def combine(self, outs, step=0, timestep=None):
+    def combine(self, outs, step=0, time=None):
         guided = cfg_combine(outs[0], outs[1], self.scale)
         return guided, guided
 

@@ -16,6 +16,6 @@ class PGpp(PG):
     requires_ddim = True
     cfg_scale = False
 
-    def combine(self, outs, step=0, timestep=None):
-        guided, _ = super().combine(outs, step, timestep)
+    def combine(self, outs, step=0, time=None):
+        guided, _ = super().combine(outs, step, time)
         return guided, outs[0]

@@ -90,9 +90,14 @@ class SD(Family):
     lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
 
     @staticmethod
-    @torch.no_grad()
-    def encode(pipe, texts: list[str], cond: bool = True, **options) -> Text:
-        """As ``StableDiffusionPipeline.encode_prompt`` (no clip skip); ``cond`` plays no part."""
+    def encode(pipe, texts: list[str], cond: bool = True, grad: bool = False, **options) -> Text:
+        """As ``StableDiffusionPipeline.encode_prompt`` (no clip skip); ``cond`` plays no part.
+        ``grad``: keep the graph (training learned token embeddings)."""
+        with torch.set_grad_enabled(grad):
+            return SD._encode(pipe, texts)
+
+    @staticmethod
+    def _encode(pipe, texts: list[str]) -> Text:
         warn_truncated(pipe.tokenizer, texts, pipe.tokenizer.model_max_length, "sd")
         tok = pipe.tokenizer(
             texts,
@@ -169,10 +174,15 @@ class Sana(Family):
         return {k: params[k].default for k in Sana.text_options}
 
     @staticmethod
-    @torch.no_grad()
-    def encode(pipe, texts: list[str], cond: bool = True, **options) -> Text:
+    def encode(pipe, texts: list[str], cond: bool = True, grad: bool = False, **options) -> Text:
         """As ``SanaPipeline.encode_prompt``: the prompt after the complex human instruction (its
-        first and last max_sequence_length − 1 states), the negative prompt without it."""
+        first and last max_sequence_length − 1 states), the negative prompt without it.
+        ``grad``: keep the graph (training learned token embeddings)."""
+        with torch.set_grad_enabled(grad):
+            return Sana._encode(pipe, texts, cond, **options)
+
+    @staticmethod
+    def _encode(pipe, texts: list[str], cond: bool, **options) -> Text:
         options = {**Sana.default_options(), **options}
         warn_truncated(pipe.tokenizer, texts, options["max_sequence_length"], "sana")
         if not cond:

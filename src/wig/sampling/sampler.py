@@ -179,7 +179,8 @@ def sample_latents(
             x_in = torch.cat([latents] * k) if k > 1 else latents
             x_in = scheduler.scale_model_input(x_in, t)
             out = family.predict(pipe, x_in, t, text)
-            guided, renoise = guidance.combine(out.chunk(k), step=i, timestep=t)
+            time = float(t) / scheduler.config.num_train_timesteps
+            guided, renoise = guidance.combine(out.chunk(k), step=i, time=time)
             if renoise is guided:
                 latents = scheduler.step(guided, t, latents, **step_kwargs, return_dict=False)[0]
             else:
