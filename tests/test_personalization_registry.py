@@ -81,7 +81,7 @@ def test_settings_are_checked_and_registering_twice_is_refused(toy):
     assert make("toy-random-delta", std=0.5).std == 0.5 and make("toy-random-delta").steps == 500
     with pytest.raises(WigError, match="std must be > 0, got 0"):
         make("toy-random-delta", std=0)
-    with pytest.raises(WigError, match="rank applies to db-lora only, not toy-random-delta"):
+    with pytest.raises(WigError, match="rank applies to db-lora/db-lora-ti only, not toy-random-delta"):
         make("toy-random-delta", rank=4)
 
     @dataclass(frozen=True)

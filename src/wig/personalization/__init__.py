@@ -3,7 +3,8 @@ registry (`wig.personalization.base`): how a run fine-tunes a model on a subject
 full and the weak checkpoint), how it attaches to a pipeline and how each guidance branch's
 weights θω are realised.
 
-    db-lora   DreamBooth-LoRA with prior preservation (the paper's method); θω = the LoRA at scale ω
+    db-lora      DreamBooth-LoRA with prior preservation (the paper's method); θω = the LoRA at scale ω
+    db-lora-ti   DreamBooth-LoRA + textual inversion of new tokens <s0><s1> (pivotal tuning)
 
 A new method is a module with a registered `PersonalizationMethod` subclass; importing it here is
 all it takes for config, the study, the train rule and the CLI.
@@ -12,7 +13,7 @@ Only the light declarations are imported here (no torch): the study reads the re
 Snakemake parses the workflow. Training and loading code is imported by the method when it runs.
 """
 
-from wig.personalization import db_lora  # noqa: F401  (registers the shipped methods)
+from wig.personalization import db_lora, db_lora_ti  # noqa: F401  (registers the shipped methods)
 from wig.personalization.base import (
     REGISTRY,
     BranchWeights,

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
 
 import polars as pl
 import torch
@@ -38,6 +40,18 @@ if TYPE_CHECKING:
     from wig.personalization.db_lora import DreamBoothLoRA
 
 ADAPTER = "wig_train"
+
+
+@dataclass(frozen=True)
+class Inversion:
+    """Textual inversion beside the LoRA (pivotal tuning): ``tokens`` are added and their input
+    embeddings trained at ``lr`` (AdamW, ``weight_decay``) for the first ``steps`` steps, then
+    frozen (`wig.personalization.tokens.LearnedTokens`)."""
+
+    tokens: Sequence[str]
+    lr: float
+    steps: int
+    weight_decay: float = 1e-4  # the advanced DreamBooth script's adam_weight_decay
 
 
 def pixel_tensor(images, resolution: int) -> torch.Tensor:
@@ -79,12 +93,15 @@ def train_lora(
     seed: int = 0,
     progress: bool = True,
     overwrite: bool = False,
+    inversion: Inversion | None = None,
 ):
     """Train a DreamBooth LoRA on ``pipe``'s denoiser; write ``out/{full,weak}/``,
     ``out/log.parquet`` and ``out/config.json`` (the settings, the prompts and the seed).
 
-    ``pipe`` is a loaded (base) pipeline; it is left without the training adapter. Prior
-    preservation runs when the subject has class images and ``prior_weight`` > 0.
+    ``pipe`` is a loaded (base) pipeline; it is left without the training adapter (and, with
+    ``inversion``, without the new tokens). Prior preservation runs when the subject has class
+    images and ``prior_weight`` > 0. With ``inversion``, the new tokens' embeddings are trained
+    too and written beside each checkpoint's LoRA (``learned_embeds.safetensors``).
     Returns the training log as a polars DataFrame.
     """
     from accelerate import Accelerator
@@ -109,37 +126,57 @@ def train_lora(
     scaling = vae.config.scaling_factor
 
     inst = _Data(*family.latent_dist(vae, pixel_tensor(subject.images, config.resolution)), gen)
-    text = family.encode(pipe, [subject.prompt])
     if prior:
         cls = _Data(*family.latent_dist(vae, pixel_tensor(subject.class_images, config.resolution)), gen)
-        text = Text.cat([text, family.encode(pipe, [subject.class_prompt])])
-
-    torch.manual_seed(seed)  # LoRA init (PEFT draws lora_A from the global generator)
-    model.add_adapter(
-        LoraConfig(
-            r=config.rank,
-            lora_alpha=config.rank,
-            init_lora_weights="gaussian",
-            target_modules=list(family.lora_targets),
-        ),
-        adapter_name=ADAPTER,
-    )
-    if config.gradient_checkpointing:
-        model.enable_gradient_checkpointing()
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:  # trainable LoRA weights in fp32 even when the frozen model is fp16
-        p.data = p.data.float()
-    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
-    # one device per job: accelerate brings autocast, the fp16 grad scaler and unscaled clipping;
-    # the model stays unwrapped (prepare() would patch its forward for the rest of the process)
-    optimizer = accelerator.prepare(optimizer)
-    model.to(device).train()
-
-    rows = []
-    start = time.perf_counter()
+    stack = ExitStack()  # what the run added to the pipeline, undone whatever happens
     try:
+        learned = None
+        if inversion is not None:
+            from wig.personalization.tokens import LearnedTokens
+
+            learned = stack.enter_context(LearnedTokens(pipe, inversion.tokens, gen))
+
+        def encode_texts(grad: bool) -> Text:
+            text = family.encode(pipe, [subject.prompt], grad=grad)
+            return Text.cat([text, class_text]) if prior else text
+
+        class_text = family.encode(pipe, [subject.class_prompt]) if prior else None
+        text = encode_texts(grad=False)
+
+        torch.manual_seed(seed)  # LoRA init (PEFT draws lora_A from the global generator)
+        model.add_adapter(
+            LoraConfig(
+                r=config.rank,
+                lora_alpha=config.rank,
+                init_lora_weights="gaussian",
+                target_modules=list(family.lora_targets),
+            ),
+            adapter_name=ADAPTER,
+        )
+        if config.gradient_checkpointing:
+            model.enable_gradient_checkpointing()
+        params = [p for p in model.parameters() if p.requires_grad]
+        for p in params:  # trainable LoRA weights in fp32 even when the frozen model is fp16
+            p.data = p.data.float()
+        groups = [{"params": params}]
+        if learned is not None:
+            groups.append({"params": [learned.rows], "lr": inversion.lr, "weight_decay": inversion.weight_decay})
+            params = params + [learned.rows]  # clipped together, as the advanced script does
+        optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+        # one device per job: accelerate brings autocast, the fp16 grad scaler and unscaled clipping;
+        # the model stays unwrapped (prepare() would patch its forward for the rest of the process)
+        optimizer = accelerator.prepare(optimizer)
+        model.to(device).train()
+
+        rows = []
+        start = time.perf_counter()
         with atomic_dir(out, overwrite=overwrite) as tmp:
             for step in tqdm(range(1, config.steps + 1), desc="train", disable=not progress):
+                inverting = learned is not None and step <= inversion.steps
+                if inverting:  # the prompt's new tokens move: encode it again, with the graph
+                    text = encode_texts(grad=True)
+                elif learned is not None and step == inversion.steps + 1:  # frozen from here
+                    text = encode_texts(grad=False)
                 latents = inst.draw()
                 if prior:
                     latents = torch.cat([latents, cls.draw()])
@@ -154,6 +191,8 @@ def train_lora(
                 accelerator.clip_grad_norm_(params, config.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                if inverting:
+                    learned.after_step()
                 values = losses.detach().tolist()
                 rows.append(
                     {
@@ -166,17 +205,27 @@ def train_lora(
                     }
                 )
                 if step == config.weak_step:
-                    save_lora(pipe, ADAPTER, tmp / "weak")
-            save_lora(pipe, ADAPTER, tmp / "full")
+                    _save(pipe, tmp / "weak", learned)
+            _save(pipe, tmp / "full", learned)
             log = pl.DataFrame(rows, schema=LOG_SCHEMA)
             log.write_parquet(tmp / "log.parquet")
             (tmp / "config.json").write_text(run_config(config, subject, seed, prior))
     finally:
-        model.delete_adapters(ADAPTER)
+        stack.close()
+        if ADAPTER in getattr(model, "peft_config", {}):
+            model.delete_adapters(ADAPTER)
         if config.gradient_checkpointing:
             model.disable_gradient_checkpointing()
         model.eval()
     return log
+
+
+def _save(pipe, folder, learned) -> None:
+    save_lora(pipe, ADAPTER, folder)
+    if learned is not None:
+        from wig.personalization.tokens import EMBEDDINGS_NAME
+
+        learned.save(folder / EMBEDDINGS_NAME)
 
 
 def run_config(method, subject: Subject, seed: int, prior: bool) -> str:
