@@ -53,13 +53,13 @@ def _latents(pipe, guidance, **kw):
     return sample_latents(pipe, guidance, request, progress=False)
 
 
-def _reference_loop(pipe, branch_fns, combine, renoise_uncond=False, timed=False):
+def _reference_loop(pipe, branch_fns, combine, renoise_uncond=False, timed=False, prompts=PROMPTS):
     """Each branch a separate UNet call: branch_fns[i](x, t, cond_embeds, uncond_embeds) -> prediction;
     ``timed``: ``combine`` also takes the step's diffusion time t / 1000."""
-    cond, uncond = pipe.encode_prompt(PROMPTS, "cpu", 1, True, negative_prompt=[""] * len(PROMPTS))
+    cond, uncond = pipe.encode_prompt(prompts, "cpu", 1, True, negative_prompt=[""] * len(prompts))
     sched = copy.deepcopy(pipe.scheduler)
     sched.set_timesteps(STEPS)
-    x = randn_tensor((len(PROMPTS), 4, H // 2, W // 2), generator=generators(), dtype=cond.dtype)
+    x = randn_tensor((len(prompts), 4, H // 2, W // 2), generator=generators(), dtype=cond.dtype)
     x = x * sched.init_noise_sigma
     for t in sched.timesteps:
         outs = [fn(x, t, cond, uncond) for fn in branch_fns]

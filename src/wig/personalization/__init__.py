@@ -5,6 +5,7 @@ weights θω are realised.
 
     db-lora      DreamBooth-LoRA with prior preservation (the paper's method); θω = the LoRA at scale ω
     db-lora-ti   DreamBooth-LoRA + textual inversion of new tokens <s0><s1> (pivotal tuning)
+    classdiffusion  Custom Diffusion (cross-attention k/v + <new1>) with the semantic preservation loss
 
 A new method is a module with a registered `PersonalizationMethod` subclass; importing it here is
 all it takes for config, the study, the train rule and the CLI.
@@ -13,7 +14,7 @@ Only the light declarations are imported here (no torch): the study reads the re
 Snakemake parses the workflow. Training and loading code is imported by the method when it runs.
 """
 
-from wig.personalization import db_lora, db_lora_ti  # noqa: F401  (registers the shipped methods)
+from wig.personalization import classdiffusion, db_lora, db_lora_ti  # noqa: F401  (registers the shipped methods)
 from wig.personalization.base import (
     REGISTRY,
     BranchWeights,

@@ -86,7 +86,7 @@ def read_embeddings(
         raise TokenError(f"not a safetensors token-embedding file: {path} ({err})") from None
     if len(tensors) != 1:
         raise TokenError(f"{path}: expected one embedding tensor, found {len(tensors)} ({', '.join(keys) or 'none'})")
-    (rows,) = tensors.values()
+    ((key, rows),) = tensors.items()
     if rows.ndim == 1:
         rows = rows.unsqueeze(0)
     width = _embedding_layer(pipe.text_encoder).weight.shape[1]
@@ -96,19 +96,25 @@ def read_embeddings(
         )
     if not bool(torch.isfinite(rows).all()):
         raise TokenError(f"{path}: embeddings hold NaN or inf values")
-    if tokens is None:
-        tokens = meta.get("tokens", "").split(",") if meta.get("tokens") else new_tokens(rows.shape[0])
+    if tokens is None and meta.get("tokens"):
+        tokens = meta["tokens"].split(",")
+    elif tokens is None:  # a file keyed by its token (diffusers' format) or the advanced script's clip_l
+        tokens = new_tokens(rows.shape[0]) if key == EMBEDDINGS_KEY else [key]
     if len(tokens) != rows.shape[0]:
         raise TokenError(f"{path}: {rows.shape[0]} embeddings for {len(tokens)} tokens ({', '.join(tokens)})")
     check_new(pipe.tokenizer, tokens, str(path))
     return list(tokens), rows.float()
 
 
-def save_embeddings(rows: torch.Tensor, tokens: Sequence[str], path: str | os.PathLike) -> Path:
+def save_embeddings(
+    rows: torch.Tensor, tokens: Sequence[str], path: str | os.PathLike, key: str = EMBEDDINGS_KEY
+) -> Path:
+    """One tensor under ``key`` (the advanced script's ``clip_l``; a single token's own name, as
+    diffusers' Custom Diffusion script writes ``<new1>``), the tokens in the metadata."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensor = rows.detach().to("cpu", torch.float32).contiguous()
-    save_file({EMBEDDINGS_KEY: tensor}, str(path), metadata={"tokens": ",".join(tokens)})
+    save_file({key: tensor}, str(path), metadata={"tokens": ",".join(tokens)})
     return path
 
 
@@ -120,8 +126,9 @@ class LearnedTokens:
     embedding layer's output; on exit the pipeline's tokenizer and table are as they were.
     """
 
-    def __init__(self, pipe, tokens: Sequence[str], gen: torch.Generator):
-        self.pipe, self.tokens, self.gen = pipe, list(tokens), gen
+    def __init__(self, pipe, tokens: Sequence[str], gen: torch.Generator, init: torch.Tensor | None = None):
+        """``init``: the rows to start from (default: Gaussian at the table's σ, drawn from ``gen``)."""
+        self.pipe, self.tokens, self.gen, self.init = pipe, list(tokens), gen, init
         self._handle = None
 
     def __enter__(self):
@@ -133,7 +140,10 @@ class LearnedTokens:
         self._tokenizer, self._n_vocab = pipe.tokenizer, layer.weight.shape[0]
         self.std = float(layer.weight.detach().float().std())
         width = layer.weight.shape[1]
-        init = torch.randn((len(self.tokens), width), generator=self.gen) * self.std
+        if self.init is not None:
+            init = self.init.detach().float().clone().reshape(len(self.tokens), width)
+        else:
+            init = torch.randn((len(self.tokens), width), generator=self.gen) * self.std
         pipe.tokenizer = copy.deepcopy(pipe.tokenizer)
         try:
             self.ids = add_tokens(pipe, self.tokens, init)
@@ -162,8 +172,8 @@ class LearnedTokens:
         """The script's renormalisation: rows × (σ_table / σ_rows)^0.1."""
         self.rows.mul_((self.std / self.rows.float().std()) ** 0.1)
 
-    def save(self, path: str | os.PathLike) -> Path:
-        return save_embeddings(self.rows, self.tokens, path)
+    def save(self, path: str | os.PathLike, key: str = EMBEDDINGS_KEY) -> Path:
+        return save_embeddings(self.rows, self.tokens, path, key=key)
 
     def _restore(self) -> None:
         self.pipe.tokenizer = self._tokenizer
