@@ -22,8 +22,12 @@ def _at_root(monkeypatch):
     monkeypatch.chdir(ROOT)  # configs name the sheet and images relative to the workflow
 
 
-def _config(path="config/config.yaml", **changes):
+def _config(path="config/config.yaml", all_finetunes=False, **changes):
+    """A config as the workflow reads it; the demo's with its first fine-tune (db-lora) only unless
+    ``all_finetunes`` (the planning tests below are about one method; the demo's list has its own)."""
     config = yaml.safe_load((ROOT / path).read_text())
+    if path == "config/config.yaml" and not all_finetunes:
+        config["personalization"] = config["personalization"][0]
     for dotted, value in changes.items():
         *parents, key = dotted.split("__")
         target = config
@@ -77,8 +81,8 @@ def test_demo_plans_each_family_its_own_grid():
     assert list(study.models) == ["tiny-sana", "tiny-sd"]  # sorted, whatever the YAML order
     sd, sana = study.models["tiny-sd"], study.models["tiny-sana"]
     assert sd.family == "sd" and sana.family == "sana" and study.bases("tiny") == ["tiny-sana", "tiny-sd"]
-    assert len(sd.points) == 9 and not {"cfgpp", "pgpp"} & {p.method for p in sana.points} and len(sana.points) == 6
-    assert _counts(study) == {"class_images": 4, "train": 4, "generate": 2 * 9 + 2 * 6}
+    assert len(sd.points) == 10 and not {"cfgpp", "pgpp"} & {p.method for p in sana.points} and len(sana.points) == 7
+    assert _counts(study) == {"class_images": 4, "train": 4, "generate": 2 * 10 + 2 * 7}
     assert study.tiny_config("tiny-sd")["unet"]
     # metrics: every one the encoders allow; a study that scores CLIP-T alone embeds with CLIP alone
     assert study.metrics == ("dino", "clip_i", "clip_t") and study.metric_encoders() == ["dino", "clip"]
@@ -286,3 +290,41 @@ def test_config_errors_name_their_key(changes, message):
     with pytest.raises(StudyError) as err:
         Study.from_config(config)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_demo_plans_every_fine_tune_where_its_family_allows_and_sag_its_class_prompts():
+    study = Study.from_config(_config(all_finetunes=True))
+    pairs = study.finetune_pairs()
+    assert pairs == [
+        ("tiny-sana", "db-lora"),
+        ("tiny-sd", "db-lora"),
+        ("tiny-sd", "db-lora-ti"),
+        ("tiny-sd", "classdiffusion"),
+    ]  # TI and ClassDiffusion train the SD family only
+    # each method names the subject its own way in the prompts it trains and is evaluated on
+    concept = next(iter(study.concepts))
+    subjects = {ft: study.concept_prompts("tiny-sd", ft, concept)[0] for _, ft in pairs[1:]}
+    assert (
+        "sks" in subjects["db-lora"] and "<s0><s1>" in subjects["db-lora-ti"] and "<new1>" in subjects["classdiffusion"]
+    )
+    # a SAG job gets c₀ per prompt: the prompt with the subject replaced by its class noun
+    chunks = study.models["tiny-sd"].point_chunks
+    (sag,) = [name for name, points in chunks.items() if any(p.method == "sag" for p in points)]
+    texts = study.extra_texts_of("tiny-sd", sag, concept)
+    assert len(texts["class_prompt"]) == len(study.prompts[concept])
+    assert not any(tok in t for t in texts["class_prompt"] for tok in ("sks", "<s0>", "<new1>"))
+
+
+@pytest.mark.parametrize(
+    "preset, finetunes", [("vico-sd15-table2", ["db-lora-ti"]), ("vico-sd21-table2", ["db-lora-ti", "classdiffusion"])]
+)
+def test_table2_presets_plan_the_methods_with_sag_and_the_omega_sweep(preset, finetunes):
+    # Table 2's rows (none, cfg, sag ×2, ag) and the 11-point ω sweep of Tables 12–13, per fine-tune
+    study = Study.from_config(_config(f"config/presets/{preset}.yaml"))
+    (model,) = study.models.values()
+    assert list(model.finetunes) == finetunes and len(model.points) == 1 + 1 + 2 + 1 + 11
+    assert _counts(study) == {
+        "class_images": 11 if "db-lora-ti" in finetunes else 0,
+        "train": 16 * len(finetunes),
+        "generate": 16 * 16 * len(finetunes),
+    }

@@ -73,6 +73,7 @@ class PersonalizationMethod:
     settings as fields and implement `train`, `checkpoints` and `attach`."""
 
     name: ClassVar[str]
+    families: ClassVar[tuple[str, ...] | None] = None  # the model families it trains (None: all)
     # what every method has: training length, the weak checkpoint, resolution, prior preservation
     steps: int = param(500, "training steps", low=1)
     weak_step: int = param(100, "the step of the weak (early) checkpoint, < steps (AG's weak model)", low=1)

@@ -28,6 +28,7 @@ from wig.settings import param
 @dataclass(frozen=True)
 class ClassDiffusion(PersonalizationMethod):
     name = "classdiffusion"
+    families = ("sd",)  # Custom Diffusion is defined on the UNet's cross-attention
     prior_weight: float = param(
         0.0, "fixed at 0: ClassDiffusion regularises with SPL, not class images", choices=(0.0,)
     )

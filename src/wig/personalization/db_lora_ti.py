@@ -27,6 +27,7 @@ from wig.settings import param
 @dataclass(frozen=True)
 class DreamBoothLoRATI(DreamBoothLoRA):
     name = "db-lora-ti"
+    families = ("sd",)  # CLIP text encoders (SD 1.5, 2.1); SANA's Gemma is untested
     tokens: int = param(2, "new tokens per concept (<s0><s1>…), in place of the identifier", low=1)
     embedding_lr: float = param(3e-4, "AdamW learning rate of the new token embeddings", above=0.0)
     ti_fraction: float = param(0.5, "share of the steps the embeddings train before they freeze", low=0.0, high=1.0)

@@ -490,7 +490,16 @@ def _model(
     for key in overrides:
         if key not in known:
             raise StudyError(f"models.{name}.personalization.{key}: no fine-tune's method has this setting")
-    tunes = {ft: _finetune(entry, overrides, name) for ft, entry in finetunes.items()}
+    tunes = {
+        ft: _finetune(entry, overrides, name)
+        for ft, entry in finetunes.items()
+        if method_class(entry["method"]).families is None or family in method_class(entry["method"]).families
+    }
+    if not tunes:
+        raise StudyError(
+            f"models.{name} ({family}): none of the personalization methods "
+            f"({', '.join(sorted({e['method'] for e in finetunes.values()}))}) trains the {family} family"
+        )
     runnable = tuple(p for p in points if family in DDIM_FAMILIES or not p.requires_ddim)
     if not runnable:
         skipped = sorted({p.method for p in points})
