@@ -6,6 +6,8 @@ machine hits all of them alike.
 
     python benchmarks/guidance_cost.py                       # tiny SD twin, CPU
     python benchmarks/guidance_cost.py --family sana         # tiny SANA twin, CPU
+    python benchmarks/guidance_cost.py --personalization db-lora-ti      # PG/CFG, SAG/CFG with TI
+    python benchmarks/guidance_cost.py --personalization classdiffusion  # ... with ClassDiffusion
     python benchmarks/guidance_cost.py --config benchmarks/sd15_arch.json --height 512 \
         --width 512 --steps 20 --batch 4 --device cuda --dtype float16   # SD 1.5 scale, GPU
 
@@ -83,11 +85,13 @@ def _request(args, batch):
     )
 
 
-def _time_ours(pipe, guidance, args):
+def _time_ours(pipe, guidance, args, weights=None, prompt=PROMPT):
     device = family_of(pipe).denoiser(pipe).device
+    request = _request(args, args.batch)
+    request.prompts = [prompt] * args.batch
     _sync(device)
     t0 = time.perf_counter()
-    images = decode(pipe, sample_latents(pipe, guidance, _request(args, args.batch), progress=False), "np")
+    images = decode(pipe, sample_latents(pipe, guidance, request, progress=False, weights=weights), "np")
     _sync(device)
     return time.perf_counter() - t0, images
 
@@ -193,6 +197,37 @@ def _probe(args):
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
+def _personalized(args, model: Path, workdir: Path):
+    """PG/CFG and SAG/CFG wall time with a run of another personalization method attached (its
+    own branch weights: TI's token rows, ClassDiffusion's per-sample weight differences). The run
+    is a real 2-step training of the method on the demo dog, so its files are the method's own."""
+    from wig.concepts import read_images
+    from wig.personalization import Subject, make
+
+    method = make(args.personalization, steps=2, weak_step=1, resolution=64)
+    prompt = f"a photo of {method.identifier('sks')} dog on the beach"
+    cpu = load_pipeline(str(model), device="cpu", dtype="float32")
+    images = read_images(Path(__file__).resolve().parents[1] / "resources/datasets/demo/images/brown_dog")
+    method.train(cpu, Subject(images, f"a photo of {method.identifier('sks')} dog"), workdir / "run", progress=False)
+    pipe = load_pipeline(str(model), device=args.device, dtype=args.dtype)
+    weights = method.attach(pipe, workdir / "run")
+    denoiser = family_of(pipe).denoiser(pipe)
+    native = denoiser.config.sample_size * pipe.vae_scale_factor
+    args.height, args.width = args.height or native, args.width or native
+    variants = {k: v for k, v in _variants(args.scale).items() if k in ("cfg", "pg", "sag")}
+    times = {name: [] for name in variants}
+    _time_ours(pipe, variants["cfg"], args, weights, prompt)  # warm-up
+    for _ in range(args.repeats):
+        for name, guidance in variants.items():
+            times[name].append(_time_ours(pipe, guidance, args, weights, prompt)[0])
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"{args.personalization} on {model.name}; {args.steps} steps; batch {args.batch}; median of {args.repeats}")
+    for name in times:
+        print(f"  {name:10s} {med[name]:8.3f} s")
+    print(f"PG/CFG wall time         {med['pg'] / med['cfg']:.3f}   (goal <= 1.02)")
+    print(f"SAG/CFG wall time        {med['sag'] / med['cfg']:.3f}   (goal <= 1.55)")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="diffusers model folder (default: build a twin from --config)")
@@ -207,6 +242,12 @@ def main():
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--personalization",
+        default="db-lora",
+        help="the fine-tune's method: db-lora (a random LoRA; also ours vs stock and memory) or another "
+        "registered method (a 2-step run of it; PG/CFG and SAG/CFG)",
+    )
     p.add_argument("--_probe", help=argparse.SUPPRESS)
     p.add_argument("--_lora", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -219,6 +260,11 @@ def main():
     dlog.set_verbosity_error()
     if args._probe:
         return _probe(args)
+
+    if args.personalization != "db-lora":
+        with tempfile.TemporaryDirectory() as tmp:
+            model, _, _ = _prepare(args, Path(tmp))
+            return _personalized(args, model, Path(tmp))
 
     with tempfile.TemporaryDirectory() as tmp:
         model, lora, pipe = _prepare(args, Path(tmp))

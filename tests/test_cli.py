@@ -224,3 +224,16 @@ def test_sana_from_the_cli(tmp_path):
     assert Image.open(out).size == (64, 64)
     assert main([*args, "--method", "cfgpp", "--out", str(tmp_path / "pp.png")]) == 1  # DDIM only
     assert not (tmp_path / "pp.png").exists()
+
+
+def test_train_flags_reach_each_method_and_true_settings_can_be_turned_off():
+    from wig.cli import _personalization
+    from wig.personalization import make as make_method
+
+    base = ["train", "--model", "m", "--instance-dir", "i", "--instance-prompt", "a photo of <new1> dog", "--out", "o"]
+    args = build_parser().parse_args([*base, "--method", "classdiffusion", "--no-hflip", "--spl-weight", "0.5"])
+    assert _personalization(args) == make_method("classdiffusion", hflip=False, spl_weight=0.5)
+    args = build_parser().parse_args(
+        [*base, "--method", "db-lora-ti", "--embedding-lr", "5e-6", "--gradient-checkpointing"]
+    )
+    assert _personalization(args) == make_method("db-lora-ti", embedding_lr=5e-6, gradient_checkpointing=True)

@@ -91,7 +91,9 @@ def _add_settings(p: argparse.ArgumentParser, registry) -> None:
             flag = f"--setting-{name.replace('_', '-')}"
         dest = f"setting_{name}"
         if type_name(f) == "bool":
-            p.add_argument(flag, dest=dest, action="store_const", const=True, default=None, help=f.metadata["doc"])
+            # --x / --no-x: a setting that defaults to True (classdiffusion's --hflip) can be turned off
+            help_ = f"{f.metadata['doc']} (default: {defaults})"
+            p.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_)
             continue
         kind = {"float": float, "int": int}.get(type_name(f), str)
         choices = f.metadata.get("choices") or None
