@@ -112,6 +112,35 @@ def test_stock_diffusers_loads_a_run_and_draws_what_wig_draws(tiny_sd, run):
     assert np.abs(to_uint8(other) - to_uint8(ours)).max() > 5
 
 
+def test_an_sd21_shaped_twin_round_trips_through_stock_diffusers_too(tiny_sd, tmp_path):
+    # SD 2.1's text encoder is wider (1024 for 768 in SD 1.5) and it predicts v: a twin with a
+    # 48-wide encoder and v-prediction trains, writes (2, 48) rows and loads in stock diffusers
+    import json
+
+    from wig.sampling.tiny import build_tiny_sd, default_config
+
+    config = json.loads(json.dumps(default_config("sd")))
+    config["text_encoder"].update(hidden_size=48, projection_dim=48)
+    config["unet"]["cross_attention_dim"] = 48
+    config["scheduler"]["prediction_type"] = "v_prediction"
+    build_tiny_sd(tmp_path / "sd21", config=config)
+    pipe = _pipe(tmp_path / "sd21")
+    _train(pipe, tmp_path / "run", steps=4, weak_step=2)
+    rows = load_file(str(_method().embeddings(tmp_path / "run")["full"]))[EMBEDDINGS_KEY]
+    assert rows.shape == (2, 48)
+    stock = StableDiffusionPipeline.from_pretrained(str(tmp_path / "sd21"), safety_checker=None)
+    stock.set_progress_bar_config(disable=True)
+    stock.load_lora_weights(str(tmp_path / "run" / "full"))
+    stock.load_textual_inversion(rows, token=TOKENS, text_encoder=stock.text_encoder, tokenizer=stock.tokenizer)
+    ref = stock([INSTANCE], guidance_scale=7.5, num_inference_steps=3, height=RES, width=RES, generator=generators([0]))
+    weights = _method().attach(pipe, tmp_path / "run")
+    ours = sample(pipe, [INSTANCE], Guidance("cfg", 7.5), generators([0]), weights=weights, **KW)
+    assert np.abs(to_uint8(ours) - to_uint8(ref.images)).max() <= 1
+    # and its file does not fit the 32-wide SD 1.5 twin
+    with pytest.raises(TokenError, match="whose width is 32"):
+        _method().attach(_pipe(tiny_sd), tmp_path / "run")
+
+
 def test_pg_and_ag_with_ti_equal_stock_loading_by_hand(tiny_sd, run):
     # the ∅ branch never holds the new tokens: PG's θω is the LoRA at scale ω whatever the tokens;
     # AG's pretrained weak branch keeps the full checkpoint's rows
