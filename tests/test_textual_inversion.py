@@ -218,3 +218,23 @@ def test_a_file_that_is_not_safetensors_is_refused_by_name(tiny_sd, run, tmp_pat
         )
         (bad / name / "learned_embeds.safetensors").write_bytes(b"not a tensor file")
     _refused(tiny_sd, bad, "not a safetensors token-embedding file: .*full/learned_embeds.safetensors")
+
+
+def test_wig_generate_attaches_a_run_by_the_method_that_wrote_it(tiny_sd, run, tmp_path, capsys):
+    from PIL import Image
+
+    from wig.cli import main
+
+    out = tmp_path / "cli.png"
+    common = ["generate", "--model", str(tiny_sd), "--method", "pg", "--omega", "0.0", "--prompt", INSTANCE]
+    size = ["--seed", "0", "--steps", "3", "--height", str(RES), "--width", str(RES), "--quiet"]
+    assert main([*common, *size, "--run", str(run), "--out", str(out)]) == 0
+    pipe = _pipe(tiny_sd)
+    ref = sample(
+        pipe, [INSTANCE], Guidance("pg", omega=0.0), generators([0]), weights=_method().attach(pipe, run), **KW
+    )
+    assert np.array_equal(to_uint8([Image.open(out)]), to_uint8(ref))
+    # a folder without a run's config.json: one error naming the file, no image
+    assert main([*common, *size, "--run", str(tmp_path), "--out", str(tmp_path / "x.png")]) == 1
+    assert f"not a fine-tune run folder: {tmp_path / 'config.json'}" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()

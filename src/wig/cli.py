@@ -164,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="weak (early) LoRA checkpoint, attached as adapter 'weak' for the methods that use it",
     )
+    p.add_argument(
+        "--run",
+        type=Path,
+        help="a fine-tune run folder (wig train's --out, any personalization method): attached as the method "
+        "its config.json names does it (instead of --lora/--weak-lora)",
+    )
     p.add_argument("--method", required=True, choices=sorted(REGISTRY), help="guidance method")
     p.add_argument("--prompt", required=True, action="append", help="prompt (repeat for a batch)")
     p.add_argument("--seed", type=_SEED, action="append", required=True, help="seed (repeat for a batch)")
@@ -371,14 +377,22 @@ def _cmd_generate(args) -> None:
             lora_file(path)  # fail before the model load
     guidance = _guidance(args)
     extra_texts = _extra_texts(args, len(prompts))
+    method = _run_method(args) if args.run is not None else None
     _runtime(args)
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, scheduler=args.scheduler)
-    attach_loras(pipe, args.lora, args.weak_lora)
+    weights = None
+    if method is not None:
+        from wig.personalization.checkpoints import WEAK
+
+        weights = method.attach(pipe, args.run, weak=WEAK in guidance.required_adapters())
+    else:
+        attach_loras(pipe, args.lora, args.weak_lora)
     images = sample(
         pipe,
         prompts,
         guidance,
         generators=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+        weights=weights,
         negative_prompt=args.negative_prompt,
         extra_texts=extra_texts,
         steps=args.steps,
@@ -405,6 +419,24 @@ def _cmd_generate(args) -> None:
 def _guidance(args):
     """The method with the settings given on the command line (its defaults for the others)."""
     return make(args.method, **_settings_given(args, REGISTRY))
+
+
+def _run_method(args):
+    """The personalization method (with its settings) that wrote the run folder ``--run``."""
+    from wig.personalization import make as make_method
+
+    if args.lora is not None or args.weak_lora is not None:
+        raise WigError("--run attaches the run's own checkpoints: give it without --lora/--weak-lora")
+    path = args.run / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise WigError(f"not a fine-tune run folder: {path} cannot be read ({err})") from None
+    settings = {k: v for k, v in config.items() if k not in ("instance_prompt", "class_prompt", "seed")}
+    try:
+        return make_method(**settings)
+    except (WigError, TypeError) as err:
+        raise WigError(f"{path}: {err}") from None
 
 
 def _personalization(args):
