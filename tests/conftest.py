@@ -74,3 +74,12 @@ def generators(seeds=SEEDS):
 
 def to_uint8(images) -> np.ndarray:
     return np.stack([np.asarray(im, dtype=np.int16) for im in images])
+
+
+def point_row(method: str, **values) -> dict:
+    """A grid point's manifest/score columns for hand-made tables: ``method``, every registered
+    guidance parameter at the registry's default, then ``values`` (so a new plug-in's column never
+    breaks a hand-made table)."""
+    from wig.guidance import columns
+
+    return {"method": method, **{name: f.default for name, f in columns().items()}, **values}

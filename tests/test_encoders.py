@@ -19,6 +19,8 @@ from wig.evaluation.embeddings import EmbeddingError, read_embeddings
 from wig.evaluation.encoders import build_tiny_encoder, dreammatcher_tensor, embed_images, embed_texts, load_encoder
 from wig.evaluation.metrics import score_job, score_samples
 
+from conftest import point_row
+
 ROOT = Path(__file__).resolve().parents[1]
 DOG = ROOT / "resources/datasets/demo/images/brown_dog"
 PROTOCOLS = ["dreammatcher", "standard"]
@@ -75,11 +77,7 @@ def _sample_set(folder: Path, images: list[Path]) -> Path:
                 "prompt_index": i,
                 "prompt": f"a sks dog {i}",
                 "seed": 0,
-                "method": "cfg",
-                "omega": 1.0,
-                "scale": 7.5,
-                "ag_scale": 2.0,
-                "weak": "pretrained",
+                **point_row("cfg", scale=7.5),
                 "sha256": hashlib.sha256((folder / name).read_bytes()).hexdigest(),
             }
         )

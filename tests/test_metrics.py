@@ -20,6 +20,8 @@ from wig.evaluation.metrics import (
 )
 from wig.evaluation.plots import pareto_front
 
+from conftest import point_row
+
 METRICS = ("dino", "clip_i", "clip_t")  # the encoder metrics of wig.evaluation.metrics.REGISTRY
 
 
@@ -54,11 +56,7 @@ def _scores(seed=0, concepts=("a", "b", "c"), prompts=4, seeds=(0, 1), finetune_
                                 "finetune_seed": ls,
                                 "prompt_index": p,
                                 "seed": s,
-                                "method": method,
-                                "omega": omega,
-                                "scale": scale,
-                                "ag_scale": 2.0,
-                                "weak": "pretrained",
+                                **point_row(method, omega=omega, scale=scale),
                                 "protocol": "dreammatcher",
                                 **{m: float(rng.normal()) for m in METRICS},
                             }
@@ -143,7 +141,7 @@ def test_paired_comparison_against_cfg_on_the_same_noise():
 
 def test_paired_needs_a_cfg_point():
     with pytest.raises(WigError, match="need a cfg point"):
-        point = {"method": "pg", "omega": 0.0, "scale": 7.5, "ag_scale": 2.0, "weak": "pretrained"}
+        point = point_row("pg", omega=0.0, scale=7.5)
         reference_points(pl.DataFrame({k: [point[k]] for k in point_keys()}))
 
 
@@ -184,11 +182,7 @@ def test_matched_text_fidelity_interpolates_along_lambda():
             rows.append(
                 {
                     "protocol": "oracle",
-                    "method": method,
-                    "omega": omega,
-                    "scale": scale,
-                    "ag_scale": 2.0,
-                    "weak": "pretrained",
+                    **point_row(method, omega=omega, scale=scale),
                     "oracle_text": text,
                     "oracle_subject": subject,
                 }

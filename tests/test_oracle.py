@@ -22,6 +22,8 @@ from wig.synthetic.world import (
     shape_mask,
 )
 
+from conftest import point_row
+
 
 def _layouts():
     layout, rng = Layout(), np.random.default_rng(0)
@@ -191,11 +193,7 @@ def test_oracle_scores_per_image_and_reach_the_tables():
                     "finetune_seed": 0,
                     "prompt_index": p,
                     "seed": 0,
-                    "method": method,
-                    "omega": omega,
-                    "scale": 7.5,
-                    "ag_scale": 2.0,
-                    "weak": "pretrained",
+                    **point_row(method, omega=omega, scale=7.5),
                     "protocol": "dreammatcher",
                     "dino": 0.0,
                     "clip_i": 0.0,

@@ -591,7 +591,38 @@ def test_synthetic_preset_smoke_runs_end_to_end(tmp_path):
     assert planned["pretrain_model"] == 1 and "pretrain_vae" not in planned and planned["train"] == 4
 
 
-@pytest.mark.parametrize("name", ["small", "synthetic-smoke"])
+@pytest.mark.slow
+@pytest.mark.xdist_group("table2-study")
+def test_table2_study_trains_every_method_and_guides_with_sag_through_the_dag(tmp_path):
+    """.test/config/table2.yaml: db-lora, db-lora-ti and classdiffusion on the tiny SD twin, each
+    with cfg, pg ω = 0 and sag; every stage runs and the tables hold every method."""
+    config = yaml.safe_load((ROOT / ".test/config/table2.yaml").read_text())
+    workdir = _workdir(tmp_path, config)
+    proc = _snakemake(workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = workdir / "results/tiny-sd"
+    run_files = {
+        "db-lora": ["pytorch_lora_weights.safetensors"],
+        "db-lora-ti": ["pytorch_lora_weights.safetensors", "learned_embeds.safetensors"],
+        "classdiffusion": ["pytorch_custom_diffusion_weights.safetensors", "learned_embeds.safetensors"],
+    }
+    subject = {"db-lora": "sks dog", "db-lora-ti": "<s0><s1> dog", "classdiffusion": "<new1> dog"}
+    for finetune, files in run_files.items():
+        for checkpoint in ("full", "weak"):
+            for name in files:
+                assert (model / finetune / "runs/brown_dog/ft0" / checkpoint / name).is_file(), (finetune, name)
+        scores = pl.read_parquet(model / finetune / "tables/scores.parquet")
+        assert set(scores["method"]) == {"cfg", "pg", "sag"}, finetune
+        # each method names the subject its own way in the prompts it is sampled with
+        (manifest,) = (model / finetune / "samples/brown_dog/ft0").glob("*/seeds*/manifest.parquet")
+        assert all(subject[finetune] in p for p in pl.read_parquet(manifest)["prompt"]), finetune
+        paired = pl.read_parquet(model / finetune / "tables/paired_vs_cfg.parquet")
+        assert "sag" in set(paired["method"]), finetune
+    log = pl.read_parquet(model / "classdiffusion/runs/brown_dog/ft0/log.parquet")
+    assert "spl" in log.columns and log["spl"].null_count() == 0
+
+
+@pytest.mark.parametrize("name", ["small", "synthetic-smoke", "table2"])
 def test_the_test_configs_run_by_hand_as_their_headers_say(name):
     # the files pytest loads are whole configs: `snakemake -n --configfile` plans them in the checkout
     proc = subprocess.run(
