@@ -200,8 +200,8 @@ class DeltaBranchWeights(BranchWeights):
 
     def denoiser(self, pipe) -> DeltaScales:
         unet = family_of(pipe).denoiser(pipe)
-        device = unet.device
-        deltas = {k: {n: d.to(device) for n, d in v.items()} for k, v in self.deltas.items()}
+        # once per sampling call, in the model's dtype: the hooks then add without a cast
+        deltas = {k: {n: d.to(unet.device, unet.dtype) for n, d in v.items()} for k, v in self.deltas.items()}
         return DeltaScales(trained_layers(unet), deltas)
 
 
