@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from wig.errors import WigError
 from wig.personalization.base import BranchWeights
 from wig.personalization.checkpoints import FULL
+from wig.personalization.hooks import SampleScales, per_sample
 from wig.personalization.tokens import EMBEDDINGS_NAME, LearnedTokens, TokenRows, add_tokens, read_embeddings
 from wig.sampling.families import SD, Text, family_of
 from wig.workflow.atomic import atomic_dir
@@ -129,14 +130,13 @@ def read_deltas(unet, path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return deltas
 
 
-class DeltaScales:
+class DeltaScales(SampleScales):
     """Per-sample θ + Σ_k s_k·ΔW_k for the trained layers: a forward hook adds Σ_k s_k ΔW_k x to
     each layer's output. ``set`` takes the sampler's per-sample coefficient vectors."""
 
     def __init__(self, layers: Mapping[str, torch.nn.Linear], deltas: Mapping[str, Mapping[str, torch.Tensor]]):
+        super().__init__()
         self.layers, self.deltas = dict(layers), {k: dict(v) for k, v in deltas.items()}  # ckpt -> layer -> ΔW
-        self._scales: dict[str, torch.Tensor] = {}
-        self._handles: list = []
 
     @property
     def has_effect(self) -> bool:
@@ -150,38 +150,25 @@ class DeltaScales:
             (x,) = args[:1]
             for name, vec in self._scales.items():
                 delta = self.deltas[name][layer]
-                term = F.linear(x, delta.to(x.device, x.dtype))
-                if out.shape[0] != vec.shape[0]:
-                    raise RuntimeError(f"scale vector has {vec.shape[0]} entries, batch has {out.shape[0]}")
-                out = out + term * vec.to(out.dtype).view(-1, *([1] * (out.dim() - 1)))
+                out = out + F.linear(x, delta.to(x.device, x.dtype)) * per_sample(vec, out)
             return out
 
         return hook
 
-    def __enter__(self):
-        for name, module in self.layers.items():
-            self._handles.append(module.register_forward_hook(self._hook(name)))
-        return self
-
-    def __exit__(self, *exc):
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self._scales = {}
-        return False
+    def _hooks(self):
+        return [(module, self._hook(name)) for name, module in self.layers.items()]
 
 
-class _NoScales:
+class _NoScales(SampleScales):
+    """The text encoder's weights: a Custom Diffusion run changes none (only the token rows)."""
+
     has_effect = False
 
     def set(self, scales) -> None:
         pass
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+    def _hooks(self):
+        return []
 
 
 class DeltaBranchWeights(BranchWeights):

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from wig.errors import WigError
 from wig.personalization.base import BranchWeights
 from wig.personalization.checkpoints import FULL, LORA_WEIGHT_NAME, WEAK
+from wig.personalization.hooks import SampleScales, per_sample
 from wig.sampling.families import SD, family_of
 
 # "<module>.lora_A.weight" (PEFT) or "<module>.lora.down.weight" (diffusers); A/down: (rank, in)
@@ -179,7 +180,7 @@ class LoraBranchWeights(BranchWeights):
         return LoraScales([family_of(pipe).denoiser(pipe)])
 
 
-class LoraScales:
+class LoraScales(SampleScales):
     """Per-sample, per-adapter LoRA scales for batched forwards of ``modules``.
 
     Use as a context manager; inside it, ``set({"full": tensor([1., .4]), ...})`` makes sample
@@ -189,9 +190,8 @@ class LoraScales:
     """
 
     def __init__(self, modules: Iterable[torch.nn.Module]):
+        super().__init__()
         self._layers = list(lora_layers(modules))
-        self._scales: dict[str, torch.Tensor | float | None] = {}
-        self._handles: list = []
 
     @property
     def has_effect(self) -> bool:
@@ -220,24 +220,12 @@ class LoraScales:
                 return None
             if isinstance(scale, float):
                 return out * scale
-            if out.shape[0] != scale.shape[0]:
-                raise RuntimeError(f"LoRA scale vector has {scale.shape[0]} entries, batch has {out.shape[0]}")
-            return out * scale.to(out.dtype).view(-1, *([1] * (out.dim() - 1)))
+            return out * per_sample(scale, out)
 
         return hook
 
-    def __enter__(self):
-        for layer in self._layers:
-            for name, module in layer.lora_A.items():
-                self._handles.append(module.register_forward_hook(self._hook(name)))
-        return self
-
-    def __exit__(self, *exc):
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self._scales = {}
-        return False
+    def _hooks(self):
+        return [(module, self._hook(name)) for layer in self._layers for name, module in layer.lora_A.items()]
 
 
 def save_lora(pipe, adapter_name: str, out: str | os.PathLike) -> Path:

@@ -1,0 +1,40 @@
+"""What the per-sample weight contexts share (`wig.personalization.lora.LoraScales`,
+`wig.personalization.custom_diffusion.DeltaScales`): forward hooks that scale a module's output
+per sample, registered while the context is open and removed when it closes."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+
+
+def per_sample(vec: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``vec`` (one coefficient per sample) shaped to broadcast over ``out``'s batch dimension."""
+    if out.shape[0] != vec.shape[0]:
+        raise RuntimeError(f"scale vector has {vec.shape[0]} entries, batch has {out.shape[0]}")
+    return vec.to(out.dtype).view(-1, *([1] * (out.dim() - 1)))
+
+
+class SampleScales:
+    """A context manager holding forward hooks (`_hooks`: (module, hook) pairs) while open; ``set``
+    (in subclasses) fixes the per-sample coefficients the hooks read."""
+
+    def __init__(self):
+        self._scales: dict = {}
+        self._handles: list = []
+
+    def _hooks(self) -> Iterable[tuple[torch.nn.Module, Callable]]:
+        raise NotImplementedError
+
+    def __enter__(self):
+        for module, hook in self._hooks():
+            self._handles.append(module.register_forward_hook(hook))
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._scales = {}
+        return False
