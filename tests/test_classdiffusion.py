@@ -182,3 +182,32 @@ def test_a_broken_weight_file_is_refused_by_name(tiny_sd, run, tmp_path):
         )
         (bad / name / "pytorch_custom_diffusion_weights.safetensors").write_bytes(b"\x00" * 16)
     _refused(_pipe(tiny_sd), bad, CustomDiffusionError, "not a safetensors Custom Diffusion file: .*full/")
+
+
+def test_settings_it_cannot_honour_are_refused_when_made():
+    from wig.errors import WigError
+
+    with pytest.raises(WigError, match="mixed_precision must be 'no', got 'fp16'"):
+        make("classdiffusion", mixed_precision="fp16")
+    with pytest.raises(WigError, match="prior_weight must be 0.0"):
+        make("classdiffusion", prior_weight=1.0)
+
+
+def test_gradient_checkpointing_trains_the_same_run(pipe, run, tmp_path):
+    _train(pipe, tmp_path / "ckpt", gradient_checkpointing=True)
+    assert not pipe.unet.is_gradient_checkpointing
+    for files in (_method().checkpoints, _method().embeddings):
+        for name, path in files(run).items():
+            torch.testing.assert_close(load_file(str(files(tmp_path / "ckpt")[name])), load_file(str(path)))
+
+
+@pytest.mark.parametrize("method", ["classdiffusion", "db-lora-ti"])
+def test_sd_only_methods_refuse_a_sana_pipeline_by_name(tiny_sana, method, tmp_path):
+    from wig.errors import WigError
+
+    sana = load_pipeline(str(tiny_sana), device="cpu", dtype="float32")
+    with pytest.raises(WigError, match=f"{method} trains the sd family, not sana"):
+        make(method).train(sana, Subject(read_images(DOG), "a photo of <new1> dog"), tmp_path / "run", progress=False)
+    with pytest.raises(WigError, match=f"{method} trains the sd family, not sana"):
+        make(method).attach(sana, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

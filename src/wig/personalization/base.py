@@ -87,6 +87,14 @@ class PersonalizationMethod:
         if self.weak_step >= self.steps:
             raise WigError(f"weak_step must lie in [1, steps), got {self.weak_step} with steps={self.steps}")
 
+    def check_family(self, pipe) -> None:
+        """Refuse a pipeline of a family the method does not train (``families``)."""
+        from wig.sampling.families import family_of
+
+        family = family_of(pipe).name
+        if self.families is not None and family not in self.families:
+            raise WigError(f"{self.name} trains the {'/'.join(self.families)} family, not {family}")
+
     @property
     def prior(self) -> bool:
         """Whether its runs use prior preservation (and so class images)."""

@@ -32,6 +32,9 @@ class ClassDiffusion(PersonalizationMethod):
     prior_weight: float = param(
         0.0, "fixed at 0: ClassDiffusion regularises with SPL, not class images", choices=(0.0,)
     )
+    mixed_precision: str = param(
+        "no", "fixed: trained tensors stay fp32 (a half-precision model's forward runs under autocast)", choices=("no",)
+    )
     lr: float = param(1e-5, "AdamW learning rate per image; scaled by batch_size as their --scale_lr", above=0.0)
     batch_size: int = param(2, "instance images per step", low=1)
     spl_weight: float = param(1.0, "weight of the semantic preservation loss", low=0.0)
@@ -47,6 +50,7 @@ class ClassDiffusion(PersonalizationMethod):
     def train(self, pipe, subject: Subject, out, seed=0, progress=True, overwrite=False):
         from wig.personalization.custom_diffusion import train_classdiffusion
 
+        self.check_family(pipe)
         return train_classdiffusion(pipe, subject, out, self, seed=seed, progress=progress, overwrite=overwrite)
 
     def checkpoints(self, out: str | os.PathLike) -> dict[str, Path]:
@@ -65,6 +69,7 @@ class ClassDiffusion(PersonalizationMethod):
     def attach(self, pipe, out, weak: bool = True) -> BranchWeights:
         from wig.personalization.custom_diffusion import attach_custom_diffusion
 
+        self.check_family(pipe)
         names = (FULL, WEAK) if weak else (FULL,)
         files, embeddings = self.checkpoints(out), self.embeddings(out)
         return attach_custom_diffusion(pipe, {n: files[n] for n in names}, {n: embeddings[n] for n in names})

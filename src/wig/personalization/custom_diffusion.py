@@ -284,10 +284,6 @@ def train_classdiffusion(pipe, subject, out, config, seed: int = 0, progress: bo
     if not subject.images:
         raise WigError("no instance images")
     unet, vae, text_encoder = pipe.unet, pipe.vae, pipe.text_encoder
-    if config.mixed_precision != "no":
-        raise WigError(
-            "classdiffusion trains its tensors in fp32 (a half-precision model's forward runs under autocast)"
-        )
     class_noun = _class_noun(subject.prompt, config.modifier_token)
     gen = torch.Generator("cpu").manual_seed(seed)
     scheduler = family.noise_scheduler(pipe)
@@ -321,6 +317,8 @@ def train_classdiffusion(pipe, subject, out, config, seed: int = 0, progress: bo
         order: list[int] = []
         rows = []
         start = time.perf_counter()
+        if config.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
         unet.train()
         with atomic_dir(out, overwrite=overwrite) as tmp:
             for step in tqdm(range(1, config.steps + 1), desc="train", disable=not progress):
@@ -372,6 +370,8 @@ def train_classdiffusion(pipe, subject, out, config, seed: int = 0, progress: bo
             (tmp / "config.json").write_text(run_config(config, subject, seed, prior=False))
     finally:
         stack.close()
+        if config.gradient_checkpointing:
+            unet.disable_gradient_checkpointing()
         for name, m in layers.items():
             m.weight.requires_grad_(False)
             m.weight.data = originals[name]

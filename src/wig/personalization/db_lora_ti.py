@@ -41,6 +41,7 @@ class DreamBoothLoRATI(DreamBoothLoRA):
         from wig.personalization.tokens import new_tokens
         from wig.personalization.training import Inversion, train_lora
 
+        self.check_family(pipe)
         inversion = Inversion(new_tokens(self.tokens), self.embedding_lr, int(self.ti_fraction * self.steps))
         return train_lora(
             pipe, subject, out, self, seed=seed, progress=progress, overwrite=overwrite, inversion=inversion
@@ -58,6 +59,7 @@ class DreamBoothLoRATI(DreamBoothLoRA):
         from wig.personalization.lora import attach_loras
         from wig.personalization.tokens import TokenBranchWeights, TokenError, add_tokens, read_embeddings
 
+        self.check_family(pipe)
         files, embeddings = self.checkpoints(out), self.embeddings(out)
         # every file is checked before the pipeline changes
         tokens, full = read_embeddings(embeddings[FULL], pipe)
