@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -74,6 +75,32 @@ def generators(seeds=SEEDS):
 
 def to_uint8(images) -> np.ndarray:
     return np.stack([np.asarray(im, dtype=np.int16) for im in images])
+
+
+def reference_loop(pipe, branch_fns, combine, renoise_uncond=False, timed=False, prompts=PROMPTS):
+    """A hand-written sampling loop of an SD pipeline that never touches wig's sampler (diffusers'
+    ``encode_prompt``, ``randn_tensor`` and scheduler). Each branch is a separate UNet call,
+    branch_fns[i](x, t, cond_embeds, uncond_embeds) -> prediction;
+    ``timed``: ``combine`` also takes the step's diffusion time t / 1000."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    cond, uncond = pipe.encode_prompt(prompts, "cpu", 1, True, negative_prompt=[""] * len(prompts))
+    sched = copy.deepcopy(pipe.scheduler)
+    sched.set_timesteps(STEPS)
+    x = randn_tensor((len(prompts), 4, H // 2, W // 2), generator=generators(), dtype=cond.dtype)
+    x = x * sched.init_noise_sigma
+    for t in sched.timesteps:
+        outs = [fn(x, t, cond, uncond) for fn in branch_fns]
+        guided = combine(*outs, time=float(t) / 1000) if timed else combine(*outs)
+        if not renoise_uncond:
+            x = sched.step(guided, t, x, return_dict=False)[0]
+        else:  # CFG++ DDIM (Chung et al. 2024): x̂0 from the guided noise, re-noise with e_u
+            prev = t - sched.config.num_train_timesteps // sched.num_inference_steps
+            a_t = sched.alphas_cumprod[t]
+            a_prev = sched.alphas_cumprod[prev] if prev >= 0 else sched.final_alpha_cumprod
+            x0 = (x - (1 - a_t).sqrt() * guided) / a_t.sqrt()
+            x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * outs[0]
+    return x
 
 
 def point_row(method: str, **values) -> dict:

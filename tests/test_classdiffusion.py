@@ -8,7 +8,6 @@ import polars as pl
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_sampling import _reference_loop
 
 from wig.concepts import read_images
 from wig.guidance import Guidance
@@ -19,7 +18,7 @@ from wig.sampling.pipelines import load_pipeline
 from wig.sampling.sampler import Request, sample_latents
 from wig.sampling.tiny import build_tiny_sd
 
-from conftest import STEPS, H, W, generators
+from conftest import STEPS, H, W, generators, reference_loop
 from test_training import DOG, RES
 
 INSTANCE = "a photo of <new1> dog"
@@ -134,7 +133,7 @@ def test_pg_with_the_delta_equals_interpolated_weights(tiny_sd, run, omega):
     weights = _method().attach(tuned, run)
     request = Request(prompts=PROMPTS, generators=generators(), steps=STEPS, height=H, width=W)
     ours = sample_latents(tuned, Guidance("pg", 7.5, omega=omega), request, progress=False, weights=weights)
-    ref = _reference_loop(
+    ref = reference_loop(
         tuned,
         [
             lambda x, t, c, u: weak_unet(x, t, encoder_hidden_states=u, return_dict=False)[0],

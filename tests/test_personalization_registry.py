@@ -14,7 +14,7 @@ from snakemake.utils import validate
 from wig.cli import main
 from wig.errors import WigError
 from wig.guidance import Guidance
-from wig.personalization import REGISTRY, PersonalizationMethod, Subject, make, register
+from wig.personalization import REGISTRY, Subject, TrainedMethod, make, register
 from wig.personalization.checkpoints import FULL, LORA_WEIGHT_NAME, WEAK
 from wig.personalization.lora import LoraBranchWeights, attach_loras, random_lora
 from wig.personalization.training import LOG_SCHEMA
@@ -31,7 +31,7 @@ DOG = ROOT / "resources/datasets/demo/images/brown_dog"
 
 
 @dataclass(frozen=True)
-class RandomDelta(PersonalizationMethod):
+class RandomDelta(TrainedMethod):
     """A stand-in fine-tune: seeded random deltas of the denoiser (as LoRA files) instead of
     training — a method with a setting no shipped method has."""
 

@@ -6,13 +6,10 @@ UNet pass (or its own UNet), which is exactly what the batched per-sample-scale 
 to reproduce.
 """
 
-import copy
-
 import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-from diffusers.utils.torch_utils import randn_tensor
 from safetensors.torch import load_file
 
 from wig.errors import WigError
@@ -23,7 +20,7 @@ from wig.sampling.generation import generate_samples
 from wig.sampling.pipelines import load_pipeline
 from wig.sampling.sampler import Request, SamplingError, sample, sample_latents
 
-from conftest import PROMPTS, STEPS, H, W, generators, to_uint8
+from conftest import PROMPTS, STEPS, H, W, generators, reference_loop, to_uint8
 
 LAMBDA = 7.5
 
@@ -51,28 +48,6 @@ def _stock(tiny_sd, lora=None):
 def _latents(pipe, guidance, **kw):
     request = Request(prompts=PROMPTS, generators=generators(), steps=STEPS, height=H, width=W, **kw)
     return sample_latents(pipe, guidance, request, progress=False)
-
-
-def _reference_loop(pipe, branch_fns, combine, renoise_uncond=False, timed=False, prompts=PROMPTS):
-    """Each branch a separate UNet call: branch_fns[i](x, t, cond_embeds, uncond_embeds) -> prediction;
-    ``timed``: ``combine`` also takes the step's diffusion time t / 1000."""
-    cond, uncond = pipe.encode_prompt(prompts, "cpu", 1, True, negative_prompt=[""] * len(prompts))
-    sched = copy.deepcopy(pipe.scheduler)
-    sched.set_timesteps(STEPS)
-    x = randn_tensor((len(prompts), 4, H // 2, W // 2), generator=generators(), dtype=cond.dtype)
-    x = x * sched.init_noise_sigma
-    for t in sched.timesteps:
-        outs = [fn(x, t, cond, uncond) for fn in branch_fns]
-        guided = combine(*outs, time=float(t) / 1000) if timed else combine(*outs)
-        if not renoise_uncond:
-            x = sched.step(guided, t, x, return_dict=False)[0]
-        else:  # CFG++ DDIM (Chung et al. 2024): x̂0 from the guided noise, re-noise with e_u
-            prev = t - sched.config.num_train_timesteps // sched.num_inference_steps
-            a_t = sched.alphas_cumprod[t]
-            a_prev = sched.alphas_cumprod[prev] if prev >= 0 else sched.final_alpha_cumprod
-            x0 = (x - (1 - a_t).sqrt() * guided) / a_t.sqrt()
-            x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * outs[0]
-    return x
 
 
 def _unet_call(unet, cond: bool, adapters=None):
@@ -126,7 +101,7 @@ def test_none_equals_stock_pipeline_without_guidance(tiny_sd, base):
 def test_pg_omega_zero_uses_the_pretrained_weak_branch(tuned):
     ours = _latents(tuned, Guidance("pg", LAMBDA, omega=0.0))
     unet = tuned.unet
-    ref = _reference_loop(
+    ref = reference_loop(
         tuned,
         [_unet_call(unet, cond=False, adapters=None), _unet_call(unet, cond=True, adapters=["full"])],
         lambda u, c: u + LAMBDA * (c - u),
@@ -139,7 +114,7 @@ def test_pg_omega_interpolates_weights(tiny_sd, tuned, lora_path):
     omega = 0.4
     ours = _latents(tuned, Guidance("pg", LAMBDA, omega=omega))
     weak_unet = _materialised_unet(tiny_sd, lora_path, omega)
-    ref = _reference_loop(
+    ref = reference_loop(
         tuned,
         [
             lambda x, t, c, u: weak_unet(x, t, encoder_hidden_states=u, return_dict=False)[0],
@@ -161,7 +136,7 @@ def test_ag_equals_three_separate_passes(tuned, weak):
     ours = _latents(tuned, Guidance("ag", lam, ag_scale=lam_ag, weak=weak))
     unet = tuned.unet
     weak_fn = _unet_call(unet, True, adapters=None if weak == "pretrained" else ["weak"])
-    ref = _reference_loop(
+    ref = reference_loop(
         tuned,
         [_unet_call(unet, False, ["full"]), _unet_call(unet, True, ["full"]), weak_fn],
         lambda u, c, w: u + lam * (c - u) + (lam_ag - 1) * (c - w),
@@ -200,7 +175,7 @@ def test_sag_equals_its_formula_from_three_separate_passes(tiny_sd, tuned, lora_
         seen.add(w_t)
         return u + lam * ((1 + w_t) * c - w_t * c_0 - u)
 
-    ref = _reference_loop(tuned, [weak, full, agnostic], formula, timed=True)
+    ref = reference_loop(tuned, [weak, full, agnostic], formula, timed=True)
     assert seen == {-1.0, r}  # both phases ran
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
     cfg = _latents(tuned, Guidance("pg" if omega < 1 else "cfg", lam, **({"omega": omega} if omega < 1 else {})))
@@ -217,7 +192,7 @@ def test_cfgpp_equals_the_cfgpp_ddim_update(tuned, method):
     lam = 0.6  # CFG++ works with λ in [0, 1]
     ours = _latents(tuned, Guidance(method, lam, **({"omega": 0.0} if method == "pgpp" else {})))
     unet = tuned.unet
-    ref = _reference_loop(
+    ref = reference_loop(
         tuned,
         [_unet_call(unet, False, ["full"] if method == "cfgpp" else None), _unet_call(unet, True, ["full"])],
         lambda u, c: u + lam * (c - u),
@@ -233,7 +208,7 @@ def test_cfgpp_equals_the_cfgpp_ddim_update(tuned, method):
 
 def test_methods_that_need_a_lora_refuse_without_one(base):
     for g in (Guidance("pg", omega=0.0), Guidance("pgpp"), Guidance("ag")):
-        with pytest.raises(SamplingError, match="needs a fine-tuned LoRA"):
+        with pytest.raises(SamplingError, match="needs a fine-tune"):
             _latents(base, g)
 
 

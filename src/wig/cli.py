@@ -38,6 +38,12 @@ _POSITIVE = _int_in(1, what="a positive integer")
 _DEVICE = re.compile(r"^(auto|cpu|mps|(cuda|xpu)(:\d+)?)$")
 
 
+def _trained() -> list[str]:
+    """`wig train`'s methods: the registered ones that train (read when the parser is built, so a
+    plug-in's too)."""
+    return sorted(name for name, cls in PERSONALIZATION.items() if cls.trains)
+
+
 def _device(text: str) -> str:
     if not _DEVICE.match(text):
         raise argparse.ArgumentTypeError(f"unknown device {text!r}: auto, cpu, cuda, cuda:N, mps, xpu or xpu:N")
@@ -165,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="weak (early) LoRA checkpoint, attached as adapter 'weak' for the methods that use it",
     )
     p.add_argument(
+        "--denoiser",
+        type=Path,
+        help="a full fine-tune of the model's denoiser given as weights (Diffusion-DPO's unet/ folder, a pipeline "
+        "folder or a .safetensors state dict): θω = θ + ω(θ' − θ) for every tensor",
+    )
+    p.add_argument(
         "--run",
         type=Path,
         help="a fine-tune run folder (wig train's --out, any personalization method): attached as the method "
@@ -240,13 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="fine-tune on a concept's images with a personalization method: full and weak checkpoints and a log",
         description="Fine-tune the model on a concept's images (with prior preservation when class images are "
-        f"given) with one of {'/'.join(sorted(PERSONALIZATION))}. One run writes OUT/full/ and OUT/weak/ (the "
+        f"given) with one of {'/'.join(_trained())}. One run writes OUT/full/ and OUT/weak/ (the "
         "method's checkpoints, e.g. a diffusers LoRA folder), OUT/log.parquet "
         "(step, loss, instance_loss, prior_loss, lr, seconds) and OUT/config.json. OUT appears only "
         "when the run completes.",
     )
     p.add_argument("--model", required=True, help="diffusers model folder or hub name")
-    p.add_argument("--method", required=True, choices=sorted(PERSONALIZATION), help="personalization method")
+    p.add_argument("--method", required=True, choices=_trained(), help="personalization method")
     p.add_argument(
         "--instance-dir", required=True, type=Path, help="the concept's images (a prepared folder or any image folder)"
     )
@@ -385,6 +397,10 @@ def _cmd_generate(args) -> None:
         from wig.personalization.checkpoints import WEAK
 
         weights = method.attach(pipe, args.run, weak=WEAK in guidance.required_adapters())
+    elif args.denoiser is not None:
+        from wig.personalization.full_weights import attach_full_weights
+
+        weights = attach_full_weights(pipe, args.denoiser)
     else:
         attach_loras(pipe, args.lora, args.weak_lora)
     images = sample(
@@ -425,8 +441,8 @@ def _run_method(args):
     """The personalization method (with its settings) that wrote the run folder ``--run``."""
     from wig.personalization import make as make_method
 
-    if args.lora is not None or args.weak_lora is not None:
-        raise WigError("--run attaches the run's own checkpoints: give it without --lora/--weak-lora")
+    if args.lora is not None or args.weak_lora is not None or args.denoiser is not None:
+        raise WigError("--run attaches the run's own checkpoints: give it without --lora/--weak-lora/--denoiser")
     path = args.run / "config.json"
     try:
         config = json.loads(path.read_text())
@@ -551,6 +567,10 @@ def _check_args(args) -> None:
     if args.command == "generate":
         prompts, seeds = _pair(args.prompt, args.seed)
         _extra_texts(args, len(prompts))
+        if args.denoiser is not None and (args.lora is not None or args.weak_lora is not None):
+            raise WigError("--denoiser is a full fine-tune: give it without --lora/--weak-lora")
+        if args.denoiser is not None and not args.denoiser.exists():
+            raise WigError(f"--denoiser not found: {args.denoiser}")
         _out_paths(args.out, seeds, overwrite=args.overwrite)
     elif args.command in FOLDER_OUTPUTS:
         out = Path(args.out)

@@ -6,6 +6,7 @@ weights θω are realised.
     db-lora      DreamBooth-LoRA with prior preservation (the paper's method); θω = the LoRA at scale ω
     db-lora-ti   DreamBooth-LoRA + textual inversion of new tokens <s0><s1> (pivotal tuning)
     classdiffusion  Custom Diffusion (cross-attention k/v + <new1>) with the semantic preservation loss
+    given        a fine-tune given, not trained: a full denoiser (Diffusion-DPO) or a LoRA file
 
 A new method is a module with a registered `PersonalizationMethod` subclass; importing it here is
 all it takes for config, the study, the train rule and the CLI.
@@ -14,12 +15,13 @@ Only the light declarations are imported here (no torch): the study reads the re
 Snakemake parses the workflow. Training and loading code is imported by the method when it runs.
 """
 
-from wig.personalization import classdiffusion, db_lora, db_lora_ti  # noqa: F401  (registers the shipped methods)
+from wig.personalization import classdiffusion, db_lora, db_lora_ti, given  # noqa: F401  (registers the shipped methods)
 from wig.personalization.base import (
     REGISTRY,
     BranchWeights,
     PersonalizationMethod,
     Subject,
+    TrainedMethod,
     make,
     method_class,
     register,
@@ -31,6 +33,7 @@ __all__ = [
     "BranchWeights",
     "PersonalizationMethod",
     "Subject",
+    "TrainedMethod",
     "make",
     "method_class",
     "register",

@@ -69,23 +69,16 @@ class BranchWeights:
 
 @dataclass(frozen=True)
 class PersonalizationMethod:
-    """A personalization method with its settings. Subclasses set ``name``, declare their own
-    settings as fields and implement `train`, `checkpoints` and `attach`."""
+    """A personalization method with its settings: what every method has — how a fine-tune
+    attaches to a pipeline and names its subject. Subclasses set ``name``, declare their own
+    settings as fields and implement `attach`; methods that train subclass `TrainedMethod`."""
 
     name: ClassVar[str]
     families: ClassVar[tuple[str, ...] | None] = None  # the model families it trains (None: all)
-    # what every method has: training length, the weak checkpoint, resolution, prior preservation
-    steps: int = param(500, "training steps", low=1)
-    weak_step: int = param(100, "the step of the weak (early) checkpoint, < steps (AG's weak model)", low=1)
-    resolution: int = param(512, "training resolution in px", low=8, multiple_of=8)
-    prior_weight: float = param(1.0, "weight of the prior-preservation loss; 0 = no class images", low=0.0)
-    mixed_precision: str = param("no", "autocast precision on a GPU", choices=("no", "fp16", "bf16"))
-    gradient_checkpointing: bool = param(False, "trade compute for memory in the denoiser")
+    trains: ClassVar[bool] = False  # a training job makes its fine-tune (else it is given: `wig.personalization.given`)
 
     def __post_init__(self):
         check_settings(self, self.name)
-        if self.weak_step >= self.steps:
-            raise WigError(f"weak_step must lie in [1, steps), got {self.weak_step} with steps={self.steps}")
 
     def check_family(self, pipe) -> None:
         """Refuse a pipeline of a family the method does not train (``families``)."""
@@ -98,7 +91,7 @@ class PersonalizationMethod:
     @property
     def prior(self) -> bool:
         """Whether its runs use prior preservation (and so class images)."""
-        return self.prior_weight > 0
+        return False
 
     def identifier(self, identifier: str) -> str:
         """What names the subject in its prompts, for the dataset's ``identifier`` (a rare token,
@@ -110,7 +103,34 @@ class PersonalizationMethod:
         """``{"method": name, **settings}``: what `make` takes back (a job's params)."""
         return {"method": self.name, **settings_of(self)}
 
-    # --- what a run does ---------------------------------------------------------------------
+    def attach(self, pipe, out: str | os.PathLike, weak: bool = True) -> BranchWeights:
+        """Attach a fine-tune — a run's full (and weak) checkpoint in its folder ``out`` — to
+        ``pipe``; return how branches realise them."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class TrainedMethod(PersonalizationMethod):
+    """A method whose fine-tunes a training job makes: its settings, how one run trains (writing
+    the full and the weak checkpoint) and where a run's checkpoints lie."""
+
+    trains: ClassVar[bool] = True
+    # what every trained method has: training length, the weak checkpoint, resolution, prior preservation
+    steps: int = param(500, "training steps", low=1)
+    weak_step: int = param(100, "the step of the weak (early) checkpoint, < steps (AG's weak model)", low=1)
+    resolution: int = param(512, "training resolution in px", low=8, multiple_of=8)
+    prior_weight: float = param(1.0, "weight of the prior-preservation loss; 0 = no class images", low=0.0)
+    mixed_precision: str = param("no", "autocast precision on a GPU", choices=("no", "fp16", "bf16"))
+    gradient_checkpointing: bool = param(False, "trade compute for memory in the denoiser")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.weak_step >= self.steps:
+            raise WigError(f"weak_step must lie in [1, steps), got {self.weak_step} with steps={self.steps}")
+
+    @property
+    def prior(self) -> bool:
+        return self.prior_weight > 0
 
     def train(
         self,
@@ -128,10 +148,6 @@ class PersonalizationMethod:
 
     def checkpoints(self, out: str | os.PathLike) -> dict[str, Path]:
         """The files of a run's full and weak checkpoint in its folder ``out``."""
-        raise NotImplementedError
-
-    def attach(self, pipe, out: str | os.PathLike, weak: bool = True) -> BranchWeights:
-        """Attach a run's full (and weak) checkpoint to ``pipe``; return how branches realise them."""
         raise NotImplementedError
 
 

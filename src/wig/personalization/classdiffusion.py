@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wig.errors import WigError
-from wig.personalization.base import BranchWeights, PersonalizationMethod, Subject, register
+from wig.personalization.base import BranchWeights, Subject, TrainedMethod, register
 from wig.personalization.checkpoints import FULL, WEAK
 from wig.settings import param
 
 
 @register
 @dataclass(frozen=True)
-class ClassDiffusion(PersonalizationMethod):
+class ClassDiffusion(TrainedMethod):
     name = "classdiffusion"
     families = ("sd",)  # Custom Diffusion is defined on the UNet's cross-attention
     prior_weight: float = param(

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from wig.errors import WigError
 from wig.personalization.base import BranchWeights
 from wig.personalization.checkpoints import FULL
-from wig.personalization.hooks import SampleScales, per_sample
+from wig.personalization.hooks import NoScales, SampleScales, per_sample
 from wig.personalization.tokens import EMBEDDINGS_NAME, LearnedTokens, TokenRows, add_tokens, read_embeddings
 from wig.sampling.families import SD, Text, family_of
 from wig.workflow.atomic import atomic_dir
@@ -159,18 +159,6 @@ class DeltaScales(SampleScales):
         return [(module, self._hook(name)) for name, module in self.layers.items()]
 
 
-class _NoScales(SampleScales):
-    """The text encoder's weights: a Custom Diffusion run changes none (only the token rows)."""
-
-    has_effect = False
-
-    def set(self, scales) -> None:
-        pass
-
-    def _hooks(self):
-        return []
-
-
 class DeltaBranchWeights(BranchWeights):
     """Branch weights of a fine-tune of whole tensors (`DeltaScales`) with learned token rows."""
 
@@ -183,7 +171,7 @@ class DeltaBranchWeights(BranchWeights):
         return set(self.deltas)
 
     def text_encoder(self, pipe) -> TokenRows:
-        return TokenRows(pipe, self.ids, self.rows, _NoScales())
+        return TokenRows(pipe, self.ids, self.rows, NoScales())  # the text encoder's weights: unchanged
 
     def denoiser(self, pipe) -> DeltaScales:
         unet = family_of(pipe).denoiser(pipe)

@@ -9,14 +9,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from wig.personalization.base import BranchWeights, PersonalizationMethod, Subject, register
+from wig.personalization.base import BranchWeights, Subject, TrainedMethod, register
 from wig.personalization.checkpoints import FULL, LORA_WEIGHT_NAME, WEAK
 from wig.settings import param
 
 
 @register
 @dataclass(frozen=True)
-class DreamBoothLoRA(PersonalizationMethod):
+class DreamBoothLoRA(TrainedMethod):
     name = "db-lora"
     rank: int = param(4, "LoRA rank (alpha = rank: scaling 1)", low=1)
     lr: float = param(1e-4, "AdamW learning rate (constant schedule)", above=0.0)

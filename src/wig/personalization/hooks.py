@@ -1,5 +1,6 @@
 """What the per-sample weight contexts share (`wig.personalization.lora.LoraScales`,
-`wig.personalization.custom_diffusion.DeltaScales`): forward hooks that scale a module's output
+`wig.personalization.custom_diffusion.DeltaScales`, `wig.personalization.full_weights.WeightSets`):
+forward hooks that scale a module's output
 per sample, registered while the context is open and removed when it closes."""
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ def per_sample(vec: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 
 class SampleScales:
     """A context manager holding forward hooks (`_hooks`: (module, hook) pairs) while open; ``set``
-    (in subclasses) fixes the per-sample coefficients the hooks read."""
+    (in subclasses) fixes the per-sample coefficients the hooks read, and `predict` runs the
+    denoiser on a batch whose samples carry those coefficients (here: one batched forward of the
+    pipeline's own denoiser, the hooks doing the rest)."""
 
     def __init__(self):
         self._scales: dict = {}
@@ -38,3 +41,19 @@ class SampleScales:
         self._handles.clear()
         self._scales = {}
         return False
+
+    def predict(self, family, pipe, x: torch.Tensor, t, text) -> torch.Tensor:
+        """The denoiser's prediction for the batch ``x`` (`wig.sampling.families.Family.predict`)."""
+        return family.predict(pipe, x, t, text)
+
+
+class NoScales(SampleScales):
+    """A module the checkpoints do not change (``has_effect`` False): `set` is a no-op."""
+
+    has_effect = False
+
+    def set(self, scales) -> None:
+        pass
+
+    def _hooks(self):
+        return []

@@ -117,8 +117,10 @@ class SD(Family):
         return text.embeds.dtype
 
     @staticmethod
-    def predict(pipe, x: torch.Tensor, t, text: Text) -> torch.Tensor:
-        return pipe.unet(x, t, encoder_hidden_states=text.embeds, return_dict=False)[0]
+    def predict(pipe, x: torch.Tensor, t, text: Text, model: torch.nn.Module | None = None) -> torch.Tensor:
+        """One evaluation of ``model`` (default: the pipeline's UNet) as the stock pipeline calls it."""
+        model = pipe.unet if model is None else model
+        return model(x, t, encoder_hidden_states=text.embeds, return_dict=False)[0]
 
     @staticmethod
     def decode(pipe, latents: torch.Tensor, output_type: str = "pil"):
@@ -197,8 +199,9 @@ class Sana(Family):
         return torch.float32  # SanaPipeline keeps its latents in fp32 whatever the model dtype
 
     @staticmethod
-    def predict(pipe, x: torch.Tensor, t, text: Text) -> torch.Tensor:
-        model = pipe.transformer
+    def predict(pipe, x: torch.Tensor, t, text: Text, model: torch.nn.Module | None = None) -> torch.Tensor:
+        """One evaluation of ``model`` (default: the pipeline's transformer) as SanaPipeline calls it."""
+        model = pipe.transformer if model is None else model
         timestep = t.expand(x.shape[0]) * model.config.timestep_scale
         out = model(
             x.to(model.dtype),

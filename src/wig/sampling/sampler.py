@@ -60,8 +60,8 @@ def _check(pipe, guidance: GuidanceMethod, request: Request, weights: BranchWeig
     if request.steps < 1:
         raise SamplingError(f"steps must be ≥ 1, got {request.steps}")
     loaded = weights.attached(pipe)
-    what = {FULL: "a fine-tuned LoRA", WEAK: "the weak (early) LoRA checkpoint"}
-    flags = {FULL: "--lora", WEAK: "--weak-lora"}
+    what = {FULL: "a fine-tune (LoRA or full weights)", WEAK: "the weak (early) checkpoint"}
+    flags = {FULL: "--lora, --denoiser or --run", WEAK: "--weak-lora, or --run of a trained method"}
     missing = sorted(guidance.required_adapters() - loaded)
     if missing:
         adapter = missing[0]
@@ -178,7 +178,7 @@ def sample_latents(
         for i, t in enumerate(tqdm(scheduler.timesteps, desc=f"{guidance.method}", disable=not progress, leave=False)):
             x_in = torch.cat([latents] * k) if k > 1 else latents
             x_in = scheduler.scale_model_input(x_in, t)
-            out = family.predict(pipe, x_in, t, text)
+            out = model_scales.predict(family, pipe, x_in, t, text)
             time = float(t) / scheduler.config.num_train_timesteps
             guided, renoise = guidance.combine(out.chunk(k), step=i, time=time)
             if renoise is guided:

@@ -434,9 +434,14 @@ def _finetunes(entries: Any) -> dict[str, dict]:
         if "method" not in entry:
             raise StudyError(f"{key}: name the method (method: …)")
         try:
-            method_class(entry["method"])
+            cls = method_class(entry["method"])
         except WigError as err:
             raise StudyError(f"{key}.method: {err}") from None
+        if not cls.trains:  # the DAG trains every fine-tune it evaluates (issue 20 lets it adopt given ones)
+            raise StudyError(
+                f"{key}.method: {entry['method']} fine-tunes are not trained by a job and the workflow cannot run "
+                "them yet; use wig generate --denoiser/--lora"
+            )
         try:
             make_method(entry["method"], **_settings(entry))
         except WigError as err:

@@ -1,0 +1,208 @@
+"""A fine-tune of whole tensors given as weights (Diffusion-DPO's UNet, any full fine-tune of the
+base's denoiser): θω = θ + ω(θ' − θ) for every tensor, realised exactly.
+
+A LoRA's θω is the adapter at scale ω, per sample, so all branches share one batched forward.
+A full fine-tune has no such factorisation, so the branches of a step are grouped by the weights
+they run at (`WeightSets`) and each group is one forward of its own denoiser:
+
+- θ' (coefficient 1) is a second denoiser holding the fine-tune's tensors;
+- θω (0 < ω < 1) is the pipeline's own denoiser with θ + ω(θ' − θ) written into the tensors that
+  differ, for as long as the sampler's context is open (one lerp pass per ω); the base tensors it
+  overwrites wait on the host and are copied back bit for bit when the context closes;
+- θ (ω = 0) is the pipeline's own denoiser as loaded.
+
+So CFG with the fine-tune (ω = 1) is one batched forward of θ', identical to loading θ' as the
+pipeline's denoiser, and PG is two forwards of half the batch each: the same arithmetic as CFG
+with the cost of a second denoiser in device memory (and, while 0 < ω < 1, the differing base
+tensors on the host — on a CPU-only machine that is a third copy in RAM).
+
+Only safetensors are read; the fine-tune must have exactly the base's tensors (names and shapes),
+else the first tensor that does not match is named before anything changes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from wig.errors import WigError
+from wig.personalization.base import BranchWeights
+from wig.personalization.checkpoints import FULL
+from wig.personalization.hooks import NoScales, SampleScales
+from wig.sampling.families import Text, family_of
+
+WEIGHT_NAME = "diffusion_pytorch_model.safetensors"  # what diffusers' save_pretrained writes
+INDEX_NAME = WEIGHT_NAME + ".index.json"  # ... and its index when sharded
+
+
+class FullWeightsError(WigError):
+    """Fine-tuned weights that cannot be read, or do not match the base's denoiser."""
+
+
+def weight_files(path: str | os.PathLike, component: str) -> list[Path]:
+    """The safetensors files of a denoiser given as a file, a model folder (``unet/``, with
+    ``diffusion_pytorch_model.safetensors`` or its sharded index) or a pipeline folder (its
+    ``component`` subfolder)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if (path / "model_index.json").is_file():
+        path = path / component
+    if (path / WEIGHT_NAME).is_file():
+        return [path / WEIGHT_NAME]
+    if (path / INDEX_NAME).is_file():
+        try:
+            shards = sorted(set(json.loads((path / INDEX_NAME).read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError) as err:
+            raise FullWeightsError(f"{path / INDEX_NAME}: not a safetensors index ({err})") from None
+        return [path / shard for shard in shards]
+    raise FullWeightsError(
+        f"no fine-tuned weights at {path}: give a .safetensors file, a model folder with {WEIGHT_NAME} "
+        f"(or its {INDEX_NAME}), or a pipeline folder with {component}/"
+    )
+
+
+def read_finetune(model: torch.nn.Module, path: str | os.PathLike, component: str = "unet") -> dict[str, torch.Tensor]:
+    """The fine-tune's tensors for ``model``'s state dict, in its dtype and on its device, checked
+    name by name and shape by shape against the base: the first tensor that is missing, extra or
+    of another shape is named (another architecture cannot be lerped)."""
+    files = weight_files(path, component)
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                for key in f.keys():
+                    state[key] = f.get_tensor(key)
+        except (SafetensorError, OSError, ValueError) as err:
+            raise FullWeightsError(f"not a safetensors file: {file} ({err})") from None
+    base = model.state_dict()
+    where = files[0] if len(files) == 1 else files[0].parent
+    for name, tensor in base.items():
+        if name not in state:
+            raise FullWeightsError(f"{where}: the fine-tune lacks the base's tensor {name} {tuple(tensor.shape)}")
+        if state[name].shape != tensor.shape:
+            raise FullWeightsError(
+                f"{where}: tensor {name} has shape {tuple(state[name].shape)}, the base's {tuple(tensor.shape)} "
+                "(another architecture?)"
+            )
+    extra = [name for name in state if name not in base]
+    if extra:
+        raise FullWeightsError(f"{where}: tensor {extra[0]} is not in the base's denoiser (another architecture?)")
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise FullWeightsError(f"{where}: tensor {name} holds NaN or inf")
+    return {name: state[name].to(tensor.device, tensor.dtype) for name, tensor in base.items()}
+
+
+class FullWeights(BranchWeights):
+    """Branch weights of a full fine-tune θ' of the pipeline's denoiser (`attach_full_weights`)."""
+
+    def __init__(self, tuned: torch.nn.Module, differing: list[str], source: str):
+        self.tuned, self.differing, self.source = tuned, differing, source
+
+    def attached(self, pipe) -> set[str]:
+        return {FULL}
+
+    def text_encoder(self, pipe) -> NoScales:
+        return NoScales()  # the text encoder is the base's
+
+    def denoiser(self, pipe) -> WeightSets:
+        return WeightSets(family_of(pipe).denoiser(pipe), self.tuned, self.differing)
+
+
+class WeightSets(SampleScales):
+    """The sampler's context for a full fine-tune: ``set`` groups the samples by their coefficient
+    of the fine-tune (0 → θ, 1 → θ', else θω in the pipeline's denoiser), `predict` runs one
+    forward per group. At most one ω strictly between 0 and 1 per step (θω lives in the
+    pipeline's denoiser, which then no longer holds θ)."""
+
+    def __init__(self, base: torch.nn.Module, tuned: torch.nn.Module, differing: list[str]):
+        super().__init__()
+        self.base, self.tuned, self.differing = base, tuned, differing
+        self._groups: list[tuple[torch.nn.Module, torch.Tensor | None]] = []
+        self._omega = 0.0  # the coefficient the base module holds now
+        self._stash: dict[str, torch.Tensor] = {}  # the base's own tensors while it holds θω
+
+    has_effect = True
+
+    def set(self, scales: Mapping[str, torch.Tensor]) -> None:
+        unknown = sorted(set(scales) - {FULL})
+        if unknown:
+            raise WigError(f"a full fine-tune has no checkpoint {unknown[0]!r} (only {FULL!r})")
+        coef = scales.get(FULL)
+        if coef is None:
+            self._to_omega(0.0)
+            self._groups = [(self.base, None)]
+            return
+        values = sorted({float(v) for v in coef.tolist()})
+        between = [v for v in values if v not in (0.0, 1.0)]
+        if len(between) > 1 or (between and 0.0 in values):
+            raise WigError(
+                f"a full fine-tune realises θ, θ' and one θω per step; this step asks for coefficients {values}"
+            )
+        self._to_omega(between[0] if between else 0.0)
+        if len(values) == 1:  # the whole batch at one weight set: one forward, as the stock pipeline
+            self._groups = [(self.tuned if values[0] == 1.0 else self.base, None)]
+        else:
+            self._groups = [(self.tuned if v == 1.0 else self.base, torch.nonzero(coef == v).flatten()) for v in values]
+
+    @torch.no_grad()
+    def _to_omega(self, omega: float) -> None:
+        """Write θ + ω(θ' − θ) into the base module's differing tensors (θ itself at ω = 0)."""
+        if omega == self._omega:
+            return
+        params = dict(self.base.named_parameters())
+        params.update(dict(self.base.named_buffers()))
+        tuned = self.tuned.state_dict()
+        for name in self.differing:
+            target = params[name]
+            if name not in self._stash:
+                self._stash[name] = target.detach().to("cpu", copy=True)
+            theta = self._stash[name].to(target.device)
+            if omega == 0.0:
+                target.copy_(theta)
+            else:
+                target.copy_(theta + omega * (tuned[name] - theta))
+        self._omega = omega
+
+    def predict(self, family, pipe, x: torch.Tensor, t, text: Text) -> torch.Tensor:
+        if len(self._groups) == 1:
+            return family.predict(pipe, x, t, text, model=self._groups[0][0])
+        out = None
+        for model, index in self._groups:
+            part = Text(text.embeds[index], None if text.mask is None else text.mask[index])
+            pred = family.predict(pipe, x[index], t, part, model=model)
+            if out is None:
+                out = pred.new_empty((x.shape[0], *pred.shape[1:]))
+            out[index] = pred
+        return out
+
+    def __exit__(self, *exc):
+        self._to_omega(0.0)  # the pipeline's denoiser holds θ again, bit for bit
+        self._stash.clear()
+        self._groups = []
+        return super().__exit__(*exc)
+
+    def _hooks(self):
+        return []
+
+
+def attach_full_weights(pipe, path: str | os.PathLike) -> FullWeights:
+    """Load a full fine-tune of ``pipe``'s denoiser from ``path`` (`weight_files`) as a second
+    denoiser θ' beside the base; the pipeline itself is left as it is. Returns its branch weights
+    for `wig.sampling.sampler.sample`."""
+    family = family_of(pipe)
+    base = family.denoiser(pipe)
+    state = read_finetune(base, path, family.component)
+    own = base.state_dict()
+    differing = [name for name, tensor in own.items() if not torch.equal(tensor, state[name])]
+    tuned = copy.deepcopy(base)
+    tuned.load_state_dict(state, strict=True)
+    tuned.eval().requires_grad_(False)
+    return FullWeights(tuned, differing, str(path))

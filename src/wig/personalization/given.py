@@ -1,0 +1,49 @@
+"""A fine-tune given, not trained (``given``): a model someone else fine-tuned from the study's base —
+Diffusion-DPO's UNet, a style LoRA — guided like the study's own fine-tunes (the paper's §4.4).
+
+``weights`` names it: for ``kind: denoiser`` a full fine-tune of the base's denoiser (a model
+folder such as DPO's published ``unet/``, a pipeline folder, a ``.safetensors`` state dict, or a
+hub name the workflow resolves on the submit host); θω = θ + ω(θ' − θ) for every tensor
+(`wig.personalization.full_weights`). For ``kind: lora`` a diffusers-format LoRA file; θω is the
+LoRA at scale ω. A given fine-tune has no weak (early) checkpoint, so AG runs only against the
+pretrained model, and it learns no token: its prompts name no subject.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from wig.errors import WigError
+from wig.personalization.base import BranchWeights, PersonalizationMethod, register
+from wig.settings import param
+
+KINDS = ("denoiser", "lora")
+
+
+@register
+@dataclass(frozen=True)
+class Given(PersonalizationMethod):
+    name = "given"
+    weights: str = param("", "the fine-tune: a denoiser (model or pipeline folder, .safetensors, hub name) or a LoRA")
+    kind: str = param("denoiser", "what weights holds: a full fine-tune of the denoiser, or a LoRA", choices=KINDS)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.weights:
+            raise WigError("given: weights must name the fine-tune (a folder, a file or a hub name)")
+
+    def attach(self, pipe, out: str | os.PathLike | None = None, weak: bool = True) -> BranchWeights:
+        """Attach the fine-tune at ``out`` (where the workflow resolved ``weights``; default: ``weights``
+        itself). ``weak`` is refused: a given fine-tune has no early checkpoint."""
+        if weak:
+            raise WigError(f"given fine-tune {self.weights}: there is no weak (early) checkpoint to attach")
+        source = self.weights if out is None else out
+        if self.kind == "lora":
+            from wig.personalization.lora import LoraBranchWeights, attach_loras
+
+            attach_loras(pipe, source)
+            return LoraBranchWeights()
+        from wig.personalization.full_weights import attach_full_weights
+
+        return attach_full_weights(pipe, source)
