@@ -8,6 +8,7 @@ machine hits all of them alike.
     python benchmarks/guidance_cost.py --family sana         # tiny SANA twin, CPU
     python benchmarks/guidance_cost.py --personalization db-lora-ti      # PG/CFG, SAG/CFG with TI
     python benchmarks/guidance_cost.py --personalization classdiffusion  # ... with ClassDiffusion
+    python benchmarks/guidance_cost.py --finetune full       # a full fine-tune (DPO's case): θ' beside θ
     python benchmarks/guidance_cost.py --config benchmarks/sd15_arch.json --height 512 \
         --width 512 --steps 20 --batch 4 --device cuda --dtype float16   # SD 1.5 scale, GPU
 
@@ -159,7 +160,7 @@ def _cuda_peak(pipe, guidance, args):
     return torch.cuda.max_memory_allocated() / 2**20
 
 
-def _cpu_peak(variant, model, lora, args):
+def _cpu_peak(variant, model, lora, args, tuned=None):
     """Peak RSS (MiB) of a fresh process that loads the model and samples once."""
     cmd = [
         sys.executable,
@@ -168,8 +169,7 @@ def _cpu_peak(variant, model, lora, args):
         variant,
         "--model",
         str(model),
-        "--_lora",
-        str(lora),
+        *(["--_lora", str(lora)] if lora is not None else ["--_tuned", str(tuned)]),
         "--steps",
         str(args.steps),
         "--batch",
@@ -191,9 +191,14 @@ def _cpu_peak(variant, model, lora, args):
 
 
 def _probe(args):
-    pipe = load_pipeline(args.model, device="cpu", dtype=args.dtype)
-    attach_loras(pipe, args._lora)
-    sample_latents(pipe, _variants(args.scale)[args._probe], _request(args, args.batch), progress=False)
+    if args._tuned:
+        pipe, weights = _full_pipe(args._probe, args.model, args._tuned, args)
+        guidance = _full_variants(args.scale)[args._probe]
+    else:
+        pipe, weights = load_pipeline(args.model, device="cpu", dtype=args.dtype), None
+        attach_loras(pipe, args._lora)
+        guidance = _variants(args.scale)[args._probe]
+    sample_latents(pipe, guidance, _request(args, args.batch), progress=False, weights=weights)
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
@@ -228,6 +233,97 @@ def _personalized(args, model: Path, workdir: Path):
     print(f"SAG/CFG wall time        {med['sag'] / med['cfg']:.3f}   (goal <= 1.55)")
 
 
+def _tuned_denoiser(model: Path, out: Path) -> Path:
+    """A random "full fine-tune" of the model's denoiser (every tensor moved by 5 % of its spread),
+    saved as diffusers saves a UNet/transformer: what Diffusion-DPO publishes."""
+    cpu = load_pipeline(str(model), device="cpu", dtype="float32")
+    denoiser = family_of(cpu).denoiser(cpu)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for tensor in denoiser.state_dict().values():
+            if tensor.is_floating_point() and tensor.numel() > 1:
+                tensor += 0.05 * tensor.std() * torch.randn(tensor.shape, generator=gen)
+    denoiser.save_pretrained(out)
+    return out
+
+
+def _full_pipe(variant, model, tuned, args):
+    """``cfg_alone``: the fine-tune loaded as the pipeline's only denoiser (CFG with that model,
+    nothing else in memory); otherwise the base with the fine-tune attached beside it."""
+    from wig.personalization.full_weights import attach_full_weights, read_finetune
+
+    pipe = load_pipeline(str(model), device=args.device, dtype=args.dtype)
+    if variant == "cfg_alone":
+        denoiser = family_of(pipe).denoiser(pipe)
+        denoiser.load_state_dict(read_finetune(denoiser, tuned))
+        return pipe, None
+    return pipe, attach_full_weights(pipe, tuned)
+
+
+def _full_variants(scale):
+    return {
+        "cfg_alone": Guidance("cfg", scale),
+        "cfg": Guidance("cfg", scale),
+        "pg_w0": Guidance("pg", scale, omega=0.0),
+        "pg": Guidance("pg", scale, omega=0.5),
+    }
+
+
+def _full(args, model: Path, workdir: Path):
+    """PG/CFG wall time and peak memory with a full fine-tune (`wig.personalization.full_weights`)
+    against CFG with the fine-tuned model alone."""
+    tuned = _tuned_denoiser(model, workdir / "tuned")
+    variants = _full_variants(args.scale)
+    alone, _ = _full_pipe("cfg_alone", model, tuned, args)
+    pipe, weights = _full_pipe("pg", model, tuned, args)
+    denoiser = family_of(pipe).denoiser(pipe)
+    device = denoiser.device
+    native = denoiser.config.sample_size * pipe.vae_scale_factor
+    args.height, args.width = args.height or native, args.width or native
+    size = sum(t.numel() * t.element_size() for t in denoiser.state_dict().values()) / 2**20
+    runs = {name: (alone, None) if name == "cfg_alone" else (pipe, weights) for name in variants}
+    times = {name: [] for name in variants}
+    for name, guidance in variants.items():  # warm-up
+        _time_ours(runs[name][0], guidance, args, runs[name][1])
+    for _ in range(args.repeats):
+        for name, guidance in variants.items():
+            times[name].append(_time_ours(runs[name][0], guidance, args, runs[name][1])[0])
+    _, a = _time_ours(alone, variants["cfg"], args)
+    _, b = _time_ours(pipe, variants["cfg"], args, weights)
+    same = bool(np.array_equal(a, b))
+    if device.type == "cuda":
+        del alone, pipe, weights, runs
+        peak = {}
+        for name, guidance in variants.items():
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            p, w = _full_pipe(name, model, tuned, args)
+            sample_latents(p, guidance, _request(args, args.batch), progress=False, weights=w)
+            torch.cuda.synchronize()
+            peak[name] = torch.cuda.max_memory_allocated() / 2**20
+            del p, w
+        peak_kind = "CUDA max_memory_allocated, model included"
+    else:
+        peak = {name: _cpu_peak(name, model, None, args, tuned) for name in variants}
+        peak_kind = "peak RSS of a fresh process"
+    med = {k: statistics.median(v) for k, v in times.items()}
+    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
+    print(
+        f"full fine-tune of {type(denoiser).__name__} ({size:.1f} MiB in {denoiser.dtype}); device: {dev}; "
+        f"batch {args.batch}; {args.height}px; {args.steps} steps; median of {args.repeats}; peak: {peak_kind}"
+    )
+    for name in times:
+        print(f"  {name:10s} {med[name]:8.3f} s   peak {peak[name]:9.1f} MiB")
+    print(f"CFG attached / CFG alone wall time {med['cfg'] / med['cfg_alone']:.3f}   images identical: {same}")
+    print(f"PG(ω=0.5)/CFG alone wall time      {med['pg'] / med['cfg_alone']:.3f}")
+    print(f"PG(ω=0)/CFG alone wall time        {med['pg_w0'] / med['cfg_alone']:.3f}")
+    extra = peak["pg"] - peak["cfg_alone"]
+    print(
+        f"PG/CFG alone peak memory           {peak['pg'] / peak['cfg_alone']:.3f}   (+{extra:.1f} MiB = "
+        f"{extra / size:.2f} × the denoiser's {size:.1f} MiB)"
+    )
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="diffusers model folder (default: build a twin from --config)")
@@ -248,7 +344,14 @@ def main():
         help="the fine-tune's method: db-lora (a random LoRA; also ours vs stock and memory) or another "
         "registered method (a 2-step run of it; PG/CFG and SAG/CFG)",
     )
+    p.add_argument(
+        "--finetune",
+        choices=("lora", "full"),
+        default="lora",
+        help="full: a full fine-tune of the denoiser attached as weights (PG/CFG against CFG with that model alone)",
+    )
     p.add_argument("--_probe", help=argparse.SUPPRESS)
+    p.add_argument("--_tuned", help=argparse.SUPPRESS)
     p.add_argument("--_lora", help=argparse.SUPPRESS)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -260,6 +363,11 @@ def main():
     dlog.set_verbosity_error()
     if args._probe:
         return _probe(args)
+
+    if args.finetune == "full":
+        with tempfile.TemporaryDirectory() as tmp:
+            model, _, _ = _prepare(args, Path(tmp))
+            return _full(args, model, Path(tmp))
 
     if args.personalization != "db-lora":
         with tempfile.TemporaryDirectory() as tmp:
