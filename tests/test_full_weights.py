@@ -205,3 +205,53 @@ def test_cli_generates_with_a_given_denoiser_and_writes_nothing_for_another_arch
     assert not (tmp_path / "other.png").exists()
     with pytest.raises(WigError, match="no weak"):
         make("given", weights=str(dpo_unet)).attach(pipe, weak=True)
+
+
+@pytest.fixture(scope="module")
+def rank2_unet(tiny_sd, tmp_path_factory):
+    """A fine-tune whose every Linear/Conv2d weight moves by a rank-2 update, and whose biases and
+    norm parameters move freely: a rank-2 extraction is exact up to float error."""
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd, subfolder="unet")
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for module in unet.modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                w = module.weight
+                up = torch.randn(w.shape[0], 2, generator=gen)
+                down = torch.randn(2, w[0].numel(), generator=gen)
+                w += (0.1 * w.std() / 2**0.5) * (up @ down).view_as(w) / w[0].numel() ** 0.5
+            norm = isinstance(module, (torch.nn.GroupNorm, torch.nn.LayerNorm))
+            if norm or isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                params = [module.bias, module.weight] if norm else [module.bias]
+                for p in params:
+                    if p is not None:
+                        p += 0.05 * torch.randn(p.shape, generator=gen)
+    out = tmp_path_factory.mktemp("rank2") / "unet"
+    unet.save_pretrained(out)
+    return out
+
+
+def test_low_rank_is_the_batched_path_prints_its_error_and_matches_full_weights(base, rank2_unet, capsys):
+    from wig.personalization import make
+
+    exact = attach_full_weights(base, rank2_unet)
+    approx = make("given", weights=str(rank2_unet), low_rank=2).attach(base, weak=False)
+    printed = capsys.readouterr().err
+    assert "conv_in" in printed and "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q" in printed
+    assert "worst:" in printed
+    for omega in (0.4, 1.0):
+        guidance = Guidance("pg", LAMBDA, omega=omega)
+        torch.testing.assert_close(
+            _latents(base, guidance, approx), _latents(base, guidance, exact), rtol=1e-4, atol=1e-4
+        )
+
+
+def test_low_rank_above_its_tolerance_is_refused_naming_the_worst_layer(base, dpo_unet, capsys):
+    from wig.personalization import make
+    from wig.personalization.low_rank import LowRankError
+
+    with pytest.raises(LowRankError, match=r"rank-1 approximation of \S+ has relative error 0\.\d+ > tolerance 0\.01"):
+        make("given", weights=str(dpo_unet), low_rank=1).attach(base, weak=False)
+    assert "relative error ‖Δ − Δ_r‖/‖Δ‖ per layer" in capsys.readouterr().err
+    with pytest.raises(WigError, match="low_rank approximates a full fine-tune"):
+        make("given", weights=str(dpo_unet), kind="lora", low_rank=2)

@@ -84,10 +84,11 @@ def test_demo_plans_each_family_its_own_grid():
     assert len(sd.points) == 10 and not {"cfgpp", "pgpp"} & {p.method for p in sana.points} and len(sana.points) == 7
     assert _counts(study) == {"class_images": 4, "train": 4, "generate": 2 * 10 + 2 * 7}
     assert study.tiny_config("tiny-sd")["unet"]
-    # metrics: every one the encoders allow; a study that scores CLIP-T alone embeds with CLIP alone
+    # metrics: every one the encoders allow; a study that scores CLIP-I and CLIP-T embeds with CLIP alone
     assert study.metrics == ("dino", "clip_i", "clip_t") and study.metric_encoders() == ["dino", "clip"]
-    clip_t = Study.from_config(_config(evaluation__metrics=["clip_t"]))
-    assert clip_t.metric_encoders() == clip_t.text_encoders() == ["clip"] and list(clip_t.encoder_ids()) == ["clip"]
+    clip = Study.from_config(_config(evaluation__metrics=["clip_i", "clip_t"]))
+    assert clip.metric_encoders() == clip.text_encoders() == clip.reference_encoders() == ["clip"]
+    assert list(clip.encoder_ids()) == ["clip"]
     layout = study.grid_layout("tiny-sd", "brown_dog")
     assert layout["rows"][:2] == ["none w1.0_l1.0", "cfg w1.0_l7.5"] and layout["points"][1] == "cfg/w1.0_l7.5"
     assert layout["columns"] == ["s0 p00", "s0 p01", "s1 p00", "s1 p01"]  # seeds × max_prompts 2
@@ -267,7 +268,20 @@ def test_a_study_is_frozen_and_its_params_have_sorted_keys():
         ),
         ({"models__tiny-sd": {"tiny": "sd", "family": "sana"}}, "models.tiny-sd: family sana but tiny sd"),
         ({"encoders": {}}, "encoders is empty and dataset.render is not set"),
-        ({"evaluation__metrics": ["dino", "pickscore"]}, "evaluation.metrics: unknown metric 'pickscore'"),
+        ({"evaluation__metrics": ["dino", "imagereward"]}, "evaluation.metrics: unknown metric 'imagereward'"),
+        (
+            {"personalization": {"method": "given", "weights": "dpo/unet", "seed": [0, 1]}},
+            "personalization.seed: a given fine-tune is not trained, it has no seeds to vary",
+        ),
+        ({"personalization": {"method": "given"}}, "given: weights must name the fine-tune"),
+        (
+            {"evaluation__metrics": ["clip_t"]},
+            "evaluation.metrics: ['clip_t'] measure no subject fidelity; the tables compare subject with text",
+        ),
+        (
+            {"evaluation__metrics": ["dino", "pickscore"]},
+            "evaluation.metrics: pickscore reads pickscore embeddings, but encoders.pickscore is not set",
+        ),
         (
             {"evaluation__metrics": ["oracle_text"]},
             "oracle_text reads the synthetic world's images, but dataset.render",

@@ -36,7 +36,8 @@ def test_models_and_dino_resolve_to_the_cached_commit_and_load_from_the_record(t
     proc = _run(
         hf_home,
         f"""
-from wig.workflow.weights import resolve_model, resolve_encoder, write_record, recorded_path
+from wig.workflow.weights import resolve_model, write_record, recorded_path
+from wig.evaluation.encoders import resolve_encoder
 from wig.sampling.pipelines import load_pipeline
 from wig.evaluation.encoders import load_encoder
 write_record(resolve_model({{"path": "wig-test/tiny-sd"}}), "{tmp_path}/model.json")

@@ -101,13 +101,14 @@ def test_class_nouns_of_any_script_get_their_own_class_images(tmp_path):
     (root / "prompts.txt").write_text("a photo of {}\n")
     (root / "sheet.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     config["dataset"].update(sheet="data/sheet.csv", root="data", concepts=["inu", "neko", "bear1", "bear2"])
+    (tmp_path / "work").mkdir()
     workdir = _workdir(tmp_path / "work", config)
     planned = _planned(workdir)
     assert planned["class_images"] == 2 * 4 and planned["train"] == 2 * 4  # models × nouns, concepts
 
 
 def test_only_the_embeddings_the_enabled_metrics_read_are_planned(tmp_path):
-    config = _edit(_small_config(), evaluation__metrics=["clip_t"])
+    config = _edit(_small_config(), evaluation__metrics=["clip_i", "clip_t"])
     workdir = _workdir(tmp_path, config)
     planned = _planned(workdir)
     # CLIP alone: its twin, its references (1 concept), texts, and each job's samples; no DINO
@@ -265,6 +266,7 @@ def test_fetch_rule_clones_the_pinned_commit(tmp_path):
         dataset__root="data/vico",
         dataset__fetch={"repo": str(origin), "commit": commit[:10], "subdir": "inputs"},
     )
+    (tmp_path / "work").mkdir()
     (tmp_path / "work").mkdir()
     workdir = _workdir(tmp_path / "work", config)
     proc = _snakemake(workdir, "results/concepts/brown_dog")
@@ -618,6 +620,11 @@ def test_table2_study_trains_every_method_and_guides_with_sag_through_the_dag(tm
         assert all(subject[finetune] in p for p in pl.read_parquet(manifest)["prompt"]), finetune
         paired = pl.read_parquet(model / finetune / "tables/paired_vs_cfg.parquet")
         assert "sag" in set(paired["method"]), finetune
+        # PickScore, a plug-in text metric: scored per image, in the tables, from texts and images only
+        assert scores["pickscore"].null_count() == 0 and scores["pickscore"].abs().max() > 0
+        assert "pickscore" in pl.read_parquet(model / finetune / "tables/metrics.parquet").columns
+    embeddings = workdir / "results/embeddings/pickscore"
+    assert (embeddings / "texts/brown_dog.parquet").is_file() and not (embeddings / "references").exists()
     log = pl.read_parquet(model / "classdiffusion/runs/brown_dog/ft0/log.parquet")
     assert "spl" in log.columns and log["spl"].null_count() == 0
 
@@ -634,3 +641,63 @@ def test_the_test_configs_run_by_hand_as_their_headers_say(name):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "generate" in proc.stdout and f".test/config/{name}.yaml" in (ROOT / f".test/config/{name}.yaml").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("given-study")
+def test_a_given_full_finetune_runs_through_the_dag_without_training(tmp_path):
+    """A `given` fine-tune (a tiny "Diffusion-DPO" UNet: the twin's with every tensor moved) is
+    resolved, not trained; its cfg images are CFG with that UNet as the pipeline's denoiser, bit for
+    bit; DINO is not enabled, so no reference image is embedded with it."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from wig.guidance import Guidance
+    from wig.sampling.pipelines import load_pipeline
+    from wig.sampling.sampler import sample
+    from wig.sampling.tiny import build_tiny_sd
+
+    config = yaml.safe_load((ROOT / ".test/config/table2.yaml").read_text())
+    config["personalization"] = [{"name": "dpo", "method": "given", "weights": "dpo-sd/unet"}]
+    config["guidance"] = [{"method": "cfg", "scale": 7.5}, {"method": "pg", "scale": 7.5, "omega": 0.4}]
+    config["evaluation"]["metrics"] = ["clip_i", "clip_t", "pickscore"]
+    (tmp_path / "work").mkdir()
+    workdir = _workdir(tmp_path / "work", config)
+    build_tiny_sd(tmp_path / "twin")
+    unet = UNet2DConditionModel.from_pretrained(tmp_path / "twin", subfolder="unet")
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for tensor in unet.state_dict().values():
+            tensor += 0.05 * (tensor.std() if tensor.numel() > 1 else 1.0) * torch.randn(tensor.shape, generator=gen)
+    unet.save_pretrained(workdir / "dpo-sd/unet")
+
+    planned = _planned(workdir)
+    assert "resolve_finetune" in planned and not {"train", "class_images"} & set(planned)
+    assert planned["embed_references"] == 1  # CLIP-I's; DINO reads nothing
+    proc = _snakemake(workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = workdir / "results/tiny-sd/dpo"
+    assert not (results / "runs").exists()
+    assert json.loads((results / "weights.json").read_text())["path"] == str((workdir / "dpo-sd/unet").resolve())
+    scores = pl.read_parquet(results / "tables/scores.parquet")
+    assert {"clip_i", "clip_t", "pickscore"} <= set(scores.columns) and "dino" not in scores.columns
+    assert set(scores["method"]) == {"cfg", "pg"}
+    (manifest_path,) = (results / "samples/brown_dog/ft0").glob("*/seeds*/manifest.parquet")
+    manifest = pl.read_parquet(manifest_path).filter(pl.col("method") == "cfg")
+    assert all("sks" not in p and "dog" in p for p in manifest["prompt"])  # it names no subject
+    pipe = load_pipeline(str(workdir / "results/tiny-sd/model"), device="cpu", dtype="float32")
+    pipe.unet = UNet2DConditionModel.from_pretrained(workdir / "dpo-sd/unet")
+    row = manifest.row(0, named=True)
+    s = config["sampling"]
+    (ref,) = sample(
+        pipe,
+        [row["prompt"]],
+        Guidance("cfg", 7.5),
+        [torch.Generator("cpu").manual_seed(row["seed"])],
+        steps=s["steps"],
+        height=s["height"],
+        width=s["width"],
+        progress=False,
+    )
+    got = np.asarray(Image.open(manifest_path.parent / row["path"]))
+    assert np.array_equal(got, np.asarray(ref))

@@ -44,6 +44,13 @@ def _trained() -> list[str]:
     return sorted(name for name, cls in PERSONALIZATION.items() if cls.trains)
 
 
+def _encoder_kinds() -> dict:
+    """`wig embed`'s encoder kinds (`wig.evaluation.encoders.ENCODERS`; no torch at import)."""
+    from wig.evaluation.encoders import ENCODERS
+
+    return dict(ENCODERS)
+
+
 def _device(text: str) -> str:
     if not _DEVICE.match(text):
         raise argparse.ArgumentTypeError(f"unknown device {text!r}: auto, cpu, cuda, cuda:N, mps, xpu or xpu:N")
@@ -273,19 +280,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "embed",
         help="embed the images of a prepared or generated folder (or prompt texts) as Parquet",
-        description="Embed every image listed in FOLDER/manifest.parquet with a DINO or CLIP encoder, once per "
-        "protocol, in batches; or, with --text, embed texts with CLIP. Writes one Parquet file (schema in "
-        "docs/formats.md).",
+        description="Embed every image listed in FOLDER/manifest.parquet with an encoder (DINO, CLIP, PickScore), "
+        "once per protocol, in batches; or, with --text, embed texts with a text encoder (CLIP, PickScore). Writes "
+        "one Parquet file (schema in docs/formats.md).",
     )
-    p.add_argument("--kind", required=True, choices=("dino", "clip"), help="encoder family")
+    kinds = _encoder_kinds()
+    p.add_argument("--kind", required=True, choices=sorted(kinds), help="encoder kind")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--tiny", type=Path, help="folder of a tiny twin built with --build-tiny")
-    source.add_argument("--name", help="real checkpoint: a transformers ViT name (dino) or open_clip model (clip)")
+    source.add_argument("--name", help="real checkpoint: " + "; ".join(f"{k}: {c.real}" for k, c in kinds.items()))
     p.add_argument("--pretrained", help="open_clip pretrained tag, e.g. openai (clip)")
+    p.add_argument("--processor", help="PickScore's processor repo (default laion/CLIP-ViT-H-14-laion2B-s32B-b79K)")
     p.add_argument("--build-tiny", action="store_true", help="first build the tiny twin into --tiny")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--images", type=Path, help="folder with manifest.parquet (wig prepare / a generation job)")
-    what.add_argument("--text", action="append", help="a text to embed with CLIP (repeat)")
+    what.add_argument("--text", action="append", help="a text to embed (clip, pickscore; repeat)")
     p.add_argument(
         "--protocol",
         action="append",
@@ -532,8 +541,9 @@ def _cmd_embed(args) -> None:
         with atomic_dir(args.tiny) as tmp:
             build_tiny_encoder(args.kind, tmp)
     spec = {"kind": args.kind, "tiny": True} if args.tiny else {"kind": args.kind, "name": args.name}
-    if args.pretrained:
-        spec["pretrained"] = args.pretrained
+    for key in ("pretrained", "processor"):
+        if getattr(args, key):
+            spec[key] = getattr(args, key)
     encoder = load_encoder(spec, args.tiny, device=args.device)
     if args.text:
         frame = embed_texts(encoder, args.text)

@@ -58,8 +58,9 @@ class Concept:
     prompts_file: Path | None = None
 
     def subject(self, identifier: str = "sks") -> str:
-        """What fills a prompt's ``{}``: "<identifier> <class noun>"."""
-        return f"{identifier} {self.class_noun}"
+        """What fills a prompt's ``{}``: "<identifier> <class noun>" (the class noun alone for a
+        fine-tune that names no subject, identifier "")."""
+        return f"{identifier} {self.class_noun}" if identifier else self.class_noun
 
     def instance_prompt(self, identifier: str = "sks") -> str:
         return f"a photo of {self.subject(identifier)}"

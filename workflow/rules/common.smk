@@ -44,7 +44,7 @@ wildcard_constraints:
     seeds=_names(STUDY.seed_chunks),
     finetune=_names({f for _, f in FINETUNES}),
     fseed=r"\d+",
-    encoder="dino|clip",
+    encoder=_names(ENCODERS),
 
 
 def script_code_hash(rule):
@@ -94,7 +94,11 @@ def get_train_input(wildcards):
 
 
 def get_generate_input(wildcards):
-    return get_model(wildcards) | {"run": _path(rules.train, wildcards)}
+    """The model and the fine-tune: a run the train rule makes, or a given fine-tune's resolved
+    weights (rule resolve_finetune: nothing is trained)."""
+    if STUDY.models[wildcards.model].finetunes[wildcards.finetune].method.trains:
+        return get_model(wildcards) | {"run": _path(rules.train, wildcards)}
+    return get_model(wildcards) | {"finetune": _path(rules.resolve_finetune, wildcards)}
 
 
 def get_grid_samples(wildcards):
@@ -116,6 +120,7 @@ def get_score_input(wildcards):
     inputs = {"samples": _path(rules.generate, wildcards)}
     for kind in STUDY.metric_encoders():
         inputs[kind] = _path(rules.embed_samples, wildcards, encoder=kind)
+    for kind in STUDY.reference_encoders():
         inputs[f"{kind}_refs"] = _path(rules.embed_references, wildcards, encoder=kind)
     for kind in STUDY.text_encoders():
         inputs[f"{kind}_texts"] = _path(rules.embed_texts, wildcards, encoder=kind)

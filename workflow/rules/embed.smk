@@ -1,5 +1,5 @@
 # Embeddings (Parquet): references once per (concept, encoder), prompt texts once per (concept,
-# CLIP), samples once per (generation job, encoder). Protocols share one job: an image is decoded
+# text encoder: CLIP, PickScore), samples once per (generation job, encoder). Protocols share one job: an image is decoded
 # once and encoded once per protocol. Changing an encoder re-embeds; it never regenerates.
 
 
@@ -42,13 +42,13 @@ rule embed_texts:
     log:
         "logs/embed_texts/{encoder}/{concept}.log",
     wildcard_constraints:
-        encoder="clip",
+        encoder=_names(STUDY.text_encoders()),
     threads: config["runtime"]["threads"]
     resources:
         gpu=1,
     params:
         spec=from_study(STUDY.encoder_spec),
-        texts=from_study(STUDY.clip_texts),
+        texts=from_study(STUDY.metric_texts),
         runtime=RUNTIME,
     script:
         "../scripts/embed_texts.py"

@@ -98,3 +98,15 @@ rule resolve_encoder:
         spec=from_study(STUDY.encoder_spec),
     script:
         "../scripts/resolve_encoder.py"
+
+
+rule resolve_finetune:
+    output:
+        "results/{model}/{finetune}/weights.json",
+    log:
+        "logs/{model}/{finetune}/resolve_finetune.log",
+    localrule: True
+    params:
+        spec=from_study(STUDY.finetune_weights),
+    script:
+        "../scripts/resolve_finetune.py"

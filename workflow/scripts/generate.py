@@ -7,13 +7,16 @@ from wig.personalization.checkpoints import WEAK
 from wig.sampling.generation import generate_samples
 from wig.sampling.pipelines import load_pipeline
 from wig.workflow.jobs import job, local_weights
+from wig.workflow.weights import recorded_path
 
 with job(snakemake) as log:
     p = snakemake.params
     points = {key: Guidance(**settings) for key, settings in p.guidance.items()}
     pipe = load_pipeline(local_weights(snakemake, p.model), device=p.runtime["device"], dtype=p.runtime["dtype"])
     weak = any(WEAK in g.required_adapters() for g in points.values())  # attach it only if a point uses it
-    weights = make(**p.method).attach(pipe, snakemake.input.run, weak=weak)
+    # a trained run's folder, or where a given fine-tune's weights were resolved to
+    finetune = snakemake.input.get("run") or recorded_path(snakemake.input.finetune)
+    weights = make(**p.method).attach(pipe, finetune, weak=weak)
     s = p.sampling
     seeds = [int(seed) for seed in snakemake.wildcards.seeds.split("_")]
     manifest = generate_samples(

@@ -32,6 +32,7 @@ import numpy as np
 import polars as pl
 
 from wig.errors import WigError
+from wig.evaluation import pickscore
 from wig.guidance import REGISTRY as METHODS
 from wig.guidance import baseline, point_schema
 
@@ -103,6 +104,7 @@ def _mean_to_references(generated: np.ndarray, references: np.ndarray) -> np.nda
 register_metric(Metric("dino", "DINO", "subject", "references", _mean_to_references, encoder="dino"))
 register_metric(Metric("clip_i", "CLIP-I", "subject", "references", _mean_to_references, encoder="clip"))
 register_metric(Metric("clip_t", "CLIP-T", "text", "texts", text_fidelity, encoder="clip"))
+register_metric(Metric("pickscore", "PickScore", "text", "texts", pickscore.pickscore, encoder="pickscore"))
 for _name, _label, _side in (
     ("oracle_text", "oracle text fidelity", "text"),
     ("oracle_subject", "oracle subject fidelity", "subject"),
@@ -130,8 +132,8 @@ def score_samples(
     """Per-image encoder-metric scores of one sample set, one row per (image, protocol).
 
     ``embeddings`` maps an encoder kind to the set's embeddings, ``{kind}_refs`` to the concept's
-    reference embeddings and ``{kind}_texts`` to its prompt texts' (by prompt index), for the
-    encoders ``metrics`` read.
+    reference embeddings (for the kinds of metrics that read references) and ``{kind}_texts`` to
+    its prompt texts' (by prompt index, for the kinds of metrics that read texts).
     """
     chosen = [REGISTRY[m] for m in metrics if REGISTRY[m].encoder is not None]
     kinds = list(dict.fromkeys(m.encoder for m in chosen))
@@ -140,15 +142,18 @@ def score_samples(
         generated, references = {}, {}
         for kind in kinds:
             gen = embeddings[kind].filter(pl.col("protocol") == protocol)
-            ref = embeddings[f"{kind}_refs"].filter(pl.col("protocol") == protocol)
-            if gen.is_empty() or ref.is_empty():
+            with_refs = any(m.encoder == kind and m.reads == "references" for m in chosen)
+            ref = embeddings[f"{kind}_refs"].filter(pl.col("protocol") == protocol) if with_refs else None
+            if gen.is_empty() or (ref is not None and ref.is_empty()):
                 raise WigError(f"no {kind} embeddings for protocol {protocol}")
             joined = manifest.join(gen.select("path", "sha256", "embedding"), on="path", how="left", suffix="_emb")
             if joined["embedding"].null_count():
                 raise WigError(f"{joined['embedding'].null_count()} image(s) of the set have no {kind} embedding")
             if (joined["sha256"] != joined["sha256_emb"]).any():
                 raise WigError(f"{kind} embeddings are of other images than the manifest's (sha256 differs)")
-            generated[kind], references[kind] = _matrix(joined), _matrix(ref)
+            generated[kind] = _matrix(joined)
+            if ref is not None:
+                references[kind] = _matrix(ref)
         columns = []
         for m in chosen:
             if m.reads == "texts":
@@ -228,9 +233,13 @@ def score_job(
                 raise WigError(
                     f"metric(s) {[m for m in metrics if REGISTRY[m].encoder == kind]} need the {kind} encoder"
                 )
-            frames[f"{kind}_refs"] = read_embeddings(embeddings[f"{kind}_refs"], encoders[kind])
-            width = frames[f"{kind}_refs"].schema["embedding"].size
+            # the width is the concept's references' (or, for a kind no metric reads them of, the set's)
+            width = None
+            if any(REGISTRY[m].reads == "references" and REGISTRY[m].encoder == kind for m in metrics):
+                frames[f"{kind}_refs"] = read_embeddings(embeddings[f"{kind}_refs"], encoders[kind])
+                width = frames[f"{kind}_refs"].schema["embedding"].size
             frames[kind] = read_embeddings(embeddings[kind], encoders[kind], width)
+            width = frames[kind].schema["embedding"].size
             if any(REGISTRY[m].reads == "texts" and REGISTRY[m].encoder == kind for m in metrics):
                 frames[f"{kind}_texts"] = read_embeddings(embeddings[f"{kind}_texts"], encoders[kind], width)
         scores = score_samples(manifest, concept, frames, metrics)

@@ -47,12 +47,14 @@ class FullWeightsError(WigError):
 
 def weight_files(path: str | os.PathLike, component: str) -> list[Path]:
     """The safetensors files of a denoiser given as a file, a model folder (``unet/``, with
-    ``diffusion_pytorch_model.safetensors`` or its sharded index) or a pipeline folder (its
-    ``component`` subfolder)."""
+    ``diffusion_pytorch_model.safetensors`` or its sharded index), a pipeline folder, or a folder
+    holding just the denoiser's ``component`` subfolder."""
     path = Path(path)
     if path.is_file():
         return [path]
-    if (path / "model_index.json").is_file():
+    if (path / "model_index.json").is_file() or (
+        not (path / WEIGHT_NAME).is_file() and (path / component / WEIGHT_NAME).is_file()
+    ):  # a pipeline folder, or a repo holding the denoiser's folder alone (Diffusion-DPO's unet/)
         path = path / component
     if (path / WEIGHT_NAME).is_file():
         return [path / WEIGHT_NAME]

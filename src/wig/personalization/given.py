@@ -4,7 +4,9 @@ Diffusion-DPO's UNet, a style LoRA — guided like the study's own fine-tunes (t
 ``weights`` names it: for ``kind: denoiser`` a full fine-tune of the base's denoiser (a model
 folder such as DPO's published ``unet/``, a pipeline folder, a ``.safetensors`` state dict, or a
 hub name the workflow resolves on the submit host); θω = θ + ω(θ' − θ) for every tensor
-(`wig.personalization.full_weights`). For ``kind: lora`` a diffusers-format LoRA file; θω is the
+(`wig.personalization.full_weights`), or with ``low_rank: r`` a rank-r SVD of each layer's
+difference, its error printed per layer and refused above ``low_rank_tolerance``
+(`wig.personalization.low_rank`). For ``kind: lora`` a diffusers-format LoRA file; θω is the
 LoRA at scale ω. A given fine-tune has no weak (early) checkpoint, so AG runs only against the
 pretrained model, and it learns no token: its prompts name no subject.
 """
@@ -27,11 +29,22 @@ class Given(PersonalizationMethod):
     name = "given"
     weights: str = param("", "the fine-tune: a denoiser (model or pipeline folder, .safetensors, hub name) or a LoRA")
     kind: str = param("denoiser", "what weights holds: a full fine-tune of the denoiser, or a LoRA", choices=KINDS)
+    low_rank: int = param(
+        0, "denoiser: 0 = exact full weights; r > 0 = a rank-r SVD of each layer's θ' − θ (one batched forward)", low=0
+    )
+    low_rank_tolerance: float = param(
+        0.01, "largest relative error ‖Δ − Δ_r‖/‖Δ‖ of any layer low_rank may leave; above it is refused", above=0.0
+    )
 
     def __post_init__(self):
         super().__post_init__()
         if not self.weights:
             raise WigError("given: weights must name the fine-tune (a folder, a file or a hub name)")
+        if self.low_rank and self.kind != "denoiser":
+            raise WigError("given: low_rank approximates a full fine-tune of the denoiser (kind: denoiser)")
+
+    def identifier(self, identifier: str) -> str:
+        return ""  # it learned no subject: prompts name the class alone ("a dog in the jungle")
 
     def attach(self, pipe, out: str | os.PathLike | None = None, weak: bool = True) -> BranchWeights:
         """Attach the fine-tune at ``out`` (where the workflow resolved ``weights``; default: ``weights``
@@ -44,6 +57,10 @@ class Given(PersonalizationMethod):
 
             attach_loras(pipe, source)
             return LoraBranchWeights()
+        if self.low_rank:
+            from wig.personalization.low_rank import attach_low_rank
+
+            return attach_low_rank(pipe, source, self.low_rank, self.low_rank_tolerance)
         from wig.personalization.full_weights import attach_full_weights
 
         return attach_full_weights(pipe, source)

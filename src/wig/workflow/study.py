@@ -290,6 +290,11 @@ class Study:
             }
         )
 
+    def finetune_weights(self, model: str, finetune: str) -> dict:
+        """What a given (not trained) fine-tune's weights are, for its resolve rule."""
+        method = self.models[model].finetunes[finetune].method
+        return canon({"weights": method.weights, "kind": method.kind})
+
     def finetune_settings(self, model: str, finetune: str) -> dict:
         """The fine-tune's method and settings (``make`` takes them back)."""
         return canon(self.models[model].finetunes[finetune].method.settings())
@@ -338,11 +343,16 @@ class Study:
         embedding files."""
         return canon({kind: encoder_id(self.encoders[kind]) for kind in self.metric_encoders()})
 
+    def reference_encoders(self) -> list[str]:
+        """The encoders whose embeddings of the concept's reference images an enabled metric reads."""
+        return list(dict.fromkeys(METRICS[m].encoder for m in self.metrics if METRICS[m].reads == "references"))
+
     def text_encoders(self) -> list[str]:
         """The encoders whose prompt-text embeddings an enabled metric reads."""
         return list(dict.fromkeys(METRICS[m].encoder for m in self.metrics if METRICS[m].reads == "texts"))
 
-    def clip_texts(self, concept: str) -> list[str]:
+    def metric_texts(self, concept: str) -> list[str]:
+        """The concept's prompts as the text metrics read them (CLIP-T, PickScore): see `evaluation.clip_t_text`."""
         texts = self.concepts[concept].clip_texts(self.config["evaluation"]["clip_t_text"])
         return texts[: self.config["dataset"]["max_prompts"]]
 
@@ -406,6 +416,16 @@ def _metrics(config: Mapping[str, Any], encoders: Mapping[str, Any]) -> list[str
             raise StudyError(
                 f"evaluation.metrics: {name} reads the synthetic world's images, but dataset.render is not set"
             )
+    for side in (
+        "subject",
+        "text",
+    ):  # the tables, the matched-text comparison and the figures weigh one against the other
+        if names and not any(METRICS[n].fidelity == side for n in names):
+            choices = ", ".join(n for n, m in METRICS.items() if m.fidelity == side)
+            raise StudyError(
+                f"evaluation.metrics: {list(names)} measure no {side} fidelity; the tables compare subject with "
+                f"text fidelity: add one of {choices}"
+            )
     return list(names)
 
 
@@ -437,11 +457,8 @@ def _finetunes(entries: Any) -> dict[str, dict]:
             cls = method_class(entry["method"])
         except WigError as err:
             raise StudyError(f"{key}.method: {err}") from None
-        if not cls.trains:  # the DAG trains every fine-tune it evaluates (issue 20 lets it adopt given ones)
-            raise StudyError(
-                f"{key}.method: {entry['method']} fine-tunes are not trained by a job and the workflow cannot run "
-                "them yet; use wig generate --denoiser/--lora"
-            )
+        if not cls.trains and _seeds(entry.get("seed", 0), f"{key}.seed") != (0,):
+            raise StudyError(f"{key}.seed: a {entry['method']} fine-tune is not trained, it has no seeds to vary")
         try:
             make_method(entry["method"], **_settings(entry))
         except WigError as err:

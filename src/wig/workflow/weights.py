@@ -16,21 +16,19 @@ from pathlib import Path
 
 from wig.errors import WigError
 
-# what DINO needs from its repo: config + safetensors weights (wig never unpickles)
-ENCODER_FILES = ["*.json", "*.safetensors"]
-
 
 class WeightsError(WigError):
     """Weights that cannot be resolved, or a record that cannot be read."""
 
 
-def _snapshot_revision(path: str | os.PathLike) -> str | None:
+def snapshot_revision(path: str | os.PathLike) -> str | None:
     """The commit of a Hugging Face cache path (``.../snapshots/<commit>/...``)."""
     parts = Path(path).parts
     return parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
 
 
-def _local(source: str) -> dict | None:
+def local_record(source: str) -> dict | None:
+    """The record of a local file or folder (it resolves to itself), or None."""
     path = Path(source).expanduser()
     return {"source": source, "revision": None, "path": str(path.resolve())} if path.exists() else None
 
@@ -38,7 +36,7 @@ def _local(source: str) -> dict | None:
 def resolve_model(spec: dict) -> dict:
     """A diffusers pipeline (``path`` + optional ``revision`` of a model entry) in the local cache."""
     source = spec["path"]
-    if record := _local(source):
+    if record := local_record(source):
         return record
     from diffusers import DiffusionPipeline
 
@@ -49,40 +47,25 @@ def resolve_model(spec: dict) -> dict:
     return {
         "source": source,
         "requested": spec.get("revision"),
-        "revision": _snapshot_revision(folder),
+        "revision": snapshot_revision(folder),
         "path": str(folder),
     }
 
 
-def resolve_encoder(spec: dict) -> dict:
-    """A real DINO (transformers repo) or CLIP (open_clip name + pretrained tag) in the local cache."""
-    source = spec["name"]
-    if spec["kind"] == "dino":
-        if record := _local(source):
-            return record
-        from huggingface_hub import snapshot_download
+def resolve_finetune(spec: dict) -> dict:
+    """A given fine-tune's weights (``weights`` + ``kind`` of a `given` entry) in the local cache: a
+    local file or folder as it is, else the hub repo's configs and safetensors (a denoiser repo such
+    as Diffusion-DPO's, or a LoRA repo)."""
+    source = spec["weights"]
+    if record := local_record(source):
+        return record
+    from huggingface_hub import snapshot_download
 
-        try:
-            folder = snapshot_download(source, revision=spec.get("revision"), allow_patterns=ENCODER_FILES)
-        except Exception as err:
-            raise WeightsError(f"cannot resolve DINO {source}: {str(err).splitlines()[0]}") from None
-        return {
-            "source": source,
-            "requested": spec.get("revision"),
-            "revision": _snapshot_revision(folder),
-            "path": folder,
-        }
-    import open_clip
-
-    tag = spec.get("pretrained")
-    cfg = open_clip.get_pretrained_cfg(source, tag) if tag else {}
-    if not cfg:
-        raise WeightsError(f"open_clip has no pretrained weights {tag!r} for {source}")
     try:
-        file = open_clip.download_pretrained(cfg)
+        folder = snapshot_download(source, allow_patterns=["*.json", "*.safetensors"])
     except Exception as err:
-        raise WeightsError(f"cannot resolve CLIP {source}/{tag}: {str(err).splitlines()[0]}") from None
-    return {"source": f"{source}/{tag}", "requested": None, "revision": _snapshot_revision(file), "path": file}
+        raise WeightsError(f"cannot resolve fine-tune {source}: {str(err).splitlines()[0]}") from None
+    return {"source": source, "requested": None, "revision": snapshot_revision(folder), "path": folder}
 
 
 @contextlib.contextmanager
