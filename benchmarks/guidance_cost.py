@@ -199,7 +199,16 @@ def _probe(args):
         attach_loras(pipe, args._lora)
         guidance = _variants(args.scale)[args._probe]
     sample_latents(pipe, guidance, _request(args, args.batch), progress=False, weights=weights)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(_peak_rss_mib())
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak RSS: VmHWM (reset by exec), not ru_maxrss, which Linux carries across
+    exec, so a probe started by a big parent would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _personalized(args, model: Path, workdir: Path):

@@ -7,8 +7,9 @@ they run at (`WeightSets`) and each group is one forward of its own denoiser:
 
 - θ' (coefficient 1) is a second denoiser holding the fine-tune's tensors;
 - θω (0 < ω < 1) is the pipeline's own denoiser with θ + ω(θ' − θ) written into the tensors that
-  differ, for as long as the sampler's context is open (one lerp pass per ω); the base tensors it
-  overwrites wait on the host and are copied back bit for bit when the context closes;
+  differ, for as long as the sampler's call lasts (one lerp pass per call); the base tensors it
+  overwrites are copied to the host once per attached fine-tune and copied back bit for bit when
+  the call ends;
 - θ (ω = 0) is the pipeline's own denoiser as loaded.
 
 So CFG with the fine-tune (ω = 1) is one batched forward of θ', identical to loading θ' as the
@@ -107,6 +108,7 @@ class FullWeights(BranchWeights):
 
     def __init__(self, tuned: torch.nn.Module, differing: list[str], source: str):
         self.tuned, self.differing, self.source = tuned, differing, source
+        self.stash: dict[str, torch.Tensor] = {}  # θ's differing tensors on the host, from the first θω on
 
     def attached(self, pipe) -> set[str]:
         return {FULL}
@@ -115,7 +117,7 @@ class FullWeights(BranchWeights):
         return NoScales()  # the text encoder is the base's
 
     def denoiser(self, pipe) -> WeightSets:
-        return WeightSets(family_of(pipe).denoiser(pipe), self.tuned, self.differing)
+        return WeightSets(family_of(pipe).denoiser(pipe), self.tuned, self.differing, self.stash)
 
 
 class WeightSets(SampleScales):
@@ -124,12 +126,14 @@ class WeightSets(SampleScales):
     forward per group. At most one ω strictly between 0 and 1 per step (θω lives in the
     pipeline's denoiser, which then no longer holds θ)."""
 
-    def __init__(self, base: torch.nn.Module, tuned: torch.nn.Module, differing: list[str]):
+    def __init__(
+        self, base: torch.nn.Module, tuned: torch.nn.Module, differing: list[str], stash: dict[str, torch.Tensor]
+    ):
         super().__init__()
         self.base, self.tuned, self.differing = base, tuned, differing
         self._groups: list[tuple[torch.nn.Module, torch.Tensor | None]] = []
         self._omega = 0.0  # the coefficient the base module holds now
-        self._stash: dict[str, torch.Tensor] = {}  # the base's own tensors while it holds θω
+        self._stash = stash  # the base's own tensors (host copies, made once per attached fine-tune)
 
     has_effect = True
 
@@ -187,7 +191,6 @@ class WeightSets(SampleScales):
 
     def __exit__(self, *exc):
         self._to_omega(0.0)  # the pipeline's denoiser holds θ again, bit for bit
-        self._stash.clear()
         self._groups = []
         return super().__exit__(*exc)
 
