@@ -99,7 +99,7 @@ def test_combination_weights_sum_to_one(method):
         ({"method": "pg", "omega": float("nan")}, "omega"),
         ({"method": "cfg", "scale": float("inf")}, "scale must be finite"),
         ({"method": "ag", "weak": "early"}, "weak must be"),
-        ({"method": "cfg", "omega": 0.5}, "omega applies to pg/pgpp/sag only, not cfg"),
+        ({"method": "cfg", "omega": 0.5}, "omega applies to ip2p-cfg/pg/pgpp/sag only, not cfg"),
         ({"method": "none", "scale": 9.0}, "scale must be 1.0"),
     ],
 )

@@ -342,3 +342,11 @@ def test_table2_presets_plan_the_methods_with_sag_and_the_omega_sweep(preset, fi
         "train": 16 * len(finetunes),
         "generate": 16 * 16 * len(finetunes),
     }
+
+
+def test_the_workflow_skips_image_edit_guidance_its_families_cannot_run():
+    edit = {"method": "ip2p-cfg", "scale": 7.5, "image_scale": 1.5}
+    study = Study.from_config(_config(guidance=[{"method": "cfg", "scale": 7.5}, edit]))
+    assert [p.method for p in study.models["tiny-sd"].points] == ["cfg"]
+    with pytest.raises(StudyError, match=r"models.tiny-\w+ \(\w+\) can run none of the guidance points: ip2p-cfg"):
+        Study.from_config(_config(guidance=[edit]))

@@ -184,6 +184,18 @@ def build_parser() -> argparse.ArgumentParser:
         "folder or a .safetensors state dict): θω = θ + ω(θ' − θ) for every tensor",
     )
     p.add_argument(
+        "--image",
+        type=Path,
+        action="append",
+        help="the image to edit (an InstructPix2Pix model, method ip2p-cfg): once, or once per image in prompt order",
+    )
+    p.add_argument(
+        "--base",
+        type=Path,
+        help="for a model that is itself a fine-tune (InstructPix2Pix): the pretrained denoiser it was tuned from "
+        "(SD 1.5's unet/), PG's θ; its first convolution is zero-padded to the model's input channels",
+    )
+    p.add_argument(
         "--run",
         type=Path,
         help="a fine-tune run folder (wig train's --out, any personalization method): attached as the method "
@@ -340,6 +352,18 @@ def _pair(prompts: list[str], seeds: list[int]) -> tuple[list[str], list[int]]:
     return prompts, seeds
 
 
+def _edit_images(args, n: int):
+    """The images to edit, one per prompt (a single one is repeated), or None."""
+    if not args.image:
+        return None
+    if len(args.image) not in (1, n):
+        raise WigError(f"{len(args.image)} --image for {n} images: give one, or one per image")
+    from wig.concepts import load_image
+
+    images = [load_image(path) for path in args.image]
+    return images * n if len(images) == 1 else images
+
+
 def _extra_texts(args, n: int) -> dict[str, list[str]]:
     """``--extra-text NAME=TEXT`` flags → {name: one text per image}; every text the method's
     branches name must be given, once or once per image."""
@@ -410,6 +434,10 @@ def _cmd_generate(args) -> None:
         from wig.personalization.full_weights import attach_full_weights
 
         weights = attach_full_weights(pipe, args.denoiser)
+    elif args.base is not None:
+        from wig.personalization.full_weights import attach_base
+
+        weights = attach_base(pipe, args.base)
     else:
         attach_loras(pipe, args.lora, args.weak_lora)
     images = sample(
@@ -420,6 +448,7 @@ def _cmd_generate(args) -> None:
         weights=weights,
         negative_prompt=args.negative_prompt,
         extra_texts=extra_texts,
+        images=_edit_images(args, len(prompts)),
         steps=args.steps,
         height=args.height,
         width=args.width,
@@ -450,8 +479,8 @@ def _run_method(args):
     """The personalization method (with its settings) that wrote the run folder ``--run``."""
     from wig.personalization import make as make_method
 
-    if args.lora is not None or args.weak_lora is not None or args.denoiser is not None:
-        raise WigError("--run attaches the run's own checkpoints: give it without --lora/--weak-lora/--denoiser")
+    if any(getattr(args, f) is not None for f in ("lora", "weak_lora", "denoiser", "base")):
+        raise WigError("--run attaches the run's own checkpoints: give it without --lora/--weak-lora/--denoiser/--base")
     path = args.run / "config.json"
     try:
         config = json.loads(path.read_text())
@@ -577,10 +606,17 @@ def _check_args(args) -> None:
     if args.command == "generate":
         prompts, seeds = _pair(args.prompt, args.seed)
         _extra_texts(args, len(prompts))
-        if args.denoiser is not None and (args.lora is not None or args.weak_lora is not None):
-            raise WigError("--denoiser is a full fine-tune: give it without --lora/--weak-lora")
-        if args.denoiser is not None and not args.denoiser.exists():
-            raise WigError(f"--denoiser not found: {args.denoiser}")
+        for flag in ("denoiser", "base"):
+            if getattr(args, flag) is not None and not getattr(args, flag).exists():
+                raise WigError(f"--{flag} not found: {getattr(args, flag)}")
+        attached = [f"--{f}" for f in ("lora", "denoiser", "base") if getattr(args, f) is not None]
+        if len(attached) > 1:
+            raise WigError(f"{' and '.join(attached)}: attach one fine-tune")
+        if args.image and len(args.image) not in (1, len(prompts)):
+            raise WigError(f"{len(args.image)} --image for {len(prompts)} images: give one, or one per image")
+        for path in args.image or ():
+            if not path.is_file():
+                raise WigError(f"--image not found: {path}")
         _out_paths(args.out, seeds, overwrite=args.overwrite)
     elif args.command in FOLDER_OUTPUTS:
         out = Path(args.out)

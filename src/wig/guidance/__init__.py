@@ -9,13 +9,15 @@
     pgpp   as pg;  DDIM re-noises with e_u
     sag    (θω, ∅) (θ', c) (θ', c₀)                 e_u + λ((1 + w_t)e_c − w_t e_c₀ − e_u)  (Chan et al. 2024)
            c₀: the prompt with the subject replaced by its class noun; w_t = −1 early (t > T), r after
+    ip2p-cfg  (θ', c, I) (θω, ∅, I) (θω, ∅, ∅)      e_∅∅ + s_T(e_cI − e_∅I) + s_I(e_∅I − e_∅∅)  (InstructPix2Pix)
+           I: the latents of the image to edit (an InstructPix2Pix pipeline only)
 
 The combinations are linear and their weights sum to one, so they hold for any prediction type
 (ε, v or x0) of the model. A new method is a module with a registered `GuidanceMethod` subclass;
 importing it is all it takes for the sampler, the grid, the tables, the plots and the CLI.
 """
 
-from wig.guidance import ag, cfg, cfgpp, none, pg, pgpp, sag  # noqa: F401  (registers the shipped methods)
+from wig.guidance import ag, cfg, cfgpp, ip2p_cfg, none, pg, pgpp, sag  # noqa: F401  (registers the shipped methods)
 from wig.guidance.base import (
     NEGATIVE,
     PROMPT,

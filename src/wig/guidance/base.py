@@ -42,6 +42,8 @@ class Branch:
 
     text: str  # PROMPT, NEGATIVE or the name of an extra text (`GuidanceMethod.extra_texts`)
     scales: Mapping[str, float] = dataclasses.field(default_factory=dict)  # adapter -> scale
+    # the input image, for families that take one (InstructPix2Pix); False: zeros in its place
+    image: bool = True
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class GuidanceMethod:
     requires_fine_tune: ClassVar[bool] = False  # the fine-tuned checkpoint attached (adapter FULL)
     requires_ddim: ClassVar[bool] = False  # a DDIM sampler (it changes the DDIM update itself)
     extra_texts: ClassVar[tuple[str, ...]] = ()  # named texts per sample beyond prompt and negative
+    requires_image: ClassVar[bool] = False  # a pipeline that edits an input image (InstructPix2Pix)
     # how the study reads it
     guided: ClassVar[bool] = True  # it has a guidance scale to sweep (not: the unguided prediction)
     cfg_scale: ClassVar[bool] = False  # its `scale` is a CFG λ (the synthetic base's accuracy is read at those)

@@ -71,10 +71,14 @@ def weight_files(path: str | os.PathLike, component: str) -> list[Path]:
     )
 
 
-def read_finetune(model: torch.nn.Module, path: str | os.PathLike, component: str = "unet") -> dict[str, torch.Tensor]:
+def read_finetune(
+    model: torch.nn.Module, path: str | os.PathLike, component: str = "unet", pad: tuple[str, ...] = ()
+) -> dict[str, torch.Tensor]:
     """The fine-tune's tensors for ``model``'s state dict, in its dtype and on its device, checked
     name by name and shape by shape against the base: the first tensor that is missing, extra or
-    of another shape is named (another architecture cannot be lerped)."""
+    of another shape is named (another architecture cannot be lerped). A tensor named in ``pad``
+    with fewer input channels (dim 1) than the model's is zero-padded to them (SD 1.5's first
+    convolution read into InstructPix2Pix's 8-channel one: the added channels contribute nothing)."""
     files = weight_files(path, component)
     state: dict[str, torch.Tensor] = {}
     for file in files:
@@ -86,6 +90,11 @@ def read_finetune(model: torch.nn.Module, path: str | os.PathLike, component: st
             raise FullWeightsError(f"not a safetensors file: {file} ({err})") from None
     base = model.state_dict()
     where = files[0] if len(files) == 1 else files[0].parent
+    for name in pad:
+        if name in state and name in base and state[name].dim() > 1 and state[name].shape[1] < base[name].shape[1]:
+            padded = state[name].new_zeros((state[name].shape[0], base[name].shape[1], *state[name].shape[2:]))
+            padded[:, : state[name].shape[1]] = state[name]
+            state[name] = padded
     for name, tensor in base.items():
         if name not in state:
             raise FullWeightsError(f"{where}: the fine-tune lacks the base's tensor {name} {tuple(tensor.shape)}")
@@ -182,8 +191,7 @@ class WeightSets(SampleScales):
             return family.predict(pipe, x, t, text, model=self._groups[0][0])
         out = None
         for model, index in self._groups:
-            part = Text(text.embeds[index], None if text.mask is None else text.mask[index])
-            pred = family.predict(pipe, x[index], t, part, model=model)
+            pred = family.predict(pipe, x[index], t, text.select(index), model=model)
             if out is None:
                 out = pred.new_empty((x.shape[0], *pred.shape[1:]))
             out[index] = pred
@@ -210,4 +218,22 @@ def attach_full_weights(pipe, path: str | os.PathLike) -> FullWeights:
     tuned = copy.deepcopy(base)
     tuned.load_state_dict(state, strict=True)
     tuned.eval().requires_grad_(False)
+    return FullWeights(tuned, differing, str(path))
+
+
+def attach_base(pipe, path: str | os.PathLike) -> FullWeights:
+    """For a pipeline that is itself the fine-tune (InstructPix2Pix, fine-tuned from SD 1.5): its
+    denoiser's weights become θ' (a second denoiser) and the pretrained base at ``path`` is loaded
+    into the pipeline's own — ``conv_in.weight`` zero-padded to the fine-tune's input channels — so
+    PG's θω = θ + ω(θ' − θ) runs as for `attach_full_weights`. The pipeline's denoiser holds θ
+    afterwards (θ' is the returned weights' ``tuned``)."""
+    family = family_of(pipe)
+    model = family.denoiser(pipe)
+    state = read_finetune(model, path, family.component, pad=("conv_in.weight",))
+    tuned = copy.deepcopy(model)
+    tuned.eval().requires_grad_(False)
+    with torch.no_grad():
+        model.load_state_dict(state, strict=True)
+    own = tuned.state_dict()
+    differing = [name for name, tensor in model.state_dict().items() if not torch.equal(tensor, own[name])]
     return FullWeights(tuned, differing, str(path))

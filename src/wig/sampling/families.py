@@ -6,9 +6,10 @@ evaluation is called, how latents become images and how training noises a latent
     sd    UNet2DConditionModel, CLIP text states, ε/v/x0 prediction, DDPM noising, AutoencoderKL
     sana  SanaTransformer2DModel, Gemma-2 states + attention mask, flow prediction (v = ε − x0),
           rectified-flow noising x_σ = (1 − σ)·x0 + σ·ε, AutoencoderDC
+    ip2p  InstructPix2Pix: sd with the input image's latents beside the noisy ones (8 channels)
 
 Each mirrors its stock diffusers pipeline operation for operation (``StableDiffusionPipeline``,
-``SanaPipeline``), which the tests check image for image.
+``SanaPipeline``, ``StableDiffusionInstructPix2PixPipeline``), which the tests check image for image.
 """
 
 from __future__ import annotations
@@ -54,20 +55,29 @@ def warn_truncated(tokenizer, texts: list[str], limit: int, family: str) -> None
 
 @dataclass
 class Text:
-    """A batch of text conditions: hidden states and, for families that use one, their mask."""
+    """A batch of conditions: text hidden states and, for families that use them, their mask and
+    the latents of an input image (InstructPix2Pix; zeros where a branch does not see the image)."""
 
     embeds: torch.Tensor
     mask: torch.Tensor | None = None
+    image: torch.Tensor | None = None
 
     @staticmethod
     def cat(texts: list[Text]) -> Text:
-        masks = [t.mask for t in texts]
-        return Text(torch.cat([t.embeds for t in texts]), None if masks[0] is None else torch.cat(masks))
+        def cat(parts):
+            return None if parts[0] is None else torch.cat(parts)
+
+        return Text(cat([t.embeds for t in texts]), cat([t.mask for t in texts]), cat([t.image for t in texts]))
+
+    def select(self, index: torch.Tensor) -> Text:
+        """The conditions of the samples ``index``."""
+        return Text(*(None if x is None else x[index] for x in (self.embeds, self.mask, self.image)))
 
 
 class Family:
     name: str
     component: str  # the pipeline attribute holding the denoiser (and the LoRA)
+    image_input: bool = False  # it conditions on an input image (`Request.images`) as well as a text
     lora_targets: tuple[str, ...]
     text_options: tuple[str, ...] = ()
     stock_call: dict = {}  # extra arguments for the stock pipeline call (class images)
@@ -245,11 +255,37 @@ class Sana(Family):
         return (1.0 - sigma) * latents + sigma * noise, t, noise - latents
 
 
-FAMILIES = {f.name: f for f in (SD, Sana)}
+class IP2P(SD):
+    """InstructPix2Pix (Brooks et al. 2023): an SD UNet with 8 input channels, the noisy latents
+    followed by the latents of the image to edit (the VAE posterior's mode, unscaled, as
+    ``StableDiffusionInstructPix2PixPipeline`` encodes it); a branch without the image gets zeros
+    there. Sizes come from the input image."""
+
+    name = "ip2p"
+    image_input = True
+
+    @staticmethod
+    @torch.no_grad()
+    def image_latents(pipe, images) -> torch.Tensor:
+        """The stock pipeline's ``prepare_image_latents``: preprocess, encode, the posterior's mode."""
+        pixels = pipe.image_processor.preprocess(images).to(pipe.vae.device, pipe.text_encoder.dtype)
+        return pipe.vae.encode(pixels).latent_dist.mode()
+
+    @staticmethod
+    def predict(pipe, x: torch.Tensor, t, text: Text, model: torch.nn.Module | None = None) -> torch.Tensor:
+        model = pipe.unet if model is None else model
+        x = torch.cat([x, text.image], dim=1)
+        return model(x, t, encoder_hidden_states=text.embeds, return_dict=False)[0]
+
+
+FAMILIES = {f.name: f for f in (SD, Sana, IP2P)}
 
 
 def family_of(pipe) -> type[Family]:
-    """The family of a loaded pipeline, from the module that denoises."""
+    """The family of a loaded pipeline, from the module that denoises (and the pipeline's class
+    where one module serves two: InstructPix2Pix's UNet)."""
+    if type(pipe).__name__ == "StableDiffusionInstructPix2PixPipeline":
+        return IP2P
     if hasattr(pipe, "unet"):
         return SD
     if type(getattr(pipe, "transformer", None)).__name__ == "SanaTransformer2DModel":

@@ -50,6 +50,8 @@ class Request:
     text_options: dict = field(default_factory=dict)  # family text settings (SANA: max_sequence_length, …)
     # per sample, the extra texts a method's branches name (`GuidanceMethod.extra_texts`)
     extra_texts: dict = field(default_factory=dict)
+    # per sample, the image to edit, for families that take one (InstructPix2Pix); it sets the size
+    images: list | None = None
 
 
 def _check(pipe, guidance: GuidanceMethod, request: Request, weights: BranchWeights) -> None:
@@ -77,6 +79,15 @@ def _check(pipe, guidance: GuidanceMethod, request: Request, weights: BranchWeig
     if guidance.requires_ddim and type(pipe.scheduler).__name__ != "DDIMScheduler":
         raise SamplingError(
             f"{guidance.method} re-noises a DDIM step and needs a DDIMScheduler, got {type(pipe.scheduler).__name__}"
+        )
+    family = family_of(pipe)
+    if family.image_input and len(request.images or ()) != len(request.prompts):
+        raise SamplingError(f"a {family.name} pipeline edits an image: give one image per prompt (images=...)")
+    if not family.image_input and request.images is not None:
+        raise SamplingError(f"a {family.name} pipeline takes no input image")
+    if guidance.requires_image and not family.image_input:
+        raise SamplingError(
+            f"{guidance.method} guides an image edit: it needs an InstructPix2Pix pipeline, not {family.name}"
         )
     try:
         check_options(family_of(pipe), request.text_options)
@@ -141,6 +152,12 @@ def sample_latents(
     default = model.config.sample_size * pipe.vae_scale_factor
     height = default if request.height is None else request.height
     width = default if request.width is None else request.width
+    image_latents = family.image_latents(pipe, request.images) if family.image_input else None
+    if image_latents is not None:  # the stock pipeline draws at the input image's size
+        size = tuple(side * pipe.vae_scale_factor for side in image_latents.shape[-2:])
+        if (request.height or size[0], request.width or size[1]) != size:
+            raise SamplingError(f"an edit has its input image's size {size[1]}×{size[0]}: give no height/width")
+        height, width = size
 
     with weights.text_encoder(pipe) as text_scales:
         # one encoder pass per distinct text condition (and per weight set if the fine-tune changes the text encoder)
@@ -148,6 +165,7 @@ def sample_latents(
         parts = []
         for b in branches:
             key = (b.text, tuple(sorted(b.scales.items())) if text_scales.has_effect else None)
+            key += (b.image,) if image_latents is not None else ()
             if key not in cache:
                 if b.text == PROMPT:
                     texts = request.prompts
@@ -158,11 +176,14 @@ def sample_latents(
                 # the branch's weights matter only when the fine-tune changes the text encoder
                 text_scales.set(scales_of([b], n, pipe.text_encoder.device))
                 cache[key] = family.encode(pipe, texts, cond=b.text != NEGATIVE, **request.text_options)
+                if image_latents is not None:
+                    cache[key].image = image_latents if b.image else torch.zeros_like(image_latents)
             parts.append(cache[key])
     text = Text.cat(parts)
 
     scheduler.set_timesteps(request.steps, device=device)
-    shape = (n, model.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+    channels = pipe.vae.config.latent_channels if family.image_input else model.config.in_channels
+    shape = (n, channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
     latents = randn_tensor(shape, generator=request.generators, device=device, dtype=family.latent_dtype(pipe, text))
     latents = latents * scheduler.init_noise_sigma
     step_kwargs = {}

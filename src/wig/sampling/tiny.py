@@ -93,6 +93,39 @@ def build_tiny_sd(out: str | os.PathLike, config: dict | None = None, seed: int 
     return pipe
 
 
+def build_tiny_ip2p(out: str | os.PathLike, seed: int = 0):
+    """An InstructPix2Pix twin: the SD twin's config with an 8-channel UNet (noisy + image latents)
+    and the Euler-ancestral scheduler timbrooks/instruct-pix2pix ships, as a diffusers folder."""
+    from diffusers import (
+        AutoencoderKL,
+        EulerAncestralDiscreteScheduler,
+        StableDiffusionInstructPix2PixPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = default_config("sd")
+    with seeded(seed):
+        unet = UNet2DConditionModel(**{**config["unet"], "in_channels": 8})
+    with seeded(seed + 1):
+        vae = AutoencoderKL(**config["vae"])
+    with seeded(seed + 2):
+        text_encoder = CLIPTextModel(CLIPTextConfig(**config["text_encoder"]))
+    schedule = {k: config["scheduler"][k] for k in ("beta_start", "beta_end", "beta_schedule", "num_train_timesteps")}
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer(),
+        unet=unet,
+        scheduler=EulerAncestralDiscreteScheduler(**schedule),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+    return pipe
+
+
 def gemma_tokenizer():
     """A character-level GemmaTokenizer built offline: Gemma's own pipeline (spaces as "▁", BPE
     with byte fallback, <bos> first) over printable ASCII and the 256 byte tokens, so every

@@ -522,12 +522,13 @@ def _model(
             f"models.{name} ({family}): none of the personalization methods "
             f"({', '.join(sorted({e['method'] for e in finetunes.values()}))}) trains the {family} family"
         )
-    runnable = tuple(p for p in points if family in DDIM_FAMILIES or not p.requires_ddim)
+    # the workflow's families take no input image: image-edit guidance (ip2p-cfg) runs from the library
+    runnable = tuple(p for p in points if (family in DDIM_FAMILIES or not p.requires_ddim) and not p.requires_image)
     if not runnable:
         skipped = sorted({p.method for p in points})
         raise StudyError(
             f"models.{name} ({family}) can run none of the guidance points: "
-            f"{', '.join(skipped)} need a DDIM sampler, which {family} does not use"
+            f"{', '.join(skipped)} need a DDIM sampler or an input image, which {family} does not use"
         )
     try:
         chunks = job_chunks(runnable, config["sampling"]["points_per_job"])
