@@ -280,28 +280,41 @@ def _full_variants(scale):
 
 def _full(args, model: Path, workdir: Path):
     """PG/CFG wall time and peak memory with a full fine-tune (`wig.personalization.full_weights`)
-    against CFG with the fine-tuned model alone."""
+    against CFG with the fine-tuned model alone. For the wall times "alone" is the pipeline with θ'
+    swapped in as its denoiser (the same module object, so nothing is held twice); for the peak
+    memory each variant runs in a fresh process that loads only what it needs."""
+    import gc
+
     tuned = _tuned_denoiser(model, workdir / "tuned")
     variants = _full_variants(args.scale)
-    alone, _ = _full_pipe("cfg_alone", model, tuned, args)
     pipe, weights = _full_pipe("pg", model, tuned, args)
-    denoiser = family_of(pipe).denoiser(pipe)
+    family = family_of(pipe)
+    denoiser = family.denoiser(pipe)
     device = denoiser.device
     native = denoiser.config.sample_size * pipe.vae_scale_factor
     args.height, args.width = args.height or native, args.width or native
     size = sum(t.numel() * t.element_size() for t in denoiser.state_dict().values()) / 2**20
-    runs = {name: (alone, None) if name == "cfg_alone" else (pipe, weights) for name in variants}
+
+    def run(pipe, weights, denoiser, name, guidance):
+        if name != "cfg_alone":
+            return _time_ours(pipe, guidance, args, weights)
+        setattr(pipe, family.component, weights.tuned)  # θ' as the pipeline's only denoiser
+        try:
+            return _time_ours(pipe, guidance, args)
+        finally:
+            setattr(pipe, family.component, denoiser)
+
     times = {name: [] for name in variants}
     for name, guidance in variants.items():  # warm-up
-        _time_ours(runs[name][0], guidance, args, runs[name][1])
+        run(pipe, weights, denoiser, name, guidance)
     for _ in range(args.repeats):
         for name, guidance in variants.items():
-            times[name].append(_time_ours(runs[name][0], guidance, args, runs[name][1])[0])
-    _, a = _time_ours(alone, variants["cfg"], args)
-    _, b = _time_ours(pipe, variants["cfg"], args, weights)
-    same = bool(np.array_equal(a, b))
+            times[name].append(run(pipe, weights, denoiser, name, guidance)[0])
+    alone, attached = (run(pipe, weights, denoiser, name, variants["cfg"])[1] for name in ("cfg_alone", "cfg"))
+    same = bool(np.array_equal(alone, attached))
+    del pipe, weights, denoiser
+    gc.collect()
     if device.type == "cuda":
-        del alone, pipe, weights, runs
         peak = {}
         for name, guidance in variants.items():
             torch.cuda.empty_cache()
@@ -314,11 +327,11 @@ def _full(args, model: Path, workdir: Path):
         peak_kind = "CUDA max_memory_allocated, model included"
     else:
         peak = {name: _cpu_peak(name, model, None, args, tuned) for name in variants}
-        peak_kind = "peak RSS of a fresh process"
+        peak_kind = "peak RSS (VmHWM) of a fresh process"
     med = {k: statistics.median(v) for k, v in times.items()}
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
     print(
-        f"full fine-tune of {type(denoiser).__name__} ({size:.1f} MiB in {denoiser.dtype}); device: {dev}; "
+        f"full fine-tune of the denoiser ({size:.1f} MiB); device: {dev}; "
         f"batch {args.batch}; {args.height}px; {args.steps} steps; median of {args.repeats}; peak: {peak_kind}"
     )
     for name in times:
