@@ -44,7 +44,7 @@ def _ours(pipe, guidance, images, weights=None):
     )
 
 
-def test_dual_guidance_equals_the_stock_instruct_pix2pix_pipeline(tiny_ip2p, images):
+def test_dual_guidance_equals_the_stock_instruct_pix2pix_pipeline(tiny_ip2p, tiny_sd, images):
     stock = StableDiffusionInstructPix2PixPipeline.from_pretrained(tiny_ip2p, safety_checker=None)
     stock.set_progress_bar_config(disable=True)
     ref = stock(
@@ -60,25 +60,9 @@ def test_dual_guidance_equals_the_stock_instruct_pix2pix_pipeline(tiny_ip2p, ima
     ours = _ours(pipe, Guidance("ip2p-cfg", S_T, image_scale=S_I), images)
     assert np.abs(to_uint8(ours) - to_uint8(ref)).max() <= 1
     # PG at ω = 1 with the pretrained base attached: the same images
-    weights = attach_base(pipe, _sd_unet(pipe))
+    weights = attach_base(pipe, tiny_sd / "unet")  # the SD twin's UNet (4 input channels): θ
     pg = _ours(pipe, Guidance("ip2p-cfg", S_T, image_scale=S_I, omega=1.0), images, weights)
     assert np.abs(to_uint8(pg) - to_uint8(ref)).max() <= 1
-
-
-_BASE = {}
-
-
-def _sd_unet(pipe) -> Path:
-    """The SD twin's UNet (4 input channels) saved as a model folder: InstructPix2Pix's θ."""
-    if "path" not in _BASE:
-        import tempfile
-
-        from wig.sampling.tiny import build_tiny_sd
-
-        folder = Path(tempfile.mkdtemp()) / "sd"
-        build_tiny_sd(folder)
-        _BASE["path"] = folder / "unet"
-    return _BASE["path"]
 
 
 def _reference(pipe, tuned, weak, images):
@@ -109,13 +93,13 @@ def _reference(pipe, tuned, weak, images):
 
 
 @torch.no_grad()
-def test_pg_in_the_null_text_branches_equals_a_loop_with_a_lerped_padded_base(tiny_ip2p, images):
+def test_pg_in_the_null_text_branches_equals_a_loop_with_a_lerped_padded_base(tiny_ip2p, tiny_sd, images):
     from wig.sampling.sampler import Request, sample_latents
 
     pipe = load_pipeline(str(tiny_ip2p), device="cpu", dtype="float32")
     tuned = copy.deepcopy(pipe.unet)
-    weights = attach_base(pipe, _sd_unet(pipe))
-    base = UNet2DConditionModel.from_pretrained(_sd_unet(pipe))
+    weights = attach_base(pipe, tiny_sd / "unet")  # the SD twin's UNet (4 input channels): θ
+    base = UNet2DConditionModel.from_pretrained(tiny_sd / "unet")
     assert torch.equal(pipe.unet.conv_in.weight[:, :4], base.conv_in.weight)
     assert not pipe.unet.conv_in.weight[:, 4:].any()  # the image channels of θ: zeros
     weak = copy.deepcopy(pipe.unet)
@@ -146,14 +130,14 @@ def test_an_edit_needs_its_images_and_its_pipeline(tiny_ip2p, tiny_sd, images):
         sample(sd, INSTRUCTIONS, Guidance("ip2p-cfg"), generators(), steps=1)
 
 
-def test_cli_edits_an_image_with_and_without_the_pretrained_base(tiny_ip2p, images, tmp_path):
+def test_cli_edits_an_image_with_and_without_the_pretrained_base(tiny_ip2p, tiny_sd, images, tmp_path):
     from wig.cli import main
 
     images[0].save(tmp_path / "in.png")
     args = ["generate", "--model", str(tiny_ip2p), "--prompt", INSTRUCTIONS[0], "--seed", "0", "--image"]
     args += [str(tmp_path / "in.png"), "--steps", str(STEPS), "--device", "cpu", "--quiet", "--method", "ip2p-cfg"]
     assert main([*args, "--out", str(tmp_path / "stock.png")]) == 0
-    assert main([*args, "--omega", "0", "--base", str(_sd_unet(None)), "--out", str(tmp_path / "pg.png")]) == 0
+    assert main([*args, "--omega", "0", "--base", str(tiny_sd / "unet"), "--out", str(tmp_path / "pg.png")]) == 0
     stock, pg = (np.asarray(Image.open(tmp_path / f"{n}.png"), dtype=np.int16) for n in ("stock", "pg"))
     assert stock.shape == pg.shape == (32, 32, 3) and np.abs(stock - pg).max() > 5  # θ0 in the null branches
     pipe = load_pipeline(str(tiny_ip2p), device="cpu", dtype="float32")
