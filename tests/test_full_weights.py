@@ -57,7 +57,7 @@ def _lerped(tiny_sd, dpo_unet, omega):
     tuned = UNet2DConditionModel.from_pretrained(dpo_unet).state_dict()
     with torch.no_grad():
         for name, tensor in theta.state_dict().items():
-            tensor.copy_(tensor + omega * (tuned[name] - tensor))
+            tensor.copy_(torch.lerp(tensor, tuned[name], omega))  # θ + ω(θ' − θ)
     return theta
 
 

@@ -105,7 +105,7 @@ def test_pg_in_the_null_text_branches_equals_a_loop_with_a_lerped_padded_base(ti
     weak = copy.deepcopy(pipe.unet)
     own = tuned.state_dict()
     for name, tensor in weak.state_dict().items():
-        tensor.copy_(tensor + 0.4 * (own[name] - tensor))
+        tensor.copy_(torch.lerp(tensor, own[name], 0.4))
     request = Request(prompts=INSTRUCTIONS, generators=generators(), steps=STEPS, images=images)
     guidance = Guidance("ip2p-cfg", S_T, image_scale=S_I, omega=0.4)
     ours = sample_latents(pipe, guidance, request, progress=False, weights=weights)

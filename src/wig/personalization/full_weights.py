@@ -182,8 +182,8 @@ class WeightSets(SampleScales):
             theta = self._stash[name].to(target.device)
             if omega == 0.0:
                 target.copy_(theta)
-            else:
-                target.copy_(theta + omega * (tuned[name] - theta))
+            else:  # θ + ω(θ' − θ) in one pass, no temporaries (torch.lerp; the tests lerp the same way)
+                torch.lerp(theta, tuned[name], omega, out=target.data)
         self._omega = omega
 
     def predict(self, family, pipe, x: torch.Tensor, t, text: Text) -> torch.Tensor:
