@@ -101,7 +101,6 @@ def test_class_nouns_of_any_script_get_their_own_class_images(tmp_path):
     (root / "prompts.txt").write_text("a photo of {}\n")
     (root / "sheet.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     config["dataset"].update(sheet="data/sheet.csv", root="data", concepts=["inu", "neko", "bear1", "bear2"])
-    (tmp_path / "work").mkdir()
     workdir = _workdir(tmp_path / "work", config)
     planned = _planned(workdir)
     assert planned["class_images"] == 2 * 4 and planned["train"] == 2 * 4  # models × nouns, concepts
@@ -266,7 +265,6 @@ def test_fetch_rule_clones_the_pinned_commit(tmp_path):
         dataset__root="data/vico",
         dataset__fetch={"repo": str(origin), "commit": commit[:10], "subdir": "inputs"},
     )
-    (tmp_path / "work").mkdir()
     (tmp_path / "work").mkdir()
     workdir = _workdir(tmp_path / "work", config)
     proc = _snakemake(workdir, "results/concepts/brown_dog")
