@@ -327,9 +327,11 @@ RUN = "results/tiny-sd/db-lora/runs/brown_dog/ft0"  # (model, fine-tune, concept
 SAMPLES = "db-lora/samples/brown_dog/ft0"  # below results/<model>/
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def small_study(tmp_path_factory):
-    """The small study after one complete run on 3 fake GPU ids, and its config."""
+    """The small study after one complete run on 3 fake GPU ids, and its config. Session-scoped: a
+    worker runs the `small-study` group interleaved with other modules' tests, and a module-scoped
+    fixture was torn down and rebuilt in between (≈ 400 s twice in one CI run)."""
     config = _small_config()
     config["runtime"]["gpus"] = [0, 1, 2]  # fake device ids: not params, no job reruns for them
     workdir = _workdir(tmp_path_factory.mktemp("small-study"), config)
