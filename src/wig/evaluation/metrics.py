@@ -104,7 +104,7 @@ def _mean_to_references(generated: np.ndarray, references: np.ndarray) -> np.nda
 register_metric(Metric("dino", "DINO", "subject", "references", _mean_to_references, encoder="dino"))
 register_metric(Metric("clip_i", "CLIP-I", "subject", "references", _mean_to_references, encoder="clip"))
 register_metric(Metric("clip_t", "CLIP-T", "text", "texts", text_fidelity, encoder="clip"))
-register_metric(Metric("pickscore", "PickScore", "text", "texts", pickscore.pickscore, encoder="pickscore"))
+register_metric(Metric(**pickscore.METRIC, score=pickscore.score))  # the plug-in declares itself
 for _name, _label, _side in (
     ("oracle_text", "oracle text fidelity", "text"),
     ("oracle_subject", "oracle subject fidelity", "subject"),

@@ -132,9 +132,14 @@ def _load_processor(spec: dict, source: str):
         return CLIPProcessor.from_pretrained(spec.get("processor", PROCESSOR))
 
 
-def pickscore(generated: np.ndarray, texts: np.ndarray) -> np.ndarray:
+def score(generated: np.ndarray, texts: np.ndarray) -> np.ndarray:
     """Per image: its unit PickScore image embedding · its prompt's scaled text embedding = the
     model's logit (`PickScore` stores the scale with the text side)."""
     unit = np.asarray(generated, dtype=np.float64)
     unit = unit / np.linalg.norm(unit, axis=-1, keepdims=True)
     return (unit * np.asarray(texts, dtype=np.float64)).sum(axis=1)
+
+
+# the metric `wig.evaluation.metrics` registers (there, not here: this module stays free of the
+# metric registry's guidance imports, so embedding jobs never depend on guidance code)
+METRIC = {"name": "pickscore", "label": "PickScore", "fidelity": "text", "reads": "texts", "encoder": PickScore.kind}

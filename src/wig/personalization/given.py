@@ -46,7 +46,7 @@ class Given(PersonalizationMethod):
     def identifier(self, identifier: str) -> str:
         return ""  # it learned no subject: prompts name the class alone ("a dog in the jungle")
 
-    def attach(self, pipe, out: str | os.PathLike | None = None, weak: bool = True) -> BranchWeights:
+    def attach(self, pipe, out: str | os.PathLike | None = None, weak: bool = False) -> BranchWeights:
         """Attach the fine-tune at ``out`` (where the workflow resolved ``weights``; default: ``weights``
         itself). ``weak`` is refused: a given fine-tune has no early checkpoint."""
         if weak:
