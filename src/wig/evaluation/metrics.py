@@ -32,7 +32,7 @@ import numpy as np
 import polars as pl
 
 from wig.errors import WigError
-from wig.evaluation import pickscore
+from wig.evaluation import dreamsim, pickscore
 from wig.guidance import REGISTRY as METHODS
 from wig.guidance import baseline, point_schema
 
@@ -76,6 +76,7 @@ class Metric:
     score: Callable
     encoder: str | None = None  # whose embeddings it reads (`wig.evaluation.encoders` kind); None for pixels
     synthetic_only: bool = False  # it reads the synthetic world's images (dataset.render)
+    higher: bool = True  # higher is better; False for a distance (DreamSim): fronts and labels turn with it
 
 
 REGISTRY: dict[str, Metric] = {}
@@ -104,7 +105,8 @@ def _mean_to_references(generated: np.ndarray, references: np.ndarray) -> np.nda
 register_metric(Metric("dino", "DINO", "subject", "references", _mean_to_references, encoder="dino"))
 register_metric(Metric("clip_i", "CLIP-I", "subject", "references", _mean_to_references, encoder="clip"))
 register_metric(Metric("clip_t", "CLIP-T", "text", "texts", text_fidelity, encoder="clip"))
-register_metric(Metric(**pickscore.METRIC, score=pickscore.score))  # the plug-in declares itself
+register_metric(Metric(**pickscore.METRIC, score=pickscore.score))  # the plug-ins declare themselves
+register_metric(Metric(**dreamsim.METRIC, score=dreamsim.distance))
 for _name, _label, _side in (
     ("oracle_text", "oracle text fidelity", "text"),
     ("oracle_subject", "oracle subject fidelity", "subject"),
@@ -388,8 +390,9 @@ def at_matched_text(table: pl.DataFrame) -> pl.DataFrame:
     A method's λ sweep is a curve in the (text, subject) plane; where it passes CFG's text
     fidelity (linear interpolation between adjacent λ, the smallest such λ), its subject fidelity
     there is compared with CFG's. Rows: protocol, method, ω, λ_ag, weak, CFG's λ, the matched
-    text fidelity, the method's interpolated λ, both subject fidelities and their difference;
-    null where the method's sweep never reaches that text fidelity.
+    text fidelity, the method's interpolated λ, both subject fidelities and their difference
+    (method − CFG: better is negative for a lower-is-better metric such as DreamSim); null where
+    the method's sweep never reaches that text fidelity.
     """
     subject, text = fidelity_pair(table)
     rows = []

@@ -52,7 +52,7 @@ def _two_panels(title: str, xlabel: str, draw, out, metrics: tuple[str, str]) ->
     for ax, metric in zip(axes, metrics):
         draw(ax, metric)
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(METRICS[metric].label)
+        ax.set_ylabel(_label(metric))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle(title)
@@ -119,8 +119,15 @@ def lambda_ablation(tables: Mapping[str, pl.DataFrame], out, protocol: str | Non
     _two_panels("λ-ablation", "λ (guidance scale)", draw, out, _pair(tables))
 
 
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats in both coordinates (higher is better)."""
+def _label(metric: str) -> str:
+    return METRICS[metric].label + ("" if METRICS[metric].higher else " (lower is better)")
+
+
+def pareto_front(points: list[tuple[float, float]], higher: tuple[bool, bool] = (True, True)) -> list[int]:
+    """Indices of the points no other point beats in both coordinates; ``higher`` says per
+    coordinate whether higher is better (a distance such as DreamSim's is not)."""
+    sign = [1.0 if h else -1.0 for h in higher]
+    points = [(sign[0] * x, sign[1] * y) for x, y in points]
     front = []
     for i, (x, y) in enumerate(points):
         if not any((a >= x and b >= y) and (a > x or b > y) for a, b in points):
@@ -136,7 +143,7 @@ def pareto(tables: Mapping[str, pl.DataFrame], out, protocol: str | None = None)
         t = _protocol(table, protocol)
         xy = list(zip(t[text].to_list(), t[subject].to_list()))
         dots = ax.scatter(*zip(*xy), alpha=0.5, label=f"{model} points")
-        front = pareto_front(xy)
+        front = pareto_front(xy, (METRICS[text].higher, METRICS[subject].higher))
         ax.plot(
             [xy[i][0] for i in front],
             [xy[i][1] for i in front],
@@ -148,8 +155,8 @@ def pareto(tables: Mapping[str, pl.DataFrame], out, protocol: str | None = None)
         for i in front:
             row = t.row(i, named=True)
             ax.annotate(f"{row['method']} {_settings(row, row['method'])}", xy[i], fontsize=6)
-    ax.set_xlabel(f"{METRICS[text].label} (prompt fidelity)")
-    ax.set_ylabel(f"{METRICS[subject].label} (subject fidelity)")
+    ax.set_xlabel(f"{_label(text)}, prompt fidelity")
+    ax.set_ylabel(f"{_label(subject)}, subject fidelity")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     _save(fig, out)
