@@ -55,7 +55,6 @@ def test_dreambooth_table_is_a_sheet(tmp_path):
         ("concept,klass\nx,dog\n", None, "no column 'class_noun' for the class_noun (columns: concept, klass)"),
         ("concept,class_noun\nx,dog\n", {"class_noun": "noun"}, "no column 'noun' for the class_noun"),
         ("concept,class_noun\nx,dog\nx,cat\n", None, ":3: concept x listed twice"),
-        ("concept,class_noun\nx,\n", None, ":2: concept x has no class noun"),
         ("concept,class_noun\nx y,dog\n", None, "concept id 'x y'"),
         ("concept,class_noun,live\nx,dog,maybe\n", None, "'live' must be yes or no"),
         ("concept,class_noun\n", None, "lists no concept"),
@@ -67,6 +66,53 @@ def test_bad_sheets_are_refused_naming_file_and_key(tmp_path, text, columns, mes
     with pytest.raises(ConceptError) as err:
         read_sheet(sheet, columns=columns)
     assert str(sheet) in str(err.value) and message in str(err.value)
+
+
+def test_a_concept_without_a_class_noun_uses_its_prompts_whole(tmp_path):
+    (tmp_path / "p.txt").write_text("a red bicycle\nan owl on a branch\n")
+    (tmp_path / "sheet.csv").write_text("concept,class_noun,prompts\nparti,,p.txt\ndog,dog,q.txt\n")
+    (tmp_path / "q.txt").write_text("a {} in the snow\n")
+    concepts = read_sheet(tmp_path / "sheet.csv")
+    parti = concepts["parti"]
+    assert not parti.named and concepts["dog"].named
+    assert parti.prompts("sks") == ["a red bicycle", "an owl on a branch"] == parti.clip_texts()
+    # a forgotten class noun: the first line with a placeholder says what happened and where
+    (tmp_path / "sheet.csv").write_text("concept,class_noun,prompts\ndog,,q.txt\n")
+    with pytest.raises(ConceptError, match=r"concept dog has no class noun, so its prompts are used whole: .*q.txt:1"):
+        read_sheet(tmp_path / "sheet.csv")["dog"].prompts()
+
+
+def test_a_tsv_prompt_list_is_read_by_its_prompt_column_as_partiprompts_publishes_it(tmp_path):
+    shipped = read_sheet(ROOT / "resources/datasets/partiprompts/concepts.csv")["partiprompts"]
+    prompts = shipped.prompts()
+    assert len(prompts) == 120 and prompts[:2] == ["bond", "element"] and not shipped.named
+    rows = (ROOT / "resources/datasets/partiprompts/PartiPrompts-120.tsv").read_text().splitlines()
+    assert rows[0].split("\t") == ["Prompt", "Category", "Challenge", "Note"]
+    categories = [r.split("\t")[1] for r in rows[1:]]
+    assert len(set(categories)) == 12 and all(categories.count(c) == 10 for c in set(categories))
+    # the published file, where this checkout sits beside the project's shared datasets
+    published = (
+        next(
+            (
+                p
+                for p in (ROOT.parent, Path("/work"))
+                if (p / "shared/datasets/partiprompts/PartiPrompts.tsv").is_file()
+            ),
+            ROOT.parent,
+        )
+        / "shared/datasets/partiprompts/PartiPrompts.tsv"
+    )
+    if published.is_file():  # the subset's rows are the published file's rows, in its order
+        source = published.read_text().splitlines()
+        assert source[0] == rows[0] and [source.index(r) for r in rows[1:]] == sorted(source.index(r) for r in rows[1:])
+        whole = read_prompt_list(published, placeholder=False)
+        assert len(whole) == 1632 and '"G I G G L E" painted' in whole[1560]  # unquoted, as published
+    (tmp_path / "bad.tsv").write_text("Text\tCategory\nhello\tx\n")
+    with pytest.raises(ConceptError, match=r"bad.tsv: a TSV prompt list needs a 'Prompt' column"):
+        read_prompt_list(tmp_path / "bad.tsv", placeholder=False)
+    (tmp_path / "braces.tsv").write_text("Prompt\tCategory\nfine\tx\na {curly} one\tx\n")
+    with pytest.raises(ConceptError, match=r"braces.tsv:3: a prompt used whole has no"):
+        read_prompt_list(tmp_path / "braces.tsv", placeholder=False)
 
 
 def test_bad_prompt_lists(tmp_path):

@@ -203,3 +203,25 @@ def test_matched_text_fidelity_interpolates_along_lambda():
         )
     )
     assert out_of_reach["scale"].null_count() == 2
+
+
+def test_a_prompt_sets_tables_and_figures_are_text_fidelity_alone(tmp_path, monkeypatch):
+    """No subject metric (a prompt set): the table and paired rows as usual, the matched-text table
+    keeps its columns with no rows, the ablations draw one panel, the Pareto figure says why it
+    is empty; a table without even a text metric is refused."""
+    from wig.evaluation import plots
+
+    scores = _scores().drop("dino", "clip_i")
+    table = aggregate(scores, n_boot=100)
+    assert "clip_t" in table.columns and "dino" not in table.columns
+    assert not paired_vs_cfg(scores, n_boot=100).is_empty()
+    matched = at_matched_text(table)
+    assert matched.is_empty() and {"protocol", "method", "omega", "cfg_scale", "clip_t"} <= set(matched.columns)
+    panels, subplots = [], plots.plt.subplots
+    monkeypatch.setattr(plots.plt, "subplots", lambda *a, **k: panels.append(a[:2]) or subplots(*a, **k))
+    for name, draw in (("omega", plots.omega_ablation), ("lambda", plots.lambda_ablation), ("pareto", plots.pareto)):
+        draw({"m1": table}, tmp_path / name)
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000
+    assert panels[:2] == [(1, 1), (1, 1)]  # one panel each: text fidelity
+    with pytest.raises(WigError, match="no text fidelity metric"):
+        at_matched_text(aggregate(_scores().drop("clip_t"), n_boot=100))

@@ -350,3 +350,70 @@ def test_the_workflow_skips_image_edit_guidance_its_families_cannot_run():
     assert [p.method for p in study.models["tiny-sd"].points] == ["cfg"]
     with pytest.raises(StudyError, match=r"models.tiny-\w+ \(\w+\) can run none of the guidance points: ip2p-cfg"):
         Study.from_config(_config(guidance=[edit]))
+
+
+PARTI = "resources/datasets/partiprompts/concepts.csv"
+
+
+def _prompt_set(**changes):
+    """The demo's models with a given fine-tune over the shipped PartiPrompts subset (no image root)."""
+    config = _config(
+        personalization={"name": "dpo", "method": "given", "weights": "dpo/unet"},
+        encoders={"clip": {"tiny": True}, "pickscore": {"tiny": True}, "dino": {"tiny": True}},
+        **changes,
+    )
+    config["dataset"] = {k: v for k, v in config["dataset"].items() if k not in ("root", "prompts")}
+    config["dataset"]["sheet"] = PARTI
+    return config
+
+
+def test_dpo_preset_plans_partiprompts_text_metrics_cfg_pg_at_its_omega_and_the_sweep_without_training():
+    study = Study.from_config(_config("config/presets/dpo-sd15.yaml"))
+    assert list(study.concepts) == ["partiprompts"] and not study.references
+    assert len(study.prompts["partiprompts"]) == 120 and study.prompts["partiprompts"][0] == "bond"
+    assert study.metrics == ("pickscore", "clip_t") and study.reference_encoders() == []
+    (model,) = study.models.values()
+    (finetune,) = model.finetunes.values()
+    assert not finetune.method.trains and model.kind == "checkpoint"
+    points = {(p.method, getattr(p, "omega", None)) for p in model.points}
+    assert points == {("cfg", None)} | {("pg", w) for w in (0, 0.2, 0.4, 0.6, 0.8)}
+    assert {p.scale for p in model.points} == {7.5}
+    assert _counts(study) == {"class_images": 0, "train": 1, "generate": 6}  # the "run" is the given weights
+    layout = study.grid_layout("sd15", "partiprompts")
+    assert layout["prompts"] == 8 and len(layout["columns"]) == 2 * 8  # grid_prompts: 8, two seeds
+
+
+def test_style_preset_plans_dreamsim_to_the_style_reference_and_pg_at_omega_zero(tmp_path):
+    (tmp_path / "style").mkdir()
+    Image.new("RGB", (64, 64), "orange").save(tmp_path / "style/reference.png")
+    study = Study.from_config(_config("config/presets/style-lora-sd15.yaml", dataset__root=str(tmp_path)))
+    assert list(study.concepts) == ["style"] and study.references
+    assert study.metrics == ("dreamsim", "clip_t") and study.reference_encoders() == ["dreamsim"]
+    assert study.prompts["style"][0] == "a house by a lake"  # used whole: the LoRA carries the style
+    (model,) = study.models.values()
+    (finetune,) = model.finetunes.values()
+    assert finetune.method.kind == "lora" and not finetune.method.trains
+    assert ("pg", 0.0) in {(p.method, getattr(p, "omega", None)) for p in model.points}
+
+
+def test_a_prompt_set_scores_text_fidelity_alone_and_refuses_what_needs_references():
+    study = Study.from_config(_prompt_set())
+    # by default every metric its encoders allow, less those that read reference images
+    assert study.metrics == ("clip_t", "pickscore") and not study.references
+    assert study.grid_layout("tiny-sd", "partiprompts")["prompts"] == len(study.prompts["partiprompts"])
+    with pytest.raises(StudyError, match="evaluation.metrics: dino reads the concepts' reference images, but dataset"):
+        Study.from_config(_prompt_set(evaluation__metrics=["dino", "clip_t"]))
+    trained = _prompt_set()
+    trained["personalization"] = {"method": "db-lora"}
+    with pytest.raises(StudyError, match=r"fine-tune db-lora \(db-lora\) trains on the concepts' reference images"):
+        Study.from_config(trained)
+
+
+def test_a_trained_fine_tune_needs_each_concept_named_by_a_class_noun(tmp_path):
+    (tmp_path / "prompts.txt").write_text("a watercolour of a harbour\n")
+    (tmp_path / "sheet.csv").write_text("concept,class_noun,folder,prompts\nstyle,,brown_dog,prompts.txt\n")
+    config = _config(dataset__sheet=str(tmp_path / "sheet.csv"), dataset__root="resources/datasets/demo/images")
+    with pytest.raises(StudyError, match=r"fine-tune db-lora \(db-lora\) names its subject as .* concept style has no"):
+        Study.from_config(config)
+    config["personalization"] = {"method": "given", "weights": "style.safetensors", "kind": "lora"}
+    assert Study.from_config(config).prompts["style"] == ("a watercolour of a harbour",)

@@ -5,11 +5,18 @@ concept. Sheet columns, by meaning (the names are configurable, so DreamBooth's
 ``subject_name,class`` table is a sheet too):
 
     concept     id used in result paths                      required
-    class_noun  the noun of the concept's class ("dog")      required
+    class_noun  the noun of the concept's class ("dog")      required column; an empty cell = a
+                                                             concept with no subject to name (a
+                                                             prompt set, a style): prompts whole
     folder      image folder under the root                  default: the concept id
     live        yes/no: a live subject                       optional; picks the dataset's
                                                              prompt list when it has one per kind
     prompts     prompt-list file, relative to the sheet      default: the dataset's
+
+A prompt list is a text file, one prompt per line, or a TSV with a ``Prompt`` column (PartiPrompts'
+published layout). A concept with a class noun fills each line's one ``{}`` with its subject; a
+concept without one (PartiPrompts, a style reference) uses its lines whole, and a ``{}`` there is an
+error. A dataset without an image root (``dataset.root`` unset) is a prompt set: no reference images.
 """
 
 from __future__ import annotations
@@ -57,6 +64,11 @@ class Concept:
     live: bool | None = None
     prompts_file: Path | None = None
 
+    @property
+    def named(self) -> bool:
+        """Whether the concept has a subject to name (a class noun): its prompt lines hold ``{}``."""
+        return bool(self.class_noun)
+
     def subject(self, identifier: str = "sks") -> str:
         """What fills a prompt's ``{}``: "<identifier> <class noun>" (the class noun alone for a
         fine-tune that names no subject, identifier "")."""
@@ -72,7 +84,12 @@ class Concept:
         """The concept's prompt lines, ``{}`` unfilled."""
         if self.prompts_file is None:
             raise ConceptError(f"concept {self.id}: no prompt list (sheet column 'prompts' or the dataset's default)")
-        return read_prompt_list(self.prompts_file)
+        try:
+            return read_prompt_list(self.prompts_file, placeholder=self.named)
+        except ConceptError as err:
+            if self.named:
+                raise
+            raise ConceptError(f"concept {self.id} has no class noun, so its prompts are used whole: {err}") from None
 
     def prompts(self, identifier: str = "sks") -> list[str]:
         """The concept's evaluation prompts with ``{}`` filled by `subject`."""
@@ -114,20 +131,35 @@ def class_prompts(concept: Concept) -> list[str]:
     return [line.format(concept.class_noun) for line in concept.templates()]
 
 
-def read_prompt_list(path: str | os.PathLike) -> list[str]:
-    """Prompt templates, one per line, each with exactly one ``{}``; outer whitespace stripped."""
+PROMPT_COLUMN = "Prompt"  # a TSV prompt list's column (PartiPrompts.tsv as google-research/parti publishes it)
+
+
+def read_prompt_list(path: str | os.PathLike, placeholder: bool = True) -> list[str]:
+    """Prompts, one per line (or the ``Prompt`` column of a ``.tsv``), outer whitespace stripped;
+    with ``placeholder`` each holds exactly one ``{}`` (a template), else none (used whole)."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as err:
         raise ConceptError(f"cannot read prompt list {path}: {err.strerror}") from None
+    if path.suffix == ".tsv":
+        # the published file quotes nothing: a prompt that opens with '"' keeps it
+        reader = csv.DictReader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE)
+        if PROMPT_COLUMN not in (reader.fieldnames or []):
+            raise ConceptError(f"{path}: a TSV prompt list needs a {PROMPT_COLUMN!r} column")
+        numbered = [(number, row[PROMPT_COLUMN] or "") for number, row in enumerate(reader, 2)]
+    else:
+        numbered = list(enumerate(text.splitlines(), 1))
     prompts = []
-    for number, line in enumerate(lines, 1):
+    for number, line in numbered:
         line = line.strip()
         if not line:
             continue
-        if line.count("{}") != 1 or line.replace("{}", "").count("{") or line.replace("{}", "").count("}"):
+        braces = line.replace("{}", "").count("{") + line.replace("{}", "").count("}")
+        if placeholder and (line.count("{}") != 1 or braces):
             raise ConceptError(f"{path}:{number}: a prompt needs exactly one '{{}}' placeholder: {line!r}")
+        if not placeholder and (braces or "{}" in line):
+            raise ConceptError(f"{path}:{number}: a prompt used whole has no '{{}}' or braces: {line!r}")
         prompts.append(line)
     if not prompts:
         raise ConceptError(f"prompt list {path} is empty")
@@ -180,8 +212,6 @@ def read_sheet(
         cid, noun = get("concept"), get("class_noun")
         if not _ID.match(cid):
             raise ConceptError(f"{where}: concept id {cid!r} must be letters, digits, '.', '_' or '-'")
-        if not noun:
-            raise ConceptError(f"{where}: concept {cid} has no class noun")
         if cid in concepts:
             raise ConceptError(f"{where}: concept {cid} listed twice")
         prompt_file, live = get("prompts"), _truthy(get("live"), where)

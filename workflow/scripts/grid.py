@@ -1,4 +1,5 @@
-"""Same-seed image grid of one (model, fine-tune, concept): rows = grid points, columns = seed × prompt (rule grid)."""
+"""Same-seed image grid of one (model, fine-tune, concept): rows = grid points, columns = seed × prompt (its first
+`evaluation.grid_prompts`) (rule grid)."""
 
 from pathlib import Path
 
@@ -15,6 +16,7 @@ with job(snakemake):
     manifest = (
         pl.concat(frames)
         .with_columns(rank=pl.col("point").replace_strict(rank, return_dtype=pl.Int64))
+        .filter(pl.col("prompt_index") < layout["prompts"])
         .sort("rank", "seed", "prompt_index")
     )
     images = [Path(d) / f for d, f in zip(manifest["folder"], manifest["path"])]

@@ -371,17 +371,17 @@ def to_markdown(frame: pl.DataFrame, digits: int = 4) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fidelity_pair(scores_or_table: pl.DataFrame) -> tuple[str, str]:
+def fidelity_metrics(scores_or_table: pl.DataFrame) -> tuple[str | None, str]:
     """(subject, text) fidelity metrics to compare methods on: the first of each side the table
     holds, pixel metrics first (the synthetic world's oracle is exact, its tiny encoders random),
-    else in registry order (DINO, CLIP-T)."""
+    else in registry order (DINO, CLIP-T). Subject is None in a prompt set's tables (no references)."""
     present = sorted(
         (m for m in REGISTRY.values() if m.name in scores_or_table.columns), key=lambda m: m.reads != "pixels"
     )
-    pair = [next((m.name for m in present if m.fidelity == side), None) for side in ("subject", "text")]
-    if None in pair:
-        raise WigError(f"no subject and text fidelity metric among {scores_or_table.columns}")
-    return pair[0], pair[1]
+    subject, text = (next((m.name for m in present if m.fidelity == side), None) for side in ("subject", "text"))
+    if text is None:
+        raise WigError(f"no text fidelity metric among {scores_or_table.columns}")
+    return subject, text
 
 
 def at_matched_text(table: pl.DataFrame) -> pl.DataFrame:
@@ -394,9 +394,12 @@ def at_matched_text(table: pl.DataFrame) -> pl.DataFrame:
     (method − CFG: better is negative for a lower-is-better metric such as DreamSim); null where
     the method's sweep never reaches that text fidelity.
     """
-    subject, text = fidelity_pair(table)
-    rows = []
+    subject, text = fidelity_metrics(table)
     curve_keys = tuple(k for k in point_keys() if k != "scale")
+    if subject is None:  # a prompt set: no subject fidelity to match (the table keeps its columns, no rows)
+        keys = {k: v for k, v in point_schema().items() if k != "scale"}
+        return pl.DataFrame(schema={"protocol": pl.String, **keys, "cfg_scale": pl.Float64, text: pl.Float64})
+    rows = []
     swept = [name for name, cls in METHODS.items() if cls.guided and not cls.baseline]
     for protocol in table["protocol"].unique(maintain_order=True).to_list():
         t = table.filter(pl.col("protocol") == protocol)

@@ -3,7 +3,8 @@ fidelity Pareto front.
 
 Each figure is written as PNG and SVG; ``tables`` maps a model name to its `wig.evaluation.metrics.aggregate`
 table (one protocol is drawn: the first of the table unless given). Subject and text fidelity are
-DINO and CLIP-T, or the oracle's where every table has it (`wig.evaluation.metrics.fidelity_pair`).
+DINO and CLIP-T, or the oracle's where every table has it (`wig.evaluation.metrics.fidelity_metrics`);
+a prompt set's tables have text fidelity alone: one panel, and no front to draw.
 """
 
 from __future__ import annotations
@@ -19,16 +20,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 
 from wig.evaluation.metrics import REGISTRY as METRICS  # noqa: E402
-from wig.evaluation.metrics import fidelity_pair  # noqa: E402
+from wig.evaluation.metrics import fidelity_metrics  # noqa: E402
 from wig.guidance import REGISTRY as METHODS  # noqa: E402
 from wig.guidance import parameters, point_schema  # noqa: E402
 from wig.workflow.atomic import replace_file, tmp_path  # noqa: E402
 
 
-def _pair(tables: Mapping[str, pl.DataFrame]) -> tuple[str, str]:
-    """The fidelity pair every table holds (`wig.evaluation.metrics.fidelity_pair` of their common columns)."""
+def _pair(tables: Mapping[str, pl.DataFrame]) -> tuple[str | None, str]:
+    """The (subject, text) metrics every table holds (`wig.evaluation.metrics.fidelity_metrics` of
+    their common columns); subject None where one is a prompt set's."""
     common = set.intersection(*(set(t.columns) for t in tables.values()))
-    return fidelity_pair(pl.DataFrame(schema={c: pl.Float64 for c in common}))
+    return fidelity_metrics(pl.DataFrame(schema={c: pl.Float64 for c in common}))
 
 
 def _save(fig, out: str | os.PathLike) -> None:
@@ -46,9 +48,12 @@ def _protocol(table: pl.DataFrame, protocol: str | None) -> pl.DataFrame:
     return table.filter(pl.col("protocol") == (protocol or table["protocol"][0]))
 
 
-def _two_panels(title: str, xlabel: str, draw, out, metrics: tuple[str, str]) -> None:
-    """Subject (left) and text fidelity (right) panels; ``draw(ax, metric)`` puts the lines in."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+def _two_panels(title: str, xlabel: str, draw, out, metrics: tuple[str | None, str]) -> None:
+    """Subject (left) and text fidelity (right) panels — the text panel alone without a subject
+    metric; ``draw(ax, metric)`` puts the lines in."""
+    metrics = tuple(m for m in metrics if m is not None)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
+    axes = axes[0]
     for ax, metric in zip(axes, metrics):
         draw(ax, metric)
         ax.set_xlabel(xlabel)
@@ -139,6 +144,11 @@ def pareto(tables: Mapping[str, pl.DataFrame], out, protocol: str | None = None)
     """All operating points in the text × subject fidelity plane, the front of each model highlighted."""
     subject, text = _pair(tables)
     fig, ax = plt.subplots(figsize=(6, 5))
+    if subject is None:  # a prompt set: the figure says so rather than being left out of the report
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no subject-fidelity metric (a prompt set):\nno trade-off front", ha="center", va="center")
+        _save(fig, out)
+        return
     for model, table in tables.items():
         t = _protocol(table, protocol)
         xy = list(zip(t[text].to_list(), t[subject].to_list()))

@@ -182,7 +182,7 @@ class Study:
         prompts = {}
         for cid, concept in concepts.items():
             try:
-                if not (ds.get("fetch") or ds.get("render")):  # else the prepare jobs check them
+                if ds.get("root") and not (ds.get("fetch") or ds.get("render")):  # else prepare checks them
                     image_files(Path(ds["root"]) / concept.folder)
                 prompts[cid] = tuple(concept.prompts(ds["identifier"])[: ds["max_prompts"]])
             except WigError as err:
@@ -204,9 +204,11 @@ class Study:
         seed_chunks = {"_".join(map(str, seeds[i : i + k])): tuple(seeds[i : i + k]) for i in range(0, len(seeds), k)}
         classes: dict[str, str] = {}
         for concept in concepts.values():
-            classes.setdefault(class_slug(concept.class_noun), concept.class_noun)
+            if concept.named:
+                classes.setdefault(class_slug(concept.class_noun), concept.class_noun)
         finetunes = _finetunes(config["personalization"])
         models = {name: _model(config, name, points, finetunes) for name in sorted(config["models"])}
+        _check_trainable(config, models, concepts)
         encoders = {kind: {"kind": kind, **spec} for kind, spec in config["encoders"].items()}
         metrics = tuple(_metrics(config, encoders))
         return cls(config, models, concepts, prompts, points, seed_chunks, classes, encoders, metrics)
@@ -221,6 +223,11 @@ class Study:
     def render(self) -> Mapping[str, Any] | None:
         """The synthetic world's dataset settings, when a rule draws the images."""
         return self.config["dataset"].get("render")
+
+    @property
+    def references(self) -> bool:
+        """Whether the concepts have reference images (``dataset.root``); a prompt set has none."""
+        return bool(self.config["dataset"].get("root"))
 
     @property
     def cfg_scales(self) -> list[float]:
@@ -323,12 +330,12 @@ class Study:
         """The image grid of a (model, fine-tune, concept): its rows (grid points, in grid order, by key and
         by label) and its columns (seed × prompt)."""
         points = self.models[model].points
+        shown = len(self.prompts[concept][: self.config["evaluation"]["grid_prompts"]])
         return {
             "points": [p.key for p in points],
             "rows": [f"{p.method} {p.point_name}" for p in points],
-            "columns": [
-                f"s{seed} p{i:02d}" for seed in self.config["seeds"] for i in range(len(self.prompts[concept]))
-            ],
+            "prompts": shown,  # the first prompts of each seed (`evaluation.grid_prompts`)
+            "columns": [f"s{seed} p{i:02d}" for seed in self.config["seeds"] for i in range(shown)],
         }
 
     def encoder_spec(self, encoder: str) -> dict:
@@ -398,11 +405,35 @@ class Study:
         return list(self.generation_jobs(model, finetune, concept, first))
 
 
+def _check_trainable(config: Mapping[str, Any], models: Mapping[str, Model], concepts: Mapping[str, Concept]) -> None:
+    """A fine-tune trained here learns each concept from its reference images, under its class noun."""
+    for name, model in models.items():
+        for ft in model.finetunes.values():
+            if not ft.method.trains:
+                continue
+            if not config["dataset"].get("root"):
+                raise StudyError(
+                    f"models.{name}: fine-tune {ft.name} ({ft.method.name}) trains on the concepts' reference "
+                    "images, but dataset.root is not set (a prompt set): use a given fine-tune (method: given)"
+                )
+            unnamed = [c for c, concept in concepts.items() if not concept.named]
+            if unnamed:
+                raise StudyError(
+                    f"models.{name}: fine-tune {ft.name} ({ft.method.name}) names its subject as "
+                    f"'<identifier> <class noun>', but concept {unnamed[0]} has no class noun in "
+                    f"{config['dataset']['sheet']}"
+                )
+
+
 def _metrics(config: Mapping[str, Any], encoders: Mapping[str, Any]) -> list[str]:
     """``evaluation.metrics``, or every registered metric the encoders (and the synthetic world)
-    allow; each checked against what it reads."""
+    allow — those that read reference images only where the concepts have them; each checked
+    against what it reads."""
     render = bool(config["dataset"].get("render"))
-    names = config["evaluation"].get("metrics") or enabled_metrics(encoders, render)
+    references = bool(config["dataset"].get("root"))
+    names = config["evaluation"].get("metrics") or [
+        m for m in enabled_metrics(encoders, render) if references or METRICS[m].reads != "references"
+    ]
     for name in names:
         if name not in METRICS:
             raise StudyError(f"evaluation.metrics: unknown metric {name!r}; choose from {', '.join(METRICS)}")
@@ -416,10 +447,14 @@ def _metrics(config: Mapping[str, Any], encoders: Mapping[str, Any]) -> list[str
             raise StudyError(
                 f"evaluation.metrics: {name} reads the synthetic world's images, but dataset.render is not set"
             )
-    for side in (
-        "subject",
-        "text",
-    ):  # the tables, the matched-text comparison and the figures weigh one against the other
+        if metric.reads == "references" and not references:
+            raise StudyError(
+                f"evaluation.metrics: {name} reads the concepts' reference images, but dataset.root is not set "
+                "(a prompt set has none)"
+            )
+    # the tables, the matched-text comparison and the figures weigh subject against text fidelity;
+    # a prompt set has no subject, so its tables and figures are text fidelity alone
+    for side in ("subject", "text") if references else ("text",):
         if names and not any(METRICS[n].fidelity == side for n in names):
             choices = ", ".join(n for n, m in METRICS.items() if m.fidelity == side)
             raise StudyError(
