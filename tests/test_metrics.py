@@ -140,7 +140,7 @@ def test_paired_comparison_against_cfg_on_the_same_noise():
 
 
 def test_paired_needs_a_cfg_point():
-    with pytest.raises(WigError, match="need a cfg point"):
+    with pytest.raises(WigError, match="need a baseline point in the guidance grid: a cfg point"):
         point = point_row("pg", omega=0.0, scale=7.5)
         reference_points(pl.DataFrame({k: [point[k]] for k in point_keys()}))
 

@@ -417,3 +417,40 @@ def test_a_trained_fine_tune_needs_each_concept_named_by_a_class_noun(tmp_path):
         Study.from_config(config)
     config["personalization"] = {"method": "given", "weights": "style.safetensors", "kind": "lora"}
     assert Study.from_config(config).prompts["style"] == ("a watercolour of a harbour",)
+
+
+def test_ip2p_preset_edits_with_ip2p_guidance_only_against_its_sd_base():
+    study = Study.from_config(_config("config/presets/ip2p.yaml"))
+    (model,) = study.models.values()
+    assert model.family == "ip2p" and model.edits and model.kind == "checkpoint"
+    (finetune,) = model.finetunes.values()
+    assert (finetune.method.name, finetune.method.kind, finetune.method.trains) == ("given", "base", False)
+    assert {p.method for p in model.points} == {"ip2p-cfg"} and {p.omega for p in model.points} == {
+        1.0,
+        0.0,
+        0.2,
+        0.4,
+        0.6,
+        0.8,
+    }
+    assert study.prompts["brown_dog"][0] == "turn it into a watercolour painting"  # instructions, whole
+    assert study.metrics == ("dino", "clip_i", "clip_t")
+
+
+def test_an_image_family_plans_image_edit_guidance_and_needs_images():
+    grid = [{"method": "cfg", "scale": 7.5}, {"method": "ip2p-cfg", "scale": 7.5, "omega": [1.0, 0.0]}]
+    config = _config(guidance=grid)
+    config["models"] = {"sd": {"tiny": "sd"}, "edit": {"tiny": "ip2p"}}
+    config["personalization"] = {"method": "given", "kind": "base", "weights": "sd-base"}
+    study = Study.from_config(config)
+    assert [p.method for p in study.models["sd"].points] == ["cfg"]  # no input image to edit
+    assert [p.method for p in study.models["edit"].points] == ["ip2p-cfg", "ip2p-cfg"]
+    assert study.models["edit"].edits and not study.models["sd"].edits
+    assert study.tiny_config("edit") == study.tiny_config("sd")  # the IP2P twin is built from SD's config
+    with pytest.raises(StudyError, match=r"models.edit \(ip2p\) can run none of the guidance points: cfg \(it edits"):
+        Study.from_config({**config, "guidance": grid[:1]})
+    prompt_set = _prompt_set()
+    prompt_set["models"] = {"edit": {"tiny": "ip2p"}}
+    prompt_set["guidance"] = grid[1:]
+    with pytest.raises(StudyError, match=r"models.edit \(ip2p\) edits each concept's first image, but dataset.root"):
+        Study.from_config(prompt_set)

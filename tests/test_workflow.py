@@ -623,8 +623,12 @@ def test_table2_study_trains_every_method_and_guides_with_sag_through_the_dag(tm
         # PickScore, a plug-in text metric: scored per image, in the tables, from texts and images only
         assert scores["pickscore"].null_count() == 0 and scores["pickscore"].abs().max() > 0
         assert "pickscore" in pl.read_parquet(model / finetune / "tables/metrics.parquet").columns
+        # DreamSim, a plug-in distance to the references: in [0, 2], in the tables
+        assert scores["dreamsim"].null_count() == 0 and scores["dreamsim"].is_between(0.0, 2.0).all()
+        assert "dreamsim" in pl.read_parquet(model / finetune / "tables/metrics.parquet").columns
     embeddings = workdir / "results/embeddings/pickscore"
     assert (embeddings / "texts/brown_dog.parquet").is_file() and not (embeddings / "references").exists()
+    assert (workdir / "results/embeddings/dreamsim/references/brown_dog.parquet").is_file()
     log = pl.read_parquet(model / "classdiffusion/runs/brown_dog/ft0/log.parquet")
     assert "spl" in log.columns and log["spl"].null_count() == 0
 
@@ -645,10 +649,11 @@ def test_the_test_configs_run_by_hand_as_their_headers_say(name):
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("given-study")
-def test_a_given_full_finetune_runs_through_the_dag_without_training(tmp_path):
-    """A `given` fine-tune (a tiny "Diffusion-DPO" UNet: the twin's with every tensor moved) is
-    resolved, not trained; its cfg images are CFG with that UNet as the pipeline's denoiser, bit for
-    bit; DINO is not enabled, so no reference image is embedded with it."""
+def test_a_given_full_finetune_over_a_prompt_set_runs_through_the_dag_without_training(tmp_path):
+    """The dpo-sd15 layout on tiny twins: a `given` fine-tune (a tiny "Diffusion-DPO" UNet: the
+    twin's with every tensor moved) over the shipped PartiPrompts subset — a prompt set, no
+    reference images — is resolved, not trained; its cfg images are CFG with that UNet as the
+    pipeline's denoiser, bit for bit; the tables and figures are text fidelity alone."""
     import torch
     from diffusers import UNet2DConditionModel
 
@@ -658,9 +663,11 @@ def test_a_given_full_finetune_runs_through_the_dag_without_training(tmp_path):
     from wig.sampling.tiny import build_tiny_sd
 
     config = yaml.safe_load((ROOT / ".test/config/table2.yaml").read_text())
+    config["dataset"] = {"sheet": "resources/datasets/partiprompts/concepts.csv", "max_prompts": 3}
     config["personalization"] = [{"name": "dpo", "method": "given", "weights": "dpo-sd/unet"}]
-    config["guidance"] = [{"method": "cfg", "scale": 7.5}, {"method": "pg", "scale": 7.5, "omega": 0.4}]
-    config["evaluation"]["metrics"] = ["clip_i", "clip_t", "pickscore"]
+    config["guidance"] = [{"method": "cfg", "scale": 7.5}, {"method": "pg", "scale": 7.5, "omega": [0.0, 0.4]}]
+    config["encoders"] = {"clip": {"tiny": True}, "pickscore": {"tiny": True}}
+    config["evaluation"] |= {"metrics": ["pickscore", "clip_t"], "grid_prompts": 2}
     (tmp_path / "work").mkdir()
     workdir = _workdir(tmp_path / "work", config)
     build_tiny_sd(tmp_path / "twin")
@@ -672,19 +679,23 @@ def test_a_given_full_finetune_runs_through_the_dag_without_training(tmp_path):
     unet.save_pretrained(workdir / "dpo-sd/unet")
 
     planned = _planned(workdir)
-    assert "resolve_finetune" in planned and not {"train", "class_images"} & set(planned)
-    assert planned["embed_references"] == 1  # CLIP-I's; DINO reads nothing
+    assert "resolve_finetune" in planned and not {"train", "class_images", "prepare", "embed_references"} & set(planned)
     proc = _snakemake(workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = workdir / "results/tiny-sd/dpo"
     assert not (results / "runs").exists()
     assert json.loads((results / "weights.json").read_text())["path"] == str((workdir / "dpo-sd/unet").resolve())
     scores = pl.read_parquet(results / "tables/scores.parquet")
-    assert {"clip_i", "clip_t", "pickscore"} <= set(scores.columns) and "dino" not in scores.columns
-    assert set(scores["method"]) == {"cfg", "pg"}
-    (manifest_path,) = (results / "samples/brown_dog/ft0").glob("*/seeds*/manifest.parquet")
+    assert {"pickscore", "clip_t"} <= set(scores.columns) and not {"dino", "clip_i"} & set(scores.columns)
+    assert set(scores["method"]) == {"cfg", "pg"} and set(scores["concept"]) == {"partiprompts"}
+    assert pl.read_parquet(results / "tables/matched_text.parquet").is_empty()  # no subject fidelity to match
+    assert not pl.read_parquet(results / "tables/paired_vs_cfg.parquet").is_empty()
+    assert (workdir / "results/plots/pareto.png").is_file() and (workdir / "results/plots/omega_ablation.png").is_file()
+    (manifest_path,) = (results / "samples/partiprompts/ft0").glob("*/seeds*/manifest.parquet")
     manifest = pl.read_parquet(manifest_path).filter(pl.col("method") == "cfg")
-    assert all("sks" not in p and "dog" in p for p in manifest["prompt"])  # it names no subject
+    assert manifest["prompt"].unique(maintain_order=True).to_list() == ["bond", "element", "life"]  # used whole
+    grid = Image.open(results / "grids/partiprompts.png")
+    assert grid.width == 160 + 2 * len(config["seeds"]) * config["sampling"]["width"]  # two prompts per seed
     pipe = load_pipeline(str(workdir / "results/tiny-sd/model"), device="cpu", dtype="float32")
     pipe.unet = UNet2DConditionModel.from_pretrained(workdir / "dpo-sd/unet")
     row = manifest.row(0, named=True)
@@ -701,3 +712,68 @@ def test_a_given_full_finetune_runs_through_the_dag_without_training(tmp_path):
     )
     got = np.asarray(Image.open(manifest_path.parent / row["path"]))
     assert np.array_equal(got, np.asarray(ref))
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("ip2p-study")
+def test_an_instruct_pix2pix_study_edits_each_concepts_first_image_through_the_dag(tmp_path):
+    """The ip2p preset's layout on tiny twins: the IP2P twin is the model (θ'), a tiny SD twin the
+    `given` base (θ, conv_in padded); the concept's first image, resized to the sampling size, is
+    edited per instruction. ω = 1 is the stock StableDiffusionInstructPix2PixPipeline (uint8 ≤ 1),
+    ω = 0 differs, and the paired table compares ω = 0 with ω = 1 (IP2P's own baseline)."""
+    import torch
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    from wig.concepts import read_images
+    from wig.sampling.tiny import build_tiny_sd
+
+    config = yaml.safe_load((ROOT / ".test/config/table2.yaml").read_text())
+    config["models"] = {"tiny-ip2p": {"tiny": "ip2p", "seed": 0}}
+    config["dataset"] = {
+        "sheet": "resources/datasets/ip2p/concepts.csv",
+        "root": "resources/datasets/demo/images",
+        "max_prompts": 2,
+    }
+    config["personalization"] = {"name": "sd-base", "method": "given", "kind": "base", "weights": "sd-base"}
+    config["guidance"] = [{"method": "ip2p-cfg", "scale": 7.5, "image_scale": 1.5, "omega": [1.0, 0.0]}]
+    config["seeds"] = [0]
+    config["encoders"] = {"clip": {"tiny": True}}
+    config["evaluation"] |= {"metrics": ["clip_i", "clip_t"]}
+    (tmp_path / "work").mkdir()
+    workdir = _workdir(tmp_path / "work", config)
+    build_tiny_sd(workdir / "sd-base")
+
+    planned = _planned(workdir)
+    assert planned["prepare"] == 1 and planned["resolve_finetune"] == 1 and "train" not in planned
+    proc = _snakemake(workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = workdir / "results/tiny-ip2p/sd-base"
+    (manifest_path,) = (results / "samples/brown_dog/ft0").glob("*/seeds*/manifest.parquet")
+    manifest = pl.read_parquet(manifest_path)
+    assert manifest["prompt"].unique(maintain_order=True).to_list() == [
+        "turn it into a watercolour painting",
+        "make it snow",
+    ]
+    s = config["sampling"]
+    source = read_images(workdir / "results/concepts/brown_dog")[0].resize((s["width"], s["height"]))
+    stock = StableDiffusionInstructPix2PixPipeline.from_pretrained(workdir / "results/tiny-ip2p/model")
+    stock.set_progress_bar_config(disable=True)
+    stock.safety_checker = None
+    row = manifest.filter((pl.col("omega") == 1.0) & (pl.col("prompt_index") == 0)).row(0, named=True)
+    (ref,) = stock(
+        row["prompt"],
+        image=source,
+        num_inference_steps=s["steps"],
+        guidance_scale=7.5,
+        image_guidance_scale=1.5,
+        generator=torch.Generator("cpu").manual_seed(row["seed"]),
+    ).images
+    ours = {
+        w: np.asarray(Image.open(manifest_path.parent / r["path"]), dtype=np.int16)
+        for w, r in ((r["omega"], r) for r in manifest.filter(pl.col("prompt_index") == 0).iter_rows(named=True))
+    }
+    assert np.abs(ours[1.0] - np.asarray(ref, dtype=np.int16)).max() <= 1
+    assert np.abs(ours[0.0] - ours[1.0]).max() > 0
+    paired = pl.read_parquet(results / "tables/paired_vs_cfg.parquet")
+    assert paired.select("method", "omega").rows() == [("ip2p-cfg", 0.0)] * len(paired)
+    assert set(pl.read_parquet(results / "tables/scores.parquet")["method"]) == {"ip2p-cfg"}

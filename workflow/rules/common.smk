@@ -95,10 +95,15 @@ def get_train_input(wildcards):
 
 def get_generate_input(wildcards):
     """The model and the fine-tune: a run the train rule makes, or a given fine-tune's resolved
-    weights (rule resolve_finetune: nothing is trained)."""
-    if STUDY.models[wildcards.model].finetunes[wildcards.finetune].method.trains:
-        return get_model(wildcards) | {"run": _path(rules.train, wildcards)}
-    return get_model(wildcards) | {"finetune": _path(rules.resolve_finetune, wildcards)}
+    weights (rule resolve_finetune: nothing is trained); for a model that edits images, the
+    concept's prepared images (it edits the first)."""
+    model = STUDY.models[wildcards.model]
+    inputs = get_model(wildcards)
+    if model.edits:
+        inputs["edit"] = _path(rules.prepare, wildcards)
+    if model.finetunes[wildcards.finetune].method.trains:
+        return inputs | {"run": _path(rules.train, wildcards)}
+    return inputs | {"finetune": _path(rules.resolve_finetune, wildcards)}
 
 
 def get_grid_samples(wildcards):

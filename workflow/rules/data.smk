@@ -29,7 +29,7 @@ if STUDY.render:
         script:
             "../scripts/render_dataset.py"
 
-else:
+elif config["dataset"].get("root"):  # a prompt set has no image root to fetch
 
     rule fetch_dataset:
         output:

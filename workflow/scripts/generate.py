@@ -1,6 +1,7 @@
 """All prompts × seeds of one (model, fine-tune, concept, its seed, grid points, seed chunk) job
 (rule generate)."""
 
+from wig.concepts import read_images
 from wig.guidance import Guidance
 from wig.personalization import make
 from wig.personalization.checkpoints import WEAK
@@ -19,6 +20,9 @@ with job(snakemake) as log:
     weights = make(**p.method).attach(pipe, finetune, weak=weak)
     s = p.sampling
     seeds = [int(seed) for seed in snakemake.wildcards.seeds.split("_")]
+    # an image family edits the concept's first reference image, at the sampling size
+    edit = snakemake.input.get("edit")
+    images = [read_images(edit)[0].resize((s["width"], s["height"]))] * len(p.prompts) if edit else None
     manifest = generate_samples(
         pipe,
         p.prompts,
@@ -32,6 +36,7 @@ with job(snakemake) as log:
         width=s["width"],
         weights=weights,
         extra_texts=p.extra_texts,
+        images=images,
     )
     for key, guidance in points.items():
         row = manifest.filter(manifest["point"] == key).row(0, named=True)

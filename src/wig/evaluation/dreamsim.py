@@ -50,7 +50,7 @@ TINY_VIT = {"img_size": [SIZE], "patch_size": 14, "embed_dim": 32, "depth": 2, "
 TINY_MODEL = {"model_type": "open_clip_vitl14", "feat_type": "embedding", "stride": "14", "lora": True}
 TINY_PROJECTION = 24
 LORA_KEYS = ("r", "lora_alpha", "lora_dropout", "bias", "target_modules")  # what the package reads of a config
-TINY_LORA = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "bias": "none", "target_modules": ["qkv", "fc1"]}
+TINY_LORA = dict(r=4, lora_alpha=8, lora_dropout=0.0, bias="none", target_modules=["qkv", "fc1"])
 
 
 def lora_folder(folder: Path) -> Path:

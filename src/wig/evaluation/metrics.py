@@ -34,7 +34,7 @@ import polars as pl
 from wig.errors import WigError
 from wig.evaluation import dreamsim, pickscore
 from wig.guidance import REGISTRY as METHODS
-from wig.guidance import baseline, point_schema
+from wig.guidance import point_of, point_schema
 
 
 def point_keys() -> tuple[str, ...]:
@@ -320,15 +320,23 @@ def aggregate(scores: pl.DataFrame, n_boot: int = 1000, seed: int = 0) -> pl.Dat
 
 
 def reference_points(points: pl.DataFrame) -> dict[tuple, tuple]:
-    """For every grid point, the baseline point (CFG, `wig.guidance.baseline`) it is compared with:
-    the baseline at the same λ if the grid has it, else the grid's first baseline point."""
-    cfg = points.filter(pl.col("method") == baseline().name)
-    if cfg.is_empty():
-        raise WigError(f"paired comparisons need a {baseline().name} point in the guidance grid")
-    first = tuple(cfg.row(0))
-    at = points.columns.index("scale")
-    by_scale = {row[at]: tuple(row) for row in cfg.iter_rows()}
-    return {tuple(p): by_scale.get(p[at], first) for p in points.iter_rows()}
+    """For every grid point, the baseline point it is compared with (`GuidanceMethod.reference`:
+    CFG at its λ; InstructPix2Pix's guidance at ω = 1) if the grid has it, else the grid's first
+    baseline point."""
+    made = {tuple(p): point_of(dict(zip(points.columns, p))) for p in points.iter_rows()}
+    baselines = {m.key: p for p, m in made.items() if m.is_baseline}
+    if not baselines:
+        raise WigError("paired comparisons need a baseline point in the guidance grid: a cfg point (ip2p-cfg: ω = 1)")
+    first = next(iter(baselines.values()))
+    return {p: baselines.get(getattr(m.reference(), "key", None), first) for p, m in made.items()}
+
+
+def _is_baseline(frame: pl.DataFrame) -> pl.Series:
+    """Per row: whether its grid point is a baseline (`GuidanceMethod.is_baseline`)."""
+    keys = point_keys()
+    return pl.Series(
+        [point_of(dict(zip(keys, r))).is_baseline for r in frame.select(keys).iter_rows()], dtype=pl.Boolean
+    )
 
 
 def paired_vs_cfg(scores: pl.DataFrame, n_boot: int = 1000, seed: int = 0) -> pl.DataFrame:
@@ -400,13 +408,13 @@ def at_matched_text(table: pl.DataFrame) -> pl.DataFrame:
         keys = {k: v for k, v in point_schema().items() if k != "scale"}
         return pl.DataFrame(schema={"protocol": pl.String, **keys, "cfg_scale": pl.Float64, text: pl.Float64})
     rows = []
-    swept = [name for name, cls in METHODS.items() if cls.guided and not cls.baseline]
+    guided = [name for name, cls in METHODS.items() if cls.guided]
     for protocol in table["protocol"].unique(maintain_order=True).to_list():
         t = table.filter(pl.col("protocol") == protocol)
-        cfg = t.filter(pl.col("method") == baseline().name).sort("scale")
-        for key, curve in (
-            t.filter(pl.col("method").is_in(swept)).sort("scale").group_by(curve_keys, maintain_order=True)
-        ):
+        t = t.with_columns(_is_baseline(t).alias("_baseline"))
+        cfg = t.filter(pl.col("_baseline")).sort("scale")
+        swept = t.filter(pl.col("method").is_in(guided) & ~pl.col("_baseline"))
+        for key, curve in swept.sort("scale").group_by(curve_keys, maintain_order=True):
             lam, x, y = (curve[c].to_numpy() for c in ("scale", text, subject))
             for ref in cfg.iter_rows(named=True):
                 target = ref[text]

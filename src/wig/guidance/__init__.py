@@ -33,6 +33,7 @@ from wig.guidance.base import (
     param,
     parameters,
     point_columns,
+    point_of,
     point_schema,
     register,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "param",
     "parameters",
     "point_columns",
+    "point_of",
     "point_schema",
     "register",
 ]

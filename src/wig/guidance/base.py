@@ -80,6 +80,18 @@ class GuidanceMethod:
         ``num_train_timesteps``; 1 = pure noise), the same for an ε, v or flow model."""
         raise NotImplementedError
 
+    @property
+    def is_baseline(self) -> bool:
+        """Whether the paired tables compare other points with this one: every CFG point; a method
+        whose ω = 1 is a stock guidance of its own (InstructPix2Pix's) says so for that point."""
+        return self.baseline
+
+    def reference(self) -> GuidanceMethod | None:
+        """The baseline point this one is compared with: CFG at its λ (the tables fall back to the
+        grid's first baseline point where that one is not in the grid)."""
+        scale = getattr(self, "scale", None)
+        return None if scale is None else make(baseline().name, scale=scale)
+
     def required_adapters(self) -> set[str]:
         """The adapters that must be attached for this setting (`wig.personalization.checkpoints`)."""
         from wig.personalization.checkpoints import FULL
@@ -148,6 +160,13 @@ def point_schema() -> dict:
 
     dtypes = {"float": pl.Float64, "str": pl.String, "int": pl.Int64}
     return {"method": pl.String, **{n: dtypes[type_name(f)] for n, f in columns().items()}}
+
+
+def point_of(row: Mapping[str, Any]) -> GuidanceMethod:
+    """The grid point a manifest, score or table row names: its method with that method's own
+    parameter columns (the others hold the registry's defaults)."""
+    cls = method_class(row["method"])
+    return cls(**{name: row[name] for name in parameters(cls)})
 
 
 def point_columns(guidance: GuidanceMethod) -> dict[str, Any]:

@@ -12,7 +12,7 @@ only (∅, I), or only (∅, ∅) — the paper does not say (docs/methods.md)."
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from wig.guidance.base import NEGATIVE, PROMPT, Branch, GuidanceMethod, canonical, param, register
 from wig.personalization.checkpoints import FULL
@@ -31,6 +31,13 @@ class IP2PCFG(GuidanceMethod):
         "the null-text branches run at θω: both, image (∅, I) or uncond (∅, ∅)",
         choices=("both", "image", "uncond"),
     )
+
+    @property
+    def is_baseline(self) -> bool:  # ω = 1 is the stock dual guidance: what the other ω are compared with
+        return self.omega == 1.0
+
+    def reference(self):
+        return replace(self, omega=1.0, weak_branches="both")
 
     @property
     def requires_fine_tune(self) -> bool:  # below ω = 1 the pretrained base must be attached

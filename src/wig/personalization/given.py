@@ -7,8 +7,11 @@ hub name the workflow resolves on the submit host); θω = θ + ω(θ' − θ) f
 (`wig.personalization.full_weights`), or with ``low_rank: r`` a rank-r SVD of each layer's
 difference, its error printed per layer and refused above ``low_rank_tolerance``
 (`wig.personalization.low_rank`). For ``kind: lora`` a diffusers-format LoRA file; θω is the
-LoRA at scale ω. A given fine-tune has no weak (early) checkpoint, so AG runs only against the
-pretrained model, and it learns no token: its prompts name no subject.
+LoRA at scale ω. For ``kind: base`` the study's model *is* the fine-tune (InstructPix2Pix, tuned
+from SD 1.5) and ``weights`` names the pretrained model it was tuned from: its denoiser becomes θ,
+``conv_in`` zero-padded to the fine-tune's input channels (`wig.personalization.full_weights.attach_base`).
+A given fine-tune has no weak (early) checkpoint, so AG runs only against the pretrained model, and
+it learns no token: its prompts name no subject.
 """
 
 from __future__ import annotations
@@ -20,15 +23,23 @@ from wig.errors import WigError
 from wig.personalization.base import BranchWeights, PersonalizationMethod, register
 from wig.settings import param
 
-KINDS = ("denoiser", "lora")
+KINDS = ("denoiser", "lora", "base")
 
 
 @register
 @dataclass(frozen=True)
 class Given(PersonalizationMethod):
     name = "given"
-    weights: str = param("", "the fine-tune: a denoiser (model or pipeline folder, .safetensors, hub name) or a LoRA")
-    kind: str = param("denoiser", "what weights holds: a full fine-tune of the denoiser, or a LoRA", choices=KINDS)
+    weights: str = param(
+        "",
+        "the fine-tune: a denoiser (model or pipeline folder, .safetensors, hub name) or a LoRA; for base, θ's model",
+    )
+    kind: str = param(
+        "denoiser",
+        "what weights holds: a full fine-tune of the denoiser, a LoRA, or (base) the pretrained model the study's "
+        "model — itself the fine-tune, e.g. InstructPix2Pix — was tuned from",
+        choices=KINDS,
+    )
     low_rank: int = param(
         0, "denoiser: 0 = exact full weights; r > 0 = a rank-r SVD of each layer's θ' − θ (one batched forward)", low=0
     )
@@ -57,6 +68,10 @@ class Given(PersonalizationMethod):
 
             attach_loras(pipe, source)
             return LoraBranchWeights()
+        if self.kind == "base":
+            from wig.personalization.full_weights import attach_base
+
+            return attach_base(pipe, source)
         if self.low_rank:
             from wig.personalization.low_rank import attach_low_rank
 

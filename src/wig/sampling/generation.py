@@ -51,6 +51,7 @@ def generate_samples(
     progress: bool = True,
     weights: BranchWeights | None = None,
     extra_texts: Mapping[str, Sequence[str]] | None = None,
+    images: Sequence | None = None,
     **sampling,
 ) -> pl.DataFrame:
     """Write every point × seed × prompt image and ``manifest.parquet`` into ``out``.
@@ -61,7 +62,8 @@ def generate_samples(
     alone, never on the method, ω or λ, so all methods are compared on the same noise.
     ``weights``: how the attached fine-tune realises each branch (`wig.sampling.sampler.sample`).
     ``extra_texts``: for each text a point's branches name beyond prompt and negative
-    (`GuidanceMethod.extra_texts`), one per prompt.
+    (`GuidanceMethod.extra_texts`), one per prompt. ``images``: for a pipeline that edits an image
+    (InstructPix2Pix), the input image of each prompt.
     """
     extra_texts = dict(extra_texts or {})
     for name, texts in extra_texts.items():
@@ -69,6 +71,8 @@ def generate_samples(
             raise WigError(f"{out}: extra text {name!r} has {len(texts)} entries for {len(prompts)} prompts")
     if not points:
         raise WigError(f"{out}: a generation job needs at least one grid point")
+    if images is not None and len(images) != len(prompts):
+        raise WigError(f"{out}: {len(images)} input images for {len(prompts)} prompts")
     jobs = [(seed, i, prompt) for seed in seeds for i, prompt in enumerate(prompts)]
     stamp = json.dumps(versions(), sort_keys=True)
     rows = []
@@ -77,7 +81,7 @@ def generate_samples(
             folder = tmp if len(points) == 1 else tmp / key
             folder.mkdir(parents=True, exist_ok=True)
             start = time.perf_counter()
-            images = []
+            drawn = []
             for first in range(0, len(jobs), batch_size):
                 chunk = jobs[first : first + batch_size]
                 generators = [torch.Generator("cpu").manual_seed(seed) for seed, _, _ in chunk]
@@ -87,7 +91,7 @@ def generate_samples(
                     if name in extra_texts
                 }
                 try:
-                    images += sample(
+                    drawn += sample(
                         pipe,
                         [p for _, _, p in chunk],
                         guidance,
@@ -95,12 +99,13 @@ def generate_samples(
                         progress=progress,
                         weights=weights,
                         extra_texts=texts,
+                        **({"images": [images[i] for _, i, _ in chunk]} if images is not None else {}),
                         **sampling,
                     )
                 except SamplingError as err:
                     raise SamplingError(f"grid point {key}: {err}") from None
             seconds = (time.perf_counter() - start) / len(jobs)
-            for (seed, i, prompt), image in zip(jobs, images):
+            for (seed, i, prompt), image in zip(jobs, drawn):
                 path = folder / f"s{seed}_p{i:02d}.png"
                 rows.append(
                     {

@@ -22,7 +22,8 @@ KINDS = (
     "sd",
     "sana",
     "synthetic",
-)  # random-init twins of the families, and the synthetic world's base (wig.synthetic.pretrain)
+)  # the shipped configs: random-init twins of the families, and the synthetic world's base (wig.synthetic.pretrain)
+CONFIG_OF = {"ip2p": "sd"}  # a twin built from another kind's config (InstructPix2Pix: SD's, 8 input channels)
 
 
 def default_config(kind: str) -> dict:
@@ -93,7 +94,7 @@ def build_tiny_sd(out: str | os.PathLike, config: dict | None = None, seed: int 
     return pipe
 
 
-def build_tiny_ip2p(out: str | os.PathLike, seed: int = 0):
+def build_tiny_ip2p(out: str | os.PathLike, config: dict | None = None, seed: int | None = None):
     """An InstructPix2Pix twin: the SD twin's config with an 8-channel UNet (noisy + image latents)
     and the Euler-ancestral scheduler timbrooks/instruct-pix2pix ships, as a diffusers folder."""
     from diffusers import (
@@ -104,7 +105,8 @@ def build_tiny_ip2p(out: str | os.PathLike, seed: int = 0):
     )
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    config = default_config("sd")
+    config = config or default_config(CONFIG_OF["ip2p"])
+    seed = config.get("seed", 0) if seed is None else seed
     with seeded(seed):
         unet = UNet2DConditionModel(**{**config["unet"], "in_channels": 8})
     with seeded(seed + 1):
@@ -183,4 +185,4 @@ def seeded(seed: int):
         torch.random.set_rng_state(state)
 
 
-BUILDERS = {"sd": build_tiny_sd, "sana": build_tiny_sana}
+BUILDERS = {"sd": build_tiny_sd, "sana": build_tiny_sana, "ip2p": build_tiny_ip2p}

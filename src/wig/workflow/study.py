@@ -40,7 +40,11 @@ class StudyError(WigError):
 
 
 # tiny kinds → the family that samples them: the synthetic world's base is a Stable Diffusion pipeline
-TINY_FAMILY = {"sd": "sd", "sana": "sana", "synthetic": "sd"}
+TINY_FAMILY = {"sd": "sd", "sana": "sana", "ip2p": "ip2p", "synthetic": "sd"}
+TINY_CONFIG = {"ip2p": "sd"}  # a twin built from another kind's shipped config (`wig.sampling.tiny.CONFIG_OF`)
+# the families that edit an input image (`Family.image_input`): each concept's first reference image,
+# with image-edit guidance (`GuidanceMethod.requires_image`) only
+IMAGE_FAMILIES = ("ip2p",)
 # the families whose sampler is DDIM (`load_pipeline(scheduler="auto")`): SANA samples with a
 # multistep flow DPM-Solver, so methods that change the DDIM update are not planned for it
 DDIM_FAMILIES = ("sd",)
@@ -102,6 +106,11 @@ class Model:
         if "path" in self.root_spec:
             return "checkpoint"
         return "synthetic" if self.root_spec["tiny"] == "synthetic" else "tiny"
+
+    @property
+    def edits(self) -> bool:
+        """Whether it edits an input image (an image family): each concept's first reference image."""
+        return self.family in IMAGE_FAMILIES
 
     @property
     def prior(self) -> bool:
@@ -208,7 +217,7 @@ class Study:
                 classes.setdefault(class_slug(concept.class_noun), concept.class_noun)
         finetunes = _finetunes(config["personalization"])
         models = {name: _model(config, name, points, finetunes) for name in sorted(config["models"])}
-        _check_trainable(config, models, concepts)
+        _check_dataset(config, models, concepts)
         encoders = {kind: {"kind": kind, **spec} for kind, spec in config["encoders"].items()}
         metrics = tuple(_metrics(config, encoders))
         return cls(config, models, concepts, prompts, points, seed_chunks, classes, encoders, metrics)
@@ -255,7 +264,8 @@ class Study:
 
     def tiny_config(self, model: str) -> dict:
         """The shipped config of a tiny twin: editing it rebuilds the twin."""
-        return canon(shipped_config(self.models[model].spec["tiny"]))
+        kind = self.models[model].spec["tiny"]
+        return canon(shipped_config(TINY_CONFIG.get(kind, kind)))
 
     def pretrain_config(self, model: str, stage: str) -> dict:
         """The part of ``tiny_synthetic.json`` a pretraining stage (``vae`` or ``model``) reads,
@@ -405,9 +415,14 @@ class Study:
         return list(self.generation_jobs(model, finetune, concept, first))
 
 
-def _check_trainable(config: Mapping[str, Any], models: Mapping[str, Model], concepts: Mapping[str, Concept]) -> None:
-    """A fine-tune trained here learns each concept from its reference images, under its class noun."""
+def _check_dataset(config: Mapping[str, Any], models: Mapping[str, Model], concepts: Mapping[str, Concept]) -> None:
+    """A fine-tune trained here learns each concept from its reference images, under its class noun;
+    an image family edits each concept's first image."""
     for name, model in models.items():
+        if model.edits and not config["dataset"].get("root"):
+            raise StudyError(
+                f"models.{name} ({model.family}) edits each concept's first image, but dataset.root is not set"
+            )
         for ft in model.finetunes.values():
             if not ft.method.trains:
                 continue
@@ -557,14 +572,20 @@ def _model(
             f"models.{name} ({family}): none of the personalization methods "
             f"({', '.join(sorted({e['method'] for e in finetunes.values()}))}) trains the {family} family"
         )
-    # the workflow's families take no input image: image-edit guidance (ip2p-cfg) runs from the library
-    runnable = tuple(p for p in points if (family in DDIM_FAMILIES or not p.requires_ddim) and not p.requires_image)
+    # an image family edits each concept's first image with image-edit guidance (ip2p-cfg) alone; the
+    # others take no input image
+    runnable = tuple(
+        p
+        for p in points
+        if (family in DDIM_FAMILIES or not p.requires_ddim) and p.requires_image == (family in IMAGE_FAMILIES)
+    )
     if not runnable:
-        skipped = sorted({p.method for p in points})
-        raise StudyError(
-            f"models.{name} ({family}) can run none of the guidance points: "
-            f"{', '.join(skipped)} need a DDIM sampler or an input image, which {family} does not use"
-        )
+        skipped = ", ".join(sorted({p.method for p in points}))
+        if family in IMAGE_FAMILIES:
+            needs = "it edits an input image, with image-edit guidance (ip2p-cfg) only"
+        else:
+            needs = f"they need a DDIM sampler or an input image, which {family} does not use"
+        raise StudyError(f"models.{name} ({family}) can run none of the guidance points: {skipped} ({needs})")
     try:
         chunks = job_chunks(runnable, config["sampling"]["points_per_job"])
     except WigError as err:

@@ -55,14 +55,24 @@ def resolve_model(spec: dict) -> dict:
 def resolve_finetune(spec: dict) -> dict:
     """A given fine-tune's weights (``weights`` + ``kind`` of a `given` entry) in the local cache: a
     local file or folder as it is, else the hub repo's configs and safetensors (a denoiser repo such
-    as Diffusion-DPO's, or a LoRA repo)."""
+    as Diffusion-DPO's, or a LoRA repo; for ``kind: base`` its ``unet/`` only)."""
     source = spec["weights"]
     if record := local_record(source):
         return record
     from huggingface_hub import snapshot_download
 
+    # a base model (kind base: the pretrained model an InstructPix2Pix was tuned from) is read for its
+    # denoiser alone: not its other components, nor the single-file checkpoints such repos also hold
+    base = [  # the full-precision UNet, one file or sharded (not its fp16 / non-EMA variants)
+        "model_index.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "unet/diffusion_pytorch_model.safetensors.index.json",
+        "unet/diffusion_pytorch_model-*-of-*.safetensors",
+    ]
+    patterns = base if spec.get("kind") == "base" else None
     try:
-        folder = snapshot_download(source, allow_patterns=["*.json", "*.safetensors"])
+        folder = snapshot_download(source, allow_patterns=patterns or ["*.json", "*.safetensors"])
     except Exception as err:
         raise WeightsError(f"cannot resolve fine-tune {source}: {str(err).splitlines()[0]}") from None
     return {"source": source, "requested": None, "revision": snapshot_revision(folder), "path": folder}
