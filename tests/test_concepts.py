@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from wig.cli import main
-from wig.concepts import ConceptError, prepare_concept, read_prompt_list, read_sheet
+from wig.concepts import ConceptError, prepare_concept, read_dreambooth, read_prompt_list, read_sheet
 
 ROOT = Path(__file__).resolve().parents[1]
 VICO = ROOT / "resources/datasets/vico"
@@ -233,3 +233,55 @@ def test_unusual_formats_are_accepted_and_converted(tmp_path):
     assert np.array_equal(np.asarray(images["d.webp"]), np.asarray(rgb))
     assert images["e_rotated.JPEG"].size == (64, 128)  # EXIF orientation applied
     assert manifest["width"].to_list() == [im.width for im in images.values()]
+
+
+# --- the DreamBooth benchmark's table --------------------------------------------------------
+
+DREAMBOOTH = ROOT / "resources/datasets/dreambooth/prompts_and_classes.txt"
+
+
+def test_the_dreambooth_table_reads_as_published_into_thirty_subjects():
+    concepts = read_dreambooth(DREAMBOOTH)
+    assert len(concepts) == 30 and list(concepts)[:3] == ["backpack", "backpack_dog", "bear_plushie"]
+    nouns = {c: concepts[c].class_noun for c in ("bear_plushie", "pink_sunglasses", "red_cartoon", "rc_car", "cat2")}
+    assert nouns == {
+        "bear_plushie": "stuffed animal",
+        "pink_sunglasses": "glasses",
+        "red_cartoon": "cartoon",
+        "rc_car": "toy",
+        "cat2": "cat",
+    }
+    live = sorted(c for c, concept in concepts.items() if concept.live)
+    assert live == ["cat", "cat2", "dog", "dog2", "dog3", "dog5", "dog6", "dog7", "dog8"]
+    assert all(len(c.templates()) == 25 and all(t.count("{}") == 1 for t in c.templates()) for c in concepts.values())
+    assert concepts["dog8"].prompts("sks")[10] == "a sks dog wearing a red hat"  # the live list
+    assert concepts["candle"].prompts("sks")[10] == "a sks candle with a wheat field in the background"
+    assert concepts["bear_plushie"].prompts("sks")[-1] == "a cube shaped sks stuffed animal"
+    assert concepts["dog8"].folder == "dog8"
+    published = ROOT.parent / "shared/datasets/dreambooth/prompts_and_classes.txt"
+    for candidate in (published, Path("/work/shared/datasets/dreambooth/prompts_and_classes.txt")):
+        if candidate.is_file():  # shipped unchanged
+            assert candidate.read_bytes() == DREAMBOOTH.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        (
+            "'a {0} {1} in the snow'.format(unique_token, class_token),",
+            "'a {1} {0} in the snow'.format(unique_token, class_token),",
+            ":41: expected a prompt written as",
+        ),
+        ("candle,candle", "candle candle", ":9: expected 'subject_name,class'"),
+        ("dog2,dog", "dog,dog", ":15: subject dog listed twice"),
+        ("Live Subject Prompts", "Live Prompts", ":67: not part of the DreamBooth table's sections"),
+    ],
+)
+def test_a_malformed_dreambooth_table_is_refused_naming_the_line(tmp_path, old, new, message):
+    text = DREAMBOOTH.read_text()
+    assert old in text
+    bad = tmp_path / "prompts_and_classes.txt"
+    bad.write_text(text.replace(old, new, 1))
+    with pytest.raises(ConceptError) as err:
+        read_dreambooth(bad)
+    assert f"{bad}{message}" in str(err.value)

@@ -454,3 +454,13 @@ def test_an_image_family_plans_image_edit_guidance_and_needs_images():
     prompt_set["guidance"] = grid[1:]
     with pytest.raises(StudyError, match=r"models.edit \(ip2p\) edits each concept's first image, but dataset.root"):
         Study.from_config(prompt_set)
+
+
+def test_dreambooth_preset_plans_thirty_subjects_with_the_protocols_prompts_and_images():
+    study = Study.from_config(_config("config/presets/dreambooth-sd15.yaml"))
+    assert len(study.concepts) == 30 and len(study.classes) == 15
+    assert {len(p) for p in study.prompts.values()} == {25} and list(study.seed_chunks) == ["0_1_2_3"]
+    assert study.prompts["dog8"][0] == "a sks dog in the jungle" and study.fetch["commit"] == "4f887af7"
+    assert study.metrics == ("dino", "clip_i", "clip_t")
+    with pytest.raises(StudyError, match="dataset.format dreambooth: the table holds the prompts and classes"):
+        Study.from_config(_config("config/presets/dreambooth-sd15.yaml", dataset__prompts="p.txt"))

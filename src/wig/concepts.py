@@ -63,6 +63,7 @@ class Concept:
     folder: str
     live: bool | None = None
     prompts_file: Path | None = None
+    prompt_lines: tuple[str, ...] | None = None  # templates read with the sheet (a DreamBooth table), not a file
 
     @property
     def named(self) -> bool:
@@ -82,6 +83,8 @@ class Concept:
 
     def templates(self) -> list[str]:
         """The concept's prompt lines, ``{}`` unfilled."""
+        if self.prompt_lines is not None:
+            return list(self.prompt_lines)
         if self.prompts_file is None:
             raise ConceptError(f"concept {self.id}: no prompt list (sheet column 'prompts' or the dataset's default)")
         try:
@@ -232,6 +235,79 @@ def read_sheet(
     if not concepts:
         raise ConceptError(f"concept sheet {path} lists no concept")
     return concepts
+
+
+# --- the DreamBooth benchmark's table -------------------------------------------------------
+
+# google/dreambooth's dataset/prompts_and_classes.txt: a "Classes" section holding a
+# ``subject_name,class`` CSV, then "Object Prompts" and "Live Subject Prompts", each a Python list
+# of ``'a {0} {1} in the jungle'.format(unique_token, class_token)`` lines. Its live subjects are
+# the dogs and cats (the paper's "live subjects": class dog or cat).
+DREAMBOOTH_LIVE = ("dog", "cat")
+_DB_PROMPT = re.compile(r"""^'(?P<text>[^']*)'\.format\(unique_token, class_token\),?$""")
+_DB_SECTIONS = {"Object Prompts": "object", "Live Subject Prompts": "live"}
+
+
+def read_dreambooth(path: str | os.PathLike) -> dict[str, Concept]:
+    """The 30 subjects of the DreamBooth dataset from its ``prompts_and_classes.txt`` as google
+    publishes it: concept id and folder = ``subject_name``, class noun = ``class``, live = a dog or
+    cat, and the 25 prompts of the subject's kind as ``{}`` templates (``{0} {1}`` — identifier,
+    class — becomes ``{}``, which wig fills with "<identifier> <class noun>"). A line that is none of
+    these raises a `ConceptError` naming the file and line."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except OSError as err:
+        raise ConceptError(f"cannot read DreamBooth table {path}: {err.strerror}") from None
+    classes: dict[str, str] = {}
+    prompts: dict[str, list[str]] = {"object": [], "live": []}
+    section = None  # "classes", "object", "live", or a header between them
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        where = f"{path}:{number}"
+        if not line or line in ("Classes", "Prompts", "prompt_list = [", "]", "subject_name,class"):
+            if line == "Classes" or line == "subject_name,class":
+                section = "classes"
+            elif line == "]":
+                section = None
+            continue
+        if line in _DB_SECTIONS:
+            section = _DB_SECTIONS[line]
+            continue
+        if section == "classes":
+            name, sep, noun = line.partition(",")
+            if not sep or not _ID.match(name.strip()) or not noun.strip() or "," in noun:
+                raise ConceptError(f"{where}: expected 'subject_name,class', got {line!r}")
+            if name.strip() in classes:
+                raise ConceptError(f"{where}: subject {name.strip()} listed twice")
+            classes[name.strip()] = noun.strip()
+        elif section in ("object", "live"):
+            match = _DB_PROMPT.match(line)
+            text = match["text"] if match else ""
+            if not match or text.count("{0} {1}") != 1 or text.replace("{0} {1}", "").count("{"):
+                raise ConceptError(
+                    f"{where}: expected a prompt written as \"'a {{0}} {{1}} …'.format(unique_token, class_token),\""
+                    f", got {line!r}"
+                )
+            prompts[section].append(text.replace("{0} {1}", "{}"))
+        else:
+            raise ConceptError(f"{where}: not part of the DreamBooth table's sections: {line!r}")
+    for kind, found in prompts.items():
+        if not found:
+            raise ConceptError(f"{path}: no {'Live Subject' if kind == 'live' else 'Object'} Prompts list")
+    if not classes:
+        raise ConceptError(f"{path}: no subject_name,class table")
+    return {
+        name: Concept(
+            id=name,
+            class_noun=noun,
+            folder=name,
+            live=noun in DREAMBOOTH_LIVE,
+            prompts_file=path,
+            prompt_lines=tuple(prompts["live" if noun in DREAMBOOTH_LIVE else "object"]),
+        )
+        for name, noun in classes.items()
+    }
 
 
 # --- reference images ----------------------------------------------------------------------

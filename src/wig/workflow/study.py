@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from wig.concepts import TEXTS, Concept, image_files, read_sheet
+from wig.concepts import TEXTS, Concept, image_files, read_dreambooth, read_sheet
 from wig.errors import WigError
 from wig.evaluation.metrics import REGISTRY as METRICS
 from wig.evaluation.metrics import enabled_metrics
@@ -180,7 +180,14 @@ class Study:
             raise StudyError("dataset.fetch and dataset.render both fill dataset.root: choose one")
         try:
             points = tuple(expand(config["guidance"]))
-            sheet = read_sheet(ds["sheet"], columns=ds["columns"], prompts=ds.get("prompts"))
+            if ds["format"] == "dreambooth":  # google/dreambooth's prompts_and_classes.txt, as published
+                if ds.get("prompts") or ds["columns"]:
+                    raise StudyError(
+                        "dataset.format dreambooth: the table holds the prompts and classes (no prompts, columns)"
+                    )
+                sheet = read_dreambooth(ds["sheet"])
+            else:
+                sheet = read_sheet(ds["sheet"], columns=ds["columns"], prompts=ds.get("prompts"))
         except WigError as err:
             raise StudyError(str(err)) from None
         wanted = ds.get("concepts", list(sheet))
