@@ -31,6 +31,7 @@ rule all:
         [expand(rules.grid.output[0], model=m, finetune=f, concept=CONCEPTS) for m, f in FINETUNES],
         expand(rules.base_accuracy.output.md, model=STUDY.bases("synthetic")),
         rules.plots.output,
+        rules.finetune_table.output,
 
 
 # Every scripted rule's params carry a hash of the wig code its script runs: the import closure of

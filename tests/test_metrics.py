@@ -225,3 +225,26 @@ def test_a_prompt_sets_tables_and_figures_are_text_fidelity_alone(tmp_path, monk
     assert panels[:2] == [(1, 1), (1, 1)]  # one panel each: text fidelity
     with pytest.raises(WigError, match="no text fidelity metric"):
         at_matched_text(aggregate(_scores().drop("clip_t"), n_boot=100))
+
+
+def test_the_finetune_table_groups_every_finetunes_rows_by_the_settings_that_differ():
+    from wig.evaluation.metrics import finetune_table
+    from wig.personalization import make
+
+    table = aggregate(_scores(), n_boot=100)
+    settings = {("sd15", f"rank{r}"): make("db-lora", rank=r).settings() for r in (16, 8)}
+    settings[("sd21", "rank8")] = make("db-lora", rank=8, resolution=768).settings()
+    combined = finetune_table({key: table for key in settings}, settings)
+    assert combined.columns[:4] == ["model", "finetune_resolution", "finetune_rank", "finetune"]
+    assert combined.select("model", "finetune_rank", "finetune").unique(maintain_order=True).rows() == [
+        ("sd15", 8, "rank8"),
+        ("sd15", 16, "rank16"),
+        ("sd21", 8, "rank8"),
+    ]
+    assert len(combined) == 3 * len(table) and "finetune_lr" not in combined.columns  # equal everywhere
+    one = combined.filter((pl.col("finetune") == "rank16") & (pl.col("method") == "pg"))
+    assert (
+        one.drop("model", "finetune_resolution", "finetune_rank", "finetune")
+        .sort("omega")
+        .equals(table.filter(pl.col("method") == "pg").sort("omega"))
+    )

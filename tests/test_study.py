@@ -464,3 +464,23 @@ def test_dreambooth_preset_plans_thirty_subjects_with_the_protocols_prompts_and_
     assert study.metrics == ("dino", "clip_i", "clip_t")
     with pytest.raises(StudyError, match="dataset.format dreambooth: the table holds the prompts and classes"):
         Study.from_config(_config("config/presets/dreambooth-sd15.yaml", dataset__prompts="p.txt"))
+
+
+@pytest.mark.parametrize(
+    "preset, names, setting, values",
+    [
+        ("vico-sd15-rank", ["rank8", "rank16", "rank32"], "rank", [8, 16, 32]),
+        ("vico-sd21-rank", ["rank8", "rank16", "rank32"], "rank", [8, 16, 32]),
+        ("vico-sd15-steps", ["steps600", "steps1000"], "steps", [600, 1000]),
+    ],
+)
+def test_ablation_presets_fine_tune_one_base_several_ways_cfg_against_pg(preset, names, setting, values):
+    study = Study.from_config(_config(f"config/presets/{preset}.yaml"))
+    (model,) = study.models.values()
+    assert list(model.finetunes) == names
+    assert [getattr(f.method, setting) for f in model.finetunes.values()] == values
+    assert [(p.method, getattr(p, "omega", None), p.scale) for p in model.points] == [
+        ("cfg", None, 7.5),
+        ("pg", 0.0, 7.5),
+    ]
+    assert _counts(study) == {"class_images": 11, "train": 16 * len(names), "generate": 16 * 2 * len(names)}

@@ -629,6 +629,9 @@ def test_table2_study_trains_every_method_and_guides_with_sag_through_the_dag(tm
     embeddings = workdir / "results/embeddings/pickscore"
     assert (embeddings / "texts/brown_dog.parquet").is_file() and not (embeddings / "references").exists()
     assert (workdir / "results/embeddings/dreamsim/references/brown_dog.parquet").is_file()
+    # the three fine-tunes side by side, by the settings that tell them apart
+    finetunes = pl.read_parquet(workdir / "results/tables/finetunes.parquet")
+    assert set(finetunes["finetune"]) == set(run_files) and "finetune_method" in finetunes.columns
     log = pl.read_parquet(model / "classdiffusion/runs/brown_dog/ft0/log.parquet")
     assert "spl" in log.columns and log["spl"].null_count() == 0
 

@@ -52,6 +52,27 @@ rule aggregate:
         "../scripts/aggregate.py"
 
 
+rule finetune_table:
+    input:
+        [expand(rules.aggregate.output.table, model=m, finetune=f)[0] for m, f in FINETUNES],
+    output:
+        table="results/tables/finetunes.parquet",
+        csv=report(
+            "results/tables/finetunes.csv",
+            caption="../report/finetunes.rst",
+            category="Tables",
+            labels={"table": "fine-tunes"},
+        ),
+        md="results/tables/finetunes.md",
+    log:
+        "logs/finetune_table.log",
+    params:
+        finetunes=[[m, f] for m, f in FINETUNES],
+        settings={f"{m}/{f}": STUDY.finetune_settings(m, f) for m, f in FINETUNES},
+    script:
+        "../scripts/finetune_table.py"
+
+
 rule plots:
     input:
         [expand(rules.aggregate.output.table, model=m, finetune=f)[0] for m, f in FINETUNES],

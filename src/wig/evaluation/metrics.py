@@ -25,8 +25,9 @@ prompt, seed) noise.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import polars as pl
@@ -366,6 +367,31 @@ def paired_vs_cfg(scores: pl.DataFrame, n_boot: int = 1000, seed: int = 0) -> pl
             row["n_images"] = len(pair)
             rows.append(row)
     return pl.DataFrame(rows)
+
+
+def finetune_table(
+    tables: Mapping[tuple[str, str], pl.DataFrame], settings: Mapping[tuple[str, str], dict]
+) -> pl.DataFrame:
+    """Every (model, fine-tune)'s metrics table in one, grouped by what tells the fine-tunes apart:
+    ``model``, ``finetune``, then each setting whose value differs between fine-tunes (e.g.
+    ``rank`` in a rank ablation, ``steps`` in a steps one; ``method`` when methods differ), then
+    the table's columns. ``settings``: each fine-tune's `PersonalizationMethod.settings()`."""
+    names = list(dict.fromkeys(k for s in settings.values() for k in s))
+    differing = [k for k in names if len({json.dumps(s.get(k), sort_keys=True) for s in settings.values()}) > 1]
+    frames = []
+    for (model, finetune), table in tables.items():
+        own = settings[(model, finetune)]
+        values = {k: json.dumps(own.get(k)) if isinstance(own.get(k), (list, dict)) else own.get(k) for k in differing}
+        frames.append(
+            table.select(
+                pl.lit(model).alias("model"),
+                *(pl.lit(v).alias(f"finetune_{k}") for k, v in values.items()),
+                pl.lit(finetune).alias("finetune"),
+                pl.all(),
+            )
+        )
+    order = ["model", *(f"finetune_{k}" for k in differing), "finetune", "protocol", "method", "scale"]
+    return pl.concat(frames, how="diagonal_relaxed").sort(order, maintain_order=True)
 
 
 def to_markdown(frame: pl.DataFrame, digits: int = 4) -> str:
