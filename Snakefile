@@ -21,6 +21,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/embed.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/search.smk"
 
 
 rule all:
@@ -32,6 +33,7 @@ rule all:
         expand(rules.base_accuracy.output.md, model=STUDY.bases("synthetic")),
         rules.plots.output,
         rules.finetune_table.output,
+        [expand(rules.search.output.md, model=m, finetune=f, search=s)[0] for m, f in FINETUNES for s in STUDY.searches],
 
 
 # Every scripted rule's params carry a hash of the wig code its script runs: the import closure of

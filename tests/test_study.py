@@ -484,3 +484,51 @@ def test_ablation_presets_fine_tune_one_base_several_ways_cfg_against_pg(preset,
         ("pg", 0.0, 7.5),
     ]
     assert _counts(study) == {"class_images": 11, "train": 16 * len(names), "generate": 16 * 2 * len(names)}
+
+
+SEARCH = {"method": "pg", "parameter": "scale", "settings": {"omega": 0.0}, "bracket": [1.0, 15.0], "objective": "dino"}
+
+
+def test_a_search_probes_ordinary_grid_points_and_shares_the_grids_jobs():
+    study = Study.from_config(_config(search=[SEARCH]))
+    (spec,) = study.searches.values()
+    assert spec.name == "pg-scale" and spec.point(3.35).key == "pg/w0.0_l3.35"
+    # a probe on the grid is the grid's own job; off the grid its own, named by search and value
+    assert study.probe_chunk("tiny-sd", "pg-scale", 7.5) == "pg/w0.0_l7.5"
+    assert study.probe_chunk("tiny-sd", "pg-scale", 3.35) == "probe/pg-scale/3.35"
+    assert study.guidance_of("tiny-sd", "probe/pg-scale/3.35") == {"pg/w0.0_l3.35": spec.point(3.35).settings()}
+    jobs = study.probe_jobs("tiny-sd", "db-lora", "pg-scale", 3.35)
+    assert len(jobs) == len(study.concepts) * len(study.seed_chunks) and {j.points for j in jobs} == {
+        "probe/pg-scale/3.35"
+    }
+    assert study.search_settings("pg-scale")["bracket"] == [1.0, 15.0]
+
+
+def test_the_selection_split_is_seeded_disjoint_from_evaluation_and_per_concept():
+    study = Study.from_config(_config(search=[SEARCH]))
+    split = study.selection
+    assert split == Study.from_config(_config(search=[SEARCH])).selection  # seeded: the same every time
+    for concept, chosen in split.items():
+        n = len(study.prompts[concept])
+        assert 0 < len(chosen) < n and len(chosen) == round(0.5 * n) and len(set(chosen)) == len(chosen)
+    other = Study.from_config(_config(search=[SEARCH], selection={"seed": 1})).selection
+    assert other != split
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"objective": "pickscore"}, "search[0].objective: 'pickscore' is not among the study's metrics"),
+        ({"parameter": "weak"}, "search[0].parameter: pg has no float parameter 'weak'"),
+        ({"method": "nope"}, "search[0].method:"),
+        ({"bracket": None}, "search[0].bracket: give [low, high] for scale"),
+        ({"bracket": [5.0, 1.0]}, "search[0]: search bracket [5.0, 1.0]: the low end must be below"),
+        ({"settings": {"scale": 3.0}}, "search[0].settings: scale is the searched parameter"),
+        ({"text_at_least": {"method": "cfg", "scale": 3.0}}, "search[0].text_at_least: cfg/w1.0_l3.0 is not a point"),
+    ],
+)
+def test_search_errors_name_their_key_before_any_job(change, message):
+    entry = {k: v for k, v in (SEARCH | change).items() if v is not None}
+    with pytest.raises(StudyError) as err:
+        Study.from_config(_config(search=[entry]))
+    assert message in str(err.value)

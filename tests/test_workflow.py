@@ -780,3 +780,66 @@ def test_an_instruct_pix2pix_study_edits_each_concepts_first_image_through_the_d
     paired = pl.read_parquet(results / "tables/paired_vs_cfg.parquet")
     assert paired.select("method", "omega").rows() == [("ip2p-cfg", 0.0)] * len(paired)
     assert set(pl.read_parquet(results / "tables/scores.parquet")["method"]) == {"ip2p-cfg"}
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("search-study")
+def test_a_golden_section_search_grows_the_dag_one_cached_probe_at_a_time(tmp_path):
+    """A λ search of PG (ω = 0) on a given fine-tune over two PartiPrompts: its probes are ordinary
+    generation jobs (the grid's own where the value is on the grid), it chooses on the selection
+    prompt and reports the held-out one; a tighter tolerance reruns only the new probes."""
+    from wig.guidance import canonical
+    from wig.sampling.tiny import build_tiny_sd
+    from wig.workflow.search import SearchSettings, replay
+
+    config = yaml.safe_load((ROOT / ".test/config/table2.yaml").read_text())
+    config["dataset"] = {"sheet": "resources/datasets/partiprompts/concepts.csv", "max_prompts": 2}
+    config["personalization"] = {"name": "given", "method": "given", "weights": "finetune/unet"}
+    config["seeds"] = [0]
+    config["guidance"] = [{"method": "cfg", "scale": 7.5}, {"method": "pg", "scale": 4.0, "omega": 0.0}]
+    config["encoders"] = {"clip": {"tiny": True}}
+    config["evaluation"] |= {"metrics": ["clip_t"], "protocols": ["standard"]}
+    search = {"method": "pg", "parameter": "scale", "settings": {"omega": 0.0}, "bracket": [1.0, 9.0]}
+    config["search"] = [search | {"objective": "clip_t", "tolerance": 3.0, "resolution": 0.5}]
+    (tmp_path / "work").mkdir()
+    workdir = _workdir(tmp_path / "work", config)
+    build_tiny_sd(workdir / "finetune", seed=1)  # another init: θ' ≠ θ
+
+    bad = _edit(config, search=[search | {"objective": "dino"}])
+    _write_config(workdir, bad)
+    proc = _snakemake(workdir, "-n")
+    assert proc.returncode != 0
+    assert "search[0].objective: 'dino' is not among the study's metrics" in proc.stdout + proc.stderr
+    assert not (workdir / "results").exists()
+
+    _write_config(workdir, config)
+    proc = _snakemake(workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = workdir / "results/tiny-sd/given"
+    trace = pl.read_parquet(results / "search/pg-scale/trace.parquet")
+    settings = SearchSettings(1.0, 9.0, 3.0, 0.5, 20)
+    known = dict(zip(trace["value"], trace["objective"]))
+    assert (
+        replay(settings, known).next is None
+        and len(trace) == len(list((results / "search/pg-scale").glob("step*.json"))) - 1
+    )
+    probes = results / "samples/partiprompts/ft0/probe/pg-scale"
+    # the first probe, λ 4, is the grid's own pg point: not generated again, its job is the grid's
+    assert trace["value"][0] == 4.0
+    assert sorted(p.name for p in probes.iterdir()) == sorted(canonical(v) for v in trace["value"] if v != 4.0)
+    chosen = pl.read_parquet(results / "search/pg-scale/chosen.parquet")
+    assert chosen.select("role", "split").rows() == [("chosen", "selection"), ("chosen", "evaluation")]
+    assert chosen["n_images"].to_list() == [1, 1]  # one prompt each: never the same (prompt, seed) image
+    assert (results / "search/pg-scale/trace.png").is_file()
+
+    before = {p.name: p.stat().st_mtime_ns for p in probes.iterdir()}
+    config["search"][0]["tolerance"] = 1.0
+    _write_config(workdir, config)
+    proc = _snakemake(workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    longer = pl.read_parquet(results / "search/pg-scale/trace.parquet")
+    assert longer["value"].to_list()[: len(trace)] == trace["value"].to_list() and len(longer) > len(trace)
+    # the DAG grew probe by probe (its job stats list only what was known at the start): count the jobs run
+    generated = len(re.findall(r"^(?:local)?rule generate:$", proc.stdout + proc.stderr, re.M))
+    assert generated == len(set(longer["value"]) - set(trace["value"]))  # the new probes only
+    assert all(probes.joinpath(name).stat().st_mtime_ns == t for name, t in before.items())

@@ -1,6 +1,7 @@
 # Schema validation, the study (wig.workflow.study decides everything about models, concepts, grid and
 # jobs) and the input functions that ask it. Paths come from the rules' own outputs.
 import inspect
+import json
 import re
 from pathlib import Path
 
@@ -40,11 +41,14 @@ wildcard_constraints:
     model=_names(MODELS),
     concept=_names(CONCEPTS),
     noun=_names(STUDY.classes),
-    points=_names({name for m in STUDY.models.values() for name in m.point_chunks}),
+    points=_names({name for m in STUDY.models.values() for name in m.point_chunks})
+    + rf"|probe/(?:{_names(STUDY.searches)})/-?[0-9.]+",
     seeds=_names(STUDY.seed_chunks),
     finetune=_names({f for _, f in FINETUNES}),
     fseed=r"\d+",
     encoder=_names(ENCODERS),
+    search=_names(STUDY.searches),
+    k=r"\d+",
 
 
 def script_code_hash(rule):
@@ -134,3 +138,49 @@ def get_score_input(wildcards):
 
 def get_score_files(wildcards):
     return [_path(rules.score, job.wildcards) for job in STUDY.generation_jobs(wildcards.model, wildcards.finetune)]
+
+
+def _score_files(jobs):
+    return [_path(rules.score, job.wildcards) for job in jobs]
+
+
+def _search_step(wildcards, k):
+    """Step ``k``'s state of a search (a checkpoint: asking for it grows the DAG until it exists)."""
+    values = {"model": wildcards.model, "finetune": wildcards.finetune, "search": wildcards.search, "k": str(k)}
+    return checkpoints.search_step.get(**values).output[0]
+
+
+def _reference_scores(wildcards):
+    """The score files of a search's text_at_least point (a grid point)."""
+    point = STUDY.searches[wildcards.search].text_at_least
+    chunk = next(n for n, ps in STUDY.models[wildcards.model].point_chunks.items() if point.key in {p.key for p in ps})
+    jobs = STUDY.generation_jobs(wildcards.model, wildcards.finetune)
+    return _score_files(j for j in jobs if j.points == chunk)
+
+
+def get_search_step_input(wildcards):
+    """Step k reads step k−1's state and the scores of the probe it asked for (and the text_at_least
+    point's); step 0 reads nothing but those reference scores."""
+    inputs = {}
+    if STUDY.searches[wildcards.search].text_at_least is not None:
+        inputs["reference"] = _reference_scores(wildcards)
+    k = int(wildcards.k)
+    if k > 0:
+        inputs["previous"] = _search_step(wildcards, k - 1)
+        value = json.loads(Path(inputs["previous"]).read_text())["next"]
+        jobs = STUDY.probe_jobs(wildcards.model, wildcards.finetune, wildcards.search, value)
+        inputs["probe"] = _score_files(jobs)
+    return inputs
+
+
+def get_search_result_input(wildcards):
+    """The last step's state (the first that asks for no probe) and the chosen probe's scores."""
+    k = 0
+    while (state := json.loads(Path(_search_step(wildcards, k)).read_text()))["next"] is not None:
+        k += 1
+    inputs = {"state": _search_step(wildcards, k)}
+    jobs = STUDY.probe_jobs(wildcards.model, wildcards.finetune, wildcards.search, state["best"])
+    inputs["chosen"] = _score_files(jobs)
+    if STUDY.searches[wildcards.search].text_at_least is not None:
+        inputs["reference"] = _reference_scores(wildcards)
+    return inputs

@@ -302,6 +302,12 @@ def _bootstrap(m: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple[fl
     return float(lo), float(hi)
 
 
+def metric_value(scores: pl.DataFrame, metric: str) -> float:
+    """One grid point's table cell of ``metric`` (no CI): the mean over concepts of the mean over
+    prompts of the per-prompt means, as `aggregate` computes it."""
+    return _cell(_cube(scores, metric))
+
+
 def aggregate(scores: pl.DataFrame, n_boot: int = 1000, seed: int = 0) -> pl.DataFrame:
     """One row per (protocol, grid point): DINO, CLIP-I, CLIP-T with 95 % CIs and n_images."""
     rng = np.random.default_rng(seed)

@@ -170,3 +170,28 @@ def pareto(tables: Mapping[str, pl.DataFrame], out, protocol: str | None = None)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     _save(fig, out)
+
+
+def search_trace(trace: pl.DataFrame, state: Mapping, settings: Mapping, out) -> None:
+    """A golden-section search: each probe's objective against its value, numbered in the order
+    asked, the final bracket shaded and the chosen value marked (PNG and SVG; ``out`` is the PNG)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.axvspan(state["lo"], state["hi"], color="0.9", label="final bracket")
+    # a probe short of text_at_least scores −10⁶ − its shortfall: drawn as a cross on the floor
+    feasible = trace.filter(pl.col("objective") > -1e5)
+    floor = feasible["objective"].min() if len(feasible) else 0.0
+    ax.plot(feasible["value"], feasible["objective"], "o", color="C0", label="probe")
+    short = trace.filter(pl.col("objective") <= -1e5)
+    if len(short):
+        ax.plot(short["value"], [floor] * len(short), "x", color="C1", label="text fidelity short")
+    for row in trace.iter_rows(named=True):
+        y = row["objective"] if row["objective"] > -1e5 else floor
+        ax.annotate(str(row["probe"]), (row["value"], y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if state.get("best") is not None:
+        ax.axvline(state["best"], color="C3", linestyle="--", label=f"chosen {state['best']:g}")
+    ax.set_xlabel(f"{settings['parameter']} of {settings['method']}")
+    sign = "" if METRICS[settings["objective"]].higher else "−"
+    ax.set_ylabel(f"objective: {sign}{METRICS[settings['objective']].label} (selection split)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    _save(fig, Path(out).with_suffix(""))

@@ -33,6 +33,7 @@ from wig.personalization import PersonalizationMethod, method_class
 from wig.personalization import make as make_method
 from wig.settings import settings_names
 from wig.workflow.provenance import encoder_id
+from wig.workflow.search import PROBE, SearchSpec, parse_searches, selection_split
 
 
 class StudyError(WigError):
@@ -167,6 +168,7 @@ class Study:
     classes: Mapping[str, str]  # class-image folder → class noun
     encoders: Mapping[str, Mapping[str, Any]]  # kind → spec with its kind
     metrics: tuple[str, ...]  # the registered metrics (wig.evaluation.metrics) the score jobs compute
+    searches: Mapping[str, SearchSpec] = field(default_factory=dict)  # ``search:`` by name
 
     # --- building -----------------------------------------------------------------------------
 
@@ -227,7 +229,16 @@ class Study:
         _check_dataset(config, models, concepts)
         encoders = {kind: {"kind": kind, **spec} for kind, spec in config["encoders"].items()}
         metrics = tuple(_metrics(config, encoders))
-        return cls(config, models, concepts, prompts, points, seed_chunks, classes, encoders, metrics)
+        try:
+            searches = parse_searches(config["search"], points, metrics)
+        except WigError as err:
+            raise StudyError(str(err)) from None
+        for spec in searches.values():
+            for name, model in models.items():
+                probe = spec.point(spec.bounds.lo)
+                if (probe.requires_ddim and model.family not in DDIM_FAMILIES) or probe.requires_image != model.edits:
+                    raise StudyError(f"search {spec.name}: models.{name} ({model.family}) cannot run {spec.method}")
+        return cls(config, models, concepts, prompts, points, seed_chunks, classes, encoders, metrics, searches)
 
     # --- what the config says -----------------------------------------------------------------
 
@@ -333,15 +344,67 @@ class Study:
             "class_prompt": self.class_prompt(subject.class_noun) if prior else None,
         }
 
+    def points_of(self, model: str, points: str) -> tuple[GuidanceMethod, ...]:
+        """A generation job's grid points: a chunk of the grid, or a search's probe (probe/<search>/<value>)."""
+        if points in self.models[model].point_chunks:
+            return self.models[model].point_chunks[points]
+        prefix, search, value = points.split("/")
+        if prefix != PROBE or search not in self.searches:
+            raise StudyError(f"no generation job {points!r} for model {model}")
+        return (self.searches[search].point(float(value)),)
+
+    def probe_chunk(self, model: str, search: str, value: float) -> str:
+        """The generation job of a probe: the grid's job that holds its point (so a probe on the grid is
+        the grid's image set), else its own, probe/<search>/<value>."""
+        key = self.searches[search].point(value).key
+        for name, points in self.models[model].point_chunks.items():
+            if key in {p.key for p in points}:
+                return name
+        return self.searches[search].chunk(value)
+
+    def probe_jobs(self, model: str, finetune: str, search: str, value: float) -> list[GenerationJob]:
+        """Every generation job of one probe: each concept, fine-tune seed and seed chunk."""
+        chunk = self.probe_chunk(model, search, value)
+        return [
+            GenerationJob(run.model, run.finetune, run.concept, run.seed, chunk, seeds)
+            for run in self.training_runs(model, finetune)
+            for seeds in self.seed_chunks
+        ]
+
+    @property
+    def selection(self) -> dict[str, list[int]]:
+        """Per concept, the prompt indices searches read (`selection`); the rest report their choice."""
+        sel = self.config["selection"]
+        return selection_split({c: len(p) for c, p in self.prompts.items()}, sel["fraction"], sel["seed"])
+
+    def search_settings(self, search: str) -> dict:
+        """A search's settings (its step jobs' params): the parameter, bracket, stopping rule, objective."""
+        spec = self.searches[search]
+        b = spec.bounds
+        return canon(
+            {
+                "method": spec.method,
+                "parameter": spec.parameter,
+                "settings": dict(spec.settings),
+                "bracket": [b.lo, b.hi],
+                "tolerance": b.tolerance,
+                "resolution": b.resolution,
+                "max_probes": b.max_probes,
+                "objective": spec.objective,
+                "text_at_least": spec.text_at_least.settings() if spec.text_at_least else None,
+                "protocol": self.config["evaluation"].get("plot_protocol"),
+            }
+        )
+
     def extra_texts_of(self, model: str, points: str, concept: str) -> dict:
         """A generation job's extra texts: for each text its points' branches name, one per prompt."""
-        names = sorted({name for p in self.models[model].point_chunks[points] for name in p.extra_texts})
+        names = sorted({name for p in self.points_of(model, points) for name in p.extra_texts})
         n = len(self.prompts[concept])
         return {name: TEXTS[name](self.concepts[concept])[:n] for name in names}
 
     def guidance_of(self, model: str, points: str) -> dict:
         """A generation job's points: {point key: guidance settings}."""
-        return canon({p.key: p.settings() for p in self.models[model].point_chunks[points]})
+        return canon({p.key: p.settings() for p in self.points_of(model, points)})
 
     def grid_layout(self, model: str, concept: str) -> dict:
         """The image grid of a (model, fine-tune, concept): its rows (grid points, in grid order, by key and
