@@ -12,9 +12,9 @@ import math
 from wig.workflow.search import SearchSettings, golden_section
 
 SHAPES = {
-    "peak inside": lambda m: (lambda x: -((x - m) ** 2)),
-    "rising to the edge": lambda m: (lambda x: x),
-    "plateau from m": lambda m: (lambda x: min(x, m)),
+    "peak inside": lambda m: lambda x: -((x - m) ** 2),
+    "rising to the edge": lambda m: lambda x: x,
+    "plateau from m": lambda m: lambda x: min(x, m),
 }
 
 
