@@ -74,7 +74,7 @@ def _edit(config, **changes):
         ({"sampling__stepz": 3}, "stepz"),
         ({"models__tiny-sd": {"tiny": "sd", "personalization": {"stepz": 9}}}, "stepz"),
         ({"personalization": {"method": "db-lora", "rnak": 8}}, "personalization: rnak is no setting of db-lora"),
-        ({"encoders": {"dino": {"tiny": True}}}, "'clip' is a dependency of 'dino'"),
+        ({"encoders": {"dino": {"tiny": True}}}, "evaluation.metrics: ['dino'] measure no text fidelity"),
         ({"dataset__concepts": ["brown_dog", "unicorn"]}, "config: dataset.concepts ['unicorn'] are not in the sheet"),
         ({"models__tiny-sd": {"base": "tiny-sana"}, "models__tiny-sana": {"base": "tiny-sd"}}, "form a cycle"),
     ],
@@ -145,6 +145,7 @@ def test_dag_fans_out_per_model_concept_and_class(tmp_path):
         "score": 24,
         "aggregate": 2,
         "plots": 1,
+        "finetune_table": 1,
     }
     # a second fine-tune of one base: no second build; its own prior weight and fine-tune seeds
     two = _edit(
@@ -208,6 +209,7 @@ def test_presets_build_the_full_paper_dag_without_weights(tmp_path, preset):
         "score": 16 * points,
         "aggregate": 1,
         "plots": 1,
+        "finetune_table": 1,
         "all": 1,
         "resolve_model": 1,
         "resolve_encoder": 2,
@@ -234,6 +236,7 @@ def test_synthetic_preset_plans_pretraining_two_fine_tunes_and_their_seeds(tmp_p
         "grid": 2 * 5,
         "aggregate": 2,
         "plots": 1,
+        "finetune_table": 1,
         "all": 1,
         # points_per_job: the grid's 10 points (cfg λ×3, pg ω0 λ×3, pg ω 0.5, ag, cfgpp, pgpp) in one job
         "generate": cells,
@@ -368,8 +371,8 @@ def test_small_study_writes_runs_samples_tables_and_one_log_per_job(study):
     assert manifest["prompt"].to_list() == ["a sks dog in the jungle"] * 2 and manifest["seed"].to_list() == [0, 1]
     # one log per job; per model: model, class images, training, 3 generations, grid, 3 × 2 sample
     # embeddings, 3 scores, aggregate; shared: prepare, 2 encoders, 2 reference + 1 text
-    # embeddings, plots
-    assert len(list((workdir / "logs").rglob("*.log"))) == 2 * (1 + 1 + 1 + 3 + 1 + 6 + 3 + 1) + 1 + 2 + 3 + 1
+    # embeddings, plots, the fine-tune table
+    assert len(list((workdir / "logs").rglob("*.log"))) == 2 * (1 + 1 + 1 + 3 + 1 + 6 + 3 + 1) + 1 + 2 + 3 + 1 + 1
     # every image through each encoder once per protocol: 2 images × 2 protocols per job
     for log in (workdir / "logs/tiny-sd/db-lora/embed_samples").rglob("*.log"):
         assert "4 rows, 4 images through the encoder" in log.read_text()
@@ -450,13 +453,20 @@ def test_small_study_sample_is_what_the_cli_makes_with_the_trained_lora(study, t
 def test_small_study_config_changes_rerun_exactly_the_jobs_they_touch(study):
     workdir, config = study
     # per model ×2 where both models are hit
-    downstream = {"embed_samples": 12, "score": 6, "aggregate": 2, "plots": 1, "all": 1}
+    downstream = {"embed_samples": 12, "score": 6, "aggregate": 2, "plots": 1, "finetune_table": 1, "all": 1}
     _write_config(workdir, _edit(config, personalization__steps=8))
     assert _planned(workdir) == {"train": 2, "generate": 6, "grid": 2, **downstream}
     _write_config(workdir, _edit(config, class_images__count=3))
     assert _planned(workdir) == {"class_images": 2, "train": 2, "generate": 6, "grid": 2, **downstream}
     _write_config(workdir, _edit(config, evaluation__clip_t_text="raw"))
-    assert _planned(workdir) == {"embed_texts": 1, "score": 6, "aggregate": 2, "plots": 1, "all": 1}
+    assert _planned(workdir) == {
+        "embed_texts": 1,
+        "score": 6,
+        "aggregate": 2,
+        "plots": 1,
+        "finetune_table": 1,
+        "all": 1,
+    }
     _write_config(workdir, _edit(config, encoders__dino={"tiny": True, "seed": 1}))
     assert _planned(workdir) == {
         "build_tiny_encoder": 1,
@@ -465,6 +475,7 @@ def test_small_study_config_changes_rerun_exactly_the_jobs_they_touch(study):
         "score": 6,
         "aggregate": 2,
         "plots": 1,
+        "finetune_table": 1,
         "all": 1,
     }
     _write_config(workdir, _edit(config, **{"models__tiny-sana": {"tiny": "sana", "seed": 1}}))  # one model
@@ -478,9 +489,19 @@ def test_small_study_config_changes_rerun_exactly_the_jobs_they_touch(study):
         "score": 3,
         "aggregate": 1,
         "plots": 1,
+        "finetune_table": 1,
         "all": 1,
     }
-    one_job = {"generate": 2, "embed_samples": 4, "score": 2, "grid": 2, "aggregate": 2, "plots": 1, "all": 1}
+    one_job = {
+        "generate": 2,
+        "embed_samples": 4,
+        "score": 2,
+        "grid": 2,
+        "aggregate": 2,
+        "plots": 1,
+        "finetune_table": 1,
+        "all": 1,
+    }
     guidance = config["guidance"][:1] + [{"method": "pg", "scale": 7.5, "omega": [0.0, 0.5, 1.0]}]
     _write_config(workdir, _edit(config, guidance=guidance))  # a new ω: one job per model
     assert _planned(workdir) == one_job
@@ -498,6 +519,7 @@ def test_small_study_config_changes_rerun_exactly_the_jobs_they_touch(study):
         "score": 6,
         "aggregate": 2,
         "plots": 1,
+        "finetune_table": 1,
         "all": 1,
     }
 
@@ -533,7 +555,7 @@ def test_small_study_code_changes_rerun_exactly_the_jobs_whose_scripts_reach_the
         plans["concepts"]
     ) and "build_tiny_model" not in plans["concepts"]
     # the tiny encoders' builder runs wig.evaluation.encoders, which writes the embedding schema: never generation
-    rescored = {"embed_samples": 12, "score": 6, "aggregate": 2, "plots": 1, "all": 1}
+    rescored = {"embed_samples": 12, "score": 6, "aggregate": 2, "plots": 1, "finetune_table": 1, "all": 1}
     assert plans["embeddings"] == {"build_tiny_encoder": 2, "embed_references": 2, "embed_texts": 1, **rescored}
     assert plans["guidance"] == {"generate": 6, "grid": 2, **rescored}  # never training or class images
     assert plans["cli"] == {}  # no script reaches the command line
