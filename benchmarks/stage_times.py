@@ -18,9 +18,9 @@ from pathlib import Path
 STAGES = {  # stage -> the rules (benchmark folder names) it covers
     "render": ("render_dataset",),
     "pretrain": ("pretrain_vae", "pretrain_model", "base_accuracy"),
-    "fine-tune": ("class_images", "train"),
+    "fine-tune": ("class_images", "train", "learning"),
     "generation": ("generate",),
-    "metrics": ("embed_samples", "score", "aggregate"),
+    "metrics": ("train_encoder", "embed_references", "embed_samples", "score", "aggregate"),
 }
 
 

@@ -231,7 +231,7 @@ def test_a_concept_text_reaches_its_branch_through_the_study_and_the_generation_
     toys, tiny_sd, lora_path, tmp_path, monkeypatch
 ):
     monkeypatch.chdir(ROOT)  # the demo config names its sheet relative to the workflow
-    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    config = yaml.safe_load((ROOT / ".test/config/tiny.yaml").read_text())
     config["guidance"] = [{"method": "toy-class-text"}, {"method": "cfg"}]
     validate(config, str(ROOT / "config/schema.yaml"))
     study = Study.from_config(config)

@@ -86,29 +86,43 @@ def test_aggregate_is_mean_over_concepts_of_mean_over_prompts_when_unbalanced():
     assert abs(row["dino"] - np.mean(per_concept)) < 1e-12
 
 
-def test_bootstrap_resamples_concepts_then_prompts_and_replicates():
-    # one concept with all values equal: no spread; two concepts far apart: the CI spans both
-    assert _bootstrap(np.full((1, 5, 2), 0.3), 200, np.random.default_rng(0)) == pytest.approx((0.3, 0.3))
-    lo, hi = _bootstrap(np.array([[[0.0]] * 5, [[1.0]] * 5]), 2000, np.random.default_rng(0))
+def test_bootstrap_resamples_subjects_then_lora_seeds_prompts_and_sampling_seeds():
+    # cubes are (concepts, fine-tune seeds, prompts, sampling seeds)
+    assert _bootstrap(np.full((1, 2, 5, 2), 0.3), 200, np.random.default_rng(0)) == pytest.approx((0.3, 0.3))
+    # two concepts far apart: the CI spans both
+    lo, hi = _bootstrap(np.stack([np.zeros((1, 5, 1)), np.ones((1, 5, 1))]), 2000, np.random.default_rng(0))
     assert lo == 0.0 and hi == 1.0
-    ragged = np.array([[[1.0], [3.0], [np.nan]], [[2.0], [2.0], [2.0]]])
+    ragged = np.array([[[[1.0], [3.0], [np.nan]]], [[[2.0], [2.0], [2.0]]]])  # concept 0 has 2 prompts
     lo, hi = _bootstrap(ragged, 2000, np.random.default_rng(1))
     assert 1.0 <= lo <= hi <= 3.0 and not np.isnan([lo, hi]).any()
-    # one concept, one prompt: the spread comes from the replicates alone (LoRA seed 0 vs 1)
-    lo, hi = _bootstrap(np.array([[[0.0, 0.0, 1.0, 1.0]]]), 4000, np.random.default_rng(2))
-    assert lo == pytest.approx(0.0) and hi == pytest.approx(1.0)
+    # each axis alone carries the spread when the others are constant: LoRA seeds, prompts, seeds
+    for axis in (1, 2, 3):
+        shape = [1, 1, 1, 1]
+        shape[axis] = 4
+        cube = np.array([0.0, 0.0, 1.0, 1.0]).reshape(shape)
+        lo, hi = _bootstrap(cube, 4000, np.random.default_rng(2))
+        assert lo == pytest.approx(0.0) and hi == pytest.approx(1.0), axis
+    # resampled among a concept's own: a concept with one LoRA seed never draws the padding
+    padded = np.full((2, 2, 1, 1), np.nan)
+    padded[0, :, 0, 0] = [0.0, 1.0]
+    padded[1, 0, 0, 0] = 0.5
+    lo, hi = _bootstrap(padded, 2000, np.random.default_rng(3))
+    assert 0.0 <= lo < hi <= 1.0
     frame = pl.DataFrame(
         {
-            "concept": ["x"] * 4,
-            "prompt_index": [1, 0, 0, 1],
-            "finetune_seed": [0, 1, 0, 1],
-            "seed": [5, 5, 5, 5],
-            "v": [1.0, 2.0, 3.0, 4.0],
+            "concept": ["x"] * 8,
+            "prompt_index": [1, 0, 0, 1, 1, 0, 0, 1],
+            "finetune_seed": [0, 1, 0, 1, 0, 1, 0, 1],
+            "seed": [5, 5, 5, 5, 6, 6, 6, 6],
+            "v": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0],
         }
     )
-    assert _cube(frame, "v").tolist() == [[[3.0, 2.0], [1.0, 4.0]]]  # prompts × (finetune_seed, seed)
-    with pytest.raises(WigError, match="every prompt needs every replicate"):
-        _cube(frame.head(3), "v")
+    # fine-tune seeds × prompts × seeds
+    assert _cube(frame, "v").tolist() == [[[[3.0, 7.0], [1.0, 5.0]], [[2.0, 6.0], [4.0, 8.0]]]]
+    with pytest.raises(WigError, match="every prompt needs every"):
+        _cube(frame.head(7), "v")
+    with pytest.raises(WigError, match="every prompt needs every"):  # right count, one image twice
+        _cube(frame.with_columns(pl.Series("seed", [5, 5, 5, 5, 6, 6, 6, 5])).head(8), "v")
 
 
 def test_cis_are_over_finetune_seeds_too():

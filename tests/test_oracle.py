@@ -57,20 +57,20 @@ def test_subjects_are_distinct_and_unlike_pretraining():
     assert all(s.pattern is not None and s.colour != s.colour2 for s in SUBJECTS)
 
 
-def test_a_plain_star_scores_its_share_of_the_pattern():
-    star = SUBJECTS[0]  # yellow top, magenta bottom
-    ref = render_array(star.scene("white", 16, 16, 10))
-    mask = shape_mask("star", 16, 16, 10, 32)
+def test_a_plain_triangle_scores_its_share_of_the_pattern():
+    triangle = SUBJECTS[0]  # yellow top, magenta bottom
+    ref = render_array(triangle.scene("white", 16, 16, 10))
+    mask = shape_mask("triangle", 16, 16, 10, 32)
     share_yellow = (ref[mask] == PALETTE["yellow"]).all(-1).mean()
-    plain = render(Scene("star", "yellow", "white", 16, 16, 10))
-    scores = subject_fidelity(plain, star)
+    plain = render(Scene("triangle", "yellow", "white", 16, 16, 10))
+    scores = subject_fidelity(plain, triangle)
     assert scores["shape_iou"] == 1.0 and 0.3 < share_yellow < 0.7
     assert scores["pattern"] == pytest.approx(share_yellow) and scores["subject"] == pytest.approx(
         (1 + share_yellow) / 2
     )
     # swapped colours: every pixel wrong
-    swapped = render(Scene("star", "magenta", "white", 16, 16, 10, "hsplit", "yellow"))
-    assert subject_fidelity(swapped, star)["pattern"] == 0.0
+    swapped = render(Scene("triangle", "magenta", "white", 16, 16, 10, "hsplit", "yellow"))
+    assert subject_fidelity(swapped, triangle)["pattern"] == 0.0
 
 
 def test_wrong_attributes_score_zero_each():
@@ -84,14 +84,14 @@ def test_wrong_attributes_score_zero_each():
     assert text_fidelity(img, colour="yellow")["text"] == 0.0
     assert text_fidelity(img, shape="square")["text"] == 0.0
     # a different shape of the subject's colours: IoU of the two masks, fitted
-    diamond = render(Scene("diamond", "yellow", "white", 16, 16, 10, "hsplit", "magenta"))
-    scores = subject_fidelity(diamond, SUBJECTS[0])
+    square = render(Scene("square", "yellow", "white", 16, 16, 10, "hsplit", "magenta"))
+    scores = subject_fidelity(square, SUBJECTS[0])
     assert 0.2 < scores["shape_iou"] < 0.9
 
 
 def test_an_empty_image_has_no_object():
     blank = np.full((32, 32, 3), PALETTE["green"], dtype=np.uint8)
-    assert text_fidelity(blank, background="green", colour="red", shape="star") == {
+    assert text_fidelity(blank, background="green", colour="red", shape="triangle") == {
         "background": 1.0,
         "colour": 0.0,
         "shape": 0.0,
@@ -101,13 +101,13 @@ def test_an_empty_image_has_no_object():
 
 
 def test_renders_and_captions():
-    scene = Scene("star", "red", "blue", 16, 16, 9)
+    scene = Scene("triangle", "red", "blue", 16, 16, 9)
     assert np.array_equal(render_array(scene), render_array(scene))
-    assert caption(scene) == "a red star on a blue background"
-    assert caption(scene, colour=False) == "a star on a blue background"
-    assert caption(scene, identifier="sks") == "a sks star on a blue background"
+    assert caption(scene) == "a red triangle on a blue background"
+    assert caption(scene, colour=False) == "a triangle on a blue background"
+    assert caption(scene, identifier="sks") == "a sks triangle on a blue background"
     with pytest.raises(WigError, match="share the colour blue"):
-        Scene("star", "blue", "blue", 16, 16, 9)
+        Scene("triangle", "blue", "blue", 16, 16, 9)
     with pytest.raises(WigError, match="unknown shape 'hexagon'"):
         Scene("hexagon", "red", "blue", 16, 16, 9)
 
@@ -120,10 +120,10 @@ def test_prompts_state_what_the_oracle_checks():
         "shape": "circle",
         "background": "blue",
     }
-    assert prompt_attributes("a sks star on a green background") == {"shape": "star", "background": "green"}
-    assert prompt_attributes("a blue sks star on a red background") == {
+    assert prompt_attributes("a sks triangle on a green background") == {"shape": "triangle", "background": "green"}
+    assert prompt_attributes("a blue sks triangle on a red background") == {
         "colour": "blue",
-        "shape": "star",
+        "shape": "triangle",
         "background": "red",
     }
     with pytest.raises(WigError, match="not a prompt of the synthetic world"):
@@ -168,7 +168,7 @@ def test_the_shipped_sheet_is_the_world_s_and_its_images_are_ground_truth(tmp_pa
 
 
 def test_every_shape_and_radius_has_its_own_mask():
-    masks = {(s, r): shape_mask(s, 16, 16, r, 32).tobytes() for s in SHAPES for r in range(6, 14)}
+    masks = {(s, r): shape_mask(s, 16, 16, r, 32).tobytes() for s in SHAPES for r in range(6, 16)}
     assert len(set(masks.values())) == len(masks)
 
 
@@ -176,20 +176,20 @@ def test_oracle_scores_per_image_and_reach_the_tables():
     from wig.evaluation.metrics import aggregate, metrics_of, paired_vs_cfg
     from wig.synthetic.oracle import score_images
 
-    star = SUBJECTS[0]
-    right = render(star.scene("red", 16, 16, 10))
-    plain_wrong_bg = render(Scene("star", "yellow", "blue", 16, 16, 10))
-    scores = score_images([right, plain_wrong_bg], ["a sks star on a red background"] * 2, star.name)
+    triangle = SUBJECTS[0]
+    right = render(triangle.scene("red", 16, 16, 10))
+    plain_wrong_bg = render(Scene("triangle", "yellow", "blue", 16, 16, 10))
+    scores = score_images([right, plain_wrong_bg], ["a sks triangle on a red background"] * 2, triangle.name)
     assert scores["oracle_text"] == [1.0, 0.5]  # background wrong, shape right
     assert scores["oracle_subject"][0] == 1.0 and scores["oracle_subject"][1] < 1.0
     with pytest.raises(WigError, match="not a subject of the synthetic world"):
-        score_images([right], ["a sks star on a red background"], "brown_dog")
+        score_images([right], ["a sks triangle on a red background"], "brown_dog")
     rows = []
     for method, omega, vals in (("cfg", 1.0, (0.5, 0.25)), ("pg", 0.0, (1.0, 0.5))):
         for p in range(2):
             rows.append(
                 {
-                    "concept": star.name,
+                    "concept": triangle.name,
                     "finetune_seed": 0,
                     "prompt_index": p,
                     "seed": 0,

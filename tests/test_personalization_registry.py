@@ -71,7 +71,7 @@ def at_root(monkeypatch):
 
 
 def _config(**changes):
-    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    config = yaml.safe_load((ROOT / ".test/config/tiny.yaml").read_text())
     config["personalization"] = config["personalization"][0]  # the demo's db-lora fine-tune
     config.update(changes)
     validate(config, str(ROOT / "config/schema.yaml"))

@@ -22,11 +22,11 @@ def _at_root(monkeypatch):
     monkeypatch.chdir(ROOT)  # configs name the sheet and images relative to the workflow
 
 
-def _config(path="config/config.yaml", all_finetunes=False, **changes):
+def _config(path=".test/config/tiny.yaml", all_finetunes=False, **changes):
     """A config as the workflow reads it; the demo's with its first fine-tune (db-lora) only unless
     ``all_finetunes`` (the planning tests below are about one method; the demo's list has its own)."""
     config = yaml.safe_load((ROOT / path).read_text())
-    if path == "config/config.yaml" and not all_finetunes:
+    if path == ".test/config/tiny.yaml" and not all_finetunes:
         config["personalization"] = config["personalization"][0]
     for dotted, value in changes.items():
         *parents, key = dotted.split("__")
@@ -58,22 +58,37 @@ def test_paper_presets_plan_sixteen_concepts_eleven_classes_and_every_point(pres
     assert all(len(p) == 31 for p in study.prompts.values())  # max_prompts: null
 
 
-def test_synthetic_preset_shares_one_pretrained_base_between_two_trainings():
+def test_synthetic_preset_shares_the_shipped_base_between_two_trainings():
     study = Study.from_config(_config("config/presets/synthetic.yaml"))
     prior, noprior = study.models["synthetic"], study.models["synthetic-noprior"]
-    assert noprior.root == "synthetic" and noprior.kind == "synthetic" and not noprior.prior and prior.prior
-    assert study.bases("synthetic") == ["synthetic"] and study.bases("tiny") == []
+    assert noprior.root == "synthetic" and noprior.kind == "checkpoint" and not noprior.prior and prior.prior
+    assert study.bases("checkpoint") == ["synthetic"] and study.world_bases() == ["synthetic"]
     (tune,) = prior.finetunes.values()
     assert tune.seeds == noprior.finetunes[tune.name].seeds == (0, 1)
-    # 2 models × 5 subjects × 2 fine-tune seeds, the grid's 10 points in one job, both seeds in one
-    assert _counts(study) == {"class_images": 5, "train": 20, "generate": 20}
-    assert list(prior.point_chunks) == ["points00"] and len(prior.points) == 10
-    assert study.cfg_scales == [1.5, 3.0, 4.5]
-    assert study.metrics == ("oracle_text", "oracle_subject") and study.metric_encoders() == []
-    assert study.pretrain_config("synthetic", "vae")["seed"] == 0
-    assert "unet" in study.pretrain_config("synthetic", "model") and "unet" not in study.pretrain_config(
+    # 2 models × 5 subjects × 2 LoRA seeds, the grid's 9 points in one job, the 4 seeds in one;
+    # one class-image set per shape
+    assert _counts(study) == {"class_images": 3, "train": 20, "generate": 20}
+    assert list(prior.point_chunks) == ["points00"] and len(prior.points) == 9
+    assert study.cfg_scales == [3.0, 4.5, 6.0]
+    assert study.metrics == ("scene", "oracle_text", "oracle_subject") and study.metric_encoders() == ["scene"]
+    assert study.trained_encoders() == ["scene"] and study.reference_encoders() == ["scene"]
+    learning = study.learning_settings("synthetic", "db-lora")
+    assert learning["scale"] == 4.5 and learning["seeds"] == [0, 1] and len(learning["runs"]) == 10
+    assert learning["subjects"]["red_blue_circle"] == "sks circle"
+    # the base from scratch: a {tiny: synthetic} entry, its stages' configs apart
+    scratch = Study.from_config(_config("config/presets/synthetic.yaml", models__synthetic={"tiny": "synthetic"}))
+    assert scratch.bases("synthetic") == ["synthetic"] and scratch.world_bases() == ["synthetic"]
+    assert scratch.pretrain_config("synthetic", "vae")["seed"] == 0
+    assert "unet" in scratch.pretrain_config("synthetic", "model") and "unet" not in scratch.pretrain_config(
         "synthetic", "vae"
     )
+
+
+def test_only_the_scene_encoder_is_trained_here():
+    with pytest.raises(StudyError, match="encoders.dino: only the scene encoder is trained here"):
+        Study.from_config(_config("config/presets/synthetic.yaml", encoders={"dino": {"train": {"steps": 3}}}))
+    tiny = Study.from_config(_config("config/presets/synthetic.yaml", encoders={"scene": {"tiny": True}}))
+    assert tiny.trained_encoders() == [] and tiny.metric_encoders() == ["scene"]
 
 
 def test_demo_plans_each_family_its_own_grid():

@@ -218,31 +218,41 @@ def test_presets_build_the_full_paper_dag_without_weights(tmp_path, preset):
     assert "tiny-s" not in proc.stdout  # the preset replaced the demo config, not merged into it
 
 
-def test_synthetic_preset_plans_pretraining_two_fine_tunes_and_their_seeds(tmp_path):
+def test_synthetic_preset_plans_the_shipped_base_two_fine_tunes_and_their_seeds(tmp_path):
     workdir = _workdir(tmp_path, _small_config())
     proc = _snakemake(workdir, "-n", "--configfile", "config/presets/synthetic.yaml")
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = (proc.stdout + proc.stderr).split("Job stats:")[1].split("total")[0]
     counts = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
-    cells = 2 * 5 * 2  # models (prior, no prior) × subjects × fine-tune seeds, one seed chunk
+    cells = 2 * 5 * 2  # models (prior, no prior) × subjects × LoRA seeds, one seed chunk
     assert counts == {
         "render_dataset": 1,
         "prepare": 5,
-        "pretrain_vae": 1,
-        "pretrain_model": 1,
+        "resolve_model": 1,  # the shipped base: resolved (its sha256 checked), not pretrained
         "base_accuracy": 1,
-        "class_images": 5,  # the prior model only; one per subject's shape
+        "class_images": 3,  # the prior model only; one per subject's shape
         "train": cells,
+        "train_encoder": 1,  # the learned DINO stand-in
+        "embed_references": 5,
+        "embed_samples": cells,
+        "learning": 2,
         "grid": 2 * 5,
         "aggregate": 2,
         "plots": 1,
         "finetune_table": 1,
         "all": 1,
-        # points_per_job: the grid's 10 points (cfg λ×3, pg ω0 λ×3, pg ω 0.5, ag, cfgpp, pgpp) in one job
+        # points_per_job: the grid's 9 points (cfg λ×3, pg ω0 λ×3, pg ω 0.25/0.5/0.75) in one job
         "generate": cells,
         "score": cells,
-    }  # no encoders: the oracle alone scores, nothing is embedded
-    assert "results/synthetic/db-lora/samples/red_blue_circle/ft1/points00/seeds0_1" in proc.stdout
+    }
+    assert "results/synthetic/db-lora/samples/red_blue_circle/ft1/points00/seeds0_1_2_3" in proc.stdout
+    # the rule that made the shipped base stays: a {tiny: synthetic} entry pretrains it here
+    preset = yaml.safe_load((ROOT / "config/presets/synthetic.yaml").read_text())
+    preset["models"]["synthetic"] = {"tiny": "synthetic"}
+    (workdir / "scratch.yaml").write_text(yaml.safe_dump(preset))
+    planned = _planned(workdir, "--configfile", "scratch.yaml")
+    assert planned["pretrain_vae"] == planned["pretrain_model"] == planned["base_accuracy"] == 1
+    assert "resolve_model" not in planned
 
 
 def test_a_preset_with_a_typo_fails_naming_the_key(tmp_path):
@@ -283,18 +293,18 @@ def test_the_synthetic_world_renders_its_dataset_through_the_dag(tmp_path):
         dataset__sheet="resources/datasets/synthetic/concepts.csv",
         dataset__root="data/synthetic",
         dataset__render={"n_images": 4},
-        dataset__concepts=["yellow_magenta_star", "red_blue_circle"],
+        dataset__concepts=["yellow_magenta_triangle", "red_blue_circle"],
     )
     workdir = _workdir(tmp_path, config)
     planned = _planned(workdir)
     assert planned["render_dataset"] == 1 and planned["prepare"] == 2 and "fetch_dataset" not in planned
-    proc = _snakemake(workdir, "results/concepts/yellow_magenta_star")
+    proc = _snakemake(workdir, "results/concepts/yellow_magenta_triangle")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    manifest = pl.read_parquet(workdir / "results/concepts/yellow_magenta_star/manifest.parquet")
+    manifest = pl.read_parquet(workdir / "results/concepts/yellow_magenta_triangle/manifest.parquet")
     assert len(manifest) == 4 and len(list((workdir / "data/synthetic").glob("*/*.png"))) == 4 * 5
     assert _planned(workdir)["generate"] == 2 * 2 * 3  # models × concepts × points
     # a generation job's scores carry the oracle's pixel metrics beside the encoders'
-    score = "results/tiny-sd/db-lora/scores/yellow_magenta_star/ft0/cfg/w1.0_l7.5/seeds0_1.parquet"
+    score = "results/tiny-sd/db-lora/scores/yellow_magenta_triangle/ft0/cfg/w1.0_l7.5/seeds0_1.parquet"
     proc = _snakemake(workdir, score)
     assert proc.returncode == 0, proc.stderr[-2000:]
     scores = pl.read_parquet(workdir / score)
@@ -530,7 +540,7 @@ def test_small_study_code_changes_rerun_exactly_the_jobs_whose_scripts_reach_the
     # a real change of library code (seen through the code hashes in params) plans exactly the jobs
     # whose scripts reach the module — what --forcerun of those rules plans — and nothing else
     workdir, _ = study
-    scripted = _scripted_rules("config/config.yaml")
+    scripted = _scripted_rules(".test/config/tiny.yaml")
     plans = {}
     # (the guidance methods are a package: editing one method's module, PG's, is a guidance change)
     modules = {
@@ -583,36 +593,44 @@ def test_synthetic_preset_smoke_runs_end_to_end(tmp_path):
     proc = _snakemake(workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = workdir / "results"
-    # one pretrained base, shared: the no-prior model has no model folder and no class images
-    assert (results / "synthetic/model/model_index.json").is_file()
+    # the shipped base, resolved once with its digest checked and shared: no pretraining, no copy
     assert (
-        not (results / "synthetic-noprior/model").exists() and not (results / "synthetic-noprior/class_images").exists()
+        json.loads((results / "synthetic/weights.json").read_text())["sha256"]
+        == config["models"]["synthetic"]["sha256"]
     )
+    assert not (results / "synthetic/model").exists() and not (results / "synthetic-noprior/class_images").exists()
+    # the shipped base on a small sample at the preset's λ: what the study's conclusions rest on
     accuracy = pl.read_parquet(results / "synthetic/tables/base_accuracy.parquet")
-    assert accuracy["scale"].to_list() == [1.5, 3.0] and (accuracy["n_images"] == 2).all()
-    runs = results / "synthetic/db-lora/runs/yellow_magenta_star"
+    assert accuracy["scale"].to_list() == [3.0, 4.5, 6.0] and (accuracy["n_images"] == 16).all()
+    for attribute in ("background", "colour", "shape"):
+        assert (accuracy[attribute] >= 0.9).all(), accuracy
+    runs = results / "synthetic/db-lora/runs/yellow_magenta_triangle"
     assert (runs / "ft0/full/pytorch_lora_weights.safetensors").read_bytes() != (
         runs / "ft1/full/pytorch_lora_weights.safetensors"
     ).read_bytes()
+    assert (results / "encoders/scene/model.safetensors").is_file()
     for model in ("synthetic", "synthetic-noprior"):
         tables = results / model / "db-lora/tables"
         table = pl.read_parquet(tables / "metrics.parquet")
-        assert table["protocol"].unique().to_list() == ["oracle"] and "dino" not in table.columns
+        assert table["protocol"].unique().to_list() == ["dreammatcher"] and "dino" not in table.columns
         assert (table["n_finetune_seeds"] == 2).all() and (table["n_images"] == 2 * 2).all()  # ft seeds × prompts
         assert table["oracle_text"].is_between(0.0, 1.0).all() and table["oracle_subject"].is_between(0.0, 1.0).all()
+        assert table["scene"].is_between(-1.0, 1.0).all()
         paired = pl.read_parquet(tables / "paired_vs_cfg.parquet")
-        assert {"d_oracle_text", "d_oracle_subject"} <= set(paired.columns)
+        assert {"d_oracle_text", "d_oracle_subject", "d_scene"} <= set(paired.columns)
         matched = pl.read_parquet(tables / "matched_text.parquet")
-        assert set(matched["method"]) == {"pg", "cfgpp"} and set(matched["cfg_scale"]) == {1.5, 3.0}
-    # the bootstrap is seeded: recomputed tables are the same bytes
-    before = (results / "synthetic/db-lora/tables/metrics.parquet").read_bytes()
-    assert _snakemake(workdir, "--forcerun", "aggregate").returncode == 0
-    assert (results / "synthetic/db-lora/tables/metrics.parquet").read_bytes() == before
-    # a longer UNet stage keeps the autoencoder
-    config["models"]["synthetic"]["pretrain"]["steps"] = 3
-    _write_config(workdir, config)
-    planned = _planned(workdir)
-    assert planned["pretrain_model"] == 1 and "pretrain_vae" not in planned and planned["train"] == 4
+        assert set(matched["method"]) == {"pg", "cfgpp"} and set(matched["cfg_scale"]) == {3.0, 4.5, 6.0}
+        agreement = pl.read_parquet(tables / "metric_agreement.parquet")
+        assert agreement["metric"].to_list() == ["scene"] and agreement["n_points"].to_list() == [len(table)]
+        learning = pl.read_parquet(tables / "learning.parquet")
+        assert learning["arm"].to_list() == ["fine-tune, unguided", "fine-tune, CFG", "base, CFG"]
+        assert learning["n_images"].to_list() == [2 * 3, 2 * 3, 3]  # LoRA seeds × training captions; the base once
+    # same seeds → the same tables: sampled, scored and bootstrapped again, they are the same bytes
+    names = ("metrics.parquet", "paired_vs_cfg.parquet", "metric_agreement.parquet", "learning.parquet")
+    before = {f: (results / "synthetic/db-lora/tables" / f).read_bytes() for f in names}
+    proc = _snakemake(workdir, "--forcerun", "generate", "learning")
+    assert proc.returncode == 0 and "rule generate:" in proc.stdout + proc.stderr, proc.stderr[-2000:]
+    assert all((results / "synthetic/db-lora/tables" / f).read_bytes() == b for f, b in before.items())
 
 
 @pytest.mark.slow
@@ -658,7 +676,7 @@ def test_table2_study_trains_every_method_and_guides_with_sag_through_the_dag(tm
     assert "spl" in log.columns and log["spl"].null_count() == 0
 
 
-@pytest.mark.parametrize("name", ["small", "synthetic-smoke", "table2"])
+@pytest.mark.parametrize("name", ["small", "synthetic-smoke", "table2", "tiny"])
 def test_the_test_configs_run_by_hand_as_their_headers_say(name):
     # the files pytest loads are whole configs: `snakemake -n --configfile` plans them in the checkout
     proc = subprocess.run(

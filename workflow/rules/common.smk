@@ -110,16 +110,24 @@ def get_generate_input(wildcards):
     return inputs | {"finetune": _path(rules.resolve_finetune, wildcards)}
 
 
+def get_learning_input(wildcards):
+    """The model and every run rule learning checks."""
+    runs = STUDY.learning_runs(wildcards.model, wildcards.finetune)
+    return get_model(wildcards) | {"runs": [_path(rules.train, r.wildcards) for r in runs]}
+
+
 def get_grid_samples(wildcards):
     jobs = STUDY.grid_jobs(wildcards.model, wildcards.finetune, wildcards.concept)
     return [_path(rules.generate, job.wildcards) for job in jobs]
 
 
 def get_encoder(wildcards):
-    """A tiny encoder is a folder built by a rule; a real one is a name in params plus the record of
-    its resolved weights (rule resolve_encoder)."""
+    """A tiny or trained encoder is a folder built by a rule; a real one is a name in params plus the
+    record of its resolved weights (rule resolve_encoder)."""
     if ENCODERS[wildcards.encoder].get("tiny"):
         return {"encoder": _path(rules.build_tiny_encoder, wildcards)}
+    if "train" in ENCODERS[wildcards.encoder]:
+        return {"encoder": _path(rules.train_encoder, wildcards)}
     return {"weights": _path(rules.resolve_encoder, wildcards)}
 
 

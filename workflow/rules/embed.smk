@@ -8,10 +8,29 @@ rule build_tiny_encoder:
         directory("results/encoders/{encoder}"),
     log:
         "logs/build_tiny_encoder/{encoder}.log",
+    wildcard_constraints:
+        encoder=_names([k for k, s in ENCODERS.items() if s.get("tiny")]),
     params:
         spec=from_study(STUDY.encoder_spec),
     script:
         "../scripts/build_tiny_encoder.py"
+
+
+# The synthetic world's learned DINO stand-in (wig.synthetic.encoder), trained on rendered scenes.
+rule train_encoder:
+    output:
+        directory("results/encoders/{encoder}"),
+    log:
+        "logs/train_encoder/{encoder}.log",
+    benchmark:
+        "results/benchmarks/train_encoder/{encoder}.tsv"
+    wildcard_constraints:
+        encoder=_names(STUDY.trained_encoders()),
+    threads: 2
+    params:
+        spec=from_study(STUDY.encoder_spec),
+    script:
+        "../scripts/train_encoder.py"
 
 
 rule embed_references:

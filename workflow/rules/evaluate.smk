@@ -41,6 +41,8 @@ rule aggregate:
         paired_md="results/{model}/{finetune}/tables/paired_vs_cfg.md",
         matched="results/{model}/{finetune}/tables/matched_text.parquet",
         matched_md="results/{model}/{finetune}/tables/matched_text.md",
+        agreement="results/{model}/{finetune}/tables/metric_agreement.parquet",
+        agreement_md="results/{model}/{finetune}/tables/metric_agreement.md",
     log:
         "logs/{model}/{finetune}/aggregate.log",
     benchmark:
@@ -50,6 +52,29 @@ rule aggregate:
         seed=EVAL["bootstrap_seed"],
     script:
         "../scripts/aggregate.py"
+
+
+# Synthetic world: did each LoRA learn its subject? Its training captions with and without it.
+rule learning:
+    input:
+        unpack(get_learning_input),
+    output:
+        images="results/{model}/{finetune}/tables/learning_images.parquet",
+        table="results/{model}/{finetune}/tables/learning.parquet",
+        md="results/{model}/{finetune}/tables/learning.md",
+    log:
+        "logs/{model}/{finetune}/learning.log",
+    benchmark:
+        "results/{model}/{finetune}/benchmarks/learning.tsv"
+    threads: 2
+    params:
+        model=get_model_ref,
+        method=from_study(STUDY.finetune_settings),
+        settings=from_study(STUDY.learning_settings),
+        sampling=SAMPLING,
+        runtime=RUNTIME,
+    script:
+        "../scripts/learning.py"
 
 
 rule finetune_table:

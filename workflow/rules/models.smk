@@ -52,10 +52,11 @@ rule pretrain_model:
         "../scripts/pretrain_model.py"
 
 
-# Is the base good enough for the study to mean anything? CFG at the grid's scales, read by the oracle.
+# Is the base good enough for the study to mean anything? CFG at the grid's scales, read by the
+# oracle: for a base pretrained here and for the shipped one alike.
 rule base_accuracy:
     input:
-        model=rules.pretrain_model.output[0],
+        unpack(get_model),
     output:
         table="results/{model}/tables/base_accuracy.parquet",
         md="results/{model}/tables/base_accuracy.md",
@@ -64,9 +65,10 @@ rule base_accuracy:
     benchmark:
         "results/{model}/benchmarks/base_accuracy.tsv"
     wildcard_constraints:
-        model=_names(STUDY.bases("synthetic")),
+        model=_names(STUDY.world_bases()),
     threads: 2
     params:
+        model=get_model_ref,
         scales=STUDY.cfg_scales,
         settings=canon(config["base_accuracy"]),
         runtime=RUNTIME,

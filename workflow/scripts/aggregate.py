@@ -1,11 +1,12 @@
 """Tables of one model: per-image scores, metrics with CIs, paired comparisons, subject fidelity at
-matched text fidelity (rule aggregate)."""
+matched text fidelity, and in the synthetic world how well the embedding metrics track the oracle
+(rule aggregate)."""
 
 from pathlib import Path
 
 import polars as pl
 
-from wig.evaluation.metrics import aggregate, at_matched_text, paired_vs_cfg, to_markdown
+from wig.evaluation.metrics import aggregate, at_matched_text, metric_agreement, paired_vs_cfg, to_markdown
 from wig.workflow.atomic import replace_file, tmp_path
 from wig.workflow.jobs import job
 
@@ -28,11 +29,13 @@ with job(snakemake, torch=False) as log:
     table = aggregate(scores, n_boot=p.n_boot, seed=p.seed)
     paired = paired_vs_cfg(scores, n_boot=p.n_boot, seed=p.seed)
     matched = at_matched_text(table)
+    agreement = metric_agreement(scores, table)
     for frame, paths in (
         (scores, [o.scores]),
         (table, [o.table, o.csv, o.md]),
         (paired, [o.paired, o.paired_csv, o.paired_md]),
         (matched, [o.matched, o.matched_md]),
+        (agreement, [o.agreement, o.agreement_md]),
     ):
         for path in paths:
             write(frame, path)

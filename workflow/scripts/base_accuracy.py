@@ -4,11 +4,11 @@ from wig.evaluation.metrics import to_markdown
 from wig.sampling.pipelines import load_pipeline
 from wig.synthetic.base_accuracy import base_accuracy
 from wig.workflow.atomic import replace_file, tmp_path
-from wig.workflow.jobs import job
+from wig.workflow.jobs import job, local_weights
 
 with job(snakemake) as log:
     p, o = snakemake.params, snakemake.output
-    pipe = load_pipeline(snakemake.input.model, device=p.runtime["device"], dtype=p.runtime["dtype"])
+    pipe = load_pipeline(local_weights(snakemake, p.model), device=p.runtime["device"], dtype=p.runtime["dtype"])
     table = base_accuracy(pipe, p.scales, **p.settings)
     log.info("\n%s", to_markdown(table, digits=3))
     table.write_parquet(tmp_path(o.table))

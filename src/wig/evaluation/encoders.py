@@ -400,4 +400,4 @@ def embed_texts(encoder: Encoder, texts: Sequence[str]) -> pl.DataFrame:
 
 
 # plug-in kinds register themselves on import; here, so that every user of the registry has them
-from wig.evaluation import dreamsim, pickscore  # noqa: E402, F401
+from wig.evaluation import dreamsim, pickscore, scene  # noqa: E402, F401

@@ -15,10 +15,10 @@ A table cell is the mean over concepts of the mean over prompts of the per-promp
 the plain mean of the per-image scores.
 
 Confidence intervals: a percentile bootstrap over everything that was drawn at random —
-resample concepts with replacement, then, within each drawn concept, its prompts and its
-*replicates* (a replicate = a fine-tune seed × a sampling seed: a fine-tune and the noise of an
-image) independently with replacement (the pigeonhole bootstrap of a crossed prompt × replicate
-design), recompute the cell; 95 % interval of ``n_boot`` draws. Paired comparisons apply the same
+resample concepts (subjects) with replacement, then, within each drawn concept, its fine-tune
+(LoRA) seeds, its prompts and its sampling seeds, each independently with replacement (the
+pigeonhole bootstrap of a crossed LoRA seed × prompt × seed design nested in subjects), recompute
+the cell; 95 % interval of ``n_boot`` draws. Paired comparisons apply the same
 bootstrap to per-image differences between a method and CFG on the same (concept, LoRA,
 prompt, seed) noise.
 """
@@ -33,7 +33,7 @@ import numpy as np
 import polars as pl
 
 from wig.errors import WigError
-from wig.evaluation import dreamsim, pickscore
+from wig.evaluation import dreamsim, pickscore, scene
 from wig.guidance import REGISTRY as METHODS
 from wig.guidance import point_of, point_schema
 
@@ -45,7 +45,6 @@ def point_keys() -> tuple[str, ...]:
 
 
 IMAGE_KEYS = ("concept", "finetune_seed", "prompt_index", "seed")
-REPLICATE_KEYS = ("finetune_seed", "seed")
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -108,6 +107,7 @@ register_metric(Metric("clip_i", "CLIP-I", "subject", "references", _mean_to_ref
 register_metric(Metric("clip_t", "CLIP-T", "text", "texts", text_fidelity, encoder="clip"))
 register_metric(Metric(**pickscore.METRIC, score=pickscore.score))  # the plug-ins declare themselves
 register_metric(Metric(**dreamsim.METRIC, score=dreamsim.distance))
+register_metric(Metric(**scene.METRIC, score=_mean_to_references))
 for _name, _label, _side in (
     ("oracle_text", "oracle text fidelity", "text"),
     ("oracle_subject", "oracle subject fidelity", "subject"),
@@ -265,39 +265,47 @@ def score_job(
 
 
 def _cube(frame: pl.DataFrame, value: str) -> np.ndarray:
-    """(concepts, prompts, replicates) array of per-image values, NaN-padded where a concept has
-    fewer prompts or replicates; within a concept every prompt must have every replicate."""
-    frame = frame.sort("concept", "prompt_index", *REPLICATE_KEYS)
+    """(concepts, fine-tune seeds, prompts, sampling seeds) array of per-image values, NaN-padded
+    where a concept has fewer of any; within a concept every (fine-tune seed, prompt, seed) must be
+    there once."""
+    frame = frame.sort("concept", "finetune_seed", "prompt_index", "seed")
     parts = frame.partition_by("concept", maintain_order=True)
-    shapes = [(p["prompt_index"].n_unique(), p.select(REPLICATE_KEYS).n_unique()) for p in parts]
-    out = np.full((len(parts), max(s[0] for s in shapes), max(s[1] for s in shapes)), np.nan)
-    for c, (part, (n_p, n_r)) in enumerate(zip(parts, shapes)):
-        if len(part) != n_p * n_r:
+    shapes = [tuple(p[k].n_unique() for k in ("finetune_seed", "prompt_index", "seed")) for p in parts]
+    out = np.full((len(parts), *(max(s[i] for s in shapes) for i in range(3))), np.nan)
+    for c, (part, (n_f, n_p, n_s)) in enumerate(zip(parts, shapes)):
+        if len(part) != n_f * n_p * n_s or part.select("finetune_seed", "prompt_index", "seed").is_duplicated().any():
             raise WigError(
-                f"concept {part['concept'][0]}: {len(part)} images for {n_p} prompts × {n_r} "
-                f"(fine-tune seed, seed) replicates — every prompt needs every replicate once"
+                f"concept {part['concept'][0]}: {len(part)} images for {n_f} fine-tune seeds × {n_p} prompts × "
+                f"{n_s} seeds — every prompt needs every (fine-tune seed, seed) replicate once"
             )
-        out[c, :n_p, :n_r] = part[value].to_numpy().reshape(n_p, n_r)
+        out[c, :n_f, :n_p, :n_s] = part[value].to_numpy().reshape(n_f, n_p, n_s)
     return out
 
 
 def _cell(m: np.ndarray) -> float:
-    return float(np.nanmean(np.nanmean(m, axis=(1, 2))))
+    return float(np.nanmean(np.nanmean(m, axis=(1, 2, 3))))
 
 
 def _bootstrap(m: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple[float, float]:
-    n_c, n_p, n_r = m.shape
-    prompts = (~np.isnan(m[:, :, 0])).sum(axis=1)
-    reps = (~np.isnan(m[:, 0, :])).sum(axis=1)
+    """95 % percentile interval of the cell under the nested bootstrap: concepts with replacement;
+    within each drawn concept, independently, its fine-tune seeds, its prompts and its sampling
+    seeds (each with replacement, among its own)."""
+    n_c = m.shape[0]
+    sizes = np.stack(
+        [(~np.isnan(m)).any(axis=tuple(a for a in (1, 2, 3) if a != axis)).sum(axis=1) for axis in (1, 2, 3)], axis=1
+    )  # (concepts, 3): its fine-tune seeds, prompts, seeds
     c_idx = rng.integers(0, n_c, size=(n_boot, n_c))
-    # prompts and replicates resampled independently within each drawn concept, among its own
-    p_idx = (rng.random((n_boot, n_c, n_p)) * prompts[c_idx][..., None]).astype(int)
-    r_idx = (rng.random((n_boot, n_c, n_r)) * reps[c_idx][..., None]).astype(int)
-    draws = m[c_idx[..., None, None], p_idx[..., :, None], r_idx[..., None, :]]
-    valid = (np.arange(n_p) < prompts[c_idx][..., None])[..., :, None] & (np.arange(n_r) < reps[c_idx][..., None])[
-        ..., None, :
+    own = sizes[c_idx]  # (n_boot, n_c, 3)
+    idx = [(rng.random((n_boot, n_c, m.shape[a + 1])) * own[..., a, None]).astype(int) for a in range(3)]
+    valid = [np.arange(m.shape[a + 1]) < own[..., a, None] for a in range(3)]
+    draws = m[
+        c_idx[..., None, None, None],
+        idx[0][..., :, None, None],
+        idx[1][..., None, :, None],
+        idx[2][..., None, None, :],
     ]
-    per_concept = np.where(valid, draws, 0.0).sum(axis=(2, 3)) / (prompts * reps)[c_idx]
+    mask = valid[0][..., :, None, None] & valid[1][..., None, :, None] & valid[2][..., None, None, :]
+    per_concept = np.where(mask, draws, 0.0).sum(axis=(2, 3, 4)) / own.prod(axis=-1)
     lo, hi = np.percentile(per_concept.mean(axis=1), [2.5, 97.5])
     return float(lo), float(hi)
 
@@ -422,6 +430,54 @@ def fidelity_metrics(scores_or_table: pl.DataFrame) -> tuple[str | None, str]:
     if text is None:
         raise WigError(f"no text fidelity metric among {scores_or_table.columns}")
     return subject, text
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n, ties averaged."""
+    return pl.Series(x).rank("average").to_numpy().astype(np.float64)
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation (Pearson's on tie-averaged ranks); NaN when either is constant."""
+    rx, ry = _ranks(np.asarray(x, dtype=np.float64)), _ranks(np.asarray(y, dtype=np.float64))
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denominator = np.sqrt((rx * rx).sum() * (ry * ry).sum())
+    return float((rx * ry).sum() / denominator) if denominator > 0 else float("nan")
+
+
+def metric_agreement(scores: pl.DataFrame, table: pl.DataFrame) -> pl.DataFrame:
+    """How well each embedding metric of subject fidelity tracks the synthetic world's oracle:
+    Spearman's ρ between the metric and ``oracle_subject`` over the grid points (the table's
+    cells: does it rank methods and settings as the oracle does?) and over single images, per
+    protocol; a lower-is-better metric (a distance) is negated first, so +1 is perfect agreement
+    for every metric. No rows without the oracle or without another subject metric."""
+    others = [m for m in metrics_of(table) if REGISTRY[m].fidelity == "subject" and REGISTRY[m].reads != "pixels"]
+    rows = []
+    if "oracle_subject" in table.columns:
+        for protocol in table["protocol"].unique(maintain_order=True).to_list():
+            t = table.filter(pl.col("protocol") == protocol)
+            sc = scores.filter(pl.col("protocol") == protocol)
+            for m in others:
+                sign = 1.0 if REGISTRY[m].higher else -1.0
+                rows.append(
+                    {
+                        "protocol": protocol,
+                        "metric": m,
+                        "n_points": len(t),
+                        "spearman_points": spearman(sign * t[m].to_numpy(), t["oracle_subject"].to_numpy()),
+                        "n_images": len(sc),
+                        "spearman_images": spearman(sign * sc[m].to_numpy(), sc["oracle_subject"].to_numpy()),
+                    }
+                )
+    schema = {
+        "protocol": pl.String,
+        "metric": pl.String,
+        "n_points": pl.Int64,
+        "spearman_points": pl.Float64,
+        "n_images": pl.Int64,
+        "spearman_images": pl.Float64,
+    }
+    return pl.DataFrame(rows, schema=schema)
 
 
 def at_matched_text(table: pl.DataFrame) -> pl.DataFrame:

@@ -69,7 +69,7 @@ def segment(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return bg, mask
 
 
-def fit_shape(mask: np.ndarray, shapes=SHAPES, radii=range(6, 14)) -> Fit | None:
+def fit_shape(mask: np.ndarray, shapes=SHAPES, radii=range(6, 16)) -> Fit | None:
     """The shape, integer centre and radius whose mask best overlaps ``mask`` (IoU)."""
     if not mask.any():
         return None

@@ -9,7 +9,8 @@ rule of its own (a UNet change keeps the autoencoder):
          a subject's pattern must survive it; only the text-to-image stage never sees patterns),
          loss MSE + 1e-6 KL; then ``scaling_factor`` = 1 / std of its latents, as SD's 0.18215.
   model  UNet + text encoder from random init, jointly, on captions of *plain* objects, the
-         autoencoder frozen. The UNet predicts v (SD 2's ``v_prediction``) or x0 (``sample``):
+         autoencoder frozen; the text encoder is saved in float16 (its token table is most of
+         the folder's bytes). The UNet predicts v (SD 2's ``v_prediction``) or x0 (``sample``):
          ε-prediction gave noise at this budget (../shared/notes/synthetic-testbed.md); v and x0
          reached the same accuracy at 2000 steps, and v is what stock SD 2 trains. Captions drop
          the colour, the background or everything (the unconditional branch CFG needs) at rates
@@ -203,6 +204,10 @@ def train_base(config: dict, vae_dir: str | os.PathLike, out: str | os.PathLike,
             {"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0], "seconds": time.perf_counter() - start}
         )
     unet.eval(), text_encoder.eval()
+    # stored at half precision: CLIP's 49408 × 64 token table is 97 % of the encoder's bytes and the
+    # world's captions train about 20 of its rows; the shipped base must stay under 20 MB. Loading
+    # casts it back to the pipeline's dtype.
+    text_encoder.to(torch.float16)
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,

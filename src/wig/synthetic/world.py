@@ -34,7 +34,7 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "white": (245, 245, 245),
     "black": (20, 20, 20),
 }
-SHAPES = ("circle", "square", "triangle", "star", "diamond")
+SHAPES = ("circle", "square", "triangle")
 # pattern → which of its two colours a pixel at offset (dx, dy) from the centre takes (True: first)
 PATTERNS = {
     "hsplit": lambda dx, dy, r: dy < 0,  # top half / bottom half
@@ -167,11 +167,11 @@ class Subject:
 
 
 SUBJECTS = (
-    Subject("yellow_magenta_star", "star", "hsplit", "yellow", "magenta"),
+    Subject("yellow_magenta_triangle", "triangle", "hsplit", "yellow", "magenta"),
     Subject("red_blue_circle", "circle", "vsplit", "red", "blue"),
     Subject("green_cyan_square", "square", "core", "green", "cyan"),
-    Subject("blue_yellow_diamond", "diamond", "quadrants", "blue", "yellow"),
-    Subject("magenta_green_triangle", "triangle", "diagonal", "magenta", "green"),
+    Subject("blue_yellow_circle", "circle", "quadrants", "blue", "yellow"),
+    Subject("magenta_green_square", "square", "diagonal", "magenta", "green"),
 )
 
 
@@ -180,7 +180,7 @@ class Layout:
     """The jitter of the world: radius and centre ranges for a canvas size."""
 
     size: int = 32
-    radii: tuple[int, ...] = field(default=(8, 9, 10, 11))
+    radii: tuple[int, ...] = field(default=(10, 11, 12))
     jitter: int = 2
 
     def draw(self, rng: np.random.Generator) -> tuple[int, int, int]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib.util
+import json
 import os
 from functools import lru_cache
 from importlib import metadata
@@ -142,4 +143,7 @@ def encoder_id(spec: dict) -> str:
     ``dino:facebook/dino-vits16``, ``clip:ViT-B-32@openai``, ``clip-tiny:s0``."""
     if spec.get("tiny"):
         return f"{spec['kind']}-tiny:s{spec.get('seed', 0)}"
+    if "train" in spec:  # trained here (the synthetic world's scene encoder): its settings name it
+        digest = hashlib.sha256(json.dumps(spec["train"] or {}, sort_keys=True).encode()).hexdigest()[:8]
+        return f"{spec['kind']}-trained:s{spec.get('seed', 0)}-{digest}"
     return f"{spec['kind']}:{spec['name']}" + (f"@{spec['pretrained']}" if spec.get("pretrained") else "")

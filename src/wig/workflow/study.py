@@ -63,6 +63,21 @@ def shipped_config(kind: str) -> dict:
     return json.loads(resources.files("wig.configs").joinpath(f"tiny_{kind}.json").read_text())
 
 
+def pretrain_config(spec: dict, stage: str) -> dict:
+    """The part of ``tiny_synthetic.json`` a pretraining stage (``vae`` or ``model``) of a
+    ``tiny: synthetic`` model entry reads, with its seed and its ``pretrain:`` step counts: a UNet
+    setting keeps the autoencoder."""
+    keys = {
+        "vae": ("size", "vae", "vae_training"),
+        "model": ("size", "unet", "text_encoder", "scheduler", "training"),
+    }[stage]
+    shipped = shipped_config("synthetic")
+    for section, key in (("vae_training", "vae_steps"), ("training", "steps")):
+        if key in spec.get("pretrain", {}):
+            shipped[section]["steps"] = spec["pretrain"][key]
+    return canon({"seed": spec.get("seed", 0), **{k: shipped[k] for k in keys}})
+
+
 def class_slug(noun: str) -> str:
     """A class noun as a path component, unique and valid for any noun: its ASCII letters and
     digits, then 8 hex of the noun's sha256 — "teddy bear" → "teddy_bear-…", "犬" → "…" alone —
@@ -228,6 +243,12 @@ class Study:
         models = {name: _model(config, name, points, finetunes) for name in sorted(config["models"])}
         _check_dataset(config, models, concepts)
         encoders = {kind: {"kind": kind, **spec} for kind, spec in config["encoders"].items()}
+        for kind, spec in encoders.items():  # trained here: the synthetic world's scene encoder alone
+            if ("train" in spec) != (kind == "scene" and not spec.get("tiny")):
+                raise StudyError(
+                    f"encoders.{kind}: only the scene encoder is trained here (train: {{...}}), and it has no real "
+                    f"checkpoint: give it train or tiny"
+                )
         metrics = tuple(_metrics(config, encoders))
         try:
             searches = parse_searches(config["search"], points, metrics)
@@ -266,6 +287,13 @@ class Study:
         without ``base:``; the others use their root's."""
         return [m for m, model in self.models.items() if model.kind == kind and model.root == m]
 
+    def world_bases(self) -> list[str]:
+        """The base models of a synthetic-world study (``dataset.render``) — pretrained here or the
+        shipped one named by ``path`` —, whose oracle accuracy rule base_accuracy measures."""
+        if not self.render:
+            return []
+        return [m for m, model in self.models.items() if model.root == m and not model.edits]
+
     def class_of(self, concept: str) -> str:
         """The class-image folder of a concept's class noun."""
         return class_slug(self.concepts[concept].class_noun)
@@ -286,19 +314,7 @@ class Study:
         return canon(shipped_config(TINY_CONFIG.get(kind, kind)))
 
     def pretrain_config(self, model: str, stage: str) -> dict:
-        """The part of ``tiny_synthetic.json`` a pretraining stage (``vae`` or ``model``) reads,
-        with the model's seed and its ``pretrain:`` step counts: a UNet setting keeps the
-        autoencoder."""
-        keys = {
-            "vae": ("size", "vae", "vae_training"),
-            "model": ("size", "unet", "text_encoder", "scheduler", "training"),
-        }[stage]
-        spec = self.models[model].spec
-        shipped = shipped_config("synthetic")
-        for section, key in (("vae_training", "vae_steps"), ("training", "steps")):
-            if key in spec.get("pretrain", {}):
-                shipped[section]["steps"] = spec["pretrain"][key]
-        return canon({"seed": spec.get("seed", 0), **{k: shipped[k] for k in keys}})
+        return pretrain_config(self.models[model].spec, stage)
 
     def concept_folder(self, concept: str) -> str:
         return str(Path(self.config["dataset"]["root"]) / self.concepts[concept].folder)
@@ -343,6 +359,28 @@ class Study:
             "prompt": ds["instance_prompt"].format(subject.subject(self._identifier(model, finetune))),
             "class_prompt": self.class_prompt(subject.class_noun) if prior else None,
         }
+
+    def learning_runs(self, model: str, finetune: str) -> list[TrainingRun]:
+        """The runs whose subjects rule learning checks: a synthetic-world study's trained fine-tunes."""
+        if not self.render or not self.models[model].finetunes[finetune].method.trains:
+            return []
+        return list(self.training_runs(model, finetune))
+
+    def learning_settings(self, model: str, finetune: str) -> dict:
+        """Rule learning's settings: seeds per prompt, CFG's λ (default: the grid's middle CFG λ),
+        the instance prompt, the words naming each subject, the runs as (concept, LoRA seed)."""
+        settings = self.config["learning"]
+        scales = self.cfg_scales or [7.5]
+        identifier = self._identifier(model, finetune)
+        return canon(
+            {
+                "seeds": list(range(settings["seeds"])),
+                "scale": settings.get("scale") or scales[len(scales) // 2],
+                "instance_prompt": self.config["dataset"]["instance_prompt"],
+                "subjects": {c: self.concepts[c].subject(identifier) for c in self.concepts},
+                "runs": [[r.concept, r.seed] for r in self.learning_runs(model, finetune)],
+            }
+        )
 
     def points_of(self, model: str, points: str) -> tuple[GuidanceMethod, ...]:
         """A generation job's grid points: a chunk of the grid, or a search's probe (probe/<search>/<value>)."""
@@ -420,6 +458,10 @@ class Study:
 
     def encoder_spec(self, encoder: str) -> dict:
         return canon(self.encoders[encoder])
+
+    def trained_encoders(self) -> list[str]:
+        """The encoders trained here (rule train_encoder)."""
+        return [kind for kind, spec in self.encoders.items() if "train" in spec]
 
     def metric_encoders(self) -> list[str]:
         """The encoders whose image embeddings an enabled metric reads."""

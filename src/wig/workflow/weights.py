@@ -33,10 +33,44 @@ def local_record(source: str) -> dict | None:
     return {"source": source, "revision": None, "path": str(path.resolve())} if path.exists() else None
 
 
+def file_digests(folder: str | os.PathLike) -> dict[str, str]:
+    """sha256 of every file under ``folder``, by its POSIX path relative to it, sorted."""
+    import hashlib
+
+    root = Path(folder)
+    out = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        out[path.relative_to(root).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def folder_sha256(folder: str | os.PathLike) -> str:
+    """One digest of a folder's files: sha256 of its ``sha256sum``-style listing (``<digest>  <path>``
+    per file, sorted by path), so a renamed, added, removed or changed file changes it."""
+    import hashlib
+
+    listing = "".join(f"{digest}  {name}\n" for name, digest in file_digests(folder).items())
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def check_sha256(folder: str | os.PathLike, expected: str, what: str) -> str:
+    """``folder_sha256(folder)``, refused unless it is ``expected``."""
+    got = folder_sha256(folder)
+    if got != expected.lower():
+        raise WeightsError(
+            f"{what}: the files in {folder} have sha256 {got}, not the {expected} the config names "
+            f"(a changed, added or missing file; `wig.workflow.weights.file_digests` lists them)"
+        )
+    return got
+
+
 def resolve_model(spec: dict) -> dict:
-    """A diffusers pipeline (``path`` + optional ``revision`` of a model entry) in the local cache."""
+    """A diffusers pipeline (``path`` + optional ``revision`` of a model entry) in the local cache;
+    with ``sha256``, its files must have that digest (`folder_sha256`), checked on every resolve."""
     source = spec["path"]
     if record := local_record(source):
+        if spec.get("sha256"):
+            record["sha256"] = check_sha256(record["path"], spec["sha256"], f"model {source}")
         return record
     from diffusers import DiffusionPipeline
 
@@ -44,12 +78,15 @@ def resolve_model(spec: dict) -> dict:
         folder = DiffusionPipeline.download(source, revision=spec.get("revision"))
     except Exception as err:  # hub errors come in many types; all mean the same here
         raise WeightsError(f"cannot resolve model {source}: {str(err).splitlines()[0]}") from None
-    return {
+    record = {
         "source": source,
         "requested": spec.get("revision"),
         "revision": snapshot_revision(folder),
         "path": str(folder),
     }
+    if spec.get("sha256"):
+        record["sha256"] = check_sha256(folder, spec["sha256"], f"model {source}")
+    return record
 
 
 def resolve_finetune(spec: dict) -> dict:
