@@ -85,7 +85,7 @@ def test_synthetic_preset_shares_the_shipped_base_between_two_trainings():
 
 
 def test_only_the_scene_encoder_is_trained_here():
-    with pytest.raises(StudyError, match="encoders.dino: only the scene encoder is trained here"):
+    with pytest.raises(StudyError, match=r"encoders.dino: only the kinds \[.scene.\] are trained here"):
         Study.from_config(_config("config/presets/synthetic.yaml", encoders={"dino": {"train": {"steps": 3}}}))
     tiny = Study.from_config(_config("config/presets/synthetic.yaml", encoders={"scene": {"tiny": True}}))
     assert tiny.trained_encoders() == [] and tiny.metric_encoders() == ["scene"]

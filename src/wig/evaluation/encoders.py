@@ -66,6 +66,7 @@ class Encoder:
     kind: ClassVar[str]
     texts: ClassVar[bool] = False  # it has a text tower (`embed_texts`)
     real: ClassVar[str] = ""  # what a real spec names, for errors and the CLI
+    trained: ClassVar[bool] = False  # the workflow trains it (``train:``) instead of loading real weights
 
     def __init__(self, id: str, model: Any, device: torch.device):
         self.id, self.model, self.device = id, model, device

@@ -354,6 +354,24 @@ def _is_baseline(frame: pl.DataFrame) -> pl.Series:
     )
 
 
+def paired_with_reference(frame: pl.DataFrame, point: tuple, ref: tuple) -> pl.DataFrame:
+    """A grid point's rows joined to its reference point's on the same (concept, fine-tune seed,
+    prompt, seed) noise (the reference's columns suffixed ``_cfg``); refused unless they cover the
+    same images."""
+    keys = point_keys()
+    a = frame.filter(pl.all_horizontal([pl.col(k).eq_missing(v) for k, v in zip(keys, point)]))
+    b = frame.filter(pl.all_horizontal([pl.col(k).eq_missing(v) for k, v in zip(keys, ref)]))
+    pair = a.join(b, on=list(IMAGE_KEYS), suffix="_cfg")
+    if len(pair) != len(a) or len(pair) != len(b):
+        raise WigError(f"{dict(zip(keys, point))} and its CFG reference cover different images")
+    return pair
+
+
+def difference_cube(pair: pl.DataFrame, metric: str) -> np.ndarray:
+    """`_cube` of the per-image differences point − reference of a `paired_with_reference` frame."""
+    return _cube(pair.select(*IMAGE_KEYS, (pl.col(metric) - pl.col(f"{metric}_cfg")).alias("d")), "d")
+
+
 def paired_vs_cfg(scores: pl.DataFrame, n_boot: int = 1000, seed: int = 0) -> pl.DataFrame:
     """Mean difference (method − CFG) per metric on the same (concept, fine-tune seed, prompt, seed)
     noise, with the bootstrap CI; one row per (protocol, non-CFG grid point)."""
@@ -367,15 +385,10 @@ def paired_vs_cfg(scores: pl.DataFrame, n_boot: int = 1000, seed: int = 0) -> pl
         for point, ref in refs.items():
             if point == ref:
                 continue
-            a = frame.filter(pl.all_horizontal([pl.col(k) == v for k, v in zip(keys, point)]))
-            b = frame.filter(pl.all_horizontal([pl.col(k) == v for k, v in zip(keys, ref)]))
-            pair = a.join(b, on=list(IMAGE_KEYS), suffix="_cfg")
-            if len(pair) != len(a) or len(pair) != len(b):
-                raise WigError(f"{dict(zip(keys, point))} and its CFG reference cover different images")
+            pair = paired_with_reference(frame, point, ref)
             row = {"protocol": protocol, **dict(zip(keys, point)), "cfg_scale": ref[keys.index("scale")]}
             for metric in metrics_of(scores):
-                diff = pair.select(*IMAGE_KEYS, (pl.col(metric) - pl.col(f"{metric}_cfg")).alias("d"))
-                m = _cube(diff, "d")
+                m = difference_cube(pair, metric)
                 row[f"d_{metric}"] = _cell(m)
                 row[f"d_{metric}_lo"], row[f"d_{metric}_hi"] = _bootstrap(m, n_boot, rng)
             row["n_images"] = len(pair)

@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 
 from wig.errors import WigError
-from wig.evaluation.metrics import IMAGE_KEYS, _cube, point_keys, reference_points
+from wig.evaluation.metrics import difference_cube, paired_with_reference, point_keys, reference_points
 
 AXES = ("subjects", "finetune_seeds", "prompts", "seeds")
 
@@ -43,10 +43,7 @@ def paired_cube(scores: pl.DataFrame, metric: str, point: dict, protocol: str | 
     match = [p for p in refs if all(p[keys.index(k)] == v for k, v in point.items())]
     if len(match) != 1:
         raise WigError(f"{len(match)} grid points match {point} in the scores: name one")
-    a = scores.filter(pl.all_horizontal([pl.col(k) == v for k, v in zip(keys, match[0]) if v is not None]))
-    b = scores.filter(pl.all_horizontal([pl.col(k) == v for k, v in zip(keys, refs[match[0]]) if v is not None]))
-    pair = a.join(b, on=list(IMAGE_KEYS), suffix="_ref")
-    return _cube(pair.select(*IMAGE_KEYS, (pl.col(metric) - pl.col(f"{metric}_ref")).alias("d")), "d")
+    return difference_cube(paired_with_reference(scores, match[0], refs[match[0]]), metric)
 
 
 def components(cube: np.ndarray) -> dict[str, float]:

@@ -24,6 +24,7 @@ class Scene(Encoder):
 
     kind = "scene"
     real = "no real checkpoint: train it in the synthetic world (train: {steps: …})"
+    trained = True
 
     def __init__(self, id, model, device, size):
         super().__init__(id, model, device)

@@ -25,6 +25,7 @@ from typing import Any, Iterator, Mapping
 
 from wig.concepts import TEXTS, Concept, image_files, read_dreambooth, read_sheet
 from wig.errors import WigError
+from wig.evaluation.encoders import ENCODERS, encoder_class
 from wig.evaluation.metrics import REGISTRY as METRICS
 from wig.evaluation.metrics import enabled_metrics
 from wig.guidance import GuidanceMethod
@@ -243,11 +244,12 @@ class Study:
         models = {name: _model(config, name, points, finetunes) for name in sorted(config["models"])}
         _check_dataset(config, models, concepts)
         encoders = {kind: {"kind": kind, **spec} for kind, spec in config["encoders"].items()}
-        for kind, spec in encoders.items():  # trained here: the synthetic world's scene encoder alone
-            if ("train" in spec) != (kind == "scene" and not spec.get("tiny")):
+        for kind, spec in encoders.items():  # trained here: the kinds that say so (`Encoder.trained`)
+            trained = encoder_class(kind).trained
+            if ("train" in spec) != (trained and not spec.get("tiny")):
                 raise StudyError(
-                    f"encoders.{kind}: only the scene encoder is trained here (train: {{...}}), and it has no real "
-                    f"checkpoint: give it train or tiny"
+                    f"encoders.{kind}: only the kinds {sorted(k for k, c in ENCODERS.items() if c.trained)} are "
+                    f"trained here (train: {{...}}), and they have no real checkpoint: give them train or tiny"
                 )
         metrics = tuple(_metrics(config, encoders))
         try:
