@@ -1,10 +1,10 @@
 """A procedurally rendered world where a subject's identity and a prompt's content can be read
 back from pixels exactly (`wig.synthetic.oracle`): one object on a flat background.
 
-A scene is a shape (circle, square, triangle, star, diamond) of a palette colour, or of a two-tone
-*pattern*, at an integer centre and radius, on a palette background. Pretraining sees plain
-objects only; a *subject* is a shape with a pattern pretraining never shows (a star whose top
-half is yellow and bottom half magenta), which a DreamBooth LoRA has to learn from a few images.
+A scene is a shape (circle, square, triangle) of a palette colour, or of a two-tone *pattern*, at
+an integer centre and radius, on a palette background. Pretraining sees plain objects only; a
+*subject* is a shape with a pattern pretraining never shows (a triangle whose top half is yellow
+and bottom half magenta), which a DreamBooth LoRA has to learn from a few images.
 
 Rendering is hard-edged (no antialiasing): every pixel is exactly a palette colour, so a ground-
 truth render scores 1.0 on every oracle metric.
@@ -170,7 +170,9 @@ SUBJECTS = (
     Subject("yellow_magenta_triangle", "triangle", "hsplit", "yellow", "magenta"),
     Subject("red_blue_circle", "circle", "vsplit", "red", "blue"),
     Subject("green_cyan_square", "square", "core", "green", "cyan"),
-    Subject("blue_yellow_circle", "circle", "quadrants", "blue", "yellow"),
+    # diagonal, not quadrants: a rank-8 LoRA of 2000 steps learned the quadrant circle to 0.70-0.74
+    # subject fidelity (4 boundaries through the centre at the 16 x 16 latent), the others to >= 0.80
+    Subject("blue_yellow_circle", "circle", "diagonal", "blue", "yellow"),
     Subject("magenta_green_square", "square", "diagonal", "magenta", "green"),
 )
 
