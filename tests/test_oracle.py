@@ -110,6 +110,8 @@ def test_renders_and_captions():
         Scene("triangle", "blue", "blue", 16, 16, 9)
     with pytest.raises(WigError, match="unknown shape 'hexagon'"):
         Scene("hexagon", "red", "blue", 16, 16, 9)
+    with pytest.raises(WigError, match="unknown shape 'star'"):  # not drawn as some other shape
+        shape_mask("star", 16, 16, 9, 32)
 
 
 def test_prompts_state_what_the_oracle_checks():

@@ -84,16 +84,9 @@ def _shape_mask(shape: str, cx: int, cy: int, radius: int, size: int) -> np.ndar
     if shape == "square":  # half-side r − 2: about the others' area, and one pixel per radius step
         h = r - 2
         return (np.abs(dx) <= h) & (np.abs(dy) <= h)
-    if shape == "diamond":
-        return np.abs(dx) + np.abs(dy) <= r
     if shape == "triangle":
         return _inside_polygon(dx, dy, [(r * math.cos(a), r * math.sin(a)) for a in _angles(3)])
-    # star: 5 points, inner radius 0.45 r
-    pts = []
-    for i, a in enumerate(_angles(10)):
-        rr = r if i % 2 == 0 else 0.45 * r
-        pts.append((rr * math.cos(a), rr * math.sin(a)))
-    return _inside_polygon(dx, dy, pts)
+    raise WigError(f"unknown shape {shape!r}; choose from {', '.join(SHAPES)}")
 
 
 def _angles(n: int) -> list[float]:
@@ -138,7 +131,7 @@ def render(scene: Scene):
 
 
 def caption(scene: Scene, identifier: str | None = None, colour: bool = True, background: bool = True) -> str:
-    """ "a red circle on a blue background"; a subject: "a sks star on a white background"; the
+    """ "a red circle on a blue background"; a subject: "a sks triangle on a white background"; the
     colour or background may be left unsaid ("a circle on a blue background", "a red circle")."""
     words = ["a"]
     if identifier:
@@ -170,8 +163,8 @@ SUBJECTS = (
     Subject("yellow_magenta_triangle", "triangle", "hsplit", "yellow", "magenta"),
     Subject("red_blue_circle", "circle", "vsplit", "red", "blue"),
     Subject("green_cyan_square", "square", "core", "green", "cyan"),
-    # diagonal, not quadrants: a rank-8 LoRA of 2000 steps learned the quadrant circle to 0.70-0.74
-    # subject fidelity (4 boundaries through the centre at the 16 x 16 latent), the others to >= 0.80
+    # diagonal, not quadrants: rank-8 LoRAs of 2000 steps learned the quadrant circle to 0.70-0.74
+    # subject fidelity (4 boundaries through the centre at the 8 x 8 attention layers), the others >= 0.80
     Subject("blue_yellow_circle", "circle", "diagonal", "blue", "yellow"),
     Subject("magenta_green_square", "square", "diagonal", "magenta", "green"),
 )
@@ -199,7 +192,7 @@ _PROMPT = re.compile(
 
 def prompt_attributes(prompt: str) -> dict[str, str]:
     """What a world prompt states — background, shape, and colour if named — for the oracle's
-    text fidelity: "a blue sks star on a red background" → background red, colour blue, shape star."""
+    text fidelity: "a blue sks triangle on a red background" → background red, colour blue, shape triangle."""
     m = _PROMPT.match(prompt.strip())
     if m is None:
         raise WigError(f"not a prompt of the synthetic world: {prompt!r}")
