@@ -91,6 +91,11 @@ def _finished(output: str) -> Counter:
     return Counter(re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", output))
 
 
+def _rule(target: str) -> str:
+    """The rule of a plugin log folder's target, 'rule_<rule>/<wildcards>'."""
+    return target.split("/")[0].removeprefix("rule_")
+
+
 def _submitted(output: str) -> Counter:
     """sbatch calls per rule (or group) from the plugin's 'submitted with SLURM jobid' lines."""
     return Counter(re.findall(r"submitted with SLURM jobid \d+ \(log: \S*/slurm_logs/((?:rule|group)_\w+?)/", output))
@@ -199,7 +204,8 @@ def test_the_workflow_runs_on_slurm_survives_failures_and_kills_and_matches_a_lo
     # job counts from SLURM itself: every job of the DAG completed in exactly one SLURM job, none was
     # redone after the failure or the kill; prepare failed once, training was cancelled once (and
     # whatever ran beside it); the generation + embedding jobs went in one grouped sbatch
-    by_target = _slurm_jobs_by_target(workdir, _slurm_states(cluster))
+    states = _slurm_states(cluster)
+    by_target = _slurm_jobs_by_target(workdir, states)
     assert by_target.pop("group_sample_tiny-sd_db-lora_brown_dog_embed_samples_generate") == ["COMPLETED"]
     assert by_target.pop("rule_prepare/brown_dog") == ["FAILED", "COMPLETED"]
     assert by_target["rule_train/tiny-sd_db-lora_brown_dog_0"] == ["CANCELLED", "COMPLETED"]
@@ -210,17 +216,15 @@ def test_the_workflow_runs_on_slurm_survives_failures_and_kills_and_matches_a_lo
     for target, history in by_target.items():
         if history == ["CANCELLED"]:
             (log,) = (workdir / ".snakemake/slurm_logs" / target).glob("*.log")
-            rule = target.split("/")[0].removeprefix("rule_")
-            if f"Finished jobid: 0 (Rule: {rule})" in log.read_text():
+            if _rule(target) in _finished(log.read_text()):
                 finished_when_cancelled[target] = log.stem
     expected = {("COMPLETED",), ("CANCELLED", "COMPLETED")}
     odd = {t: s for t, s in by_target.items() if tuple(s) not in expected and t not in finished_when_cancelled}
     assert odd == {}, odd  # the targets whose SLURM history is unexpected, named (the whole dict truncates)
-    per_rule = Counter(target.split("/")[0].removeprefix("rule_") for target in by_target)
+    per_rule = Counter(_rule(target) for target in by_target)
     assert per_rule + Counter({"prepare": 1}) == planned - Counter(generate=2, embed_samples=4), per_rule
 
     # every job's log was written inside a completed SLURM job; GPU rules got a GPU from SLURM
-    states = _slurm_states(cluster)
     logs = sorted((workdir / "logs").rglob("*.log"))
     assert len(logs) == sum(planned.values())
     for log in logs:
