@@ -251,7 +251,10 @@ def test_a_study_is_frozen_and_its_params_have_sorted_keys():
         ({"guidance": [{"method": "cfg", "omega": 0.5}]}, "guidance[0].omega"),
         ({"guidance": [{"method": "cfg", "weak": "lora"}]}, "guidance[0].weak applies to ag only"),
         ({"dataset__concepts": ["brown_dog", "unicorn"]}, "['unicorn'] are not in the sheet"),
-        ({"dataset__root": "resources/datasets/vico"}, "concept brown_dog: concept folder not found"),
+        (
+            {"dataset__root": "resources/datasets/vico"},
+            "has no folder for 2 of 2 concepts (brown_dog, duck_toy); dataset.concepts is unset",
+        ),
         ({"dataset__columns": {"class_noun": "noun"}}, "no column 'noun' for the class_noun"),
         (
             {"personalization__weak_step": 100},

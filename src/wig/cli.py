@@ -93,12 +93,21 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_settings(p: argparse.ArgumentParser, registry) -> None:
-    """One flag per setting of a registry's methods (``--scale``, ``--omega``, ``--rank``, …): its
-    type, doc and, per method, its default; a flag the chosen method lacks is refused."""
-    for name, f in registry.fields().items():
-        owners = {m: d.default for m, cls in registry.items() for d in dataclasses.fields(cls) if d.name == name}
-        defaults = ", ".join(f"{m} {d}" for m, d in owners.items())
+def _add_settings(p: argparse.ArgumentParser, registry, methods=None) -> None:
+    """One flag per setting of the command's methods (``methods``, default all of ``registry``:
+    ``--scale``, ``--omega``, ``--rank``, …): its type, doc and, per method, its default; a flag
+    the chosen method lacks is refused. A setting's accepted values belong to each method that
+    has it: the flag takes the union of its owners' choices (free if any owner's is free) and the
+    chosen method checks its own, so two methods sharing a name never narrow each other's."""
+    methods = sorted(registry) if methods is None else sorted(methods)
+    fields: dict[str, dict[str, dataclasses.Field]] = {}
+    for method in methods:
+        for d in dataclasses.fields(registry[method]):
+            fields.setdefault(d.name, {})[method] = d
+    for name in sorted(fields):
+        owners = fields[name]
+        f = next(iter(owners.values()))
+        defaults = ", ".join(f"{m} {d.default}" for m, d in owners.items())
         flag = f"--{name.replace('_', '-')}"
         if flag in p._option_string_actions:  # a plug-in's setting named like a command flag (--steps)
             flag = f"--setting-{name.replace('_', '-')}"
@@ -109,19 +118,22 @@ def _add_settings(p: argparse.ArgumentParser, registry) -> None:
             p.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_)
             continue
         kind = {"float": float, "int": int}.get(type_name(f), str)
-        choices = f.metadata.get("choices") or None
+        own = [d.metadata.get("choices") for d in owners.values()]
+        choices = None if not all(own) else list(dict.fromkeys(c for cs in own for c in cs))
+        docs = dict.fromkeys(d.metadata["doc"] for d in owners.values())
+        doc = next(iter(docs)) if len(docs) == 1 else "; ".join(f"{m}: {d.metadata['doc']}" for m, d in owners.items())
         p.add_argument(
             flag,
             dest=dest,
             type=kind,
             default=None,
             choices=choices if kind is str else None,
-            help=f"{f.metadata['doc']} (default: {defaults})",
+            help=f"{doc} (default: {defaults})",
         )
 
 
 def _settings_given(args, registry) -> dict:
-    values = {name: getattr(args, f"setting_{name}") for name in registry.fields()}
+    values = {name: getattr(args, f"setting_{name}", None) for name in registry.fields()}
     return {name: value for name, value in values.items() if value is not None}
 
 
@@ -287,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_SEED, default=0, help="seed (default 0)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     _add_runtime(p)
-    _add_settings(p, PERSONALIZATION)
+    _add_settings(p, PERSONALIZATION, _trained())
 
     p = sub.add_parser(
         "embed",

@@ -37,6 +37,7 @@ import polars as pl
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from wig.errors import WigError
+from wig.textfiles import read_text
 from wig.workflow.atomic import atomic_dir
 
 FIELDS = ("concept", "class_noun", "folder", "live", "prompts")
@@ -54,6 +55,10 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 class ConceptError(WigError):
     """A sheet, prompt list or reference image that cannot be used."""
+
+
+class PlaceholderError(ConceptError):
+    """A prompt line whose ``{}`` placeholders do not fit the concept (one needed, or none)."""
 
 
 @dataclass(frozen=True)
@@ -89,10 +94,12 @@ class Concept:
             raise ConceptError(f"concept {self.id}: no prompt list (sheet column 'prompts' or the dataset's default)")
         try:
             return read_prompt_list(self.prompts_file, placeholder=self.named)
-        except ConceptError as err:
+        except PlaceholderError as err:
             if self.named:
                 raise
-            raise ConceptError(f"concept {self.id} has no class noun, so its prompts are used whole: {err}") from None
+            raise PlaceholderError(
+                f"concept {self.id} has no class noun, so its prompts are used whole: {err}"
+            ) from None
 
     def prompts(self, identifier: str = "sks") -> list[str]:
         """The concept's evaluation prompts with ``{}`` filled by `subject`."""
@@ -141,15 +148,15 @@ def read_prompt_list(path: str | os.PathLike, placeholder: bool = True) -> list[
     """Prompts, one per line (or the ``Prompt`` column of a ``.tsv``), outer whitespace stripped;
     with ``placeholder`` each holds exactly one ``{}`` (a template), else none (used whole)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as err:
-        raise ConceptError(f"cannot read prompt list {path}: {err.strerror}") from None
+    text = read_text(path, "prompt list", ConceptError)
+    if not text.strip():
+        raise ConceptError(f"prompt list {path} is empty")
     if path.suffix == ".tsv":
         # the published file quotes nothing: a prompt that opens with '"' keeps it
         reader = csv.DictReader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE)
         if PROMPT_COLUMN not in (reader.fieldnames or []):
-            raise ConceptError(f"{path}: a TSV prompt list needs a {PROMPT_COLUMN!r} column")
+            found = ", ".join(repr(name) for name in reader.fieldnames or []) or "none"
+            raise ConceptError(f"{path}: a TSV prompt list needs a {PROMPT_COLUMN!r} column (its header: {found})")
         numbered = [(number, row[PROMPT_COLUMN] or "") for number, row in enumerate(reader, 2)]
     else:
         numbered = list(enumerate(text.splitlines(), 1))
@@ -160,9 +167,9 @@ def read_prompt_list(path: str | os.PathLike, placeholder: bool = True) -> list[
             continue
         braces = line.replace("{}", "").count("{") + line.replace("{}", "").count("}")
         if placeholder and (line.count("{}") != 1 or braces):
-            raise ConceptError(f"{path}:{number}: a prompt needs exactly one '{{}}' placeholder: {line!r}")
+            raise PlaceholderError(f"{path}:{number}: a prompt needs exactly one '{{}}' placeholder: {line!r}")
         if not placeholder and (braces or "{}" in line):
-            raise ConceptError(f"{path}:{number}: a prompt used whole has no '{{}}' or braces: {line!r}")
+            raise PlaceholderError(f"{path}:{number}: a prompt used whole has no '{{}}' or braces: {line!r}")
         prompts.append(line)
     if not prompts:
         raise ConceptError(f"prompt list {path} is empty")
@@ -194,10 +201,7 @@ def read_sheet(
     unknown = set(columns) - set(FIELDS)
     if unknown:
         raise ConceptError(f"unknown sheet field(s) {sorted(unknown)}; fields are {', '.join(FIELDS)}")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as err:
-        raise ConceptError(f"cannot read concept sheet {path}: {err.strerror}") from None
+    text = read_text(path, "concept sheet", ConceptError)
     reader = csv.DictReader(io.StringIO(text), delimiter="\t" if path.suffix in (".tsv", ".tab") else ",")
     header = reader.fieldnames or []
     for field in REQUIRED:
@@ -255,10 +259,7 @@ def read_dreambooth(path: str | os.PathLike) -> dict[str, Concept]:
     class — becomes ``{}``, which wig fills with "<identifier> <class noun>"). A line that is none of
     these raises a `ConceptError` naming the file and line."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except OSError as err:
-        raise ConceptError(f"cannot read DreamBooth table {path}: {err.strerror}") from None
+    lines = read_text(path, "DreamBooth table", ConceptError).splitlines()
     classes: dict[str, str] = {}
     prompts: dict[str, list[str]] = {"object": [], "live": []}
     section = None  # "classes", "object", "live", or a header between them

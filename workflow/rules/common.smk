@@ -5,15 +5,20 @@ import json
 import re
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from wig.concepts import image_files
 from wig.errors import WigError
+from wig.workflow.config_schema import schema_error
 from wig.workflow.gpus import check_resources, device_ids, scheduler_assigned
 from wig.workflow.provenance import code_hash
 from wig.workflow.study import Study, canon
 
-validate(config, workflow.source_path("../../config/schema.yaml"))
+try:
+    validate(config, workflow.source_path("../../config/schema.yaml"))  # fills in the schema's defaults
+except WorkflowError:  # its message is the whole schema and config: say the key instead, in one line
+    raise ValueError(f"config: {schema_error(config, workflow.source_path('../../config/schema.yaml'))}") from None
 
 try:
     STUDY = Study.from_config(config)
@@ -25,6 +30,9 @@ except WigError as err:
     raise ValueError(f"config: {err}") from None
 
 MODELS, CONCEPTS, ENCODERS = list(STUDY.models), list(STUDY.concepts), STUDY.encoders
+# the report's texts (workflow/report/*.rst) see only the config: what the study runs, in words, under
+# one key no job's params read
+config["_study_summary"] = STUDY.summary()
 FINETUNES = STUDY.finetune_pairs()  # (model, fine-tune): each has its runs, samples and tables
 EVAL = config["evaluation"]
 SAMPLING = canon(config["sampling"])

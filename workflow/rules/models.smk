@@ -102,7 +102,11 @@ rule resolve_encoder:
         "../scripts/resolve_encoder.py"
 
 
+# A given fine-tune is checked against its base here (tensor names, shapes, dtypes, finite values),
+# before any generation job can start.
 rule resolve_finetune:
+    input:
+        unpack(get_model),
     output:
         "results/{model}/{finetune}/weights.json",
     log:
@@ -110,5 +114,6 @@ rule resolve_finetune:
     localrule: True
     params:
         spec=from_study(STUDY.finetune_weights),
+        model=get_model_ref,
     script:
         "../scripts/resolve_finetune.py"

@@ -6,12 +6,19 @@ from pathlib import Path
 
 import polars as pl
 
-from wig.evaluation.metrics import aggregate, at_matched_text, metric_agreement, paired_vs_cfg, to_markdown
+from wig.evaluation.markdown import (
+    agreement_markdown,
+    matched_markdown,
+    metrics_markdown,
+    paired_markdown,
+)
+from wig.evaluation.metrics import aggregate, at_matched_text, metric_agreement, paired_vs_cfg
 from wig.workflow.atomic import replace_file, tmp_path
 from wig.workflow.jobs import job
 
 
-def write(frame: pl.DataFrame, path: str) -> None:
+def write(frame: pl.DataFrame, path: str, markdown: str) -> None:
+    """Parquet and CSV as computed; Markdown as the paper prints it (`wig.evaluation.markdown`)."""
     tmp = tmp_path(path)
     suffix = Path(path).suffix
     if suffix == ".parquet":
@@ -19,7 +26,7 @@ def write(frame: pl.DataFrame, path: str) -> None:
     elif suffix == ".csv":
         frame.write_csv(tmp)
     else:
-        tmp.write_text(to_markdown(frame))
+        tmp.write_text(markdown)
     replace_file(tmp, path)
 
 
@@ -30,13 +37,13 @@ with job(snakemake, torch=False) as log:
     paired = paired_vs_cfg(scores, n_boot=p.n_boot, seed=p.seed)
     matched = at_matched_text(table)
     agreement = metric_agreement(scores, table)
-    for frame, paths in (
-        (scores, [o.scores]),
-        (table, [o.table, o.csv, o.md]),
-        (paired, [o.paired, o.paired_csv, o.paired_md]),
-        (matched, [o.matched, o.matched_md]),
-        (agreement, [o.agreement, o.agreement_md]),
+    for frame, paths, markdown in (
+        (scores, [o.scores], ""),
+        (table, [o.table, o.csv, o.md], metrics_markdown(table)),
+        (paired, [o.paired, o.paired_csv, o.paired_md], paired_markdown(paired)),
+        (matched, [o.matched, o.matched_md], matched_markdown(matched, table)),
+        (agreement, [o.agreement, o.agreement_md], agreement_markdown(agreement)),
     ):
         for path in paths:
-            write(frame, path)
+            write(frame, path, markdown)
     log.info("%d images, %d table rows", len(scores), len(table))

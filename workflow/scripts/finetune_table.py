@@ -3,7 +3,8 @@ apart — the ablation studies' table (rule finetune_table)."""
 
 import polars as pl
 
-from wig.evaluation.metrics import finetune_table, to_markdown
+from wig.evaluation.markdown import finetunes_markdown
+from wig.evaluation.metrics import finetune_table
 from wig.workflow.atomic import replace_file, tmp_path
 from wig.workflow.jobs import job
 
@@ -15,6 +16,6 @@ with job(snakemake, torch=False) as log:
     for path, write in ((o.table, table.write_parquet), (o.csv, table.write_csv)):
         write(tmp_path(path))
         replace_file(tmp_path(path), path)
-    tmp_path(o.md).write_text(to_markdown(table))
+    tmp_path(o.md).write_text(finetunes_markdown(table))
     replace_file(tmp_path(o.md), o.md)
     log.info("%d fine-tunes, %d rows", len(keys), len(table))

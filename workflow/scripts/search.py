@@ -10,7 +10,7 @@ from wig.evaluation.metrics import to_markdown
 from wig.evaluation.plots import search_trace
 from wig.workflow.atomic import replace_file, tmp_path
 from wig.workflow.jobs import job
-from wig.workflow.search import held_out, trace_frame
+from wig.workflow.search import held_out, summary, trace_frame
 
 with job(snakemake, torch=False) as log:
     i, o, p = snakemake.input, snakemake.output, snakemake.params
@@ -22,7 +22,7 @@ with job(snakemake, torch=False) as log:
     for frame, path in ((trace, o.trace), (table, o.chosen)):
         frame.write_parquet(tmp_path(path))
         replace_file(tmp_path(path), path)
-    tmp_path(o.md).write_text(to_markdown(table))
+    tmp_path(o.md).write_text(summary(p.search, state) + "\n\n" + to_markdown(table))
     replace_file(tmp_path(o.md), o.md)
     search_trace(trace, state, p.search, o.plot)
     log.info("%d probes, chosen %s = %s (%s)", len(trace), p.search["parameter"], state["best"], state["reason"])

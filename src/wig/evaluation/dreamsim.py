@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from wig.evaluation.encoders import Encoder, _check_protocol, register_encoder
+from wig.textfiles import read_json
 from wig.workflow.provenance import encoder_id
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ CONFIG = "dreamsim_config.json"  # a folder's model config where it is not one o
 TINY_VIT = {"img_size": [SIZE], "patch_size": 14, "embed_dim": 32, "depth": 2, "num_heads": 2, "qkv_bias": True}
 TINY_MODEL = {"model_type": "open_clip_vitl14", "feat_type": "embedding", "stride": "14", "lora": True}
 TINY_PROJECTION = 24
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # safetensors only: no pickled .bin
 LORA_KEYS = ("r", "lora_alpha", "lora_dropout", "bias", "target_modules")  # what the package reads of a config
 TINY_LORA = dict(r=4, lora_alpha=8, lora_dropout=0.0, bias="none", target_modules=["qkv", "fc1"])
 
@@ -72,7 +74,10 @@ def model_config(folder: Path) -> dict:
     from wig.evaluation.embeddings import EmbeddingError
 
     if (folder / CONFIG).is_file():
-        return json.loads((folder / CONFIG).read_text())["model_config"]
+        config = read_json(folder / CONFIG, "DreamSim config", EmbeddingError)
+        if not isinstance(config, dict) or "model_config" not in config:
+            raise EmbeddingError(f"{folder / CONFIG}: no 'model_config' entry")
+        return config["model_config"]
     name = lora_folder(folder).name.removesuffix("_lora")
     dreamsim_type = name if name == "ensemble" else name.replace("_single", "")
     if dreamsim_type not in dreamsim_args["model_config"]:
@@ -89,10 +94,18 @@ def build(folder: str | Path, device: str = "cpu"):
     from dreamsim.model import PerceptualModel
     from peft import LoraConfig, PeftModel, get_peft_model
 
+    from wig.evaluation.embeddings import EmbeddingError
+
     folder = Path(folder)
     adapter = lora_folder(folder)
+    for name in ADAPTER_FILES:  # peft would look for a missing one on the hub and fail with a repo-id error
+        if not (adapter / name).is_file():
+            raise EmbeddingError(f"{adapter}: the DreamSim adapter lacks {name} (a partial download?)")
     model = PerceptualModel(**model_config(folder), device=device, load_dir=str(folder), normalize_embeds=True)
-    settings = json.loads((adapter / "adapter_config.json").read_text())
+    settings = read_json(adapter / "adapter_config.json", "DreamSim adapter config", EmbeddingError)
+    missing = [k for k in LORA_KEYS if k not in settings]
+    if missing:
+        raise EmbeddingError(f"{adapter / 'adapter_config.json'}: no {missing[0]!r} (not a peft LoRA config?)")
     model = get_peft_model(model, LoraConfig(**{k: settings[k] for k in LORA_KEYS}))
     model = PeftModel.from_pretrained(model.base_model.model, str(adapter)).to(device)
     return model.eval().requires_grad_(False)

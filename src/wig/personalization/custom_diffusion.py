@@ -94,8 +94,8 @@ def save_custom_diffusion(unet, path: Path, base: str) -> Path:
 
 def read_deltas(unet, path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """ΔW = W' − W per trained layer of a Custom Diffusion file, checked against ``unet``: every
-    key a cross-attention key/value projection of this UNet with its shape, finite, and (when the
-    file records it) trained on this very base."""
+    key a cross-attention key/value projection of this UNet with its shape, finite, and trained on
+    this very base (the file's ``base_sha256`` metadata; a file without it is refused)."""
     path = Path(path)
     if not path.is_file():
         raise CustomDiffusionError(f"Custom Diffusion weights not found: {path}")
@@ -118,11 +118,20 @@ def read_deltas(unet, path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 f"{path}: {key} has shape {tuple(tensor.shape)}, the model's {name} {tuple(layer.weight.shape)} "
                 "(a file for another base?)"
             )
+        if not tensor.is_floating_point():
+            raise CustomDiffusionError(
+                f"{path}: {key} is stored as {str(tensor.dtype).removeprefix('torch.')}, not floats"
+            )
         if not bool(torch.isfinite(tensor).all()):
             raise CustomDiffusionError(f"{path}: {key} holds NaN or inf values")
         deltas[name] = tensor.float() - layer.weight.detach().to("cpu", torch.float32)
     recorded = meta.get("base_sha256")
-    if recorded is not None and recorded != base_fingerprint(unet):
+    if recorded is None:  # stored weights W', not ΔW: on any other base they would silently replace its layers
+        raise CustomDiffusionError(
+            f"{path}: no base_sha256 in its metadata, so the base it was trained on cannot be checked "
+            "(wig writes it with every run; a file edited or re-saved without its metadata is refused)"
+        )
+    if recorded != base_fingerprint(unet):
         raise CustomDiffusionError(
             f"{path} was trained on another base model (its base sha256 {recorded[:12]}… differs from this "
             "model's cross-attention weights)"

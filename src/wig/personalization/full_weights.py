@@ -71,44 +71,130 @@ def weight_files(path: str | os.PathLike, component: str) -> list[Path]:
     )
 
 
-def read_finetune(
-    model: torch.nn.Module, path: str | os.PathLike, component: str = "unet", pad: tuple[str, ...] = ()
-) -> dict[str, torch.Tensor]:
-    """The fine-tune's tensors for ``model``'s state dict, in its dtype and on its device, checked
-    name by name and shape by shape against the base: the first tensor that is missing, extra or
-    of another shape is named (another architecture cannot be lerped). A tensor named in ``pad``
-    with fewer input channels (dim 1) than the model's is zero-padded to them (SD 1.5's first
-    convolution read into InstructPix2Pix's 8-channel one: the added channels contribute nothing)."""
-    files = weight_files(path, component)
-    state: dict[str, torch.Tensor] = {}
+def _dtype_name(dtype) -> str:
+    """A torch dtype or a safetensors header dtype (``F32``, ``I32``, ``BOOL``) as one spelling."""
+    if isinstance(dtype, torch.dtype):
+        return str(dtype).removeprefix("torch.")
+    return _SAFETENSORS_DTYPES.get(dtype, dtype.lower())
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
+
+
+def _is_float(dtype_name: str) -> bool:
+    return dtype_name.startswith(("float", "bfloat"))
+
+
+def tensor_specs(files: list[Path]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Every tensor's (shape, dtype name) from the safetensors headers alone (nothing loaded: a
+    3.4 GB UNet is read in milliseconds)."""
+    specs: dict[str, tuple[tuple[int, ...], str]] = {}
     for file in files:
         try:
             with safe_open(str(file), framework="pt") as f:
                 for key in f.keys():
-                    state[key] = f.get_tensor(key)
+                    piece = f.get_slice(key)
+                    specs[key] = (tuple(piece.get_shape()), _dtype_name(piece.get_dtype()))
         except (SafetensorError, OSError, ValueError) as err:
             raise FullWeightsError(f"not a safetensors file: {file} ({err})") from None
+    return specs
+
+
+def check_specs(
+    base: Mapping[str, tuple[tuple[int, ...], str]],
+    tuned: Mapping[str, tuple[tuple[int, ...], str]],
+    where: str | os.PathLike,
+    pad: tuple[str, ...] = (),
+) -> None:
+    """A fine-tune must hold exactly the base's tensors, of its shapes (those in ``pad`` may have
+    fewer input channels, dim 1), floating point wherever the base's are (a precision change such
+    as fp16 against an fp32 base is a cast; an int32 or bool tensor is a broken file, never cast):
+    the first tensor that is missing, extra, or of another shape or kind is named."""
+    for name, (shape, dtype) in base.items():
+        if name not in tuned:
+            raise FullWeightsError(f"{where}: the fine-tune lacks the base's tensor {name} {shape}")
+        got, got_dtype = tuned[name]
+        padded = name in pad and len(got) > 1 and len(got) == len(shape) and got[1] < shape[1]
+        if got != shape and not (padded and got[:1] + got[2:] == shape[:1] + shape[2:]):
+            raise FullWeightsError(
+                f"{where}: tensor {name} has shape {got}, the base's {shape} (another architecture?)"
+            )
+        if _is_float(dtype) and not _is_float(got_dtype) or not _is_float(dtype) and got_dtype != dtype:
+            raise FullWeightsError(
+                f"{where}: tensor {name} is stored as {got_dtype}, the base's as {dtype} (a broken or "
+                "converted file: integer or bool values are never cast to weights)"
+            )
+    extra = [name for name in tuned if name not in base]
+    if extra:
+        raise FullWeightsError(f"{where}: tensor {extra[0]} is not in the base's denoiser (another architecture?)")
+
+
+def check_finite(files: list[Path], where: str | os.PathLike) -> None:
+    """Name the first floating-point tensor holding NaN or inf, reading one tensor at a time."""
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                for key in f.keys():
+                    tensor = f.get_tensor(key)
+                    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                        raise FullWeightsError(f"{where}: tensor {key} holds NaN or inf")
+        except (SafetensorError, OSError, ValueError) as err:
+            raise FullWeightsError(f"not a safetensors file: {file} ({err})") from None
+
+
+def _where(files: list[Path]) -> Path:
+    return files[0] if len(files) == 1 else files[0].parent
+
+
+def check_finetune_files(base: str | os.PathLike, finetune: str | os.PathLike, component: str, pad=()) -> None:
+    """Check a full fine-tune's files against the base model's (both as `weight_files` takes
+    them) without building either model: names, shapes and dtypes from the headers, then every
+    tensor finite — what the workflow's resolve rule runs before any generation job exists."""
+    files = weight_files(finetune, component)
+    check_specs(tensor_specs(weight_files(base, component)), tensor_specs(files), _where(files), pad)
+    check_finite(files, _where(files))
+
+
+def read_finetune(
+    model: torch.nn.Module, path: str | os.PathLike, component: str = "unet", pad: tuple[str, ...] = ()
+) -> dict[str, torch.Tensor]:
+    """The fine-tune's tensors for ``model``'s state dict, in its dtype and on its device, checked
+    name by name, shape by shape and dtype by dtype against the base (`check_specs`) before any is
+    loaded: the first tensor that is missing, extra, of another shape (another architecture cannot
+    be lerped) or not floating point is named. A tensor named in ``pad`` with fewer input channels
+    (dim 1) than the model's is zero-padded to them (SD 1.5's first convolution read into
+    InstructPix2Pix's 8-channel one: the added channels contribute nothing)."""
+    files = weight_files(path, component)
+    where = _where(files)
     base = model.state_dict()
-    where = files[0] if len(files) == 1 else files[0].parent
+    check_specs(
+        {name: (tuple(t.shape), _dtype_name(t.dtype)) for name, t in base.items()}, tensor_specs(files), where, pad
+    )
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                state[key] = f.get_tensor(key)
+                if state[key].is_floating_point() and not bool(torch.isfinite(state[key]).all()):
+                    raise FullWeightsError(f"{where}: tensor {key} holds NaN or inf")
     for name in pad:
-        if name in state and name in base and state[name].dim() > 1 and state[name].shape[1] < base[name].shape[1]:
+        if state[name].shape[1] < base[name].shape[1]:
             padded = state[name].new_zeros((state[name].shape[0], base[name].shape[1], *state[name].shape[2:]))
             padded[:, : state[name].shape[1]] = state[name]
             state[name] = padded
-    for name, tensor in base.items():
-        if name not in state:
-            raise FullWeightsError(f"{where}: the fine-tune lacks the base's tensor {name} {tuple(tensor.shape)}")
-        if state[name].shape != tensor.shape:
-            raise FullWeightsError(
-                f"{where}: tensor {name} has shape {tuple(state[name].shape)}, the base's {tuple(tensor.shape)} "
-                "(another architecture?)"
-            )
-    extra = [name for name in state if name not in base]
-    if extra:
-        raise FullWeightsError(f"{where}: tensor {extra[0]} is not in the base's denoiser (another architecture?)")
-    for name, tensor in state.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise FullWeightsError(f"{where}: tensor {name} holds NaN or inf")
     return {name: state[name].to(tensor.device, tensor.dtype) for name, tensor in base.items()}
 
 

@@ -47,6 +47,26 @@ def lora_file(path: str | os.PathLike) -> Path:
     return path
 
 
+def check_lora_file(path: str | os.PathLike) -> Path:
+    """A LoRA file (or folder) whose every tensor is a finite float, checked one tensor at a time
+    without a model: what can be checked before a pipeline exists (`_check_fits` then places
+    each key in the model)."""
+    path = lora_file(path)
+    with safe_open(str(path), framework="pt") as f:
+        keys = list(f.keys())
+        if not any(_is_lora_matrix(k) for k in keys):
+            raise LoraError(f"no LoRA weights in {path}")
+        for key in keys:
+            tensor = f.get_tensor(key)
+            if _is_lora_matrix(key) and not tensor.is_floating_point():
+                raise LoraError(
+                    f"LoRA {path}: {key} is stored as {str(tensor.dtype).removeprefix('torch.')}, not floats"
+                )
+            if not bool(torch.isfinite(tensor).all()):
+                raise LoraError(f"LoRA {path}: {key} holds NaN or inf values")
+    return path
+
+
 def load_lora(pipe, path: str | os.PathLike, adapter_name: str) -> None:
     """Load a diffusers-format LoRA (safetensors only) into ``pipe`` as ``adapter_name``.
 
@@ -85,6 +105,8 @@ def _check_fits(pipe, state: Mapping[str, torch.Tensor], path: Path) -> None:
     for key, tensor in state.items():
         if not (_is_lora_matrix(key) or key.endswith(".alpha")):
             raise LoraError(f"LoRA {path}: unexpected key {key} (not a LoRA matrix)")
+        if _is_lora_matrix(key) and not tensor.is_floating_point():  # diffusers would cast it silently
+            raise LoraError(f"LoRA {path}: {key} is stored as {str(tensor.dtype).removeprefix('torch.')}, not floats")
         if not bool(torch.isfinite(tensor).all()):
             raise LoraError(f"LoRA {path}: {key} holds NaN or inf values")
         component, _, rest = key.partition(".")

@@ -94,6 +94,8 @@ def read_embeddings(
         raise TokenError(
             f"{path}: embeddings of shape {tuple(rows.shape)} do not fit the text encoder, whose width is {width}"
         )
+    if not rows.is_floating_point():
+        raise TokenError(f"{path}: embeddings stored as {str(rows.dtype).removeprefix('torch.')}, not floats")
     if not bool(torch.isfinite(rows).all()):
         raise TokenError(f"{path}: embeddings hold NaN or inf values")
     if tokens is None and meta.get("tokens"):

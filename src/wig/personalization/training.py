@@ -229,11 +229,16 @@ def _save(pipe, folder, learned) -> None:
 
 
 def run_config(method, subject: Subject, seed: int, prior: bool) -> str:
-    """A run's ``config.json``: the method and its settings, the prompts and the seed."""
+    """A run's ``config.json``: the method and its settings as the run used them, the prompts and
+    the seed. Without prior preservation (no class images given) ``prior_weight`` is recorded as 0:
+    no prior loss was computed, whatever the setting said."""
     import json
 
+    settings = method.settings()
+    if not prior and "prior_weight" in settings:
+        settings["prior_weight"] = 0.0
     prompts = {"instance_prompt": subject.prompt, "class_prompt": subject.class_prompt if prior else None}
-    return json.dumps({**method.settings(), **prompts, "seed": seed}, indent=2, sort_keys=True)
+    return json.dumps({**settings, **prompts, "seed": seed}, indent=2, sort_keys=True)
 
 
 LOG_SCHEMA = {

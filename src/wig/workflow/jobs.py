@@ -42,8 +42,11 @@ def job(snakemake, torch: bool = True):
     the original stderr at import time, and progress bars and C extensions write there too.
     Torch's thread count is the rule's ``threads:``; unset, torch takes every core and
     parallel jobs oversubscribe a small machine badly. Jobs that never touch torch pass
-    ``torch=False`` and skip its import (seconds per job).
+    ``torch=False`` and skip its import (seconds per job). Bad input (a `WigError`) fails the job
+    with one line naming what was refused, in the log and on the run's stderr, and no traceback.
     """
+    from wig.errors import WigError
+
     if torch:
         import torch as _torch
 
@@ -53,6 +56,7 @@ def job(snakemake, torch: bool = True):
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
+    refused = None
     with open(log_path, "w", buffering=1) as log:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
@@ -70,6 +74,9 @@ def job(snakemake, torch: bool = True):
                 finally:
                     if device is not None:
                         logger.info("gpu %s released at %.6f", device, time.time())
+        except WigError as err:  # bad input: one line, in the log and on the run's stderr, no traceback
+            logging.getLogger("wig").error("refused: %s", err)
+            refused = err
         except BaseException:
             logging.getLogger("wig").exception("job failed")
             raise
@@ -78,3 +85,6 @@ def job(snakemake, torch: bool = True):
             sys.stderr.flush()
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
+    if refused is not None:
+        print(f"wig: rule {snakemake.rule}: {refused}", file=sys.stderr, flush=True)
+        raise SystemExit(1)

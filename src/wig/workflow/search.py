@@ -34,6 +34,10 @@ class SearchSettings:
     max_probes: int
 
     def __post_init__(self):
+        for name in ("lo", "hi", "tolerance", "resolution"):
+            if not math.isfinite(getattr(self, name)):
+                what = {"lo": "the bracket's low end", "hi": "the bracket's high end"}.get(name, name)
+                raise WigError(f"search: {what} is {getattr(self, name)}, not a finite number")
         if not self.lo < self.hi:
             raise WigError(f"search bracket [{self.lo}, {self.hi}]: the low end must be below the high end")
         if self.tolerance <= 0 or self.resolution <= 0 or self.resolution > self.tolerance:
@@ -323,6 +327,27 @@ def advance(settings: Mapping, split: Mapping, previous: Mapping | None, probe=N
         "best": best(spec.bounds, values) if state.next is None and values else None,
         "split": {c: list(v) for c, v in split.items()},
     }
+
+
+def summary(settings: Mapping, state: Mapping) -> str:
+    """One line for ``chosen.md``: what was chosen after how many probes, and why the search
+    stopped — saying so when the tolerance was not met (the resolution grid or the probe budget
+    stopped it first)."""
+    width = state["hi"] - state["lo"]
+    head = (
+        f"Chosen {settings['parameter']} = {state['best']:g} after {len(state['known'])} probes; "
+        f"final bracket [{state['lo']:g}, {state['hi']:g}] (width {width:.4g})"
+    )
+    if state["reason"] == "tolerance":
+        return f"{head}: within the tolerance {settings['tolerance']:g}."
+    why = {
+        "resolution": f"its inner probes met on the resolution grid ({settings['resolution']:g})",
+        "max_probes": f"it reached max_probes ({settings['max_probes']})",
+    }.get(state["reason"], f"it stopped ({state['reason']})")
+    return (
+        f"{head}: **the tolerance {settings['tolerance']:g} was not met** — {why}; a finer resolution "
+        "or more probes would narrow it."
+    )
 
 
 def trace_frame(state: Mapping):

@@ -186,6 +186,25 @@ class Study:
     metrics: tuple[str, ...]  # the registered metrics (wig.evaluation.metrics) the score jobs compute
     searches: Mapping[str, SearchSpec] = field(default_factory=dict)  # ``search:`` by name
 
+    def summary(self) -> dict[str, str]:
+        """What this study runs, in words, for the report's description: its models (family and
+        source), fine-tunes, guidance methods, metrics and concepts — read from the study, so the
+        report names what the config actually ran."""
+
+        def source(model: Model) -> str:
+            return {"checkpoint": model.root_spec.get("path", ""), "synthetic": "the synthetic world's base"}.get(
+                model.kind, "a tiny random-init twin"
+            )
+
+        finetunes = {f"{f.name} ({f.method.name})" for m in self.models.values() for f in m.finetunes.values()}
+        return {
+            "models": "; ".join(f"{n} ({m.family}, {source(m)})" for n, m in self.models.items()),
+            "finetunes": ", ".join(sorted(finetunes)),
+            "guidance": ", ".join(dict.fromkeys(p.name for p in self.points)),
+            "metrics": ", ".join(METRICS[m].label for m in self.metrics),
+            "concepts": f"{len(self.concepts)} concept(s)",
+        }
+
     # --- building -----------------------------------------------------------------------------
 
     @classmethod
@@ -213,6 +232,20 @@ class Study:
         if missing:
             raise StudyError(f"dataset.concepts {missing} are not in the sheet {ds['sheet']}")
         concepts = {c: sheet[c] for c in wanted}
+        if ds.get("root") and not (ds.get("fetch") or ds.get("render")):  # else a rule fills the root
+            absent = [c for c, concept in concepts.items() if not (Path(ds["root"]) / concept.folder).is_dir()]
+            if absent:
+                shown = ", ".join(absent[:5]) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
+                which = (
+                    "dataset.concepts names them"
+                    if "concepts" in ds
+                    else f"dataset.concepts is unset, so every subject of {ds['sheet']} is studied: list the ones "
+                    "you have under dataset.concepts"
+                )
+                raise StudyError(
+                    f"dataset.root {ds['root']} has no folder for {len(absent)} of {len(concepts)} concepts "
+                    f"({shown}); {which}"
+                )
         prompts = {}
         for cid, concept in concepts.items():
             try:

@@ -1,0 +1,40 @@
+"""Reading the text files a user hands wig (prompt lists, sheets, the DreamBooth table, JSON
+records): one line naming the file and the place of the fault, never a codec's traceback.
+
+Ground floor: imports nothing of wig but its errors, so every layer may use it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from wig.errors import WigError
+
+
+def read_text(path: str | os.PathLike, what: str, error: type[WigError] = WigError) -> str:
+    """``path``'s text as UTF-8 (a byte-order mark dropped). A missing or unreadable file, or one
+    byte that is not UTF-8, raises ``error`` naming ``what``, the file, and for a bad byte its
+    line and byte offset (the usual cause: a file saved as Latin-1 or Windows-1252)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise error(f"cannot read {what} {path}: {err.strerror or err}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise error(
+            f"{path}:{line}: {what} is not UTF-8 (byte 0x{data[err.start]:02x} at offset {err.start}); save it as UTF-8"
+        ) from None
+
+
+def read_json(path: str | os.PathLike, what: str, error: type[WigError] = WigError):
+    """``path`` parsed as JSON, with `read_text`'s errors and a syntax error named by line."""
+    text = read_text(path, what, error)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise error(f"{path}:{err.lineno}: {what} is not valid JSON ({err.msg})") from None
