@@ -3,6 +3,7 @@ defined, runs reproducible and leaving the pipeline as it was, PG(ω) with the e
 delta equal to a separate UNet with θ + ω·ΔW written into its weights, bad files refused."""
 
 import copy
+import shutil
 
 import polars as pl
 import pytest
@@ -164,6 +165,28 @@ def test_a_file_for_another_base_is_refused_by_name(run, tmp_path):
         CustomDiffusionError,
         r"full/pytorch_custom_diffusion_weights.safetensors was trained on another base",
     )
+
+
+@pytest.mark.parametrize("case", ["stripped", "int"])
+def test_a_file_without_its_base_record_or_of_integers_is_refused_by_name(tiny_sd, run, tmp_path, case):
+    from safetensors.torch import save_file
+
+    bad = tmp_path / "bad"
+    shutil.copytree(run, bad)
+    path = bad / "full/pytorch_custom_diffusion_weights.safetensors"
+    state = load_file(str(path))
+    if case == "int":  # the base record kept: the dtype is what is wrong
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+        key = sorted(state)[0]
+        save_file(dict(state, **{key: state[key].round().to(torch.int32)}), str(path), metadata=meta)
+        match = f"{key} is stored as int32, not floats"
+    else:  # the same tensors re-saved without safetensors metadata: no base_sha256 to check
+        save_file(state, str(path))
+        match = "no base_sha256 in its metadata, so the base it was trained on cannot be checked"
+    _refused(_pipe(tiny_sd), bad, CustomDiffusionError, match)
 
 
 def test_a_token_the_vocabulary_has_is_refused(tiny_sd, run):

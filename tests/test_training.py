@@ -142,6 +142,8 @@ def test_training_lowers_the_instance_loss(tiny_sd, tmp_path):
     out = tmp_path / "run"
     log = _train(pipe, out, steps=40, weak_step=10)
     assert log["prior_loss"].null_count() == 40  # plain DreamBooth-LoRA: no class images
+    # what ran is recorded: no prior loss, so prior_weight 0 (the setting's default is 1.0)
+    assert json.loads((out / "config.json").read_text())["prior_weight"] == 0.0
     attach_loras(pipe, out / "full")
     after = denoising_loss(pipe, images, INSTANCE, RES)
     assert after < before - 0.01, (before, after)

@@ -583,6 +583,17 @@ def test_small_study_report_holds_grids_figures_and_tables(study):
     assert report.returncode == 0, report.stderr[-2000:]
     html = (workdir / "report.html").read_text()
     assert all(k in html for k in ("Image grids", "Figures", "metrics.csv", "Pareto front"))
+    # the description names what this config ran, not a fixed list (no AG, no CFG++ here)
+    assert "Guidance methods: cfg, pg." in html and "Metrics: DINO, CLIP-I, CLIP-T." in html
+    assert "tiny-sana (sana, a tiny random-init twin)" in html and "db-lora (db-lora)" in html
+    assert "AutoGuidance" not in html and "CFG++" not in html
+    # the Markdown tables read like the paper: a CFG row shows no ω, values with their CI in brackets
+    lines = (workdir / "results/tiny-sd/db-lora/tables/metrics.md").read_text().splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]
+    (cfg,) = [r for r in rows if r["method"] == "cfg"]
+    assert cfg["omega"] == "" and re.fullmatch(r"-?\d\.\d{3} \[-?\d\.\d{3}, -?\d\.\d{3}\]", cfg["dino (standard)"])
+    assert [r["omega"] for r in rows if r["method"] == "pg"] == ["0", "1"] and "protocol" not in header
 
 
 def _synthetic_smoke_config():
