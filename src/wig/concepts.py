@@ -37,7 +37,7 @@ import polars as pl
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from wig.errors import WigError
-from wig.textfiles import read_text
+from wig.readers import read_table, read_text
 from wig.workflow.atomic import atomic_dir
 
 FIELDS = ("concept", "class_noun", "folder", "live", "prompts")
@@ -457,7 +457,7 @@ def read_images(folder: str | os.PathLike) -> list[Image.Image]:
     folder = Path(folder)
     manifest = folder / "manifest.parquet"
     if manifest.is_file():
-        files = [folder / p for p in pl.read_parquet(manifest)["path"]]
+        files = [folder / p for p in read_table(manifest, "image manifest", ConceptError, columns=("path",))["path"]]
     else:
         files = image_files(folder)
     return [load_image(f) for f in files]

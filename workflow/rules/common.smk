@@ -2,6 +2,7 @@
 # jobs) and the input functions that ask it. Paths come from the rules' own outputs.
 import inspect
 import json
+import os
 import re
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from snakemake.utils import validate
 
 from wig.concepts import image_files
 from wig.errors import WigError
+from wig.kernels import PINNED
 from wig.workflow.config_schema import schema_error
 from wig.workflow.gpus import check_resources, device_ids, scheduler_assigned
 from wig.workflow.provenance import code_hash
@@ -36,8 +38,10 @@ config["_study_summary"] = STUDY.summary()
 FINETUNES = STUDY.finetune_pairs()  # (model, fine-tune): each has its runs, samples and tables
 EVAL = config["evaluation"]
 SAMPLING = canon(config["sampling"])
-# device and dtype change the numbers (slightly) and so are params; threads do not
-RUNTIME = {k: config["runtime"][k] for k in ("device", "dtype")}
+# device, dtype and the CPU kernels change the numbers (slightly) and so are params; threads do not
+RUNTIME = {k: config["runtime"][k] for k in ("device", "dtype", "cpu_kernels")}
+if RUNTIME["cpu_kernels"] == "avx2":  # read by torch, oneDNN and MKL when a job imports them (wig.kernels)
+    os.environ.update(PINNED)
 
 
 def _names(values):

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from wig.evaluation.encoders import Encoder, _check_protocol, register_encoder
-from wig.textfiles import read_json
+from wig.readers import read_json
 from wig.workflow.provenance import encoder_id
 
 if TYPE_CHECKING:

@@ -14,6 +14,7 @@ from pathlib import Path
 import polars as pl
 
 from wig.errors import WigError
+from wig.readers import read_table
 
 
 class EmbeddingError(WigError):
@@ -37,10 +38,7 @@ def text_schema(dim: int) -> dict:
 def read_embeddings(path: str | os.PathLike, encoder: str, dim: int | None = None) -> pl.DataFrame:
     """Read an embeddings file, refusing one written by another encoder or of another width."""
     path = Path(path)
-    try:
-        frame = pl.read_parquet(path)
-    except (OSError, pl.exceptions.PolarsError) as err:
-        raise EmbeddingError(f"cannot read embeddings {path}: {err}") from None
+    frame = read_table(path, "embeddings", EmbeddingError, columns=("encoder", "embedding"))
     found = set(frame["encoder"].unique().to_list())
     if found != {encoder}:
         raise EmbeddingError(f"{path} holds embeddings of {sorted(found)}, expected {encoder}")

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 from wig.concepts import load_image
 from wig.evaluation.embeddings import EmbeddingError, image_schema, text_schema
+from wig.readers import read_table
 from wig.workflow.gpus import resolve_device
 from wig.workflow.provenance import encoder_id
 from wig.workflow.weights import offline
@@ -152,6 +153,8 @@ def load_encoder(spec: dict, path: str | os.PathLike | None = None, device: str 
         return cls.load(spec, source, resolve_device(device))
     except (OSError, RuntimeError, ValueError) as err:
         raise EmbeddingError(f"cannot load {cls.kind} encoder {source}: {_first_line(err)}") from None
+    except KeyError as err:  # a config file without an entry the encoder reads
+        raise EmbeddingError(f"cannot load {cls.kind} encoder {source}: its config has no {err}") from None
 
 
 def build_tiny_encoder(kind: str, out: str | os.PathLike, seed: int = 0) -> None:
@@ -364,7 +367,7 @@ def embed_images(
     manifest_path = folder / "manifest.parquet"
     if not manifest_path.is_file():
         raise EmbeddingError(f"no manifest.parquet in {folder}")
-    manifest = pl.read_parquet(manifest_path)
+    manifest = read_table(manifest_path, "image manifest", EmbeddingError, columns=("path", "sha256"))
     missing = [p for p in manifest["path"] if not (folder / p).is_file()]
     if missing:
         raise EmbeddingError(f"{folder}: {len(missing)} image(s) of the manifest are missing, e.g. {missing[0]}")

@@ -123,7 +123,7 @@ def check_finetune(spec: dict, path: str | os.PathLike, base: str | os.PathLike)
     (`wig.personalization.full_weights.check_finetune_files`); a LoRA's tensors must be finite
     floats (whether each fits its layer is checked when the generation job attaches it)."""
     from wig.personalization.full_weights import check_finetune_files
-    from wig.textfiles import read_json
+    from wig.readers import read_json
 
     index = read_json(Path(base) / "model_index.json", "pipeline index", WeightsError)
     component = "unet" if "unet" in index else "transformer"  # the denoiser's folder (wig's families)

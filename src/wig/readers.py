@@ -1,5 +1,6 @@
-"""Reading the text files a user hands wig (prompt lists, sheets, the DreamBooth table, JSON
-records): one line naming the file and the place of the fault, never a codec's traceback.
+"""Reading the files a user hands wig (prompt lists, sheets, the DreamBooth table, JSON records,
+Parquet manifests): one line naming the file and the place of the fault, never a codec's or a
+Parquet reader's traceback.
 
 Ground floor: imports nothing of wig but its errors, so every layer may use it.
 """
@@ -38,3 +39,19 @@ def read_json(path: str | os.PathLike, what: str, error: type[WigError] = WigErr
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise error(f"{path}:{err.lineno}: {what} is not valid JSON ({err.msg})") from None
+
+
+def read_table(path: str | os.PathLike, what: str, error: type[WigError] = WigError, columns: tuple[str, ...] = ()):
+    """``path`` as a polars DataFrame: an unreadable, truncated or non-Parquet file, or one without
+    the ``columns`` the caller reads, raises ``error`` naming ``what`` and the file."""
+    import polars as pl
+
+    try:
+        frame = pl.read_parquet(path)
+    except (OSError, pl.exceptions.PolarsError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise error(f"cannot read {what} {path}: {first}") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise error(f"{path}: {what} has no column {missing[0]!r} (columns: {', '.join(frame.columns) or 'none'})")
+    return frame
