@@ -601,6 +601,47 @@ def _synthetic_smoke_config():
     return yaml.safe_load((ROOT / ".test/config/synthetic-smoke.yaml").read_text())
 
 
+EXPECTED = ROOT / ".test/expected/synthetic-smoke.json"
+
+
+def _smoke_numbers(results) -> dict[str, dict[str, float]]:
+    """The smoke run's numbers a newcomer compares with: ``untrained`` (the shipped base alone:
+    base accuracy, the base without a LoRA in rule learning) and ``trained`` (everything downstream
+    of a LoRA: learning, the oracle metrics of every grid point)."""
+    untrained, trained = {}, {}
+    accuracy = pl.read_parquet(results / "synthetic/tables/base_accuracy.parquet")
+    for row in accuracy.iter_rows(named=True):
+        for attribute in ("background", "colour", "shape"):
+            untrained[f"base_accuracy λ{row['scale']:g} {attribute}"] = row[attribute]
+    for model in ("synthetic", "synthetic-noprior"):
+        tables = results / model / "db-lora/tables"
+        for row in pl.read_parquet(tables / "learning.parquet").iter_rows(named=True):
+            (untrained if row["arm"].startswith("base") else trained)[f"{model} learning {row['arm']}"] = row["subject"]
+        for row in pl.read_parquet(tables / "metrics.parquet").iter_rows(named=True):
+            point = f"{row['method']} ω{row['omega']:g} λ{row['scale']:g}"
+            for metric in ("oracle_subject", "oracle_text"):
+                trained[f"{model} {point} {metric}"] = row[metric]
+    return {"untrained": untrained, "trained": trained}
+
+
+def _check_smoke_numbers(results):
+    """The numbers equal the recorded ones (.test/expected/synthetic-smoke.json; README
+    "Reproducibility"): what the shipped base computes alone exactly, what passes through a LoRA's
+    training within the recorded tolerance. ``WIG_RECORD_SMOKE=1`` rewrites the file from this run
+    (for a deliberate change; the diff is then reviewed like code)."""
+    got = _smoke_numbers(results)
+    if os.environ.get("WIG_RECORD_SMOKE") == "1":
+        record = {**got, "tolerance": {"untrained": 0.0, "trained": 0.02}}
+        EXPECTED.parent.mkdir(parents=True, exist_ok=True)
+        EXPECTED.write_text(json.dumps(record, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    expected = json.loads(EXPECTED.read_text())
+    for part in ("untrained", "trained"):
+        assert set(got[part]) == set(expected[part]), part
+        tolerance = expected["tolerance"][part]
+        off = {k: (v, expected[part][k]) for k, v in got[part].items() if abs(v - expected[part][k]) > tolerance}
+        assert not off, f"{part} numbers beyond ±{tolerance}: {off}"
+
+
 @pytest.mark.slow
 def test_synthetic_preset_smoke_runs_end_to_end(tmp_path):
     config = _synthetic_smoke_config()
@@ -640,6 +681,7 @@ def test_synthetic_preset_smoke_runs_end_to_end(tmp_path):
         learning = pl.read_parquet(tables / "learning.parquet")
         assert learning["arm"].to_list() == ["fine-tune, unguided", "fine-tune, CFG", "base, CFG"]
         assert learning["n_images"].to_list() == [2 * 3, 2 * 3, 3]  # LoRA seeds × training captions; the base once
+    _check_smoke_numbers(results)
     # same seeds → the same tables: sampled, scored and bootstrapped again, they are the same bytes
     # (the targets keep the rerun to this model's jobs: the other model's tables are not compared)
     names = ("metrics.parquet", "paired_vs_cfg.parquet", "metric_agreement.parquet", "learning.parquet")
