@@ -141,7 +141,9 @@ def test_token_embeddings_of_integers_are_refused(tiny_sd, tmp_path):
     pipe = load_pipeline(str(tiny_sd), device="cpu", dtype="float32")
     width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
     save_file({"clip_l": torch.ones(2, width, dtype=torch.int64)}, tmp_path / "emb.safetensors")
-    with pytest.raises(TokenError, match=r"emb.safetensors: embeddings stored as int64, not floats"):
+    with pytest.raises(
+        TokenError, match=r"emb.safetensors: the embedding tensor clip_l is stored as int64, not floats"
+    ):
         read_embeddings(tmp_path / "emb.safetensors", pipe)
 
 

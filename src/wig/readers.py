@@ -41,6 +41,15 @@ def read_json(path: str | os.PathLike, what: str, error: type[WigError] = WigErr
         raise error(f"{path}:{err.lineno}: {what} is not valid JSON ({err.msg})") from None
 
 
+def value_problem(tensor, floats: bool = True) -> str | None:
+    """What is wrong with a weight tensor read from a file, as the end of a sentence, or None:
+    integers or bools where weights must be floats (``floats``; a loader would cast them
+    silently), or NaN/inf values."""
+    if not tensor.is_floating_point():
+        return f"is stored as {str(tensor.dtype).removeprefix('torch.')}, not floats" if floats else None
+    return None if bool(tensor.isfinite().all()) else "holds NaN or inf values"
+
+
 def read_table(path: str | os.PathLike, what: str, error: type[WigError] = WigError, columns: tuple[str, ...] = ()):
     """``path`` as a polars DataFrame: an unreadable, truncated or non-Parquet file, or one without
     the ``columns`` the caller reads, raises ``error`` naming ``what`` and the file."""

@@ -44,6 +44,7 @@ from wig.personalization.base import BranchWeights
 from wig.personalization.checkpoints import FULL
 from wig.personalization.hooks import NoScales, SampleScales, per_sample
 from wig.personalization.tokens import EMBEDDINGS_NAME, LearnedTokens, TokenRows, add_tokens, read_embeddings
+from wig.readers import value_problem
 from wig.sampling.families import SD, Text, family_of
 from wig.workflow.atomic import atomic_dir
 
@@ -118,12 +119,8 @@ def read_deltas(unet, path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 f"{path}: {key} has shape {tuple(tensor.shape)}, the model's {name} {tuple(layer.weight.shape)} "
                 "(a file for another base?)"
             )
-        if not tensor.is_floating_point():
-            raise CustomDiffusionError(
-                f"{path}: {key} is stored as {str(tensor.dtype).removeprefix('torch.')}, not floats"
-            )
-        if not bool(torch.isfinite(tensor).all()):
-            raise CustomDiffusionError(f"{path}: {key} holds NaN or inf values")
+        if (problem := value_problem(tensor)) is not None:
+            raise CustomDiffusionError(f"{path}: {key} {problem}")
         deltas[name] = tensor.float() - layer.weight.detach().to("cpu", torch.float32)
     recorded = meta.get("base_sha256")
     if recorded is None:  # stored weights W', not ΔW: on any other base they would silently replace its layers

@@ -27,7 +27,7 @@ import copy
 import json
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -36,6 +36,7 @@ from wig.errors import WigError
 from wig.personalization.base import BranchWeights
 from wig.personalization.checkpoints import FULL
 from wig.personalization.hooks import NoScales, SampleScales
+from wig.readers import value_problem
 from wig.sampling.families import Text, family_of
 
 WEIGHT_NAME = "diffusion_pytorch_model.safetensors"  # what diffusers' save_pretrained writes
@@ -142,17 +143,16 @@ def check_specs(
         raise FullWeightsError(f"{where}: tensor {extra[0]} is not in the base's denoiser (another architecture?)")
 
 
-def check_finite(files: list[Path], where: str | os.PathLike) -> None:
-    """Name the first floating-point tensor holding NaN or inf, reading one tensor at a time."""
+def finite_tensors(files: list[Path], where: str | os.PathLike) -> Iterator[tuple[str, torch.Tensor]]:
+    """The files' tensors one at a time, the first floating-point one holding NaN or inf named
+    (dtypes are `check_specs`'s)."""
     for file in files:
-        try:
-            with safe_open(str(file), framework="pt") as f:
-                for key in f.keys():
-                    tensor = f.get_tensor(key)
-                    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                        raise FullWeightsError(f"{where}: tensor {key} holds NaN or inf")
-        except (SafetensorError, OSError, ValueError) as err:
-            raise FullWeightsError(f"not a safetensors file: {file} ({err})") from None
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                tensor = f.get_tensor(key)
+                if (problem := value_problem(tensor, floats=False)) is not None:
+                    raise FullWeightsError(f"{where}: tensor {key} {problem}")
+                yield key, tensor
 
 
 def _where(files: list[Path]) -> Path:
@@ -165,7 +165,8 @@ def check_finetune_files(base: str | os.PathLike, finetune: str | os.PathLike, c
     tensor finite — what the workflow's resolve rule runs before any generation job exists."""
     files = weight_files(finetune, component)
     check_specs(tensor_specs(weight_files(base, component)), tensor_specs(files), _where(files), pad)
-    check_finite(files, _where(files))
+    for _ in finite_tensors(files, _where(files)):
+        pass
 
 
 def read_finetune(
@@ -183,13 +184,7 @@ def read_finetune(
     check_specs(
         {name: (tuple(t.shape), _dtype_name(t.dtype)) for name, t in base.items()}, tensor_specs(files), where, pad
     )
-    state: dict[str, torch.Tensor] = {}
-    for file in files:
-        with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():
-                state[key] = f.get_tensor(key)
-                if state[key].is_floating_point() and not bool(torch.isfinite(state[key]).all()):
-                    raise FullWeightsError(f"{where}: tensor {key} holds NaN or inf")
+    state = dict(finite_tensors(files, where))
     for name in pad:
         if state[name].shape[1] < base[name].shape[1]:
             padded = state[name].new_zeros((state[name].shape[0], base[name].shape[1], *state[name].shape[2:]))

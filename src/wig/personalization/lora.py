@@ -22,6 +22,7 @@ from wig.errors import WigError
 from wig.personalization.base import BranchWeights
 from wig.personalization.checkpoints import FULL, LORA_WEIGHT_NAME, WEAK
 from wig.personalization.hooks import SampleScales, per_sample
+from wig.readers import value_problem
 from wig.sampling.families import SD, family_of
 
 # "<module>.lora_A.weight" (PEFT) or "<module>.lora.down.weight" (diffusers); A/down: (rank, in)
@@ -57,14 +58,14 @@ def check_lora_file(path: str | os.PathLike) -> Path:
         if not any(_is_lora_matrix(k) for k in keys):
             raise LoraError(f"no LoRA weights in {path}")
         for key in keys:
-            tensor = f.get_tensor(key)
-            if _is_lora_matrix(key) and not tensor.is_floating_point():
-                raise LoraError(
-                    f"LoRA {path}: {key} is stored as {str(tensor.dtype).removeprefix('torch.')}, not floats"
-                )
-            if not bool(torch.isfinite(tensor).all()):
-                raise LoraError(f"LoRA {path}: {key} holds NaN or inf values")
+            _check_values(path, key, f.get_tensor(key))
     return path
+
+
+def _check_values(path: Path, key: str, tensor: torch.Tensor) -> None:
+    """A LoRA matrix must be finite floats (an alpha may be an integer)."""
+    if (problem := value_problem(tensor, floats=_is_lora_matrix(key))) is not None:
+        raise LoraError(f"LoRA {path}: {key} {problem}")
 
 
 def load_lora(pipe, path: str | os.PathLike, adapter_name: str) -> None:
@@ -105,10 +106,7 @@ def _check_fits(pipe, state: Mapping[str, torch.Tensor], path: Path) -> None:
     for key, tensor in state.items():
         if not (_is_lora_matrix(key) or key.endswith(".alpha")):
             raise LoraError(f"LoRA {path}: unexpected key {key} (not a LoRA matrix)")
-        if _is_lora_matrix(key) and not tensor.is_floating_point():  # diffusers would cast it silently
-            raise LoraError(f"LoRA {path}: {key} is stored as {str(tensor.dtype).removeprefix('torch.')}, not floats")
-        if not bool(torch.isfinite(tensor).all()):
-            raise LoraError(f"LoRA {path}: {key} holds NaN or inf values")
+        _check_values(path, key, tensor)
         component, _, rest = key.partition(".")
         match = _PEFT_OR_DIFFUSERS.match(rest)
         if match is None:

@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 from wig.errors import WigError
 from wig.personalization.checkpoints import FULL
 from wig.personalization.lora import LoraBranchWeights, LoraScales
+from wig.readers import value_problem
 
 EMBEDDINGS_KEY = "clip_l"  # the advanced DreamBooth script's key for the (first) text encoder
 EMBEDDINGS_NAME = "learned_embeds.safetensors"  # diffusers' textual-inversion file name
@@ -94,10 +95,8 @@ def read_embeddings(
         raise TokenError(
             f"{path}: embeddings of shape {tuple(rows.shape)} do not fit the text encoder, whose width is {width}"
         )
-    if not rows.is_floating_point():
-        raise TokenError(f"{path}: embeddings stored as {str(rows.dtype).removeprefix('torch.')}, not floats")
-    if not bool(torch.isfinite(rows).all()):
-        raise TokenError(f"{path}: embeddings hold NaN or inf values")
+    if (problem := value_problem(rows)) is not None:
+        raise TokenError(f"{path}: the embedding tensor {key} {problem}")
     if tokens is None and meta.get("tokens"):
         tokens = meta["tokens"].split(",")
     elif tokens is None:  # a file keyed by its token (diffusers' format) or the advanced script's clip_l

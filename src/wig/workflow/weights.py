@@ -124,9 +124,13 @@ def check_finetune(spec: dict, path: str | os.PathLike, base: str | os.PathLike)
     floats (whether each fits its layer is checked when the generation job attaches it)."""
     from wig.personalization.full_weights import check_finetune_files
     from wig.readers import read_json
+    from wig.sampling.families import FAMILIES
 
     index = read_json(Path(base) / "model_index.json", "pipeline index", WeightsError)
-    component = "unet" if "unet" in index else "transformer"  # the denoiser's folder (wig's families)
+    components = [f.component for f in FAMILIES.values() if f.component in index]
+    if not components:
+        raise WeightsError(f"{base}: a pipeline without a denoiser wig knows ({', '.join(FAMILIES)})")
+    component = components[0]
     kind = spec.get("kind", "denoiser")
     if kind == "denoiser":
         check_finetune_files(base, path, component)
