@@ -4,6 +4,7 @@ the file / tensor / key, nothing written, no traceback. The workflow's cases (a 
 fine-tune stops the run before any generation job; a non-UTF-8 prompt file stops `snakemake -n`)
 are in tests/test_workflow.py."""
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -276,3 +277,48 @@ def test_a_shared_flag_keeps_each_methods_own_choices(tiny_sd, tmp_path, capsys)
     helptext = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     assert "--weights" not in helptext and "--low-rank" not in helptext  # given's flags: given does not train
     assert "{no,fp16,bf16}" in helptext
+
+
+# 6. The ground-floor readers every loader uses: truncated, column-less, invalid, missing -----
+
+
+def test_a_truncated_or_columnless_manifest_is_named_by_embed_and_read_images(tmp_path, capsys):
+    import polars as pl
+
+    from wig.concepts import read_images
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "manifest.parquet").write_bytes(b"PAR1 cut short")
+    out = tmp_path / "emb.parquet"
+    args = ["embed", "--kind", "dino", "--tiny", str(tmp_path / "dino"), "--build-tiny", "--images", str(folder)]
+    assert main([*args, "--out", str(out)]) == 1
+    assert f"cannot read image manifest {folder / 'manifest.parquet'}: parquet" in _one_line(capsys)
+    pl.DataFrame({"file": ["a.png"]}).write_parquet(folder / "manifest.parquet")
+    args.remove("--build-tiny")  # the twin was built by the first call
+    assert main([*args, "--out", str(out)]) == 1
+    assert "image manifest has no column 'path' (columns: file)" in _one_line(capsys) and not out.exists()
+    with pytest.raises(ConceptError, match="image manifest has no column 'path'"):
+        read_images(folder)
+
+
+def test_json_and_text_readers_name_the_file_and_line(tmp_path):
+    from wig.readers import read_json, read_text
+
+    (tmp_path / "bad.json").write_text('{"a": 1,\n "b": }\n')
+    with pytest.raises(WigError, match=r"bad.json:2: config is not valid JSON"):
+        read_json(tmp_path / "bad.json", "config")
+    with pytest.raises(WigError, match=r"cannot read prompt list .*absent.txt: No such file"):
+        read_text(tmp_path / "absent.txt", "prompt list")
+
+
+def test_an_encoder_config_without_an_entry_it_reads_is_named(tmp_path):
+    from wig.evaluation.embeddings import EmbeddingError
+    from wig.evaluation.encoders import build_tiny_encoder, load_encoder
+
+    build_tiny_encoder("scene", tmp_path / "scene")
+    config = json.loads((tmp_path / "scene/config.json").read_text())
+    del config["size"]
+    (tmp_path / "scene/config.json").write_text(json.dumps(config))
+    with pytest.raises(EmbeddingError, match=r"cannot load scene encoder .*scene: its config has no 'size'"):
+        load_encoder({"kind": "scene", "tiny": True}, tmp_path / "scene", device="cpu")
