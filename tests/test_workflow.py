@@ -682,6 +682,9 @@ def test_synthetic_preset_smoke_runs_end_to_end(tmp_path):
         assert learning["arm"].to_list() == ["fine-tune, unguided", "fine-tune, CFG", "base, CFG"]
         assert learning["n_images"].to_list() == [2 * 3, 2 * 3, 3]  # LoRA seeds × training captions; the base once
     _check_smoke_numbers(results)
+    # every torch job ran with the kernels capped (runtime.cpu_kernels: avx2, README "Reproducibility")
+    train_logs = list((workdir / "logs/synthetic/db-lora/train").rglob("*.log"))
+    assert train_logs and all("cpu kernels AVX2" in log.read_text() for log in train_logs)
     # same seeds → the same tables: sampled, scored and bootstrapped again, they are the same bytes
     # (the targets keep the rerun to this model's jobs: the other model's tables are not compared)
     names = ("metrics.parquet", "paired_vs_cfg.parquet", "metric_agreement.parquet", "learning.parquet")

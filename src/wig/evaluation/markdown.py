@@ -18,8 +18,6 @@ person reads is laid out the way the paper prints its tables:
 from __future__ import annotations
 
 import math
-from typing import Sequence
-
 import polars as pl
 
 from wig.evaluation.metrics import REGISTRY as METRICS
@@ -103,13 +101,11 @@ def _by_protocol(rows: list[dict[str, str]], columns: list[str]) -> tuple[list[d
     return list(merged.values()), out_columns
 
 
-def results_markdown(
-    frame: pl.DataFrame, empty: str, digits: int = 3, drop: Sequence[str] = (), by_protocol: bool = True
-) -> str:
+def results_markdown(frame: pl.DataFrame, empty: str, digits: int = 3, by_protocol: bool = True) -> str:
     """``frame`` (a metrics, paired, matched-text or fine-tunes table) as the paper would print it
-    (module doc); ``empty``: the one line written instead when it has no rows; ``drop``: columns
-    left out of the Markdown (they stay in Parquet/CSV)."""
-    frame = frame.drop([c for c in drop if c in frame.columns])
+    (module doc); ``empty``: the one line written instead when it has no rows; ``by_protocol``: one
+    row per grid point with the protocols as columns (else a ``protocol`` column where it tells
+    rows apart)."""
     if frame.is_empty():
         return empty.rstrip() + "\n"
     rows = _cells(frame, digits)
