@@ -18,6 +18,7 @@ person reads is laid out the way the paper prints its tables:
 from __future__ import annotations
 
 import math
+
 import polars as pl
 
 from wig.evaluation.metrics import REGISTRY as METRICS
