@@ -17,10 +17,10 @@ from safetensors.torch import load_file, save_file
 from wig.cli import main
 from wig.concepts import ConceptError, read_dreambooth, read_prompt_list, read_sheet
 from wig.errors import WigError
+from wig.personalization import make
 from wig.personalization.full_weights import FullWeightsError, check_finetune_files
 from wig.workflow.config_schema import schema_error
 from wig.workflow.search import SearchSettings, summary
-from wig.workflow.weights import check_finetune
 
 from conftest import PROMPTS, STEPS, H, W
 
@@ -98,19 +98,19 @@ def test_a_broken_given_denoiser_is_refused_by_the_cli_naming_the_tensor(tiny_sd
 def test_the_resolve_check_refuses_the_same_files_from_their_headers(tiny_sd, tuned_unet, tmp_path, case):
     bad, name = _variant(tuned_unet, tmp_path, case)
     with pytest.raises(FullWeightsError, match=_MESSAGES[case]) as err:
-        check_finetune({"weights": str(bad), "kind": "denoiser"}, str(bad), str(tiny_sd))
+        make("given", weights=str(bad)).check_files(bad, tiny_sd)
     assert name in str(err.value) and "\n" not in str(err.value)
 
 
 def test_the_resolve_check_passes_a_sound_finetune_and_a_precision_change(tiny_sd, tuned_unet, tmp_path):
-    check_finetune({"kind": "denoiser"}, str(tuned_unet), str(tiny_sd))
+    make("given", weights=str(tuned_unet)).check_files(tuned_unet, tiny_sd)
     half = tmp_path / "half"
     half.mkdir()
     state = load_file(str(tuned_unet / "diffusion_pytorch_model.safetensors"))
     save_file({k: v.half() for k, v in state.items()}, half / "diffusion_pytorch_model.safetensors")
     check_finetune_files(tiny_sd, half, "unet")  # fp16 against an fp32 base is a cast, not a fault
     # a pipeline folder given as the fine-tune: its unet/ is read
-    check_finetune({"kind": "denoiser"}, str(tiny_sd), str(tiny_sd))
+    make("given", weights=str(tiny_sd)).check_files(tiny_sd, tiny_sd)
 
 
 def test_a_given_lora_of_integers_is_refused_before_a_pipeline_exists(tiny_sd, lora_path, tmp_path):
@@ -119,7 +119,7 @@ def test_a_given_lora_of_integers_is_refused_before_a_pipeline_exists(tiny_sd, l
     state[key] = torch.ones(state[key].shape, dtype=torch.int32)
     save_file(state, tmp_path / "int.safetensors")
     with pytest.raises(WigError, match=f"{key} is stored as int32, not floats"):
-        check_finetune({"kind": "lora"}, str(tmp_path / "int.safetensors"), str(tiny_sd))
+        make("given", weights="lora", kind="lora").check_files(tmp_path / "int.safetensors", tiny_sd)
 
 
 def test_a_lora_of_integers_is_refused_by_generate(tiny_sd, lora_path, tmp_path, capsys):

@@ -114,6 +114,7 @@ rule resolve_finetune:
     localrule: True
     params:
         spec=from_study(STUDY.finetune_weights),
+        method=from_study(STUDY.finetune_settings),
         model=get_model_ref,
     script:
         "../scripts/resolve_finetune.py"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from wig.errors import WigError
 from wig.personalization.base import BranchWeights, PersonalizationMethod, register
@@ -56,6 +57,33 @@ class Given(PersonalizationMethod):
 
     def identifier(self, identifier: str) -> str:
         return ""  # it learned no subject: prompts name the class alone ("a dog in the jungle")
+
+    def check_files(self, path: str | os.PathLike, base: str | os.PathLike) -> None:
+        """The fine-tune at ``path`` (where ``weights`` resolved) checked against the study's model at
+        ``base`` (a local pipeline folder) from the files alone, so a broken one stops the workflow
+        in its resolve rule, before any generation job: a full denoiser (for ``kind: base``, the
+        pretrained model ``base`` was tuned from) must hold the model's tensors, shapes and
+        floating dtypes, all finite (`wig.personalization.full_weights.check_finetune_files`); a
+        LoRA's tensors must be finite floats (whether each fits its layer is checked when a
+        generation job attaches it)."""
+        from wig.readers import read_json
+        from wig.sampling.families import FAMILIES
+
+        index = read_json(Path(base) / "model_index.json", "pipeline index")
+        components = [f.component for f in FAMILIES.values() if f.component in index]
+        if not components:
+            raise WigError(f"{base}: a pipeline without a denoiser wig knows ({', '.join(FAMILIES)})")
+        if self.kind == "lora":
+            from wig.personalization.lora import check_lora_file
+
+            check_lora_file(path)
+            return
+        from wig.personalization.full_weights import check_finetune_files
+
+        if self.kind == "base":  # the study's model is θ', `path` θ: its first convolution has fewer inputs
+            check_finetune_files(path, base, components[0], pad=("conv_in.weight",))
+        else:
+            check_finetune_files(base, path, components[0])
 
     def attach(self, pipe, out: str | os.PathLike | None = None, weak: bool = False) -> BranchWeights:
         """Attach the fine-tune at ``out`` (where the workflow resolved ``weights``; default: ``weights``

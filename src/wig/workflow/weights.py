@@ -115,33 +115,6 @@ def resolve_finetune(spec: dict) -> dict:
     return {"source": source, "requested": None, "revision": snapshot_revision(folder), "path": folder}
 
 
-def check_finetune(spec: dict, path: str | os.PathLike, base: str | os.PathLike) -> None:
-    """A given fine-tune at ``path`` checked against the study's model at ``base`` (a local
-    pipeline folder) from the files alone, so a broken one stops the run before any generation
-    job: a full denoiser (or, ``kind: base``, the pretrained model the study's model was tuned
-    from) must hold the base's tensors, shapes and floating dtypes, all finite
-    (`wig.personalization.full_weights.check_finetune_files`); a LoRA's tensors must be finite
-    floats (whether each fits its layer is checked when the generation job attaches it)."""
-    from wig.personalization.full_weights import check_finetune_files
-    from wig.readers import read_json
-    from wig.sampling.families import FAMILIES
-
-    index = read_json(Path(base) / "model_index.json", "pipeline index", WeightsError)
-    components = [f.component for f in FAMILIES.values() if f.component in index]
-    if not components:
-        raise WeightsError(f"{base}: a pipeline without a denoiser wig knows ({', '.join(FAMILIES)})")
-    component = components[0]
-    kind = spec.get("kind", "denoiser")
-    if kind == "denoiser":
-        check_finetune_files(base, path, component)
-    elif kind == "base":  # the study's model is θ', `path` is θ: its first convolution has fewer inputs
-        check_finetune_files(path, base, component, pad=("conv_in.weight",))
-    else:
-        from wig.personalization.lora import check_lora_file
-
-        check_lora_file(path)
-
-
 @contextlib.contextmanager
 def offline():
     """Hub lookups answered from the local cache only, whatever the environment says."""
