@@ -322,3 +322,14 @@ def test_an_encoder_config_without_an_entry_it_reads_is_named(tmp_path):
     (tmp_path / "scene/config.json").write_text(json.dumps(config))
     with pytest.raises(EmbeddingError, match=r"cannot load scene encoder .*scene: its config has no 'size'"):
         load_encoder({"kind": "scene", "tiny": True}, tmp_path / "scene", device="cpu")
+
+
+def test_the_resolve_check_of_a_base_pads_only_the_first_convolution(tiny_sd, tmp_path):
+    """kind base: the study's model (InstructPix2Pix, 8 input channels) is θ', the given weights
+    (SD) are θ with 4: accepted; a base whose other tensor differs in shape is still refused."""
+    from wig.sampling.tiny import build_tiny_ip2p
+
+    build_tiny_ip2p(tmp_path / "ip2p")
+    make("given", weights=str(tiny_sd), kind="base").check_files(tiny_sd, tmp_path / "ip2p")
+    with pytest.raises(FullWeightsError, match=r"conv_in.weight has shape \(32, 8, 3, 3\)"):  # no padding asked
+        make("given", weights=str(tiny_sd)).check_files(tmp_path / "ip2p", tiny_sd)

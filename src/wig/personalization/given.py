@@ -80,10 +80,8 @@ class Given(PersonalizationMethod):
             return
         from wig.personalization.full_weights import check_finetune_files
 
-        if self.kind == "base":  # the study's model is θ', `path` θ: its first convolution has fewer inputs
-            check_finetune_files(path, base, components[0], pad=("conv_in.weight",))
-        else:
-            check_finetune_files(base, path, components[0])
+        # kind base: the study's model is θ' and `path` θ, whose first convolution has fewer inputs
+        check_finetune_files(base, path, components[0], pad=("conv_in.weight",) if self.kind == "base" else ())
 
     def attach(self, pipe, out: str | os.PathLike | None = None, weak: bool = False) -> BranchWeights:
         """Attach the fine-tune at ``out`` (where the workflow resolved ``weights``; default: ``weights``

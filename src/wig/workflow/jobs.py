@@ -67,10 +67,10 @@ def job(snakemake, torch: bool = True):
         try:
             with gpu_slot(ids) as device:
                 logger.info("%s", where())
-                if torch:  # which CPU kernels ran it (wig.kernels: runtime.cpu_kernels caps them)
-                    logger.info("cpu kernels %s", _torch.backends.cpu.get_cpu_capability())
                 if device is not None:
                     logger.info("gpu %s acquired at %.6f", device, time.time())
+                if torch:  # which CPU kernels ran it (wig.kernels: runtime.cpu_kernels caps them)
+                    logger.info("cpu kernels %s", _torch.backends.cpu.get_cpu_capability())
                 try:
                     yield logger
                 finally:
