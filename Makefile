@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: demo test lint install clean
+.PHONY: demo test check lint install clean
 
 install: $(STAMP)
 
@@ -36,8 +36,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/snakefmt --check Snakefile workflow
 
+# everything: lint and all three test tiers (CI: .ci/run)
 test: lint
 	$(BIN)/python -m pytest -n $(CORES) --dist loadgroup $(PYTEST_ARGS)
+
+# the inner loop (≤ 5 min on 2 cores): lint and the tests that run no Snakemake and no SLURM
+check: lint
+	$(BIN)/python -m pytest -n $(CORES) --dist loadgroup --tier check $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .snakemake results

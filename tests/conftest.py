@@ -110,3 +110,37 @@ def point_row(method: str, **values) -> dict:
     from wig.guidance import columns
 
     return {"method": method, **{name: f.default for name, f in columns().items()}, **values}
+
+
+TIERS = ("check", "workflow", "cluster")  # pyproject.toml's markers; `make check` runs the first
+
+
+def tier_of(item) -> str | None:
+    """The tier a test is in: its closest tier marker (a test's own mark overrides its file's)."""
+    for mark in item.iter_markers():
+        if mark.name in TIERS:
+            return mark.name
+    return None
+
+
+def pytest_addoption(parser):
+    parser.addoption("--tier", choices=TIERS, help="run only the tests of this tier (`make check`: --tier check)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Refuse a test without a tier: a file sets ``pytestmark = pytest.mark.<tier>``, so a new
+    file that forgets it cannot drop silently out of `make check` or land in it by accident.
+    ``--tier`` keeps one tier's tests (by `tier_of`, so a test marked apart from its file goes
+    where its own mark says)."""
+    untiered = sorted({str(item.path) for item in items if tier_of(item) is None})
+    if untiered:
+        raise pytest.UsageError(
+            f"test files without a tier ({' | '.join(TIERS)}): {', '.join(untiered)}; "
+            "set pytestmark = pytest.mark.<tier> at the top of each"
+        )
+    if wanted := config.getoption("--tier"):
+        kept = [item for item in items if tier_of(item) == wanted]
+        dropped = [item for item in items if tier_of(item) != wanted]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = kept

@@ -22,6 +22,8 @@ from wig.sampling.tiny import build_tiny_sd
 from conftest import STEPS, H, W, generators, reference_loop
 from test_training import DOG, RES
 
+pytestmark = pytest.mark.check
+
 INSTANCE = "a photo of <new1> dog"
 PROMPTS = ["a photo of <new1> dog", "a <new1> dog on the beach"]
 

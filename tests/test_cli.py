@@ -15,6 +15,8 @@ from wig.cli import build_parser, main
 
 from conftest import STEPS, H, W
 
+pytestmark = pytest.mark.check
+
 PROMPT = "a sks dog in the snow"
 
 

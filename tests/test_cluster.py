@@ -18,7 +18,7 @@ import polars as pl
 import pytest
 from test_workflow import ROOT, _small_config, _workdir
 
-pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+pytestmark = pytest.mark.cluster
 SLURM_LOCAL = ROOT / "tools/slurm-local"
 GPU_RULES = {"class_images", "train", "generate", "embed_references", "embed_texts", "embed_samples"}
 

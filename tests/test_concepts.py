@@ -12,6 +12,8 @@ from PIL import Image
 from wig.cli import main
 from wig.concepts import ConceptError, prepare_concept, read_dreambooth, read_prompt_list, read_sheet
 
+pytestmark = pytest.mark.check
+
 ROOT = Path(__file__).resolve().parents[1]
 VICO = ROOT / "resources/datasets/vico"
 DEMO = ROOT / "resources/datasets/demo"

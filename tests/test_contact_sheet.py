@@ -7,6 +7,8 @@ from PIL import Image
 from wig.errors import WigError
 from wig.evaluation.contact_sheet import contact_sheet
 
+pytestmark = pytest.mark.check
+
 
 def _tiles(tmp_path, n, size=(8, 6)):
     paths = []

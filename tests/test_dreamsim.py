@@ -20,6 +20,8 @@ from wig.evaluation.plots import pareto_front
 
 from conftest import point_row
 
+pytestmark = pytest.mark.check
+
 ROOT = Path(__file__).resolve().parents[1]
 DOG = ROOT / "resources/datasets/demo/images/brown_dog"
 TINY = {"kind": "dreamsim", "tiny": True}

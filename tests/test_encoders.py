@@ -21,6 +21,8 @@ from wig.evaluation.metrics import score_job, score_samples
 
 from conftest import point_row
 
+pytestmark = pytest.mark.check
+
 ROOT = Path(__file__).resolve().parents[1]
 DOG = ROOT / "resources/datasets/demo/images/brown_dog"
 PROTOCOLS = ["dreammatcher", "standard"]

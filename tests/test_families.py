@@ -21,6 +21,8 @@ from wig.sampling.tiny import build_tiny_sana, build_tiny_sd
 from conftest import PROMPTS, generators, to_uint8
 from test_tiny import _files
 
+pytestmark = pytest.mark.check
+
 
 @dataclass
 class Case:

@@ -21,6 +21,8 @@ from wig.sampling.tiny import default_config
 
 from conftest import PROMPTS, STEPS, H, W, generators, reference_loop
 
+pytestmark = pytest.mark.check
+
 LAMBDA = 7.5
 
 

@@ -10,6 +10,8 @@ import pytest
 
 from wig.workflow.gpus import GpuError, check_resources, device_ids, gpu_slot
 
+pytestmark = pytest.mark.check
+
 HOLD = """
 import sys, time
 from wig.workflow.gpus import gpu_slot

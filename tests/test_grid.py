@@ -5,6 +5,8 @@ import pytest
 from wig.errors import WigError
 from wig.guidance.grid import canonical, expand, job_chunks
 
+pytestmark = pytest.mark.check
+
 
 def test_canonical_spelling():
     assert canonical(0.1 * 3) == canonical(0.3) == "0.3"

@@ -7,6 +7,8 @@ from wig.errors import WigError
 from wig.guidance import NEGATIVE, PROMPT, REGISTRY, Branch, Guidance, parameters
 from wig.personalization.checkpoints import FULL, WEAK
 
+pytestmark = pytest.mark.check
+
 
 def _outs(k, seed=0):
     g = torch.Generator().manual_seed(seed)

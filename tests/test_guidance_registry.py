@@ -40,6 +40,8 @@ from wig.workflow.study import Study, StudyError
 
 from conftest import PROMPTS, STEPS, H, W, generators
 
+pytestmark = pytest.mark.check
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

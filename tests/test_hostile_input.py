@@ -29,6 +29,8 @@ from wig.workflow.atomic import atomic_dir
 from conftest import H, W
 from test_cli import PROMPT, _generate
 
+pytestmark = pytest.mark.check
+
 
 def _one_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()

@@ -20,6 +20,8 @@ from wig.sampling.tiny import build_tiny_ip2p
 
 from conftest import STEPS, generators, to_uint8
 
+pytestmark = pytest.mark.check
+
 ROOT = Path(__file__).resolve().parents[1]
 DOG = ROOT / "resources/datasets/demo/images/brown_dog"
 INSTRUCTIONS = ["make it a watercolour", "turn the dog into a cat"]

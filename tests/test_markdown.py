@@ -18,6 +18,8 @@ from wig.guidance import columns
 
 from conftest import point_row
 
+pytestmark = pytest.mark.check
+
 POINTS = [
     ("cfg", {"scale": 3.0}),
     ("cfg", {"scale": 7.5}),

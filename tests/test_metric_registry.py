@@ -20,6 +20,8 @@ from wig.evaluation.metrics import (
 )
 from wig.guidance import Guidance, point_columns
 
+pytestmark = pytest.mark.check
+
 ENCODER = "dino-tiny:s0"
 
 

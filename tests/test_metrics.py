@@ -22,6 +22,8 @@ from wig.evaluation.plots import pareto_front
 
 from conftest import point_row
 
+pytestmark = pytest.mark.check
+
 METRICS = ("dino", "clip_i", "clip_t")  # the encoder metrics of wig.evaluation.metrics.REGISTRY
 
 

@@ -24,6 +24,8 @@ from wig.synthetic.world import (
 
 from conftest import point_row
 
+pytestmark = pytest.mark.check
+
 
 def _layouts():
     layout, rng = Layout(), np.random.default_rng(0)

@@ -26,6 +26,8 @@ from wig.workflow.study import Study, StudyError
 
 from conftest import generators
 
+pytestmark = pytest.mark.check
+
 ROOT = Path(__file__).resolve().parents[1]
 DOG = ROOT / "resources/datasets/demo/images/brown_dog"
 

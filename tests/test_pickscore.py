@@ -19,6 +19,8 @@ from wig.evaluation.metrics import REGISTRY, enabled_metrics, score_job
 
 from conftest import point_row
 
+pytestmark = pytest.mark.check
+
 ROOT = Path(__file__).resolve().parents[1]
 DOG = ROOT / "resources/datasets/demo/images/brown_dog"
 PROMPTS = ["a photo of a dog", "a dog on the beach"]

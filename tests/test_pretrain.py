@@ -19,6 +19,8 @@ from wig.synthetic.world import PALETTE, Layout, prompt_attributes
 from conftest import generators, to_uint8
 from test_tiny import _files
 
+pytestmark = pytest.mark.check
+
 PROMPTS = ["a red triangle on a blue background", ""]
 
 

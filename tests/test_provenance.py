@@ -14,6 +14,8 @@ import yaml
 
 from wig.workflow.provenance import code_files, code_hash, import_closure
 
+pytestmark = pytest.mark.check
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "workflow/scripts"
 

@@ -24,6 +24,8 @@ from wig.workflow.search import SearchSettings, summary
 
 from conftest import PROMPTS, STEPS, H, W
 
+pytestmark = pytest.mark.check
+
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "config/schema.yaml"
 DREAMBOOTH = ROOT / "resources/datasets/dreambooth/prompts_and_classes.txt"

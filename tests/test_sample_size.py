@@ -9,6 +9,8 @@ from wig.errors import WigError
 from wig.evaluation.metrics import _bootstrap, paired_vs_cfg
 from wig.evaluation.sample_size import components, paired_cube, plan, projected_half_width
 
+pytestmark = pytest.mark.check
+
 
 def _own_half_width(cube, n_boot=2000):
     lo, hi = _bootstrap(cube, n_boot, np.random.default_rng(9))

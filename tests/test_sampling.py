@@ -22,6 +22,8 @@ from wig.sampling.sampler import Request, SamplingError, sample, sample_latents
 
 from conftest import PROMPTS, STEPS, H, W, generators, reference_loop, to_uint8
 
+pytestmark = pytest.mark.check
+
 LAMBDA = 7.5
 
 

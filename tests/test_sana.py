@@ -28,6 +28,8 @@ from wig.sampling.tiny import gemma_tokenizer
 from conftest import PROMPTS, generators, to_uint8
 from test_training import DOG
 
+pytestmark = pytest.mark.check
+
 H = W = 64  # the twin's native size: 16x16 latents
 STEPS = 6
 LAMBDA = 4.5  # SANA's default CFG scale

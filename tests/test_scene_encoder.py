@@ -12,6 +12,8 @@ from wig.synthetic.encoder import load_net, settings_of, train_encoder
 from wig.synthetic.world import SUBJECTS, render
 from wig.workflow.provenance import encoder_id
 
+pytestmark = pytest.mark.check
+
 SPEC = {"kind": "scene", "train": {"steps": 30, "batch_size": 16, "width": 8, "dim": 16}, "seed": 3}
 
 

@@ -9,6 +9,8 @@ import pytest
 from wig.errors import WigError
 from wig.workflow.search import SearchSettings, best, golden_section, next_probe, replay
 
+pytestmark = pytest.mark.check
+
 PHI = (1 + math.sqrt(5)) / 2
 BRACKET = SearchSettings(lo=-10.0, hi=10.0, tolerance=0.1, resolution=0.05, max_probes=50)
 

@@ -13,6 +13,8 @@ from wig.synthetic.shipped import RECORD, SHIPPED
 from wig.workflow.study import Study, pretrain_config
 from wig.workflow.weights import file_digests, folder_sha256, resolve_model
 
+pytestmark = pytest.mark.check
+
 ROOT = Path(__file__).resolve().parents[1]
 NAMING = ["config/config.yaml", "config/presets/synthetic.yaml", ".test/config/synthetic-smoke.yaml"]
 

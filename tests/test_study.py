@@ -14,6 +14,8 @@ from wig.guidance.grid import canonical
 from wig.personalization import make
 from wig.workflow.study import GenerationJob, Study, StudyError, TrainingRun, class_slug
 
+pytestmark = pytest.mark.check
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

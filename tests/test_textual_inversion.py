@@ -20,6 +20,8 @@ from wig.sampling.sampler import sample
 from conftest import generators, to_uint8
 from test_training import DOG, RES
 
+pytestmark = pytest.mark.check
+
 TOKENS = ["<s0>", "<s1>"]
 INSTANCE = "a photo of <s0><s1> dog"
 KW = dict(steps=3, height=RES, width=RES, progress=False)

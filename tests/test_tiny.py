@@ -1,10 +1,13 @@
 """Tiny twins: seeded, byte-identical, loadable by stock diffusers, with CLIP's real tokenizer."""
 
 import open_clip
+import pytest
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
 from wig.sampling.tiny import clip_tokenizer
+
+pytestmark = pytest.mark.check
 
 
 def _files(root):

@@ -27,6 +27,8 @@ from wig.sampling.sampler import sample
 
 from conftest import generators, to_uint8
 
+pytestmark = pytest.mark.check
+
 ROOT = Path(__file__).resolve().parents[1]
 DOG = ROOT / "resources/datasets/demo/images/brown_dog"
 RES = 32

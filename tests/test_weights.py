@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.check
+
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 

@@ -16,6 +16,8 @@ from PIL import Image
 
 from test_provenance import _scripted_rules, _walk
 
+pytestmark = pytest.mark.workflow
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
@@ -290,7 +292,6 @@ def test_fetch_rule_clones_the_pinned_commit(tmp_path):
     assert len(pl.read_parquet(workdir / "results/concepts/brown_dog/manifest.parquet")) == 5
 
 
-@pytest.mark.slow
 def test_the_synthetic_world_renders_its_dataset_through_the_dag(tmp_path):
     config = _edit(
         _small_config(),
@@ -366,7 +367,6 @@ def study(small_study):
 
 
 @SMALL
-@pytest.mark.slow
 def test_small_study_writes_runs_samples_tables_and_one_log_per_job(study):
     workdir, _ = study
     _check_gpu_slots(workdir / "logs", n_jobs=25, ids={"0", "1", "2"})  # 11 per model, 3 shared embeddings
@@ -395,7 +395,6 @@ def test_small_study_writes_runs_samples_tables_and_one_log_per_job(study):
 
 
 @SMALL
-@pytest.mark.slow
 def test_small_study_pg_at_omega_one_is_cfg_bit_for_bit_in_both_families(study):
     workdir, _ = study
     for m in ("tiny-sd", "tiny-sana"):
@@ -408,7 +407,6 @@ def test_small_study_pg_at_omega_one_is_cfg_bit_for_bit_in_both_families(study):
 
 
 @SMALL
-@pytest.mark.slow
 def test_small_study_dino_equals_the_mean_cosine_recomputed_from_the_embeddings(study):
     workdir, _ = study
     tune = workdir / "results/tiny-sd/db-lora"
@@ -425,7 +423,6 @@ def test_small_study_dino_equals_the_mean_cosine_recomputed_from_the_embeddings(
 
 
 @SMALL
-@pytest.mark.slow
 def test_small_study_is_complete_and_key_order_is_no_change(study, tmp_path):
     workdir, config = study
     again = _snakemake(workdir)
@@ -447,7 +444,6 @@ def test_small_study_is_complete_and_key_order_is_no_change(study, tmp_path):
 
 
 @SMALL
-@pytest.mark.slow
 def test_small_study_sample_is_what_the_cli_makes_with_the_trained_lora(study, tmp_path):
     from wig.cli import main
 
@@ -463,7 +459,6 @@ def test_small_study_sample_is_what_the_cli_makes_with_the_trained_lora(study, t
 
 
 @SMALL
-@pytest.mark.slow
 def test_small_study_config_changes_rerun_exactly_the_jobs_they_touch(study):
     workdir, config = study
     # per model ×2 where both models are hit
@@ -539,7 +534,6 @@ def test_small_study_config_changes_rerun_exactly_the_jobs_they_touch(study):
 
 
 @SMALL
-@pytest.mark.slow
 def test_small_study_code_changes_rerun_exactly_the_jobs_whose_scripts_reach_them(study, tmp_path):
     # a real change of library code (seen through the code hashes in params) plans exactly the jobs
     # whose scripts reach the module — what --forcerun of those rules plans — and nothing else
@@ -576,7 +570,6 @@ def test_small_study_code_changes_rerun_exactly_the_jobs_whose_scripts_reach_the
 
 
 @SMALL
-@pytest.mark.slow
 def test_small_study_report_holds_grids_figures_and_tables(study):
     workdir, _ = study
     report = _snakemake(workdir, "--report", "report.html")
@@ -642,7 +635,6 @@ def _check_smoke_numbers(results):
         assert not off, f"{part} numbers beyond ±{tolerance}: {off}"
 
 
-@pytest.mark.slow
 def test_synthetic_preset_smoke_runs_end_to_end(tmp_path):
     config = _synthetic_smoke_config()
     workdir = _workdir(tmp_path, config)
@@ -695,7 +687,6 @@ def test_synthetic_preset_smoke_runs_end_to_end(tmp_path):
     assert all((results / "synthetic/db-lora/tables" / f).read_bytes() == b for f, b in before.items())
 
 
-@pytest.mark.slow
 @pytest.mark.xdist_group("table2-study")
 def test_table2_study_trains_every_method_and_guides_with_sag_through_the_dag(tmp_path):
     """.test/config/table2.yaml: db-lora, db-lora-ti and classdiffusion on the tiny SD twin, each
@@ -752,7 +743,6 @@ def test_the_test_configs_run_by_hand_as_their_headers_say(name):
     assert "generate" in proc.stdout and f".test/config/{name}.yaml" in (ROOT / f".test/config/{name}.yaml").read_text()
 
 
-@pytest.mark.slow
 @pytest.mark.xdist_group("given-study")
 def test_a_given_full_finetune_over_a_prompt_set_runs_through_the_dag_without_training(tmp_path):
     """The dpo-sd15 layout on tiny twins: a `given` fine-tune (a tiny "Diffusion-DPO" UNet: the
@@ -819,7 +809,6 @@ def test_a_given_full_finetune_over_a_prompt_set_runs_through_the_dag_without_tr
     assert np.array_equal(got, np.asarray(ref))
 
 
-@pytest.mark.slow
 @pytest.mark.xdist_group("ip2p-study")
 def test_an_instruct_pix2pix_study_edits_each_concepts_first_image_through_the_dag(tmp_path):
     """The ip2p preset's layout on tiny twins: the IP2P twin is the model (θ'), a tiny SD twin the
@@ -884,7 +873,6 @@ def test_an_instruct_pix2pix_study_edits_each_concepts_first_image_through_the_d
     assert set(pl.read_parquet(results / "tables/scores.parquet")["method"]) == {"ip2p-cfg"}
 
 
-@pytest.mark.slow
 @pytest.mark.xdist_group("search-study")
 def test_a_golden_section_search_grows_the_dag_one_cached_probe_at_a_time(tmp_path):
     """A λ search of PG (ω = 0) on a given fine-tune over two PartiPrompts: its probes are ordinary
@@ -961,7 +949,6 @@ def test_a_non_utf8_prompt_file_stops_planning_naming_the_file_and_line(tmp_path
     assert "UnicodeDecodeError" not in out
 
 
-@pytest.mark.slow
 def test_a_broken_given_finetune_stops_the_run_before_any_generation_job(tmp_path):
     """A given full fine-tune with a tensor stored as int32: planning cannot
     see tensors, so rule resolve_finetune checks them against the base (headers first) and the run

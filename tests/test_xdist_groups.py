@@ -10,6 +10,10 @@ import subprocess
 import sys
 from collections import Counter
 
+import pytest
+
+pytestmark = pytest.mark.check
+
 SUITE = """
 import json, os, pytest
 
