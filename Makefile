@@ -42,7 +42,7 @@ test: lint
 
 # the inner loop (≤ 5 min on 2 cores): lint and the tests that run no Snakemake and no SLURM
 check: lint
-	$(BIN)/python -m pytest -n $(CORES) --dist loadgroup --tier check $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(CORES) --dist loadgroup --tier=check $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .snakemake results

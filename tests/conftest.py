@@ -124,7 +124,7 @@ def tier_of(item) -> str | None:
 
 
 def pytest_addoption(parser):
-    parser.addoption("--tier", choices=TIERS, help="run only the tests of this tier (`make check`: --tier check)")
+    parser.addoption("--tier", choices=TIERS, help="run only the tests of this tier (`make check`: --tier=check; with "=", as `workflow` is also a folder)")
 
 
 def pytest_collection_modifyitems(config, items):

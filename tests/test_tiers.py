@@ -62,11 +62,11 @@ def test_a_file_without_a_tier_is_refused_and_tier_selects_by_the_closest_mark(t
         "def test_fast():\n    pass\n\n"
         "@pytest.mark.workflow\ndef test_dag():\n    pass\n"
     )
-    proc = _run(tmp_path, "--tier", "check", "-v")
+    proc = _run(tmp_path, "--tier=check", "-v")
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert "test_fast PASSED" in proc.stdout and "test_dag" not in proc.stdout.split("deselected")[0]
     assert "1 passed, 1 deselected" in proc.stdout
-    proc = _run(tmp_path, "--tier", "workflow", "-v")
+    proc = _run(tmp_path, "--tier=workflow", "-v")
     assert "test_dag PASSED" in proc.stdout and "1 passed, 1 deselected" in proc.stdout
 
     (tmp_path / "test_untiered.py").write_text("def test_forgot():\n    pass\n")
