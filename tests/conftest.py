@@ -124,7 +124,8 @@ def tier_of(item) -> str | None:
 
 
 def pytest_addoption(parser):
-    parser.addoption("--tier", choices=TIERS, help="run only the tests of this tier (`make check`: --tier=check; with "=", as `workflow` is also a folder)")
+    # written --tier=NAME: pytest reads a bare `workflow` as the repository's workflow/ folder
+    parser.addoption("--tier", choices=TIERS, help="run only the tests of this tier (make check: --tier=check)")
 
 
 def pytest_collection_modifyitems(config, items):
