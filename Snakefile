@@ -38,7 +38,7 @@ rule all:
 
 
 # Every scripted rule's params carry a hash of the wig code its script runs: the import closure of
-# the script, read from the sources (wig.workflow.provenance.code_hash). A library change reruns exactly the
+# the script, read from the sources (wig.provenance.code_hash). A library change reruns exactly the
 # jobs whose scripts reach it, and no rule lists module names that could drift from its imports.
 for _rule in workflow.rules:
     if _rule.script:

@@ -34,11 +34,11 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from wig.guidance import Guidance
+from wig.models.families import SD, family_of
+from wig.models.pipelines import load_pipeline
+from wig.models.tiny import BUILDERS, default_config
 from wig.personalization.lora import attach_loras, random_lora
-from wig.sampling.families import SD, family_of
-from wig.sampling.pipelines import load_pipeline
 from wig.sampling.sampler import Request, decode, sample_latents
-from wig.sampling.tiny import BUILDERS, default_config
 
 SCALE = {"sd": 7.5, "sana": 4.5}  # each family's usual CFG λ
 

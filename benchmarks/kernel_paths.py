@@ -46,8 +46,8 @@ def train_one(out: Path, steps: int) -> None:
     import torch
 
     from wig.concepts import read_images
+    from wig.models.pipelines import load_pipeline
     from wig.personalization import Subject, make
-    from wig.sampling.pipelines import load_pipeline
     from wig.synthetic.world import render_images
 
     torch.set_num_threads(1)

@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F
 
 from wig.concepts import read_images
+from wig.models.families import SD
+from wig.models.pipelines import load_pipeline
+from wig.models.tiny import build_tiny_sd, default_config
 from wig.personalization import Subject, make
 from wig.personalization.training import pixel_tensor
-from wig.sampling.families import SD
-from wig.sampling.pipelines import load_pipeline
-from wig.sampling.tiny import build_tiny_sd, default_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DOG = ROOT / "resources/datasets/demo/images/brown_dog"

@@ -24,7 +24,7 @@ SEEDS = [0, 7]
 
 @pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory):
-    from wig.sampling.tiny import build_tiny_sd
+    from wig.models.tiny import build_tiny_sd
 
     out = tmp_path_factory.mktemp("tiny-sd")
     build_tiny_sd(out)
@@ -33,7 +33,7 @@ def tiny_sd(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_sana(tmp_path_factory):
-    from wig.sampling.tiny import build_tiny_sana
+    from wig.models.tiny import build_tiny_sana
 
     out = tmp_path_factory.mktemp("tiny-sana")
     build_tiny_sana(out)
@@ -43,8 +43,8 @@ def tiny_sana(tmp_path_factory):
 @pytest.fixture(scope="session")
 def lora_path(tiny_sd, tmp_path_factory):
     """A random LoRA large enough to change the image (alpha = rank, so its scaling is 1)."""
+    from wig.models.pipelines import load_pipeline
     from wig.personalization.lora import random_lora
-    from wig.sampling.pipelines import load_pipeline
 
     pipe = load_pipeline(str(tiny_sd), device="cpu", dtype="float32")
     return random_lora(pipe, tmp_path_factory.mktemp("lora"), std=0.3, seed=1)
@@ -53,8 +53,8 @@ def lora_path(tiny_sd, tmp_path_factory):
 @pytest.fixture(scope="session")
 def sana_lora_path(tiny_sana, tmp_path_factory):
     """A random LoRA of the SANA twin's transformer (alpha = rank)."""
+    from wig.models.pipelines import load_pipeline
     from wig.personalization.lora import random_lora
-    from wig.sampling.pipelines import load_pipeline
 
     pipe = load_pipeline(str(tiny_sana), device="cpu", dtype="float32")
     return random_lora(pipe, tmp_path_factory.mktemp("sana-lora"), std=0.3, seed=1)
@@ -62,8 +62,8 @@ def sana_lora_path(tiny_sana, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def weak_lora_path(tiny_sd, tmp_path_factory):
+    from wig.models.pipelines import load_pipeline
     from wig.personalization.lora import random_lora
-    from wig.sampling.pipelines import load_pipeline
 
     pipe = load_pipeline(str(tiny_sd), device="cpu", dtype="float32")
     return random_lora(pipe, tmp_path_factory.mktemp("weak"), std=0.2, seed=2)

@@ -12,12 +12,12 @@ from safetensors.torch import load_file
 
 from wig.concepts import read_images
 from wig.guidance import Guidance
+from wig.models.pipelines import load_pipeline
+from wig.models.tiny import build_tiny_sd
 from wig.personalization import Subject, make
 from wig.personalization.custom_diffusion import CustomDiffusionError, pooled, rescale, spl, trained_layers
 from wig.personalization.tokens import TokenError
-from wig.sampling.pipelines import load_pipeline
 from wig.sampling.sampler import Request, sample_latents
-from wig.sampling.tiny import build_tiny_sd
 
 from conftest import STEPS, H, W, generators, reference_loop
 from test_training import DOG, RES

@@ -13,10 +13,10 @@ import torch
 from diffusers import SanaPipeline, StableDiffusionPipeline
 
 from wig.guidance import Guidance
+from wig.models.pipelines import load_pipeline
+from wig.models.tiny import build_tiny_sana, build_tiny_sd
 from wig.personalization.lora import attach_loras
-from wig.sampling.pipelines import load_pipeline
 from wig.sampling.sampler import Request, decode, sample, sample_latents
-from wig.sampling.tiny import build_tiny_sana, build_tiny_sd
 
 from conftest import PROMPTS, generators, to_uint8
 from test_tiny import _files

@@ -8,13 +8,13 @@ import time
 
 import pytest
 
-from wig.workflow.gpus import GpuError, check_resources, device_ids, gpu_slot
+from wig.gpus import GpuError, check_resources, device_ids, gpu_slot
 
 pytestmark = pytest.mark.check
 
 HOLD = """
 import sys, time
-from wig.workflow.gpus import gpu_slot
+from wig.gpus import gpu_slot
 with gpu_slot(["0", "1"], lock_dir=sys.argv[1]) as device:
     print(device, flush=True)
     time.sleep(60)

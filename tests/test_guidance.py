@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from wig.branches import FULL, WEAK
 from wig.errors import WigError
 from wig.guidance import NEGATIVE, PROMPT, REGISTRY, Branch, Guidance, parameters
-from wig.personalization.checkpoints import FULL, WEAK
 
 pytestmark = pytest.mark.check
 

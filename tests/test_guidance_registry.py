@@ -14,6 +14,7 @@ import torch
 import yaml
 from snakemake.utils import validate
 
+from wig.branches import FULL
 from wig.errors import WigError
 from wig.evaluation.metrics import aggregate, paired_vs_cfg
 from wig.guidance import (
@@ -30,11 +31,10 @@ from wig.guidance import (
 )
 from wig.guidance.cfg import cfg_combine
 from wig.guidance.grid import expand
+from wig.models.pipelines import load_pipeline
 from wig.personalization import REGISTRY as PERSONALIZATION
-from wig.personalization.checkpoints import FULL
 from wig.personalization.lora import attach_loras
 from wig.sampling.generation import generate_samples
-from wig.sampling.pipelines import load_pipeline
 from wig.sampling.sampler import Request, sample_latents
 from wig.workflow.study import Study, StudyError
 

@@ -17,14 +17,14 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from wig.atomic import atomic_dir
 from wig.cli import main
 from wig.concepts import load_image, prepare_concept, read_sheet
 from wig.errors import WigError
 from wig.guidance import Guidance
+from wig.models.pipelines import load_pipeline
 from wig.personalization.lora import attach_loras
 from wig.sampling.generation import generate_samples
-from wig.sampling.pipelines import load_pipeline
-from wig.workflow.atomic import atomic_dir
 
 from conftest import H, W
 from test_cli import PROMPT, _generate
@@ -229,7 +229,7 @@ def test_out_onto_a_folder_or_an_existing_file_is_refused(tiny_sd, tmp_path, cap
 
 def test_a_truncated_prompt_is_said(tiny_sd, tmp_path, caplog):
     long_prompt = "a sks dog " + "wearing a red hat and " * 30 + "in the snow"
-    with caplog.at_level(logging.WARNING, logger="wig.sampling.families"):
+    with caplog.at_level(logging.WARNING, logger="wig.models.families"):
         assert (
             main(
                 [

@@ -13,10 +13,10 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from wig.guidance import Guidance
+from wig.models.pipelines import load_pipeline
+from wig.models.tiny import build_tiny_ip2p
 from wig.personalization.full_weights import attach_base
-from wig.sampling.pipelines import load_pipeline
 from wig.sampling.sampler import SamplingError, sample
-from wig.sampling.tiny import build_tiny_ip2p
 
 from conftest import STEPS, generators, to_uint8
 

@@ -11,17 +11,17 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
+from wig.atomic import atomic_dir
+from wig.branches import FULL, LORA_WEIGHT_NAME, WEAK
 from wig.cli import main
 from wig.errors import WigError
 from wig.guidance import Guidance
+from wig.models.pipelines import load_pipeline
 from wig.personalization import REGISTRY, Subject, TrainedMethod, make, register
-from wig.personalization.checkpoints import FULL, LORA_WEIGHT_NAME, WEAK
 from wig.personalization.lora import LoraBranchWeights, attach_loras, random_lora
 from wig.personalization.training import LOG_SCHEMA
-from wig.sampling.pipelines import load_pipeline
 from wig.sampling.sampler import sample
 from wig.settings import param
-from wig.workflow.atomic import atomic_dir
 from wig.workflow.study import Study, StudyError
 
 from conftest import generators

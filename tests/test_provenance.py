@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from wig.workflow.provenance import code_files, code_hash, import_closure
+from wig.provenance import code_files, code_hash, import_closure
 
 pytestmark = pytest.mark.check
 
@@ -140,8 +140,8 @@ def test_the_closure_follows_lazy_imports_package_data_and_from_imports(tmp_path
     script = tmp_path / "s.py"
     script.write_text("from wig.evaluation import plots\n\ndef later():\n    from wig.cli import main\n")
     modules, data = import_closure(script)
-    # wig.cli imports wig.sampling.tiny inside a function; wig.sampling.tiny reads wig/configs/*.json
-    assert {"wig", "wig.evaluation.plots", "wig.cli", "wig.sampling.tiny", "wig.evaluation.metrics"} <= set(modules)
+    # wig.cli imports wig.models.tiny inside a function; wig.models.tiny reads wig/configs/*.json
+    assert {"wig", "wig.evaluation.plots", "wig.cli", "wig.models.tiny", "wig.evaluation.metrics"} <= set(modules)
     assert {p.name for p in data} == {"tiny_sd.json", "tiny_sana.json", "tiny_synthetic.json"}
     assert set(code_files(script)) == _walk(script)
     before = code_hash(script)
@@ -164,5 +164,5 @@ def test_embedding_and_scoring_reach_the_embedding_schema_generation_does_not():
     assert "wig.evaluation.embeddings" not in generate and {
         "wig.concepts",
         "wig.personalization.lora",
-        "wig.workflow.provenance",
+        "wig.provenance",
     } <= set(generate)

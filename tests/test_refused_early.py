@@ -138,8 +138,8 @@ def test_a_lora_of_integers_is_refused_by_generate(tiny_sd, lora_path, tmp_path,
 
 
 def test_token_embeddings_of_integers_are_refused(tiny_sd, tmp_path):
+    from wig.models.pipelines import load_pipeline
     from wig.personalization.tokens import TokenError, read_embeddings
-    from wig.sampling.pipelines import load_pipeline
 
     pipe = load_pipeline(str(tiny_sd), device="cpu", dtype="float32")
     width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
@@ -329,7 +329,7 @@ def test_an_encoder_config_without_an_entry_it_reads_is_named(tmp_path):
 def test_the_resolve_check_of_a_base_pads_only_the_first_convolution(tiny_sd, tmp_path):
     """kind base: the study's model (InstructPix2Pix, 8 input channels) is θ', the given weights
     (SD) are θ with 4: accepted; a base whose other tensor differs in shape is still refused."""
-    from wig.sampling.tiny import build_tiny_ip2p
+    from wig.models.tiny import build_tiny_ip2p
 
     build_tiny_ip2p(tmp_path / "ip2p")
     make("given", weights=str(tiny_sd), kind="base").check_files(tiny_sd, tmp_path / "ip2p")

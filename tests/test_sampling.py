@@ -12,12 +12,12 @@ import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from safetensors.torch import load_file
 
+from wig.branches import WEAK
 from wig.errors import WigError
 from wig.guidance import Guidance
-from wig.personalization.checkpoints import WEAK
+from wig.models.pipelines import load_pipeline
 from wig.personalization.lora import attach_loras
 from wig.sampling.generation import generate_samples
-from wig.sampling.pipelines import load_pipeline
 from wig.sampling.sampler import Request, SamplingError, sample, sample_latents
 
 from conftest import PROMPTS, STEPS, H, W, generators, reference_loop, to_uint8

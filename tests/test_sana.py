@@ -18,12 +18,12 @@ from safetensors.torch import load_file
 
 from wig.concepts import read_images
 from wig.guidance import Guidance
+from wig.models.pipelines import load_pipeline
+from wig.models.tiny import gemma_tokenizer
 from wig.personalization import Subject, make
 from wig.personalization.lora import attach_loras, random_lora
 from wig.personalization.training import denoising_loss, generate_class_images
-from wig.sampling.pipelines import load_pipeline
 from wig.sampling.sampler import Request, SamplingError, sample, sample_latents
-from wig.sampling.tiny import gemma_tokenizer
 
 from conftest import PROMPTS, generators, to_uint8
 from test_training import DOG

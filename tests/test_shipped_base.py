@@ -10,8 +10,8 @@ import yaml
 
 from wig.errors import WigError
 from wig.synthetic.shipped import RECORD, SHIPPED
+from wig.weights import file_digests, folder_sha256, resolve_model
 from wig.workflow.study import Study, pretrain_config
-from wig.workflow.weights import file_digests, folder_sha256, resolve_model
 
 pytestmark = pytest.mark.check
 

@@ -10,11 +10,11 @@ from safetensors.torch import load_file, save_file
 
 from wig.concepts import read_images
 from wig.guidance import Guidance
+from wig.models.pipelines import load_pipeline
 from wig.personalization import Subject, make
 from wig.personalization.lora import adapter_names
 from wig.personalization.tokens import EMBEDDINGS_KEY, LearnedTokens, TokenError
 from wig.personalization.training import denoising_loss
-from wig.sampling.pipelines import load_pipeline
 from wig.sampling.sampler import sample
 
 from conftest import generators, to_uint8
@@ -119,7 +119,7 @@ def test_an_sd21_shaped_twin_round_trips_through_stock_diffusers_too(tiny_sd, tm
     # 48-wide encoder and v-prediction trains, writes (2, 48) rows and loads in stock diffusers
     import json
 
-    from wig.sampling.tiny import build_tiny_sd, default_config
+    from wig.models.tiny import build_tiny_sd, default_config
 
     config = json.loads(json.dumps(default_config("sd")))
     config["text_encoder"].update(hidden_size=48, projection_dim=48)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-from wig.sampling.tiny import clip_tokenizer
+from wig.models.tiny import clip_tokenizer
 
 pytestmark = pytest.mark.check
 

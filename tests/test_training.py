@@ -19,10 +19,10 @@ import wig.personalization.training
 from wig.concepts import read_images
 from wig.errors import WigError
 from wig.guidance import Guidance
+from wig.models.pipelines import load_pipeline
 from wig.personalization import Subject, make
 from wig.personalization.lora import attach_loras
 from wig.personalization.training import ADAPTER, denoising_loss, generate_class_images
-from wig.sampling.pipelines import load_pipeline
 from wig.sampling.sampler import sample
 
 from conftest import generators, to_uint8

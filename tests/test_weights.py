@@ -30,7 +30,7 @@ def _run(hf_home: Path, code: str):
 
 def test_models_and_dino_resolve_to_the_cached_commit_and_load_from_the_record(tmp_path):
     from wig.evaluation.encoders import build_tiny_encoder
-    from wig.sampling.tiny import build_tiny_sd
+    from wig.models.tiny import build_tiny_sd
 
     hf_home = tmp_path / "hf"
     model_dir = _cache_repo(hf_home, "wig-test/tiny-sd", build_tiny_sd)
@@ -38,9 +38,9 @@ def test_models_and_dino_resolve_to_the_cached_commit_and_load_from_the_record(t
     proc = _run(
         hf_home,
         f"""
-from wig.workflow.weights import resolve_model, write_record, recorded_path
+from wig.weights import resolve_model, write_record, recorded_path
 from wig.evaluation.encoders import resolve_encoder
-from wig.sampling.pipelines import load_pipeline
+from wig.models.pipelines import load_pipeline
 from wig.evaluation.encoders import load_encoder
 write_record(resolve_model({{"path": "wig-test/tiny-sd"}}), "{tmp_path}/model.json")
 write_record(resolve_encoder({{"kind": "dino", "name": "wig-test/tiny-dino"}}), "{tmp_path}/dino.json")
@@ -59,12 +59,12 @@ print(type(pipe).__name__, enc.kind)
 
 
 def test_unresolvable_weights_and_a_cleaned_cache_fail_naming_what(tmp_path):
-    from wig.workflow.weights import WeightsError, recorded_path, resolve_model, write_record
+    from wig.weights import WeightsError, recorded_path, resolve_model, write_record
 
     proc = _run(
         tmp_path / "empty",
         """
-from wig.workflow.weights import resolve_model
+from wig.weights import resolve_model
 resolve_model({"path": "wig-test/not-cached"})
 """,
     )

@@ -753,9 +753,9 @@ def test_a_given_full_finetune_over_a_prompt_set_runs_through_the_dag_without_tr
     from diffusers import UNet2DConditionModel
 
     from wig.guidance import Guidance
-    from wig.sampling.pipelines import load_pipeline
+    from wig.models.pipelines import load_pipeline
+    from wig.models.tiny import build_tiny_sd
     from wig.sampling.sampler import sample
-    from wig.sampling.tiny import build_tiny_sd
 
     config = yaml.safe_load((ROOT / ".test/config/table2.yaml").read_text())
     config["dataset"] = {"sheet": "resources/datasets/partiprompts/concepts.csv", "max_prompts": 3}
@@ -819,7 +819,7 @@ def test_an_instruct_pix2pix_study_edits_each_concepts_first_image_through_the_d
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
     from wig.concepts import read_images
-    from wig.sampling.tiny import build_tiny_sd
+    from wig.models.tiny import build_tiny_sd
 
     config = yaml.safe_load((ROOT / ".test/config/table2.yaml").read_text())
     config["models"] = {"tiny-ip2p": {"tiny": "ip2p", "seed": 0}}
@@ -879,7 +879,7 @@ def test_a_golden_section_search_grows_the_dag_one_cached_probe_at_a_time(tmp_pa
     generation jobs (the grid's own where the value is on the grid), it chooses on the selection
     prompt and reports the held-out one; a tighter tolerance reruns only the new probes."""
     from wig.guidance import canonical
-    from wig.sampling.tiny import build_tiny_sd
+    from wig.models.tiny import build_tiny_sd
     from wig.workflow.search import SearchSettings, replay
 
     config = yaml.safe_load((ROOT / ".test/config/table2.yaml").read_text())
@@ -957,7 +957,7 @@ def test_a_broken_given_finetune_stops_the_run_before_any_generation_job(tmp_pat
     from diffusers import UNet2DConditionModel
     from safetensors.torch import load_file, save_file
 
-    from wig.sampling.tiny import build_tiny_sd
+    from wig.models.tiny import build_tiny_sd
 
     config = _small_config()
     config["models"] = {"tiny-sd": config["models"]["tiny-sd"]}

@@ -9,11 +9,11 @@ import re
 import sys
 from pathlib import Path
 
+from wig.atomic import atomic_dir, replace_file, tmp_path
 from wig.errors import WigError
 from wig.guidance import REGISTRY, make
 from wig.personalization import REGISTRY as PERSONALIZATION
 from wig.settings import type_name
-from wig.workflow.atomic import atomic_dir, replace_file, tmp_path
 
 # Arguments are checked by argparse and `_check_args` before torch and diffusers are imported
 # (6-12 s): a wrong argument is refused at once.
@@ -332,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_build_tiny(args) -> None:
-    from wig.sampling.tiny import BUILDERS, default_config
+    from wig.models.tiny import BUILDERS, default_config
 
     if args.config is not None:
         try:
@@ -346,8 +346,8 @@ def _cmd_build_tiny(args) -> None:
 
 
 def _cmd_random_lora(args) -> None:
+    from wig.models.pipelines import load_pipeline
     from wig.personalization.lora import random_lora
-    from wig.sampling.pipelines import load_pipeline
 
     pipe = load_pipeline(args.model, device="cpu", dtype="float32")
     with atomic_dir(args.out) as tmp:
@@ -423,8 +423,8 @@ def _cmd_generate(args) -> None:
     import torch
     from PIL.PngImagePlugin import PngInfo
 
+    from wig.models.pipelines import load_pipeline
     from wig.personalization.lora import attach_loras, lora_file
-    from wig.sampling.pipelines import load_pipeline
     from wig.sampling.sampler import sample
 
     prompts, seeds = _pair(args.prompt, args.seed)
@@ -439,7 +439,7 @@ def _cmd_generate(args) -> None:
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, scheduler=args.scheduler)
     weights = None
     if method is not None:
-        from wig.personalization.checkpoints import WEAK
+        from wig.branches import WEAK
 
         weights = method.attach(pipe, args.run, weak=WEAK in guidance.required_adapters())
     elif args.denoiser is not None:
@@ -531,8 +531,8 @@ def _cmd_prepare(args) -> None:
 
 
 def _cmd_class_images(args) -> None:
+    from wig.models.pipelines import load_pipeline
     from wig.personalization.training import generate_class_images
-    from wig.sampling.pipelines import load_pipeline
 
     _runtime(args)
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
@@ -554,8 +554,8 @@ def _cmd_class_images(args) -> None:
 
 def _cmd_train(args) -> None:
     from wig.concepts import read_images
+    from wig.models.pipelines import load_pipeline
     from wig.personalization import Subject
-    from wig.sampling.pipelines import load_pipeline
 
     method = _personalization(args)
     if args.class_dir is not None and args.class_prompt is None:

@@ -36,9 +36,9 @@ import numpy as np
 import polars as pl
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from wig.atomic import atomic_dir
 from wig.errors import WigError
 from wig.readers import read_table, read_text
-from wig.workflow.atomic import atomic_dir
 
 FIELDS = ("concept", "class_noun", "folder", "live", "prompts")
 REQUIRED = ("concept", "class_noun")

@@ -13,8 +13,8 @@ from wig.concepts import image_files
 from wig.errors import WigError
 from wig.kernels import PINNED
 from wig.workflow.config_schema import schema_error
-from wig.workflow.gpus import check_resources, device_ids, scheduler_assigned
-from wig.workflow.provenance import code_hash
+from wig.gpus import check_resources, device_ids, scheduler_assigned
+from wig.provenance import code_hash
 from wig.workflow.study import Study, canon
 
 try:
@@ -24,7 +24,7 @@ except WorkflowError:  # its message is the whole schema and config: say the key
 
 try:
     STUDY = Study.from_config(config)
-    # a local run spreads GPU jobs over the device ids (wig.workflow.gpus): no more of them at once than ids
+    # a local run spreads GPU jobs over the device ids (wig.gpus): no more of them at once than ids
     if workflow.local_exec and not scheduler_assigned():
         _gpu = workflow.global_resources.get("gpu")
         check_resources(device_ids(config["runtime"].get("gpus")), getattr(_gpu, "value", _gpu))
@@ -64,7 +64,7 @@ wildcard_constraints:
 
 
 def script_code_hash(rule):
-    """The code hash of a rule's script (wig.workflow.provenance.code_hash); the Snakefile sets it as every
+    """The code hash of a rule's script (wig.provenance.code_hash); the Snakefile sets it as every
     scripted rule's ``code`` param."""
     return code_hash(Path(rule.basedir.get_path_or_uri(secret_free=True)) / rule.script)
 

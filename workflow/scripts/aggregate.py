@@ -6,6 +6,7 @@ from pathlib import Path
 
 import polars as pl
 
+from wig.atomic import replace_file, tmp_path
 from wig.evaluation.markdown import (
     agreement_markdown,
     matched_markdown,
@@ -13,7 +14,6 @@ from wig.evaluation.markdown import (
     paired_markdown,
 )
 from wig.evaluation.metrics import aggregate, at_matched_text, metric_agreement, paired_vs_cfg
-from wig.workflow.atomic import replace_file, tmp_path
 from wig.workflow.jobs import job
 
 

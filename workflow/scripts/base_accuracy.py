@@ -1,9 +1,9 @@
 """The synthetic base's oracle accuracy under CFG at the grid's scales (rule base_accuracy)."""
 
+from wig.atomic import replace_file, tmp_path
 from wig.evaluation.metrics import to_markdown
-from wig.sampling.pipelines import load_pipeline
+from wig.models.pipelines import load_pipeline
 from wig.synthetic.base_accuracy import base_accuracy
-from wig.workflow.atomic import replace_file, tmp_path
 from wig.workflow.jobs import job, local_weights
 
 with job(snakemake) as log:

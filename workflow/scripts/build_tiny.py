@@ -1,7 +1,7 @@
 """Build a model's tiny twin (rule build_tiny_model)."""
 
-from wig.sampling.tiny import BUILDERS
-from wig.workflow.atomic import atomic_dir
+from wig.atomic import atomic_dir
+from wig.models.tiny import BUILDERS
 from wig.workflow.jobs import job
 
 with job(snakemake) as log:

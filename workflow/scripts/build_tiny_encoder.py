@@ -1,7 +1,7 @@
 """Build a tiny random-init DINO or CLIP twin (rule build_tiny_encoder)."""
 
+from wig.atomic import atomic_dir
 from wig.evaluation.encoders import build_tiny_encoder
-from wig.workflow.atomic import atomic_dir
 from wig.workflow.jobs import job
 
 with job(snakemake) as log:

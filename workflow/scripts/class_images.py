@@ -1,7 +1,7 @@
 """Prior-preservation images of one class noun with the base model (rule class_images)."""
 
+from wig.models.pipelines import load_pipeline
 from wig.personalization.training import generate_class_images
-from wig.sampling.pipelines import load_pipeline
 from wig.workflow.jobs import job, local_weights
 
 with job(snakemake) as log:

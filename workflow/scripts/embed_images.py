@@ -1,8 +1,8 @@
 """Embed a concept's reference images or a generation job's samples (rules embed_references,
 embed_samples): once per protocol, in batches."""
 
+from wig.atomic import replace_file, tmp_path
 from wig.evaluation.encoders import embed_images, load_encoder
-from wig.workflow.atomic import replace_file, tmp_path
 from wig.workflow.jobs import job, local_weights
 
 with job(snakemake) as log:

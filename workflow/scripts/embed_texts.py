@@ -1,7 +1,7 @@
 """Embed a concept's prompt texts with CLIP's text tower (rule embed_texts)."""
 
+from wig.atomic import replace_file, tmp_path
 from wig.evaluation.encoders import embed_texts, load_encoder
-from wig.workflow.atomic import replace_file, tmp_path
 from wig.workflow.jobs import job, local_weights
 
 with job(snakemake) as log:

@@ -1,6 +1,6 @@
 """Clone the dataset's public copy at a pinned commit into dataset.root (rule fetch_dataset)."""
 
-from wig.workflow.fetch import fetch_git_folder
+from wig.fetch import fetch_git_folder
 from wig.workflow.jobs import job
 
 with job(snakemake, torch=False) as log:

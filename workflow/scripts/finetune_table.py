@@ -3,9 +3,9 @@ apart — the ablation studies' table (rule finetune_table)."""
 
 import polars as pl
 
+from wig.atomic import replace_file, tmp_path
 from wig.evaluation.markdown import finetunes_markdown
 from wig.evaluation.metrics import finetune_table
-from wig.workflow.atomic import replace_file, tmp_path
 from wig.workflow.jobs import job
 
 with job(snakemake, torch=False) as log:

@@ -1,14 +1,14 @@
 """All prompts × seeds of one (model, fine-tune, concept, its seed, grid points, seed chunk) job
 (rule generate)."""
 
+from wig.branches import WEAK
 from wig.concepts import read_images
 from wig.guidance import Guidance
+from wig.models.pipelines import load_pipeline
 from wig.personalization import make
-from wig.personalization.checkpoints import WEAK
 from wig.sampling.generation import generate_samples
-from wig.sampling.pipelines import load_pipeline
+from wig.weights import recorded_path
 from wig.workflow.jobs import job, local_weights
-from wig.workflow.weights import recorded_path
 
 with job(snakemake) as log:
     p = snakemake.params

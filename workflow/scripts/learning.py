@@ -2,11 +2,11 @@
 
 from pathlib import Path
 
+from wig.atomic import replace_file, tmp_path
 from wig.evaluation.metrics import to_markdown
+from wig.models.pipelines import load_pipeline
 from wig.personalization import make
-from wig.sampling.pipelines import load_pipeline
 from wig.synthetic.learning import learning_check, summary
-from wig.workflow.atomic import replace_file, tmp_path
 from wig.workflow.jobs import job, local_weights
 
 with job(snakemake) as log:

@@ -1,7 +1,7 @@
 """Draw the synthetic world's subject images into dataset.root (rule render_dataset)."""
 
+from wig.atomic import atomic_dir
 from wig.synthetic.world import render_images
-from wig.workflow.atomic import atomic_dir
 from wig.workflow.jobs import job
 
 with job(snakemake, torch=False) as log:

@@ -1,8 +1,8 @@
 """Fetch a real encoder into the local hub cache and record its path and revision (rule resolve_encoder)."""
 
 from wig.evaluation.encoders import resolve_encoder
+from wig.weights import write_record
 from wig.workflow.jobs import job
-from wig.workflow.weights import write_record
 
 with job(snakemake, torch=False) as log:
     record = resolve_encoder(snakemake.params.spec)

@@ -2,8 +2,8 @@
 check them against the base model, and record where they are (rule resolve_finetune)."""
 
 from wig.personalization import make
+from wig.weights import resolve_finetune, write_record
 from wig.workflow.jobs import job, local_weights
-from wig.workflow.weights import resolve_finetune, write_record
 
 with job(snakemake, torch=False) as log:
     p = snakemake.params

@@ -1,7 +1,7 @@
 """Fetch a real checkpoint into the local hub cache and record its path and revision (rule resolve_model)."""
 
+from wig.weights import resolve_model, write_record
 from wig.workflow.jobs import job
-from wig.workflow.weights import resolve_model, write_record
 
 with job(snakemake, torch=False) as log:
     record = resolve_model(snakemake.params.spec)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import polars as pl
 
+from wig.atomic import replace_file, tmp_path
 from wig.evaluation.metrics import to_markdown
 from wig.evaluation.plots import search_trace
-from wig.workflow.atomic import replace_file, tmp_path
 from wig.workflow.jobs import job
 from wig.workflow.search import held_out, summary, trace_frame
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import polars as pl
 
-from wig.workflow.atomic import replace_file, tmp_path
+from wig.atomic import replace_file, tmp_path
 from wig.workflow.jobs import job
 from wig.workflow.search import advance
 

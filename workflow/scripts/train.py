@@ -2,8 +2,8 @@
 the personalization method the fine-tune names (rule train)."""
 
 from wig.concepts import read_images
+from wig.models.pipelines import load_pipeline
 from wig.personalization import Subject, make
-from wig.sampling.pipelines import load_pipeline
 from wig.workflow.jobs import job, local_weights
 
 with job(snakemake) as log:

@@ -7,8 +7,8 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw
 
+from wig.atomic import replace_file, tmp_path
 from wig.errors import WigError
-from wig.workflow.atomic import replace_file, tmp_path
 
 
 def contact_sheet(

@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from wig.evaluation.encoders import Encoder, _check_protocol, register_encoder
+from wig.provenance import encoder_id
 from wig.readers import read_json
-from wig.workflow.provenance import encoder_id
 
 if TYPE_CHECKING:
     import torch
@@ -162,7 +162,7 @@ class DreamSim(Encoder):
 
     @staticmethod
     def resolve(spec):
-        from wig.workflow.weights import WeightsError, local_record
+        from wig.weights import WeightsError, local_record
 
         source = spec["name"]
         if record := local_record(source):

@@ -1,7 +1,7 @@
 """Embedding files (Parquet) and their checks; no torch needed to read them.
 
 Image embeddings: one row per (image, protocol) — ``path`` (relative to the sample set's or
-reference folder's manifest), ``sha256`` of the image, ``encoder`` (`wig.workflow.provenance.encoder_id`),
+reference folder's manifest), ``sha256`` of the image, ``encoder`` (`wig.provenance.encoder_id`),
 ``protocol``, ``embedding`` (fixed-size float32 array, not normalised).
 Text embeddings: one row per prompt — ``index``, ``text``, ``encoder``, ``embedding``.
 """

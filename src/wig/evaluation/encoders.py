@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 from wig.concepts import load_image
 from wig.evaluation.embeddings import EmbeddingError, image_schema, text_schema
+from wig.gpus import resolve_device
+from wig.provenance import encoder_id
 from wig.readers import read_table
-from wig.workflow.gpus import resolve_device
-from wig.workflow.provenance import encoder_id
-from wig.workflow.weights import offline
+from wig.weights import offline
 
 if TYPE_CHECKING:  # torch, numpy and PIL load when an encoder does: the study reads the registry at parse
     import polars as pl
@@ -87,7 +87,7 @@ class Encoder:
 
     @staticmethod
     def resolve(spec: dict) -> dict:
-        """Fetch real weights into the local cache; a record (`wig.workflow.weights`)."""
+        """Fetch real weights into the local cache; a record (`wig.weights`)."""
         raise NotImplementedError
 
     def preprocess(self, images: Sequence[Image.Image], protocol: str) -> torch.Tensor:
@@ -134,7 +134,7 @@ def encoder_class(kind: str) -> type[Encoder]:
 def resolve_encoder(spec: dict) -> dict:
     """A real encoder's weights in the local cache, as its kind fetches them (`Encoder.resolve`:
     DINO's transformers repo, CLIP's open_clip name + pretrained tag, PickScore's model and
-    processor repos); a record for `wig.workflow.weights.write_record`."""
+    processor repos); a record for `wig.weights.write_record`."""
     return encoder_class(spec["kind"]).resolve(spec)
 
 
@@ -144,7 +144,7 @@ def _first_line(err: Exception) -> str:
 
 def load_encoder(spec: dict, path: str | os.PathLike | None = None, device: str = "auto") -> Encoder:
     """Load the encoder a config entry names; ``path`` is the folder of a built tiny twin, or of
-    real weights resolved by `wig.workflow.weights` (then nothing is fetched)."""
+    real weights resolved by `wig.weights` (then nothing is fetched)."""
     cls = encoder_class(spec["kind"])
     if spec.get("tiny") and (path is None or not Path(path).is_dir()):
         raise EmbeddingError(f"tiny {cls.kind} encoder not built: {path}")
@@ -174,7 +174,7 @@ def build_tiny_encoder(kind: str, out: str | os.PathLike, seed: int = 0) -> None
 
 def _snapshot(spec: dict, what: str, patterns: list[str], repo: str | None = None) -> dict:
     """A hub repo (``repo``, default the spec's name) in the local cache, or a local folder as it is."""
-    from wig.workflow.weights import WeightsError, local_record, snapshot_revision
+    from wig.weights import WeightsError, local_record, snapshot_revision
 
     source = repo or spec["name"]
     if record := local_record(source):
@@ -323,7 +323,7 @@ class Clip(Encoder):
     def resolve(spec):
         import open_clip
 
-        from wig.workflow.weights import WeightsError, snapshot_revision
+        from wig.weights import WeightsError, snapshot_revision
 
         source, tag = spec["name"], spec.get("pretrained")
         cfg = open_clip.get_pretrained_cfg(source, tag) if tag else {}

@@ -220,8 +220,8 @@ def score_job(
     """
     from pathlib import Path
 
+    from wig.atomic import replace_file, tmp_path
     from wig.evaluation.embeddings import read_embeddings
-    from wig.workflow.atomic import replace_file, tmp_path
 
     metrics = list(metrics) if metrics is not None else enabled_metrics(encoders, render=False)
     unknown = [m for m in metrics if m not in REGISTRY]

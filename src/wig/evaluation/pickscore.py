@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from wig.evaluation.encoders import HF_FILES, Encoder, _snapshot, register_encoder
-from wig.workflow.provenance import encoder_id
-from wig.workflow.weights import offline
+from wig.provenance import encoder_id
+from wig.weights import offline
 
 PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 PROCESSOR_FILES = ["*.json", "*.txt"]  # preprocessor, tokenizer: the CLIP-H weights are not needed
@@ -81,7 +81,7 @@ class PickScore(Encoder):
     def build_tiny(out: Path) -> None:
         from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-        from wig.sampling.tiny import clip_tokenizer
+        from wig.models.tiny import clip_tokenizer
 
         CLIPModel(CLIPConfig(**TINY)).save_pretrained(out, safe_serialization=True)
         image = CLIPImageProcessor(

@@ -19,11 +19,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 
+from wig.atomic import replace_file, tmp_path  # noqa: E402
 from wig.evaluation.metrics import REGISTRY as METRICS  # noqa: E402
 from wig.evaluation.metrics import fidelity_metrics  # noqa: E402
 from wig.guidance import REGISTRY as METHODS  # noqa: E402
 from wig.guidance import parameters, point_schema  # noqa: E402
-from wig.workflow.atomic import replace_file, tmp_path  # noqa: E402
 
 
 def _pair(tables: Mapping[str, pl.DataFrame]) -> tuple[str | None, str]:

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from wig.evaluation.encoders import Encoder, _check_protocol, register_encoder
-from wig.workflow.provenance import encoder_id
+from wig.provenance import encoder_id
 
 
 @register_encoder

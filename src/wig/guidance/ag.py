@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from wig.branches import FULL, WEAK
 from wig.guidance.base import NEGATIVE, PROMPT, Branch, GuidanceMethod, canonical, param, register
 from wig.guidance.cfg import cfg_combine
-from wig.personalization.checkpoints import FULL, WEAK
 
 
 @register

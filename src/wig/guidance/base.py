@@ -93,8 +93,8 @@ class GuidanceMethod:
         return None if scale is None else make(baseline().name, scale=scale)
 
     def required_adapters(self) -> set[str]:
-        """The adapters that must be attached for this setting (`wig.personalization.checkpoints`)."""
-        from wig.personalization.checkpoints import FULL
+        """The adapters that must be attached for this setting (`wig.branches`)."""
+        from wig.branches import FULL
 
         return {FULL} if self.requires_fine_tune else set()
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from wig.branches import FULL
 from wig.guidance.base import NEGATIVE, PROMPT, Branch, GuidanceMethod, canonical, param, register
-from wig.personalization.checkpoints import FULL
 
 
 def cfg_combine(e_u, e_c, scale: float):

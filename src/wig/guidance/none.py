@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from wig.branches import FULL
 from wig.guidance.base import PROMPT, Branch, GuidanceMethod, param, register
-from wig.personalization.checkpoints import FULL
 
 
 @register

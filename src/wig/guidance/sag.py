@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from wig.branches import FULL
 from wig.guidance.base import NEGATIVE, PROMPT, Branch, GuidanceMethod, canonical, param, register
 from wig.guidance.cfg import cfg_combine
-from wig.personalization.checkpoints import FULL
 
 CLASS_PROMPT = "class_prompt"  # the concept text c₀ (`wig.concepts.class_prompts`)
 

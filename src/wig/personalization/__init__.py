@@ -11,6 +11,7 @@ weights θω are realised.
 A new method is a module with a registered `PersonalizationMethod` subclass; importing it here is
 all it takes for config, the study, the train rule and the CLI.
 
+What the sampler asks of an attached run (`BranchWeights`) is the torch-free leaf `wig.branches`.
 Only the light declarations are imported here (no torch): the study reads the registry when
 Snakemake parses the workflow. Training and loading code is imported by the method when it runs.
 """
@@ -18,24 +19,22 @@ Snakemake parses the workflow. Training and loading code is imported by the meth
 from wig.personalization import classdiffusion, db_lora, db_lora_ti, given  # noqa: F401  (registers the shipped methods)
 from wig.personalization.base import (
     REGISTRY,
-    BranchWeights,
     PersonalizationMethod,
     Subject,
     TrainedMethod,
+    TrainingExtension,
     make,
     method_class,
     register,
-    scales_of,
 )
 
 __all__ = [
     "REGISTRY",
-    "BranchWeights",
     "PersonalizationMethod",
     "Subject",
     "TrainedMethod",
+    "TrainingExtension",
     "make",
     "method_class",
     "register",
-    "scales_of",
 ]

@@ -25,10 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
+from wig.branches import BranchWeights
 from wig.errors import WigError
 from wig.settings import Registry, check_settings, param, settings_of
 
 if TYPE_CHECKING:
+    from contextlib import ExitStack
+
     import polars as pl
     import torch
 
@@ -44,27 +47,30 @@ class Subject:
     class_prompt: str | None = None
 
 
-class BranchWeights:
-    """How a pipeline's attached checkpoints become each branch's weights in the sampler.
+class TrainingExtension:
+    """What a method adds to the shared DreamBooth-LoRA loop (`wig.personalization.training.train_lora`)
+    without a branch inside it — the model is textual inversion's pivot
+    (`wig.personalization.db_lora_ti.Pivot`): new token embeddings train beside the LoRA for the
+    first steps, then freeze. The loop calls each hook at a fixed point; the defaults add nothing."""
 
-    ``scales`` maps a checkpoint name (FULL, WEAK) to a per-sample vector of coefficients s: sample
-    i runs at θ + Σ_k s_ik (θ_k − θ). `text_encoder` and `denoiser` return context managers whose
-    ``set(scales)`` fixes the coefficients of the next forwards (``has_effect``: whether the
-    checkpoints change that module at all).
-    """
+    def enter(self, pipe, gen: torch.Generator, stack: ExitStack) -> None:
+        """Before the prompts are first encoded: change ``pipe`` for the run, and push what undoes
+        it onto ``stack`` (closed whatever happens). ``gen`` is the run's seeded CPU generator."""
 
-    def attached(self, pipe) -> set[str]:
-        """The checkpoint names attached to ``pipe``."""
-        raise NotImplementedError
+    def param_groups(self) -> list[dict]:
+        """Optimizer parameter groups beside the LoRA's (AdamW; clipped with it)."""
+        return []
 
-    def prepare(self, pipe) -> None:
-        """Called once before sampling (e.g. activate every adapter at weight 1)."""
+    def text_trains(self, step: int) -> bool:
+        """Whether the prompt's encoding depends on trained parameters at ``step``: the loop then
+        encodes it again, with the graph (and once more, without it, the step it stops)."""
+        return False
 
-    def text_encoder(self, pipe):
-        raise NotImplementedError
+    def after_step(self, step: int) -> None:
+        """After the optimizer's step ``step`` (1-based)."""
 
-    def denoiser(self, pipe):
-        raise NotImplementedError
+    def save(self, folder: Path) -> None:
+        """Write what it trained into a checkpoint's folder, beside the LoRA."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +88,7 @@ class PersonalizationMethod:
 
     def check_family(self, pipe) -> None:
         """Refuse a pipeline of a family the method does not train (``families``)."""
-        from wig.sampling.families import family_of
+        from wig.models.families import family_of
 
         family = family_of(pipe).name
         if self.families is not None and family not in self.families:
@@ -159,15 +165,3 @@ method_class = REGISTRY.method_class
 def make(method: str, **settings) -> PersonalizationMethod:
     """A method by name with its settings; a setting the method does not have is refused by name."""
     return REGISTRY.make(method, **settings)
-
-
-def scales_of(branches: Sequence[Any], n: int, device) -> dict[str, torch.Tensor]:
-    """Per-sample coefficient vectors, branch-major (the sampler's batch layout), for every
-    checkpoint a branch names; a checkpoint a branch does not name is at 0 there."""
-    import torch
-
-    names = {name for b in branches for name in b.scales}
-    return {
-        name: torch.tensor([b.scales.get(name, 0.0) for b in branches for _ in range(n)], device=device)
-        for name in names
-    }

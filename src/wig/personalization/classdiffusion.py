@@ -18,9 +18,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from wig.branches import FULL, WEAK, BranchWeights
 from wig.errors import WigError
-from wig.personalization.base import BranchWeights, Subject, TrainedMethod, register
-from wig.personalization.checkpoints import FULL, WEAK
+from wig.personalization.base import Subject, TrainedMethod, register
 from wig.settings import param
 
 
@@ -56,7 +56,7 @@ class ClassDiffusion(TrainedMethod):
     def checkpoints(self, out: str | os.PathLike) -> dict[str, Path]:
         """``out/{full,weak}/pytorch_custom_diffusion_weights.safetensors`` (diffusers' Custom
         Diffusion names: the trained key/value projections)."""
-        from wig.personalization.checkpoints import CUSTOM_DIFFUSION_WEIGHT_NAME
+        from wig.branches import CUSTOM_DIFFUSION_WEIGHT_NAME
 
         return {name: Path(out) / name / CUSTOM_DIFFUSION_WEIGHT_NAME for name in (FULL, WEAK)}
 

@@ -39,14 +39,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from wig.atomic import atomic_dir
+from wig.branches import FULL, BranchWeights
 from wig.errors import WigError
-from wig.personalization.base import BranchWeights
-from wig.personalization.checkpoints import FULL
+from wig.models.families import SD, Text, family_of
 from wig.personalization.hooks import NoScales, SampleScales, per_sample
 from wig.personalization.tokens import EMBEDDINGS_NAME, LearnedTokens, TokenRows, add_tokens, read_embeddings
 from wig.readers import value_problem
-from wig.sampling.families import SD, Text, family_of
-from wig.workflow.atomic import atomic_dir
 
 PROCESSOR_SUFFIX = {"to_k": "processor.to_k_custom_diffusion.weight", "to_v": "processor.to_v_custom_diffusion.weight"}
 
@@ -374,7 +373,7 @@ def train_classdiffusion(pipe, subject, out, config, seed: int = 0, progress: bo
 
 
 def _save(unet, tokens, folder: Path, base: str) -> None:
-    from wig.personalization.checkpoints import CUSTOM_DIFFUSION_WEIGHT_NAME
+    from wig.branches import CUSTOM_DIFFUSION_WEIGHT_NAME
 
     save_custom_diffusion(unet, folder / CUSTOM_DIFFUSION_WEIGHT_NAME, base)
     tokens.save(folder / EMBEDDINGS_NAME, key=tokens.tokens[0])

@@ -9,8 +9,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from wig.personalization.base import BranchWeights, Subject, TrainedMethod, register
-from wig.personalization.checkpoints import FULL, LORA_WEIGHT_NAME, WEAK
+from wig.branches import FULL, LORA_WEIGHT_NAME, WEAK, BranchWeights
+from wig.personalization.base import Subject, TrainedMethod, register
 from wig.settings import param
 
 

@@ -16,11 +16,45 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
-from wig.personalization.base import BranchWeights, Subject, register
-from wig.personalization.checkpoints import FULL, WEAK
+from wig.branches import FULL, WEAK, BranchWeights
+from wig.personalization.base import Subject, TrainingExtension, register
 from wig.personalization.db_lora import DreamBoothLoRA
 from wig.settings import param
+
+
+class Pivot(TrainingExtension):
+    """Textual inversion beside the LoRA (pivotal tuning), as an extension of the shared loop:
+    ``tokens`` are added and their input embeddings trained at ``lr`` (AdamW, ``weight_decay``)
+    for the first ``steps`` steps, renormalised after each, then frozen
+    (`wig.personalization.tokens.LearnedTokens`); each checkpoint's folder gets them as
+    ``learned_embeds.safetensors``."""
+
+    def __init__(self, tokens: Sequence[str], lr: float, steps: int, weight_decay: float = 1e-4):
+        # weight_decay: the advanced DreamBooth script's adam_weight_decay
+        self.tokens, self.lr, self.steps, self.weight_decay = list(tokens), lr, steps, weight_decay
+        self.learned = None
+
+    def enter(self, pipe, gen, stack):
+        from wig.personalization.tokens import LearnedTokens
+
+        self.learned = stack.enter_context(LearnedTokens(pipe, self.tokens, gen))
+
+    def param_groups(self):
+        return [{"params": [self.learned.rows], "lr": self.lr, "weight_decay": self.weight_decay}]
+
+    def text_trains(self, step):
+        return step <= self.steps
+
+    def after_step(self, step):
+        if step <= self.steps:
+            self.learned.after_step()
+
+    def save(self, folder):
+        from wig.personalization.tokens import EMBEDDINGS_NAME
+
+        self.learned.save(folder / EMBEDDINGS_NAME)
 
 
 @register
@@ -39,12 +73,12 @@ class DreamBoothLoRATI(DreamBoothLoRA):
 
     def train(self, pipe, subject: Subject, out, seed=0, progress=True, overwrite=False):
         from wig.personalization.tokens import new_tokens
-        from wig.personalization.training import Inversion, train_lora
+        from wig.personalization.training import train_lora
 
         self.check_family(pipe)
-        inversion = Inversion(new_tokens(self.tokens), self.embedding_lr, int(self.ti_fraction * self.steps))
+        pivot = Pivot(new_tokens(self.tokens), self.embedding_lr, int(self.ti_fraction * self.steps))
         return train_lora(
-            pipe, subject, out, self, seed=seed, progress=progress, overwrite=overwrite, inversion=inversion
+            pipe, subject, out, self, seed=seed, progress=progress, overwrite=overwrite, extensions=[pivot]
         )
 
     def embeddings(self, out: str | os.PathLike) -> dict[str, Path]:

@@ -32,12 +32,11 @@ from typing import Iterator, Mapping
 import torch
 from safetensors import SafetensorError, safe_open
 
+from wig.branches import FULL, BranchWeights
 from wig.errors import WigError
-from wig.personalization.base import BranchWeights
-from wig.personalization.checkpoints import FULL
+from wig.models.families import Text, family_of
 from wig.personalization.hooks import NoScales, SampleScales
 from wig.readers import value_problem
-from wig.sampling.families import Text, family_of
 
 WEIGHT_NAME = "diffusion_pytorch_model.safetensors"  # what diffusers' save_pretrained writes
 INDEX_NAME = WEIGHT_NAME + ".index.json"  # ... and its index when sharded

@@ -20,8 +20,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from wig.branches import BranchWeights
 from wig.errors import WigError
-from wig.personalization.base import BranchWeights, PersonalizationMethod, register
+from wig.personalization.base import PersonalizationMethod, register
 from wig.settings import param
 
 KINDS = ("denoiser", "lora", "base")
@@ -66,8 +67,8 @@ class Given(PersonalizationMethod):
         floating dtypes, all finite (`wig.personalization.full_weights.check_finetune_files`); a
         LoRA's tensors must be finite floats (whether each fits its layer is checked when a
         generation job attaches it)."""
+        from wig.models.families import FAMILIES
         from wig.readers import read_json
-        from wig.sampling.families import FAMILIES
 
         index = read_json(Path(base) / "model_index.json", "pipeline index")
         components = [f.component for f in FAMILIES.values() if f.component in index]

@@ -43,7 +43,7 @@ class SampleScales:
         return False
 
     def predict(self, family, pipe, x: torch.Tensor, t, text) -> torch.Tensor:
-        """The denoiser's prediction for the batch ``x`` (`wig.sampling.families.Family.predict`)."""
+        """The denoiser's prediction for the batch ``x`` (`wig.models.families.Family.predict`)."""
         return family.predict(pipe, x, t, text)
 
 

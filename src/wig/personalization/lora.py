@@ -18,12 +18,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
+from wig.branches import FULL, LORA_WEIGHT_NAME, WEAK, BranchWeights
 from wig.errors import WigError
-from wig.personalization.base import BranchWeights
-from wig.personalization.checkpoints import FULL, LORA_WEIGHT_NAME, WEAK
+from wig.models.families import SD, family_of
 from wig.personalization.hooks import SampleScales, per_sample
 from wig.readers import value_problem
-from wig.sampling.families import SD, family_of
 
 # "<module>.lora_A.weight" (PEFT) or "<module>.lora.down.weight" (diffusers); A/down: (rank, in)
 _PEFT_OR_DIFFUSERS = re.compile(r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora\.down|lora\.up)\.weight$")

@@ -21,9 +21,8 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
+from wig.branches import FULL, BranchWeights
 from wig.errors import WigError
-from wig.personalization.base import BranchWeights
-from wig.personalization.checkpoints import FULL
 from wig.personalization.hooks import NoScales, SampleScales, per_sample
 
 
@@ -179,7 +178,7 @@ class LowRankWeights(BranchWeights):
         return NoScales()
 
     def denoiser(self, pipe) -> LowRankScales:
-        from wig.sampling.families import family_of
+        from wig.models.families import family_of
 
         return LowRankScales(family_of(pipe).denoiser(pipe), self.factors)
 
@@ -187,8 +186,8 @@ class LowRankWeights(BranchWeights):
 def attach_low_rank(pipe, path, rank: int, tolerance: float, out=None) -> LowRankWeights:
     """Read a full fine-tune (checked as `wig.personalization.full_weights.read_finetune` does),
     factor its difference at ``rank`` per layer, print the errors, refuse above ``tolerance``."""
+    from wig.models.families import family_of
     from wig.personalization.full_weights import read_finetune
-    from wig.sampling.families import family_of
 
     family = family_of(pipe)
     model = family.denoiser(pipe)

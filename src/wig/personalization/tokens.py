@@ -29,8 +29,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from wig.branches import FULL
 from wig.errors import WigError
-from wig.personalization.checkpoints import FULL
 from wig.personalization.lora import LoraBranchWeights, LoraScales
 from wig.readers import value_problem
 

@@ -4,7 +4,7 @@ The recipe of diffusers' ``train_dreambooth_lora.py`` / ``train_dreambooth_lora_
 paper: LoRA (rank 4) on the denoiser's attention projections (the family's targets: SD's UNet
 to_q/to_k/to_v/to_out.0, SANA's transformer to_q/to_k/to_v), AdamW (lr 1e-4), constant
 schedule, batch 1 instance image (+ 1 class image with prior preservation, loss = instance +
-w · prior). The family fixes the noising and target (`wig.sampling.families`): SD a DDPM schedule with
+w · prior). The family fixes the noising and target (`wig.models.families`): SD a DDPM schedule with
 the checkpoint's betas, ε or v target; SANA rectified flow at a uniform step of the
 FlowMatchEuler training schedule, target ε − x0. SANA prompts are encoded as its pipeline
 encodes them when sampling (with the complex human instruction; diffusers' script leaves it
@@ -21,37 +21,23 @@ from __future__ import annotations
 import os
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import polars as pl
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from wig.atomic import atomic_dir
 from wig.concepts import save_png
 from wig.errors import WigError
+from wig.models.families import Text, family_of
 from wig.personalization.lora import save_lora
-from wig.sampling.families import Text, family_of
-from wig.workflow.atomic import atomic_dir
 
 if TYPE_CHECKING:
-    from wig.personalization.base import Subject
-    from wig.personalization.db_lora import DreamBoothLoRA
+    from wig.personalization.base import Subject, TrainingExtension
 
 ADAPTER = "wig_train"
-
-
-@dataclass(frozen=True)
-class Inversion:
-    """Textual inversion beside the LoRA (pivotal tuning): ``tokens`` are added and their input
-    embeddings trained at ``lr`` (AdamW, ``weight_decay``) for the first ``steps`` steps, then
-    frozen (`wig.personalization.tokens.LearnedTokens`)."""
-
-    tokens: Sequence[str]
-    lr: float
-    steps: int
-    weight_decay: float = 1e-4  # the advanced DreamBooth script's adam_weight_decay
 
 
 def pixel_tensor(images, resolution: int) -> torch.Tensor:
@@ -89,19 +75,22 @@ def train_lora(
     pipe,
     subject: Subject,
     out: str | os.PathLike,
-    config: DreamBoothLoRA,
+    config: Any,
     seed: int = 0,
     progress: bool = True,
     overwrite: bool = False,
-    inversion: Inversion | None = None,
+    extensions: Sequence[TrainingExtension] = (),
 ):
     """Train a DreamBooth LoRA on ``pipe``'s denoiser; write ``out/{full,weak}/``,
     ``out/log.parquet`` and ``out/config.json`` (the settings, the prompts and the seed).
 
-    ``pipe`` is a loaded (base) pipeline; it is left without the training adapter (and, with
-    ``inversion``, without the new tokens). Prior preservation runs when the subject has class
-    images and ``prior_weight`` > 0. With ``inversion``, the new tokens' embeddings are trained
-    too and written beside each checkpoint's LoRA (``learned_embeds.safetensors``).
+    ``config``: the method's settings (`wig.personalization.db_lora.DreamBoothLoRA`'s fields:
+    rank, lr, steps, weak_step, prior_weight, …). ``pipe`` is a loaded (base) pipeline; it is
+    left as it was (without the training adapter, and without whatever ``extensions`` added).
+    Prior preservation runs when the subject has class images and ``prior_weight`` > 0.
+    ``extensions`` add to the loop without a branch in it (`TrainingExtension`: textual
+    inversion's pivot, `wig.personalization.db_lora_ti.Pivot`, trains new token embeddings
+    beside the LoRA and writes them beside each checkpoint's LoRA).
     Returns the training log as a polars DataFrame.
     """
     from accelerate import Accelerator
@@ -130,11 +119,8 @@ def train_lora(
         cls = _Data(*family.latent_dist(vae, pixel_tensor(subject.class_images, config.resolution)), gen)
     stack = ExitStack()  # what the run added to the pipeline, undone whatever happens
     try:
-        learned = None
-        if inversion is not None:
-            from wig.personalization.tokens import LearnedTokens
-
-            learned = stack.enter_context(LearnedTokens(pipe, inversion.tokens, gen))
+        for extension in extensions:  # before the first encoding: an extension may change the text
+            extension.enter(pipe, gen, stack)
 
         def encode_texts(grad: bool) -> Text:
             text = family.encode(pipe, [subject.prompt], grad=grad)
@@ -159,9 +145,10 @@ def train_lora(
         for p in params:  # trainable LoRA weights in fp32 even when the frozen model is fp16
             p.data = p.data.float()
         groups = [{"params": params}]
-        if learned is not None:
-            groups.append({"params": [learned.rows], "lr": inversion.lr, "weight_decay": inversion.weight_decay})
-            params = params + [learned.rows]  # clipped together, as the advanced script does
+        for extension in extensions:
+            for group in extension.param_groups():
+                groups.append(group)
+                params = params + list(group["params"])  # clipped together, as the advanced script does
         optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
         # one device per job: accelerate brings autocast, the fp16 grad scaler and unscaled clipping;
         # the model stays unwrapped (prepare() would patch its forward for the rest of the process)
@@ -169,14 +156,14 @@ def train_lora(
         model.to(device).train()
 
         rows = []
+        text_trained = False  # whether the prompt's last encoding holds the graph of trained parameters
         start = time.perf_counter()
         with atomic_dir(out, overwrite=overwrite) as tmp:
             for step in tqdm(range(1, config.steps + 1), desc="train", disable=not progress):
-                inverting = learned is not None and step <= inversion.steps
-                if inverting:  # the prompt's new tokens move: encode it again, with the graph
-                    text = encode_texts(grad=True)
-                elif learned is not None and step == inversion.steps + 1:  # frozen from here
-                    text = encode_texts(grad=False)
+                text_trains = any(extension.text_trains(step) for extension in extensions)
+                if text_trains or text_trained:  # encoded again: with the graph while it trains, once when it stops
+                    text = encode_texts(grad=text_trains)
+                text_trained = text_trains
                 latents = inst.draw()
                 if prior:
                     latents = torch.cat([latents, cls.draw()])
@@ -191,8 +178,8 @@ def train_lora(
                 accelerator.clip_grad_norm_(params, config.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                if inverting:
-                    learned.after_step()
+                for extension in extensions:
+                    extension.after_step(step)
                 values = losses.detach().tolist()
                 rows.append(
                     {
@@ -205,8 +192,8 @@ def train_lora(
                     }
                 )
                 if step == config.weak_step:
-                    _save(pipe, tmp / "weak", learned)
-            _save(pipe, tmp / "full", learned)
+                    _save(pipe, tmp / "weak", extensions)
+            _save(pipe, tmp / "full", extensions)
             log = pl.DataFrame(rows, schema=LOG_SCHEMA)
             log.write_parquet(tmp / "log.parquet")
             (tmp / "config.json").write_text(run_config(config, subject, seed, prior))
@@ -220,12 +207,10 @@ def train_lora(
     return log
 
 
-def _save(pipe, folder, learned) -> None:
+def _save(pipe, folder, extensions) -> None:
     save_lora(pipe, ADAPTER, folder)
-    if learned is not None:
-        from wig.personalization.tokens import EMBEDDINGS_NAME
-
-        learned.save(folder / EMBEDDINGS_NAME)
+    for extension in extensions:
+        extension.save(folder)
 
 
 def run_config(method, subject: Subject, seed: int, prior: bool) -> str:

@@ -1,7 +1,6 @@
-"""Sampling: the model families (`families`: what differs between SD and SANA), loading pipelines
-(`pipelines`) and their tiny twins (`tiny`), the one-batched-forward guidance sampler (`sampler`)
-and the generation job that files its images (`generation`).
+"""Sampling: the one-batched-forward guidance sampler (`sampler`) and the generation job that files
+its images (`generation`); the model families it runs are `wig.models`.
 
-This file imports nothing: a module that needs only the families (training) must not take the
-sampler's code, and with it every guidance method, into its code hash (`wig.workflow.provenance`).
+This file imports nothing: a module that needs only the sampler must not take the generation
+job's code into its code hash (`wig.provenance`).
 """

@@ -15,13 +15,13 @@ from typing import Mapping, Sequence
 import polars as pl
 import torch
 
+from wig.atomic import atomic_dir
+from wig.branches import BranchWeights
 from wig.concepts import save_png
 from wig.errors import WigError
 from wig.guidance import GuidanceMethod, point_columns, point_schema
-from wig.personalization.base import BranchWeights
+from wig.provenance import versions
 from wig.sampling.sampler import SamplingError, sample
-from wig.workflow.atomic import atomic_dir
-from wig.workflow.provenance import versions
 
 
 def manifest_schema() -> dict:

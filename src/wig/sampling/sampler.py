@@ -3,7 +3,7 @@
 For P images and K branches the batch is branch-major, ``[branch 0 × P, branch 1 × P, …]``,
 the layout stock diffusers uses for CFG (``[uncond × P, cond × P]``), so `cfg` reproduces
 ``StableDiffusionPipeline.__call__`` and ``SanaPipeline.__call__`` operation for operation (the
-family-specific calls live in `wig.sampling.families`). Branches differ only in the coefficients
+family-specific calls live in `wig.models.families`). Branches differ only in the coefficients
 of the attached checkpoints, which a personalization method realises per sample
 (`wig.personalization.base.BranchWeights`; for a LoRA, per-sample adapter scales,
 `wig.personalization.lora.LoraBranchWeights`): no second UNet or transformer is held in memory.
@@ -26,12 +26,11 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
+from wig.branches import FULL, WEAK, BranchWeights, scales_of
 from wig.errors import WigError
 from wig.guidance import NEGATIVE, PROMPT, GuidanceMethod
-from wig.personalization.base import BranchWeights, scales_of
-from wig.personalization.checkpoints import FULL, WEAK
+from wig.models.families import NonFiniteError, Text, check_finite, check_options, family_of
 from wig.personalization.lora import LoraBranchWeights
-from wig.sampling.families import NonFiniteError, Text, check_finite, check_options, family_of
 
 
 class SamplingError(WigError):

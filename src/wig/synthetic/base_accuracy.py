@@ -2,7 +2,7 @@
 prompts under CFG, read back by the oracle (rule base_accuracy).
 
 Apart from ``wig.synthetic.pretrain`` because it samples with guidance: pretraining must not rerun when the
-guidance code changes (rules hash their scripts' imports, ``wig.workflow.provenance``).
+guidance code changes (rules hash their scripts' imports, ``wig.provenance``).
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ def train_encoder(spec: dict, out: str | os.PathLike, progress: bool = True) -> 
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
-    from wig.workflow.atomic import atomic_dir
+    from wig.atomic import atomic_dir
 
     s = settings_of(spec)
     torch.manual_seed(s["seed"])

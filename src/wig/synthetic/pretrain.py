@@ -1,7 +1,7 @@
 """The synthetic world's base model, pretrained from scratch on rendered scenes (`wig.synthetic.world`).
 
 The result is a stock ``StableDiffusionPipeline`` folder (AutoencoderKL, CLIPTextModel with
-CLIP's tokenizer, UNet2DConditionModel, DDIMScheduler): the SD family of `wig.sampling.families` samples,
+CLIP's tokenizer, UNet2DConditionModel, DDIMScheduler): the SD family of `wig.models.families` samples,
 fine-tunes and guides it with the very code paths a real checkpoint takes. Two stages, each a
 rule of its own (a UNet change keeps the autoencoder):
 
@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from wig.atomic import atomic_dir
 from wig.errors import WigError
-from wig.sampling.tiny import clip_tokenizer, seeded
+from wig.models.tiny import clip_tokenizer, seeded
 from wig.synthetic.world import PALETTE, PATTERNS, SHAPES, Layout, Scene, caption, render_array
-from wig.workflow.atomic import atomic_dir
 
 _COLOURS = list(PALETTE)
 

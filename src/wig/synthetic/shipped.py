@@ -5,7 +5,7 @@ it instead of pretraining for an hour.
 wrote it (a StableDiffusionPipeline folder with its training log); ``synthetic-base.json`` beside
 it records the pretraining config of both stages (what `wig.workflow.study.pretrain_config` gives a
 ``{tiny: synthetic}`` entry: a test keeps the two equal, so editing ``tiny_synthetic.json`` without
-rebuilding and reshipping fails), the folder's sha256 (`wig.workflow.weights.folder_sha256`; the
+rebuilding and reshipping fails), the folder's sha256 (`wig.weights.folder_sha256`; the
 presets name it, and resolving the model checks it), where and how long it was made. A study loads it
 as any checkpoint: ``{path: resources/models/synthetic-base, family: sd, sha256: …}``.
 
@@ -25,7 +25,7 @@ import platform
 import shutil
 from pathlib import Path
 
-from wig.workflow.weights import folder_sha256
+from wig.weights import folder_sha256
 
 SHIPPED = Path("resources/models/synthetic-base")
 RECORD = Path("resources/models/synthetic-base.json")

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from wig.workflow.gpus import device_ids, gpu_slot
+from wig.gpus import device_ids, gpu_slot
 
 
 def local_weights(snakemake, default=None):
@@ -19,7 +19,7 @@ def local_weights(snakemake, default=None):
     record = snakemake.input.get("weights")
     if record is None:
         return default
-    from wig.workflow.weights import recorded_path
+    from wig.weights import recorded_path
 
     return recorded_path(record)
 

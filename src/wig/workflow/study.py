@@ -32,8 +32,8 @@ from wig.guidance import GuidanceMethod
 from wig.guidance.grid import expand, job_chunks
 from wig.personalization import PersonalizationMethod, method_class
 from wig.personalization import make as make_method
+from wig.provenance import encoder_id
 from wig.settings import settings_names
-from wig.workflow.provenance import encoder_id
 from wig.workflow.search import PROBE, SearchSpec, parse_searches, selection_split
 
 
@@ -43,7 +43,7 @@ class StudyError(WigError):
 
 # tiny kinds → the family that samples them: the synthetic world's base is a Stable Diffusion pipeline
 TINY_FAMILY = {"sd": "sd", "sana": "sana", "ip2p": "ip2p", "synthetic": "sd"}
-TINY_CONFIG = {"ip2p": "sd"}  # a twin built from another kind's shipped config (`wig.sampling.tiny.CONFIG_OF`)
+TINY_CONFIG = {"ip2p": "sd"}  # a twin built from another kind's shipped config (`wig.models.tiny.CONFIG_OF`)
 # the families that edit an input image (`Family.image_input`): each concept's first reference image,
 # with image-edit guidance (`GuidanceMethod.requires_image`) only
 IMAGE_FAMILIES = ("ip2p",)
@@ -60,7 +60,7 @@ def canon(value: Any) -> Any:
 
 def shipped_config(kind: str) -> dict:
     """The shipped config of a tiny model, ``wig/configs/tiny_<kind>.json`` (read as a file:
-    importing `wig.sampling.tiny` would load torch)."""
+    importing `wig.models.tiny` would load torch)."""
     return json.loads(resources.files("wig.configs").joinpath(f"tiny_{kind}.json").read_text())
 
 
@@ -111,7 +111,7 @@ class Model:
     spec: Mapping[str, Any]
     root: str  # the entry whose weights it uses: itself, or the end of its `base:` chain
     root_spec: Mapping[str, Any]
-    family: str  # sd | sana (wig.sampling.families)
+    family: str  # sd | sana (wig.models.families)
     finetunes: Mapping[str, Finetune]  # by name, config order
     points: tuple[GuidanceMethod, ...]  # the guidance grid its family's sampler can run
     point_chunks: Mapping[str, tuple[GuidanceMethod, ...]]  # generation jobs' points by their name

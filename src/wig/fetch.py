@@ -8,8 +8,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from wig.atomic import atomic_dir
 from wig.errors import WigError
-from wig.workflow.atomic import atomic_dir
 
 
 def fetch_git_folder(repo: str, commit: str, subdir: str, out: str | os.PathLike) -> None:

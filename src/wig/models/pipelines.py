@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from wig.errors import WigError
-from wig.sampling.families import SD, family_of
-from wig.workflow.gpus import resolve_device
+from wig.gpus import resolve_device
+from wig.models.families import SD, family_of
 
 
 class ModelError(WigError):

@@ -59,7 +59,7 @@ def check_sha256(folder: str | os.PathLike, expected: str, what: str) -> str:
     if got != expected.lower():
         raise WeightsError(
             f"{what}: the files in {folder} have sha256 {got}, not the {expected} the config names "
-            f"(a changed, added or missing file; `wig.workflow.weights.file_digests` lists them)"
+            f"(a changed, added or missing file; `wig.weights.file_digests` lists them)"
         )
     return got
 
@@ -129,7 +129,7 @@ def offline():
 
 
 def write_record(record: dict, out: str | os.PathLike) -> None:
-    from wig.workflow.atomic import replace_file, tmp_path
+    from wig.atomic import replace_file, tmp_path
 
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     tmp_path(out).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")

@@ -23,7 +23,7 @@ import torch
 
 from wig.errors import WigError
 
-log = logging.getLogger("wig.sampling.families")
+log = logging.getLogger("wig.models.families")
 
 
 class NonFiniteError(WigError):
