@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from wig.concepts import prepare_concept
+from wig.evaluation.base import dreammatcher_tensor
 from wig.evaluation.embeddings import EmbeddingError, read_embeddings
-from wig.evaluation.encoders import build_tiny_encoder, dreammatcher_tensor, embed_images, embed_texts, load_encoder
+from wig.evaluation.encoders import build_tiny_encoder, embed_images, embed_texts, load_encoder
 from wig.evaluation.metrics import score_job, score_samples
 
 from conftest import point_row

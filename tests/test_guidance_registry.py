@@ -1,10 +1,7 @@
 """The guidance registry is the one place a method lives: a method defined here, in a test, runs
 through the sampler, gets grid names, manifest columns and table rows without a shipped file
-changing; and no shipped module but a method's own names it (guidance and personalization methods)."""
+changing (that no shipped module but a method's own names it: tests/test_house.py)."""
 
-import ast
-import inspect
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +29,6 @@ from wig.guidance import (
 from wig.guidance.cfg import cfg_combine
 from wig.guidance.grid import expand
 from wig.models.pipelines import load_pipeline
-from wig.personalization import REGISTRY as PERSONALIZATION
 from wig.personalization.lora import attach_loras
 from wig.sampling.generation import generate_samples
 from wig.sampling.sampler import Request, sample_latents
@@ -175,58 +171,6 @@ def test_a_method_defined_in_a_test_gets_grid_names_manifest_columns_and_table_r
     assert table.filter(pl.col("method") == "toy-interval")["fraction"].to_list() == [0.25, 1.0]
     paired = paired_vs_cfg(scores, n_boot=100)
     assert paired["method"].to_list() == ["toy-interval", "toy-interval"]
-
-
-def _method_uses(tree: ast.AST):
-    """String constants used as a method name: compared, collected in a literal, passed to a
-    registry lookup, or given as ``method=``."""
-    lookups = {"make", "Guidance", "method_class"}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Compare):
-            operands = [node.left, *node.comparators]
-        elif isinstance(node, (ast.Tuple, ast.List, ast.Set)):
-            operands = node.elts
-        elif isinstance(node, ast.Dict):
-            operands = [k for k in node.keys if k is not None] + node.values
-        elif isinstance(node, ast.Call):
-            name = getattr(node.func, "id", getattr(node.func, "attr", ""))
-            operands = (node.args[:1] if name in lookups else []) + [
-                k.value for k in node.keywords if k.arg == "method"
-            ]
-        elif isinstance(node, ast.Subscript):
-            operands = [node.slice]
-        else:
-            continue
-        for op in operands:
-            for const in ast.walk(op):
-                if isinstance(const, ast.Constant) and isinstance(const.value, str):
-                    yield const.value, const.lineno
-
-
-@pytest.mark.parametrize("registry, package", [(REGISTRY, "guidance"), (PERSONALIZATION, "personalization")])
-def test_each_shipped_method_is_named_in_its_own_module_only(registry, package):
-    shipped = {name: Path(inspect.getfile(cls)).resolve() for name, cls in registry.items()}
-    found = []
-    for path in sorted([*(ROOT / "src").rglob("*.py"), *(ROOT / "workflow").rglob("*.py")]):
-        for value, line in _method_uses(ast.parse(path.read_text())):
-            if value in shipped and shipped[value] != path.resolve():
-                found.append(f"{path.relative_to(ROOT)}:{line} {value}")
-    for path in [ROOT / "Snakefile", *(ROOT / "workflow").rglob("*.smk")]:  # Snakemake syntax: read as text
-        for line_no, line in enumerate(path.read_text().splitlines(), 1):
-            for value in shipped:
-                if re.search(rf"""["']{re.escape(value)}["']""", line):
-                    found.append(f"{path.relative_to(ROOT)}:{line_no} {value}")
-    assert found == []
-    # and each is where the registry says: wig/<package>/<name>.py
-    assert all(
-        path.name == f"{name.replace('-', '_')}.py" and path.parent.name == package for name, path in shipped.items()
-    )
-
-
-def test_the_name_check_sees_a_method_named_outside_its_module(tmp_path):
-    # what the check above must catch: a comparison, a lookup, a literal collection, a method= argument
-    code = 'if m == "pg": make("db-lora")\nx = ("ag", 1)\nrun(method="cfgpp")\ny = d["none"]\n'
-    assert {v for v, _ in _method_uses(ast.parse(code))} >= {"pg", "db-lora", "ag", "cfgpp", "none"}
 
 
 def test_a_concept_text_reaches_its_branch_through_the_study_and_the_generation_job(

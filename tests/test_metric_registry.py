@@ -7,15 +7,14 @@ import polars as pl
 import pytest
 
 from wig.errors import WigError
+from wig.evaluation.base import Metric, register_metric
 from wig.evaluation.embeddings import image_schema
 from wig.evaluation.metrics import (
     REGISTRY,
-    Metric,
     aggregate,
     enabled_metrics,
     metrics_of,
     paired_vs_cfg,
-    register_metric,
     score_job,
 )
 from wig.guidance import Guidance, point_columns

@@ -6,6 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from wig.errors import WigError
+from wig.evaluation.base import subject_fidelity, text_fidelity
 from wig.evaluation.metrics import (
     _bootstrap,
     _cube,
@@ -14,8 +15,6 @@ from wig.evaluation.metrics import (
     paired_vs_cfg,
     point_keys,
     reference_points,
-    subject_fidelity,
-    text_fidelity,
     to_markdown,
 )
 from wig.evaluation.plots import pareto_front

@@ -184,8 +184,8 @@ def test_oracle_scores_per_image_and_reach_the_tables():
     right = render(triangle.scene("red", 16, 16, 10))
     plain_wrong_bg = render(Scene("triangle", "yellow", "blue", 16, 16, 10))
     scores = score_images([right, plain_wrong_bg], ["a sks triangle on a red background"] * 2, triangle.name)
-    assert scores["oracle_text"] == [1.0, 0.5]  # background wrong, shape right
-    assert scores["oracle_subject"][0] == 1.0 and scores["oracle_subject"][1] < 1.0
+    assert scores["text"] == [1.0, 0.5]  # background wrong, shape right
+    assert scores["subject"][0] == 1.0 and scores["subject"][1] < 1.0
     with pytest.raises(WigError, match="not a subject of the synthetic world"):
         score_images([right], ["a sks triangle on a red background"], "brown_dog")
     rows = []

@@ -6,8 +6,9 @@ import polars as pl
 import pytest
 
 from wig.errors import WigError
+from wig.evaluation.base import subject_fidelity
 from wig.evaluation.encoders import embed_images, load_encoder
-from wig.evaluation.metrics import REGISTRY, metric_agreement, spearman, subject_fidelity
+from wig.evaluation.metrics import REGISTRY, metric_agreement, spearman
 from wig.provenance import encoder_id
 from wig.synthetic.encoder import load_net, settings_of, train_encoder
 from wig.synthetic.world import SUBJECTS, render

@@ -113,7 +113,7 @@ def _add_settings(p: argparse.ArgumentParser, registry, methods=None) -> None:
             flag = f"--setting-{name.replace('_', '-')}"
         dest = f"setting_{name}"
         if type_name(f) == "bool":
-            # --x / --no-x: a setting that defaults to True (classdiffusion's --hflip) can be turned off
+            # --x / --no-x: a setting that defaults to True (e.g. a flip augmentation) can be turned off
             help_ = f"{f.metadata['doc']} (default: {defaults})"
             p.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_)
             continue
@@ -199,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--image",
         type=Path,
         action="append",
-        help="the image to edit (an InstructPix2Pix model, method ip2p-cfg): once, or once per image in prompt order",
+        help="the image to edit (an InstructPix2Pix model, with an image-edit guidance method): once, or once per "
+        "image in prompt order",
     )
     p.add_argument(
         "--base",
@@ -313,12 +314,20 @@ def build_parser() -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--tiny", type=Path, help="folder of a tiny twin built with --build-tiny")
     source.add_argument("--name", help="real checkpoint: " + "; ".join(f"{k}: {c.real}" for k, c in kinds.items()))
-    p.add_argument("--pretrained", help="open_clip pretrained tag, e.g. openai (clip)")
-    p.add_argument("--processor", help="PickScore's processor repo (default laion/CLIP-ViT-H-14-laion2B-s32B-b79K)")
+    p.add_argument(
+        "--pretrained", help="a pretrained tag, for kinds that load by name + tag (open_clip's, e.g. openai)"
+    )
+    p.add_argument("--processor", help="a second hub repo with the preprocessor, for kinds that read one")
     p.add_argument("--build-tiny", action="store_true", help="first build the tiny twin into --tiny")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--images", type=Path, help="folder with manifest.parquet (wig prepare / a generation job)")
-    what.add_argument("--text", action="append", help="a text to embed (clip, pickscore; repeat)")
+    what.add_argument(
+        "--text",
+        action="append",
+        help="a text to embed (kinds with a text tower: "
+        + ", ".join(k for k, c in kinds.items() if c.texts)
+        + "; repeat)",
+    )
     p.add_argument(
         "--protocol",
         action="append",

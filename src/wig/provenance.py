@@ -93,6 +93,16 @@ def _read(path: Path, package: str) -> tuple[frozenset[str], frozenset[Path]]:
     return frozenset(ours | {p for m in ours for p in _parents(m)}), frozenset(data)
 
 
+def imports_of(name: str) -> frozenset[str]:
+    """The ``wig`` modules (and the packages above them) that module ``name`` imports directly,
+    at the top or inside a function: one step of `import_closure` (the import-graph test walks
+    the package with it)."""
+    path = module_file(name)
+    if path is None:
+        raise ModuleNotFoundError(name)
+    return _read(path, name if path.name == "__init__.py" else name.rpartition(".")[0])[0]
+
+
 def import_closure(script: str | os.PathLike) -> tuple[list[str], list[Path]]:
     """The ``wig`` modules a script runs, transitively, sorted; and the package data files they
     read."""
@@ -105,8 +115,7 @@ def import_closure(script: str | os.PathLike) -> tuple[list[str], list[Path]]:
             continue
         modules.add(name)
         path = module_file(name)
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        imported, data = _read(path, package)
+        imported, data = _read(path, name if path.name == "__init__.py" else name.rpartition(".")[0])
         todo.extend(imported - modules)
         folders |= data
     files = sorted(f for folder in folders for f in folder.iterdir() if f.is_file() and f.suffix != ".py")

@@ -12,7 +12,7 @@ import dataclasses
 import math
 from typing import Any
 
-from wig.errors import WigError
+from wig.errors import WigError, unknown
 
 
 def param(
@@ -97,7 +97,7 @@ class Registry(dict):
 
     def method_class(self, name: str):
         if name not in self:
-            raise WigError(f"unknown {self.kind} {name!r}; choose from {', '.join(sorted(self))}")
+            raise WigError(unknown(self.kind, name, self))
         return self[name]
 
     def foreign_setting(self, cls, key: str) -> str | None:

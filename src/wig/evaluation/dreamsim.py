@@ -1,8 +1,8 @@
 """DreamSim (Fu et al. 2023, "DreamSim: Learning New Dimensions of Human Visual Similarity"): a
 perceptual distance, the paper's style metric (its Table 5: DreamSim from the generated images to
-the style reference, 0.7993 → 0.7344 with PG): an encoder kind, registered here
-(`wig.evaluation.encoders` imports this module), and its score, which `wig.evaluation.metrics`
-registers as the ``dreamsim`` metric — a *distance*, lower is better (``higher: False``).
+the style reference, 0.7993 → 0.7344 with PG): an encoder kind and
+the ``dreamsim`` metric, both registered here (`wig.evaluation.base`) — a *distance*, lower is
+better (``higher: False``).
 
 The model is the ``dreamsim`` package's own: its ``PerceptualModel`` (one or several ViT backbones
 — DINO, CLIP, OpenCLIP — whose features are concatenated), the LoRA its authors trained on human
@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from wig.evaluation.encoders import Encoder, _check_protocol, register_encoder
+from wig.evaluation.base import Encoder, Metric, check_protocol, register_encoder, register_metric
 from wig.provenance import encoder_id
 from wig.readers import read_json
 
@@ -184,7 +184,7 @@ class DreamSim(Encoder):
         return {"source": f"dreamsim:{source}", "requested": None, "revision": None, "path": str(folder)}
 
     def preprocess(self, images, protocol):
-        _check_protocol(protocol)  # DreamSim has one preprocessing under every protocol
+        check_protocol(protocol)  # DreamSim has one preprocessing under every protocol
         return preprocess(images)
 
     def _embed(self, x):
@@ -200,12 +200,7 @@ def distance(generated: np.ndarray, references: np.ndarray) -> np.ndarray:
     return (1.0 - g @ r.T).mean(axis=1)
 
 
-# registered by `wig.evaluation.metrics` (this module stays free of its guidance imports)
-METRIC = {
-    "name": "dreamsim",
-    "label": "DreamSim distance",
-    "fidelity": "subject",
-    "reads": "references",
-    "encoder": DreamSim.kind,
-    "higher": False,
-}
+# a distance: lower is better, and fronts and labels turn with it
+register_metric(
+    Metric("dreamsim", "DreamSim distance", "subject", "references", distance, encoder=DreamSim.kind, higher=False)
+)

@@ -1,9 +1,10 @@
-"""Metrics as a registry — DINO, CLIP-I, CLIP-T and, for the synthetic world, the oracle's pixel
-metrics —, per-image scores, tables with bootstrap CIs, paired comparisons.
+"""Per-image scores of the registered metrics, tables with bootstrap CIs, paired comparisons.
 
-A `Metric` says what it reads (the concept's reference embeddings, its prompt's text embedding,
-or the pixels), which encoder's embeddings, which side of the trade-off it measures (subject or
-text fidelity) and how it scores; `register_metric` makes it known. Scoring, the tables and the
+A `Metric` (`wig.evaluation.base`) says what it reads (the concept's reference embeddings, its
+prompt's text embedding, or the pixels), which encoder's embeddings, which side of the trade-off
+it measures (subject or text fidelity) and how it scores; each registers itself in its own module
+(DINO, CLIP-I/CLIP-T, PickScore, DreamSim, the scene encoder's, the synthetic oracle's two), and
+`REGISTRY` here is complete (this module imports `wig.evaluation.plugins`). Scoring, the tables and the
 figures iterate over the metrics a study enables (``evaluation.metrics``).
 
 Per image i of a concept with reference embeddings r_1…r_R:
@@ -26,16 +27,16 @@ prompt, seed) noise.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import polars as pl
 
 from wig.errors import WigError
-from wig.evaluation import dreamsim, pickscore, scene
+from wig.evaluation import plugins  # noqa: F401  (the shipped metrics register themselves)
+from wig.evaluation.base import METRICS as REGISTRY
 from wig.guidance import REGISTRY as METHODS
-from wig.guidance import point_of, point_schema
+from wig.guidance import baseline, point_of, point_schema
 
 
 def point_keys() -> tuple[str, ...]:
@@ -45,74 +46,6 @@ def point_keys() -> tuple[str, ...]:
 
 
 IMAGE_KEYS = ("concept", "finetune_seed", "prompt_index", "seed")
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
-def subject_fidelity(references: np.ndarray, generated: np.ndarray) -> np.ndarray:
-    """Per generated image: mean cosine to every reference (DINO or CLIP-I)."""
-    return (_unit(generated) @ _unit(references).T).mean(axis=1)
-
-
-def text_fidelity(generated: np.ndarray, texts: np.ndarray) -> np.ndarray:
-    """Per generated image: cosine to its own prompt's text embedding (CLIP-T)."""
-    return (_unit(generated) * _unit(texts)).sum(axis=1)
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A per-image score."""
-
-    name: str  # its column in scores and tables
-    label: str  # its axis label in figures
-    fidelity: str  # "subject" or "text": which side of the trade-off it measures
-    reads: str  # "references" (the concept's reference embeddings), "texts" (its prompt's), "pixels"
-    # encoder metrics: score(generated (n, d), references (m, d) | prompt texts (n, d)) -> (n,);
-    # pixel metrics: score(images, prompts, concept) -> {metric name: values}, one call serving every
-    # metric that shares the function (the oracle segments an image once for both of its metrics)
-    score: Callable
-    encoder: str | None = None  # whose embeddings it reads (`wig.evaluation.encoders` kind); None for pixels
-    synthetic_only: bool = False  # it reads the synthetic world's images (dataset.render)
-    higher: bool = True  # higher is better; False for a distance (DreamSim): fronts and labels turn with it
-
-
-REGISTRY: dict[str, Metric] = {}
-
-
-def register_metric(metric: Metric) -> Metric:
-    """Make a metric known by its name (a plug-in registers itself the same way)."""
-    if metric.reads not in ("references", "texts", "pixels") or metric.fidelity not in ("subject", "text"):
-        raise WigError(f"metric {metric.name}: reads references|texts|pixels and measures subject|text fidelity")
-    if (metric.encoder is None) != (metric.reads == "pixels"):
-        raise WigError(f"metric {metric.name}: an encoder exactly when it reads embeddings")
-    REGISTRY[metric.name] = metric
-    return metric
-
-
-def _oracle(images, prompts, concept):
-    from wig.synthetic.oracle import score_images
-
-    return score_images(images, prompts, concept)
-
-
-def _mean_to_references(generated: np.ndarray, references: np.ndarray) -> np.ndarray:
-    return subject_fidelity(references, generated)
-
-
-register_metric(Metric("dino", "DINO", "subject", "references", _mean_to_references, encoder="dino"))
-register_metric(Metric("clip_i", "CLIP-I", "subject", "references", _mean_to_references, encoder="clip"))
-register_metric(Metric("clip_t", "CLIP-T", "text", "texts", text_fidelity, encoder="clip"))
-register_metric(Metric(**pickscore.METRIC, score=pickscore.score))  # the plug-ins declare themselves
-register_metric(Metric(**dreamsim.METRIC, score=dreamsim.distance))
-register_metric(Metric(**scene.METRIC, score=_mean_to_references))
-for _name, _label, _side in (
-    ("oracle_text", "oracle text fidelity", "text"),
-    ("oracle_subject", "oracle subject fidelity", "subject"),
-):
-    register_metric(Metric(_name, _label, _side, "pixels", _oracle, synthetic_only=True))
 
 
 def enabled_metrics(encoders, render: bool) -> list[str]:
@@ -341,7 +274,10 @@ def reference_points(points: pl.DataFrame) -> dict[tuple, tuple]:
     made = {tuple(p): point_of(dict(zip(points.columns, p))) for p in points.iter_rows()}
     baselines = {m.key: p for p, m in made.items() if m.is_baseline}
     if not baselines:
-        raise WigError("paired comparisons need a baseline point in the guidance grid: a cfg point (ip2p-cfg: ω = 1)")
+        raise WigError(
+            "paired comparisons need a baseline point in the guidance grid: "
+            f"a {baseline().name} point, or a point of a method that is its own baseline there"
+        )
     first = next(iter(baselines.values()))
     return {p: baselines.get(getattr(m.reference(), "key", None), first) for p, m in made.items()}
 
@@ -459,14 +395,18 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def metric_agreement(scores: pl.DataFrame, table: pl.DataFrame) -> pl.DataFrame:
-    """How well each embedding metric of subject fidelity tracks the synthetic world's oracle:
-    Spearman's ρ between the metric and ``oracle_subject`` over the grid points (the table's
-    cells: does it rank methods and settings as the oracle does?) and over single images, per
-    protocol; a lower-is-better metric (a distance) is negated first, so +1 is perfect agreement
-    for every metric. No rows without the oracle or without another subject metric."""
-    others = [m for m in metrics_of(table) if REGISTRY[m].fidelity == "subject" and REGISTRY[m].reads != "pixels"]
+    """How well each embedding metric of subject fidelity tracks the ground truth (a metric that
+    says ``ground_truth``: the synthetic world's oracle subject fidelity): Spearman's ρ between the
+    metric and it over the grid points (the table's cells: does it rank methods and settings as
+    the oracle does?) and over single images, per protocol; a lower-is-better metric (a distance)
+    is negated first, so +1 is perfect agreement for every metric. No rows without the ground
+    truth or without another subject metric."""
+    held = metrics_of(table)
+    others = [m for m in held if REGISTRY[m].fidelity == "subject" and REGISTRY[m].reads != "pixels"]
+    truths = [m for m in held if REGISTRY[m].fidelity == "subject" and REGISTRY[m].ground_truth]
     rows = []
-    if "oracle_subject" in table.columns:
+    if truths:
+        (truth,) = truths
         for protocol in table["protocol"].unique(maintain_order=True).to_list():
             t = table.filter(pl.col("protocol") == protocol)
             sc = scores.filter(pl.col("protocol") == protocol)
@@ -477,9 +417,9 @@ def metric_agreement(scores: pl.DataFrame, table: pl.DataFrame) -> pl.DataFrame:
                         "protocol": protocol,
                         "metric": m,
                         "n_points": len(t),
-                        "spearman_points": spearman(sign * t[m].to_numpy(), t["oracle_subject"].to_numpy()),
+                        "spearman_points": spearman(sign * t[m].to_numpy(), t[truth].to_numpy()),
                         "n_images": len(sc),
-                        "spearman_images": spearman(sign * sc[m].to_numpy(), sc["oracle_subject"].to_numpy()),
+                        "spearman_images": spearman(sign * sc[m].to_numpy(), sc[truth].to_numpy()),
                     }
                 )
     schema = {

@@ -1,8 +1,6 @@
 """PickScore (Kirstain et al. 2023, "Pick-a-Pic"): a CLIP-H fine-tuned on human preferences, the
-paper's text-to-image metric for Diffusion-DPO (its Table 4: 21.53 → 21.58): an encoder kind,
-registered here (`wig.evaluation.encoders` imports this module), and its score function, which
-`wig.evaluation.metrics` registers as the ``pickscore`` metric (this module stays free of the
-metric registry's imports, so embedding jobs never depend on the guidance code the tables read).
+paper's text-to-image metric for Diffusion-DPO (its Table 4: 21.53 → 21.58): an encoder kind and
+the ``pickscore`` metric, both registered here (`wig.evaluation.base`).
 
 The score of an image for its prompt is the model's own logit: ``logit_scale.exp()`` (≈ 100 for
 PickScore_v1) times the cosine of the projected image and text features — hence values ≈ 21,
@@ -26,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wig.evaluation.encoders import HF_FILES, Encoder, _snapshot, register_encoder
+from wig.evaluation.base import HF_FILES, Encoder, Metric, check_protocol, register_encoder, register_metric, snapshot
 from wig.provenance import encoder_id
 from wig.weights import offline
 
@@ -95,14 +93,12 @@ class PickScore(Encoder):
 
     @staticmethod
     def resolve(spec):
-        model = _snapshot(spec, "PickScore", HF_FILES)
-        processor = _snapshot(spec, "PickScore's processor", PROCESSOR_FILES, repo=spec.get("processor", PROCESSOR))
+        model = snapshot(spec, "PickScore", HF_FILES)
+        processor = snapshot(spec, "PickScore's processor", PROCESSOR_FILES, repo=spec.get("processor", PROCESSOR))
         return {**model, "processor": processor}
 
     def preprocess(self, images, protocol):
-        from wig.evaluation.encoders import _check_protocol
-
-        _check_protocol(protocol)  # PickScore has one preprocessing, its processor's, under every protocol
+        check_protocol(protocol)  # PickScore has one preprocessing, its processor's, under every protocol
         return self.processor(images=[im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
 
     def _embed(self, x):
@@ -140,6 +136,4 @@ def score(generated: np.ndarray, texts: np.ndarray) -> np.ndarray:
     return (unit * np.asarray(texts, dtype=np.float64)).sum(axis=1)
 
 
-# the metric `wig.evaluation.metrics` registers (there, not here: this module stays free of the
-# metric registry's guidance imports, so embedding jobs never depend on guidance code)
-METRIC = {"name": "pickscore", "label": "PickScore", "fidelity": "text", "reads": "texts", "encoder": PickScore.kind}
+register_metric(Metric("pickscore", "PickScore", "text", "texts", score, encoder=PickScore.kind))

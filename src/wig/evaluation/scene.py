@@ -1,6 +1,6 @@
 """The synthetic world's learned encoder as an encoder kind (``scene``) and its DINO-style metric:
 an image's score is its mean cosine to the concept's reference images, exactly as DINO's
-(`wig.evaluation.metrics.subject_fidelity`). The encoder is trained in the world by the workflow
+(`wig.evaluation.base.subject_fidelity`). The encoder is trained in the world by the workflow
 (`wig.synthetic.encoder`, rule train_encoder; ``encoders: {scene: {train: {...}}}``), so the study
 can measure how well an embedding metric tracks the oracle's subject fidelity — the question real
 DINO scores cannot answer. ``{scene: {tiny: true}}`` is its untrained twin, for plumbing tests.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from wig.evaluation.encoders import Encoder, _check_protocol, register_encoder
+from wig.evaluation.base import Encoder, Metric, check_protocol, mean_to_references, register_encoder, register_metric
 from wig.provenance import encoder_id
 
 
@@ -55,7 +55,7 @@ class Scene(Encoder):
         import torch
         from PIL import Image
 
-        _check_protocol(protocol)
+        check_protocol(protocol)
         out = []
         for im in images:
             im = im.convert("RGB")
@@ -68,10 +68,13 @@ class Scene(Encoder):
         return self.model(x)
 
 
-METRIC = {
-    "name": "scene",
-    "label": "scene-encoder similarity (DINO-style)",
-    "fidelity": "subject",
-    "reads": "references",
-    "encoder": Scene.kind,
-}
+register_metric(
+    Metric(
+        "scene",
+        "scene-encoder similarity (DINO-style)",
+        "subject",
+        "references",
+        mean_to_references,
+        encoder=Scene.kind,
+    )
+)

@@ -5,7 +5,7 @@ the layout stock diffusers uses for CFG (``[uncond × P, cond × P]``), so `cfg`
 ``StableDiffusionPipeline.__call__`` and ``SanaPipeline.__call__`` operation for operation (the
 family-specific calls live in `wig.models.families`). Branches differ only in the coefficients
 of the attached checkpoints, which a personalization method realises per sample
-(`wig.personalization.base.BranchWeights`; for a LoRA, per-sample adapter scales,
+(`wig.branches.BranchWeights`; for a LoRA, per-sample adapter scales,
 `wig.personalization.lora.LoraBranchWeights`): no second UNet or transformer is held in memory.
 
 Usable from plain diffusers code::

@@ -138,18 +138,19 @@ def _subject_scores(arr: np.ndarray, mask: np.ndarray, subject: Subject) -> dict
 
 
 def score_images(images, prompts: list[str], concept: str) -> dict[str, list[float]]:
-    """``oracle_text`` and ``oracle_subject`` per image of a synthetic subject ``concept`` (one
-    segmentation per image serves both)."""
+    """Text and subject fidelity (``text``, ``subject``) per image of a synthetic subject
+    ``concept`` (one segmentation per image serves both; `wig.evaluation.oracle` registers them
+    as metrics)."""
     subjects = {s.name: s for s in SUBJECTS}
     if concept not in subjects:
         raise WigError(f"concept {concept!r} is not a subject of the synthetic world ({', '.join(subjects)})")
-    out = {"oracle_text": [], "oracle_subject": []}
+    out = {"text": [], "subject": []}
     for img, prompt in zip(images, prompts, strict=True):
         arr = _rgb(img)
         reading = read(arr)
         attrs = prompt_attributes(prompt)
-        out["oracle_text"].append(
+        out["text"].append(
             _text_scores(reading, attrs.get("background"), attrs.get("colour"), attrs.get("shape"))["text"]
         )
-        out["oracle_subject"].append(_subject_scores(arr, reading.mask, subjects[concept])["subject"])
+        out["subject"].append(_subject_scores(arr, reading.mask, subjects[concept])["subject"])
     return out

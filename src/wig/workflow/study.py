@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from wig.concepts import TEXTS, Concept, image_files, read_dreambooth, read_sheet
-from wig.errors import WigError
+from wig.errors import WigError, unknown
 from wig.evaluation.encoders import ENCODERS, encoder_class
 from wig.evaluation.metrics import REGISTRY as METRICS
 from wig.evaluation.metrics import enabled_metrics
+from wig.guidance import REGISTRY as GUIDANCE
 from wig.guidance import GuidanceMethod
 from wig.guidance.grid import expand, job_chunks
 from wig.personalization import PersonalizationMethod, method_class
@@ -277,6 +278,9 @@ class Study:
         models = {name: _model(config, name, points, finetunes) for name in sorted(config["models"])}
         _check_dataset(config, models, concepts)
         encoders = {kind: {"kind": kind, **spec} for kind, spec in config["encoders"].items()}
+        for kind in encoders:
+            if kind not in ENCODERS:
+                raise StudyError(f"encoders.{kind}: {unknown('encoder kind', kind, ENCODERS)}")
         for kind, spec in encoders.items():  # trained here: the kinds that say so (`Encoder.trained`)
             trained = encoder_class(kind).trained
             if ("train" in spec) != (trained and not spec.get("tiny")):
@@ -598,7 +602,7 @@ def _metrics(config: Mapping[str, Any], encoders: Mapping[str, Any]) -> list[str
     ]
     for name in names:
         if name not in METRICS:
-            raise StudyError(f"evaluation.metrics: unknown metric {name!r}; choose from {', '.join(METRICS)}")
+            raise StudyError(f"evaluation.metrics: {unknown('metric', name, METRICS)}")
         metric = METRICS[name]
         if metric.encoder is not None and metric.encoder not in encoders:
             raise StudyError(
@@ -719,7 +723,7 @@ def _model(
             f"models.{name} ({family}): none of the personalization methods "
             f"({', '.join(sorted({e['method'] for e in finetunes.values()}))}) trains the {family} family"
         )
-    # an image family edits each concept's first image with image-edit guidance (ip2p-cfg) alone; the
+    # an image family edits each concept's first image with image-edit guidance alone; the
     # others take no input image
     runnable = tuple(
         p
@@ -729,7 +733,8 @@ def _model(
     if not runnable:
         skipped = ", ".join(sorted({p.method for p in points}))
         if family in IMAGE_FAMILIES:
-            needs = "it edits an input image, with image-edit guidance (ip2p-cfg) only"
+            image_methods = ", ".join(sorted(n for n, c in GUIDANCE.items() if c.requires_image))
+            needs = f"it edits an input image, with image-edit guidance ({image_methods}) only"
         else:
             needs = f"they need a DDIM sampler or an input image, which {family} does not use"
         raise StudyError(f"models.{name} ({family}) can run none of the guidance points: {skipped} ({needs})")
