@@ -145,3 +145,46 @@ def pytest_collection_modifyitems(config, items):
         if dropped:
             config.hook.pytest_deselected(items=dropped)
             items[:] = kept
+
+
+def plan(config: dict, workdir) -> list[tuple[str, dict]]:
+    """The jobs a run of ``config`` would do now — (rule, wildcards) — planned by Snakemake in this
+    process (its API, no subprocess): plug-ins registered by a test are in the registries the
+    workflow's study reads. The workflow is copied into ``workdir``; the environment the
+    workflow sets while parsing (its CPU kernel caps) is restored afterwards."""
+    import shutil
+    from pathlib import Path
+
+    import yaml
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import (
+        ConfigSettings,
+        DAGSettings,
+        OutputSettings,
+        ResourceSettings,
+        StorageSettings,
+    )
+
+    root, workdir = Path(__file__).resolve().parents[1], Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "workflow", "config", "resources"):
+        (shutil.copytree if (root / name).is_dir() else shutil.copy)(root / name, workdir / name)
+    (workdir / "config/config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    environ = dict(os.environ)
+    try:
+        with SnakemakeApi(OutputSettings()) as api:
+            api_workflow = api.workflow(
+                resource_settings=ResourceSettings(cores=1),
+                config_settings=ConfigSettings(),
+                storage_settings=StorageSettings(),
+                snakefile=workdir / "Snakefile",
+                workdir=workdir,
+            )
+            api_workflow.dag(DAGSettings())
+            workflow = api_workflow._workflow
+            workflow._prepare_dag(forceall=False, ignore_incomplete=True, lock_warn_only=True, nolock=True)
+            workflow._build_dag()
+            return [(job.rule.name, dict(job.wildcards_dict)) for job in workflow.dag.needrun_jobs()]
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
