@@ -132,3 +132,26 @@ def test_pg_omega_one_equals_cfg_exactly(case, pipes):
     assert torch.equal(
         _latents(case, tuned, Guidance("pg", case.scale, omega=1.0)), _latents(case, tuned, Guidance("cfg", case.scale))
     )
+
+
+def test_one_table_of_family_facts_is_what_the_families_the_loader_the_twins_and_the_study_read(tiny_sd, tiny_sana):
+    from wig.models.facts import FAMILIES as FACTS
+    from wig.models.facts import TINY
+    from wig.models.families import FAMILIES, family_of
+    from wig.models.tiny import default_config
+    from wig.workflow import study
+
+    assert set(FAMILIES) == set(FACTS) == {"sd", "sana", "ip2p"}
+    assert {n: f.image_input for n, f in FAMILIES.items()} == {n: f.image_input for n, f in FACTS.items()}
+    assert study.IMAGE_FAMILIES == ("ip2p",) and study.DDIM_FAMILIES == ("sd",)
+    for path, family in ((tiny_sd, "sd"), (tiny_sana, "sana")):
+        pipe = load_pipeline(str(path), device="cpu", dtype="float32")  # scheduler="auto": the facts' sampler
+        assert family_of(pipe).name == family
+        assert (type(pipe.scheduler).__name__ == "DDIMScheduler") == FACTS[family].ddim
+    assert {k: (t.config, t.family) for k, t in TINY.items()} == {
+        "sd": ("sd", "sd"),
+        "sana": ("sana", "sana"),
+        "ip2p": ("sd", "ip2p"),
+        "synthetic": ("synthetic", "sd"),
+    }
+    assert default_config("ip2p") == default_config("sd") and set(TINY) <= set(FACTS) | {"synthetic"}

@@ -22,6 +22,7 @@ from typing import Mapping
 import torch
 
 from wig.errors import WigError
+from wig.models.facts import FAMILIES as FACTS
 
 log = logging.getLogger("wig.models.families")
 
@@ -77,7 +78,7 @@ class Text:
 class Family:
     name: str
     component: str  # the pipeline attribute holding the denoiser (and the LoRA)
-    image_input: bool = False  # it conditions on an input image (`Request.images`) as well as a text
+    image_input: bool = False  # it conditions on an input image (`Request.images`): `wig.models.facts`
     lora_targets: tuple[str, ...]
     text_options: tuple[str, ...] = ()
     stock_call: dict = {}  # extra arguments for the stock pipeline call (class images)
@@ -262,7 +263,7 @@ class IP2P(SD):
     there. Sizes come from the input image."""
 
     name = "ip2p"
-    image_input = True
+    image_input = FACTS["ip2p"].image_input
 
     @staticmethod
     @torch.no_grad()

@@ -7,31 +7,22 @@ A twin has the same classes and file layout as its real checkpoint, so it is sav
 from __future__ import annotations
 
 import gzip
-import json
 import os
 from contextlib import contextmanager
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 import torch
 
 from wig.errors import WigError
-
-KINDS = (
-    "sd",
-    "sana",
-    "synthetic",
-)  # the shipped configs: random-init twins of the families, and the synthetic world's base (wig.synthetic.pretrain)
-CONFIG_OF = {"ip2p": "sd"}  # a twin built from another kind's config (InstructPix2Pix: SD's, 8 input channels)
+from wig.models.facts import TINY, shipped_config
 
 
 def default_config(kind: str) -> dict:
-    """The shipped config of a tiny model (``src/wig/configs/tiny_<kind>.json``)."""
-    if kind not in KINDS:
-        raise WigError(f"unknown tiny model {kind!r}; choose from {', '.join(KINDS)}")
-    text = resources.files("wig.configs").joinpath(f"tiny_{kind}.json").read_text()
-    return json.loads(text)
+    """The shipped config a tiny kind is built from (`wig.models.facts.TINY`)."""
+    if kind not in TINY:
+        raise WigError(f"unknown tiny model {kind!r}; choose from {', '.join(TINY)}")
+    return shipped_config(TINY[kind].config)
 
 
 @lru_cache(maxsize=1)
@@ -105,7 +96,7 @@ def build_tiny_ip2p(out: str | os.PathLike, config: dict | None = None, seed: in
     )
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    config = config or default_config(CONFIG_OF["ip2p"])
+    config = config or default_config("ip2p")
     seed = config.get("seed", 0) if seed is None else seed
     with seeded(seed):
         unet = UNet2DConditionModel(**{**config["unet"], "in_channels": 8})

@@ -19,7 +19,6 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -31,6 +30,7 @@ from wig.evaluation.metrics import enabled_metrics
 from wig.guidance import REGISTRY as GUIDANCE
 from wig.guidance import GuidanceMethod
 from wig.guidance.grid import expand, job_chunks
+from wig.models.facts import FAMILIES, TINY, shipped_config
 from wig.personalization import PersonalizationMethod, method_class
 from wig.personalization import make as make_method
 from wig.provenance import encoder_id
@@ -42,27 +42,17 @@ class StudyError(WigError):
     """A config that describes no runnable study; the message names the key."""
 
 
-# tiny kinds → the family that samples them: the synthetic world's base is a Stable Diffusion pipeline
-TINY_FAMILY = {"sd": "sd", "sana": "sana", "ip2p": "ip2p", "synthetic": "sd"}
-TINY_CONFIG = {"ip2p": "sd"}  # a twin built from another kind's shipped config (`wig.models.tiny.CONFIG_OF`)
-# the families that edit an input image (`Family.image_input`): each concept's first reference image,
-# with image-edit guidance (`GuidanceMethod.requires_image`) only
-IMAGE_FAMILIES = ("ip2p",)
-# the families whose sampler is DDIM (`load_pipeline(scheduler="auto")`): SANA samples with a
-# multistep flow DPM-Solver, so methods that change the DDIM update are not planned for it
-DDIM_FAMILIES = ("sd",)
+# the model-family facts (`wig.models.facts`): a family that edits an input image gets each concept's
+# first reference image and image-edit guidance (`GuidanceMethod.requires_image`) only; a family not
+# sampled with DDIM is not planned methods that change the DDIM update (`requires_ddim`)
+IMAGE_FAMILIES = tuple(n for n, f in FAMILIES.items() if f.image_input)
+DDIM_FAMILIES = tuple(n for n, f in FAMILIES.items() if f.ddim)
 
 
 def canon(value: Any) -> Any:
     """A value with sorted keys: Snakemake compares params by their text, so reordering keys in a
     YAML file must not look like a change."""
     return json.loads(json.dumps(value, sort_keys=True))
-
-
-def shipped_config(kind: str) -> dict:
-    """The shipped config of a tiny model, ``wig/configs/tiny_<kind>.json`` (read as a file:
-    importing `wig.models.tiny` would load torch)."""
-    return json.loads(resources.files("wig.configs").joinpath(f"tiny_{kind}.json").read_text())
 
 
 def pretrain_config(spec: dict, stage: str) -> dict:
@@ -350,7 +340,7 @@ class Study:
     def tiny_config(self, model: str) -> dict:
         """The shipped config of a tiny twin: editing it rebuilds the twin."""
         kind = self.models[model].spec["tiny"]
-        return canon(shipped_config(TINY_CONFIG.get(kind, kind)))
+        return canon(shipped_config(TINY[kind].config))
 
     def pretrain_config(self, model: str, stage: str) -> dict:
         return pretrain_config(self.models[model].spec, stage)
@@ -703,7 +693,7 @@ def _model(
         chain.append(base)
     root = specs[chain[-1]]
     if "tiny" in root:
-        family = TINY_FAMILY[root["tiny"]]
+        family = TINY[root["tiny"]].family
         if root.get("family", family) != family:
             raise StudyError(f"models.{name}: family {root['family']} but tiny {root['tiny']}")
     else:
