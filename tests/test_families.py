@@ -139,11 +139,11 @@ def test_one_table_of_family_facts_is_what_the_families_the_loader_the_twins_and
     from wig.models.facts import TINY
     from wig.models.families import FAMILIES, family_of
     from wig.models.tiny import default_config
-    from wig.workflow import study
+    from wig.workflow import model
 
     assert set(FAMILIES) == set(FACTS) == {"sd", "sana", "ip2p"}
     assert {n: f.image_input for n, f in FAMILIES.items()} == {n: f.image_input for n, f in FACTS.items()}
-    assert study.IMAGE_FAMILIES == ("ip2p",) and study.DDIM_FAMILIES == ("sd",)
+    assert model.IMAGE_FAMILIES == ("ip2p",) and model.DDIM_FAMILIES == ("sd",)
     for path, family in ((tiny_sd, "sd"), (tiny_sana, "sana")):
         pipe = load_pipeline(str(path), device="cpu", dtype="float32")  # scheduler="auto": the facts' sampler
         assert family_of(pipe).name == family

@@ -11,7 +11,8 @@ import yaml
 from wig.errors import WigError
 from wig.synthetic.shipped import RECORD, SHIPPED
 from wig.weights import file_digests, folder_sha256, resolve_model
-from wig.workflow.study import Study, pretrain_config
+from wig.workflow.rule_params import pretrain_config
+from wig.workflow.study import Study
 
 pytestmark = pytest.mark.check
 

@@ -12,7 +12,8 @@ from snakemake.utils import validate
 
 from wig.guidance.grid import canonical
 from wig.personalization import make
-from wig.workflow.study import GenerationJob, Study, StudyError, TrainingRun, class_slug
+from wig.workflow.model import GenerationJob, StudyError, TrainingRun, class_slug
+from wig.workflow.study import Study
 
 pytestmark = pytest.mark.check
 

@@ -8,7 +8,7 @@ into the presets that name the shipped base.
 import argparse
 
 from wig.synthetic.shipped import ship
-from wig.workflow.study import pretrain_config
+from wig.workflow.rule_params import pretrain_config
 
 
 def main() -> None:

@@ -15,7 +15,8 @@ from wig.kernels import PINNED
 from wig.workflow.config_schema import schema_error
 from wig.gpus import check_resources, device_ids, scheduler_assigned
 from wig.provenance import code_hash
-from wig.workflow.study import Study, canon
+from wig.workflow.model import canon
+from wig.workflow.study import Study
 
 try:
     validate(config, workflow.source_path("../../config/schema.yaml"))  # fills in the schema's defaults

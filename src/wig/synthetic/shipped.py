@@ -3,7 +3,7 @@ it instead of pretraining for an hour.
 
 ``resources/models/synthetic-base/`` is ``results/<model>/model`` exactly as rule pretrain_model
 wrote it (a StableDiffusionPipeline folder with its training log); ``synthetic-base.json`` beside
-it records the pretraining config of both stages (what `wig.workflow.study.pretrain_config` gives a
+it records the pretraining config of both stages (what `wig.workflow.rule_params.pretrain_config` gives a
 ``{tiny: synthetic}`` entry: a test keeps the two equal, so editing ``tiny_synthetic.json`` without
 rebuilding and reshipping fails), the folder's sha256 (`wig.weights.folder_sha256`; the
 presets name it, and resolving the model checks it), where and how long it was made. A study loads it
