@@ -15,7 +15,13 @@ from wig.guidance import Guidance
 from wig.models.pipelines import load_pipeline
 from wig.models.tiny import build_tiny_sd
 from wig.personalization import Subject, make
-from wig.personalization.custom_diffusion import CustomDiffusionError, pooled, rescale, spl, trained_layers
+from wig.personalization.classdiffusion.custom_diffusion import (
+    CustomDiffusionError,
+    pooled,
+    rescale,
+    spl,
+    trained_layers,
+)
 from wig.personalization.tokens import TokenError
 from wig.sampling.sampler import Request, sample_latents
 

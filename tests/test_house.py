@@ -115,9 +115,11 @@ def test_each_shipped_plugin_is_named_in_its_own_module_only(what):
 
 def test_plugins_live_where_their_registry_says():
     homes = _homes()
-    for package in ("guidance", "personalization"):  # wig/<package>/<name>.py
+    for package in ("guidance", "personalization"):  # wig/<package>/<name>.py, or <name>/ with its own code
         for name, path in homes[package].items():
-            assert (path.name, path.parent.name) == (f"{name.replace('-', '_')}.py", package), name
+            module = name.replace("-", "_")
+            assert (path.name, path.parent.name) in {(f"{module}.py", package), ("__init__.py", module)}, name
+            assert path.parents[0 if path.name != "__init__.py" else 1] == PACKAGE / package, name
     for what in ("metric", "encoder"):  # a module of wig/evaluation/, imported by its plugins module
         plugins = (PACKAGE / "evaluation/plugins.py").read_text()
         for name, path in homes[what].items():

@@ -20,7 +20,6 @@ if TYPE_CHECKING:
 FULL = "full"  # the fine-tuned checkpoint θ' (for a LoRA: its adapter name, θ' = θ + ΔW)
 WEAK = "weak"  # the weak (early) checkpoint, AG's weak model
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # a diffusers LoRA folder's file
-CUSTOM_DIFFUSION_WEIGHT_NAME = "pytorch_custom_diffusion_weights.safetensors"  # diffusers' Custom Diffusion file
 
 
 class BranchWeights:
