@@ -168,7 +168,10 @@ def plan(config: dict, workdir) -> list[tuple[str, dict]]:
     root, workdir = Path(__file__).resolve().parents[1], Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     for name in ("Snakefile", "workflow", "config", "resources"):
-        (shutil.copytree if (root / name).is_dir() else shutil.copy)(root / name, workdir / name)
+        if (root / name).is_dir():
+            shutil.copytree(root / name, workdir / name, dirs_exist_ok=True)
+        else:
+            shutil.copy(root / name, workdir / name)
     (workdir / "config/config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     environ = dict(os.environ)
     try:
@@ -188,3 +191,25 @@ def plan(config: dict, workdir) -> list[tuple[str, dict]]:
     finally:
         os.environ.clear()
         os.environ.update(environ)
+
+
+def small_config() -> dict:
+    """The small study of .test/config/small.yaml (runnable by hand, see its header)."""
+    import yaml
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    return yaml.safe_load((root / ".test/config/small.yaml").read_text())
+
+
+def edit_config(config: dict, **changes) -> dict:
+    """A copy of ``config`` with ``a__b=value`` setting ``config["a"]["b"]``."""
+    import yaml
+
+    new = yaml.safe_load(yaml.safe_dump(config))
+    for dotted, value in changes.items():
+        *path, key = dotted.split("__")
+        target = new
+        for part in path:
+            target = target[part]
+        target[key] = value
+    return new

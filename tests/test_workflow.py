@@ -14,17 +14,14 @@ import pytest
 import yaml
 from PIL import Image
 
+from conftest import edit_config as _edit
+from conftest import small_config as _small_config
 from test_provenance import _scripted_rules, _walk
 
 pytestmark = pytest.mark.workflow
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-
-
-def _small_config():
-    """The small study of .test/config/small.yaml (runnable by hand, see its header)."""
-    return yaml.safe_load((ROOT / ".test/config/small.yaml").read_text())
 
 
 def _workdir(tmp_path, config):
@@ -55,17 +52,6 @@ def _planned(workdir, *args, env=None) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
 
 
-def _edit(config, **changes):
-    new = yaml.safe_load(yaml.safe_dump(config))
-    for dotted, value in changes.items():
-        *path, key = dotted.split("__")
-        target = new
-        for part in path:
-            target = target[part]
-        target[key] = value
-    return new
-
-
 # the study's own errors are unit-tested in test_study.py; here: that schema and study errors both
 # stop the workflow at parse time, naming the key
 @pytest.mark.parametrize(
@@ -92,31 +78,6 @@ def test_config_errors_stop_before_any_job(tmp_path, changes, message):
     assert not (workdir / "results").exists()
 
 
-def test_class_nouns_of_any_script_get_their_own_class_images(tmp_path):
-    # 犬 and 猫 have no ASCII letters, teddy bear and teddy-bear share their readable part
-    config = _small_config()
-    root = tmp_path / "work/data"
-    rows = ["concept,class_noun,prompts"]
-    for cid, noun in (("inu", "犬"), ("neko", "猫"), ("bear1", "teddy bear"), ("bear2", "teddy-bear")):
-        shutil.copytree(ROOT / "resources/datasets/demo/images/brown_dog", root / cid)
-        rows.append(f"{cid},{noun},prompts.txt")
-    (root / "prompts.txt").write_text("a photo of {}\n")
-    (root / "sheet.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    config["dataset"].update(sheet="data/sheet.csv", root="data", concepts=["inu", "neko", "bear1", "bear2"])
-    workdir = _workdir(tmp_path / "work", config)
-    planned = _planned(workdir)
-    assert planned["class_images"] == 2 * 4 and planned["train"] == 2 * 4  # models × nouns, concepts
-
-
-def test_only_the_embeddings_the_enabled_metrics_read_are_planned(tmp_path):
-    config = _edit(_small_config(), evaluation__metrics=["clip_i", "clip_t"])
-    workdir = _workdir(tmp_path, config)
-    planned = _planned(workdir)
-    # CLIP alone: its twin, its references (1 concept), texts, and each job's samples; no DINO
-    assert planned["build_tiny_encoder"] == 1 and planned["embed_references"] == 1 and planned["embed_texts"] == 1
-    assert planned["embed_samples"] == planned["generate"] == planned["score"] == 2 * 3
-
-
 def test_more_gpu_jobs_than_device_ids_stop_before_any_job(tmp_path):
     config = _small_config()
     config["runtime"]["gpus"] = [0, 1]
@@ -125,61 +86,6 @@ def test_more_gpu_jobs_than_device_ids_stop_before_any_job(tmp_path):
     assert proc.returncode != 0
     assert "--resources gpu=3 lets 3 GPU jobs run at once but there are only 2 device ids" in proc.stdout + proc.stderr
     assert _snakemake(workdir, "-n", "--resources", "gpu=2").returncode == 0
-
-
-def test_dag_fans_out_per_model_concept_and_class(tmp_path):
-    config = _edit(
-        _small_config(), dataset__concepts=["brown_dog", "duck_toy"], seeds=[0, 1, 2], sampling__seeds_per_job=2
-    )
-    workdir = _workdir(tmp_path, config)
-    assert _planned(workdir) == {
-        "all": 1,
-        "build_tiny_model": 2,
-        "prepare": 2,
-        "class_images": 2 * 2,
-        "train": 2 * 2,
-        "generate": 2 * 2 * 3 * 2,  # models × concepts × points × seed chunks ([0, 1], [2])
-        "grid": 2 * 2,
-        "build_tiny_encoder": 2,
-        "embed_references": 2 * 2,
-        "embed_texts": 2,  # shared by the models
-        "embed_samples": 2 * 24,
-        "score": 24,
-        "aggregate": 2,
-        "plots": 1,
-        "finetune_table": 1,
-    }
-    # a second fine-tune of one base: no second build; its own prior weight and fine-tune seeds
-    two = _edit(
-        config,
-        **{"models__tiny-sd-noprior": {"base": "tiny-sd", "personalization": {"prior_weight": 0.0, "seed": [0, 1]}}},
-    )
-    _write_config(workdir, two)
-    planned = _planned(workdir)
-    assert planned["build_tiny_model"] == 2 and planned["class_images"] == 2 * 2  # none for the new model
-    assert planned["train"] == 2 * 2 + 2 * 2  # 2 more concepts × its 2 fine-tune seeds
-    assert planned["generate"] == 2 * 2 * 3 * 2 + 2 * 2 * 3 * 2
-    config = _edit(config, personalization__prior_weight=0.0)
-    _write_config(workdir, config)
-    assert "class_images" not in _planned(workdir)
-    # CFG++ needs DDIM: its points are planned for SD only
-    config = _edit(
-        config,
-        guidance=[
-            {"method": "cfg"},
-            {"method": "cfgpp", "scale": 0.6},
-            {"method": "pgpp", "scale": 0.6, "omega": [0.0, 0.5]},
-        ],
-    )
-    _write_config(workdir, config)
-    assert _planned(workdir)["generate"] == 2 * (4 + 1) * 2  # concepts × (SD 4 + SANA 1 points) × chunks
-    # points in chunks: SD's 4 points in 2 jobs of 3 + 1, SANA's 1; embedding and scoring follow the jobs
-    _write_config(workdir, _edit(config, sampling__points_per_job=3))
-    planned = _planned(workdir)
-    assert planned["generate"] == planned["score"] == 2 * (2 + 1) * 2 and planned["embed_samples"] == 2 * 12
-    _write_config(workdir, _edit(config, guidance=[{"method": "cfgpp", "scale": 0.6}]))
-    proc = _snakemake(workdir, "-n")
-    assert proc.returncode != 0 and "models.tiny-sana (sana) can run none of the guidance points" in proc.stdout
 
 
 # none, cfg λ×4, pg ω×11, pg λ×3, ag, and for SD cfg++, pg++

@@ -1,0 +1,94 @@
+"""What the DAG plans for a config — job counts per rule, fan-out per model, concept, class and seed
+chunk — planned by Snakemake in this process (`conftest.plan`: no subprocess), so the check tier
+covers the planning the workflow tier runs."""
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import edit_config as _edit
+from conftest import plan
+from conftest import small_config as _small_config
+
+pytestmark = pytest.mark.check
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _planned(config, workdir) -> dict[str, int]:
+    return dict(Counter(rule for rule, _ in plan(config, workdir)))
+
+
+def test_class_nouns_of_any_script_get_their_own_class_images(tmp_path):
+    # 犬 and 猫 have no ASCII letters, teddy bear and teddy-bear share their readable part
+    config = _small_config()
+    root = tmp_path / "work/data"
+    rows = ["concept,class_noun,prompts"]
+    for cid, noun in (("inu", "犬"), ("neko", "猫"), ("bear1", "teddy bear"), ("bear2", "teddy-bear")):
+        shutil.copytree(ROOT / "resources/datasets/demo/images/brown_dog", root / cid)
+        rows.append(f"{cid},{noun},prompts.txt")
+    (root / "prompts.txt").write_text("a photo of {}\n")
+    (root / "sheet.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    config["dataset"].update(sheet="data/sheet.csv", root="data", concepts=["inu", "neko", "bear1", "bear2"])
+    planned = _planned(config, tmp_path / "work")
+    assert planned["class_images"] == 2 * 4 and planned["train"] == 2 * 4  # models × nouns, concepts
+
+
+def test_only_the_embeddings_the_enabled_metrics_read_are_planned(tmp_path):
+    config = _edit(_small_config(), evaluation__metrics=["clip_i", "clip_t"])
+    planned = _planned(config, tmp_path)
+    # CLIP alone: its twin, its references (1 concept), texts, and each job's samples; no DINO
+    assert planned["build_tiny_encoder"] == 1 and planned["embed_references"] == 1 and planned["embed_texts"] == 1
+    assert planned["embed_samples"] == planned["generate"] == planned["score"] == 2 * 3
+
+
+def test_dag_fans_out_per_model_concept_and_class(tmp_path):
+    config = _edit(
+        _small_config(), dataset__concepts=["brown_dog", "duck_toy"], seeds=[0, 1, 2], sampling__seeds_per_job=2
+    )
+    assert _planned(config, tmp_path / "one") == {
+        "all": 1,
+        "build_tiny_model": 2,
+        "prepare": 2,
+        "class_images": 2 * 2,
+        "train": 2 * 2,
+        "generate": 2 * 2 * 3 * 2,  # models × concepts × points × seed chunks ([0, 1], [2])
+        "grid": 2 * 2,
+        "build_tiny_encoder": 2,
+        "embed_references": 2 * 2,
+        "embed_texts": 2,  # shared by the models
+        "embed_samples": 2 * 24,
+        "score": 24,
+        "aggregate": 2,
+        "plots": 1,
+        "finetune_table": 1,
+    }
+    # a second fine-tune of one base: no second build; its own prior weight and fine-tune seeds
+    two = _edit(
+        config,
+        **{"models__tiny-sd-noprior": {"base": "tiny-sd", "personalization": {"prior_weight": 0.0, "seed": [0, 1]}}},
+    )
+    planned = _planned(two, tmp_path / "two")
+    assert planned["build_tiny_model"] == 2 and planned["class_images"] == 2 * 2  # none for the new model
+    assert planned["train"] == 2 * 2 + 2 * 2  # 2 more concepts × its 2 fine-tune seeds
+    assert planned["generate"] == 2 * 2 * 3 * 2 + 2 * 2 * 3 * 2
+    config = _edit(config, personalization__prior_weight=0.0)
+    assert "class_images" not in _planned(config, tmp_path / "noprior")
+    # CFG++ needs DDIM: its points are planned for SD only
+    config = _edit(
+        config,
+        guidance=[
+            {"method": "cfg"},
+            {"method": "cfgpp", "scale": 0.6},
+            {"method": "pgpp", "scale": 0.6, "omega": [0.0, 0.5]},
+        ],
+    )
+    # concepts × (SD 4 + SANA 1 points) × chunks
+    assert _planned(config, tmp_path / "ddim")["generate"] == 2 * (4 + 1) * 2
+    # points in chunks: SD's 4 points in 2 jobs of 3 + 1, SANA's 1; embedding and scoring follow the jobs
+    planned = _planned(_edit(config, sampling__points_per_job=3), tmp_path / "chunks")
+    assert planned["generate"] == planned["score"] == 2 * (2 + 1) * 2 and planned["embed_samples"] == 2 * 12
+    with pytest.raises(Exception, match=r"models.tiny-sana \(sana\) can run none of the guidance points"):
+        plan(_edit(config, guidance=[{"method": "cfgpp", "scale": 0.6}]), tmp_path / "none")
