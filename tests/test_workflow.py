@@ -1,8 +1,10 @@
 """The Snakemake workflow on a temporary copy: config checks, a small run, targeted reruns."""
 
+import base64
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -13,6 +15,9 @@ import polars as pl
 import pytest
 import yaml
 from PIL import Image
+from snakemake.utils import validate
+
+from wig.workflow.study import Study
 
 from conftest import edit_config as _edit
 from conftest import small_config as _small_config
@@ -482,6 +487,18 @@ def test_small_study_report_holds_grids_figures_and_tables(study):
     assert report.returncode == 0, report.stderr[-2000:]
     html = (workdir / "report.html").read_text()
     assert all(k in html for k in ("Image grids", "Figures", "metrics.csv", "Pareto front"))
+    # every grid, figure and table the study wrote is in the report, byte for byte (embedded base64)
+    results = workdir / "results"
+    made = [
+        *results.glob("*/*/grids/*.png"),
+        *results.glob("plots/*.png"),
+        *results.glob("*/*/tables/metrics.csv"),
+        *results.glob("*/*/tables/paired_vs_cfg.csv"),
+        results / "tables/finetunes.csv",
+    ]
+    assert len(list(results.glob("*/*/grids/*.png"))) == 2 and len(list(results.glob("plots/*.png"))) == 3
+    missing = [str(f.relative_to(workdir)) for f in made if base64.b64encode(f.read_bytes()).decode() not in html]
+    assert missing == []
     # the description names what this config ran, not a fixed list (no AG, no CFG++ here)
     assert "Guidance methods: cfg, pg." in html and "Metrics: DINO, CLIP-I, CLIP-T." in html
     assert "tiny-sana (sana, a tiny random-init twin)" in html and "db-lora (db-lora)" in html
@@ -637,16 +654,35 @@ def test_table2_study_trains_every_method_and_guides_with_sag_through_the_dag(tm
 
 @pytest.mark.parametrize("name", ["small", "synthetic-smoke", "table2", "tiny"])
 def test_the_test_configs_run_by_hand_as_their_headers_say(name):
-    # the files pytest loads are whole configs: `snakemake -n --configfile` plans them in the checkout
+    # the command a config's header tells a newcomer to run, as written there, plans the study that
+    # config describes: one generation, embedding and scoring job per (fine-tune run, point chunk,
+    # seed chunk) of its Study, in the checkout
+    path = ROOT / f".test/config/{name}.yaml"
+    header = "\n".join(line.lstrip("# ") for line in path.read_text().splitlines() if line.startswith("#"))
+    (command,) = re.findall(rf"snakemake [^\n]*--configfile \.test/config/{re.escape(name)}\.yaml", header)
+    argv = shlex.split(command)
     proc = subprocess.run(
-        [*SNAKEMAKE, "-n", "--cores", "2", "--configfile", f".test/config/{name}.yaml"],
+        [*SNAKEMAKE, *argv[1:], "-n"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         env=dict(os.environ, HF_HUB_OFFLINE="1"),
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "generate" in proc.stdout and f".test/config/{name}.yaml" in (ROOT / f".test/config/{name}.yaml").read_text()
+    table = (proc.stdout + proc.stderr).split("Job stats:")[1].split("total")[0]
+    counts = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+    config = yaml.safe_load(path.read_text())
+    validate(config, str(ROOT / "config/schema.yaml"))
+    cwd = os.getcwd()
+    os.chdir(ROOT)  # the config names its dataset relative to the workflow
+    try:
+        study = Study.from_config(config)
+    finally:
+        os.chdir(cwd)
+    jobs = len(list(study.generation_jobs()))
+    assert jobs > 0 and counts["generate"] == counts["score"] == jobs, counts
+    trained = [r for r in study.training_runs() if study.models[r.model].finetunes[r.finetune].method.trains]
+    assert counts.get("train", 0) == len(trained)
 
 
 @pytest.mark.xdist_group("given-study")
