@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -11,8 +15,11 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 import numpy as np
 import pytest
 import torch
+import yaml
 
 torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Small enough for 2 cores, large enough that every code path (cross-attention at two
 # resolutions, VAE up/down sampling) runs: 32 px images, 16x16 latents.
@@ -147,15 +154,37 @@ def pytest_collection_modifyitems(config, items):
             items[:] = kept
 
 
+def copy_workflow(workdir, config: dict) -> Path:
+    """``workdir`` made a runnable copy of the workflow (Snakefile, workflow/, config/, resources/)
+    with ``config`` as its config/config.yaml."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "workflow", "config", "resources"):
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, workdir / name, dirs_exist_ok=True)
+        else:
+            shutil.copy(ROOT / name, workdir / name)
+    write_config(workdir, config)
+    return workdir
+
+
+def write_config(workdir, config: dict) -> None:
+    (Path(workdir) / "config/config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def run_snakemake(workdir, *args, env=None) -> subprocess.CompletedProcess:
+    """``snakemake --cores 2 *args`` in ``workdir``, as a user runs it (a subprocess, offline)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", *args], cwd=workdir, capture_output=True, text=True, env=env
+    )
+
+
 def plan(config: dict, workdir) -> list[tuple[str, dict]]:
     """The jobs a run of ``config`` would do now — (rule, wildcards) — planned by Snakemake in this
     process (its API, no subprocess): plug-ins registered by a test are in the registries the
     workflow's study reads. The workflow is copied into ``workdir``; the environment the
     workflow sets while parsing (its CPU kernel caps) is restored afterwards."""
-    import shutil
-    from pathlib import Path
-
-    import yaml
     from snakemake.api import SnakemakeApi
     from snakemake.settings.types import (
         ConfigSettings,
@@ -165,14 +194,7 @@ def plan(config: dict, workdir) -> list[tuple[str, dict]]:
         StorageSettings,
     )
 
-    root, workdir = Path(__file__).resolve().parents[1], Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    for name in ("Snakefile", "workflow", "config", "resources"):
-        if (root / name).is_dir():
-            shutil.copytree(root / name, workdir / name, dirs_exist_ok=True)
-        else:
-            shutil.copy(root / name, workdir / name)
-    (workdir / "config/config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    workdir = copy_workflow(workdir, config)
     environ = dict(os.environ)
     try:
         with SnakemakeApi(OutputSettings()) as api:
@@ -195,16 +217,29 @@ def plan(config: dict, workdir) -> list[tuple[str, dict]]:
 
 def small_config() -> dict:
     """The small study of .test/config/small.yaml (runnable by hand, see its header)."""
-    import yaml
+    return yaml.safe_load((ROOT / ".test/config/small.yaml").read_text())
 
-    root = __import__("pathlib").Path(__file__).resolve().parents[1]
-    return yaml.safe_load((root / ".test/config/small.yaml").read_text())
+
+@pytest.fixture(scope="session")
+def small_study(tmp_path_factory):
+    """The small study after one complete run on 3 fake GPU ids: (workdir, config, as_built), where
+    as_built maps each table's path below results/ to its bytes right after that run (scenarios edit
+    and rerun the study; the cluster test compares its SLURM run with the tables as built).
+    Session-scoped, and its tests share the xdist group `small-study`: one worker runs the study
+    once (a module-scoped fixture was torn down and rebuilt between interleaved modules, ≈ 400 s
+    twice in one CI run)."""
+    config = small_config()
+    config["runtime"]["gpus"] = [0, 1, 2]  # fake device ids: not params, no job reruns for them
+    workdir = copy_workflow(tmp_path_factory.mktemp("small-study"), config)
+    proc = run_snakemake(workdir, "--cores", "6", "--resources", "gpu=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = workdir / "results"
+    as_built = {p.relative_to(results).as_posix(): p.read_bytes() for p in results.glob("*/*/tables/*.parquet")}
+    return workdir, config, as_built
 
 
 def edit_config(config: dict, **changes) -> dict:
     """A copy of ``config`` with ``a__b=value`` setting ``config["a"]["b"]``."""
-    import yaml
-
     new = yaml.safe_load(yaml.safe_dump(config))
     for dotted, value in changes.items():
         *path, key = dotted.split("__")

@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import edit_config as _edit
 from conftest import plan
@@ -92,3 +93,40 @@ def test_dag_fans_out_per_model_concept_and_class(tmp_path):
     assert planned["generate"] == planned["score"] == 2 * (2 + 1) * 2 and planned["embed_samples"] == 2 * 12
     with pytest.raises(Exception, match=r"models.tiny-sana \(sana\) can run none of the guidance points"):
         plan(_edit(config, guidance=[{"method": "cfgpp", "scale": 0.6}]), tmp_path / "none")
+
+
+def test_synthetic_preset_plans_the_shipped_base_two_fine_tunes_and_their_seeds(tmp_path):
+    preset = yaml.safe_load((ROOT / "config/presets/synthetic.yaml").read_text())
+    jobs = plan(preset, tmp_path / "shipped")
+    cells = 2 * 5 * 2  # models (prior, no prior) × subjects × LoRA seeds, one seed chunk
+    assert Counter(rule for rule, _ in jobs) == {
+        "render_dataset": 1,
+        "prepare": 5,
+        "resolve_model": 1,  # the shipped base: resolved (its sha256 checked), not pretrained
+        "base_accuracy": 1,
+        "class_images": 3,  # the prior model only; one per subject's shape
+        "train": cells,
+        "train_encoder": 1,  # the learned DINO stand-in
+        "embed_references": 5,
+        "embed_samples": cells,
+        "learning": 2,
+        "grid": 2 * 5,
+        "aggregate": 2,
+        "plots": 1,
+        "finetune_table": 1,
+        "all": 1,
+        # points_per_job: the grid's 9 points (cfg λ×3, pg ω0 λ×3, pg ω 0.25/0.5/0.75) in one job
+        "generate": cells,
+        "score": cells,
+    }
+    outputs = {
+        "results/{model}/{finetune}/samples/{concept}/ft{fseed}/{points}/seeds{seeds}".format(**w)
+        for rule, w in jobs
+        if rule == "generate"
+    }
+    assert "results/synthetic/db-lora/samples/red_blue_circle/ft1/points00/seeds0_1_2_3" in outputs
+    # the rule that made the shipped base stays: a {tiny: synthetic} entry pretrains it here
+    preset["models"]["synthetic"] = {"tiny": "synthetic"}
+    planned = _planned(preset, tmp_path / "rebuilt")
+    assert planned["pretrain_vae"] == planned["pretrain_model"] == planned["base_accuracy"] == 1
+    assert "resolve_model" not in planned

@@ -19,31 +19,17 @@ from snakemake.utils import validate
 
 from wig.workflow.study import Study
 
+from conftest import ROOT
+from conftest import copy_workflow as _workdir
 from conftest import edit_config as _edit
+from conftest import run_snakemake as _snakemake
 from conftest import small_config as _small_config
+from conftest import write_config as _write_config
 from test_provenance import _scripted_rules, _walk
 
 pytestmark = pytest.mark.workflow
 
-ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-
-
-def _workdir(tmp_path, config):
-    for name in ("Snakefile", "workflow", "config", "resources"):
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
-    _write_config(tmp_path, config)
-    return tmp_path
-
-
-def _write_config(workdir, config):
-    (workdir / "config/config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-
-
-def _snakemake(workdir, *args, env=None):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", **(env or {}))
-    return subprocess.run([*SNAKEMAKE, "--cores", "2", *args], cwd=workdir, capture_output=True, text=True, env=env)
 
 
 def _planned(workdir, *args, env=None) -> dict[str, int]:
@@ -129,43 +115,6 @@ def test_presets_build_the_full_paper_dag_without_weights(tmp_path, preset):
     }  # 8 seeds in one chunk per job; no tiny models or encoders: the preset names real ones, resolved
     # once on the submit host
     assert "tiny-s" not in proc.stdout  # the preset replaced the demo config, not merged into it
-
-
-def test_synthetic_preset_plans_the_shipped_base_two_fine_tunes_and_their_seeds(tmp_path):
-    workdir = _workdir(tmp_path, _small_config())
-    proc = _snakemake(workdir, "-n", "--configfile", "config/presets/synthetic.yaml")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    table = (proc.stdout + proc.stderr).split("Job stats:")[1].split("total")[0]
-    counts = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
-    cells = 2 * 5 * 2  # models (prior, no prior) × subjects × LoRA seeds, one seed chunk
-    assert counts == {
-        "render_dataset": 1,
-        "prepare": 5,
-        "resolve_model": 1,  # the shipped base: resolved (its sha256 checked), not pretrained
-        "base_accuracy": 1,
-        "class_images": 3,  # the prior model only; one per subject's shape
-        "train": cells,
-        "train_encoder": 1,  # the learned DINO stand-in
-        "embed_references": 5,
-        "embed_samples": cells,
-        "learning": 2,
-        "grid": 2 * 5,
-        "aggregate": 2,
-        "plots": 1,
-        "finetune_table": 1,
-        "all": 1,
-        # points_per_job: the grid's 9 points (cfg λ×3, pg ω0 λ×3, pg ω 0.25/0.5/0.75) in one job
-        "generate": cells,
-        "score": cells,
-    }
-    assert "results/synthetic/db-lora/samples/red_blue_circle/ft1/points00/seeds0_1_2_3" in proc.stdout
-    # the rule that made the shipped base stays: a {tiny: synthetic} entry pretrains it here
-    preset = yaml.safe_load((ROOT / "config/presets/synthetic.yaml").read_text())
-    preset["models"]["synthetic"] = {"tiny": "synthetic"}
-    (workdir / "scratch.yaml").write_text(yaml.safe_dump(preset))
-    planned = _planned(workdir, "--configfile", "scratch.yaml")
-    assert planned["pretrain_vae"] == planned["pretrain_model"] == planned["base_accuracy"] == 1
-    assert "resolve_model" not in planned
 
 
 def test_a_preset_with_a_typo_fails_naming_the_key(tmp_path):
@@ -256,23 +205,10 @@ RUN = "results/tiny-sd/db-lora/runs/brown_dog/ft0"  # (model, fine-tune, concept
 SAMPLES = "db-lora/samples/brown_dog/ft0"  # below results/<model>/
 
 
-@pytest.fixture(scope="session")
-def small_study(tmp_path_factory):
-    """The small study after one complete run on 3 fake GPU ids, and its config. Session-scoped: a
-    worker runs the `small-study` group interleaved with other modules' tests, and a module-scoped
-    fixture was torn down and rebuilt in between (≈ 400 s twice in one CI run)."""
-    config = _small_config()
-    config["runtime"]["gpus"] = [0, 1, 2]  # fake device ids: not params, no job reruns for them
-    workdir = _workdir(tmp_path_factory.mktemp("small-study"), config)
-    proc = _snakemake(workdir, "--cores", "6", "--resources", "gpu=3")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return workdir, config
-
-
 @pytest.fixture
 def study(small_study):
     """The small study with its own config back in place after a scenario that edits it."""
-    workdir, config = small_study
+    workdir, config, _ = small_study
     yield workdir, config
     _write_config(workdir, config)
 
@@ -685,30 +621,36 @@ def test_the_test_configs_run_by_hand_as_their_headers_say(name):
     assert counts.get("train", 0) == len(trained)
 
 
-@pytest.mark.xdist_group("given-study")
-def test_a_given_full_finetune_over_a_prompt_set_runs_through_the_dag_without_training(tmp_path):
+# --- a prompt-set study: a given full fine-tune over PartiPrompts, run once; read by the given-
+# fine-tune test and grown by the search test (one xdist group, one worker) ---------------------
+
+PROMPT_SET = pytest.mark.xdist_group("prompt-set-study")
+PROMPT_SET_SEARCH = {"method": "pg", "parameter": "scale", "settings": {"omega": 0.0}, "bracket": [1.0, 9.0]}
+
+
+@pytest.fixture(scope="session")
+def prompt_set_study(tmp_path_factory):
     """The dpo-sd15 layout on tiny twins: a `given` fine-tune (a tiny "Diffusion-DPO" UNet: the
     twin's with every tensor moved) over the shipped PartiPrompts subset — a prompt set, no
-    reference images — is resolved, not trained; its cfg images are CFG with that UNet as the
-    pipeline's denoiser, bit for bit; the tables and figures are text fidelity alone."""
+    reference images — with a cfg + pg (ω 0, 0.4; λ 4) grid and a golden-section λ search of PG
+    ω 0 on the selection prompts, after one complete run: (workdir, config)."""
     import torch
     from diffusers import UNet2DConditionModel
 
-    from wig.guidance import Guidance
-    from wig.models.pipelines import load_pipeline
     from wig.models.tiny import build_tiny_sd
-    from wig.sampling.sampler import sample
 
     config = yaml.safe_load((ROOT / ".test/config/table2.yaml").read_text())
     config["dataset"] = {"sheet": "resources/datasets/partiprompts/concepts.csv", "max_prompts": 3}
     config["personalization"] = [{"name": "dpo", "method": "given", "weights": "dpo-sd/unet"}]
-    config["guidance"] = [{"method": "cfg", "scale": 7.5}, {"method": "pg", "scale": 7.5, "omega": [0.0, 0.4]}]
+    config["seeds"] = [0]
+    config["guidance"] = [{"method": "cfg", "scale": 7.5}, {"method": "pg", "scale": 4.0, "omega": [0.0, 0.4]}]
     config["encoders"] = {"clip": {"tiny": True}, "pickscore": {"tiny": True}}
-    config["evaluation"] |= {"metrics": ["pickscore", "clip_t"], "grid_prompts": 2}
-    (tmp_path / "work").mkdir()
-    workdir = _workdir(tmp_path / "work", config)
-    build_tiny_sd(tmp_path / "twin")
-    unet = UNet2DConditionModel.from_pretrained(tmp_path / "twin", subfolder="unet")
+    config["evaluation"] |= {"metrics": ["pickscore", "clip_t"], "protocols": ["standard"], "grid_prompts": 2}
+    config["search"] = [PROMPT_SET_SEARCH | {"objective": "clip_t", "tolerance": 3.0, "resolution": 0.5}]
+    root = tmp_path_factory.mktemp("prompt-set-study")
+    workdir = _workdir(root / "work", config)
+    build_tiny_sd(root / "twin")
+    unet = UNet2DConditionModel.from_pretrained(root / "twin", subfolder="unet")
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for tensor in unet.state_dict().values():
@@ -719,12 +661,29 @@ def test_a_given_full_finetune_over_a_prompt_set_runs_through_the_dag_without_tr
     assert "resolve_finetune" in planned and not {"train", "class_images", "prepare", "embed_references"} & set(planned)
     proc = _snakemake(workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir, config
+
+
+@PROMPT_SET
+def test_a_given_full_finetune_over_a_prompt_set_runs_through_the_dag_without_training(prompt_set_study):
+    """The given fine-tune is resolved, not trained; its cfg images are CFG with that UNet as the
+    pipeline's denoiser, bit for bit; the tables and figures are text fidelity alone."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from wig.guidance import Guidance
+    from wig.models.pipelines import load_pipeline
+    from wig.sampling.sampler import sample
+
+    workdir, config = prompt_set_study
     results = workdir / "results/tiny-sd/dpo"
     assert not (results / "runs").exists()
     assert json.loads((results / "weights.json").read_text())["path"] == str((workdir / "dpo-sd/unet").resolve())
     scores = pl.read_parquet(results / "tables/scores.parquet")
     assert {"pickscore", "clip_t"} <= set(scores.columns) and not {"dino", "clip_i"} & set(scores.columns)
     assert set(scores["method"]) == {"cfg", "pg"} and set(scores["concept"]) == {"partiprompts"}
+    pg = scores.filter(pl.col("method") == "pg").select("omega", "scale").unique().sort("omega")
+    assert pg.rows() == [(0.0, 4.0), (0.4, 4.0)]  # the grid's points, not the search's probes
     assert pl.read_parquet(results / "tables/matched_text.parquet").is_empty()  # no subject fidelity to match
     assert not pl.read_parquet(results / "tables/paired_vs_cfg.parquet").is_empty()
     assert (workdir / "results/plots/pareto.png").is_file() and (workdir / "results/plots/omega_ablation.png").is_file()
@@ -815,39 +774,18 @@ def test_an_instruct_pix2pix_study_edits_each_concepts_first_image_through_the_d
     assert set(pl.read_parquet(results / "tables/scores.parquet")["method"]) == {"ip2p-cfg"}
 
 
-@pytest.mark.xdist_group("search-study")
-def test_a_golden_section_search_grows_the_dag_one_cached_probe_at_a_time(tmp_path):
-    """A λ search of PG (ω = 0) on a given fine-tune over two PartiPrompts: its probes are ordinary
-    generation jobs (the grid's own where the value is on the grid), it chooses on the selection
-    prompt and reports the held-out one; a tighter tolerance reruns only the new probes."""
+@PROMPT_SET
+def test_a_golden_section_search_grows_the_dag_one_cached_probe_at_a_time(prompt_set_study):
+    """The λ search of PG (ω = 0) on the given fine-tune: its probes are ordinary generation jobs
+    (the grid's own where the value is on the grid), it chooses on the selection prompts and reports
+    the held-out ones; a tighter tolerance reruns only the new probes. (An objective outside the
+    study's metrics is refused at parse time: test_study's search errors, and the config-error test
+    for parse-time errors stopping the workflow.)"""
     from wig.guidance import canonical
-    from wig.models.tiny import build_tiny_sd
     from wig.workflow.search import SearchSettings, replay
 
-    config = yaml.safe_load((ROOT / ".test/config/table2.yaml").read_text())
-    config["dataset"] = {"sheet": "resources/datasets/partiprompts/concepts.csv", "max_prompts": 2}
-    config["personalization"] = {"name": "given", "method": "given", "weights": "finetune/unet"}
-    config["seeds"] = [0]
-    config["guidance"] = [{"method": "cfg", "scale": 7.5}, {"method": "pg", "scale": 4.0, "omega": 0.0}]
-    config["encoders"] = {"clip": {"tiny": True}}
-    config["evaluation"] |= {"metrics": ["clip_t"], "protocols": ["standard"]}
-    search = {"method": "pg", "parameter": "scale", "settings": {"omega": 0.0}, "bracket": [1.0, 9.0]}
-    config["search"] = [search | {"objective": "clip_t", "tolerance": 3.0, "resolution": 0.5}]
-    (tmp_path / "work").mkdir()
-    workdir = _workdir(tmp_path / "work", config)
-    build_tiny_sd(workdir / "finetune", seed=1)  # another init: θ' ≠ θ
-
-    bad = _edit(config, search=[search | {"objective": "dino"}])
-    _write_config(workdir, bad)
-    proc = _snakemake(workdir, "-n")
-    assert proc.returncode != 0
-    assert "search[0].objective: 'dino' is not among the study's metrics" in proc.stdout + proc.stderr
-    assert not (workdir / "results").exists()
-
-    _write_config(workdir, config)
-    proc = _snakemake(workdir)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = workdir / "results/tiny-sd/given"
+    workdir, config = prompt_set_study
+    results = workdir / "results/tiny-sd/dpo"
     trace = pl.read_parquet(results / "search/pg-scale/trace.parquet")
     settings = SearchSettings(1.0, 9.0, 3.0, 0.5, 20)
     known = dict(zip(trace["value"], trace["objective"]))
@@ -861,12 +799,21 @@ def test_a_golden_section_search_grows_the_dag_one_cached_probe_at_a_time(tmp_pa
     assert sorted(p.name for p in probes.iterdir()) == sorted(canonical(v) for v in trace["value"] if v != 4.0)
     chosen = pl.read_parquet(results / "search/pg-scale/chosen.parquet")
     assert chosen.select("role", "split").rows() == [("chosen", "selection"), ("chosen", "evaluation")]
-    assert chosen["n_images"].to_list() == [1, 1]  # one prompt each: never the same (prompt, seed) image
+    n = config["dataset"]["max_prompts"]
+    validated = yaml.safe_load(yaml.safe_dump(config))
+    validate(validated, str(ROOT / "config/schema.yaml"))  # the schema's defaults: `selection`
+    cwd = os.getcwd()
+    os.chdir(workdir)  # the config names its dataset relative to the workflow
+    try:
+        (selected,) = Study.from_config(validated).selection.values()
+    finally:
+        os.chdir(cwd)
+    assert 0 < len(selected) < n  # the two splits: never the same (prompt, seed) image
+    assert chosen["n_images"].to_list() == [len(selected), n - len(selected)]
     assert (results / "search/pg-scale/trace.png").is_file()
 
     before = {p.name: p.stat().st_mtime_ns for p in probes.iterdir()}
-    config["search"][0]["tolerance"] = 1.0
-    _write_config(workdir, config)
+    _write_config(workdir, _edit(config, search=[config["search"][0] | {"tolerance": 1.0}]))
     proc = _snakemake(workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     longer = pl.read_parquet(results / "search/pg-scale/trace.parquet")
