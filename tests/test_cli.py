@@ -120,7 +120,7 @@ def test_bad_lora_is_refused(tiny_sd, lora_path, tmp_path, capsys, case):
         (["--method", "pg", "--omega", "1.5"], "omega must lie in [0, 1], got 1.5"),
         (["--method", "pg", "--omega", "-0.5"], "omega must lie in [0, 1], got -0.5"),
         (["--method", "pg", "--omega", "0"], "needs a fine-tune"),
-        (["--method", "cfg", "--omega", "0.5"], "omega applies to ip2p-cfg/pg/pgpp/sag only, not cfg"),
+        (["--method", "cfg", "--omega", "0.5"], "omega applies to dreamblend/ip2p-cfg/pg/pgpp/sag only, not cfg"),
         (["--method", "cfg", "--seed", "1", "--seed", "2", "--seed", "3", "--prompt", "b"], "2 prompts and 4 seeds"),
     ],
 )

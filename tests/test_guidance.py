@@ -5,7 +5,7 @@ import torch
 
 from wig.branches import FULL, WEAK
 from wig.errors import WigError
-from wig.guidance import NEGATIVE, PROMPT, REGISTRY, Branch, Guidance, parameters
+from wig.guidance import NEGATIVE, PROMPT, REGISTRY, RESULT, Branch, Guidance, parameters
 
 pytestmark = pytest.mark.check
 
@@ -88,6 +88,13 @@ def test_combination_weights_sum_to_one(method):
     )
     x = _outs(1, seed=3)[0]
     for time in (0.2, 0.95):  # both phases of a time-dependent method (sag)
+        if g.companions:  # each trajectory's own branches (dreamblend)
+            outs = {b.trajectory: [x] * sum(c.trajectory == b.trajectory for c in g.branches()) for b in g.branches()}
+            guided_by_trajectory = g.combine_trajectories(outs, time=time)
+            assert set(guided_by_trajectory) == {*g.companions, RESULT}
+            for guided in guided_by_trajectory.values():
+                torch.testing.assert_close(guided, x, rtol=1e-5, atol=1e-5)
+            continue
         guided, _ = g.combine([x] * len(g.branches()), time=time)
         torch.testing.assert_close(guided, x, rtol=1e-5, atol=1e-5)
 
@@ -101,7 +108,7 @@ def test_combination_weights_sum_to_one(method):
         ({"method": "pg", "omega": float("nan")}, "omega"),
         ({"method": "cfg", "scale": float("inf")}, "scale must be finite"),
         ({"method": "ag", "weak": "early"}, "weak must be"),
-        ({"method": "cfg", "omega": 0.5}, "omega applies to ip2p-cfg/pg/pgpp/sag only, not cfg"),
+        ({"method": "cfg", "omega": 0.5}, "omega applies to dreamblend/ip2p-cfg/pg/pgpp/sag only, not cfg"),
         ({"method": "none", "scale": 9.0}, "scale must be 1.0"),
     ],
 )

@@ -9,6 +9,8 @@
     pgpp   as pg;  DDIM re-noises with e_u
     sag    (θω, ∅) (θ', c) (θ', c₀)                 e_u + λ((1 + w_t)e_c − w_t e_c₀ − e_u)  (Chan et al. 2024)
            c₀: the prompt with the subject replaced by its class noun; w_t = −1 early (t > T), r after
+    dreamblend  reference (θ_u, ∅) (θ_u, c), result (θω, ∅) (θ', c): CFG each, from the same noise; the
+           result's latent steered early towards the reference's cross-attention maps (Ram et al. 2024)
     ip2p-cfg  (θ', c, I) (θω, ∅, I) (θω, ∅, ∅)      e_∅∅ + s_T(e_cI − e_∅I) + s_I(e_∅I − e_∅∅)  (InstructPix2Pix)
            I: the latents of the image to edit (an InstructPix2Pix pipeline only)
 
@@ -17,11 +19,12 @@ The combinations are linear and their weights sum to one, so they hold for any p
 importing it is all it takes for the sampler, the grid, the tables, the plots and the CLI.
 """
 
-from wig.guidance import ag, cfg, cfgpp, ip2p_cfg, none, pg, pgpp, sag  # noqa: F401  (registers the shipped methods)
+from wig.guidance import ag, cfg, cfgpp, dreamblend, ip2p_cfg, none, pg, pgpp, sag  # noqa: F401  (registers the shipped methods)
 from wig.guidance.base import (
     NEGATIVE,
     PROMPT,
     REGISTRY,
+    RESULT,
     Branch,
     GuidanceMethod,
     baseline,
@@ -44,6 +47,7 @@ __all__ = [
     "NEGATIVE",
     "PROMPT",
     "REGISTRY",
+    "RESULT",
     "Branch",
     "Guidance",
     "GuidanceMethod",

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 PROMPT = "prompt"  # a branch conditioned on the sample's prompt c
 NEGATIVE = "negative"  # ... on the negative (by default empty) prompt ∅
+RESULT = "result"  # the trajectory whose images a method returns (`GuidanceMethod.companions`)
 
 
 def canonical(x: float) -> str:
@@ -44,6 +45,8 @@ class Branch:
     scales: Mapping[str, float] = dataclasses.field(default_factory=dict)  # adapter -> scale
     # the input image, for families that take one (InstructPix2Pix); False: zeros in its place
     image: bool = True
+    # the latent it denoises: RESULT, or one of the method's `companions`
+    trajectory: str = RESULT
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,10 @@ class GuidanceMethod:
     requires_ddim: ClassVar[bool] = False  # a DDIM sampler (it changes the DDIM update itself)
     extra_texts: ClassVar[tuple[str, ...]] = ()  # named texts per sample beyond prompt and negative
     requires_image: ClassVar[bool] = False  # a pipeline that edits an input image (InstructPix2Pix)
+    # trajectories sampled beside the result from the same initial noise (DreamBlend's reference);
+    # a method with companions implements `combine_trajectories` and may steer the result's latent
+    # (`guides`, `guide_latent`); each trajectory's branches run as one batched forward per step
+    companions: ClassVar[tuple[str, ...]] = ()
     # how the study reads it
     guided: ClassVar[bool] = True  # it has a guidance scale to sweep (not: the unguided prediction)
     cfg_scale: ClassVar[bool] = False  # its `scale` is a CFG λ (the synthetic base's accuracy is read at those)
@@ -79,6 +86,25 @@ class GuidanceMethod:
         is the step's diffusion time in [0, 1] (its timestep over the scheduler's
         ``num_train_timesteps``; 1 = pure noise), the same for an ε, v or flow model."""
         raise NotImplementedError
+
+    def combine_trajectories(
+        self, outs: Mapping[str, Sequence[torch.Tensor]], step: int = 0, time: float | None = None
+    ) -> dict[str, torch.Tensor]:
+        """For a method with `companions`: each trajectory's branch outputs (in `branches` order
+        within the trajectory) → each trajectory's guided prediction (the one it steps with)."""
+        raise NotImplementedError
+
+    def guides(self, step: int, time: float) -> bool:
+        """Whether `guide_latent` steers the result's latent at this step (before its forward);
+        the sampler then records the companions' cross-attention maps of the step."""
+        return False
+
+    def guide_latent(self, latent: torch.Tensor, companion_maps: Mapping, maps_of, step: int, time: float):
+        """The result's latent moved before its forward. ``companion_maps``: per companion, per
+        branch (its `branches` index), the step's head-averaged cross-attention maps by layer
+        (`wig.models.attention`); ``maps_of(x, branch)`` runs ``branch`` on the latent ``x`` with
+        gradients and returns its maps by layer."""
+        return latent
 
     @property
     def is_baseline(self) -> bool:

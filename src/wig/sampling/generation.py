@@ -2,7 +2,8 @@
 
 ``manifest.parquet`` has one row per image (schema: `manifest_schema`): which file, prompt
 and seed, the grid point and its guidance settings, the image's sha256, the point's sampling
-wall time per image, and the package versions that made it.
+wall time per image, and the package versions that made it. A method's companion trajectories
+(DreamBlend's reference) are saved beside each image as ``s{seed}_p{i:02d}.{name}.png``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from wig.atomic import atomic_dir
 from wig.branches import BranchWeights
 from wig.concepts import save_png
 from wig.errors import WigError
-from wig.guidance import GuidanceMethod, point_columns, point_schema
+from wig.guidance import RESULT, GuidanceMethod, point_columns, point_schema
 from wig.provenance import versions
 from wig.sampling.sampler import SamplingError, sample
 
@@ -81,7 +82,7 @@ def generate_samples(
             folder = tmp if len(points) == 1 else tmp / key
             folder.mkdir(parents=True, exist_ok=True)
             start = time.perf_counter()
-            drawn = []
+            drawn, companions = [], {name: [] for name in guidance.companions}
             for first in range(0, len(jobs), batch_size):
                 chunk = jobs[first : first + batch_size]
                 generators = [torch.Generator("cpu").manual_seed(seed) for seed, _, _ in chunk]
@@ -91,7 +92,7 @@ def generate_samples(
                     if name in extra_texts
                 }
                 try:
-                    drawn += sample(
+                    out = sample(
                         pipe,
                         [p for _, _, p in chunk],
                         guidance,
@@ -99,12 +100,19 @@ def generate_samples(
                         progress=progress,
                         weights=weights,
                         extra_texts=texts,
+                        trajectories=True,
                         **({"images": [images[i] for _, i, _ in chunk]} if images is not None else {}),
                         **sampling,
                     )
                 except SamplingError as err:
                     raise SamplingError(f"grid point {key}: {err}") from None
+                drawn += out[RESULT]
+                for name in companions:
+                    companions[name] += out[name]
             seconds = (time.perf_counter() - start) / len(jobs)
+            for name, pictures in companions.items():  # beside the result, never listed (never scored)
+                for (seed, i, _), image in zip(jobs, pictures):
+                    save_png(image, folder / f"s{seed}_p{i:02d}.{name}.png")
             for (seed, i, prompt), image in zip(jobs, drawn):
                 path = folder / f"s{seed}_p{i:02d}.png"
                 rows.append(

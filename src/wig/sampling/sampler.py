@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from wig.branches import FULL, WEAK, BranchWeights, scales_of
 from wig.errors import WigError
-from wig.guidance import NEGATIVE, PROMPT, GuidanceMethod
+from wig.guidance import NEGATIVE, PROMPT, RESULT, GuidanceMethod
 from wig.models.families import NonFiniteError, Text, check_finite, check_options, family_of
 from wig.personalization.lora import LoraBranchWeights
 
@@ -75,6 +75,10 @@ def _check(pipe, guidance: GuidanceMethod, request: Request, weights: BranchWeig
             raise SamplingError(
                 f"{guidance.method} needs the extra text {name!r} for each of the {len(request.prompts)} prompts"
             )
+    if guidance.companions and request.eta != 0:
+        raise SamplingError(
+            f"{guidance.method} samples its trajectories from shared noise and needs a deterministic sampler (eta 0)"
+        )
     if guidance.requires_ddim and type(pipe.scheduler).__name__ != "DDIMScheduler":
         raise SamplingError(
             f"{guidance.method} re-noises a DDIM step and needs a DDIMScheduler, got {type(pipe.scheduler).__name__}"
@@ -130,7 +134,6 @@ def _x0_eps(pred: torch.Tensor, x: torch.Tensor, a_t, prediction_type: str):
     raise SamplingError(f"unsupported prediction type {prediction_type!r}")
 
 
-@torch.no_grad()
 def sample_latents(
     pipe, guidance: GuidanceMethod, request: Request, progress: bool = True, weights: BranchWeights | None = None
 ) -> torch.Tensor:
@@ -140,6 +143,15 @@ def sample_latents(
     method's ``attach`` returned; default: the pipeline's LoRA adapters, which it leaves active
     at weight 1 — per-branch scales are applied inside).
     """
+    return sample_trajectories(pipe, guidance, request, progress=progress, weights=weights)[RESULT]
+
+
+@torch.no_grad()
+def sample_trajectories(
+    pipe, guidance: GuidanceMethod, request: Request, progress: bool = True, weights: BranchWeights | None = None
+) -> dict[str, torch.Tensor]:
+    """`sample_latents` with the final latents of the method's companion trajectories too (by name;
+    the result under `RESULT`)."""
     weights = weights or LoraBranchWeights()
     _check(pipe, guidance, request, weights)
     family = family_of(pipe)
@@ -192,9 +204,25 @@ def sample_latents(
     if "generator" in step_params:
         step_kwargs["generator"] = request.generators
 
-    k = len(branches)
+    if guidance.companions:
+        final = _companion_loop(pipe, guidance, request, weights, parts, latents, step_kwargs, progress)
+    else:
+        final = {RESULT: _loop(pipe, guidance, request, weights, text, latents, step_kwargs, progress)}
+    for latents in final.values():
+        try:
+            check_finite(latents, "final latents")
+        except NonFiniteError as err:
+            raise _diverged(err, request) from None
+    return final
+
+
+def _loop(pipe, guidance, request, weights, text, latents, step_kwargs, progress) -> torch.Tensor:
+    """One trajectory: every branch of a step in one batched forward."""
+    family, scheduler = family_of(pipe), pipe.scheduler
+    branches = guidance.branches()
+    k, n = len(branches), len(request.prompts)
     with weights.denoiser(pipe) as model_scales:
-        model_scales.set(scales_of(branches, n, device))
+        model_scales.set(scales_of(branches, n, latents.device))
         for i, t in enumerate(tqdm(scheduler.timesteps, desc=f"{guidance.method}", disable=not progress, leave=False)):
             x_in = torch.cat([latents] * k) if k > 1 else latents
             x_in = scheduler.scale_model_input(x_in, t)
@@ -205,10 +233,83 @@ def sample_latents(
                 latents = scheduler.step(guided, t, latents, **step_kwargs, return_dict=False)[0]
             else:
                 latents = _ddim_pp_step(scheduler, guided, renoise, t, latents)
-    try:
-        check_finite(latents, "final latents")
-    except NonFiniteError as err:
-        raise _diverged(err, request) from None
+    return latents
+
+
+def _companion_loop(pipe, guidance, request, weights, parts, noise, step_kwargs, progress) -> dict[str, torch.Tensor]:
+    """The result and the method's companion trajectories from the same initial noise. Per step,
+    each trajectory's branches run as one batched forward laid out as a one-trajectory method's
+    (branch-major), so a trajectory whose latent is not steered is that method's bit for bit;
+    where the method `guides`, the companions go first with their cross-attention maps recorded,
+    then `guide_latent` moves the result's latent (only its branch runs with gradients), then the
+    result's forward. All trajectories step together through the scheduler (elementwise per
+    sample)."""
+    from wig.models.attention import capture_cross_attention
+
+    family, scheduler = family_of(pipe), pipe.scheduler
+    model, device = family.denoiser(pipe), noise.device
+    branches = guidance.branches()
+    n = len(request.prompts)
+    names = [*guidance.companions, RESULT]
+    members = {name: [j for j, b in enumerate(branches) if b.trajectory == name] for name in names}
+    for name, js in members.items():
+        if not js:
+            raise SamplingError(f"{guidance.method}: no branch denoises its trajectory {name!r}")
+    texts = {name: Text.cat([parts[j] for j in js]) for name, js in members.items()}
+    scales = {name: scales_of([branches[j] for j in js], n, device) for name, js in members.items()}
+    latents = {name: noise for name in names}
+    if "generator" in step_kwargs:  # one generator per sample of the stacked trajectories
+        step_kwargs = {**step_kwargs, "generator": list(request.generators) * len(names)}
+
+    with weights.denoiser(pipe) as model_scales, capture_cross_attention(model) as store:
+
+        def forward(x, t, branch_ids, scale_set, text):
+            k = len(branch_ids)
+            x_in = scheduler.scale_model_input(torch.cat([x] * k) if k > 1 else x, t)
+            model_scales.set(scale_set)
+            return model_scales.predict(family, pipe, x_in, t, text)
+
+        for i, t in enumerate(tqdm(scheduler.timesteps, desc=f"{guidance.method}", disable=not progress, leave=False)):
+            time = float(t) / scheduler.config.num_train_timesteps
+            guiding = guidance.guides(i, time)
+            outs, maps = {}, {}
+            for name in names:
+                js = members[name]
+                if name == RESULT and guiding:
+
+                    def maps_of(x, branch_id, t=t):
+                        store.clear()
+                        store.recording = True
+                        try:
+                            with torch.enable_grad():
+                                forward(
+                                    x, t, [branch_id], scales_of([branches[branch_id]], n, device), parts[branch_id]
+                                )
+                        finally:
+                            store.recording = False
+                        return dict(store.maps)
+
+                    latents[RESULT] = guidance.guide_latent(latents[RESULT], maps, maps_of, step=i, time=time)
+                store.clear()
+                store.recording = guiding and name != RESULT
+                try:
+                    out = forward(latents[name], t, js, scales[name], texts[name])
+                finally:
+                    store.recording = False
+                outs[name] = out.chunk(len(js))
+                if guiding and name != RESULT:
+                    maps[name] = {
+                        j: {layer: m.chunk(len(js))[pos] for layer, m in store.maps.items()} for pos, j in enumerate(js)
+                    }
+            guided = guidance.combine_trajectories(outs, step=i, time=time)
+            stacked = scheduler.step(
+                torch.cat([guided[name] for name in names]),
+                t,
+                torch.cat([latents[name] for name in names]),
+                **step_kwargs,
+                return_dict=False,
+            )[0]
+            latents = dict(zip(names, stacked.chunk(len(names))))
     return latents
 
 
@@ -236,13 +337,17 @@ def sample(
     progress: bool = True,
     output_type: str = "pil",
     weights: BranchWeights | None = None,
+    trajectories: bool = False,
     **kwargs,
 ):
     """Guided images for ``prompts``, one generator per image. ``weights``: see `sample_latents`;
+    ``trajectories``: return every trajectory's images by name (`sample_trajectories`: the
+    result under `RESULT`, and a method's companions, e.g. DreamBlend's reference);
     ``kwargs``: see `Request`."""
     request = Request(prompts=list(prompts), generators=list(generators), **kwargs)
-    latents = sample_latents(pipe, guidance, request, progress=progress, weights=weights)
+    latents = sample_trajectories(pipe, guidance, request, progress=progress, weights=weights)
     try:
-        return decode(pipe, latents, output_type)
+        images = {name: decode(pipe, x, output_type) for name, x in latents.items()}
     except NonFiniteError as err:
         raise _diverged(err, request) from None
+    return images if trajectories else images[RESULT]
