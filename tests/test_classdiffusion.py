@@ -103,7 +103,7 @@ def test_training_leaves_the_pipeline_as_it_was(tiny_sd, pipe, run):
 
 def test_one_run_writes_weights_and_token_per_checkpoint_and_the_spl_falls(run):
     method = _method()
-    for files in (method.checkpoints(run), method.embeddings(run)):
+    for files in (method.checkpoint_files(run), method.embeddings(run)):
         assert all(f.is_file() for f in files.values())
         assert files["full"].read_bytes() != files["weak"].read_bytes()
     assert list(load_file(str(method.embeddings(run)["full"]))) == ["<new1>"]  # diffusers' Custom Diffusion layout
@@ -117,7 +117,7 @@ def test_same_seed_gives_identical_files(pipe, run, tmp_path):
     _train(pipe, tmp_path / "again")
     _train(pipe, tmp_path / "other", seed=4)
     method = _method()
-    for files in (method.checkpoints, method.embeddings):
+    for files in (method.checkpoint_files, method.embeddings):
         for name, path in files(run).items():
             assert files(tmp_path / "again")[name].read_bytes() == path.read_bytes()
             assert files(tmp_path / "other")[name].read_bytes() != path.read_bytes()
@@ -126,7 +126,7 @@ def test_same_seed_gives_identical_files(pipe, run, tmp_path):
 def _materialised(pipe, run, omega):
     """A separate UNet with θ + ω·(θ' − θ) written into its trained weights."""
     unet = copy.deepcopy(pipe.unet)
-    state = load_file(str(_method().checkpoints(run)["full"]))
+    state = load_file(str(_method().checkpoint_files(run)["full"]))
     for name, layer in trained_layers(unet).items():
         attn, proj = name.rsplit(".", 1)
         trained = state[f"{attn}.processor.{proj}_custom_diffusion.weight"]
@@ -226,7 +226,7 @@ def test_settings_it_cannot_honour_are_refused_when_made():
 def test_gradient_checkpointing_trains_the_same_run(pipe, run, tmp_path):
     _train(pipe, tmp_path / "ckpt", gradient_checkpointing=True)
     assert not pipe.unet.is_gradient_checkpointing
-    for files in (_method().checkpoints, _method().embeddings):
+    for files in (_method().checkpoint_files, _method().embeddings):
         for name, path in files(run).items():
             torch.testing.assert_close(load_file(str(files(tmp_path / "ckpt")[name])), load_file(str(path)))
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from wig.errors import WigError
 from wig.guidance import RESULT, Guidance
 from wig.guidance.dreamblend import REFERENCE, cag_loss
 from wig.models.attention import capture_cross_attention, cross_attention_layers
@@ -196,3 +197,31 @@ def test_generation_saves_the_reference_beside_the_result_and_lists_only_the_res
         (image,) = decode(tuned, latents[name])
         assert np.array_equal(np.asarray(Image.open(tmp_path / "job" / file)), np.asarray(image)), name
     assert isinstance(pl.read_parquet(tmp_path / "job/manifest.parquet"), pl.DataFrame)
+
+
+def test_a_runs_step_checkpoints_are_the_underfit_and_overfit_adapters(tiny_sd, tmp_path):
+    """db-lora with `checkpoints: [2, 5]`: dreamblend(underfit=2, overfit=5) at strength 0 is CFG
+    with step2/ as the fine-tune (reference) and CFG with step5/ (result), bit for bit."""
+    from wig.concepts import read_images
+    from wig.personalization import Subject, make
+
+    from conftest import ROOT
+
+    pipe = load_pipeline(str(tiny_sd), device="cpu", dtype="float32")
+    method = make("db-lora", steps=6, weak_step=1, lr=1e-2, resolution=32, prior_weight=0.0, checkpoints=[2, 5])
+    images = read_images(ROOT / "resources/datasets/demo/images/brown_dog")
+    method.train(pipe, Subject(images, "a photo of sks dog"), tmp_path / "run", progress=False)
+    weights = method.attach(pipe, tmp_path / "run")
+    point = Guidance("dreamblend", 7.5, underfit=2, overfit=5)
+    with pytest.raises(SamplingError, match="needs the run's checkpoint at step 2 loaded as adapter 'step2'"):
+        sample_trajectories(pipe, point, _request(), progress=False, weights=weights)
+    method.attach_steps(pipe, tmp_path / "run", [2, 5])
+    out = sample_trajectories(pipe, point, _request(), progress=False, weights=weights)
+    for name, step in ((REFERENCE, 2), (RESULT, 5)):
+        alone = load_pipeline(str(tiny_sd), device="cpu", dtype="float32")
+        attach_loras(alone, tmp_path / f"run/step{step}")
+        (cfg,) = sample_trajectories(alone, Guidance("cfg", 7.5), _request(), progress=False).values()
+        assert torch.equal(out[name], cfg), name
+    assert not torch.equal(out[REFERENCE], out[RESULT])
+    with pytest.raises(WigError, match="the run kept no checkpoint at step 3"):
+        method.attach_steps(pipe, tmp_path / "run", [3])

@@ -51,11 +51,11 @@ class RandomDelta(TrainedMethod):
             log.write_parquet(tmp / "log.parquet")
         return log
 
-    def checkpoints(self, out):
+    def checkpoint_files(self, out):
         return {name: Path(out) / name / LORA_WEIGHT_NAME for name in (FULL, WEAK)}
 
     def attach(self, pipe, out, weak=True):
-        files = self.checkpoints(out)
+        files = self.checkpoint_files(out)
         attach_loras(pipe, files[FULL], files[WEAK] if weak else None)
         return LoraBranchWeights()
 
@@ -111,11 +111,11 @@ def test_wig_train_runs_it_and_its_attachment_drives_the_sampler(toy, tiny_sd, t
     args = ["--model", str(tiny_sd), "--instance-dir", str(DOG), "--instance-prompt", "a photo of sks dog"]
     assert main(["train", "--method", "toy-random-delta", "--std", "0.3", *args, "--out", str(out), "--quiet"]) == 0
     method = make("toy-random-delta", std=0.3)
-    assert all(path.is_file() for path in method.checkpoints(out).values())
+    assert all(path.is_file() for path in method.checkpoint_files(out).values())
     # the same seed, the same delta: the CLI ran the registered method with its flag
     again = tmp_path / "again"
     method.train(load_pipeline(str(tiny_sd), device="cpu"), Subject([], ""), again)
-    assert method.checkpoints(out)[FULL].read_bytes() == method.checkpoints(again)[FULL].read_bytes()
+    assert method.checkpoint_files(out)[FULL].read_bytes() == method.checkpoint_files(again)[FULL].read_bytes()
 
     pipe = load_pipeline(str(tiny_sd), device="cpu", dtype="float32")
     weights = method.attach(pipe, out)

@@ -97,11 +97,11 @@ class SeededLoRA(TrainedMethod):
             log.write_parquet(tmp / "log.parquet")
         return log
 
-    def checkpoints(self, out):
+    def checkpoint_files(self, out):
         return {name: Path(out) / name / LORA_WEIGHT_NAME for name in (FULL, WEAK)}
 
     def attach(self, pipe, out, weak=True):
-        files = self.checkpoints(out)
+        files = self.checkpoint_files(out)
         attach_loras(pipe, files[FULL], files[WEAK] if weak else None)
         return LoraBranchWeights()
 

@@ -199,7 +199,7 @@ def run(base, tmp_path_factory):
 
 def test_checkpoints_load_in_stock_diffusers_and_change_the_image(tiny_sana, run):
     out, method, _ = run
-    ckpt = method.checkpoints(out)
+    ckpt = method.checkpoint_files(out)
     keys = load_file(str(ckpt["full"])).keys()
     assert keys and all(k.startswith("transformer.") and (".lora_A." in k or ".lora_B." in k) for k in keys)
     plain = to_uint8(_call_stock(_stock(tiny_sana)))
@@ -211,8 +211,8 @@ def test_checkpoints_load_in_stock_diffusers_and_change_the_image(tiny_sana, run
 def test_same_seed_gives_identical_checkpoints(base, run, tmp_path):
     out, method, subject = run
     method.train(base, subject, tmp_path / "again", seed=3, progress=False)
-    for name, path in method.checkpoints(out).items():
-        assert path.read_bytes() == method.checkpoints(tmp_path / "again")[name].read_bytes()
+    for name, path in method.checkpoint_files(out).items():
+        assert path.read_bytes() == method.checkpoint_files(tmp_path / "again")[name].read_bytes()
 
 
 def test_training_lowers_the_flow_matching_loss(tiny_sana, tmp_path):

@@ -385,7 +385,24 @@ def _prompt_set(**changes):
     )
     config["dataset"] = {k: v for k, v in config["dataset"].items() if k not in ("root", "prompts")}
     config["dataset"]["sheet"] = PARTI
+    # a given fine-tune has no weak checkpoint: the tiny config's AG against it is refused (below)
+    config["guidance"] = [g for g in config["guidance"] if g.get("weak") != "lora"]
     return config
+
+
+def test_a_point_needing_a_checkpoint_the_fine_tune_lacks_is_refused_naming_both():
+    config = _prompt_set()
+    config["guidance"].append({"method": "ag", "scale": 7.5, "ag_scale": 2.0, "weak": "lora"})
+    with pytest.raises(
+        StudyError, match=r"guidance ag/w1.0_l7.5_a2.0_weak needs a run's weak checkpoint: fine-tune dpo"
+    ):
+        Study.from_config(config)
+    config = _config(guidance=[{"method": "dreamblend", "scale": 7.5, "strength": 0.5, "underfit": 2, "overfit": 6}])
+    with pytest.raises(StudyError, match=r"needs the checkpoint at step 2: add it to fine-tune db-lora's checkpoints"):
+        Study.from_config(config)
+    config["personalization"]["checkpoints"] = [2, 6]
+    (model, *_) = Study.from_config(config).models.values()
+    assert {p.required_adapters().pop() for p in model.points} <= {"step2", "step6"}
 
 
 def test_dpo_preset_plans_partiprompts_text_metrics_cfg_pg_at_its_omega_and_the_sweep_without_training():
@@ -437,6 +454,7 @@ def test_a_trained_fine_tune_needs_each_concept_named_by_a_class_noun(tmp_path):
     with pytest.raises(StudyError, match=r"fine-tune db-lora \(db-lora\) names its subject as .* concept style has no"):
         Study.from_config(config)
     config["personalization"] = {"method": "given", "weights": "style.safetensors", "kind": "lora"}
+    config["guidance"] = [g for g in config["guidance"] if g.get("weak") != "lora"]  # no weak checkpoint
     assert Study.from_config(config).prompts["style"] == ("a watercolour of a harbour",)
 
 

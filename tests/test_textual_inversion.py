@@ -56,7 +56,7 @@ def run(pipe, tmp_path_factory):
 
 def _files(run):
     method = _method()
-    return {**{f"lora_{k}": v for k, v in method.checkpoints(run).items()}, **method.embeddings(run)}
+    return {**{f"lora_{k}": v for k, v in method.checkpoint_files(run).items()}, **method.embeddings(run)}
 
 
 def test_training_leaves_the_pipeline_as_it_was(tiny_sd, pipe, run):

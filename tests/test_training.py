@@ -78,7 +78,7 @@ def test_class_images_start_from_the_generate_latents(pipe, class_dir):
 
 
 def test_one_run_writes_full_weak_a_log_and_its_settings(run):
-    files = _method().checkpoints(run)
+    files = _method().checkpoint_files(run)
     assert all(f.is_file() for f in files.values())
     assert files["full"].read_bytes() != files["weak"].read_bytes()
     log = pl.read_parquet(run / "log.parquet")
@@ -95,7 +95,7 @@ def test_same_seed_gives_identical_safetensors(pipe, class_dir, run, tmp_path):
     again, other = tmp_path / "again", tmp_path / "other"
     _train(pipe, again, class_dir)
     _train(pipe, other, class_dir, seed=4)
-    files = _method().checkpoints
+    files = _method().checkpoint_files
     for name, path in files(run).items():
         assert files(again)[name].read_bytes() == path.read_bytes()
         assert files(other)[name].read_bytes() != path.read_bytes()
@@ -129,7 +129,7 @@ def test_checkpoints_load_in_stock_diffusers_and_change_the_image(tiny_sd, run):
 
     base = image()
     results = {}
-    for name, path in _method().checkpoints(run).items():
+    for name, path in _method().checkpoint_files(run).items():
         stock.load_lora_weights(str(path.parent), adapter_name=name)
         stock.set_adapters([name])
         results[name] = image()
@@ -232,5 +232,49 @@ def test_sigkill_then_rerun_leaves_no_corrupt_checkpoint(tiny_sd, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the killed run's leftovers are gone
-    state = load_file(str(_method().checkpoints(out)["full"]))
+    state = load_file(str(_method().checkpoint_files(out)["full"]))
     assert state and all(torch.isfinite(v).all() for v in state.values())
+
+
+def test_checkpoints_at_chosen_steps_equal_runs_stopped_there(pipe, class_dir, tmp_path):
+    """`checkpoints: [2, 5, 12]` of one 12-step run: each step<k>/ holds byte for byte what a run of
+    k steps with the same seed ends with (its full/); the weak and full checkpoints are unchanged."""
+    one = tmp_path / "one"
+    _train(pipe, one, class_dir, checkpoints=[12, 2, 5])
+    method = _method(checkpoints=[12, 2, 5])
+    assert method.checkpoints == (2, 5, 12)  # a setting holds the steps in order
+    folders = method.checkpoint_steps(one)
+    assert sorted(p.name for p in one.iterdir()) == [
+        "config.json",
+        "full",
+        "log.parquet",
+        "step12",
+        "step2",
+        "step5",
+        "weak",
+    ]
+    for k, folder in folders.items():
+        stopped = tmp_path / f"stopped{k}"
+        # weak_step must lie below steps: a 2-step run keeps its weak checkpoint at step 1
+        _train(pipe, stopped, class_dir, steps=k, weak_step=min(4, k - 1))
+        assert (folder / "pytorch_lora_weights.safetensors").read_bytes() == (
+            stopped / "full/pytorch_lora_weights.safetensors"
+        ).read_bytes(), k
+    plain = tmp_path / "plain"
+    _train(pipe, plain, class_dir)
+    for name, path in _method().checkpoint_files(plain).items():
+        assert method.checkpoint_files(one)[name].read_bytes() == path.read_bytes(), name
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ([0, 5], "holds 0, outside"),
+        ([5, 5], "repeats a value"),
+        ([5, 13], "checkpoints must lie in [1, steps]"),
+        ("5", "list of integers"),
+    ],
+)
+def test_bad_checkpoint_steps_are_refused(value, message):
+    with pytest.raises(WigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        _method(checkpoints=value)

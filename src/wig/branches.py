@@ -20,6 +20,18 @@ if TYPE_CHECKING:
 FULL = "full"  # the fine-tuned checkpoint θ' (for a LoRA: its adapter name, θ' = θ + ΔW)
 WEAK = "weak"  # the weak (early) checkpoint, AG's weak model
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # a diffusers LoRA folder's file
+STEP_PREFIX = "step"  # the checkpoint a run kept at step k (its `checkpoints` setting): adapter and folder step<k>
+
+
+def step_adapter(step: int) -> str:
+    """The name of the checkpoint a run kept at ``step``: its folder in the run and its adapter."""
+    return f"{STEP_PREFIX}{step}"
+
+
+def adapter_step(name: str) -> int | None:
+    """The step of a `step_adapter` name; None for FULL, WEAK or any other adapter."""
+    digits = name.removeprefix(STEP_PREFIX)
+    return int(digits) if name.startswith(STEP_PREFIX) and digits.isdigit() else None
 
 
 class BranchWeights:

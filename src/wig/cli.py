@@ -13,7 +13,7 @@ from wig.atomic import atomic_dir, replace_file, tmp_path
 from wig.errors import WigError
 from wig.guidance import REGISTRY, make
 from wig.personalization import REGISTRY as PERSONALIZATION
-from wig.settings import type_name
+from wig.settings import STEPS, type_name
 
 # Arguments are checked by argparse and `_check_args` before torch and diffusers are imported
 # (6-12 s): a wrong argument is refused at once.
@@ -116,6 +116,10 @@ def _add_settings(p: argparse.ArgumentParser, registry, methods=None) -> None:
             # --x / --no-x: a setting that defaults to True (e.g. a flip augmentation) can be turned off
             help_ = f"{f.metadata['doc']} (default: {defaults})"
             p.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_)
+            continue
+        if type_name(f) == STEPS:  # --checkpoints 5 250 1000
+            help_ = f"{f.metadata['doc']} (default: {defaults})"
+            p.add_argument(flag, dest=dest, type=int, nargs="*", default=None, metavar="STEP", help=help_)
             continue
         kind = {"float": float, "int": int}.get(type_name(f), str)
         own = [d.metadata.get("choices") for d in owners.values()]

@@ -30,9 +30,12 @@ def param(
     return dataclasses.field(default=default, metadata=meta)
 
 
+STEPS = "tuple[int, ...]"  # a list of training steps (or any integers), each within the field's bounds
+
+
 def type_name(field: dataclasses.Field) -> str:
-    """``float``, ``int``, ``bool`` or ``str``: the field's annotation (a string under postponed
-    evaluation of annotations)."""
+    """``float``, ``int``, ``bool``, ``str`` or `STEPS`: the field's annotation (a string under
+    postponed evaluation of annotations)."""
     return str(getattr(field.type, "__name__", field.type))
 
 
@@ -53,6 +56,19 @@ def check_settings(obj: Any, owner: str) -> None:
         if kind == "str":
             if not isinstance(value, str):
                 raise WigError(f"{owner}: {f.name} must be a string, got {value!r}")
+            continue
+        if kind == STEPS:
+            if not isinstance(value, (list, tuple)) or any(
+                isinstance(v, bool) or not isinstance(v, int) for v in value
+            ):
+                raise WigError(f"{owner}: {f.name} must be a list of integers, got {value!r}")
+            low, high = meta.get("low"), meta.get("high")
+            for v in value:
+                if (low is not None and v < low) or (high is not None and v > high):
+                    raise WigError(f"{owner}: {f.name} holds {v}, outside [{low}, {high}]")
+            if len(set(value)) != len(value):
+                raise WigError(f"{owner}: {f.name} repeats a value: {list(value)}")
+            object.__setattr__(obj, f.name, tuple(sorted(value)))
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise WigError(f"{owner}: {f.name} must be a number, got {value!r}")

@@ -1,7 +1,7 @@
 """All prompts × seeds of one (model, fine-tune, concept, its seed, grid points, seed chunk) job
 (rule generate)."""
 
-from wig.branches import WEAK
+from wig.branches import WEAK, adapter_step
 from wig.concepts import read_images
 from wig.guidance import Guidance
 from wig.models.pipelines import load_pipeline
@@ -17,7 +17,12 @@ with job(snakemake) as log:
     weak = any(WEAK in g.required_adapters() for g in points.values())  # attach it only if a point uses it
     # a trained run's folder, or where a given fine-tune's weights were resolved to
     finetune = snakemake.input.get("run") or recorded_path(snakemake.input.finetune)
-    weights = make(**p.method).attach(pipe, finetune, weak=weak)
+    method = make(**p.method)
+    weights = method.attach(pipe, finetune, weak=weak)
+    # the run's checkpoints at chosen steps that a point names (DreamBlend's underfit/overfit)
+    steps = sorted({k for g in points.values() for k in map(adapter_step, g.required_adapters()) if k is not None})
+    if steps:
+        method.attach_steps(pipe, finetune, steps)
     s = p.sampling
     seeds = [int(seed) for seed in snakemake.wildcards.seeds.split("_")]
     # an image family edits the concept's first reference image, at the sampling size

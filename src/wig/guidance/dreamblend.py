@@ -4,8 +4,9 @@ subject, joined by cross-attention guidance (CAG).
 
 Two trajectories from the same initial noise, each CFG at λ:
 
-    reference  (θ_u, ∅) (θ_u, c)      θ_u: the underfit checkpoint (adapter WEAK: the run's weak step)
-    result     (θω, ∅) (θ', c)        θ': the overfit checkpoint (adapter FULL); ω < 1 is PG's weak branch
+    reference  (θ_u, ∅) (θ_u, c)      θ_u: the underfit checkpoint (the run's weak one, or step ``underfit``)
+    result     (θω, ∅) (θ', c)        θ': the overfit checkpoint (the run's full one, or step ``overfit``);
+                                      θω = θ + ω(θ' − θ): ω < 1 is PG's weak branch
 
 While the diffusion time t ≥ ``until`` (the early, layout-forming steps) the result's latent x
 takes one gradient step towards the reference's cross-attention maps before its forward, as
@@ -36,7 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from wig.branches import FULL, WEAK
+from wig.branches import FULL, WEAK, step_adapter
 from wig.guidance.base import NEGATIVE, PROMPT, Branch, GuidanceMethod, canonical, param, register
 from wig.guidance.cfg import cfg_combine
 
@@ -69,16 +70,28 @@ class DreamBlend(GuidanceMethod):
     until: float = param(
         0.5, "DreamBlend: the diffusion time (1 = noise) down to which CAG steers the result", low=0.0, high=1.0
     )
+    underfit: int = param(0, "DreamBlend's underfit checkpoint: a step the run kept (checkpoints), 0 = its weak", low=0)
+    overfit: int = param(0, "DreamBlend's overfit checkpoint: a step the run kept (checkpoints), 0 = its full", low=0)
+
+    @property
+    def underfit_adapter(self) -> str:
+        return step_adapter(self.underfit) if self.underfit else WEAK
+
+    @property
+    def overfit_adapter(self) -> str:
+        return step_adapter(self.overfit) if self.overfit else FULL
 
     def required_adapters(self) -> set[str]:
-        return {FULL, WEAK}
+        return {self.underfit_adapter, self.overfit_adapter}
 
     def branches(self):
+        # the adapters a branch does not name are off (scale 0): each trajectory runs at θ + ΔW of its checkpoint
+        under, over = self.underfit_adapter, self.overfit_adapter
         return [
-            Branch(NEGATIVE, {FULL: 0.0, WEAK: 1.0}, trajectory=REFERENCE),
-            Branch(PROMPT, {FULL: 0.0, WEAK: 1.0}, trajectory=REFERENCE),
-            Branch(NEGATIVE, {FULL: self.omega}),
-            Branch(PROMPT, {FULL: 1.0}),
+            Branch(NEGATIVE, {under: 1.0}, trajectory=REFERENCE),
+            Branch(PROMPT, {under: 1.0}, trajectory=REFERENCE),
+            Branch(NEGATIVE, {over: self.omega}),
+            Branch(PROMPT, {over: 1.0}),
         ]
 
     def combine(self, outs, step=0, time=None):
@@ -102,4 +115,6 @@ class DreamBlend(GuidanceMethod):
 
     @property
     def point_name(self) -> str:
-        return f"w{canonical(self.omega)}_l{canonical(self.scale)}_e{canonical(self.strength)}_u{canonical(self.until)}"
+        steps = f"_c{self.underfit}-{self.overfit}" if self.underfit or self.overfit else ""
+        guidance = f"e{canonical(self.strength)}_u{canonical(self.until)}"
+        return f"w{canonical(self.omega)}_l{canonical(self.scale)}_{guidance}{steps}"

@@ -13,12 +13,15 @@ from typing import Any, Iterable, Mapping, Sequence
 from wig.errors import WigError
 from wig.guidance import GuidanceMethod, canonical, make, method_class, parameters
 from wig.guidance.base import foreign_setting
+from wig.settings import type_name
 
 __all__ = ["canonical", "expand", "job_chunks"]
 
 
-def _values(value: Any) -> list:
+def _values(value: Any, kind: str) -> list:
     values = value if isinstance(value, list) else [value]
+    if kind != "float":  # an int setting (a checkpoint's step) is checked by the method as given
+        return values
     # floats canonical: the value a path spells is the value a job uses
     return [float(canonical(v)) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in values]
 
@@ -36,8 +39,9 @@ def expand(entries: Iterable[Mapping[str, Any]]) -> list[GuidanceMethod]:
         for key in entry:
             if key != "method" and (why := foreign_setting(cls, key)) is not None:
                 raise WigError(f"guidance[{i}].{key} {why}")
-        names = [k for k in parameters(cls) if k in entry]
-        for combo in itertools.product(*(_values(entry[k]) for k in names)):
+        fields = parameters(cls)
+        names = [k for k in fields if k in entry]
+        for combo in itertools.product(*(_values(entry[k], type_name(fields[k])) for k in names)):
             try:
                 point = make(cls.name, **dict(zip(names, combo)))
             except WigError as err:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
-from wig.branches import BranchWeights
+from wig.branches import BranchWeights, step_adapter
 from wig.errors import WigError
 from wig.settings import Registry, check_settings, param, settings_of
 
@@ -124,6 +124,9 @@ class TrainedMethod(PersonalizationMethod):
     # what every trained method has: training length, the weak checkpoint, resolution, prior preservation
     steps: int = param(500, "training steps", low=1)
     weak_step: int = param(100, "the step of the weak (early) checkpoint, < steps (AG's weak model)", low=1)
+    checkpoints: tuple[int, ...] = param(
+        (), "further steps whose checkpoint the run keeps (out/step<k>/; e.g. DreamBlend's 5, 250, 1000)", low=1
+    )
     resolution: int = param(512, "training resolution in px", low=8, multiple_of=8)
     prior_weight: float = param(1.0, "weight of the prior-preservation loss; 0 = no class images", low=0.0)
     mixed_precision: str = param("no", "autocast precision on a GPU", choices=("no", "fp16", "bf16"))
@@ -133,6 +136,19 @@ class TrainedMethod(PersonalizationMethod):
         super().__post_init__()
         if self.weak_step >= self.steps:
             raise WigError(f"weak_step must lie in [1, steps), got {self.weak_step} with steps={self.steps}")
+        if self.checkpoints and self.checkpoints[-1] > self.steps:
+            raise WigError(f"checkpoints must lie in [1, steps], got {list(self.checkpoints)} with steps={self.steps}")
+
+    def checkpoint_steps(self, out: str | os.PathLike) -> dict[int, Path]:
+        """The folders of a run's `checkpoints` (``out/step<k>/``), each holding what the weak and
+        the full checkpoint hold (the method's files at that step), by step."""
+        return {k: Path(out) / step_adapter(k) for k in self.checkpoints}
+
+    def attach_steps(self, pipe, out: str | os.PathLike, steps: Sequence[int]) -> None:
+        """Attach the run's checkpoints at ``steps`` (each in its `checkpoints`) beside what
+        `attach` attached, as adapters `wig.branches.step_adapter(k)` (DreamBlend's underfit and
+        overfit checkpoints)."""
+        raise WigError(f"{self.name} attaches no step checkpoints (only its full and weak ones)")
 
     @property
     def prior(self) -> bool:
@@ -152,7 +168,7 @@ class TrainedMethod(PersonalizationMethod):
         ``out``, atomically. Returns the log. Bit-reproducible on the CPU for a seed."""
         raise NotImplementedError
 
-    def checkpoints(self, out: str | os.PathLike) -> dict[str, Path]:
+    def checkpoint_files(self, out: str | os.PathLike) -> dict[str, Path]:
         """The files of a run's full and weak checkpoint in its folder ``out``."""
         raise NotImplementedError
 

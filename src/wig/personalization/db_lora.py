@@ -9,7 +9,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from wig.branches import FULL, LORA_WEIGHT_NAME, WEAK, BranchWeights
+from wig.branches import FULL, LORA_WEIGHT_NAME, WEAK, BranchWeights, step_adapter
+from wig.errors import WigError
 from wig.personalization.base import Subject, TrainedMethod, register
 from wig.settings import param
 
@@ -27,13 +28,22 @@ class DreamBoothLoRA(TrainedMethod):
 
         return train_lora(pipe, subject, out, self, seed=seed, progress=progress, overwrite=overwrite)
 
-    def checkpoints(self, out: str | os.PathLike) -> dict[str, Path]:
+    def checkpoint_files(self, out: str | os.PathLike) -> dict[str, Path]:
         """``out/full/`` and ``out/weak/``, each a diffusers LoRA folder (``pytorch_lora_weights.safetensors``)."""
         return {name: Path(out) / name / LORA_WEIGHT_NAME for name in (FULL, WEAK)}
 
     def attach(self, pipe, out, weak: bool = True) -> BranchWeights:
         from wig.personalization.lora import LoraBranchWeights, attach_loras
 
-        files = self.checkpoints(out)
+        files = self.checkpoint_files(out)
         attach_loras(pipe, files[FULL], files[WEAK] if weak else None)
         return LoraBranchWeights()
+
+    def attach_steps(self, pipe, out, steps) -> None:
+        from wig.personalization.lora import load_lora
+
+        folders = self.checkpoint_steps(out)
+        for k in steps:
+            if k not in folders:
+                raise WigError(f"{out}: the run kept no checkpoint at step {k} (checkpoints: {list(self.checkpoints)})")
+            load_lora(pipe, folders[k] / LORA_WEIGHT_NAME, step_adapter(k))

@@ -94,7 +94,7 @@ class DreamBoothLoRATI(DreamBoothLoRA):
         from wig.personalization.tokens import TokenBranchWeights, TokenError, add_tokens, read_embeddings
 
         self.check_family(pipe)
-        files, embeddings = self.checkpoints(out), self.embeddings(out)
+        files, embeddings = self.checkpoint_files(out), self.embeddings(out)
         # every file is checked before the pipeline changes
         tokens, full = read_embeddings(embeddings[FULL], pipe)
         rows = {FULL: full}

@@ -193,6 +193,8 @@ def train_lora(
                 )
                 if step == config.weak_step:
                     _save(pipe, tmp / "weak", extensions)
+                if step in config.checkpoints:
+                    _save(pipe, config.checkpoint_steps(tmp)[step], extensions)
             _save(pipe, tmp / "full", extensions)
             log = pl.DataFrame(rows, schema=LOG_SCHEMA)
             log.write_parquet(tmp / "log.parquet")

@@ -26,7 +26,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
-from wig.branches import FULL, WEAK, BranchWeights, scales_of
+from wig.branches import FULL, WEAK, BranchWeights, adapter_step, scales_of
 from wig.errors import WigError
 from wig.guidance import NEGATIVE, PROMPT, RESULT, GuidanceMethod
 from wig.models.families import NonFiniteError, Text, check_finite, check_options, family_of
@@ -66,6 +66,9 @@ def _check(pipe, guidance: GuidanceMethod, request: Request, weights: BranchWeig
     missing = sorted(guidance.required_adapters() - loaded)
     if missing:
         adapter = missing[0]
+        if (step := adapter_step(adapter)) is not None:
+            what[adapter] = f"the run's checkpoint at step {step}"
+            flags[adapter] = f"a run that kept it (checkpoints: [{step}]), attached with attach_steps"
         raise SamplingError(
             f"method {guidance.method} needs {what.get(adapter, 'a checkpoint')} loaded as adapter {adapter!r} "
             f"({flags.get(adapter, 'attach it')})"

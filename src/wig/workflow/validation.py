@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+from wig.branches import WEAK, adapter_step
 from wig.concepts import TEXTS, Concept, image_files, read_dreambooth, read_sheet
 from wig.errors import WigError, unknown
 from wig.evaluation.encoders import ENCODERS, encoder_class
@@ -302,6 +303,7 @@ def _model(
         else:
             needs = f"they need a DDIM sampler or an input image, which {family} does not use"
         raise StudyError(f"models.{name} ({family}) can run none of the guidance points: {skipped} ({needs})")
+    _check_checkpoints(name, tunes, runnable)
     try:
         chunks = job_chunks(runnable, config["sampling"]["points_per_job"])
     except WigError as err:
@@ -316,3 +318,25 @@ def _model(
         points=runnable,
         point_chunks={k: tuple(v) for k, v in chunks.items()},
     )
+
+
+def _check_checkpoints(model: str, tunes: Mapping[str, Finetune], points) -> None:
+    """Every checkpoint a guidance point names exists in every fine-tune it runs with: the weak one
+    in a trained run, a step<k> one in the steps the run keeps (`checkpoints`)."""
+    for point in points:
+        for adapter in sorted(point.required_adapters()):
+            step = adapter_step(adapter)
+            if adapter != WEAK and step is None:
+                continue
+            for ft, tune in tunes.items():
+                method = tune.method
+                if not method.trains:
+                    raise StudyError(
+                        f"guidance {point.key} needs a run's {adapter} checkpoint: fine-tune {ft} "
+                        f"of models.{model} is given ({method.name}), it has only its one checkpoint"
+                    )
+                if step is not None and step not in method.checkpoints:
+                    raise StudyError(
+                        f"guidance {point.key} needs the checkpoint at step {step}: add it to fine-tune {ft}'s "
+                        f"checkpoints (models.{model}: {list(method.checkpoints)})"
+                    )

@@ -55,7 +55,7 @@ class ClassDiffusion(TrainedMethod):
         self.check_family(pipe)
         return train_classdiffusion(pipe, subject, out, self, seed=seed, progress=progress, overwrite=overwrite)
 
-    def checkpoints(self, out: str | os.PathLike) -> dict[str, Path]:
+    def checkpoint_files(self, out: str | os.PathLike) -> dict[str, Path]:
         """``out/{full,weak}/pytorch_custom_diffusion_weights.safetensors`` (diffusers' Custom
         Diffusion names: the trained key/value projections)."""
         return {name: Path(out) / name / CUSTOM_DIFFUSION_WEIGHT_NAME for name in (FULL, WEAK)}
@@ -71,7 +71,7 @@ class ClassDiffusion(TrainedMethod):
 
         self.check_family(pipe)
         names = (FULL, WEAK) if weak else (FULL,)
-        files, embeddings = self.checkpoints(out), self.embeddings(out)
+        files, embeddings = self.checkpoint_files(out), self.embeddings(out)
         return attach_custom_diffusion(pipe, {n: files[n] for n in names}, {n: embeddings[n] for n in names})
 
     def __post_init__(self):

@@ -357,6 +357,8 @@ def train_classdiffusion(pipe, subject, out, config, seed: int = 0, progress: bo
                 )
                 if step == config.weak_step:
                     _save(unet, tokens, tmp / "weak", base)
+                if step in config.checkpoints:
+                    _save(unet, tokens, config.checkpoint_steps(tmp)[step], base)
             _save(unet, tokens, tmp / "full", base)
             log = pl.DataFrame(rows, schema=LOG_SCHEMA)
             log.write_parquet(tmp / "log.parquet")
