@@ -179,9 +179,14 @@ class Metric:
 
     name: str  # its column in scores and tables
     label: str  # its axis label in figures
-    fidelity: str  # "subject" or "text": which side of the trade-off it measures
-    reads: str  # "references" (the concept's reference embeddings), "texts" (its prompt's), "pixels"
-    # encoder metrics: score(generated (n, d), references (m, d) | prompt texts (n, d)) -> (n,);
+    # "subject" or "text": which side of the trade-off it measures; "diversity": a third axis
+    # (DreamBlend's) that no fidelity comparison reads
+    fidelity: str
+    # "references" (the concept's reference embeddings), "texts" (its prompt's), "samples" (the
+    # other images of its prompt and grid point in its generation job), "pixels"
+    reads: str
+    # encoder metrics: score(generated (n, d), references (m, d) | prompt texts (n, d) | the group
+    # id of each image (n,): images of one prompt and grid point) -> (n,);
     # pixel metrics: score(images, prompts, concept) -> {metric name: values}, one call serving every
     # metric that shares the function (the oracle segments an image once for both of its metrics)
     score: Callable
@@ -189,6 +194,7 @@ class Metric:
     synthetic_only: bool = False  # it reads the synthetic world's images (dataset.render)
     higher: bool = True  # higher is better; False for a distance (DreamSim): fronts and labels turn with it
     ground_truth: bool = False  # what its side's embedding metrics are checked against (the synthetic oracle's)
+    default: bool = True  # scored by default wherever its encoder is configured (else: named in evaluation.metrics)
 
 
 METRICS: dict[str, Metric] = {}  # name -> Metric, in registration order
@@ -196,8 +202,14 @@ METRICS: dict[str, Metric] = {}  # name -> Metric, in registration order
 
 def register_metric(metric: Metric) -> Metric:
     """Make a metric known by its name (a plug-in registers itself the same way)."""
-    if metric.reads not in ("references", "texts", "pixels") or metric.fidelity not in ("subject", "text"):
-        raise WigError(f"metric {metric.name}: reads references|texts|pixels and measures subject|text fidelity")
+    if metric.reads not in ("references", "texts", "samples", "pixels") or metric.fidelity not in (
+        "subject",
+        "text",
+        "diversity",
+    ):
+        raise WigError(
+            f"metric {metric.name}: reads references|texts|samples|pixels, measures subject|text fidelity or diversity"
+        )
     if (metric.encoder is None) != (metric.reads == "pixels"):
         raise WigError(f"metric {metric.name}: an encoder exactly when it reads embeddings")
     METRICS[metric.name] = metric

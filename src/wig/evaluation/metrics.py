@@ -53,6 +53,8 @@ def enabled_metrics(encoders, render: bool) -> list[str]:
     and the pixel metrics (the synthetic world's only where it renders its images)."""
     names = []
     for m in REGISTRY.values():
+        if not m.default:
+            continue
         if (m.encoder in encoders) if m.encoder is not None else (render or not m.synthetic_only):
             names.append(m.name)
     return names
@@ -96,6 +98,10 @@ def score_samples(
                 texts = embeddings[f"{m.encoder}_texts"]
                 by_index = dict(zip(texts["index"].to_list(), _matrix(texts)))
                 other = np.stack([by_index[i] for i in manifest["prompt_index"].to_list()])
+            elif m.reads == "samples":  # an image's group: its prompt at its grid point, across seeds
+                keys = manifest.select(*point_keys(), "prompt_index").rows()
+                ids = {key: i for i, key in enumerate(dict.fromkeys(keys))}
+                other = np.array([ids[key] for key in keys], dtype=np.int64)
             else:
                 other = references[m.encoder]
             columns.append(pl.Series(m.name, m.score(generated[m.encoder], other)))

@@ -14,4 +14,5 @@ from wig.evaluation import pickscore  # noqa: F401
 from wig.evaluation import dreamsim  # noqa: F401
 from wig.evaluation import scene  # noqa: F401
 from wig.evaluation import oracle  # noqa: F401
+from wig.evaluation import diversity  # noqa: F401
 # isort: on

@@ -183,6 +183,12 @@ def _metrics(config: Mapping[str, Any], encoders: Mapping[str, Any]) -> list[str
                 f"evaluation.metrics: {name} reads the concepts' reference images, but dataset.root is not set "
                 "(a prompt set has none)"
             )
+        per_job = min(len(_seeds(config["seeds"], "seeds")), config["sampling"]["seeds_per_job"])
+        if metric.reads == "samples" and per_job < 2:
+            raise StudyError(
+                f"evaluation.metrics: {name} compares the seeds of a generation job, which holds {per_job}: "
+                "give at least two seeds and sampling.seeds_per_job ≥ 2"
+            )
     # the tables, the matched-text comparison and the figures weigh subject against text fidelity;
     # a prompt set has no subject, so its tables and figures are text fidelity alone
     for side in ("subject", "text") if references else ("text",):
