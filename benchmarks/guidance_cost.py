@@ -1,4 +1,5 @@
-"""What guidance costs: PG/CFG, AG/CFG and SAG/CFG wall time and peak memory, ours vs stock diffusers.
+"""What guidance costs: PG/CFG, AG/CFG, SAG/CFG and DreamBlend/CFG wall time and peak memory, ours vs
+stock diffusers.
 
 Every ratio is measured in this one run, on the same model, batch, resolution and steps;
 variants are interleaved over the repeats and the median is reported, so slow drift of the
@@ -15,6 +16,11 @@ machine hits all of them alike.
 Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` per variant; on the CPU torch keeps
 no such counter, so each variant runs once more in a fresh process and its peak RSS
 (``ru_maxrss``, model included) is compared.
+
+DreamBlend runs two CFG trajectories (the underfit checkpoint's reference, the overfit one's
+result: a random weak LoRA and the random full one here) and, while t ≥ ``until`` (0.5: half the
+steps), a gradient pass of the result's prompt branch through the denoiser: ``dreamblend_e0``
+(strength 0) is the two trajectories alone, ``dreamblend`` adds the guidance.
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ def _variants(scale):
         "pg": Guidance("pg", scale, omega=0.5),
         "ag": Guidance("ag", scale, ag_scale=2.0),
         "sag": Guidance("sag", scale),
+        "dreamblend_e0": Guidance("dreamblend", scale),
+        "dreamblend": Guidance("dreamblend", scale, strength=0.5, until=0.5),
     }
 
 
@@ -71,8 +79,13 @@ def _prepare(args, workdir: Path):
     if not lora.exists():
         cpu = load_pipeline(str(model), device="cpu", dtype="float32")
         random_lora(cpu, lora.parent, rank=4, std=0.05, seed=0)
-    attach_loras(pipe, lora)
+        random_lora(cpu, _weak_of(lora).parent, rank=4, std=0.05, seed=1)  # DreamBlend's underfit checkpoint
+    attach_loras(pipe, lora, _weak_of(lora))
     return model, lora, pipe
+
+
+def _weak_of(lora: Path) -> Path:
+    return Path(lora).parent.parent / "weak" / Path(lora).name
 
 
 def _request(args, batch):
@@ -196,7 +209,7 @@ def _probe(args):
         guidance = _full_variants(args.scale)[args._probe]
     else:
         pipe, weights = load_pipeline(args.model, device="cpu", dtype=args.dtype), None
-        attach_loras(pipe, args._lora)
+        attach_loras(pipe, args._lora, _weak_of(args._lora))
         guidance = _variants(args.scale)[args._probe]
     sample_latents(pipe, guidance, _request(args, args.batch), progress=False, weights=weights)
     print(_peak_rss_mib())
@@ -237,7 +250,7 @@ def _personalized(args, model: Path, workdir: Path):
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"{args.personalization} on {model.name}; {args.steps} steps; batch {args.batch}; median of {args.repeats}")
     for name in times:
-        print(f"  {name:10s} {med[name]:8.3f} s")
+        print(f"  {name:14s} {med[name]:8.3f} s")
     print(f"PG/CFG wall time         {med['pg'] / med['cfg']:.3f}   (goal <= 1.02)")
     print(f"SAG/CFG wall time        {med['sag'] / med['cfg']:.3f}   (goal <= 1.55)")
 
@@ -438,16 +451,24 @@ def main():
         f"median of {args.repeats}"
     )
     for name in times:
-        print(f"  {name:10s} {med[name]:8.3f} s")
+        print(f"  {name:14s} {med[name]:8.3f} s")
     print(f"PG/CFG wall time         {med['pg'] / med['cfg']:.3f}   (goal <= 1.02)")
     print(f"AG/CFG wall time         {med['ag'] / med['cfg']:.3f}   (goal <= 1.55)")
     print(f"SAG/CFG wall time        {med['sag'] / med['cfg']:.3f}   (goal <= 1.55; the PG paper's Table 8: 1.46)")
+    print(
+        f"DreamBlend/CFG wall time {med['dreamblend'] / med['cfg']:.3f}   "
+        f"(strength 0: {med['dreamblend_e0'] / med['cfg']:.3f})"
+    )
     print(f"ours/stock CFG wall time {med['cfg'] / med['stock_cfg']:.3f}   (goal <= 1.03)")
     print(f"PG batched / two passes  {med['pg'] / med['pg_2pass']:.3f}   (< 1: the batched hook wins)")
     print(f"ours vs stock CFG images max |diff| = {max_diff} (uint8)")
     print(f"peak memory ({peak_kind}): " + ", ".join(f"{k} {v:.0f} MiB" for k, v in peak.items()))
     print(f"PG/CFG peak memory       {peak['pg'] / peak['cfg']:.3f}   (goal <= 1.02)")
     print(f"AG/CFG peak memory       {peak['ag'] / peak['cfg']:.3f}")
+    print(
+        f"DreamBlend/CFG peak memory {peak['dreamblend'] / peak['cfg']:.3f}   "
+        f"(strength 0: {peak['dreamblend_e0'] / peak['cfg']:.3f}; the gradient pass holds one branch's activations)"
+    )
 
 
 if __name__ == "__main__":

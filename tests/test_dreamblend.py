@@ -225,3 +225,19 @@ def test_a_runs_step_checkpoints_are_the_underfit_and_overfit_adapters(tiny_sd, 
     assert not torch.equal(out[REFERENCE], out[RESULT])
     with pytest.raises(WigError, match="the run kept no checkpoint at step 3"):
         method.attach_steps(pipe, tmp_path / "run", [3])
+
+
+def test_wig_generate_writes_the_reference_beside_the_result(tiny_sd, lora_path, weak_lora_path, tmp_path):
+    """`wig generate --method dreamblend`: out.png and out.reference.png; the reference is what
+    `wig generate --method cfg` makes with the underfit LoRA as the fine-tune, byte for byte."""
+    from wig.cli import main
+
+    common = ["generate", "--model", str(tiny_sd), "--prompt", PROMPTS[0], "--seed", "3", "--steps", "3"]
+    common += ["--height", str(H), "--width", str(W), "--quiet"]
+    out = tmp_path / "blend.png"
+    argv = [*common, "--method", "dreamblend", "--lora", str(lora_path), "--weak-lora", str(weak_lora_path)]
+    assert main([*argv, "--strength", "20", "--out", str(out)]) == 0
+    assert main([*common, "--method", "cfg", "--lora", str(weak_lora_path), "--out", str(tmp_path / "cfg.png")]) == 0
+    reference = np.asarray(Image.open(tmp_path / "blend.reference.png"))
+    assert np.array_equal(reference, np.asarray(Image.open(tmp_path / "cfg.png")))
+    assert not np.array_equal(np.asarray(Image.open(out)), reference)

@@ -247,6 +247,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings(p, REGISTRY)  # last: a setting named like a command flag gets --setting-<name>
 
     p = sub.add_parser(
+        "collapse",
+        help="attention collapse per checkpoint of a fine-tune run (DreamBlend's diagnostic)",
+        description="For each checkpoint of a run (weak, full, or a step it kept with checkpoints: [...]) sample "
+        "each prompt with CFG, re-noise the sample to --probe and measure how much of every prompt token's "
+        "cross-attention lies in the subject's region (the --top share of pixels its tokens attend to most): "
+        "about --top when a token ignores the subject, 1 when it has collapsed onto it. Writes one row per "
+        "(checkpoint, prompt, seed, token) as Parquet and prints the mean per checkpoint.",
+    )
+    p.add_argument("--model", required=True, help="the base model the run fine-tuned")
+    p.add_argument("--run", required=True, type=Path, help="a fine-tune run folder (wig train's --out)")
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        required=True,
+        help="weak, full or a step the run kept (repeat: e.g. --checkpoint 5 --checkpoint 250 --checkpoint 1000)",
+    )
+    p.add_argument("--subject", default="sks", help="the identifier as the prompts write it (default sks)")
+    p.add_argument("--prompt", required=True, action="append", help="a prompt naming the subject (repeat)")
+    p.add_argument("--seed", type=_SEED, action="append", default=None, help="seed (repeat; default 0)")
+    p.add_argument("--scale", type=float, default=7.5, help="CFG λ (default 7.5)")
+    p.add_argument("--probe", type=float, default=0.5, help="the diffusion time the maps are read at (default 0.5)")
+    p.add_argument("--top", type=float, default=0.25, help="the subject region's share of pixels (default 0.25)")
+    _add_sampling(p)
+    p.add_argument("--out", required=True, type=Path, help="output Parquet file")
+    _add_runtime(p)
+
+    p = sub.add_parser(
         "prepare",
         help="validate and normalise a concept's reference images",
         description="Decode every image of a concept folder (jpg/jpeg/png/webp, any size), apply EXIF "
@@ -436,6 +463,7 @@ def _cmd_generate(args) -> None:
     import torch
     from PIL.PngImagePlugin import PngInfo
 
+    from wig.guidance import RESULT
     from wig.models.pipelines import load_pipeline
     from wig.personalization.lora import attach_loras, lora_file
     from wig.sampling.sampler import sample
@@ -452,9 +480,12 @@ def _cmd_generate(args) -> None:
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, scheduler=args.scheduler)
     weights = None
     if method is not None:
-        from wig.branches import WEAK
+        from wig.branches import WEAK, adapter_step
 
         weights = method.attach(pipe, args.run, weak=WEAK in guidance.required_adapters())
+        steps = sorted(k for k in map(adapter_step, guidance.required_adapters()) if k is not None)
+        if steps:  # DreamBlend's underfit/overfit at steps the run kept
+            method.attach_steps(pipe, args.run, steps)
     elif args.denoiser is not None:
         from wig.personalization.full_weights import attach_full_weights
 
@@ -465,7 +496,7 @@ def _cmd_generate(args) -> None:
         weights = attach_base(pipe, args.base)
     else:
         attach_loras(pipe, args.lora, args.weak_lora)
-    images = sample(
+    trajectories = sample(
         pipe,
         prompts,
         guidance,
@@ -478,7 +509,15 @@ def _cmd_generate(args) -> None:
         height=args.height,
         width=args.width,
         progress=not args.quiet,
+        trajectories=True,
     )
+    images = trajectories.pop(RESULT)
+    for name, companions in trajectories.items():  # DreamBlend's reference: <out>.reference.png beside
+        for image, path in zip(companions, paths):
+            beside = path.with_suffix(f".{name}.png")
+            beside.parent.mkdir(parents=True, exist_ok=True)
+            image.save(tmp_path(beside), format="PNG")
+            replace_file(tmp_path(beside), beside)
     for image, path, prompt, seed in zip(images, paths, prompts, seeds):
         info = PngInfo()
         meta = {
@@ -504,7 +543,7 @@ def _run_method(args):
     """The personalization method (with its settings) that wrote the run folder ``--run``."""
     from wig.personalization import make as make_method
 
-    if any(getattr(args, f) is not None for f in ("lora", "weak_lora", "denoiser", "base")):
+    if any(getattr(args, f, None) is not None for f in ("lora", "weak_lora", "denoiser", "base")):
         raise WigError("--run attaches the run's own checkpoints: give it without --lora/--weak-lora/--denoiser/--base")
     path = args.run / "config.json"
     try:
@@ -532,6 +571,51 @@ def _runtime(args):
 
     if args.threads:
         torch.set_num_threads(args.threads)
+
+
+def _cmd_collapse(args) -> None:
+    from wig.branches import FULL, WEAK, step_adapter
+    from wig.evaluation.attention_collapse import attention_collapse, collapse_summary
+    from wig.models.pipelines import load_pipeline
+
+    method = _run_method(args)
+    labels = {}
+    for name in args.checkpoint:
+        if name in (FULL, WEAK):
+            labels[name] = name
+        elif name.isdigit():
+            labels[f"step {int(name)}"] = step_adapter(int(name))
+        else:
+            raise WigError(f"--checkpoint {name!r}: weak, full or a step number")
+    steps = [int(name) for name in args.checkpoint if name.isdigit()]
+    _runtime(args)
+    pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
+    weights = method.attach(pipe, args.run, weak=WEAK in labels.values())
+    if steps:
+        method.attach_steps(pipe, args.run, steps)
+    try:
+        table = attention_collapse(
+            pipe,
+            args.prompt,
+            args.subject,
+            labels,
+            seeds=args.seed or [0],
+            steps=args.steps,
+            scale=args.scale,
+            probe=args.probe,
+            top=args.top,
+            weights=weights,
+            negative_prompt=args.negative_prompt,
+            height=args.height,
+            width=args.width,
+        )
+    except ValueError as err:
+        raise WigError(str(err)) from None
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    table.write_parquet(tmp_path(args.out))
+    replace_file(tmp_path(args.out), args.out)
+    for row in collapse_summary(table).iter_rows(named=True):
+        print(f"{row['checkpoint']:>12s}  concentration {row['concentration']:.3f}  ({row['n_tokens']} tokens)")
 
 
 def _cmd_prepare(args) -> None:
@@ -613,6 +697,7 @@ COMMANDS = {
     "build-tiny": _cmd_build_tiny,
     "random-lora": _cmd_random_lora,
     "generate": _cmd_generate,
+    "collapse": _cmd_collapse,
     "prepare": _cmd_prepare,
     "class-images": _cmd_class_images,
     "train": _cmd_train,
