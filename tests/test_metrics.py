@@ -179,12 +179,41 @@ def test_figures_are_written_as_png_and_svg(tmp_path):
     from wig.evaluation import plots
 
     table = aggregate(_scores(), n_boot=100)
-    for name, draw in (("omega", plots.omega_ablation), ("lambda", plots.lambda_ablation), ("pareto", plots.pareto)):
+    figures = {
+        "omega": plots.omega_ablation,
+        "lambda": plots.lambda_ablation,
+        "pareto": plots.pareto,
+        "fronts": plots.method_fronts,
+    }
+    for name, draw in figures.items():
         draw({"m1": table, "m2": table}, tmp_path / name)
         assert (tmp_path / f"{name}.png").stat().st_size > 1000 and (tmp_path / f"{name}.svg").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        f"{n}.{e}" for n in ("omega", "lambda", "pareto") for e in ("png", "svg")
-    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{n}.{e}" for n in figures for e in ("png", "svg"))
+
+
+def test_each_methods_front_is_drawn_with_its_points_confidence_intervals(tmp_path, monkeypatch):
+    from matplotlib.container import ErrorbarContainer
+
+    from wig.evaluation import plots
+
+    table = aggregate(_scores(), n_boot=100)
+    saved = []
+    monkeypatch.setattr(plots, "_save", lambda fig, out: saved.append(fig))
+    plots.method_fronts({"m1": table}, tmp_path / "fronts")
+    (ax,) = saved[0].axes
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    t = table.filter(pl.col("protocol") == table["protocol"][0])
+    methods = t["method"].unique(maintain_order=True).to_list()
+    assert [c.get_label().split(" (")[0] for c in bars] == methods
+    for container, method in zip(bars, methods):
+        rows = t.filter(pl.col("method") == method)
+        x, y = container.lines[0].get_data()
+        np.testing.assert_allclose(x, rows["clip_t"])
+        np.testing.assert_allclose(y, rows["dino"])
+        # the vertical bars run from each point's dino_lo to dino_hi
+        segments = container.lines[2][1].get_segments()
+        np.testing.assert_allclose([seg[0][1] for seg in segments], rows["dino_lo"])
+        np.testing.assert_allclose([seg[1][1] for seg in segments], rows["dino_hi"])
 
 
 def test_matched_text_fidelity_interpolates_along_lambda():
@@ -234,7 +263,12 @@ def test_a_prompt_sets_tables_and_figures_are_text_fidelity_alone(tmp_path, monk
     assert matched.is_empty() and {"protocol", "method", "omega", "cfg_scale", "clip_t"} <= set(matched.columns)
     panels, subplots = [], plots.plt.subplots
     monkeypatch.setattr(plots.plt, "subplots", lambda *a, **k: panels.append(a[:2]) or subplots(*a, **k))
-    for name, draw in (("omega", plots.omega_ablation), ("lambda", plots.lambda_ablation), ("pareto", plots.pareto)):
+    for name, draw in (
+        ("omega", plots.omega_ablation),
+        ("lambda", plots.lambda_ablation),
+        ("pareto", plots.pareto),
+        ("fronts", plots.method_fronts),
+    ):
         draw({"m1": table}, tmp_path / name)
         assert (tmp_path / f"{name}.png").stat().st_size > 1000
     assert panels[:2] == [(1, 1), (1, 1)]  # one panel each: text fidelity

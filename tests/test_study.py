@@ -505,6 +505,22 @@ def test_dreambooth_preset_plans_thirty_subjects_with_the_protocols_prompts_and_
         Study.from_config(_config("config/presets/dreambooth-sd15.yaml", dataset__prompts="p.txt"))
 
 
+def test_dreamblend_preset_plans_dense_cfg_pg_and_dreamblend_points_on_one_run_per_subject():
+    study = Study.from_config(_config("config/presets/dreamblend-sd15.yaml"))
+    (model,) = study.models.values()
+    (finetune,) = model.finetunes.values()
+    assert (finetune.method.steps, finetune.method.weak_step) == (250, 5)  # overfit = full, underfit = weak
+    by_method = {}
+    for point in model.points:
+        by_method.setdefault(point.method, []).append(point)
+    assert [p.scale for p in by_method["cfg"]] == [3.0, 5.0, 7.5, 10.0, 12.5]
+    assert [p.omega for p in by_method["pg"]] == [0.0, 0.25, 0.5, 0.75]
+    assert [p.strength for p in by_method["dreamblend"]] == [0.01, 0.03, 0.1, 0.3, 1.0]
+    assert all(p.required_adapters() == {"full", "weak"} for p in by_method["dreamblend"])
+    assert study.metrics == ("dino", "clip_i", "clip_t", "dino_diversity") and len(study.concepts) == 30
+    assert list(study.seed_chunks) == ["0_1_2_3"]  # diversity compares a job's four seeds
+
+
 @pytest.mark.parametrize(
     "preset, names, setting, values",
     [

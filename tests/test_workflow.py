@@ -237,7 +237,7 @@ def test_small_study_writes_runs_samples_tables_and_one_log_per_job(study):
     # every image through each encoder once per protocol: 2 images × 2 protocols per job
     for log in (workdir / "logs/tiny-sd/db-lora/embed_samples").rglob("*.log"):
         assert "4 rows, 4 images through the encoder" in log.read_text()
-    for name in ("omega_ablation", "lambda_ablation", "pareto"):
+    for name in ("omega_ablation", "lambda_ablation", "pareto", "method_fronts"):
         assert (workdir / f"results/plots/{name}.svg").is_file()
 
 
@@ -549,7 +549,7 @@ def test_synthetic_preset_smoke_runs_end_to_end(tmp_path):
 @pytest.mark.xdist_group("table2-study")
 def test_table2_study_trains_every_method_and_guides_with_sag_through_the_dag(tmp_path):
     """.test/config/table2.yaml: db-lora, db-lora-ti and classdiffusion on the tiny SD twin, each
-    with cfg, pg ω = 0 and sag; every stage runs and the tables hold every method."""
+    with cfg, pg ω = 0, sag and dreamblend; every stage runs and the tables hold every method."""
     config = yaml.safe_load((ROOT / ".test/config/table2.yaml").read_text())
     workdir = _workdir(tmp_path, config)
     proc = _snakemake(workdir)
@@ -566,10 +566,19 @@ def test_table2_study_trains_every_method_and_guides_with_sag_through_the_dag(tm
             for name in files:
                 assert (model / finetune / "runs/brown_dog/ft0" / checkpoint / name).is_file(), (finetune, name)
         scores = pl.read_parquet(model / finetune / "tables/scores.parquet")
-        assert set(scores["method"]) == {"cfg", "pg", "sag"}, finetune
+        assert set(scores["method"]) == {"cfg", "pg", "sag", "dreamblend"}, finetune
         # each method names the subject its own way in the prompts it is sampled with
-        (manifest,) = (model / finetune / "samples/brown_dog/ft0").glob("*/seeds*/manifest.parquet")
-        assert all(subject[finetune] in p for p in pl.read_parquet(manifest)["prompt"]), finetune
+        manifests = sorted((model / finetune / "samples/brown_dog/ft0").glob("*/seeds*/manifest.parquet"))
+        assert len(manifests) == 2  # 4 points, 3 per job
+        for manifest in manifests:
+            assert all(subject[finetune] in p for p in pl.read_parquet(manifest)["prompt"]), finetune
+        # DreamBlend's reference beside each of its images, never scored; diversity per image
+        blend = pl.read_parquet(manifests[1]).filter(pl.col("method") == "dreamblend")
+        assert len(blend) == 2 and all(
+            (manifests[1].parent / p.replace(".png", ".reference.png")).is_file() for p in blend["path"]
+        )
+        assert not any(".reference." in p for p in scores["path"])
+        assert scores["dino_diversity"].null_count() == 0 and scores["dino_diversity"].is_between(0.0, 2.0).all()
         paired = pl.read_parquet(model / finetune / "tables/paired_vs_cfg.parquet")
         assert "sag" in set(paired["method"]), finetune
         # PickScore, a plug-in text metric: scored per image, in the tables, from texts and images only

@@ -120,9 +120,16 @@ rule plots:
             category="Figures",
             labels={"figure": "Pareto front"},
         ),
+        report(
+            "results/plots/method_fronts.png",
+            caption="../report/method_fronts.rst",
+            category="Figures",
+            labels={"figure": "method fronts"},
+        ),
         "results/plots/omega_ablation.svg",
         "results/plots/lambda_ablation.svg",
         "results/plots/pareto.svg",
+        "results/plots/method_fronts.svg",
     log:
         "logs/plots.log",
     params:

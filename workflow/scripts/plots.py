@@ -1,4 +1,4 @@
-"""ω-ablation, λ-ablation and Pareto figures across (model, fine-tune)s (rule plots)."""
+"""ω-ablation, λ-ablation, Pareto and per-method front figures across (model, fine-tune)s (rule plots)."""
 
 import polars as pl
 
@@ -11,3 +11,4 @@ with job(snakemake, torch=False):
     plots.omega_ablation(tables, "results/plots/omega_ablation", protocol)
     plots.lambda_ablation(tables, "results/plots/lambda_ablation", protocol)
     plots.pareto(tables, "results/plots/pareto", protocol)
+    plots.method_fronts(tables, "results/plots/method_fronts", protocol)

@@ -1,5 +1,5 @@
 """Figures from the tables: ω-ablation (paper Fig. 3), λ-ablation (Fig. 7), subject × text
-fidelity Pareto front.
+fidelity Pareto front, and each method's front with its CIs (DreamBlend's Fig. 6).
 
 Each figure is written as PNG and SVG; ``tables`` maps a model name to its `wig.evaluation.metrics.aggregate`
 table (one protocol is drawn: the first of the table unless given). Subject and text fidelity are
@@ -169,6 +169,45 @@ def pareto(tables: Mapping[str, pl.DataFrame], out, protocol: str | None = None)
     ax.set_ylabel(f"{_label(subject)}, subject fidelity")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    _save(fig, out)
+
+
+def method_fronts(tables: Mapping[str, pl.DataFrame], out, protocol: str | None = None) -> None:
+    """Each method's operating points in the text × subject fidelity plane with their 95 % CIs on
+    both axes, and each method's own front: whose trade-off dominates on the same noise (CFG's λ
+    sweep, PG's ω sweep, DreamBlend's strength sweep; DreamBlend's Fig. 6). One panel per
+    (model, fine-tune)."""
+    subject, text = _pair(tables)
+    fig, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 5), squeeze=False)
+    for ax, (model, table) in zip(axes[0], tables.items()):
+        ax.set_title(model, fontsize=9)
+        if subject is None:
+            ax.axis("off")
+            ax.text(0.5, 0.5, "no subject-fidelity metric (a prompt set):\nno trade-off front", ha="center")
+            continue
+        t = _protocol(table, protocol)
+        for i, (method, rows) in enumerate(t.group_by("method", maintain_order=True)):
+            x, y = rows[text].to_numpy(), rows[subject].to_numpy()
+            color = f"C{i}"
+            ax.errorbar(
+                x,
+                y,
+                xerr=[x - rows[f"{text}_lo"].to_numpy(), rows[f"{text}_hi"].to_numpy() - x],
+                yerr=[y - rows[f"{subject}_lo"].to_numpy(), rows[f"{subject}_hi"].to_numpy() - y],
+                fmt="o",
+                color=color,
+                alpha=0.6,
+                capsize=2,
+                label=f"{method[0]} ({len(rows)} points)",
+            )
+            front = sorted(
+                pareto_front(list(zip(x, y)), (METRICS[text].higher, METRICS[subject].higher)), key=lambda j: x[j]
+            )
+            ax.plot(x[front], y[front], "-", color=color, linewidth=2)
+        ax.set_xlabel(f"{_label(text)}, prompt fidelity")
+        ax.set_ylabel(f"{_label(subject)}, subject fidelity")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     _save(fig, out)
 
 
