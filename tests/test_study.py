@@ -521,6 +521,19 @@ def test_dreamblend_preset_plans_dense_cfg_pg_and_dreamblend_points_on_one_run_p
     assert list(study.seed_chunks) == ["0_1_2_3"]  # diversity compares a job's four seeds
 
 
+def test_synthetic_dreamblend_preset_is_the_demo_with_dreamblend_beside_cfg_and_pg():
+    demo = Study.from_config(_config("config/config.yaml"))
+    study = Study.from_config(_config("config/presets/synthetic-dreamblend.yaml"))
+    assert (
+        study.concepts == demo.concepts and study.metrics == demo.metrics
+    )  # the oracle's two sides, the scene encoder
+    ((model, m),) = study.models.items()
+    assert m.finetunes == demo.models[model].finetunes  # the demo's runs: the weak (step 250) is the underfit
+    assert [(p.method, p.scale) for p in m.points][:2] == [("cfg", 4.5), ("pg", 4.5)]
+    assert [p.strength for p in m.points if p.method == "dreamblend"] == [10.0, 30.0, 100.0, 300.0]
+    assert len(m.point_chunks) == 1  # one generation job per run: the grid's six points
+
+
 @pytest.mark.parametrize(
     "preset, names, setting, values",
     [
