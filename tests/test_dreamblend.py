@@ -241,3 +241,33 @@ def test_wig_generate_writes_the_reference_beside_the_result(tiny_sd, lora_path,
     reference = np.asarray(Image.open(tmp_path / "blend.reference.png"))
     assert np.array_equal(reference, np.asarray(Image.open(tmp_path / "cfg.png")))
     assert not np.array_equal(np.asarray(Image.open(out)), reference)
+
+
+def test_sana_masks_its_text_and_dreamblend_runs_there_too(tiny_sana, sana_lora_path, tmp_path):
+    """SANA's cross-attention masks the padding: the captured maps hold 0 there (rows still sum to 1
+    over the tokens it sees), CAG stays finite, and strength 0 is CFG with each checkpoint."""
+    from wig.personalization.lora import random_lora
+
+    pipe = load_pipeline(str(tiny_sana), device="cpu", dtype="float32")
+    random_lora(pipe, tmp_path / "weak", std=0.3, seed=2)
+    attach_loras(pipe, sana_lora_path, tmp_path / "weak")
+    plain = sample_trajectories(pipe, Guidance("dreamblend", 4.5), _request(), progress=False)
+    (cfg,) = sample_trajectories(pipe, Guidance("cfg", 4.5), _request(), progress=False).values()
+    assert torch.equal(plain[RESULT], cfg)
+    guided = sample_trajectories(pipe, Guidance("dreamblend", 4.5, strength=50.0), _request(), progress=False)
+    assert torch.isfinite(guided[RESULT]).all() and not torch.equal(guided[RESULT], plain[RESULT])
+    assert torch.equal(guided[REFERENCE], plain[REFERENCE])
+    from wig.models.families import family_of
+
+    family = family_of(pipe)
+    text = family.encode(pipe, ["a photo of sks dog"])
+    model = family.denoiser(pipe)
+    with capture_cross_attention(model) as store, torch.no_grad():
+        store.recording = True
+        x = torch.randn(1, model.config.in_channels, H // pipe.vae_scale_factor, W // pipe.vae_scale_factor)
+        family.predict(pipe, x, torch.tensor(500), text)
+    hidden = text.mask[0] == 0
+    assert hidden.any()  # the prompt is shorter than the sequence: padding is masked
+    for maps in store.maps.values():
+        assert torch.all(maps[0][:, hidden] == 0)
+        torch.testing.assert_close(maps[0].sum(-1), torch.ones(maps.shape[1]))

@@ -52,8 +52,9 @@ def cag_loss(maps: Mapping, reference: Mapping):
     for layer, a in maps.items():
         b = reference[layer]
         a, b = a[..., 1:], b[..., 1:]
-        a = a / a.sum(dim=1, keepdim=True)
-        b = b / b.sum(dim=1, keepdim=True)
+        # a token masked out (a padding token SANA's mask hides) attends nowhere: its map stays 0
+        a = a / a.sum(dim=1, keepdim=True).clamp_min(1e-30)
+        b = b / b.sum(dim=1, keepdim=True).clamp_min(1e-30)
         total = total + ((a - b.detach()) ** 2).sum()
     return total
 

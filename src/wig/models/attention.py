@@ -30,10 +30,13 @@ class MapStore:
         self.maps = {}
 
 
-def attention_probs(attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, temb=None):
-    """softmax(q·kᵀ·scale) per head (batch, heads, query length, key length) of a cross-attention
-    layer, with the input handling of diffusers' ``AttnProcessor2_0`` (spatial and group norm,
-    4-D inputs, the cross norm, q/k norms) and the arithmetic of ``Attention.get_attention_scores``."""
+def attention_probs(
+    attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, temb=None, attention_mask=None
+):
+    """softmax(q·kᵀ·scale + mask) per head (batch, heads, query length, key length) of a
+    cross-attention layer, with the input handling of diffusers' ``AttnProcessor2_0`` (spatial and
+    group norm, 4-D inputs, the cross norm, q/k norms, the additive mask a text encoder's padding
+    gives: SANA's) and the arithmetic of ``Attention.get_attention_scores``."""
     if attn.spatial_norm is not None:
         hidden_states = attn.spatial_norm(hidden_states, temb)
     if hidden_states.ndim == 4:
@@ -53,7 +56,9 @@ def attention_probs(attn, hidden_states: torch.Tensor, encoder_hidden_states: to
     if attn.norm_k is not None:
         key = attn.norm_k(key)
     q, k = query.reshape(batch * attn.heads, -1, head_dim), key.reshape(batch * attn.heads, -1, head_dim)
-    probs = attn.get_attention_scores(q, k, None)
+    if attention_mask is not None:  # (batch · heads, 1, keys), added to every query's scores
+        attention_mask = attn.prepare_attention_mask(attention_mask, k.shape[1], batch)
+    probs = attn.get_attention_scores(q, k, attention_mask)
     return probs.view(batch, attn.heads, probs.shape[1], probs.shape[2])
 
 
@@ -64,20 +69,14 @@ class CaptureProcessor:
     def __init__(self, name: str, inner, store: MapStore):
         self.name, self.inner, self.store = name, inner, store
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        if self.store.recording and encoder_hidden_states is not None:
-            if attention_mask is not None:
-                raise ValueError(f"{self.name}: capturing a masked cross-attention is not supported")
-            probs = attention_probs(attn, hidden_states, encoder_hidden_states, temb)
+    def __call__(self, attn, hidden_states, *args, **kwargs):
+        # the arguments reach the wrapped processor as they came (processors differ in what they take)
+        named = dict(zip(("encoder_hidden_states", "attention_mask", "temb"), args)) | kwargs
+        text = named.get("encoder_hidden_states")
+        if self.store.recording and text is not None:
+            probs = attention_probs(attn, hidden_states, text, named.get("temb"), named.get("attention_mask"))
             self.store.maps[self.name] = probs.mean(dim=1)
-        return self.inner(
-            attn,
-            hidden_states,
-            encoder_hidden_states=encoder_hidden_states,
-            attention_mask=attention_mask,
-            temb=temb,
-            **kwargs,
-        )
+        return self.inner(attn, hidden_states, *args, **kwargs)
 
 
 def cross_attention_layers(model) -> dict[str, object]:
