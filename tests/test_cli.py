@@ -239,3 +239,6 @@ def test_train_flags_reach_each_method_and_true_settings_can_be_turned_off():
         [*base, "--method", "db-lora-ti", "--embedding-lr", "5e-6", "--gradient-checkpointing"]
     )
     assert _personalization(args) == make_method("db-lora-ti", embedding_lr=5e-6, gradient_checkpointing=True)
+    # a list setting takes its values after the flag: the steps whose checkpoints the run keeps
+    args = build_parser().parse_args([*base, "--method", "db-lora", "--checkpoints", "250", "5", "--steps", "1000"])
+    assert _personalization(args).checkpoints == (5, 250)
