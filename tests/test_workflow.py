@@ -432,7 +432,9 @@ def test_small_study_report_holds_grids_figures_and_tables(study):
         *results.glob("*/*/tables/paired_vs_cfg.csv"),
         results / "tables/finetunes.csv",
     ]
-    assert len(list(results.glob("*/*/grids/*.png"))) == 2 and len(list(results.glob("plots/*.png"))) == 3
+    assert len(list(results.glob("*/*/grids/*.png"))) == 2
+    plots = {"lambda_ablation", "omega_ablation", "pareto", "method_fronts"}
+    assert {f.stem for f in results.glob("plots/*.png")} == plots
     missing = [str(f.relative_to(workdir)) for f in made if base64.b64encode(f.read_bytes()).decode() not in html]
     assert missing == []
     # the description names what this config ran, not a fixed list (no AG, no CFG++ here)
