@@ -29,6 +29,7 @@ FAMILIES = {
         FamilyFacts("sd", image_input=False, ddim=True),
         FamilyFacts("sana", image_input=False, ddim=False),  # a multistep flow DPM-Solver
         FamilyFacts("ip2p", image_input=True, ddim=False),  # the stock InstructPix2Pix pipeline's scheduler
+        FamilyFacts("sdxl", image_input=False, ddim=False),  # the checkpoint's Euler, as its model card samples
     )
 }
 
@@ -45,7 +46,8 @@ TINY = {
     for t in (
         TinyKind("sd", config="sd", family="sd"),
         TinyKind("sana", config="sana", family="sana"),
-        TinyKind("ip2p", config="sd", family="ip2p"),  # SD's config with 8 input channels
+        TinyKind("ip2p", config="sd", family="ip2p"),
+        TinyKind("sdxl", config="sdxl", family="sdxl"),  # SD's config with 8 input channels
         TinyKind("synthetic", config="synthetic", family="sd"),  # pretrained here (wig.synthetic.pretrain)
     )
 }

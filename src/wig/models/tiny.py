@@ -44,12 +44,13 @@ def _clip_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return {t: i for i, t in enumerate(tokens)}, merges
 
 
-def clip_tokenizer():
-    """A CLIPTokenizer with CLIP's real vocabulary, built offline."""
+def clip_tokenizer(pad_token: str = "<|endoftext|>"):
+    """A CLIPTokenizer with CLIP's real vocabulary, built offline (``pad_token="!"``: SDXL's
+    ``tokenizer_2``, which pads with "!" where the first pads with end-of-text)."""
     from transformers import CLIPTokenizer
 
     vocab, merges = _clip_bpe()
-    return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=77)
+    return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=77, pad_token=pad_token)
 
 
 def build_tiny_sd(out: str | os.PathLike, config: dict | None = None, seed: int | None = None):
@@ -119,6 +120,46 @@ def build_tiny_ip2p(out: str | os.PathLike, config: dict | None = None, seed: in
     return pipe
 
 
+def build_tiny_sdxl(out: str | os.PathLike, config: dict | None = None, seed: int | None = None):
+    """Build the SDXL-style twin (`wig/configs/tiny_sdxl.json`) as a diffusers pipeline folder that
+    stock ``StableDiffusionXLPipeline.from_pretrained`` (and the modular SDXL pipeline) load: two CLIP
+    text encoders, the second with a projection whose pooled output and the six size/crop ids
+    make the UNet's ``text_time`` embedding. No watermarker (``add_watermarker=False``)."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = config or default_config("sdxl")
+    seed = config.get("seed", 0) if seed is None else seed
+    unet_config = config["unet"]
+    expected = 6 * unet_config["addition_time_embed_dim"] + config["text_encoder_2"]["projection_dim"]
+    if unet_config["projection_class_embeddings_input_dim"] != expected:
+        raise WigError(
+            f"tiny sdxl config: unet.projection_class_embeddings_input_dim must be 6 × addition_time_embed_dim "
+            f"+ text_encoder_2.projection_dim = {expected}"
+        )
+    with seeded(seed):
+        unet = UNet2DConditionModel(**{k: _tuples(v) for k, v in unet_config.items()})
+    with seeded(seed + 1):
+        vae = AutoencoderKL(**config["vae"])
+    with seeded(seed + 2):
+        text_encoder = CLIPTextModel(CLIPTextConfig(**config["text_encoder"]))
+    with seeded(seed + 3):
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**config["text_encoder_2"]))
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=clip_tokenizer(),
+        tokenizer_2=clip_tokenizer(pad_token="!"),
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(**config["scheduler"]),
+        force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+    return pipe
+
+
 def gemma_tokenizer():
     """A character-level GemmaTokenizer built offline: Gemma's own pipeline (spaces as "▁", BPE
     with byte fallback, <bos> first) over printable ASCII and the 256 byte tokens, so every
@@ -176,4 +217,4 @@ def seeded(seed: int):
         torch.random.set_rng_state(state)
 
 
-BUILDERS = {"sd": build_tiny_sd, "sana": build_tiny_sana, "ip2p": build_tiny_ip2p}
+BUILDERS = {"sd": build_tiny_sd, "sana": build_tiny_sana, "ip2p": build_tiny_ip2p, "sdxl": build_tiny_sdxl}

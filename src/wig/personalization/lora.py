@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from wig.branches import FULL, LORA_WEIGHT_NAME, WEAK, BranchWeights
 from wig.errors import WigError
-from wig.models.families import SD, family_of
+from wig.models.families import family_of
 from wig.personalization.hooks import SampleScales, per_sample
 from wig.readers import value_problem
 
@@ -193,7 +193,7 @@ class LoraBranchWeights(BranchWeights):
             pipe.set_adapters(loaded, adapter_weights=[1.0] * len(loaded))
 
     def text_encoder(self, pipe) -> LoraScales:
-        return LoraScales([pipe.text_encoder])
+        return LoraScales(family_of(pipe).text_encoders(pipe))
 
     def denoiser(self, pipe) -> LoraScales:
         return LoraScales([family_of(pipe).denoiser(pipe)])
@@ -256,7 +256,7 @@ def save_lora(pipe, adapter_name: str, out: str | os.PathLike) -> Path:
 
     family = family_of(pipe)
     state = get_peft_model_state_dict(family.denoiser(pipe), adapter_name=adapter_name)
-    if family is SD:
+    if family.lora_format == "diffusers":
         state = convert_state_dict_to_diffusers(state)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
     type(pipe).save_lora_weights(out, **{f"{family.component}_lora_layers": state}, safe_serialization=True)

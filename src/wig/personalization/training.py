@@ -110,7 +110,7 @@ def train_lora(
     device = accelerator.device
     noise_scheduler = family.noise_scheduler(pipe)
     gen = torch.Generator("cpu").manual_seed(seed)
-    for module in (model, vae, pipe.text_encoder):
+    for module in (model, vae, *family.text_encoders(pipe)):
         module.requires_grad_(False)
     scaling = vae.config.scaling_factor
 

@@ -188,7 +188,7 @@ def sample_trajectories(
                 else:
                     texts = list(request.extra_texts[b.text])
                 # the branch's weights matter only when the fine-tune changes the text encoder
-                text_scales.set(scales_of([b], n, pipe.text_encoder.device))
+                text_scales.set(scales_of([b], n, family.text_encoders(pipe)[0].device))
                 cache[key] = family.encode(pipe, texts, cond=b.text != NEGATIVE, **request.text_options)
                 if image_latents is not None:
                     cache[key].image = image_latents if b.image else torch.zeros_like(image_latents)
