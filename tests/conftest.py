@@ -1,4 +1,4 @@
-"""Shared fixtures: one tiny SD and one tiny SANA twin and random LoRAs per test session (per xdist worker)."""
+"""Shared fixtures: one tiny SD, SANA and SDXL twin and random LoRAs per test session (per xdist worker)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,25 @@ def tiny_sana(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny-sana")
     build_tiny_sana(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory):
+    from wig.models.tiny import build_tiny_sdxl
+
+    out = tmp_path_factory.mktemp("tiny-sdxl")
+    build_tiny_sdxl(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sdxl_lora_path(tiny_sdxl, tmp_path_factory):
+    """A random LoRA of the SDXL twin's UNet (alpha = rank, diffusers' lora.down/up keys)."""
+    from wig.models.pipelines import load_pipeline
+    from wig.personalization.lora import random_lora
+
+    pipe = load_pipeline(str(tiny_sdxl), device="cpu", dtype="float32")
+    return random_lora(pipe, tmp_path_factory.mktemp("sdxl-lora"), std=0.3, seed=1)
 
 
 @pytest.fixture(scope="session")
@@ -108,6 +127,67 @@ def reference_loop(pipe, branch_fns, combine, renoise_uncond=False, timed=False,
             x0 = (x - (1 - a_t).sqrt() * guided) / a_t.sqrt()
             x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * outs[0]
     return x
+
+
+def sdxl_reference_loop(stock, prompts, seeds, size: int, steps: int, scale: float, uncond_unet):
+    """A hand-written SDXL sampling loop that never touches wig's sampler or a guider: the stock
+    classic pipeline's prompt encoding (zeros for the null prompt: force_zeros_for_empty_prompt),
+    noise, size ids and scheduler steps; the conditional branch on ``stock.unet`` as loaded, the
+    unconditional one on ``uncond_unet(stock)`` (a callable returning the prediction). Returns
+    the final latents."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    cond, uncond, pooled, uncond_pooled = stock.encode_prompt(prompts, device="cpu", do_classifier_free_guidance=True)
+    assert not uncond.any() and not uncond_pooled.any()
+    ids = torch.tensor([[size, size, 0, 0, size, size]] * len(prompts), dtype=cond.dtype)
+    scheduler = copy.deepcopy(stock.scheduler)
+    scheduler.set_timesteps(steps)
+    factor = stock.vae_scale_factor
+    x = randn_tensor((len(prompts), 4, size // factor, size // factor), generator=generators(seeds), dtype=cond.dtype)
+    x = x * scheduler.init_noise_sigma
+    weak = uncond_unet(stock)
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            x_in = scheduler.scale_model_input(x, t)
+            c = stock.unet(x_in, t, cond, added_cond_kwargs={"text_embeds": pooled, "time_ids": ids})[0]
+            u = weak(x_in, t, uncond, added_cond_kwargs={"text_embeds": uncond_pooled, "time_ids": ids})
+            x = scheduler.step(u + scale * (c - u), t, x, return_dict=False)[0]
+    return x
+
+
+def unet_without_lora(stock):
+    """``sdxl_reference_loop``'s unconditional UNet: the stock UNet with its adapters disabled."""
+
+    def forward(*args, **kwargs):
+        stock.unet.disable_adapters()
+        try:
+            return stock.unet(*args, **kwargs)[0]
+        finally:
+            stock.unet.enable_adapters()
+
+    return forward
+
+
+def unet_with_lora_written_in(model_dir, lora_file, omega: float):
+    """``sdxl_reference_loop``'s unconditional UNet: a second UNet whose Linear weights hold
+    θ + ω·B·A (no PEFT; the random LoRAs here have alpha = rank, scaling 1)."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import load_file
+
+    def build(stock):
+        unet = UNet2DConditionModel.from_pretrained(str(model_dir), subfolder="unet")
+        modules = dict(unet.named_modules())
+        state = load_file(str(lora_file))
+        downs = [k for k in state if k.endswith(".lora.down.weight")]
+        assert downs and not any("alpha" in k for k in state)
+        for key in downs:
+            up = state[key.replace(".lora.down.", ".lora.up.")]
+            modules[key.removeprefix("unet.").removesuffix(".lora.down.weight")].weight.data += omega * (
+                up @ state[key]
+            )
+        return lambda *args, **kwargs: unet(*args, **kwargs)[0]
+
+    return build
 
 
 def point_row(method: str, **values) -> dict:

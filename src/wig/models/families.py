@@ -10,7 +10,8 @@ evaluation is called, how latents become images and how training noises a latent
     sdxl  sd with two CLIP encoders, a pooled text embedding and size/crop ids (``text_time``)
 
 Each mirrors its stock diffusers pipeline operation for operation (``StableDiffusionPipeline``,
-``SanaPipeline``, ``StableDiffusionInstructPix2PixPipeline``, ``StableDiffusionXLPipeline``), which the tests check image for image.
+``SanaPipeline``, ``StableDiffusionInstructPix2PixPipeline``, ``StableDiffusionXLPipeline``), which the
+tests check image for image.
 """
 
 from __future__ import annotations

@@ -57,18 +57,25 @@ def pixel_tensor(images, resolution: int) -> torch.Tensor:
 
 
 class _Data:
-    """Instance (and class) latent distributions, drawn in a seeded order, epoch by epoch."""
+    """Instance (and class) latent distributions, drawn in a seeded order, epoch by epoch, with each
+    image's own conditions where the family has them (`Family.image_conditions`: SDXL's size/crop ids)."""
 
-    def __init__(self, mean, std, gen: torch.Generator):
-        self.mean, self.std, self.gen = mean, std, gen
+    def __init__(self, family, vae, images, resolution: int, gen: torch.Generator):
+        self.mean, self.std = family.latent_dist(vae, pixel_tensor(images, resolution))
+        self.conditions = family.image_conditions(images, resolution)
+        self.gen = gen
         self.order: list[int] = []
+        self.last: int | None = None  # the image of the last draw
 
     def draw(self) -> torch.Tensor:
         if not self.order:
             self.order = torch.randperm(len(self.mean), generator=self.gen).tolist()
-        i = self.order.pop()
+        i = self.last = self.order.pop()
         eps = torch.randn(self.mean[i].shape, generator=self.gen)
         return (self.mean[i] + self.std[i] * eps.to(self.mean.device)).unsqueeze(0)
+
+    def last_conditions(self) -> torch.Tensor | None:
+        return None if self.conditions is None else self.conditions[self.last : self.last + 1]
 
 
 def train_lora(
@@ -114,9 +121,9 @@ def train_lora(
         module.requires_grad_(False)
     scaling = vae.config.scaling_factor
 
-    inst = _Data(*family.latent_dist(vae, pixel_tensor(subject.images, config.resolution)), gen)
+    inst = _Data(family, vae, subject.images, config.resolution, gen)
     if prior:
-        cls = _Data(*family.latent_dist(vae, pixel_tensor(subject.class_images, config.resolution)), gen)
+        cls = _Data(family, vae, subject.class_images, config.resolution, gen)
     stack = ExitStack()  # what the run added to the pipeline, undone whatever happens
     try:
         for extension in extensions:  # before the first encoding: an extension may change the text
@@ -165,13 +172,16 @@ def train_lora(
                     text = encode_texts(grad=text_trains)
                 text_trained = text_trains
                 latents = inst.draw()
+                conditions = inst.last_conditions()
                 if prior:
                     latents = torch.cat([latents, cls.draw()])
+                    conditions = None if conditions is None else torch.cat([conditions, cls.last_conditions()])
                 latents = (latents * scaling).to(device)
                 noise = torch.randn(latents.shape, generator=gen).to(device)
                 noisy, t, target = family.noised(noise_scheduler, latents, noise, gen)
                 with accelerator.autocast():
-                    pred = family.predict(pipe, noisy.to(model.dtype), t, text)
+                    step_text = text if conditions is None else family.with_image_conditions(text, conditions)
+                    pred = family.predict(pipe, noisy.to(model.dtype), t, step_text)
                 losses = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
                 loss = losses[0] + (config.prior_weight * losses[1] if prior else 0.0)
                 accelerator.backward(loss)
@@ -249,15 +259,16 @@ def denoising_loss(pipe, images, prompt: str, resolution: int, n: int = 16, seed
     model = family.denoiser(pipe)
     device = model.device
     mean, std = family.latent_dist(pipe.vae, pixel_tensor(images, resolution))
-    text = family.encode(pipe, [prompt])
-    text = Text(text.embeds.expand(n, -1, -1), None if text.mask is None else text.mask.expand(n, -1))
+    conditions = family.image_conditions(images, resolution)
+    text = Text.cat([family.encode(pipe, [prompt])] * n)
     total = 0.0
     for i in range(len(mean)):
         eps = torch.randn((n, *mean[i].shape), generator=gen).to(device)
         latents = (mean[i] + std[i] * eps) * pipe.vae.config.scaling_factor
         noise = torch.randn(latents.shape, generator=gen).to(device)
         noisy, t, target = family.noised(scheduler, latents, noise, gen)
-        pred = family.predict(pipe, noisy.to(model.dtype), t, text)
+        image_text = text if conditions is None else family.with_image_conditions(text, conditions[[i] * n])
+        pred = family.predict(pipe, noisy.to(model.dtype), t, image_text)
         total += F.mse_loss(pred.float(), target.float()).item()
     return total / len(mean)
 
@@ -286,13 +297,15 @@ def generate_class_images(
     if count < 1:
         raise WigError(f"count must be ≥ 1, got {count}")
     extra = family_of(pipe).stock_call
+    # SDXL: an empty negative is the zero condition, as in wig's sampler (`wig.models.families.SDXL`)
+    zeros = negative_prompt == "" and getattr(pipe.config, "force_zeros_for_empty_prompt", False)
     rows = []
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for first in tqdm(range(0, count, batch_size), desc="class images", disable=not progress):
             seeds = list(range(seed + first, seed + min(count, first + batch_size)))
             images = pipe(
                 [prompt] * len(seeds),
-                negative_prompt=[negative_prompt] * len(seeds),
+                negative_prompt=None if zeros else [negative_prompt] * len(seeds),
                 guidance_scale=scale,
                 num_inference_steps=steps,
                 height=height,

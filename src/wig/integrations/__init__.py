@@ -1,0 +1,1 @@
+"""wig's methods in other tools' own extension points (`wig.integrations.diffusers`: a guider)."""
