@@ -271,3 +271,23 @@ def test_sana_masks_its_text_and_dreamblend_runs_there_too(tiny_sana, sana_lora_
     for maps in store.maps.values():
         assert torch.all(maps[0][:, hidden] == 0)
         torch.testing.assert_close(maps[0].sum(-1), torch.ones(maps.shape[1]))
+
+
+def test_dreamblend_runs_on_sdxl_whose_null_condition_is_zeros(tiny_sdxl, sdxl_lora_path, tmp_path):
+    """SDXL's UNet reads the pooled text and size ids beside the states: strength 0 is CFG with each
+    checkpoint, CAG moves the result (finite) and leaves the reference."""
+    from wig.personalization.lora import random_lora
+
+    pipe = load_pipeline(str(tiny_sdxl), device="cpu", dtype="float32")
+    random_lora(pipe, tmp_path / "weak", std=0.3, seed=2)
+    attach_loras(pipe, sdxl_lora_path, tmp_path / "weak")
+
+    def run(method, **params):
+        request = Request(prompts=PROMPTS, generators=generators(), steps=4, height=64, width=64)
+        return sample_trajectories(pipe, Guidance(method, 5.0, **params), request, progress=False)
+
+    plain, (cfg,) = run("dreamblend"), run("cfg").values()
+    assert torch.equal(plain[RESULT], cfg)
+    guided = run("dreamblend", strength=50.0)
+    assert torch.isfinite(guided[RESULT]).all() and not torch.equal(guided[RESULT], plain[RESULT])
+    assert torch.equal(guided[REFERENCE], plain[REFERENCE])

@@ -1,7 +1,8 @@
-"""What every model family must do, checked once over a family fixture (SD and SANA tiny twins):
+"""What every model family must do, checked once over a family fixture (SD, SANA, SDXL tiny twins):
 seeded twins, our CFG equals the stock pipeline's, a LoRA changes the
 image, PG at ω = 1 is CFG bit for bit. Family-specific checks stay in test_sampling.py (SD's
-reference loops, CFG++) and test_sana.py (Gemma, text options, flow training)."""
+reference loops, CFG++), test_sana.py (Gemma, text options, flow training) and test_sdxl.py (size
+ids, SDXL's reference loops, training)."""
 
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,11 +11,11 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
-from diffusers import SanaPipeline, StableDiffusionPipeline
+from diffusers import SanaPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from wig.guidance import Guidance
 from wig.models.pipelines import load_pipeline
-from wig.models.tiny import build_tiny_sana, build_tiny_sd
+from wig.models.tiny import build_tiny_sana, build_tiny_sd, build_tiny_sdxl
 from wig.personalization.lora import attach_loras
 from wig.sampling.sampler import Request, decode, sample, sample_latents
 
@@ -38,8 +39,20 @@ class Case:
     stock_kwargs: dict = field(default_factory=dict)
 
 
-@pytest.fixture(scope="module", params=["sd", "sana"])
-def case(request, tiny_sd, lora_path, tiny_sana, sana_lora_path):
+@pytest.fixture(scope="module", params=["sd", "sana", "sdxl"])
+def case(request, tiny_sd, lora_path, tiny_sana, sana_lora_path, tiny_sdxl, sdxl_lora_path):
+    if request.param == "sdxl":  # its Euler sampler, λ 5 (StableDiffusionXLPipeline's default)
+        return Case(
+            "sdxl",
+            tiny_sdxl,
+            sdxl_lora_path,
+            build_tiny_sdxl,
+            StableDiffusionXLPipeline,
+            64,
+            4,
+            5.0,
+            "unet/diffusion_pytorch_model.safetensors",
+        )
     if request.param == "sd":
         return Case(
             "sd",
@@ -134,17 +147,19 @@ def test_pg_omega_one_equals_cfg_exactly(case, pipes):
     )
 
 
-def test_one_table_of_family_facts_is_what_the_families_the_loader_the_twins_and_the_study_read(tiny_sd, tiny_sana):
+def test_one_table_of_family_facts_is_what_the_families_the_loader_the_twins_and_the_study_read(
+    tiny_sd, tiny_sana, tiny_sdxl
+):
     from wig.models.facts import FAMILIES as FACTS
     from wig.models.facts import TINY
     from wig.models.families import FAMILIES, family_of
     from wig.models.tiny import default_config
     from wig.workflow import model
 
-    assert set(FAMILIES) == set(FACTS) == {"sd", "sana", "ip2p"}
+    assert set(FAMILIES) == set(FACTS) == {"sd", "sana", "ip2p", "sdxl"}
     assert {n: f.image_input for n, f in FAMILIES.items()} == {n: f.image_input for n, f in FACTS.items()}
     assert model.IMAGE_FAMILIES == ("ip2p",) and model.DDIM_FAMILIES == ("sd",)
-    for path, family in ((tiny_sd, "sd"), (tiny_sana, "sana")):
+    for path, family in ((tiny_sd, "sd"), (tiny_sana, "sana"), (tiny_sdxl, "sdxl")):
         pipe = load_pipeline(str(path), device="cpu", dtype="float32")  # scheduler="auto": the facts' sampler
         assert family_of(pipe).name == family
         assert (type(pipe.scheduler).__name__ == "DDIMScheduler") == FACTS[family].ddim
@@ -152,6 +167,7 @@ def test_one_table_of_family_facts_is_what_the_families_the_loader_the_twins_and
         "sd": ("sd", "sd"),
         "sana": ("sana", "sana"),
         "ip2p": ("sd", "ip2p"),
+        "sdxl": ("sdxl", "sdxl"),
         "synthetic": ("synthetic", "sd"),
     }
     assert default_config("ip2p") == default_config("sd") and set(TINY) <= set(FACTS) | {"synthetic"}

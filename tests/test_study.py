@@ -50,7 +50,7 @@ def _counts(study: Study) -> dict[str, int]:
 
 
 # none, cfg λ×4, pg ω×11, pg λ×3, ag, and for SD cfg++, pg++
-@pytest.mark.parametrize("preset, points", [("vico-sd15", 22), ("vico-sd21", 22), ("vico-sana", 20)])
+@pytest.mark.parametrize("preset, points", [("vico-sd15", 22), ("vico-sd21", 22), ("vico-sana", 20), ("vico-sdxl", 20)])
 def test_paper_presets_plan_sixteen_concepts_eleven_classes_and_every_point(preset, points):
     study = Study.from_config(_config(f"config/presets/{preset}.yaml"))
     assert len(study.concepts) == 16 and len(study.classes) == 11

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import torch
 import yaml
 from PIL import Image
 from snakemake.utils import validate
@@ -84,6 +85,7 @@ PAPER_POINTS = {
     "vico-sd15": 1 + 4 + 11 + 3 + 1 + 1 + 1,
     "vico-sd21": 1 + 4 + 11 + 3 + 1 + 1 + 1,
     "vico-sana": 1 + 4 + 11 + 3 + 1,
+    "vico-sdxl": 1 + 4 + 11 + 3 + 1,
 }
 
 
@@ -599,7 +601,54 @@ def test_table2_study_trains_every_method_and_guides_with_sag_through_the_dag(tm
     assert "spl" in log.columns and log["spl"].null_count() == 0
 
 
-@pytest.mark.parametrize("name", ["small", "synthetic-smoke", "table2", "tiny"])
+def test_the_sdxl_smoke_study_runs_its_family_through_the_dag(tmp_path):
+    """.test/config/sdxl.yaml: the tiny SDXL twin's class images, DreamBooth-LoRA, every guidance
+    method that runs without DDIM, scores and tables; a DAG sample is what `wig generate` makes
+    with the run's LoRA, and the LoRA loads in stock StableDiffusionXLPipeline."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from wig.cli import main
+
+    config = yaml.safe_load((ROOT / ".test/config/sdxl.yaml").read_text())
+    workdir = _workdir(tmp_path / "study", config)
+    proc = _snakemake(workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = workdir / "results/tiny-sdxl"
+    run = model / "db-lora/runs/brown_dog/ft0"
+    scores = pl.read_parquet(model / "db-lora/tables/scores.parquet")
+    assert sorted(scores["method"].unique()) == ["ag", "cfg", "dreamblend", "pg", "sag"]
+    assert scores["dino"].null_count() == 0 and len(scores) == 6 * 2  # 6 points × 2 seeds × 1 prompt
+    out = tmp_path / "cli.png"
+    args = [
+        "--model",
+        str(model / "model"),
+        "--lora",
+        str(run / "full"),
+        "--method",
+        "pg",
+        "--omega",
+        "0",
+        "--scale",
+        "5",
+    ]
+    args += ["--prompt", "a sks dog in the jungle", "--seed", "1", "--steps", "3", "--height", "32", "--width", "32"]
+    assert main(["generate", *args, "--out", str(out), "--quiet"]) == 0
+    ref = Image.open(model / "db-lora/samples/brown_dog/ft0/pg/w0.0_l5.0/seeds0_1/s1_p00.png")
+    assert np.abs(np.asarray(Image.open(out), dtype=np.int16) - np.asarray(ref, dtype=np.int16)).max() <= 1
+    stock = StableDiffusionXLPipeline.from_pretrained(str(model / "model"))
+    stock.set_progress_bar_config(disable=True)
+
+    def image():
+        gen = torch.Generator("cpu").manual_seed(0)
+        out = stock("a sks dog", num_inference_steps=2, height=32, width=32, generator=gen, output_type="np")
+        return out.images
+
+    base = image()
+    stock.load_lora_weights(str(run / "full"))
+    assert np.abs(image() - base).max() > 0
+
+
+@pytest.mark.parametrize("name", ["sdxl", "small", "synthetic-smoke", "table2", "tiny"])
 def test_the_test_configs_run_by_hand_as_their_headers_say(name):
     # the command a config's header tells a newcomer to run, as written there, plans the study that
     # config describes: one generation, embedding and scoring job per (fine-tune run, point chunk,

@@ -157,8 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--family",
         required=True,
-        choices=("sd", "sana"),
-        help="model family: sd = Stable-Diffusion style, sana = SANA style",
+        choices=("sd", "sana", "ip2p", "sdxl"),
+        help="model family: sd = Stable Diffusion 1.x/2.x style, sana = SANA style, ip2p = InstructPix2Pix, "
+        "sdxl = Stable Diffusion XL style",
     )
     p.add_argument("--out", required=True, type=Path, help="output folder (a diffusers pipeline folder)")
     p.add_argument("--seed", type=_SEED, default=None, help="init seed (default: the config's)")

@@ -68,7 +68,7 @@ class Model:
     spec: Mapping[str, Any]
     root: str  # the entry whose weights it uses: itself, or the end of its `base:` chain
     root_spec: Mapping[str, Any]
-    family: str  # sd | sana (wig.models.families)
+    family: str  # sd | sana | ip2p | sdxl (wig.models.facts)
     finetunes: Mapping[str, Finetune]  # by name, config order
     points: tuple[GuidanceMethod, ...]  # the guidance grid its family's sampler can run
     point_chunks: Mapping[str, tuple[GuidanceMethod, ...]]  # generation jobs' points by their name
