@@ -7,6 +7,7 @@ machine hits all of them alike.
 
     python benchmarks/guidance_cost.py                       # tiny SD twin, CPU
     python benchmarks/guidance_cost.py --family sana         # tiny SANA twin, CPU
+    python benchmarks/guidance_cost.py --family sdxl         # tiny SDXL twin, CPU
     python benchmarks/guidance_cost.py --personalization db-lora-ti      # PG/CFG, SAG/CFG with TI
     python benchmarks/guidance_cost.py --personalization classdiffusion  # ... with ClassDiffusion
     python benchmarks/guidance_cost.py --finetune full       # a full fine-tune (DPO's case): θ' beside θ
@@ -46,7 +47,7 @@ from wig.models.tiny import BUILDERS, default_config
 from wig.personalization.lora import attach_loras, random_lora
 from wig.sampling.sampler import Request, decode, sample_latents
 
-SCALE = {"sd": 7.5, "sana": 4.5}  # each family's usual CFG λ
+SCALE = {"sd": 7.5, "sana": 4.5, "sdxl": 5.0}  # each family's usual CFG λ (SDXL: its pipeline's default)
 
 
 def _variants(scale):
@@ -364,7 +365,7 @@ def main():
     p.add_argument("--model", help="diffusers model folder (default: build a twin from --config)")
     p.add_argument("--family", choices=sorted(BUILDERS), default="sd", help="family of the twin to build")
     p.add_argument("--config", help="twin config JSON (default: wig's tiny config of --family)")
-    p.add_argument("--scale", type=float, help="CFG λ (default: 7.5 for SD, 4.5 for SANA)")
+    p.add_argument("--scale", type=float, help="CFG λ (default: 7.5 for SD, 4.5 for SANA, 5.0 for SDXL)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--batch", type=int, default=2, help="images per sampling call")
     p.add_argument("--height", type=int, default=None)

@@ -3,6 +3,8 @@ twin, a LoRA loaded by the pipeline's own ``load_lora_weights``), against diffus
 and hand-written loops that never touch the guider: ω = 0 runs the unconditional branch with the
 LoRA disabled, ω = 0.4 on a second UNet whose weights hold θ + 0.4·B·A."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,7 @@ from diffusers.guiders import ClassifierFreeGuidance
 from wig.integrations.diffusers import PersonalizationGuidance
 from wig.personalization.lora import lora_layers
 
-from conftest import generators, sdxl_reference_loop, to_uint8, unet_with_lora_written_in, unet_without_lora
+from conftest import ROOT, generators, sdxl_reference_loop, to_uint8, unet_with_lora_written_in, unet_without_lora
 
 pytestmark = pytest.mark.check
 
@@ -113,3 +115,23 @@ def test_named_adapters_and_a_missing_lora_are_refused(modular, tiny_sdxl):
     plain.load_components(names=COMPONENTS, torch_dtype=torch.float32)
     with pytest.raises(ValueError, match="needs a LoRA"):
         _run(plain, PersonalizationGuidance(guidance_scale=LAMBDA, omega=0.0))
+
+
+def test_the_readme_example_runs_as_written_on_the_twin(tiny_sdxl, sdxl_lora_path, modular):
+    """README "PG in stock diffusers, as a guider": its code block, with the twin's and the LoRA's
+    folders for the hub names and the CPU for CUDA, draws what the guider draws here."""
+    readme = (ROOT / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "PersonalizationGuidance(" in b]
+    code = (
+        block.replace('"stabilityai/stable-diffusion-xl-base-1.0"', repr(str(tiny_sdxl)))
+        .replace('"my-sdxl-dreambooth-lora/"', repr(str(sdxl_lora_path.parent)))
+        .replace("torch.float16", "torch.float32")
+        .replace('pipe.to("cuda")', 'pipe.to("cpu")')
+    )
+    assert code.count(str(tiny_sdxl)) == 1 and code.count(str(sdxl_lora_path.parent)) == 1
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    modular.update_components(guider=PersonalizationGuidance(guidance_scale=5.0, omega=0.0))
+    gen = torch.Generator("cpu").manual_seed(0)
+    ref = modular(prompt="a photo of sks dog in the snow", generator=gen, output="images")[0]
+    assert np.abs(to_uint8([scope["image"]]) - to_uint8([ref])).max() <= 1
