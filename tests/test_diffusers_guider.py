@@ -1,7 +1,8 @@
-"""`wig.integrations.diffusers.PersonalizationGuidance` in a stock modular SDXL pipeline (the tiny
-twin, a LoRA loaded by the pipeline's own ``load_lora_weights``), against diffusers' own CFG guider
-and hand-written loops that never touch the guider: ω = 0 runs the unconditional branch with the
-LoRA disabled, ω = 0.4 on a second UNet whose weights hold θ + 0.4·B·A."""
+"""`wig.integrations.diffusers.PersonalizationGuidance` in stock modular pipelines — SDXL (the tiny
+twin, a LoRA loaded by the pipeline's own ``load_lora_weights``) and SD 3 (a transformer) — against
+diffusers' own CFG guider and hand-written loops that never touch the guider: ω = 0 runs the
+unconditional branch with the LoRA disabled, ω = 0.4 on a second denoiser whose weights hold
+θ + 0.4·B·A."""
 
 import re
 
@@ -45,7 +46,12 @@ def _run(pipe, guider):
 
 
 def _scalings(pipe):
-    return [(id(layer), a, v) for layer in lora_layers([pipe.unet]) for a, v in layer.scaling.items()]
+    return _scalings_of(pipe.unet)
+
+
+def _scalings_of(model):
+    """Every LoRA layer's scaling per adapter: what the guider changes and must put back."""
+    return [(id(layer), a, v) for layer in lora_layers([model]) for a, v in layer.scaling.items()]
 
 
 def _reference(tiny_sdxl, sdxl_lora_path, uncond_unet):
@@ -135,3 +141,171 @@ def test_the_readme_example_runs_as_written_on_the_twin(tiny_sdxl, sdxl_lora_pat
     gen = torch.Generator("cpu").manual_seed(0)
     ref = modular(prompt="a photo of sks dog in the snow", generator=gen, output="images")[0]
     assert np.abs(to_uint8([scope["image"]]) - to_uint8([ref])).max() <= 1
+
+
+# --- beyond SDXL: a transformer modular pipeline (Stable Diffusion 3) ---------------------------
+# SD 3 builds offline as a tiny twin from CLIP's vocabulary: its T5 is left out (text_encoder_3 =
+# None, which SD 3 supports: its T5 states are zeros). Flux 2, QwenImage and Wan need Mistral, Qwen
+# or UMT5 tokenizer files that exist only on the hub.
+
+SD3_COMPONENTS = ["transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"]
+
+
+@pytest.fixture(scope="module")
+def tiny_sd3(tmp_path_factory):
+    """A seeded random-init SD 3 twin (MMDiT, two CLIP encoders, no T5) and a random rank-4 LoRA of
+    its transformer's attention, saved as StableDiffusion3Pipeline saves LoRAs."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    from diffusers import StableDiffusion3Pipeline as SD3
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from wig.models.tiny import clip_tokenizer, seeded
+
+    out = tmp_path_factory.mktemp("tiny-sd3")
+    with seeded(0):
+        transformer = SD3Transformer2DModel(
+            sample_size=32,
+            patch_size=1,
+            in_channels=4,
+            num_layers=2,
+            attention_head_dim=8,
+            num_attention_heads=4,
+            caption_projection_dim=32,
+            joint_attention_dim=32,
+            pooled_projection_dim=64,
+            out_channels=4,
+        )
+    with seeded(1):
+        vae = AutoencoderKL(
+            block_out_channels=[16, 32],
+            down_block_types=["DownEncoderBlock2D"] * 2,
+            up_block_types=["UpDecoderBlock2D"] * 2,
+            latent_channels=4,
+            norm_num_groups=8,
+            shift_factor=0.0609,
+            scaling_factor=1.5035,
+        )
+    clip = dict(
+        vocab_size=49408,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=32,
+    )
+    with seeded(2):
+        text_encoder = CLIPTextModelWithProjection(CLIPTextConfig(**clip))
+    with seeded(3):
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**clip))
+    SD3(
+        transformer=transformer,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer(),
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=clip_tokenizer(pad_token="!"),
+        text_encoder_3=None,
+        tokenizer_3=None,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+    ).save_pretrained(out / "model", safe_serialization=True)
+    transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"]), "random")
+    gen = torch.Generator("cpu").manual_seed(1)
+    for layer in lora_layers([transformer]):
+        for mat in (layer.lora_A["random"].weight, layer.lora_B["random"].weight):
+            mat.data.copy_(torch.randn(mat.shape, generator=gen) * 0.3)
+    state = get_peft_model_state_dict(transformer, adapter_name="random")
+    SD3.save_lora_weights(out / "lora", transformer_lora_layers=state, safe_serialization=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def modular_sd3(tiny_sd3):
+    pipe = ModularPipeline.from_pretrained(str(tiny_sd3 / "model"))
+    pipe.load_components(names=SD3_COMPONENTS, torch_dtype=torch.float32)
+    pipe.load_lora_weights(str(tiny_sd3 / "lora"), adapter_name="subject")
+    return pipe
+
+
+def _run_sd3(pipe, guider):
+    pipe.update_components(guider=guider)
+    out = pipe(
+        prompt=PROMPTS,
+        negative_prompt="",  # the modular SD 3 pipeline guides only with a negative prompt given
+        num_inference_steps=STEPS,
+        height=SIZE,
+        width=SIZE,
+        generator=generators(SEEDS),
+        output="images",
+    )
+    return to_uint8(out)
+
+
+def _sd3_reference(tiny_sd3, omega):
+    """Stock StableDiffusion3Pipeline's pieces in a loop of our own: its encode_prompt, noise,
+    flow-matching Euler steps and decode; the conditional branch on the LoRA'd transformer, the
+    unconditional one with the LoRA disabled (ω 0) or on a second transformer holding θ + ω·B·A."""
+    from diffusers import SD3Transformer2DModel
+    from diffusers import StableDiffusion3Pipeline as SD3
+    from diffusers.utils.torch_utils import randn_tensor
+    from safetensors.torch import load_file
+
+    stock = SD3.from_pretrained(str(tiny_sd3 / "model"), text_encoder_3=None, tokenizer_3=None)
+    stock.load_lora_weights(str(tiny_sd3 / "lora"))
+    cond, uncond, pooled, uncond_pooled = stock.encode_prompt(
+        PROMPTS, None, None, device="cpu", do_classifier_free_guidance=True, negative_prompt=""
+    )
+    if omega == 0:
+
+        def weak(**kw):
+            stock.transformer.disable_adapters()
+            try:
+                return stock.transformer(**kw, return_dict=False)[0]
+            finally:
+                stock.transformer.enable_adapters()
+    else:
+        lerped = SD3Transformer2DModel.from_pretrained(str(tiny_sd3 / "model"), subfolder="transformer")
+        modules = dict(lerped.named_modules())
+        state = load_file(str(tiny_sd3 / "lora/pytorch_lora_weights.safetensors"))
+        downs = [k for k in state if k.endswith(".lora_A.weight")]
+        assert downs and not any("alpha" in k for k in state)  # alpha = rank: scaling 1
+        for key in downs:
+            up = state[key.replace(".lora_A.", ".lora_B.")]
+            modules[key.removeprefix("transformer.").removesuffix(".lora_A.weight")].weight.data += omega * (
+                up @ state[key]
+            )
+
+        def weak(**kw):
+            return lerped(**kw, return_dict=False)[0]
+
+    scheduler = stock.scheduler
+    scheduler.set_timesteps(STEPS)
+    x = randn_tensor((len(PROMPTS), 4, SIZE // 2, SIZE // 2), generator=generators(SEEDS), dtype=cond.dtype)
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            ts = t.expand(len(x))
+            c = stock.transformer(
+                hidden_states=x, timestep=ts, encoder_hidden_states=cond, pooled_projections=pooled, return_dict=False
+            )[0]
+            u = weak(hidden_states=x, timestep=ts, encoder_hidden_states=uncond, pooled_projections=uncond_pooled)
+            x = scheduler.step(u + LAMBDA * (c - u), t, x, return_dict=False)[0]
+        x = x / stock.vae.config.scaling_factor + stock.vae.config.shift_factor
+        image = stock.vae.decode(x, return_dict=False)[0]
+    return to_uint8(stock.image_processor.postprocess(image, output_type="pil"))
+
+
+def test_sd3_omega_one_is_diffusers_own_cfg_guider(modular_sd3):
+    ours = _run_sd3(modular_sd3, PersonalizationGuidance(guidance_scale=LAMBDA, omega=1.0))
+    assert np.abs(ours - _run_sd3(modular_sd3, ClassifierFreeGuidance(guidance_scale=LAMBDA))).max() <= 1
+
+
+@pytest.mark.parametrize("omega", [0.0, 0.4])
+def test_sd3_omega_below_one_is_the_unconditional_branch_on_theta_omega(modular_sd3, tiny_sd3, omega):
+    before = _scalings_of(modular_sd3.transformer)
+    ours = _run_sd3(modular_sd3, PersonalizationGuidance(guidance_scale=LAMBDA, omega=omega))
+    assert _scalings_of(modular_sd3.transformer) == before
+    assert np.abs(ours - _sd3_reference(tiny_sd3, omega)).max() <= 1
+    cfg = _run_sd3(modular_sd3, ClassifierFreeGuidance(guidance_scale=LAMBDA))
+    assert np.abs(ours - cfg).max() > 5  # ω matters on this LoRA
