@@ -100,14 +100,49 @@ def train_lora(
     beside the LoRA and writes them beside each checkpoint's LoRA).
     Returns the training log as a polars DataFrame.
     """
+    (log,) = train_loras(
+        pipe, [subject], [out], config, [seed], progress=progress, overwrite=overwrite, extensions=extensions
+    )
+    return log
+
+
+def train_loras(
+    pipe,
+    subjects: Sequence[Subject],
+    outs: Sequence[str | os.PathLike],
+    config: Any,
+    seeds: Sequence[int],
+    progress: bool = True,
+    overwrite: bool = False,
+    extensions: Sequence[TrainingExtension] = (),
+) -> list[pl.DataFrame]:
+    """`train_lora` for K subjects in one forward per step: subject k trains its own adapter,
+    every sample of the batch goes through its own subject's adapter alone (a per-sample scale of
+    1 on its adapter, 0 on the others, as the sampler scales branches), the loss is the sum of the
+    subjects' losses, and clipping (per subject's parameters) and AdamW (elementwise) act per
+    subject — so each subject's run is the run it would be alone, up to float summation order in
+    the batched forward. Subject k's seed alone draws its data order, noise, timesteps and LoRA
+    init, so its LoRA does not depend on its batch mates. Each ``outs[k]`` is the run folder
+    `train_lora` writes; all appear together or none does (a failure leaves no subject's run).
+    Returns the K training logs. ``extensions`` (textual inversion) train one subject at a time."""
     from accelerate import Accelerator
     from peft import LoraConfig
 
-    prior = subject.class_images is not None and config.prior_weight > 0
-    if prior and not subject.class_prompt:
-        raise WigError("prior preservation needs a class prompt")
-    if not subject.images:
-        raise WigError("no instance images")
+    from wig.personalization.lora import LoraScales
+
+    k_subjects = len(subjects)
+    if not (k_subjects == len(outs) == len(seeds)) or k_subjects == 0:
+        raise WigError(f"one output folder and one seed per subject: {k_subjects} subjects, {len(outs)}, {len(seeds)}")
+    if extensions and k_subjects > 1:
+        raise WigError("training extensions (textual inversion) train one subject per job")
+    priors = []
+    for subject in subjects:
+        prior = subject.class_images is not None and config.prior_weight > 0
+        if prior and not subject.class_prompt:
+            raise WigError("prior preservation needs a class prompt")
+        if not subject.images:
+            raise WigError("no instance images")
+        priors.append(prior)
     family = family_of(pipe)
     model, vae = family.denoiser(pipe), pipe.vae
     if config.mixed_precision != "no" and model.device.type != "cuda":
@@ -116,111 +151,162 @@ def train_lora(
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=model.device.type == "cpu")
     device = accelerator.device
     noise_scheduler = family.noise_scheduler(pipe)
-    gen = torch.Generator("cpu").manual_seed(seed)
+    gens = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
     for module in (model, vae, *family.text_encoders(pipe)):
         module.requires_grad_(False)
     scaling = vae.config.scaling_factor
+    adapters = [ADAPTER] if k_subjects == 1 else [f"{ADAPTER}{k}" for k in range(k_subjects)]
 
-    inst = _Data(family, vae, subject.images, config.resolution, gen)
-    if prior:
-        cls = _Data(family, vae, subject.class_images, config.resolution, gen)
+    data = []
+    for subject, prior, gen in zip(subjects, priors, gens):
+        inst = _Data(family, vae, subject.images, config.resolution, gen)
+        cls = _Data(family, vae, subject.class_images, config.resolution, gen) if prior else None
+        data.append((inst, cls))
     stack = ExitStack()  # what the run added to the pipeline, undone whatever happens
     try:
         for extension in extensions:  # before the first encoding: an extension may change the text
-            extension.enter(pipe, gen, stack)
+            extension.enter(pipe, gens[0], stack)
+        class_texts = [family.encode(pipe, [s.class_prompt]) if p else None for s, p in zip(subjects, priors)]
 
         def encode_texts(grad: bool) -> Text:
-            text = family.encode(pipe, [subject.prompt], grad=grad)
-            return Text.cat([text, class_text]) if prior else text
+            parts = []
+            for subject, class_text in zip(subjects, class_texts):
+                parts.append(family.encode(pipe, [subject.prompt], grad=grad))
+                if class_text is not None:
+                    parts.append(class_text)
+            return Text.cat(parts)
 
-        class_text = family.encode(pipe, [subject.class_prompt]) if prior else None
         text = encode_texts(grad=False)
-
-        torch.manual_seed(seed)  # LoRA init (PEFT draws lora_A from the global generator)
-        model.add_adapter(
-            LoraConfig(
-                r=config.rank,
-                lora_alpha=config.rank,
-                init_lora_weights="gaussian",
-                target_modules=list(family.lora_targets),
-            ),
-            adapter_name=ADAPTER,
-        )
+        for adapter, seed in zip(adapters, seeds):
+            torch.manual_seed(seed)  # LoRA init (PEFT draws lora_A from the global generator)
+            model.add_adapter(
+                LoraConfig(
+                    r=config.rank,
+                    lora_alpha=config.rank,
+                    init_lora_weights="gaussian",
+                    target_modules=list(family.lora_targets),
+                ),
+                adapter_name=adapter,
+            )
+        if k_subjects > 1:
+            model.set_adapters(adapters)  # all active (and trainable); the routing picks per sample
         if config.gradient_checkpointing:
             model.enable_gradient_checkpointing()
-        params = [p for p in model.parameters() if p.requires_grad]
-        for p in params:  # trainable LoRA weights in fp32 even when the frozen model is fp16
-            p.data = p.data.float()
-        groups = [{"params": params}]
+        subject_params = [_adapter_params(model, adapter) for adapter in adapters]
+        for params in subject_params:
+            for p in params:  # trainable LoRA weights in fp32 even when the frozen model is fp16
+                p.data = p.data.float()
+        groups = [{"params": params} for params in subject_params]
         for extension in extensions:
             for group in extension.param_groups():
                 groups.append(group)
-                params = params + list(group["params"])  # clipped together, as the advanced script does
+                subject_params[0] = subject_params[0] + list(
+                    group["params"]
+                )  # clipped together, as the advanced script does
         optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
         # one device per job: accelerate brings autocast, the fp16 grad scaler and unscaled clipping;
         # the model stays unwrapped (prepare() would patch its forward for the rest of the process)
         optimizer = accelerator.prepare(optimizer)
         model.to(device).train()
+        # the batch: subject by subject, its instance sample then (with prior preservation) its class sample
+        owner = [k for k, prior in enumerate(priors) for _ in range(2 if prior else 1)]
+        routing = LoraScales([model]) if k_subjects > 1 else None
+        if routing is not None:
+            stack.enter_context(routing)
+            routing.set(
+                {a: torch.tensor([float(o == k) for o in owner], device=device) for k, a in enumerate(adapters)}
+            )
 
-        rows = []
+        rows: list[list[dict]] = [[] for _ in subjects]
         text_trained = False  # whether the prompt's last encoding holds the graph of trained parameters
         start = time.perf_counter()
-        with atomic_dir(out, overwrite=overwrite) as tmp:
+        with ExitStack() as folders:
+            tmps = [folders.enter_context(atomic_dir(out, overwrite=overwrite)) for out in outs]
             for step in tqdm(range(1, config.steps + 1), desc="train", disable=not progress):
                 text_trains = any(extension.text_trains(step) for extension in extensions)
                 if text_trains or text_trained:  # encoded again: with the graph while it trains, once when it stops
                     text = encode_texts(grad=text_trains)
                 text_trained = text_trains
-                latents = inst.draw()
-                conditions = inst.last_conditions()
-                if prior:
-                    latents = torch.cat([latents, cls.draw()])
-                    conditions = None if conditions is None else torch.cat([conditions, cls.last_conditions()])
-                latents = (latents * scaling).to(device)
-                noise = torch.randn(latents.shape, generator=gen).to(device)
-                noisy, t, target = family.noised(noise_scheduler, latents, noise, gen)
+                noisy, ts, targets, conditions = [], [], [], []
+                for (inst, cls), gen in zip(data, gens):  # each subject's draws from its own generator
+                    latents, cond = inst.draw(), inst.last_conditions()
+                    if cls is not None:
+                        latents = torch.cat([latents, cls.draw()])
+                        cond = None if cond is None else torch.cat([cond, cls.last_conditions()])
+                    latents = (latents * scaling).to(device)
+                    noise = torch.randn(latents.shape, generator=gen).to(device)
+                    x, t, target = family.noised(noise_scheduler, latents, noise, gen)
+                    noisy.append(x)
+                    ts.append(t)
+                    targets.append(target)
+                    conditions.append(cond)
+                noisy, t, target = torch.cat(noisy), torch.cat(ts), torch.cat(targets)
                 with accelerator.autocast():
-                    step_text = text if conditions is None else family.with_image_conditions(text, conditions)
+                    step_text = text
+                    if conditions[0] is not None:
+                        step_text = family.with_image_conditions(text, torch.cat(conditions))
                     pred = family.predict(pipe, noisy.to(model.dtype), t, step_text)
                 losses = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-                loss = losses[0] + (config.prior_weight * losses[1] if prior else 0.0)
-                accelerator.backward(loss)
-                accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                subject_losses, first = [], 0
+                for prior in priors:
+                    loss = losses[first] + (config.prior_weight * losses[first + 1] if prior else 0.0)
+                    subject_losses.append(loss)
+                    first += 2 if prior else 1
+                accelerator.backward(sum(subject_losses) if k_subjects > 1 else subject_losses[0])
+                for params in subject_params:
+                    accelerator.clip_grad_norm_(params, config.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 for extension in extensions:
                     extension.after_step(step)
                 values = losses.detach().tolist()
-                rows.append(
-                    {
-                        "step": step,
-                        "loss": loss.item(),
-                        "instance_loss": values[0],
-                        "prior_loss": values[1] if prior else None,
-                        "lr": optimizer.param_groups[0]["lr"],
-                        "seconds": time.perf_counter() - start,
-                    }
-                )
-                if step == config.weak_step:
-                    _save(pipe, tmp / "weak", extensions)
-                if step in config.checkpoints:
-                    _save(pipe, config.checkpoint_steps(tmp)[step], extensions)
-            _save(pipe, tmp / "full", extensions)
-            log = pl.DataFrame(rows, schema=LOG_SCHEMA)
-            log.write_parquet(tmp / "log.parquet")
-            (tmp / "config.json").write_text(run_config(config, subject, seed, prior))
+                seconds = time.perf_counter() - start
+                first = 0
+                for k, prior in enumerate(priors):
+                    rows[k].append(
+                        {
+                            "step": step,
+                            "loss": subject_losses[k].item(),
+                            "instance_loss": values[first],
+                            "prior_loss": values[first + 1] if prior else None,
+                            "lr": optimizer.param_groups[k]["lr"],
+                            "seconds": seconds,
+                        }
+                    )
+                    first += 2 if prior else 1
+                for adapter, tmp in zip(adapters, tmps):
+                    if step == config.weak_step:
+                        _save(pipe, adapter, tmp / "weak", extensions)
+                    if step in config.checkpoints:
+                        _save(pipe, adapter, config.checkpoint_steps(tmp)[step], extensions)
+            logs = []
+            for adapter, tmp, subject, seed, prior, subject_rows in zip(adapters, tmps, subjects, seeds, priors, rows):
+                _save(pipe, adapter, tmp / "full", extensions)
+                log = pl.DataFrame(subject_rows, schema=LOG_SCHEMA)
+                log.write_parquet(tmp / "log.parquet")
+                (tmp / "config.json").write_text(run_config(config, subject, seed, prior))
+                logs.append(log)
     finally:
         stack.close()
-        if ADAPTER in getattr(model, "peft_config", {}):
-            model.delete_adapters(ADAPTER)
+        for adapter in adapters:
+            if adapter in getattr(model, "peft_config", {}):
+                model.delete_adapters(adapter)
         if config.gradient_checkpointing:
             model.disable_gradient_checkpointing()
         model.eval()
-    return log
+    return logs
 
 
-def _save(pipe, folder, extensions) -> None:
-    save_lora(pipe, ADAPTER, folder)
+def _adapter_params(model, adapter: str) -> list[torch.nn.Parameter]:
+    """The trainable parameters of one LoRA adapter (PEFT names them ``….lora_A.<adapter>.weight``)."""
+    params = [p for name, p in model.named_parameters() if f".{adapter}." in name and p.requires_grad]
+    if not params:
+        raise WigError(f"adapter {adapter} has no trainable parameters")
+    return params
+
+
+def _save(pipe, adapter: str, folder, extensions) -> None:
+    save_lora(pipe, adapter, folder)
     for extension in extensions:
         extension.save(folder)
 
