@@ -2,12 +2,16 @@
 chunk — planned by Snakemake in this process (`conftest.plan`: no subprocess), so the check tier
 covers the planning the workflow tier runs."""
 
+import os
 import shutil
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
+from snakemake.utils import validate
+
+from wig.workflow.study import StudyError
 
 from conftest import edit_config as _edit
 from conftest import plan
@@ -16,6 +20,12 @@ from conftest import small_config as _small_config
 pytestmark = pytest.mark.check
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _validated(config: dict) -> dict:
+    """``config`` with the schema's defaults filled in, as the workflow reads it."""
+    validate(config, str(ROOT / "config/schema.yaml"))
+    return config
 
 
 def _planned(config, workdir) -> dict[str, int]:
@@ -130,3 +140,35 @@ def test_synthetic_preset_plans_the_shipped_base_two_fine_tunes_and_their_seeds(
     planned = _planned(preset, tmp_path / "rebuilt")
     assert planned["pretrain_vae"] == planned["pretrain_model"] == planned["base_accuracy"] == 1
     assert "resolve_model" not in planned
+
+
+def test_subjects_per_job_packs_a_subjects_runs_by_its_concept_alone(tmp_path):
+    """``subjects_per_job: K``: one train_<pack> job per pack instead of one train job per run; a
+    subject's pack is its concept's hash among ⌈sheet concepts × seeds / K⌉, so adding a subject to
+    dataset.concepts changes one pack's members and no other's."""
+    from wig.workflow.model import pack_of
+    from wig.workflow.study import Study
+
+    config = _edit(_small_config(), personalization__subjects_per_job=2, personalization__seed=[0, 1])
+    config["models"].pop("tiny-sana")
+    jobs = Counter(rule for rule, _ in plan(_edit(config, dataset__concepts=["brown_dog", "duck_toy"]), tmp_path / "a"))
+    packs = {r: n for r, n in jobs.items() if r.startswith("train_")}
+    assert "train" not in jobs and sum(packs.values()) == len(packs) >= 1
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        one, both = (
+            Study.from_config(_validated(_edit(config, dataset__concepts=c)))
+            for c in (["brown_dog"], ["brown_dog", "duck_toy"])
+        )
+    finally:
+        os.chdir(cwd)
+    assert both.sheet_size == 2 and sorted(p.rule for p in both.training_packs()) == sorted(packs)
+    members = {p.rule: {(r.concept, r.seed) for r in p.runs} for p in both.training_packs()}
+    assert set().union(*members.values()) == {(c, s) for c in ("brown_dog", "duck_toy") for s in (0, 1)}
+    before = {p.rule: {(r.concept, r.seed) for r in p.runs} for p in one.training_packs()}
+    changed = [rule for rule in members if members[rule] != before.get(rule)]
+    assert changed == [f"train_tiny_sd_db_lora_pack{pack_of('duck_toy', 2)}"]  # the pack duck_toy joined
+    # a method that cannot batch its subjects refuses the setting, naming it
+    with pytest.raises(StudyError, match=r"subjects_per_job: db-lora-ti trains one subject per job .*db-lora\)"):
+        Study.from_config(_validated(_edit(config, personalization__method="db-lora-ti")))

@@ -601,6 +601,70 @@ def test_table2_study_trains_every_method_and_guides_with_sag_through_the_dag(tm
     assert "spl" in log.columns and log["spl"].null_count() == 0
 
 
+def test_packed_training_writes_each_run_as_alone_and_a_dropped_subject_retrains_one_job(tmp_path):
+    """``subjects_per_job: 2``: both subjects' runs (two seeds each) train in packs through the DAG;
+    a packed run equals the same run trained alone (its losses, its LoRA), its samples are what
+    `wig generate` makes with its LoRA, and dropping a subject from dataset.concepts retrains one job."""
+    from safetensors.torch import load_file
+
+    from wig.cli import main
+    from wig.concepts import read_images
+    from wig.models.pipelines import load_pipeline
+    from wig.personalization import Subject, make
+    from wig.workflow.model import class_slug
+
+    config = _edit(
+        _small_config(),
+        personalization__subjects_per_job=2,
+        personalization__seed=[0, 1],
+        dataset__concepts=["brown_dog", "duck_toy"],
+    )
+    config["models"].pop("tiny-sana")
+    workdir = _workdir(tmp_path / "study", config)
+    proc = _snakemake(workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = workdir / "results/tiny-sd"
+    jobs = re.findall(r"^rule (train\w*):", proc.stdout + proc.stderr, re.M)
+    assert jobs and all(j.startswith("train_tiny_sd_db_lora_pack") for j in jobs)
+    runs = model / "db-lora/runs"
+    assert sorted(str(p.relative_to(runs)) for p in runs.glob("*/ft*")) == [
+        "brown_dog/ft0",
+        "brown_dog/ft1",
+        "duck_toy/ft0",
+        "duck_toy/ft1",
+    ]
+    # the packed run is the run alone (tests/test_batched_training.py says why these tolerances)
+    settings = json.loads((runs / "duck_toy/ft1/config.json").read_text())
+    method = make("db-lora", **{k: settings[k] for k in make("db-lora").settings()})
+    pipe = load_pipeline(str(model / "model"), device="cpu", dtype="float32")
+    images = read_images(workdir / "results/concepts/duck_toy")
+    classes = read_images(model / "class_images" / class_slug(settings["class_prompt"].removeprefix("a photo of ")))
+    alone = tmp_path / "alone"
+    method.train(pipe, Subject(images, settings["instance_prompt"], classes, settings["class_prompt"]), alone, seed=1)
+    np.testing.assert_allclose(
+        pl.read_parquet(runs / "duck_toy/ft1/log.parquet")["loss"].to_numpy(),
+        pl.read_parquet(alone / "log.parquet")["loss"].to_numpy(),
+        rtol=1e-5,
+    )
+    packed, single = (
+        load_file(str(r / "full/pytorch_lora_weights.safetensors")) for r in (runs / "duck_toy/ft1", alone)
+    )
+    assert packed.keys() == single.keys() and all(
+        torch.allclose(packed[k], single[k], rtol=0, atol=5e-5) for k in packed
+    )
+    # a DAG sample is what the CLI makes with the packed run's LoRA
+    out = tmp_path / "cli.png"
+    args = ["--model", str(model / "model"), "--lora", str(runs / "brown_dog/ft1/full"), "--method", "pg"]
+    args += ["--omega", "0", "--prompt", "a sks dog in the jungle", "--seed", "1", "--steps", "2"]
+    assert main(["generate", *args, "--height", "32", "--width", "32", "--out", str(out), "--quiet"]) == 0
+    ref = Image.open(model / "db-lora/samples/brown_dog/ft1/pg/w0.0_l7.5/seeds0_1/s1_p00.png")
+    assert np.abs(np.asarray(Image.open(out), dtype=np.int16) - np.asarray(ref, dtype=np.int16)).max() <= 1
+    # dropping a subject changes one pack's members: one training job, the others' outputs kept
+    _write_config(workdir, _edit(config, dataset__concepts=["brown_dog"]))
+    planned = _planned(workdir)
+    assert sum(n for rule, n in planned.items() if rule.startswith("train")) == 1, planned
+
+
 def test_the_sdxl_smoke_study_runs_its_family_through_the_dag(tmp_path):
     """.test/config/sdxl.yaml: the tiny SDXL twin's class images, DreamBooth-LoRA, every guidance
     method that runs without DDIM, scores and tables; a DAG sample is what `wig generate` makes

@@ -369,6 +369,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_POSITIVE, default=32, help="images per forward (default 32)")
     p.add_argument("--out", required=True, type=Path, help="output .parquet file")
     _add_runtime(p)
+
+    p = sub.add_parser(
+        "plan",
+        help="what a study config costs before it runs: fine-tuning steps, images, denoiser evaluations, hours",
+        description="Count the fine-tuning steps, class images, images and denoiser evaluations a workflow config "
+        "implies (all of them, made or not) and estimate the wall time at the rates the last run under --results "
+        "measured (its runs' logs, its generation manifests). Run from the workflow's folder.",
+    )
+    p.add_argument("--configfile", required=True, type=Path, help="the study's config (as snakemake --configfile)")
+    p.add_argument("--results", type=Path, default=Path("results"), help="a run's results folder to measure rates from")
     return parser
 
 
@@ -694,6 +704,24 @@ def _cmd_embed(args) -> None:
     print(f"{len(frame)} rows ({encoder.id}) -> {args.out}")
 
 
+def _cmd_plan(args) -> None:
+    import yaml
+    from snakemake.utils import validate
+
+    from wig.workflow.cost import estimate_lines, measured_rates, study_cost
+    from wig.workflow.study import Study
+
+    if not args.configfile.is_file():
+        raise WigError(f"--configfile not found: {args.configfile}")
+    config = yaml.safe_load(args.configfile.read_text())
+    schema = Path(__file__).resolve().parents[2] / "config/schema.yaml"
+    validate(config, str(schema))
+    study = Study.from_config(config)
+    cost = study_cost(study)
+    for line in cost.lines() + estimate_lines(cost, measured_rates(study, args.results)):
+        print(line)
+
+
 COMMANDS = {
     "build-tiny": _cmd_build_tiny,
     "random-lora": _cmd_random_lora,
@@ -703,6 +731,7 @@ COMMANDS = {
     "class-images": _cmd_class_images,
     "train": _cmd_train,
     "embed": _cmd_embed,
+    "plan": _cmd_plan,
 }
 
 

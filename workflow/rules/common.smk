@@ -4,6 +4,7 @@ import inspect
 import json
 import os
 import re
+from argparse import Namespace
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -108,6 +109,35 @@ def get_train_input(wildcards):
     if STUDY.models[wildcards.model].finetunes[wildcards.finetune].method.prior:
         inputs["classes"] = _path(rules.class_images, wildcards, noun=STUDY.class_of(wildcards.concept))
     return inputs
+
+
+def get_pack_input(pack):
+    """A pack's model and, per run in its order, the concept's prepared images (and class images
+    with prior preservation): lists the script reads back in the same order."""
+    model = STUDY.models[pack.model]
+    inputs = get_model(Namespace(model=pack.model))
+    inputs["instances"] = [_path(rules.prepare, {"concept": run.concept}) for run in pack.runs]
+    if model.finetunes[pack.finetune].method.prior:
+        nouns = [STUDY.class_of(run.concept) for run in pack.runs]
+        inputs["classes"] = [_path(rules.class_images, {"model": pack.model, "noun": n}) for n in nouns]
+    return inputs
+
+
+def get_pack_params(pack):
+    """What a pack trains: the method, and per run its concept, seed and prompts."""
+    return {
+        "method": STUDY.finetune_settings(pack.model, pack.finetune),
+        "runs": [
+            {"concept": r.concept, "seed": r.seed, **STUDY.subject_prompts(pack.model, pack.finetune, r.concept)}
+            for r in pack.runs
+        ],
+    }
+
+
+def unpacked_finetunes():
+    """The wildcard values of rule train's fine-tunes: those trained one run per job."""
+    names = {ft for m, ft in STUDY.finetune_pairs() if not STUDY.packed(m, ft)}
+    return "|".join(re.escape(n) for n in sorted(names)) or "(?!)"
 
 
 def get_generate_input(wildcards):

@@ -1,5 +1,6 @@
 # Personalization: class images per (model, class noun); one fine-tune run per (model, fine-tune,
-# concept, seed) with the method its `personalization:` entry names (wig.personalization).
+# concept, seed) with the method its `personalization:` entry names (wig.personalization), or,
+# with `subjects_per_job: K`, one job per pack of ≈ K runs trained in one forward (rule train_<pack>).
 
 
 rule class_images:
@@ -31,6 +32,8 @@ rule train:
         "logs/{model}/{finetune}/train/{concept}/ft{fseed}.log",
     benchmark:
         "results/{model}/{finetune}/benchmarks/train/{concept}/ft{fseed}.tsv"
+    wildcard_constraints:
+        finetune=unpacked_finetunes(),
     threads: config["runtime"]["threads"]
     resources:
         gpu=1,
@@ -41,3 +44,27 @@ rule train:
         runtime=RUNTIME,
     script:
         "../scripts/train.py"
+
+
+for _pack in STUDY.training_packs():
+
+    rule:
+        name:
+            _pack.rule
+        input:
+            unpack(lambda wildcards, pack=_pack: get_pack_input(pack)),
+        output:
+            [directory(_path(rules.train, run.wildcards)) for run in _pack.runs],
+        log:
+            f"logs/{_pack.model}/{_pack.finetune}/train/pack{_pack.index}.log",
+        benchmark:
+            f"results/{_pack.model}/{_pack.finetune}/benchmarks/train/pack{_pack.index}.tsv"
+        threads: config["runtime"]["threads"]
+        resources:
+            gpu=1,
+        params:
+            model=lambda wildcards, input, pack=_pack: STUDY.models[pack.model].root_spec.get("path") or input.model,
+            pack=get_pack_params(_pack),
+            runtime=RUNTIME,
+        script:
+            "../scripts/train_pack.py"

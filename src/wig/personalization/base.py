@@ -82,6 +82,7 @@ class PersonalizationMethod:
     name: ClassVar[str]
     families: ClassVar[tuple[str, ...] | None] = None  # the model families it trains (None: all)
     trains: ClassVar[bool] = False  # a training job makes its fine-tune (else it is given: `wig.personalization.given`)
+    batches_subjects: ClassVar[bool] = False  # `TrainedMethod.train_many` runs several subjects in one forward
 
     def __post_init__(self):
         check_settings(self, self.name)
@@ -167,6 +168,22 @@ class TrainedMethod(PersonalizationMethod):
         checkpoint, the training log (``log.parquet``) and the settings (``config.json``) into
         ``out``, atomically. Returns the log. Bit-reproducible on the CPU for a seed."""
         raise NotImplementedError
+
+    def train_many(
+        self,
+        pipe,
+        subjects: Sequence[Subject],
+        outs: Sequence[str | os.PathLike],
+        seeds: Sequence[int],
+        progress: bool = True,
+        overwrite: bool = False,
+    ) -> list[pl.DataFrame]:
+        """`train` for several subjects in one job, in one forward per step where the method
+        `batches_subjects`: run k is what ``train(pipe, subjects[k], outs[k], seeds[k])`` writes;
+        all runs appear or none does. A method that does not batch trains one subject per job."""
+        if len(subjects) != 1:
+            raise WigError(f"{self.name} trains one subject per job (subjects_per_job: 1)")
+        return [self.train(pipe, subjects[0], outs[0], seeds[0], progress=progress, overwrite=overwrite)]
 
     def checkpoint_files(self, out: str | os.PathLike) -> dict[str, Path]:
         """The files of a run's full and weak checkpoint in its folder ``out``."""

@@ -19,6 +19,7 @@ from wig.settings import param
 @dataclass(frozen=True)
 class DreamBoothLoRA(TrainedMethod):
     name = "db-lora"
+    batches_subjects = True
     rank: int = param(4, "LoRA rank (alpha = rank: scaling 1)", low=1)
     lr: float = param(1e-4, "AdamW learning rate (constant schedule)", above=0.0)
     max_grad_norm: float = param(1.0, "gradient clipping norm", above=0.0)
@@ -27,6 +28,13 @@ class DreamBoothLoRA(TrainedMethod):
         from wig.personalization.training import train_lora
 
         return train_lora(pipe, subject, out, self, seed=seed, progress=progress, overwrite=overwrite)
+
+    def train_many(self, pipe, subjects, outs, seeds, progress=True, overwrite=False):
+        if not self.batches_subjects:  # a subclass with a training extension (textual inversion)
+            return super().train_many(pipe, subjects, outs, seeds, progress=progress, overwrite=overwrite)
+        from wig.personalization.training import train_loras
+
+        return train_loras(pipe, subjects, outs, self, seeds, progress=progress, overwrite=overwrite)
 
     def checkpoint_files(self, out: str | os.PathLike) -> dict[str, Path]:
         """``out/full/`` and ``out/weak/``, each a diffusers LoRA folder (``pytorch_lora_weights.safetensors``)."""

@@ -61,6 +61,7 @@ class Pivot(TrainingExtension):
 @dataclass(frozen=True)
 class DreamBoothLoRATI(DreamBoothLoRA):
     name = "db-lora-ti"
+    batches_subjects = False  # its pivot (a training extension) trains one subject's tokens
     families = ("sd",)  # CLIP text encoders (SD 1.5, 2.1); SANA's Gemma is untested
     tokens: int = param(2, "new tokens per concept (<s0><s1>…), in place of the identifier", low=1)
     embedding_lr: float = param(3e-4, "AdamW learning rate of the new token embeddings", above=0.0)

@@ -58,6 +58,7 @@ class Finetune:
     name: str
     method: PersonalizationMethod
     seeds: tuple[int, ...]  # each (model, concept) is fine-tuned once per seed
+    subjects_per_job: int = 1  # runs trained together in one forward (`TrainingPack`)
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,30 @@ class TrainingRun:
     @property
     def wildcards(self) -> dict[str, str]:
         return {"model": self.model, "finetune": self.finetune, "concept": self.concept, "fseed": str(self.seed)}
+
+
+@dataclass(frozen=True)
+class TrainingPack:
+    """Runs of one (model, fine-tune) trained in one job, one forward per step
+    (``subjects_per_job`` > 1; `wig.personalization.training.train_loras`). A run's pack is a hash
+    of its concept modulo a pack count fixed by the dataset sheet's size (all of a subject's seeds
+    in one pack), so adding or removing a subject changes one pack's members and no other's."""
+
+    model: str
+    finetune: str
+    index: int
+    runs: tuple[TrainingRun, ...]
+
+    @property
+    def rule(self) -> str:
+        """Its rule's name (a Python identifier; the index keeps two packs apart)."""
+        return re.sub(r"\W", "_", f"train_{self.model}_{self.finetune}_pack{self.index}")
+
+
+def pack_of(concept: str, packs: int) -> int:
+    """The pack of a subject's runs among ``packs``: a hash of its concept, stable across studies."""
+    digest = hashlib.sha256(concept.encode()).hexdigest()
+    return int(digest[:12], 16) % packs
 
 
 @dataclass(frozen=True)

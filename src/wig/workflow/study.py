@@ -28,8 +28,10 @@ from wig.workflow.model import (  # StudyError: the error a study raises, here f
     GenerationJob,
     Model,
     StudyError,
+    TrainingPack,
     TrainingRun,
     class_slug,
+    pack_of,
 )
 from wig.workflow.rule_params import RuleParams
 from wig.workflow.search import SearchSpec
@@ -50,6 +52,7 @@ class Study(RuleParams):
     encoders: Mapping[str, Mapping[str, Any]]  # kind → spec with its kind
     metrics: tuple[str, ...]  # the registered metrics (wig.evaluation.metrics) the score jobs compute
     searches: Mapping[str, SearchSpec] = field(default_factory=dict)  # ``search:`` by name
+    sheet_size: int = 0  # the concepts the dataset's sheet lists (selected or not): fixes the pack count
 
     def summary(self) -> dict[str, str]:
         """What this study runs, in words, for the report's description: its models (family and
@@ -139,6 +142,29 @@ class Study(RuleParams):
             for concept in self.concepts:
                 for seed in self.models[name].finetunes[ft].seeds:
                     yield TrainingRun(name, ft, concept, seed)
+
+    def training_packs(self) -> list[TrainingPack]:
+        """The jobs that train several runs in one forward: per (model, fine-tune) whose
+        ``subjects_per_job`` K > 1, ⌈sheet size × seeds / K⌉ packs, a run in pack `pack_of` its
+        concept — a function of the subject alone, so a subject added to or dropped from
+        ``dataset.concepts`` changes one pack (≈ K runs each; empty packs are no job)."""
+        packs = []
+        for name, ft in self.finetune_pairs():
+            finetune = self.models[name].finetunes[ft]
+            k = finetune.subjects_per_job
+            if k == 1 or not finetune.method.trains:
+                continue
+            count = max(1, -(-max(self.sheet_size, len(self.concepts)) * len(finetune.seeds) // k))
+            members: dict[int, list[TrainingRun]] = {}
+            for run in self.training_runs(name, ft):
+                members.setdefault(pack_of(run.concept, count), []).append(run)
+            packs += [TrainingPack(name, ft, i, tuple(runs)) for i, runs in sorted(members.items())]
+        return packs
+
+    def packed(self, model: str, finetune: str) -> bool:
+        """Whether a (model, fine-tune)'s runs are trained in packs (rule train_<pack>), not one per job."""
+        ft = self.models[model].finetunes[finetune]
+        return ft.method.trains and ft.subjects_per_job > 1
 
     def generation_jobs(
         self,

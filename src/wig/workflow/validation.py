@@ -21,6 +21,7 @@ from wig.guidance import REGISTRY as GUIDANCE
 from wig.guidance import GuidanceMethod
 from wig.guidance.grid import expand, job_chunks
 from wig.models.facts import TINY
+from wig.personalization import REGISTRY as PERSONALIZATION
 from wig.personalization import make as make_method
 from wig.personalization import method_class
 from wig.settings import settings_names
@@ -128,7 +129,7 @@ def parse(config: Mapping[str, Any]) -> tuple:
             probe = spec.point(spec.bounds.lo)
             if (probe.requires_ddim and model.family not in DDIM_FAMILIES) or probe.requires_image != model.edits:
                 raise StudyError(f"search {spec.name}: models.{name} ({model.family}) cannot run {spec.method}")
-    return models, concepts, prompts, points, seed_chunks, classes, encoders, metrics, searches
+    return models, concepts, prompts, points, seed_chunks, classes, encoders, metrics, searches, len(sheet)
 
 
 def _check_dataset(config: Mapping[str, Any], models: Mapping[str, Model], concepts: Mapping[str, Concept]) -> None:
@@ -211,8 +212,8 @@ def _seeds(value: Any, key: str) -> tuple[int, ...]:
 
 
 def _settings(entry: Mapping[str, Any]) -> dict:
-    """A ``personalization:`` entry's method settings (all but method, name and seed)."""
-    return {k: v for k, v in entry.items() if k not in ("method", "name", "seed")}
+    """A ``personalization:`` entry's method settings (all but method, name, seed and the job layout)."""
+    return {k: v for k, v in entry.items() if k not in ("method", "name", "seed", "subjects_per_job")}
 
 
 def _finetunes(entries: Any) -> dict[str, dict]:
@@ -236,6 +237,12 @@ def _finetunes(entries: Any) -> dict[str, dict]:
         except WigError as err:
             raise StudyError(f"{key}: {err}") from None
         _seeds(entry.get("seed", 0), f"{key}.seed")
+        if entry.get("subjects_per_job", 1) > 1 and not cls.batches_subjects:
+            batching = ", ".join(sorted(n for n, c in PERSONALIZATION.items() if c.batches_subjects))
+            raise StudyError(
+                f"{key}.subjects_per_job: {entry['method']} trains one subject per job "
+                f"(the methods that train several in one forward: {batching})"
+            )
         name = entry.get("name", entry["method"])
         if not isinstance(name, str) or not NAME.match(name):
             raise StudyError(f"{key}.name: {name!r} is not a folder name (letters, digits, _ . -)")
@@ -257,7 +264,8 @@ def _finetune(entry: Mapping[str, Any], overrides: Mapping[str, Any], model: str
         method = make_method(entry["method"], **settings)
     except WigError as err:
         raise StudyError(f"models.{model}.personalization (fine-tune {name}): {err}") from None
-    return Finetune(name, method, _seeds(overrides.get("seed", entry.get("seed", 0)), f"models.{model}: {name}.seed"))
+    seeds = _seeds(overrides.get("seed", entry.get("seed", 0)), f"models.{model}: {name}.seed")
+    return Finetune(name, method, seeds, entry.get("subjects_per_job", 1))
 
 
 def _model(

@@ -1,0 +1,56 @@
+"""`wig plan`: what a config costs before it runs — counted from the study, timed at the rates the
+last run's own logs and manifests measured."""
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from wig.cli import main
+
+pytestmark = pytest.mark.check
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _plan(capsys, *args) -> list[str]:
+    assert main(["plan", *args]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def test_the_paper_preset_plans_its_images_steps_and_evaluations(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(ROOT)
+    lines = _plan(capsys, "--configfile", "config/presets/vico-sd15.yaml", "--results", str(tmp_path))
+    # 16 concepts × 31 prompts × 8 seeds × 22 points; 16 runs × 500 steps; 11 nouns × 200 class images;
+    # evaluations: 50 steps × (none 1, cfg 2 ×4, pg 2 ×14, ag 3, cfg++ 2, pg++ 2) per image set, + class images × 50 × 2
+    per_image_set = 16 * 31 * 8 * 50
+    evaluations = per_image_set * (1 + 2 * 4 + 2 * 14 + 3 + 2 + 2) + 2_200 * 50 * 2
+    assert lines[:4] == [
+        "fine-tuning: 16 runs in 16 jobs, 8,000 steps",
+        "class images: 2,200",
+        "images: 87,296",
+        f"denoiser evaluations: {evaluations:,} (samples × steps × branches)",
+    ]
+    assert lines[4].startswith("no estimate: nothing measured yet")
+
+
+def test_the_estimate_is_the_last_runs_own_rates(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(ROOT)
+    for i, seconds in enumerate((10.0, 30.0, 20.0)):  # 2, 6 and 4 s per step: the median is 4
+        run = tmp_path / f"m/db-lora/runs/c{i}/ft0"
+        run.mkdir(parents=True)
+        pl.DataFrame({"step": [1, 5], "seconds": [1.0, seconds]}).write_parquet(run / "log.parquet")
+    lines = _plan(capsys, "--configfile", ".test/config/small.yaml", "--results", str(tmp_path))
+    assert lines[0] == "fine-tuning: 2 runs in 2 jobs, 12 steps"
+    assert lines[4] == "fine-tuning ≈ 48 s (4.000 s/step)"  # 12 steps × 4 s
+
+
+def test_packed_jobs_count_once(capsys, monkeypatch, tmp_path):
+    import yaml
+
+    config = yaml.safe_load((ROOT / ".test/config/small.yaml").read_text())
+    config["personalization"] |= {"subjects_per_job": 2, "seed": [0, 1]}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(ROOT)
+    lines = _plan(capsys, "--configfile", str(tmp_path / "c.yaml"), "--results", str(tmp_path))
+    assert lines[0] == "fine-tuning: 4 runs in 2 jobs, 24 steps"  # one pack per model (one concept, 2 seeds)
