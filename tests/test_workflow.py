@@ -635,7 +635,7 @@ def test_packed_training_writes_each_run_as_alone_and_a_dropped_subject_retrains
     ]
     # the packed run is the run alone (tests/test_batched_training.py says why these tolerances)
     settings = json.loads((runs / "duck_toy/ft1/config.json").read_text())
-    method = make("db-lora", **{k: settings[k] for k in make("db-lora").settings()})
+    method = make(**{k: settings[k] for k in make("db-lora").settings()})
     pipe = load_pipeline(str(model / "model"), device="cpu", dtype="float32")
     images = read_images(workdir / "results/concepts/duck_toy")
     classes = read_images(model / "class_images" / class_slug(settings["class_prompt"].removeprefix("a photo of ")))
