@@ -37,6 +37,12 @@ rule all:
         [expand(rules.search.output.md, model=m, finetune=f, search=s)[0] for m, f in FINETUNES for s in STUDY.searches],
 
 
+# what the study implies, before any job (wig plan --configfile prints the same)
+onstart:
+    for _line in study_cost_lines():
+        print(f"wig plan: {_line}", file=sys.stderr)
+
+
 # Every scripted rule's params carry a hash of the wig code its script runs: the import closure of
 # the script, read from the sources (wig.provenance.code_hash). A library change reruns exactly the
 # jobs whose scripts reach it, and no rule lists module names that could drift from its imports.

@@ -4,6 +4,7 @@ import inspect
 import json
 import os
 import re
+import sys
 from argparse import Namespace
 from pathlib import Path
 
@@ -63,6 +64,14 @@ wildcard_constraints:
     encoder=_names(ENCODERS),
     search=_names(STUDY.searches),
     k=r"\d+",
+
+
+def study_cost_lines():
+    """What the study implies and, at the rates the last run here measured, its hours (wig.workflow.cost)."""
+    from wig.workflow.cost import estimate_lines, measured_rates, study_cost
+
+    cost = study_cost(STUDY)
+    return cost.lines() + estimate_lines(cost, measured_rates(STUDY, "results"))
 
 
 def script_code_hash(rule):
