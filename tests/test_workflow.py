@@ -625,9 +625,9 @@ def test_packed_training_writes_each_run_as_alone_and_a_dropped_subject_retrains
     assert proc.returncode == 0, proc.stderr[-3000:]
     model = workdir / "results/tiny-sd"
     # the cost, stated as the run starts (wig plan's lines): 4 runs in the packs that hold them
-    packs = len(set(re.findall(r"^rule (train_tiny_sd_db_lora_pack\d+):", proc.stdout + proc.stderr, re.M)))
+    packs = len(set(re.findall(r"^(?:local)?rule (train_tiny_sd_db_lora_pack\d+):", proc.stdout + proc.stderr, re.M)))
     assert f"wig plan: fine-tuning: 4 runs in {packs} jobs, 24 steps" in proc.stderr
-    jobs = re.findall(r"^rule (train\w*):", proc.stdout + proc.stderr, re.M)
+    jobs = re.findall(r"^(?:local)?rule (train\w*):", proc.stdout + proc.stderr, re.M)
     assert jobs and all(j.startswith("train_tiny_sd_db_lora_pack") for j in jobs)
     runs = model / "db-lora/runs"
     assert sorted(str(p.relative_to(runs)) for p in runs.glob("*/ft*")) == [
