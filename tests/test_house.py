@@ -178,6 +178,7 @@ LAYERS = [
     ("guidance", ("wig.guidance",)),
     ("personalization", ("wig.personalization",)),
     ("sampling", ("wig.sampling",)),
+    ("integrations", ("wig.integrations",)),  # wig's methods in other tools' extension points
     ("synthetic", ("wig.synthetic",)),
     ("evaluation", ("wig.evaluation",)),
     ("workflow", ("wig.workflow",)),

@@ -121,9 +121,11 @@ def _scripted_rules(configfile: str) -> dict:
 
 def test_every_scripted_rule_hashes_exactly_its_scripts_import_closure(tmp_path):
     # the tiny study defines fetch_dataset, the synthetic preset render_dataset, a {tiny: synthetic}
-    # entry (the base from scratch) the pretrain rules: together, every rule
+    # entry (the base from scratch) the pretrain rules, packed fine-tunes the train_<pack> rules:
+    # together, every rule
     scratch = yaml.safe_load((ROOT / "config/presets/synthetic.yaml").read_text())
     scratch["models"]["synthetic"] = {"tiny": "synthetic"}
+    scratch["personalization"]["subjects_per_job"] = 2  # its runs train in packs: rules train_<pack>
     (tmp_path / "scratch.yaml").write_text(yaml.safe_dump(scratch))
     rules = _scripted_rules(".test/config/tiny.yaml") | _scripted_rules(str(tmp_path / "scratch.yaml"))
     assert {Path(r["script"]).name for r in rules.values()} == {p.name for p in SCRIPTS.glob("*.py")}
@@ -142,7 +144,7 @@ def test_the_closure_follows_lazy_imports_package_data_and_from_imports(tmp_path
     modules, data = import_closure(script)
     # wig.cli imports wig.models.tiny inside a function; wig.models.tiny reads wig/configs/*.json
     assert {"wig", "wig.evaluation.plots", "wig.cli", "wig.models.tiny", "wig.evaluation.metrics"} <= set(modules)
-    assert {p.name for p in data} == {"tiny_sd.json", "tiny_sana.json", "tiny_synthetic.json"}
+    assert {p.name for p in data} == {"tiny_sd.json", "tiny_sana.json", "tiny_sdxl.json", "tiny_synthetic.json"}
     assert set(code_files(script)) == _walk(script)
     before = code_hash(script)
     plain = tmp_path / "plain.py"
