@@ -172,3 +172,34 @@ def test_subjects_per_job_packs_a_subjects_runs_by_its_concept_alone(tmp_path):
     # a method that cannot batch its subjects refuses the setting, naming it
     with pytest.raises(StudyError, match=r"subjects_per_job: db-lora-ti trains one subject per job .*db-lora\)"):
         Study.from_config(_validated(_edit(config, personalization__method="db-lora-ti")))
+
+
+def test_a_packs_rule_gets_the_resources_a_profile_sets_for_rule_train(tmp_path):
+    """profiles/slurm names rule train's partition, GPU and runtime; a pack's rule is named per pack,
+    so the workflow gives it train's."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings, StorageSettings
+
+    from conftest import copy_workflow
+
+    config = _edit(_small_config(), personalization__subjects_per_job=2)
+    config["models"].pop("tiny-sana")
+    workdir = copy_workflow(tmp_path, config)
+    environ = dict(os.environ)
+    try:
+        with SnakemakeApi(OutputSettings()) as api:
+            workflow = api.workflow(
+                resource_settings=ResourceSettings(
+                    cores=1, overwrite_resources={"train": {"runtime": 240, "mem_mb": 16000}}
+                ),
+                config_settings=ConfigSettings(),
+                storage_settings=StorageSettings(),
+                snakefile=workdir / "Snakefile",
+                workdir=workdir,
+            )._workflow
+            (pack,) = [r for r in workflow.rules if r.name.startswith("train_tiny_sd_db_lora_pack")]
+            assert pack.resources["runtime"] == 240 and pack.resources["mem_mb"] == 16000
+            assert pack.resources["gpu"] == 1
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)

@@ -143,6 +143,16 @@ def get_pack_params(pack):
     }
 
 
+def share_resources(rule, like):
+    """Give ``rule`` the resources a profile sets for ``like`` (its set-resources), before ``rule``
+    is defined: a pack's rule is named per pack, and a profile can only name rule train (SLURM's
+    partition, GPU and runtime). Snakemake keeps the parsed profile entries in a dict it reads
+    when each rule is defined."""
+    overrides = workflow.resource_settings._parsed_overwrite_resources
+    if like in overrides and rule not in overrides:
+        overrides[rule] = overrides[like]
+
+
 def unpacked_finetunes():
     """The wildcard values of rule train's fine-tunes: those trained one run per job."""
     names = {ft for m, ft in STUDY.finetune_pairs() if not STUDY.packed(m, ft)}

@@ -47,6 +47,7 @@ rule train:
 
 
 for _pack in STUDY.training_packs():
+    share_resources(_pack.rule, "train")
 
     rule:
         name:
