@@ -618,6 +618,8 @@ def test_packed_training_writes_each_run_as_alone_and_a_dropped_subject_retrains
         personalization__subjects_per_job=2,
         personalization__seed=[0, 1],
         dataset__concepts=["brown_dog", "duck_toy"],
+        seeds=[1],  # one sampling seed and CFG + PG ω 0: the pack is what is under test
+        guidance=[{"method": "cfg", "scale": 7.5}, {"method": "pg", "scale": 7.5, "omega": 0.0}],
     )
     config["models"].pop("tiny-sana")
     workdir = _workdir(tmp_path / "study", config)
@@ -660,7 +662,7 @@ def test_packed_training_writes_each_run_as_alone_and_a_dropped_subject_retrains
     args = ["--model", str(model / "model"), "--lora", str(runs / "brown_dog/ft1/full"), "--method", "pg"]
     args += ["--omega", "0", "--prompt", "a sks dog in the jungle", "--seed", "1", "--steps", "2"]
     assert main(["generate", *args, "--height", "32", "--width", "32", "--out", str(out), "--quiet"]) == 0
-    ref = Image.open(model / "db-lora/samples/brown_dog/ft1/pg/w0.0_l7.5/seeds0_1/s1_p00.png")
+    ref = Image.open(model / "db-lora/samples/brown_dog/ft1/pg/w0.0_l7.5/seeds1/s1_p00.png")
     assert np.abs(np.asarray(Image.open(out), dtype=np.int16) - np.asarray(ref, dtype=np.int16)).max() <= 1
     # dropping a subject changes one pack's members: one training job, the others' outputs kept
     _write_config(workdir, _edit(config, dataset__concepts=["brown_dog"]))
