@@ -168,23 +168,34 @@ def unet_without_lora(stock):
     return forward
 
 
-def unet_with_lora_written_in(model_dir, lora_file, omega: float):
-    """``sdxl_reference_loop``'s unconditional UNet: a second UNet whose Linear weights hold
-    θ + ω·B·A (no PEFT; the random LoRAs here have alpha = rank, scaling 1)."""
-    from diffusers import UNet2DConditionModel
+def lora_written_in(model_dir, lora_file, omega: float, component: str = "unet"):
+    """A second copy of a pipeline's denoiser (``component``) with θ + ω·B·A written into its
+    Linear weights (no PEFT), from a diffusers LoRA file in either key style (SD's
+    ``lora.down/up``, PEFT's ``lora_A/B``); the random LoRAs here have alpha = rank, scaling 1."""
+    from diffusers import SD3Transformer2DModel, UNet2DConditionModel
     from safetensors.torch import load_file
 
+    cls = {"unet": UNet2DConditionModel, "transformer": SD3Transformer2DModel}[component]
+    model = cls.from_pretrained(str(model_dir), subfolder=component)
+    modules = dict(model.named_modules())
+    state = load_file(str(lora_file))
+    assert not any("alpha" in k for k in state)
+    n = 0
+    for key, down in state.items():
+        for a, b in ((".lora.down.weight", ".lora.up.weight"), (".lora_A.weight", ".lora_B.weight")):
+            if key.endswith(a):
+                up = state[key.removesuffix(a) + b]
+                modules[key.removeprefix(f"{component}.").removesuffix(a)].weight.data += omega * (up @ down)
+                n += 1
+    assert n > 0
+    return model
+
+
+def unet_with_lora_written_in(model_dir, lora_file, omega: float):
+    """``sdxl_reference_loop``'s unconditional UNet: `lora_written_in`, called as the loop calls it."""
+
     def build(stock):
-        unet = UNet2DConditionModel.from_pretrained(str(model_dir), subfolder="unet")
-        modules = dict(unet.named_modules())
-        state = load_file(str(lora_file))
-        downs = [k for k in state if k.endswith(".lora.down.weight")]
-        assert downs and not any("alpha" in k for k in state)
-        for key in downs:
-            up = state[key.replace(".lora.down.", ".lora.up.")]
-            modules[key.removeprefix("unet.").removesuffix(".lora.down.weight")].weight.data += omega * (
-                up @ state[key]
-            )
+        unet = lora_written_in(model_dir, lora_file, omega)
         return lambda *args, **kwargs: unet(*args, **kwargs)[0]
 
     return build

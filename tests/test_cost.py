@@ -1,12 +1,15 @@
 """`wig plan`: what a config costs before it runs — counted from the study, timed at the rates the
 last run's own logs and manifests measured."""
 
+import re
 from pathlib import Path
 
 import polars as pl
 import pytest
 
 from wig.cli import main
+
+from conftest import point_row
 
 pytestmark = pytest.mark.check
 
@@ -40,9 +43,18 @@ def test_the_estimate_is_the_last_runs_own_rates(capsys, monkeypatch, tmp_path):
         run = tmp_path / f"m/db-lora/runs/c{i}/ft0"
         run.mkdir(parents=True)
         pl.DataFrame({"step": [1, 5], "seconds": [1.0, seconds]}).write_parquet(run / "log.parquet")
+    # a one-point job's manifest (…/samples/<concept>/ft0/cfg/<point>/<seeds>/): 0.2 s an image of
+    # cfg (2 branches) at the config's 2 steps is 50 ms an evaluation
+    manifest = tmp_path / "m/db-lora/samples/c0/ft0/cfg/w1.0_l7.5/seeds0_1/manifest.parquet"
+    manifest.parent.mkdir(parents=True)
+    pl.DataFrame([{**point_row("cfg", scale=7.5), "point": "cfg/w1.0_l7.5", "seconds_per_image": 0.2}]).write_parquet(
+        manifest
+    )
     lines = _plan(capsys, "--configfile", ".test/config/small.yaml", "--results", str(tmp_path))
     assert lines[0] == "fine-tuning: 2 runs in 2 jobs, 12 steps"
+    assert lines[3] == "denoiser evaluations: 64 (samples × steps × branches)"
     assert lines[4] == "fine-tuning ≈ 48 s (4.000 s/step)"  # 12 steps × 4 s
+    assert lines[5] == "sampling ≈ 3 s (50.00 ms/evaluation)"  # 64 × 50 ms
 
 
 def test_packed_jobs_count_once(capsys, monkeypatch, tmp_path):
@@ -54,3 +66,50 @@ def test_packed_jobs_count_once(capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(ROOT)
     lines = _plan(capsys, "--configfile", str(tmp_path / "c.yaml"), "--results", str(tmp_path))
     assert lines[0] == "fine-tuning: 4 runs in 2 jobs, 24 steps"  # one pack per model (one concept, 2 seeds)
+
+
+@pytest.mark.parametrize(
+    "write, message",
+    [
+        (None, "c.yaml: .*No such file"),
+        (lambda p: p.write_bytes(b"\xff\xfe models: ["), "c.yaml: .*(codec|decode)"),
+        (lambda p: p.write_text("models: [unclosed"), "c.yaml: "),
+        (lambda p: p.write_text("- a list"), "c.yaml: not a mapping of settings"),
+        (
+            lambda p: p.write_text((ROOT / ".test/config/small.yaml").read_text().replace("steps: 2", "stepz: 2")),
+            "stepz",
+        ),
+    ],
+    ids=["missing", "encoding", "truncated", "list", "unknown-key"],
+)
+def test_a_bad_config_is_one_line_naming_it(capsys, monkeypatch, tmp_path, write, message):
+    monkeypatch.chdir(ROOT)
+    config = tmp_path / "c.yaml"
+    if write is not None:
+        write(config)
+    assert main(["plan", "--configfile", str(config), "--results", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(message, err), err
+
+
+def test_an_unreadable_log_or_manifest_is_named(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(ROOT)
+    log = tmp_path / "m/db-lora/runs/c/ft0/log.parquet"
+    log.parent.mkdir(parents=True)
+    log.write_bytes(b"PAR1 truncated")
+    assert main(["plan", "--configfile", ".test/config/small.yaml", "--results", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{log}: unreadable" in err
+    log.unlink()
+    manifest = tmp_path / "m/db-lora/samples/c/ft0/cfg/w1.0_l7.5/seeds0_1/manifest.parquet"
+    manifest.parent.mkdir(parents=True)
+    pl.DataFrame({"point": ["x"], "path": ["a.png"]}).write_parquet(manifest)  # no method, no seconds
+    assert main(["plan", "--configfile", ".test/config/small.yaml", "--results", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert f"{manifest}: not a generation manifest" in err
+
+
+def test_plan_runs_from_the_workflows_folder(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert main(["plan", "--configfile", str(ROOT / ".test/config/small.yaml")]) == 1
+    assert "run wig plan from the workflow's folder" in capsys.readouterr().err

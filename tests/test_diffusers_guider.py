@@ -15,7 +15,15 @@ from diffusers.guiders import ClassifierFreeGuidance
 from wig.integrations.diffusers import PersonalizationGuidance
 from wig.personalization.lora import lora_layers
 
-from conftest import ROOT, generators, sdxl_reference_loop, to_uint8, unet_with_lora_written_in, unet_without_lora
+from conftest import (
+    ROOT,
+    generators,
+    lora_written_in,
+    sdxl_reference_loop,
+    to_uint8,
+    unet_with_lora_written_in,
+    unet_without_lora,
+)
 
 pytestmark = pytest.mark.check
 
@@ -247,10 +255,8 @@ def _sd3_reference(tiny_sd3, omega):
     """Stock StableDiffusion3Pipeline's pieces in a loop of our own: its encode_prompt, noise,
     flow-matching Euler steps and decode; the conditional branch on the LoRA'd transformer, the
     unconditional one with the LoRA disabled (ω 0) or on a second transformer holding θ + ω·B·A."""
-    from diffusers import SD3Transformer2DModel
     from diffusers import StableDiffusion3Pipeline as SD3
     from diffusers.utils.torch_utils import randn_tensor
-    from safetensors.torch import load_file
 
     stock = SD3.from_pretrained(str(tiny_sd3 / "model"), text_encoder_3=None, tokenizer_3=None)
     stock.load_lora_weights(str(tiny_sd3 / "lora"))
@@ -266,16 +272,8 @@ def _sd3_reference(tiny_sd3, omega):
             finally:
                 stock.transformer.enable_adapters()
     else:
-        lerped = SD3Transformer2DModel.from_pretrained(str(tiny_sd3 / "model"), subfolder="transformer")
-        modules = dict(lerped.named_modules())
-        state = load_file(str(tiny_sd3 / "lora/pytorch_lora_weights.safetensors"))
-        downs = [k for k in state if k.endswith(".lora_A.weight")]
-        assert downs and not any("alpha" in k for k in state)  # alpha = rank: scaling 1
-        for key in downs:
-            up = state[key.replace(".lora_A.", ".lora_B.")]
-            modules[key.removeprefix("transformer.").removesuffix(".lora_A.weight")].weight.data += omega * (
-                up @ state[key]
-            )
+        lora = tiny_sd3 / "lora/pytorch_lora_weights.safetensors"
+        lerped = lora_written_in(tiny_sd3 / "model", lora, omega, component="transformer")
 
         def weak(**kw):
             return lerped(**kw, return_dict=False)[0]

@@ -9,8 +9,7 @@ to reproduce.
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-from safetensors.torch import load_file
+from diffusers import StableDiffusionPipeline
 
 from wig.branches import WEAK
 from wig.errors import WigError
@@ -20,7 +19,7 @@ from wig.personalization.lora import attach_loras
 from wig.sampling.generation import generate_samples
 from wig.sampling.sampler import Request, SamplingError, sample, sample_latents
 
-from conftest import PROMPTS, STEPS, H, W, generators, reference_loop, to_uint8
+from conftest import PROMPTS, STEPS, H, W, generators, lora_written_in, reference_loop, to_uint8
 
 pytestmark = pytest.mark.check
 
@@ -68,23 +67,6 @@ def _unet_call(unet, cond: bool, adapters=None):
     return fn
 
 
-def _materialised_unet(model_dir, lora_file, omega):
-    """A separate UNet with weights θ + ω·B·A written into its Linear weights (no PEFT)."""
-    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet")
-    state = load_file(str(lora_file))
-    modules = dict(unet.named_modules())
-    n = 0
-    for key, a in state.items():
-        if not key.endswith(".lora.down.weight"):
-            continue
-        b = state[key.replace(".lora.down.", ".lora.up.")]
-        name = key.removeprefix("unet.").removesuffix(".lora.down.weight")
-        modules[name].weight.data += omega * (b @ a)  # our random LoRAs have alpha = rank: scaling 1
-        n += 1
-    assert n > 0 and not any("alpha" in k for k in state)
-    return unet
-
-
 # --- against stock diffusers ---------------------------------------------------------------
 
 
@@ -115,7 +97,7 @@ def test_pg_omega_zero_uses_the_pretrained_weak_branch(tuned):
 def test_pg_omega_interpolates_weights(tiny_sd, tuned, lora_path):
     omega = 0.4
     ours = _latents(tuned, Guidance("pg", LAMBDA, omega=omega))
-    weak_unet = _materialised_unet(tiny_sd, lora_path, omega)
+    weak_unet = lora_written_in(tiny_sd, lora_path, omega)
     ref = reference_loop(
         tuned,
         [
@@ -164,7 +146,7 @@ def test_sag_equals_its_formula_from_three_separate_passes(tiny_sd, tuned, lora_
     if omega == 1.0:
         weak = _unet_call(unet, False, ["full"])
     else:
-        weak_unet = _materialised_unet(tiny_sd, lora_path, omega)
+        weak_unet = lora_written_in(tiny_sd, lora_path, omega)
         weak = lambda x, t, c, u: weak_unet(x, t, encoder_hidden_states=u, return_dict=False)[0]  # noqa: E731
 
     def agnostic(x, t, c, u):

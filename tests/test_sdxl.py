@@ -142,3 +142,15 @@ def test_a_trained_lora_loads_in_stock_sdxl_and_changes_its_image(tiny_sdxl, run
     _method().train(pipe, _subject(), again, seed=3, progress=False)
     for name, path in _method().checkpoint_files(run).items():
         assert _method().checkpoint_files(again)[name].read_bytes() == path.read_bytes()
+
+
+def test_class_images_are_what_cfg_draws_with_the_zero_null_condition(tiny_sdxl, tmp_path):
+    """generate_class_images calls the stock pipeline; an empty negative prompt must reach it as
+    SDXL's zero condition (negative_prompt=None), what wig's CFG feeds, so image i is `cfg` at seed i."""
+    from wig.personalization.training import generate_class_images
+
+    pipe = load_pipeline(str(tiny_sdxl), device="cpu", dtype="float32")
+    generate_class_images(pipe, "a photo of dog", 1, tmp_path / "c", seed=3, steps=STEPS, scale=LAMBDA, progress=False)
+    (image,) = read_images(tmp_path / "c")
+    ours = sample(pipe, ["a photo of dog"], Guidance("cfg", LAMBDA), generators([3]), steps=STEPS, progress=False)
+    assert np.abs(to_uint8([image]) - to_uint8(ours)).max() <= 1

@@ -708,14 +708,24 @@ def _cmd_plan(args) -> None:
     import yaml
     from snakemake.utils import validate
 
+    from wig.workflow.config_schema import schema_error
     from wig.workflow.cost import estimate_lines, measured_rates, study_cost
     from wig.workflow.study import Study
 
-    if not args.configfile.is_file():
-        raise WigError(f"--configfile not found: {args.configfile}")
-    config = yaml.safe_load(args.configfile.read_text())
-    schema = Path(__file__).resolve().parents[2] / "config/schema.yaml"
-    validate(config, str(schema))
+    schema = Path("config/schema.yaml")  # the workflow's, as snakemake reads it: run from its folder
+    if not schema.is_file():
+        raise WigError(f"no {schema} here: run wig plan from the workflow's folder")
+    try:
+        config = yaml.safe_load(args.configfile.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise WigError(f"--configfile {args.configfile}: {first}") from None
+    if not isinstance(config, dict):
+        raise WigError(f"--configfile {args.configfile}: not a mapping of settings")
+    problem = schema_error(config, schema)
+    if problem is not None:
+        raise WigError(f"--configfile {args.configfile}: {problem}")
+    validate(config, str(schema))  # fills in the defaults, as the workflow does
     study = Study.from_config(config)
     cost = study_cost(study)
     for line in cost.lines() + estimate_lines(cost, measured_rates(study, args.results)):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import polars as pl
 
+from wig.errors import WigError
 from wig.workflow.study import Study
 
 
@@ -71,19 +72,32 @@ def measured_rates(study: Study, results: str | Path = "results") -> Rates:
     results = Path(results)
     per_step = []
     for log in sorted(results.glob("*/*/runs/*/*/log.parquet")):
-        frame = pl.read_parquet(log, columns=["step", "seconds"])
+        frame = _read(log, ["step", "seconds"])
         if len(frame) and frame["step"][-1] > 0:
             per_step.append(frame["seconds"][-1] / frame["step"][-1])
     per_evaluation = []
     steps = study.config["sampling"]["steps"]
-    for manifest in sorted(results.glob("*/*/samples/*/*/*/*/manifest.parquet")):
-        for row in pl.read_parquet(manifest).unique("point", keep="first").iter_rows(named=True):
-            per_evaluation.append(row["seconds_per_image"] / (steps * len(point_of(row).branches())))
+    for manifest in sorted(results.glob("*/*/samples/**/manifest.parquet")):
+        frame = _read(manifest, None)
+        try:
+            for row in frame.unique("point", keep="first").iter_rows(named=True):
+                per_evaluation.append(row["seconds_per_image"] / (steps * len(point_of(row).branches())))
+        except (KeyError, pl.exceptions.PolarsError, WigError) as err:
+            raise WigError(f"{manifest}: not a generation manifest ({err})") from None
     return Rates(
         statistics.median(per_step) if per_step else None,
         statistics.median(per_evaluation) if per_evaluation else None,
         f"{len(per_step)} finished runs and {len(per_evaluation)} generation points under {results}",
     )
+
+
+def _read(path: Path, columns: list[str] | None) -> pl.DataFrame:
+    """A run's log or a job's manifest; one line naming the file if it is not that."""
+    try:
+        return pl.read_parquet(path, columns=columns)
+    except (OSError, pl.exceptions.PolarsError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise WigError(f"{path}: unreadable ({first})") from None
 
 
 def estimate_lines(cost: Cost, rates: Rates) -> list[str]:

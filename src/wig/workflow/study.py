@@ -150,11 +150,12 @@ class Study(RuleParams):
         ``dataset.concepts`` changes one pack (≈ K runs each; empty packs are no job)."""
         packs = []
         for name, ft in self.finetune_pairs():
-            finetune = self.models[name].finetunes[ft]
-            k = finetune.subjects_per_job
-            if k == 1 or not finetune.method.trains:
+            if not self.packed(name, ft):
                 continue
-            count = max(1, -(-max(self.sheet_size, len(self.concepts)) * len(finetune.seeds) // k))
+            finetune = self.models[name].finetunes[ft]
+            count = max(
+                1, -(-max(self.sheet_size, len(self.concepts)) * len(finetune.seeds) // finetune.subjects_per_job)
+            )
             members: dict[int, list[TrainingRun]] = {}
             for run in self.training_runs(name, ft):
                 members.setdefault(pack_of(run.concept, count), []).append(run)
