@@ -101,3 +101,16 @@ def test_the_paired_cube_is_the_paired_tables_difference():
         paired_cube(scores, "oracle_subject", {"method": "pg", "omega": 0.5})
     with pytest.raises(WigError, match="no grid point columns"):
         paired_cube(scores, "oracle_subject", {"method": "pg", "omeg": 0.0})
+
+
+def test_stated_components_project_as_the_cube_they_came_from():
+    """A run is sized from the components an earlier report kept (its scores long gone): the same
+    numbers give the same projection as the cube they were fitted from, and bad ones are refused."""
+    sd = {"subjects": 0.05, "finetune_seeds": 0.02, "prompts": 0.04, "seeds": 0.01, "noise": 0.1}
+    cube = _draw(np.random.default_rng(4), (5, 2, 6, 4), sd)
+    counts = (20, 1, 6, 4)
+    assert projected_half_width(components(cube), counts, runs=5) == projected_half_width(cube, counts, runs=5)
+    with pytest.raises(WigError, match=r"missing \['noise'\]"):
+        projected_half_width({k: v for k, v in components(cube).items() if k != "noise"}, counts)
+    with pytest.raises(WigError, match="negative"):
+        projected_half_width(components(cube) | {"prompts": -1.0}, counts)

@@ -18,6 +18,8 @@ rule prepare:
 if STUDY.render:
 
     rule render_dataset:
+        input:
+            sheet=config["dataset"]["sheet"],
         output:
             directory(config["dataset"]["root"]),
         log:

@@ -74,14 +74,19 @@ def components(cube: np.ndarray) -> dict[str, float]:
 
 
 def projected_half_width(
-    cube: np.ndarray, counts: tuple[int, int, int, int], n_boot: int = 1000, runs: int = 20, seed: int = 0
+    pilot: np.ndarray | dict[str, float],
+    counts: tuple[int, int, int, int],
+    n_boot: int = 1000,
+    runs: int = 20,
+    seed: int = 0,
 ) -> float:
     """The mean half-width of the tables' 95 % bootstrap CI over ``runs`` simulated runs of
-    ``counts`` (subjects, LoRA seeds, prompts, seeds), drawn from the pilot ``cube``'s fitted
-    components (normal effects)."""
+    ``counts`` (subjects, LoRA seeds, prompts, seeds), drawn from the pilot's components (normal
+    effects): a pilot ``cube``'s fitted ones, or stated ones (`components`' keys) — how a run is
+    sized before its pilot's scores are at hand, from the numbers an earlier report kept."""
     from wig.evaluation.metrics import _bootstrap
 
-    comp = components(cube)
+    comp = components(pilot) if isinstance(pilot, np.ndarray) else _checked_components(pilot)
     rng = np.random.default_rng(seed)
     k_c, k_f, k_p, k_s = counts
     widths = []
@@ -95,6 +100,19 @@ def projected_half_width(
         lo, hi = _bootstrap(sim, n_boot, rng)
         widths.append((hi - lo) / 2)
     return float(np.mean(widths))
+
+
+def _checked_components(comp: dict[str, float]) -> dict[str, float]:
+    needed = {"mean", "subjects", *AXES[1:], "noise"}
+    missing, unknown = needed - set(comp), set(comp) - needed
+    if missing or unknown:
+        raise WigError(
+            f"variance components: missing {sorted(missing)}, unknown {sorted(unknown)}; give {sorted(needed)}"
+        )
+    negative = [k for k, v in comp.items() if k != "mean" and v < 0]
+    if negative:
+        raise WigError(f"variance components cannot be negative: {negative}")
+    return comp
 
 
 def plan(

@@ -201,7 +201,7 @@ def train_loras(
                 subject_params[0] = subject_params[0] + list(
                     group["params"]
                 )  # clipped together, as the advanced script does
-        optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+        optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8, fused=True)
         # one device per job: accelerate brings autocast, the fp16 grad scaler and unscaled clipping;
         # the model stays unwrapped (prepare() would patch its forward for the rest of the process)
         optimizer = accelerator.prepare(optimizer)

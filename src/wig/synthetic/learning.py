@@ -19,7 +19,7 @@ from wig.guidance.cfg import CFG
 from wig.guidance.none import NoGuidance
 from wig.sampling.sampler import sample
 from wig.synthetic.oracle import subject_fidelity
-from wig.synthetic.world import SUBJECTS
+from wig.synthetic.world import subject_named
 
 ARMS = ("fine-tune, unguided", "fine-tune, CFG", "base, CFG")
 
@@ -62,15 +62,14 @@ def learning_check(
     its branch weights; ``runs``: (concept, LoRA seed, run folder); ``identifier_of(concept)`` the
     words that name the subject ("sks triangle"). Image i of a prompt is sampled with seed i, the
     same noise in every arm."""
-    subjects = {s.name: s for s in SUBJECTS}
     rows = []
     base = load()
     for concept in dict.fromkeys(c for c, _, _ in runs):
-        subject = subjects[concept]
+        subject = subject_named(concept)
         prompts = training_prompts(instance_prompt, identifier_of(concept), subject.train_backgrounds)
         rows += _rows(_images(base, prompts, CFG(scale=scale), seeds, None, sampling), ARMS[2], concept, None, subject)
     for concept, fseed, run in runs:
-        subject = subjects[concept]
+        subject = subject_named(concept)
         prompts = training_prompts(instance_prompt, identifier_of(concept), subject.train_backgrounds)
         pipe = load()
         weights = attach(pipe, run)

@@ -22,8 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wig.errors import WigError
-from wig.synthetic.world import PALETTE, SHAPES, SUBJECTS, Subject, pattern_first, prompt_attributes, shape_mask
+from wig.synthetic.world import PALETTE, SHAPES, Subject, pattern_first, prompt_attributes, shape_mask, subject_named
 
 OBJECT_DISTANCE = 60.0
 SEARCH = 2
@@ -141,9 +140,7 @@ def score_images(images, prompts: list[str], concept: str) -> dict[str, list[flo
     """Text and subject fidelity (``text``, ``subject``) per image of a synthetic subject
     ``concept`` (one segmentation per image serves both; `wig.evaluation.oracle` registers them
     as metrics)."""
-    subjects = {s.name: s for s in SUBJECTS}
-    if concept not in subjects:
-        raise WigError(f"concept {concept!r} is not a subject of the synthetic world ({', '.join(subjects)})")
+    subject = subject_named(concept)
     out = {"text": [], "subject": []}
     for img, prompt in zip(images, prompts, strict=True):
         arr = _rgb(img)
@@ -152,5 +149,5 @@ def score_images(images, prompts: list[str], concept: str) -> dict[str, list[flo
         out["text"].append(
             _text_scores(reading, attrs.get("background"), attrs.get("colour"), attrs.get("shape"))["text"]
         )
-        out["subject"].append(_subject_scores(arr, reading.mask, subjects[concept])["subject"])
+        out["subject"].append(_subject_scores(arr, reading.mask, subject)["subject"])
     return out

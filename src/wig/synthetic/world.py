@@ -16,6 +16,7 @@ import csv
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -168,6 +169,50 @@ SUBJECTS = (
     Subject("blue_yellow_circle", "circle", "diagonal", "blue", "yellow"),
     Subject("magenta_green_square", "square", "diagonal", "magenta", "green"),
 )
+# patterns a drawn subject may have: the quadrant split is left out, for the reason above
+DRAWN_PATTERNS = ("hsplit", "vsplit", "diagonal", "core")
+
+
+def every_subject() -> list[Subject]:
+    """Every subject the world can pose that pretraining never shows, named
+    ``<colour>_<colour2>_<pattern>_<shape>``: 3 shapes × the drawn patterns × the 30 ordered pairs
+    of the 6 object colours (white and black are the training backgrounds) — 360 in all."""
+    colours = [c for c in PALETTE if c not in Subject.__dataclass_fields__["train_backgrounds"].default]
+    return [
+        Subject(f"{c1}_{c2}_{pattern}_{shape}", shape, pattern, c1, c2)
+        for shape in SHAPES
+        for pattern in DRAWN_PATTERNS
+        for c1 in colours
+        for c2 in colours
+        if c1 != c2
+    ]
+
+
+def draw_subjects(n: int, seed: int = 0) -> tuple[Subject, ...]:
+    """``n`` distinct subjects drawn at random (numpy, ``seed``) from `every_subject` less the five
+    of `SUBJECTS` — new subjects for a study that must not reuse the ones its pilot looked at."""
+    known = {(s.shape, s.pattern, s.colour, s.colour2) for s in SUBJECTS}
+    pool = [s for s in every_subject() if (s.shape, s.pattern, s.colour, s.colour2) not in known]
+    if not 1 <= n <= len(pool):
+        raise WigError(f"the world has {len(pool)} new subjects; asked for {n}")
+    order = np.random.default_rng(seed).permutation(len(pool))[:n]
+    return tuple(pool[i] for i in order)
+
+
+def subject_named(name: str) -> Subject:
+    """A subject by name: one of `SUBJECTS`, or any of `every_subject` by its descriptive name."""
+    for subject in SUBJECTS:
+        if subject.name == name:
+            return subject
+    parts = name.split("_")
+    if len(parts) == 4 and parts[2] in PATTERNS:
+        c1, c2, pattern, shape = parts
+        if shape in SHAPES and c1 in PALETTE and c2 in PALETTE and c1 != c2:
+            return Subject(name, shape, pattern, c1, c2)
+    raise WigError(
+        f"{name!r} is not a subject of the synthetic world: one of {', '.join(s.name for s in SUBJECTS)}, "
+        "or <colour>_<colour2>_<pattern>_<shape>"
+    )
 
 
 @dataclass
@@ -210,13 +255,13 @@ def evaluation_prompts(subject: Subject) -> list[str]:
     ]
 
 
-def write_sheet(out: str | os.PathLike) -> Path:
+def write_sheet(out: str | os.PathLike, subjects: Sequence[Subject] = SUBJECTS) -> Path:
     """The subjects as a concept sheet (`wig.concepts` format): ``concepts.csv`` (class noun = the
     shape, image folder = the subject's name) and a held-out prompt list ``<subject>.txt`` each."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for subject in SUBJECTS:
+    for subject in subjects:
         (out / f"{subject.name}.txt").write_text("\n".join(evaluation_prompts(subject)) + "\n")
         rows.append(
             {
@@ -234,9 +279,15 @@ def write_sheet(out: str | os.PathLike) -> Path:
     return out / "concepts.csv"
 
 
-def render_images(root: str | os.PathLike, n_images: int = 5, size: int = 32, seed: int = 0) -> None:
-    """``<subject>/NN.png`` for every subject: its training backgrounds in turn, jittered layout.
-    Deterministic in (n_images, size, seed)."""
+def render_images(
+    root: str | os.PathLike,
+    n_images: int = 5,
+    size: int = 32,
+    seed: int = 0,
+    subjects: Sequence[Subject] = SUBJECTS,
+) -> None:
+    """``<subject>/NN.png`` for every subject, in order: its training backgrounds in turn, jittered
+    layout. Deterministic in (n_images, size, seed, the subjects in order)."""
     if not 4 <= n_images <= 12:
         raise WigError(f"n_images must lie in [4, 12], got {n_images}")
     if size % 32:
@@ -245,7 +296,7 @@ def render_images(root: str | os.PathLike, n_images: int = 5, size: int = 32, se
     rng = np.random.default_rng(seed)
     k = size // 32
     layout = Layout(size=size, radii=tuple(r * k for r in Layout().radii), jitter=2 * k)
-    for subject in SUBJECTS:
+    for subject in subjects:
         (root / subject.name).mkdir(parents=True, exist_ok=True)
         for i in range(n_images):
             bg = subject.train_backgrounds[i % len(subject.train_backgrounds)]
