@@ -66,6 +66,15 @@ def test_packed_jobs_count_once(capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(ROOT)
     lines = _plan(capsys, "--configfile", str(tmp_path / "c.yaml"), "--results", str(tmp_path))
     assert lines[0] == "fine-tuning: 4 runs in 2 jobs, 24 steps"  # one pack per model (one concept, 2 seeds)
+    # the last run: a pack of 3 runs (one clock: 30 s for 5 steps each, 2 s a run-step) and a run alone
+    # (5 s for 5 steps, 1 s a step); the median of the jobs' rates is 1.5 s a step, not 6 (a pack's
+    # clock read as one run's)
+    for i, seconds in enumerate((30.0, 30.0, 30.0, 5.0)):
+        run = tmp_path / f"m/db-lora/runs/c{i}/ft0"
+        run.mkdir(parents=True)
+        pl.DataFrame({"step": [1, 5], "seconds": [3.0, seconds]}).write_parquet(run / "log.parquet")
+    lines = _plan(capsys, "--configfile", str(tmp_path / "c.yaml"), "--results", str(tmp_path))
+    assert lines[4] == "fine-tuning ≈ 36 s (1.500 s/step)"  # 24 steps × 1.5 s
 
 
 @pytest.mark.parametrize(

@@ -212,3 +212,44 @@ def test_oracle_scores_per_image_and_reach_the_tables():
     assert table.filter(pl.col("method") == "pg")["oracle_text"].to_list() == [1.0]
     paired = paired_vs_cfg(frame, n_boot=50)
     assert paired["d_oracle_text"].to_list() == [0.5] and paired["d_oracle_subject"].to_list() == [0.25]
+
+
+def test_drawn_subjects_are_new_distinct_and_their_sheet_is_shipped(tmp_path):
+    """The ±0.02 study's subjects: drawn from every subject the world can pose less the pilot's five,
+    a seeded prefix-stable draw, named so the oracle and the renderer find them; the shipped sheet is
+    the tool's output, and its subjects render as ground truth."""
+    from pathlib import Path
+
+    from wig.concepts import read_images
+    from wig.synthetic.world import draw_subjects, every_subject, render_images, subject_named, write_sheet
+
+    pool = every_subject()
+    assert len(pool) == len({(s.shape, s.pattern, s.colour, s.colour2) for s in pool}) == 3 * 4 * 30
+    drawn = draw_subjects(104, seed=0)
+    known = {(s.shape, s.pattern, s.colour, s.colour2) for s in SUBJECTS}
+    assert len({s.name for s in drawn}) == 104 and not known & {
+        (s.shape, s.pattern, s.colour, s.colour2) for s in drawn
+    }
+    assert draw_subjects(20, seed=0) == drawn[:20] and draw_subjects(20, seed=1) != drawn[:20]
+    assert all(subject_named(s.name) == s for s in (*drawn, *SUBJECTS))
+    with pytest.raises(WigError, match="not a subject of the synthetic world"):
+        subject_named("red_red_core_circle")
+    with pytest.raises(WigError, match="355 new subjects"):
+        draw_subjects(356)
+
+    shipped = Path(__file__).resolve().parents[1] / "resources/datasets/synthetic-subjects"
+    write_sheet(tmp_path / "sheet", drawn)
+    made = sorted(p.name for p in (tmp_path / "sheet").iterdir())
+    assert made == sorted(p.name for p in shipped.iterdir() if p.name != "README.md")
+    assert all((tmp_path / "sheet" / n).read_bytes() == (shipped / n).read_bytes() for n in made)
+    render_images(tmp_path / "images", n_images=4, subjects=drawn[:6])
+    for subject in drawn[:6]:
+        images = read_images(tmp_path / "images" / subject.name)
+        assert len(images) == 4 and all(subject_fidelity(im, subject)["subject"] == 1.0 for im in images)
+    # the default sheet's images are unchanged by naming the subjects: the same draws in the same order
+    render_images(tmp_path / "default", n_images=4)
+    render_images(tmp_path / "named", n_images=4, subjects=SUBJECTS)
+    files = sorted(p.relative_to(tmp_path / "default") for p in (tmp_path / "default").rglob("*.png"))
+    assert files and all(
+        (tmp_path / "default" / f).read_bytes() == (tmp_path / "named" / f).read_bytes() for f in files
+    )

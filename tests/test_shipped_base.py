@@ -17,7 +17,13 @@ from wig.workflow.study import Study
 pytestmark = pytest.mark.check
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMING = ["config/config.yaml", "config/presets/synthetic.yaml", ".test/config/synthetic-smoke.yaml"]
+NAMING = [
+    "config/config.yaml",
+    "config/presets/synthetic.yaml",
+    "config/presets/synthetic-dreamblend.yaml",
+    "config/presets/synthetic-subjects.yaml",
+    ".test/config/synthetic-smoke.yaml",
+]
 
 
 def _record() -> dict:
@@ -46,11 +52,12 @@ def test_every_config_starting_from_it_names_its_digest_and_loads_it_as_a_checkp
 
     monkeypatch.chdir(ROOT)
     config = yaml.safe_load((ROOT / path).read_text())
-    spec = config["models"]["synthetic"]
+    name = next(n for n, m in config["models"].items() if "base" not in m)  # the entry naming the weights
+    spec = config["models"][name]
     assert spec["path"] == str(SHIPPED) and spec["sha256"] == _record()["sha256"] and spec["family"] == "sd"
     validate(config, str(ROOT / "config/schema.yaml"))
     study = Study.from_config(config)
-    assert study.models["synthetic"].kind == "checkpoint" and study.world_bases() == ["synthetic"]
+    assert study.models[name].kind == "checkpoint" and study.world_bases() == [name]
 
 
 def test_resolving_checks_the_digest_naming_the_folder(tmp_path):

@@ -61,6 +61,26 @@ def test_paper_presets_plan_sixteen_concepts_eleven_classes_and_every_point(pres
     assert all(len(p) == 31 for p in study.prompts.values())  # max_prompts: null
 
 
+def test_the_subjects_preset_plans_104_new_subjects_in_seven_packs():
+    """The ±0.02 run as pre-registered (README "The run at ±0.02"): 104 subjects none of which the
+    earlier runs used, one LoRA seed each, 16 a job (7 packs by hash), CFG and PG ω 0 / 0.5 at λ 4.5."""
+    from wig.synthetic.world import SUBJECTS
+
+    study = Study.from_config(_config("config/presets/synthetic-subjects.yaml"))
+    assert len(study.concepts) == study.sheet_size == 104 and not set(study.concepts) & {s.name for s in SUBJECTS}
+    (model,) = study.models.values()
+    (tune,) = model.finetunes.values()
+    assert not model.prior and tune.seeds == (0,) and tune.subjects_per_job == 16
+    packs = study.training_packs()
+    assert len(packs) == 7 and sorted(r.concept for p in packs for r in p.runs) == sorted(study.concepts)
+    assert {(p.name, p.scale, getattr(p, "omega", None)) for p in model.points} == {
+        ("cfg", 4.5, None),
+        ("pg", 4.5, 0.0),
+        ("pg", 4.5, 0.5),
+    }
+    assert study.metrics == ("scene", "oracle_text", "oracle_subject")
+
+
 def test_synthetic_preset_shares_the_shipped_base_between_two_trainings():
     study = Study.from_config(_config("config/presets/synthetic.yaml"))
     prior, noprior = study.models["synthetic"], study.models["synthetic-noprior"]

@@ -3,7 +3,7 @@
 subjects its pilot looked at. The draw is a seeded permutation, so the first n of a larger draw are
 the draw of n.
 
-    python tools/synthetic_subjects.py resources/datasets/synthetic-subjects --subjects 96 --seed 0
+    python tools/synthetic_subjects.py resources/datasets/synthetic-subjects --subjects 104 --seed 0
 """
 
 import argparse

@@ -64,17 +64,22 @@ class Rates:
 
 
 def measured_rates(study: Study, results: str | Path = "results") -> Rates:
-    """Medians over the last run's finished fine-tunes (log.parquet: seconds at its last step) and
+    """Medians over the last run's finished fine-tuning jobs (log.parquet: seconds at the last step
+    per step of each run the job trained) and
     generation jobs (manifest.parquet: seconds per image of each point ÷ the study's sampling steps
     × the point's branches) in ``results``."""
     from wig.guidance.base import point_of
 
     results = Path(results)
-    per_step = []
+    # a packed job's runs log its one clock (`train_loras`): the same seconds at every step, so runs
+    # with the same (last step, seconds) are one job's, whose time their steps share
+    jobs: dict[tuple[int, float], int] = {}
     for log in sorted(results.glob("*/*/runs/*/*/log.parquet")):
         frame = _read(log, ["step", "seconds"])
         if len(frame) and frame["step"][-1] > 0:
-            per_step.append(frame["seconds"][-1] / frame["step"][-1])
+            key = (int(frame["step"][-1]), float(frame["seconds"][-1]))
+            jobs[key] = jobs.get(key, 0) + 1
+    per_step = [seconds / (steps * runs) for (steps, seconds), runs in jobs.items()]
     per_evaluation = []
     steps = study.config["sampling"]["steps"]
     for manifest in sorted(results.glob("*/*/samples/**/manifest.parquet")):
@@ -87,7 +92,7 @@ def measured_rates(study: Study, results: str | Path = "results") -> Rates:
     return Rates(
         statistics.median(per_step) if per_step else None,
         statistics.median(per_evaluation) if per_evaluation else None,
-        f"{len(per_step)} finished runs and {len(per_evaluation)} generation points under {results}",
+        f"{sum(jobs.values())} finished runs in {len(per_step)} jobs and {len(per_evaluation)} generation points under {results}",
     )
 
 
