@@ -92,7 +92,8 @@ def measured_rates(study: Study, results: str | Path = "results") -> Rates:
     return Rates(
         statistics.median(per_step) if per_step else None,
         statistics.median(per_evaluation) if per_evaluation else None,
-        f"{sum(jobs.values())} finished runs in {len(per_step)} jobs and {len(per_evaluation)} generation points under {results}",
+        f"{sum(jobs.values())} finished runs in {len(per_step)} jobs and {len(per_evaluation)} generation points "
+        f"under {results}",
     )
 
 
