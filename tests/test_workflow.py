@@ -604,14 +604,15 @@ def test_table2_study_trains_every_method_and_guides_with_sag_through_the_dag(tm
 def test_packed_training_writes_each_run_as_alone_and_a_dropped_subject_retrains_one_job(tmp_path):
     """``subjects_per_job: 2``: both subjects' runs (two seeds each) train in packs through the DAG;
     a packed run equals the same run trained alone (its losses, its LoRA), its samples are what
-    `wig generate` makes with its LoRA, and dropping a subject from dataset.concepts retrains one job."""
+    `wig generate` makes with its LoRA; an unreadable image fails its pack alone, naming the subject,
+    and leaves none of the pack's runs; mending it retrains that pack, dropping the subject none."""
     from safetensors.torch import load_file
 
     from wig.cli import main
     from wig.concepts import read_images
     from wig.models.pipelines import load_pipeline
     from wig.personalization import Subject, make
-    from wig.workflow.model import class_slug
+    from wig.workflow.model import class_slug, pack_of
 
     config = _edit(
         _small_config(),
@@ -623,6 +624,10 @@ def test_packed_training_writes_each_run_as_alone_and_a_dropped_subject_retrains
     )
     config["models"].pop("tiny-sana")
     workdir = _workdir(tmp_path / "study", config)
+    # a sheet of three subjects (one not selected) makes three packs: brown_dog's and duck_toy's differ
+    sheet = workdir / "resources/datasets/demo/concepts.csv"
+    sheet.write_text(sheet.read_text() + "brown_dog_copy,brown_dog,dog,yes,../vico/prompts_live_objects.txt\n")
+    assert pack_of("brown_dog", 3) != pack_of("duck_toy", 3)
     proc = _snakemake(workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     model = workdir / "results/tiny-sd"
@@ -664,10 +669,34 @@ def test_packed_training_writes_each_run_as_alone_and_a_dropped_subject_retrains
     assert main(["generate", *args, "--height", "32", "--width", "32", "--out", str(out), "--quiet"]) == 0
     ref = Image.open(model / "db-lora/samples/brown_dog/ft1/pg/w0.0_l7.5/seeds1/s1_p00.png")
     assert np.abs(np.asarray(Image.open(out), dtype=np.int16) - np.asarray(ref, dtype=np.int16)).max() <= 1
-    # dropping a subject changes one pack's members: one training job, the others' outputs kept
+    # an unreadable image fails its pack with one line naming the subject; nothing of that pack's
+    # runs is left, and the other packs' runs are byte for byte what they were
+    weights = {r: (r / "full/pytorch_lora_weights.safetensors").read_bytes() for r in runs.glob("*/ft*")}
+    image = sorted((workdir / "results/concepts/duck_toy").glob("*.png"))[0]
+    image.write_bytes(image.read_bytes()[:64])  # a truncated PNG
+    os.utime(image.parent)  # the prepared folder newer than the runs: its pack reruns
+    proc = _snakemake(workdir, "--keep-going")
+    assert proc.returncode != 0
+    refusals = [line for line in proc.stderr.splitlines() if line.startswith("wig: rule train_")]
+    assert len(refusals) == 1 and re.fullmatch(
+        rf"wig: rule train_tiny_sd_db_lora_pack\d+: subject duck_toy \(seed \d\): .*{image.name}.*", refusals[0]
+    ), refusals
+    failed = re.search(r"Error in rule (train_\w+):.*?output: ([^\n]+)", proc.stderr, re.S)
+    lost = {Path(path.strip()).relative_to("results/tiny-sd/db-lora/runs") for path in failed[2].split(",")}
+    assert lost == {Path("duck_toy/ft0"), Path("duck_toy/ft1")}  # its pack: both its seeds, no one else
+    for run, data in weights.items():
+        rel = run.relative_to(runs)
+        if rel in lost:
+            assert not run.exists(), rel
+        else:
+            assert (run / "full/pytorch_lora_weights.safetensors").read_bytes() == data, rel
+    # the image mended (prepared again), exactly duck_toy's pack retrains; dropped, nothing does
+    shutil.rmtree(workdir / "results/concepts/duck_toy")
+    planned = _planned(workdir)
+    assert {rule: n for rule, n in planned.items() if rule.startswith("train")} == {failed[1]: 1}, planned
     _write_config(workdir, _edit(config, dataset__concepts=["brown_dog"]))
     planned = _planned(workdir)
-    assert sum(n for rule, n in planned.items() if rule.startswith("train")) == 1, planned
+    assert not any(rule.startswith("train") for rule in planned), planned
 
 
 def test_the_sdxl_smoke_study_runs_its_family_through_the_dag(tmp_path):

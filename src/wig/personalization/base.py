@@ -185,6 +185,13 @@ class TrainedMethod(PersonalizationMethod):
             raise WigError(f"{self.name} trains one subject per job (subjects_per_job: 1)")
         return [self.train(pipe, subjects[0], outs[0], seeds[0], progress=progress, overwrite=overwrite)]
 
+    def attach_many(self, pipe, outs: Sequence[str | os.PathLike], weak: bool = True) -> BranchWeights:
+        """Attach several runs' fine-tunes to ``pipe`` at once, where the method `batches_subjects`:
+        weights whose ``route`` sends each sample of a batch through run k's fine-tune alone (run k
+        = subject k of `wig.sampling.generation.generate_sets`). A method that does not batch
+        generates one subject per job."""
+        raise WigError(f"{self.name} generates one subject per job (subjects_per_job: 1)")
+
     def checkpoint_files(self, out: str | os.PathLike) -> dict[str, Path]:
         """The files of a run's full and weak checkpoint in its folder ``out``."""
         raise NotImplementedError

@@ -47,6 +47,14 @@ class DreamBoothLoRA(TrainedMethod):
         attach_loras(pipe, files[FULL], files[WEAK] if weak else None)
         return LoraBranchWeights()
 
+    def attach_many(self, pipe, outs, weak: bool = True) -> BranchWeights:
+        from wig.personalization.lora import attach_routed
+
+        if not self.batches_subjects:  # a subclass whose fine-tune is more than the LoRA (textual inversion)
+            return super().attach_many(pipe, outs, weak)
+        files = [self.checkpoint_files(out) for out in outs]
+        return attach_routed(pipe, [(f[FULL], f[WEAK] if weak else None) for f in files])
+
     def attach_steps(self, pipe, out, steps) -> None:
         from wig.personalization.lora import load_lora
 

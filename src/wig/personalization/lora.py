@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -245,6 +245,176 @@ class LoraScales(SampleScales):
 
     def _hooks(self):
         return [(module, self._hook(name)) for layer in self._layers for name, module in layer.lora_A.items()]
+
+
+class RoutedLora:
+    """While open, every LoRA layer of ``model`` holding the routed adapters adds to each batch row
+    its own subject's updates alone: PEFT's own adapter pass is switched off and a forward hook adds
+    ``Σ_c lora_B(lora_A(x_i)) · scaling · s_ci`` to row i of the base layer's output, the adapter
+    of checkpoint c being row i's subject's (``adapters[c][owner_i]``), at that row's coefficient
+    ``s_ci`` — the terms PEFT adds for a batch of that subject alone at those scales. Each
+    checkpoint's matrices are stacked over subjects and gathered per row, so a layer costs two
+    batched matmuls a checkpoint whatever the number of subjects (a per-sample 0/1 scale on every
+    adapter would run each over the whole batch). Training routes one checkpoint at coefficient 1
+    (`wig.personalization.training.train_loras`); generation routes the full and weak ones at the
+    branches' coefficients (`RoutedLoraWeights`). ``set`` fixes owners and coefficients for the
+    next forwards. The adapters' weights keep ``requires_grad`` as they were (PEFT's switch would
+    freeze them); rank may differ between checkpoints, dropout must be off."""
+
+    def __init__(self, model, adapters: Mapping[str, Sequence[str]]):
+        self.model = model
+        self.adapters = {c: list(names) for c, names in adapters.items()}
+        wanted = [n for names in self.adapters.values() for n in names]
+        self.layers = [layer for layer in lora_layers([model]) if all(a in layer.lora_A for a in wanted)]
+        if not self.layers:
+            raise LoraError(f"no LoRA layer holds all of the adapters {sorted(wanted)}")
+        for layer in self.layers:
+            if not all(isinstance(layer.lora_dropout[a], torch.nn.Identity) for a in wanted):
+                raise LoraError("routed adapters run without dropout")
+        self._owner: torch.Tensor | None = None
+        self._scales: dict[str, torch.Tensor] = {}
+        self._handles: list = []
+        self._grad = [p.requires_grad for layer in self.layers for a in wanted for p in _adapter_weights(layer, a)]
+
+    def set(self, owner: Sequence[int] | torch.Tensor, scales: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Row i belongs to subject ``owner[i]`` and runs checkpoint c at ``scales[c][i]`` (default:
+        every routed checkpoint at 1; a checkpoint left out is off)."""
+        device = next(self.model.parameters()).device
+        owner = torch.as_tensor(owner, device=device, dtype=torch.long)
+        scales = {c: torch.ones(len(owner), device=device) for c in self.adapters} if scales is None else scales
+        unknown = set(scales) - set(self.adapters)
+        if unknown:
+            raise LoraError(f"checkpoints {sorted(unknown)} are not routed (routed: {sorted(self.adapters)})")
+        for c, vec in scales.items():
+            if len(vec) != len(owner):
+                raise LoraError(f"checkpoint {c}: {len(vec)} coefficients for {len(owner)} rows")
+        self._owner, self._scales = owner, {c: v.to(device) for c, v in scales.items() if bool((v != 0).any())}
+
+    def __enter__(self):
+        self.model.disable_adapters()
+        grads = iter(self._grad)
+        for layer in self.layers:  # PEFT's switch froze them: as they were
+            for names in self.adapters.values():
+                for name in names:
+                    for p in _adapter_weights(layer, name):
+                        p.requires_grad_(next(grads))
+        for layer in self.layers:
+            self._handles.append(layer.register_forward_hook(self._hook))
+        return self
+
+    def _hook(self, layer, args, out):
+        if self._owner is None:
+            raise LoraError("routed adapters need owners: call set() before the forward")
+        x = args[0]
+        for c, vec in self._scales.items():
+            names = self.adapters[c]
+            a = torch.stack([layer.lora_A[n].weight for n in names])[self._owner]  # (rows, rank, in)
+            b = torch.stack([layer.lora_B[n].weight for n in names])[self._owner]  # (rows, out, rank)
+            scaling = torch.tensor([layer.scaling[n] for n in names], device=x.device, dtype=a.dtype)
+            scale = scaling[self._owner] * vec.to(a.dtype)
+            h = x.to(a.dtype).reshape(len(x), -1, x.shape[-1])
+            update = (h @ a.transpose(1, 2)) @ b.transpose(1, 2) * scale.view(-1, 1, 1)
+            out = out + update.reshape(out.shape).to(out.dtype)
+        return out
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self.model.enable_adapters()
+        grads = iter(self._grad)
+        for layer in self.layers:
+            for names in self.adapters.values():
+                for name in names:
+                    for p in _adapter_weights(layer, name):
+                        p.requires_grad_(next(grads))
+        return False
+
+
+def _adapter_weights(layer, name: str) -> tuple[torch.nn.Parameter, torch.nn.Parameter]:
+    return layer.lora_A[name].weight, layer.lora_B[name].weight
+
+
+def routed_adapter(checkpoint: str, subject: int) -> str:
+    """The adapter name of subject ``subject``'s ``checkpoint`` (FULL, WEAK) when several subjects'
+    LoRAs share a pipeline (`RoutedLoraWeights`)."""
+    return f"{checkpoint}_s{subject}"
+
+
+class RoutedLoraWeights(BranchWeights):
+    """Branch weights of several subjects' LoRAs in one pipeline, each sample through its own
+    subject's: subject k's checkpoints are adapters `routed_adapter` (c, k) (`attach_routed`), and
+    `route` says, before a `wig.sampling.sampler.sample` call, which subject each of its samples is.
+    Sample i of branch b then runs at θ + s_b,c · ΔW_c of its subject — what `LoraBranchWeights`
+    gives a pipeline holding that subject's LoRA alone (up to float summation order). Checkpoints
+    of the denoiser only (a LoRA on the text encoder would need one text pass per subject)."""
+
+    def __init__(self, subjects: int, checkpoints: Sequence[str]):
+        self.subjects, self.checkpoints = subjects, list(checkpoints)
+        self._owner: list[int] | None = None
+
+    def route(self, owner: Sequence[int]) -> None:
+        if any(not 0 <= k < self.subjects for k in owner):
+            raise LoraError(f"subjects are 0…{self.subjects - 1}, got {sorted(set(owner))}")
+        self._owner = list(owner)
+
+    def attached(self, pipe) -> set[str]:
+        loaded = adapter_names(pipe)
+        return {c for c in self.checkpoints if all(routed_adapter(c, k) in loaded for k in range(self.subjects))}
+
+    def text_encoder(self, pipe):
+        from wig.personalization.hooks import NoScales
+
+        if any(True for _ in lora_layers(family_of(pipe).text_encoders(pipe))):
+            raise LoraError("routed subjects need LoRAs of the denoiser alone: this one changes the text encoder")
+        return NoScales()
+
+    def denoiser(self, pipe) -> "RoutedScales":
+        if self._owner is None:
+            raise LoraError("route() the samples to their subjects before sampling")
+        adapters = {c: [routed_adapter(c, k) for k in range(self.subjects)] for c in self.attached(pipe)}
+        return RoutedScales(RoutedLora(family_of(pipe).denoiser(pipe), adapters), self._owner)
+
+
+class RoutedScales(SampleScales):
+    """The sampler's per-sample coefficient context over `RoutedLora`: its branch-major vectors
+    (``wig.branches.scales_of``: rows = branches × samples) and each sample's subject."""
+
+    has_effect = True
+
+    def __init__(self, routed: RoutedLora, owner: Sequence[int]):
+        super().__init__()
+        self.routed, self.owner = routed, list(owner)
+
+    def set(self, scales: Mapping[str, torch.Tensor]) -> None:
+        rows = len(next(iter(scales.values()))) if scales else len(self.owner)
+        if rows % len(self.owner):
+            raise LoraError(f"{rows} rows for {len(self.owner)} routed samples")
+        self.routed.set(self.owner * (rows // len(self.owner)), dict(scales))
+
+    def __enter__(self):
+        self.routed.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.routed.__exit__(*exc)
+
+    def _hooks(self):
+        return []
+
+
+def attach_routed(pipe, runs: Sequence[tuple[str | os.PathLike, str | os.PathLike | None]]) -> RoutedLoraWeights:
+    """Load subject k's full LoRA (and weak one, where given) as adapters `routed_adapter` (FULL /
+    WEAK, k) — diffusers folders or files, as `attach_loras` takes — and return the weights that
+    route samples to them. All subjects give a weak LoRA or none does."""
+    weak = {w is not None for _, w in runs}
+    if len(weak) > 1:
+        raise LoraError("routed subjects: every subject gives its weak LoRA or none does")
+    for k, (full, weak_path) in enumerate(runs):
+        load_lora(pipe, full, routed_adapter(FULL, k))
+        if weak_path is not None:
+            load_lora(pipe, weak_path, routed_adapter(WEAK, k))
+    return RoutedLoraWeights(len(runs), [FULL, WEAK] if weak == {True} else [FULL])
 
 
 def save_lora(pipe, adapter_name: str, out: str | os.PathLike) -> Path:

@@ -29,10 +29,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from wig.atomic import atomic_dir
+from wig.branches import FULL
 from wig.concepts import save_png
 from wig.errors import WigError
 from wig.models.families import Text, family_of
-from wig.personalization.lora import save_lora
+from wig.personalization.lora import RoutedLora, save_lora
 
 if TYPE_CHECKING:
     from wig.personalization.base import Subject, TrainingExtension
@@ -187,7 +188,7 @@ def train_loras(
                 adapter_name=adapter,
             )
         if k_subjects > 1:
-            model.set_adapters(adapters)  # all active and trainable; `SubjectRouting` runs each on its samples
+            model.set_adapters(adapters)  # all active and trainable; `RoutedLora` runs each on its samples
         if config.gradient_checkpointing:
             model.enable_gradient_checkpointing()
         subject_params = [_adapter_params(model, adapter) for adapter in adapters]
@@ -208,9 +209,10 @@ def train_loras(
         model.to(device).train()
         # the batch: subject by subject, its instance sample then (with prior preservation) its class sample
         owner = [k for k, prior in enumerate(priors) for _ in range(2 if prior else 1)]
-        if k_subjects > 1:
-            rows_of = {a: [i for i, o in enumerate(owner) if o == k] for k, a in enumerate(adapters)}
-            stack.enter_context(SubjectRouting(model, rows_of, [p for params in subject_params for p in params]))
+        if k_subjects > 1:  # each sample through its own subject's adapter alone
+            routed = RoutedLora(model, {FULL: adapters})
+            routed.set(owner)
+            stack.enter_context(routed)
 
         rows: list[list[dict]] = [[] for _ in subjects]
         text_trained = False  # whether the prompt's last encoding holds the graph of trained parameters
@@ -290,63 +292,6 @@ def train_loras(
             model.disable_gradient_checkpointing()
         model.eval()
     return logs
-
-
-class SubjectRouting:
-    """While open, every LoRA layer of ``model`` adds to each batch row its own subject's update
-    alone: PEFT's own adapter pass is switched off and a forward hook adds
-    ``lora_B_k(lora_A_k(x_i)) · scaling_k`` to row i of the base layer's output, k = row i's
-    adapter — the terms PEFT adds for a batch of that subject alone. The adapters' matrices are
-    stacked and gathered per row, so a layer costs two batched matmuls whatever K (a per-sample
-    0/1 scale would run every adapter over the whole batch: K² passes). ``params`` (the adapters'
-    weights) stay trainable; PEFT's switch would freeze them. Rank and dropout (none) are the
-    same for every adapter: one config trains them all."""
-
-    def __init__(self, model, rows: dict[str, list[int]], params: Sequence[torch.nn.Parameter]):
-        from wig.personalization.lora import lora_layers
-
-        self.model, self.params = model, list(params)
-        self.adapters = list(rows)
-        self.owner = [0] * sum(len(r) for r in rows.values())
-        for k, adapter in enumerate(self.adapters):
-            for i in rows[adapter]:
-                self.owner[i] = k
-        self.layers = [layer for layer in lora_layers([model]) if all(a in layer.lora_A for a in self.adapters)]
-        for layer in self.layers:
-            if not all(isinstance(layer.lora_dropout[a], torch.nn.Identity) for a in self.adapters):
-                raise WigError("batched subjects train LoRAs without dropout")
-        self._handles: list = []
-
-    def __enter__(self):
-        self.model.disable_adapters()
-        for p in self.params:
-            p.requires_grad_(True)
-        device = next(self.model.parameters()).device
-        owner = torch.tensor(self.owner, device=device)
-        for layer in self.layers:
-            self._handles.append(layer.register_forward_hook(self._hook(owner)))
-        return self
-
-    def _hook(self, owner):
-        adapters = self.adapters
-
-        def hook(layer, args, out):
-            x = args[0]
-            a = torch.stack([layer.lora_A[n].weight for n in adapters])[owner]  # (batch, rank, in)
-            b = torch.stack([layer.lora_B[n].weight for n in adapters])[owner]  # (batch, out, rank)
-            scale = torch.tensor([layer.scaling[n] for n in adapters], device=x.device, dtype=a.dtype)[owner]
-            h = x.to(a.dtype).reshape(len(x), -1, x.shape[-1])
-            update = (h @ a.transpose(1, 2)) @ b.transpose(1, 2) * scale.view(-1, 1, 1)
-            return out + update.reshape(out.shape).to(out.dtype)
-
-        return hook
-
-    def __exit__(self, *exc):
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self.model.enable_adapters()
-        return False
 
 
 def _adapter_params(model, adapter: str) -> list[torch.nn.Parameter]:

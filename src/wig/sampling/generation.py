@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import ExitStack
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import polars as pl
@@ -66,42 +68,86 @@ def generate_samples(
     (`GuidanceMethod.extra_texts`), one per prompt. ``images``: for a pipeline that edits an image
     (InstructPix2Pix), the input image of each prompt.
     """
-    extra_texts = dict(extra_texts or {})
-    for name, texts in extra_texts.items():
-        if len(texts) != len(prompts):
-            raise WigError(f"{out}: extra text {name!r} has {len(texts)} entries for {len(prompts)} prompts")
+    (manifest,) = generate_sets(
+        pipe, [SampleSet(prompts, out, extra_texts, images)], points, seeds, batch_size, progress, weights, **sampling
+    )
+    return manifest
+
+
+@dataclass(frozen=True)
+class SampleSet:
+    """One subject's part of a generation job: its prompts, its output folder, and per prompt the
+    extra texts and input images `generate_samples` takes."""
+
+    prompts: Sequence[str]
+    out: str | os.PathLike
+    extra_texts: Mapping[str, Sequence[str]] | None = None
+    images: Sequence | None = None
+
+
+def generate_sets(
+    pipe,
+    sets: Sequence[SampleSet],
+    points: Mapping[str, GuidanceMethod],
+    seeds: Sequence[int],
+    batch_size: int = 8,
+    progress: bool = True,
+    weights: BranchWeights | None = None,
+    **sampling,
+) -> list[pl.DataFrame]:
+    """`generate_samples` for several subjects at once, each set's folder and manifest what
+    `generate_samples` writes for it alone: several sets share each batch, so ``weights`` must
+    route each sample to its set's fine-tune (``weights.route``: set k is subject k of
+    `wig.personalization.lora.RoutedLoraWeights`). The images of a seed are the same whoever
+    shares its batch (one generator per image), up to the float summation order of a batched
+    forward. The folders appear together, or none does."""
     if not points:
-        raise WigError(f"{out}: a generation job needs at least one grid point")
-    if images is not None and len(images) != len(prompts):
-        raise WigError(f"{out}: {len(images)} input images for {len(prompts)} prompts")
-    jobs = [(seed, i, prompt) for seed in seeds for i, prompt in enumerate(prompts)]
+        raise WigError(f"{sets[0].out if sets else 'a generation job'}: a generation job needs at least one grid point")
+    route = getattr(weights, "route", None)
+    if len(sets) > 1 and route is None:
+        raise WigError("several subjects in one generation job need branch weights that route samples (route())")
+    for s in sets:
+        for name, texts in dict(s.extra_texts or {}).items():
+            if len(texts) != len(s.prompts):
+                raise WigError(f"{s.out}: extra text {name!r} has {len(texts)} entries for {len(s.prompts)} prompts")
+        if s.images is not None and len(s.images) != len(s.prompts):
+            raise WigError(f"{s.out}: {len(s.images)} input images for {len(s.prompts)} prompts")
+    if len({s.images is None for s in sets}) > 1:
+        raise WigError("the subjects of one generation job all give input images or none does")
+    # (set, seed, prompt index, prompt): subject by subject, seed by seed, as generate_samples orders them
+    jobs = [(k, seed, i, prompt) for k, s in enumerate(sets) for seed in seeds for i, prompt in enumerate(s.prompts)]
     stamp = json.dumps(versions(), sort_keys=True)
-    rows = []
-    with atomic_dir(out, overwrite=True) as tmp:
+    rows: list[list[dict]] = [[] for _ in sets]
+    with ExitStack() as stack:
+        tmps = [stack.enter_context(atomic_dir(s.out, overwrite=True)) for s in sets]
         for key, guidance in points.items():
-            folder = tmp if len(points) == 1 else tmp / key
-            folder.mkdir(parents=True, exist_ok=True)
+            folders = [tmp if len(points) == 1 else tmp / key for tmp in tmps]
+            for folder in folders:
+                folder.mkdir(parents=True, exist_ok=True)
             start = time.perf_counter()
             drawn, companions = [], {name: [] for name in guidance.companions}
             for first in range(0, len(jobs), batch_size):
                 chunk = jobs[first : first + batch_size]
-                generators = [torch.Generator("cpu").manual_seed(seed) for seed, _, _ in chunk]
+                generators = [torch.Generator("cpu").manual_seed(seed) for _, seed, _, _ in chunk]
                 texts = {
-                    name: [extra_texts[name][i] for _, i, _ in chunk]
+                    name: [dict(sets[k].extra_texts or {})[name][i] for k, _, i, _ in chunk]
                     for name in guidance.extra_texts
-                    if name in extra_texts
+                    if all(name in dict(s.extra_texts or {}) for s in sets)
                 }
+                images = [sets[k].images[i] for k, _, i, _ in chunk] if sets[0].images is not None else None
+                if route is not None:
+                    route([k for k, _, _, _ in chunk])
                 try:
                     out = sample(
                         pipe,
-                        [p for _, _, p in chunk],
+                        [p for _, _, _, p in chunk],
                         guidance,
                         generators,
                         progress=progress,
                         weights=weights,
                         extra_texts=texts,
                         trajectories=True,
-                        **({"images": [images[i] for _, i, _ in chunk]} if images is not None else {}),
+                        **({"images": images} if images is not None else {}),
                         **sampling,
                     )
                 except SamplingError as err:
@@ -111,13 +157,13 @@ def generate_samples(
                     companions[name] += out[name]
             seconds = (time.perf_counter() - start) / len(jobs)
             for name, pictures in companions.items():  # beside the result, never listed (never scored)
-                for (seed, i, _), image in zip(jobs, pictures):
-                    save_png(image, folder / f"s{seed}_p{i:02d}.{name}.png")
-            for (seed, i, prompt), image in zip(jobs, drawn):
-                path = folder / f"s{seed}_p{i:02d}.png"
-                rows.append(
+                for (k, seed, i, _), image in zip(jobs, pictures):
+                    save_png(image, folders[k] / f"s{seed}_p{i:02d}.{name}.png")
+            for (k, seed, i, prompt), image in zip(jobs, drawn):
+                path = folders[k] / f"s{seed}_p{i:02d}.png"
+                rows[k].append(
                     {
-                        "path": path.relative_to(tmp).as_posix(),
+                        "path": path.relative_to(tmps[k]).as_posix(),
                         "prompt_index": i,
                         "prompt": prompt,
                         "seed": seed,
@@ -128,6 +174,7 @@ def generate_samples(
                         "versions": stamp,
                     }
                 )
-        manifest = pl.DataFrame(rows, schema=manifest_schema())
-        manifest.write_parquet(tmp / "manifest.parquet")
-    return manifest
+        manifests = [pl.DataFrame(r, schema=manifest_schema()) for r in rows]
+        for tmp, manifest in zip(tmps, manifests):
+            manifest.write_parquet(tmp / "manifest.parquet")
+    return manifests
