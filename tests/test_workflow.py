@@ -636,6 +636,9 @@ def test_packed_training_writes_each_run_as_alone_and_a_dropped_subject_retrains
     assert f"wig plan: fine-tuning: 4 runs in {packs} jobs, 24 steps" in proc.stderr
     jobs = re.findall(r"^(?:local)?rule (train\w*):", proc.stdout + proc.stderr, re.M)
     assert jobs and all(j.startswith("train_tiny_sd_db_lora_pack") for j in jobs)
+    # CFG and PG run on the full LoRA alone: each pack's runs are generated in one job too
+    generated = re.findall(r"^(?:local)?rule (generate\w*):", proc.stdout + proc.stderr, re.M)
+    assert set(generated) == {j.replace("train_", "generate_") for j in jobs}
     runs = model / "db-lora/runs"
     assert sorted(str(p.relative_to(runs)) for p in runs.glob("*/ft*")) == [
         "brown_dog/ft0",

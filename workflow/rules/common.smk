@@ -159,6 +159,30 @@ def unpacked_finetunes():
     return "|".join(re.escape(n) for n in sorted(names)) or "(?!)"
 
 
+def singly_generated_finetunes():
+    """The wildcard values of rule generate's fine-tunes: those whose runs are not generated in packs."""
+    names = {ft for m, ft in STUDY.finetune_pairs() if not STUDY.generation_packed(m, ft)}
+    return "|".join(re.escape(n) for n in sorted(names)) or "(?!)"
+
+
+def get_generate_pack_input(pack):
+    """A generation pack's model and its runs, in the pack's order (the script reads them back so)."""
+    return get_model(Namespace(model=pack.model)) | {"runs": [_path(rules.train, run.wildcards) for run in pack.runs]}
+
+
+def get_generate_pack_runs(pack, points):
+    """Per run of a generation pack, in its order: its concept, seed, prompts and extra texts."""
+    return [
+        {
+            "concept": r.concept,
+            "seed": r.seed,
+            "prompts": STUDY.concept_prompts(pack.model, pack.finetune, r.concept),
+            "extra_texts": STUDY.extra_texts_of(pack.model, points, r.concept),
+        }
+        for r in pack.runs
+    ]
+
+
 def get_generate_input(wildcards):
     """The model and the fine-tune: a run the train rule makes, or a given fine-tune's resolved
     weights (rule resolve_finetune: nothing is trained); for a model that edits images, the

@@ -124,6 +124,12 @@ class TrainingPack:
         """Its rule's name (a Python identifier; the index keeps two packs apart)."""
         return re.sub(r"\W", "_", f"train_{self.model}_{self.finetune}_pack{self.index}")
 
+    @property
+    def generate_rule(self) -> str:
+        """The name of the rule that generates the pack's runs' images in one job per chunk
+        (`wig.workflow.study.Study.generation_packed`)."""
+        return re.sub(r"\W", "_", f"generate_{self.model}_{self.finetune}_pack{self.index}")
+
 
 def pack_of(concept: str, packs: int) -> int:
     """The pack of a subject's runs among ``packs``: a hash of its concept, stable across studies."""

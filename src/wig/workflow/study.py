@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
+from wig.branches import FULL, WEAK
 from wig.concepts import Concept
 from wig.evaluation.metrics import REGISTRY as METRICS
 from wig.guidance import GuidanceMethod
@@ -166,6 +167,26 @@ class Study(RuleParams):
         """Whether a (model, fine-tune)'s runs are trained in packs (rule train_<pack>), not one per job."""
         ft = self.models[model].finetunes[finetune]
         return ft.method.trains and ft.subjects_per_job > 1
+
+    def generation_packed(self, model: str, finetune: str) -> bool:
+        """Whether a packed (model, fine-tune) also generates each pack's runs in one job per
+        (points, seeds) chunk (rule generate_<pack>, `wig.sampling.generation.generate_sets`): its
+        method attaches several runs at once and routes each sample to its own
+        (`PersonalizationMethod.attach_many`, db-lora), and every grid point runs on the full and
+        weak checkpoints alone with no companion trajectory — DreamBlend's step checkpoints and
+        an editing model's input images stay one subject per job."""
+        if not self.packed(model, finetune):
+            return False
+        entry = self.models[model]
+        return (
+            entry.finetunes[finetune].method.batches_subjects
+            and not entry.edits
+            and all(p.required_adapters() <= {FULL, WEAK} and not p.companions for p in entry.points)
+        )
+
+    def generation_packs(self) -> list[TrainingPack]:
+        """The training packs whose runs' images are generated together (`generation_packed`)."""
+        return [p for p in self.training_packs() if self.generation_packed(p.model, p.finetune)]
 
     def generation_jobs(
         self,
