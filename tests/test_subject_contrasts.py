@@ -12,7 +12,7 @@ from conftest import point_row
 pytestmark = pytest.mark.check
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-from subject_contrasts import contrasts, subject_groups  # noqa: E402
+from subject_contrasts import contrasts, figure, subject_differences, subject_groups  # noqa: E402
 
 # two hsplit subjects whose PG gain is +0.2, a core one with −0.1 that its LoRA did not learn
 GAIN = {"red_blue_hsplit_circle": 0.2, "green_cyan_hsplit_square": 0.2, "cyan_red_core_circle": -0.1}
@@ -69,3 +69,13 @@ def test_groups_and_their_contrasts():
     assert row["pattern core"]["d_oracle_subject"] == pytest.approx(-0.1)
     assert row["pattern core"]["d_oracle_text"] == pytest.approx(0.05)
     assert row["shape circle"]["d_oracle_subject"] == pytest.approx(0.05) and row["shape circle"]["n_images"] == 12
+
+
+def test_per_subject_differences_and_their_figure(tmp_path):
+    per = subject_differences(_scores(), {"method": "pg", "scale": 4.5, "omega": 0.0})
+    got = {r["concept"]: (r["d_subject"], r["d_text"]) for r in per.iter_rows(named=True)}
+    assert got.keys() == GAIN.keys()
+    for concept, gain in GAIN.items():
+        assert got[concept] == pytest.approx((gain, -gain / 2))
+    figure({"PG ω 0": per}, tmp_path / "f.png")
+    assert (tmp_path / "f.png").stat().st_size > 1000

@@ -52,17 +52,67 @@ def subject_groups(scores: pl.DataFrame, learning: pl.DataFrame, bar: float) -> 
     return groups
 
 
+def subject_differences(scores: pl.DataFrame, point: dict) -> pl.DataFrame:
+    """Per subject: the mean paired difference of ``point`` (e.g. PG ω 0 at λ 4.5) to CFG at its λ,
+    in oracle subject and text fidelity, over the subject's LoRA seeds, prompts and seeds."""
+    keys = ["concept", "finetune_seed", "prompt_index", "seed"]
+    cfg = scores.filter((pl.col("method") == "cfg") & (pl.col("scale") == point["scale"]))
+    mine = scores.filter(pl.all_horizontal([pl.col(k) == v for k, v in point.items()]))
+    pair = mine.join(cfg, on=keys, suffix="_cfg")
+    return (
+        pair.group_by("concept")
+        .agg(
+            (pl.col("oracle_subject") - pl.col("oracle_subject_cfg")).mean().alias("d_subject"),
+            (pl.col("oracle_text") - pl.col("oracle_text_cfg")).mean().alias("d_text"),
+        )
+        .sort("concept")
+    )
+
+
+def figure(per_subject: dict[str, pl.DataFrame], out: Path) -> None:
+    """Histograms of the per-subject differences, subject fidelity beside text fidelity, one
+    series per point: how much PG's effect varies from subject to subject."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), constrained_layout=True)
+    for ax, column, title in zip(axes, ("d_subject", "d_text"), ("oracle subject fidelity", "oracle text fidelity")):
+        for label, frame in per_subject.items():
+            ax.hist(frame[column].to_numpy(), bins=24, range=(-0.6, 0.6), alpha=0.55, label=label)
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        ax.set_xlabel(f"{title}: point − CFG, per subject")
+        ax.set_ylabel("subjects")
+    axes[0].legend(frameon=False)
+    fig.savefig(out, dpi=120)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("tables", help="a (model, fine-tune)'s tables folder: scores.parquet, learning_images.parquet")
     parser.add_argument("--bar", type=float, default=0.8, help="unguided subject fidelity a learned subject reaches")
     parser.add_argument("--bootstrap", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--figure", type=Path, help="write the per-subject histograms of PG ω 0 and 0.5 here")
     args = parser.parse_args(argv)
     tables = Path(args.tables)
     scores = pl.read_parquet(tables / "scores.parquet")
     groups = subject_groups(scores, pl.read_parquet(tables / "learning_images.parquet"), args.bar)
     print(to_markdown(contrasts(scores, groups, args.bootstrap, args.seed), digits=3))
+    if args.figure:
+        scale = float(scores.filter(pl.col("method") == "pg")["scale"].min())
+        omegas = sorted(scores.filter(pl.col("method") == "pg")["omega"].unique())
+        per_subject = {
+            f"PG ω {w:g}": subject_differences(scores, {"method": "pg", "scale": scale, "omega": w}) for w in omegas
+        }
+        for label, frame in per_subject.items():
+            d = frame["d_subject"]
+            print(
+                f"{label}: per-subject subject-fidelity difference, {int((d > 0).sum())} of {len(d)} above 0, "
+                f"sd {d.std():.3f}"
+            )
+        figure(per_subject, args.figure)
 
 
 if __name__ == "__main__":
