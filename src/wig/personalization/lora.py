@@ -271,6 +271,8 @@ class RoutedLora:
         for layer in self.layers:
             if not all(isinstance(layer.lora_dropout[a], torch.nn.Identity) for a in wanted):
                 raise LoraError("routed adapters run without dropout")
+            if not all(isinstance(layer.lora_A[a], torch.nn.Linear) for a in wanted):
+                raise LoraError("routed adapters are LoRAs of linear layers (this one adapts a convolution)")
         self._owner: torch.Tensor | None = None
         self._scales: dict[str, torch.Tensor] = {}
         self._handles: list = []
