@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import torch
 from PIL import Image
 
 from wig.errors import WigError
@@ -84,3 +85,29 @@ def test_routing_is_refused_where_it_cannot_hold(tiny_sd, runs, tmp_path):
     with pytest.raises(WigError, match="generates one subject per job"):
         make("db-lora-ti").attach_many(pipe, [runs / "dog", runs / "toy"])
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_routed_adapters_refuse_bad_routes_and_leave_the_model_as_it_was(tiny_sd, runs):
+    """Each refusal is one line naming what is wrong; closing the context leaves PEFT's switch and
+    the adapters' trainability as they were."""
+    from wig.personalization.lora import LoraError, RoutedLora
+
+    pipe = load_pipeline(str(tiny_sd), device="cpu", dtype="float32")
+    weights = make("db-lora").attach_many(pipe, [runs / "dog", runs / "toy"])
+    with pytest.raises(LoraError, match=r"subjects are 0…1, got \[0, 2\]"):
+        weights.route([0, 2])
+    with pytest.raises(LoraError, match="route\\(\\) the samples"):
+        weights.denoiser(pipe)
+    routed = RoutedLora(pipe.unet, {"full": ["full_s0", "full_s1"]})
+    with pytest.raises(LoraError, match=r"\['weak'\] are not routed"):
+        routed.set([0, 1], {"weak": torch.ones(2)})
+    with pytest.raises(LoraError, match="checkpoint full: 3 coefficients for 2 rows"):
+        routed.set([0, 1], {"full": torch.ones(3)})
+    with pytest.raises(LoraError, match="no LoRA layer holds"):
+        RoutedLora(pipe.unet, {"full": ["full_s0", "nope"]})
+    before = [p.requires_grad for _, p in pipe.unet.named_parameters() if "lora" in _]
+    x = torch.randn(2, 4, 4, 4)
+    with routed, pytest.raises(LoraError, match="call set\\(\\)"):
+        pipe.unet(x, 1, encoder_hidden_states=torch.randn(2, 77, pipe.text_encoder.config.hidden_size))
+    assert [p.requires_grad for _, p in pipe.unet.named_parameters() if "lora" in _] == before
+    assert all(not layer.disable_adapters for layer in routed.layers)

@@ -153,15 +153,10 @@ def share_resources(rule, like):
         overrides[rule] = overrides[like]
 
 
-def unpacked_finetunes():
-    """The wildcard values of rule train's fine-tunes: those trained one run per job."""
-    names = {ft for m, ft in STUDY.finetune_pairs() if not STUDY.packed(m, ft)}
-    return "|".join(re.escape(n) for n in sorted(names)) or "(?!)"
-
-
-def singly_generated_finetunes():
-    """The wildcard values of rule generate's fine-tunes: those whose runs are not generated in packs."""
-    names = {ft for m, ft in STUDY.finetune_pairs() if not STUDY.generation_packed(m, ft)}
+def finetunes_where(keep):
+    """A wildcard constraint: the fine-tune names of the (model, fine-tune) pairs ``keep`` holds
+    for (rule train's and generate's: those not done in packs)."""
+    names = {ft for m, ft in STUDY.finetune_pairs() if keep(m, ft)}
     return "|".join(re.escape(n) for n in sorted(names)) or "(?!)"
 
 

@@ -15,7 +15,7 @@ rule generate:
     benchmark:
         "results/{model}/{finetune}/benchmarks/generate/{concept}/ft{fseed}/{points}/seeds{seeds}.tsv"
     wildcard_constraints:
-        finetune=singly_generated_finetunes(),
+        finetune=finetunes_where(lambda m, ft: not STUDY.generation_packed(m, ft)),
     threads: config["runtime"]["threads"]
     resources:
         gpu=1,

@@ -33,7 +33,7 @@ rule train:
     benchmark:
         "results/{model}/{finetune}/benchmarks/train/{concept}/ft{fseed}.tsv"
     wildcard_constraints:
-        finetune=unpacked_finetunes(),
+        finetune=finetunes_where(lambda m, ft: not STUDY.packed(m, ft)),
     threads: config["runtime"]["threads"]
     resources:
         gpu=1,

@@ -259,7 +259,8 @@ class RoutedLora:
     (`wig.personalization.training.train_loras`); generation routes the full and weak ones at the
     branches' coefficients (`RoutedLoraWeights`). ``set`` fixes owners and coefficients for the
     next forwards. The adapters' weights keep ``requires_grad`` as they were (PEFT's switch would
-    freeze them); rank may differ between checkpoints, dropout must be off."""
+    freeze them, and every other adapter's too); rank may differ between checkpoints, dropout must
+    be off."""
 
     def __init__(self, model, adapters: Mapping[str, Sequence[str]]):
         self.model = model
@@ -276,7 +277,7 @@ class RoutedLora:
         self._owner: torch.Tensor | None = None
         self._scales: dict[str, torch.Tensor] = {}
         self._handles: list = []
-        self._grad = [p.requires_grad for layer in self.layers for a in wanted for p in _adapter_weights(layer, a)]
+        self._grad = [p.requires_grad for p in self._weights()]
 
     def set(self, owner: Sequence[int] | torch.Tensor, scales: Mapping[str, torch.Tensor] | None = None) -> None:
         """Row i belongs to subject ``owner[i]`` and runs checkpoint c at ``scales[c][i]`` (default:
@@ -294,12 +295,7 @@ class RoutedLora:
 
     def __enter__(self):
         self.model.disable_adapters()
-        grads = iter(self._grad)
-        for layer in self.layers:  # PEFT's switch froze them: as they were
-            for names in self.adapters.values():
-                for name in names:
-                    for p in _adapter_weights(layer, name):
-                        p.requires_grad_(next(grads))
+        self._restore_grads()  # PEFT's switch froze them: as they were
         for layer in self.layers:
             self._handles.append(layer.register_forward_hook(self._hook))
         return self
@@ -324,13 +320,19 @@ class RoutedLora:
             handle.remove()
         self._handles.clear()
         self.model.enable_adapters()
-        grads = iter(self._grad)
-        for layer in self.layers:
-            for names in self.adapters.values():
-                for name in names:
-                    for p in _adapter_weights(layer, name):
-                        p.requires_grad_(next(grads))
+        self._restore_grads()  # PEFT's switch makes the active adapters trainable: as they were
         return False
+
+    def _weights(self):
+        """Every adapter's matrices in the model, routed or not (PEFT's switch touches them all),
+        in one fixed order."""
+        for layer in lora_layers([self.model]):
+            for name in layer.lora_A:
+                yield from _adapter_weights(layer, name)
+
+    def _restore_grads(self) -> None:
+        for p, grad in zip(self._weights(), self._grad, strict=True):
+            p.requires_grad_(grad)
 
 
 def _adapter_weights(layer, name: str) -> tuple[torch.nn.Parameter, torch.nn.Parameter]:
@@ -367,7 +369,7 @@ class RoutedLoraWeights(BranchWeights):
     def text_encoder(self, pipe):
         from wig.personalization.hooks import NoScales
 
-        if any(True for _ in lora_layers(family_of(pipe).text_encoders(pipe))):
+        if next(lora_layers(family_of(pipe).text_encoders(pipe)), None) is not None:
             raise LoraError("routed subjects need LoRAs of the denoiser alone: this one changes the text encoder")
         return NoScales()
 
