@@ -22,6 +22,7 @@ include: "workflow/rules/generate.smk"
 include: "workflow/rules/embed.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/search.smk"
+include: "workflow/rules/user_study.smk"
 
 
 rule all:
@@ -35,6 +36,8 @@ rule all:
         rules.plots.output,
         rules.finetune_table.output,
         [expand(rules.search.output.md, model=m, finetune=f, search=s)[0] for m, f in FINETUNES for s in STUDY.searches],
+        rules.user_study.output if USER_STUDY else [],
+        rules.user_study_table.output if USER_STUDY and config["user_study"].get("votes") else [],
 
 
 # what the study implies, before any job (wig plan --configfile prints the same)

@@ -339,3 +339,46 @@ def edit_config(config: dict, **changes) -> dict:
             target = target[part]
         target[key] = value
     return new
+
+
+def make_user_study(folder, seed: int = 0, n_sets: int = 4, attention: int = 1, entries=None, exclusion=None) -> Path:
+    """A user-study folder (`wig.user_study.design.build_study`) over fabricated images: per entry
+    (default one, ``toy/db-lora``, methods CFG, PG, AG) ``n_sets`` sets of flat-colour images, two
+    references each; ``attention`` repeats."""
+    from PIL import Image
+
+    from wig.user_study.design import QUESTIONS, attention_sets, build_study
+
+    folder = Path(folder)
+    entries = entries or {"toy/db-lora": ["CFG", "PG", "AG"]}
+    source = folder.with_name(folder.name + "-sources")
+    source.mkdir(parents=True, exist_ok=True)
+    sets, k = [], 0
+    for entry, labels in entries.items():
+        for i in range(n_sets):
+            paths = {}
+            for label in [*labels, "ref0", "ref1"]:
+                k += 1
+                path = source / f"{k:04d}-{label}.png"
+                Image.new("RGB", (8, 8), ((k * 37) % 256, (k * 91) % 256, (k * 13) % 256)).save(path)
+                paths[label] = str(path)
+            sets.append(
+                {
+                    "entry": entry,
+                    "concept": f"concept{i}",
+                    "prompt_index": i,
+                    "prompt": f"a photo of sks thing number {i}",
+                    "seed": i,
+                    "images": {label: paths[label] for label in labels},
+                    "references": [paths["ref0"], paths["ref1"]],
+                }
+            )
+    design = {
+        "seed": seed,
+        "questions": QUESTIONS,
+        "exclusion": exclusion or {"min_consistency": 0.5, "complete": True},
+        "entries": entries,
+        "attention": attention_sets(len(sets), attention, seed),
+        "sets": sets,
+    }
+    return build_study(design, folder)

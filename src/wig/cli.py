@@ -379,6 +379,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--configfile", required=True, type=Path, help="the study's config (as snakemake --configfile)")
     p.add_argument("--results", type=Path, default=Path("results"), help="a run's results folder to measure rates from")
+
+    p = sub.add_parser(
+        "serve-study",
+        help="serve a blind user study (rule user_study's folder) to raters in the browser",
+        description="Serve the sets of STUDY_DIR (rule user_study's results/user_study/sets) one at a time to raters "
+        "who open their link: references, prompt, the images in an order of their own, subject and text questions "
+        "with 'undecided'. Votes go to an SQLite database (one transaction per answer), resumed after a reload or a "
+        "restart. Prints the admin page's link (progress per rater, more raters) and every rater's link.",
+    )
+    p.add_argument("study_dir", type=Path, metavar="STUDY_DIR", help="the study folder (its study.json and images/)")
+    p.add_argument("--db", type=Path, help="the votes database (default: STUDY_DIR.votes.sqlite beside the folder)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=_int_in(0, 65536, "a port"), default=8765, help="0: a free port (printed)")
+    p.add_argument(
+        "--raters", type=_int_in(0, 10001, "a rater count"), default=0, help="make sure this many raters exist"
+    )
+    p.add_argument("--threads", type=_POSITIVE, default=8, help="request threads")
+
+    p = sub.add_parser(
+        "export-votes",
+        help="a user study's votes as Parquet, each choice resolved to its method",
+        description="Write the votes of STUDY_DIR's database as Parquet (wig.user_study.analysis.VOTE_SCHEMA): "
+        "rater, set, entry, question, the chosen image and its method, where the rater saw it, attention checks.",
+    )
+    p.add_argument("study_dir", type=Path, metavar="STUDY_DIR", help="the study folder")
+    p.add_argument("--db", type=Path, help="the votes database (default: STUDY_DIR.votes.sqlite beside the folder)")
+    p.add_argument("--out", required=True, type=Path, help="output .parquet file")
     return parser
 
 
@@ -732,6 +759,26 @@ def _cmd_plan(args) -> None:
         print(line)
 
 
+def _cmd_serve_study(args) -> None:
+    from wig.user_study.server import serve_study
+
+    serve_study(args.study_dir, args.db, args.host, args.port, args.raters, args.threads)
+
+
+def _cmd_export_votes(args) -> None:
+    from wig.user_study.analysis import read_votes, vote_frame
+    from wig.user_study.design import UserStudy
+    from wig.user_study.server import default_db
+
+    study = UserStudy.load(args.study_dir)
+    rows, _ = read_votes(study, args.db or default_db(args.study_dir))
+    frame = vote_frame(study, rows)
+    tmp = tmp_path(args.out)
+    frame.write_parquet(tmp)
+    replace_file(tmp, args.out)
+    print(f"{len(frame)} answers -> {args.out}")
+
+
 COMMANDS = {
     "build-tiny": _cmd_build_tiny,
     "random-lora": _cmd_random_lora,
@@ -742,7 +789,11 @@ COMMANDS = {
     "train": _cmd_train,
     "embed": _cmd_embed,
     "plan": _cmd_plan,
+    "serve-study": _cmd_serve_study,
+    "export-votes": _cmd_export_votes,
 }
+# commands that import neither torch nor diffusers (a server must start at once)
+LIGHT = ("plan", "serve-study", "export-votes")
 
 
 FOLDER_OUTPUTS = ("build-tiny", "random-lora", "prepare", "class-images", "train")
@@ -772,6 +823,8 @@ def _check_args(args) -> None:
         out = Path(args.out)
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise WigError(f"output exists and is not an empty folder: {out}")
+    elif args.command in ("serve-study", "export-votes") and not (args.study_dir / "study.json").is_file():
+        raise WigError(f"{args.study_dir}: no study.json there (rule user_study writes results/user_study/sets)")
     elif args.command == "embed" and Path(args.out).is_dir():
         raise WigError(f"--out {args.out} is a folder: name a .parquet file")
 
@@ -783,14 +836,15 @@ def main(argv: list[str] | None = None) -> int:
     except WigError as err:
         print(f"wig {args.command}: error: {err}", file=sys.stderr)
         return 1
-    # library chatter (loading bars, "no text-encoder LoRA keys" notes) would bury our one-line
-    # errors and the sampling progress bar
-    from diffusers.utils import logging as dlog
-    from transformers.utils import logging as tlog
+    if args.command not in LIGHT:
+        # library chatter (loading bars, "no text-encoder LoRA keys" notes) would bury our one-line
+        # errors and the sampling progress bar
+        from diffusers.utils import logging as dlog
+        from transformers.utils import logging as tlog
 
-    for log in (dlog, tlog):
-        log.set_verbosity(log.CRITICAL)
-        log.disable_progress_bar()
+        for log in (dlog, tlog):
+            log.set_verbosity(log.CRITICAL)
+            log.disable_progress_bar()
     try:
         COMMANDS[args.command](args)
     except WigError as err:

@@ -38,6 +38,7 @@ MODELS, CONCEPTS, ENCODERS = list(STUDY.models), list(STUDY.concepts), STUDY.enc
 # the report's texts (workflow/report/*.rst) see only the config: what the study runs, in words, under
 # one key no job's params read
 config["_study_summary"] = STUDY.summary()
+USER_STUDY = STUDY.user_study_design()  # the drawn sets (wig.workflow.user_study), or None
 FINETUNES = STUDY.finetune_pairs()  # (model, fine-tune): each has its runs, samples and tables
 EVAL = config["evaluation"]
 SAMPLING = canon(config["sampling"])
@@ -273,3 +274,30 @@ def get_search_result_input(wildcards):
     if STUDY.searches[wildcards.search].text_at_least is not None:
         inputs["reference"] = _reference_scores(wildcards)
     return inputs
+
+
+def _job_key(wildcards):
+    """A generation job's key in the user study's design: its wildcards joined by ``/``."""
+    return "/".join(wildcards.values())
+
+
+def _user_study_jobs():
+    """The generation jobs (their wildcards) whose images the user study's sets show, each once."""
+    jobs = {}
+    for s in USER_STUDY["sets"]:
+        for member in s["members"].values():
+            jobs.setdefault(_job_key(member["job"]), member["job"])
+    return list(jobs.values())
+
+
+def _user_study_concepts():
+    return sorted({s["concept"] for s in USER_STUDY["sets"]})
+
+
+def get_user_study_input(wildcards):
+    """The generation folders of the sets' images and the prepared folders of their concepts (the
+    references), in the order of rule user_study's params."""
+    return {
+        "samples": [_path(rules.generate, job) for job in _user_study_jobs()],
+        "references": [_path(rules.prepare, {"concept": c}) for c in _user_study_concepts()],
+    }

@@ -36,6 +36,7 @@ from wig.workflow.model import (  # StudyError: the error a study raises, here f
 )
 from wig.workflow.rule_params import RuleParams
 from wig.workflow.search import SearchSpec
+from wig.workflow.user_study import user_study_design
 from wig.workflow.validation import parse
 
 __all__ = ["Study", "StudyError"]
@@ -80,7 +81,9 @@ class Study(RuleParams):
     def from_config(cls, config: Mapping[str, Any]) -> "Study":
         """The study of a schema-validated config (defaults filled in), every check made
         (`wig.workflow.validation.parse`); raises `StudyError` naming the key of the first problem."""
-        return cls(config, *parse(config))
+        study = cls(config, *parse(config))
+        study.user_study_design()  # its checks, before any job
+        return study
 
     # --- what the config says -----------------------------------------------------------------
 
@@ -121,6 +124,10 @@ class Study(RuleParams):
 
     def class_prompt(self, noun: str) -> str:
         return self.config["class_images"]["prompt"].format(noun)
+
+    def user_study_design(self) -> dict[str, Any] | None:
+        """The ``user_study:`` sets and what makes each image (`wig.workflow.user_study`), or None."""
+        return user_study_design(self)
 
     # --- the jobs -----------------------------------------------------------------------------
 

@@ -1,0 +1,256 @@
+"""What raters see: sets drawn from a finished study, and each rater's order of them.
+
+A *set* is one (concept, prompt, sampling seed) of one study entry (a model and its fine-tune):
+one image per compared method, all made from the same initial noise, and the concept's
+reference images. `draw_sets` draws them reproducibly from the config's seed; `build_study`
+writes the study folder that `wig serve-study` serves:
+
+- ``study.json``: the questions, the exclusion rule, the entries and their method labels, and per
+  set its opaque id, prompt, reference image ids and ``{image id: method label}``. Attention
+  checks are sets of their own (a fresh id) with ``repeat_of`` naming the set they repeat. The
+  server reads this file and never sends it: the browser only ever sees opaque ids.
+- ``images/{id}.png``: every candidate and reference image, re-encoded from pixels alone (no
+  text chunk, no ICC profile, no file name from the study), under an id drawn from the seed.
+
+`rater_plan` is a rater's order of the sets and of each set's images: a function of the study's
+seed and the rater's number alone, so the same seed gives every rater the same sets and orders
+again (the votes database stores only the rater's number).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from PIL import Image
+
+from wig.atomic import atomic_dir
+from wig.errors import WigError
+
+STUDY_FILE = "study.json"
+UNDECIDED = "undecided"
+# the two questions of the paper's study, asked of every set (the keys are stored with each vote)
+QUESTIONS = {
+    "subject": "Which image shows the subject of the reference images most faithfully?",
+    "text": "Which image matches the text prompt best?",
+}
+
+
+class UserStudyError(WigError):
+    """A user study that cannot be drawn, built or read."""
+
+
+def draw_sets(entries: Sequence[Mapping[str, Any]], n_sets: int, seed: int) -> list[dict]:
+    """``n_sets`` distinct (concept, prompt, seed) per entry, reproducibly.
+
+    ``entries``: per study entry ``{"name", "prompts": {concept: [prompt, ...]}, "seeds": [...]}``.
+    Concepts are visited in a seeded order, round-robin, so 15 sets over 16 concepts show 15
+    subjects; within a concept, prompt and seed are drawn without replacement. Each entry draws
+    from its own generator (seed and entry name), so adding an entry leaves the others' sets as
+    they were."""
+    sets = []
+    for entry in entries:
+        rng = random.Random(f"wig-user-study:{seed}:{entry['name']}")
+        prompts = entry["prompts"]
+        pool = {c: [(i, s) for i in range(len(prompts[c])) for s in entry["seeds"]] for c in sorted(prompts)}
+        available = sum(map(len, pool.values()))
+        if n_sets > available:
+            raise UserStudyError(
+                f"user_study: {entry['name']} has {available} (concept, prompt, seed) samples, fewer than the "
+                f"{n_sets} sets asked for"
+            )
+        concepts = sorted(pool)
+        rng.shuffle(concepts)
+        k = 0
+        while len([s for s in sets if s["entry"] == entry["name"]]) < n_sets:
+            concept = concepts[k % len(concepts)]
+            k += 1
+            if not pool[concept]:
+                continue
+            prompt_index, sample_seed = pool[concept].pop(rng.randrange(len(pool[concept])))
+            sets.append(
+                {
+                    "entry": entry["name"],
+                    "concept": concept,
+                    "prompt_index": prompt_index,
+                    "prompt": prompts[concept][prompt_index],
+                    "seed": sample_seed,
+                }
+            )
+    return sets
+
+
+def attention_sets(n_sets: int, n_checks: int, seed: int) -> list[int]:
+    """The indices (into `draw_sets`' list) of the sets every rater sees twice."""
+    if n_checks > n_sets:
+        raise UserStudyError(f"user_study.attention_checks: {n_checks} repeats of {n_sets} sets")
+    return sorted(random.Random(f"wig-user-study:{seed}:attention").sample(range(n_sets), n_checks))
+
+
+def _clean_png(source: str | os.PathLike, out: Path) -> None:
+    """The image's RGB pixels alone as a PNG: nothing of the source file's metadata."""
+    try:
+        with Image.open(source) as image:
+            pixels = np.asarray(image.convert("RGB"))
+    except (OSError, ValueError) as err:
+        raise UserStudyError(f"{source}: not a readable image ({err})") from None
+    Image.fromarray(pixels).save(out, format="PNG")
+
+
+def build_study(design: Mapping[str, Any], out: str | os.PathLike) -> Path:
+    """Write the study folder (module docstring) for ``design``: ``seed``, ``questions``,
+    ``exclusion``, ``entries`` ({name: [method label, ...]}), ``sets`` (each with ``entry``,
+    ``concept``, ``prompt_index``, ``prompt``, ``seed``, ``images`` {label: path} and
+    ``references`` [path]) and ``attention`` (indices of the sets to repeat). Atomic: a failure
+    leaves no folder."""
+    rng = random.Random(f"wig-user-study:{design['seed']}:ids")
+    used: set[str] = set()
+
+    def new_id(bits: int) -> str:
+        while (value := f"{rng.getrandbits(bits):0{bits // 4}x}") in used:
+            pass
+        used.add(value)
+        return value
+
+    entries = {name: list(labels) for name, labels in design["entries"].items()}
+    sets, files = [], {}
+    with atomic_dir(out, overwrite=True) as tmp:
+        (tmp / "images").mkdir()
+
+        def add_image(path: str) -> str:
+            if path not in files:
+                files[path] = new_id(64)
+                _clean_png(path, tmp / "images" / f"{files[path]}.png")
+            return files[path]
+
+        for drawn in design["sets"]:
+            labels = entries[drawn["entry"]]
+            if sorted(drawn["images"]) != sorted(labels):
+                raise UserStudyError(f"user_study: set of {drawn['entry']} has images of {sorted(drawn['images'])}")
+            sets.append(
+                {
+                    "id": new_id(48),
+                    "entry": drawn["entry"],
+                    "prompt": drawn["prompt"],
+                    "references": [add_image(p) for p in drawn["references"]],
+                    "images": {add_image(drawn["images"][label]): label for label in labels},
+                    "repeat_of": None,
+                    "source": {k: drawn[k] for k in ("concept", "prompt_index", "seed")},
+                }
+            )
+        for index in design["attention"]:
+            original = sets[index]
+            sets.append({**original, "id": new_id(48), "repeat_of": original["id"]})
+        study = {
+            "format": 1,
+            "seed": design["seed"],
+            "questions": dict(design["questions"]),
+            "exclusion": dict(design["exclusion"]),
+            "entries": entries,
+            "sets": sets,
+        }
+        (tmp / STUDY_FILE).write_text(json.dumps(study, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    return Path(out)
+
+
+@dataclass(frozen=True)
+class UserStudy:
+    """A study folder, read: its sets by id and where each image id's file is."""
+
+    folder: Path
+    sha256: str  # of study.json: the votes database is bound to it
+    data: Mapping[str, Any] = field(repr=False)
+    sets: Mapping[str, Mapping[str, Any]] = field(repr=False)
+    image_files: Mapping[str, Path] = field(repr=False)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "UserStudy":
+        folder = Path(folder)
+        path = folder / STUDY_FILE
+        try:
+            raw = path.read_bytes()
+            data = json.loads(raw)
+        except (OSError, ValueError) as err:
+            raise UserStudyError(f"{path}: not a study folder's study.json ({err})") from None
+        if not isinstance(data, dict) or data.get("format") != 1 or not isinstance(data.get("sets"), list):
+            raise UserStudyError(f"{path}: not a study folder's study.json (format 1 with sets)")
+        sets = {s["id"]: s for s in data["sets"]}
+        ids = {i for s in data["sets"] for i in [*s["references"], *s["images"]]}
+        files = {i: folder / "images" / f"{i}.png" for i in ids}
+        missing = [str(p) for p in files.values() if not p.is_file()]
+        if missing:
+            raise UserStudyError(f"{folder}: {len(missing)} image(s) of study.json are missing, e.g. {missing[0]}")
+        return cls(folder, hashlib.sha256(raw).hexdigest(), data, sets, files)
+
+    @property
+    def questions(self) -> Mapping[str, str]:
+        return self.data["questions"]
+
+    @property
+    def seed(self) -> int:
+        return self.data["seed"]
+
+    def plan(self, rater: int) -> list[tuple[str, list[str]]]:
+        return rater_plan(self.data, rater)
+
+
+def rater_plan(study: Mapping[str, Any], rater: int) -> list[tuple[str, list[str]]]:
+    """Rater ``rater``'s sets in the order shown, each with its images in the order shown.
+
+    The sets are shuffled; each attention check goes to a random place after the set it repeats,
+    its images in an order other than the first showing's (for two or more images). A function of
+    the study's seed and ``rater`` alone."""
+    rng = random.Random(f"wig-user-study:{study['seed']}:rater:{rater}")
+    main = [s for s in study["sets"] if s["repeat_of"] is None]
+    order = [s["id"] for s in main]
+    rng.shuffle(order)
+    shown = {s["id"]: rng.sample(list(s["images"]), len(s["images"])) for s in main}
+    for repeat in (s for s in study["sets"] if s["repeat_of"] is not None):
+        after = order.index(repeat["repeat_of"]) + 1
+        order.insert(rng.randint(after, len(order)), repeat["id"])
+        first = shown[repeat["repeat_of"]]
+        images = list(first)
+        while len(images) > 1 and images == first:
+            images = rng.sample(first, len(first))
+        shown[repeat["id"]] = images
+    return [(set_id, shown[set_id]) for set_id in order]
+
+
+def resolve_images(design: Mapping[str, Any], samples: Mapping[str, str], references: Mapping[str, str]) -> dict:
+    """``design`` (`wig.workflow.user_study.user_study_design`) with every image a file: a
+    member's from its generation job's manifest (``samples``: job folder per job key, the
+    wildcards joined by ``/``), a set's references the first ``design["references"]`` images of
+    its concept's prepared folder (``references``: folder per concept)."""
+    import polars as pl
+
+    manifests: dict[str, Any] = {}
+    sets = []
+    for s in design["sets"]:
+        images = {}
+        for label, member in s["members"].items():
+            folder = Path(samples["/".join(member["job"].values())])
+            if folder not in manifests:
+                manifests[folder] = pl.read_parquet(folder / "manifest.parquet")
+            rows = manifests[folder].filter(
+                (pl.col("point") == member["point"])
+                & (pl.col("seed") == s["seed"])
+                & (pl.col("prompt_index") == s["prompt_index"])
+            )
+            if len(rows) != 1:
+                raise UserStudyError(
+                    f"{folder}/manifest.parquet: {len(rows)} images of {member['point']} seed {s['seed']} "
+                    f"prompt {s['prompt_index']}, not 1"
+                )
+            images[label] = str(folder / rows["path"][0])
+        folder = Path(references[s["concept"]])
+        refs = sorted(folder.glob("*.png"))[: design["references"]]
+        if not refs:
+            raise UserStudyError(f"{folder}: no reference image of {s['concept']}")
+        sets.append({**s, "images": images, "references": [str(p) for p in refs]})
+    return {**design, "sets": sets}

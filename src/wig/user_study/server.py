@@ -1,0 +1,202 @@
+"""The user study's web app (`wig serve-study`): Flask, served by waitress.
+
+Routes (every error is a 4xx with one plain-text line, and writes nothing):
+
+- ``GET /r/<token>``: the rating page; its script asks for the rater's state and posts answers.
+- ``GET /api/<token>/state``: the rater's current set (the first of their plan not fully
+  answered): prompt, reference and candidate image URLs in the rater's order, the questions, what
+  of it is answered, progress. Resuming after a reload or a server crash is asking again.
+- ``POST /api/<token>/answer`` ``{"set", "question", "choice"}``: one answer, one transaction;
+  the reply is the new state (the next set once both questions are answered). ``choice`` is an
+  image id of the set or ``undecided``; a replay of a stored answer changes nothing.
+- ``GET /img/<id>``: an image by its opaque id.
+- ``GET /admin/<admin token>`` and ``POST /admin/<admin token>/raters``: progress per rater,
+  their links, more raters.
+
+Blind by construction: the browser receives opaque ids, the prompt and pixels; the method of an
+image, the study's paths and file names stay on the server (`wig.user_study.design`).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+
+from flask import Flask, Response, abort, jsonify, redirect, render_template, request, send_file
+from werkzeug.exceptions import HTTPException
+
+from wig.user_study.design import UNDECIDED, UserStudy
+from wig.user_study.votes import AnswerConflict, VoteStore
+
+WEB = Path(__file__).with_name("web")
+MAX_BODY = 1024  # an answer is ~100 bytes of JSON
+ANSWER_KEYS = {"set", "question", "choice"}
+
+
+def default_db(study_dir: str | os.PathLike) -> Path:
+    """Where a study's votes go unless told: beside its folder (never inside it, which the
+    workflow rewrites when the study is redrawn)."""
+    folder = Path(study_dir).resolve()
+    return folder.parent / f"{folder.name}.votes.sqlite"
+
+
+def create_app(study_dir: str | os.PathLike, db: str | os.PathLike | None = None) -> Flask:
+    study = UserStudy.load(study_dir)
+    store = VoteStore(db or default_db(study_dir), study.sha256)
+    app = Flask(__name__, template_folder=str(WEB), static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.extensions["wig_study"] = study
+    app.extensions["wig_votes"] = store
+
+    @lru_cache(maxsize=4096)
+    def plan(rater: int) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        return tuple((s, tuple(images)) for s, images in study.plan(rater))
+
+    def rater_of(token: str) -> int:
+        rater = store.rater_of(token) if len(token) <= 64 else None
+        if rater is None:
+            abort(404, "unknown rater token")
+        return rater
+
+    def state(rater: int) -> dict:
+        order = plan(rater)
+        answers = store.answers_of(rater)
+        for index, (set_id, images) in enumerate(order):
+            answered = {q: answers[(set_id, q)] for q in study.questions if (set_id, q) in answers}
+            if len(answered) < len(study.questions):
+                s = study.sets[set_id]
+                return {
+                    "done": False,
+                    "index": index + 1,
+                    "total": len(order),
+                    "set": set_id,
+                    "prompt": s["prompt"],
+                    "references": [f"/img/{i}" for i in s["references"]],
+                    "images": [{"id": i, "src": f"/img/{i}"} for i in images],
+                    "questions": [{"key": k, "text": t} for k, t in study.questions.items()],
+                    "undecided": UNDECIDED,
+                    "answered": answered,
+                }
+        return {"done": True, "index": len(order), "total": len(order)}
+
+    @app.errorhandler(HTTPException)
+    def one_line(err: HTTPException):
+        text = " ".join(str(err.description or err.name).split())
+        return Response(f"error: {text}\n", status=err.code, mimetype="text/plain")
+
+    @app.after_request
+    def headers(response: Response) -> Response:
+        response.headers["Referrer-Policy"] = "no-referrer"  # the token is in the page's URL
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Content-Security-Policy"] = "default-src 'self'; img-src 'self'; style-src 'self'"
+        if request.path.startswith(("/api/", "/admin/", "/r/")):
+            response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @app.get("/r/<token>")
+    def page(token: str):
+        rater_of(token)
+        return render_template("rate.html")
+
+    @app.get("/static/<name>")
+    def static_file(name: str):
+        if name not in ("rate.js", "study.css"):
+            abort(404, "no such file")
+        return send_file(WEB / name, max_age=3600)
+
+    @app.get("/api/<token>/state")
+    def get_state(token: str):
+        return jsonify(state(rater_of(token)))
+
+    @app.post("/api/<token>/answer")
+    def answer(token: str):
+        rater = rater_of(token)
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or set(body) != ANSWER_KEYS or not all(isinstance(v, str) for v in body.values()):
+            abort(400, 'the body must be a JSON object {"set", "question", "choice"} of strings')
+        order = dict(plan(rater))
+        if body["set"] not in order:
+            abort(404, "no such set")
+        if body["question"] not in study.questions:
+            abort(400, f"question must be one of {', '.join(study.questions)}")
+        if body["choice"] != UNDECIDED and body["choice"] not in order[body["set"]]:
+            abort(400, "choice must be an image id of this set or undecided")
+        current = state(rater)
+        answers = store.answers_of(rater)
+        if (body["set"], body["question"]) not in answers and body["set"] != current.get("set"):
+            abort(409, "answer the sets in order: this is not the current set")
+        try:
+            store.record(rater, body["set"], body["question"], body["choice"])
+        except AnswerConflict as err:
+            abort(409, str(err))
+        return jsonify(state(rater))
+
+    @app.get("/img/<image_id>")
+    def image(image_id: str):
+        path = study.image_files.get(image_id)
+        if path is None:
+            abort(404, "no such image")
+        return send_file(path, mimetype="image/png", max_age=3600, etag=False, last_modified=None)
+
+    def admin_check(token: str) -> None:
+        if not secrets.compare_digest(token.encode(), store.admin_token.encode()):
+            abort(404, "unknown admin token")
+
+    @app.get("/admin/<token>")
+    def admin(token: str):
+        admin_check(token)
+        done = store.progress()
+        total = 2 * len(study.sets)
+        rows = [
+            {"rater": r, "link": f"{request.host_url}r/{t}", "answers": done.get(r, 0), "total": total}
+            for r, t in store.raters()
+        ]
+        return render_template("admin.html", rows=rows, token=token, sets=len(study.sets))
+
+    @app.post("/admin/<token>/raters")
+    def add_raters(token: str):
+        admin_check(token)
+        try:
+            n = int(request.form.get("n", "1"))
+        except ValueError:
+            n = 0
+        if not 1 <= n <= 100:
+            abort(400, "n must be an integer in [1, 100]")
+        store.add_raters(n)
+        return redirect(f"/admin/{token}", code=303)
+
+    @app.route("/", defaults={"rest": ""})
+    @app.route("/<path:rest>")
+    def nothing(rest: str):
+        abort(404, "nothing here: open your rater link")
+
+    return app
+
+
+def serve_study(
+    study_dir: str | os.PathLike,
+    db: str | os.PathLike | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    raters: int = 0,
+    threads: int = 8,
+) -> None:
+    """Serve the study until interrupted; print the admin link and every rater's link once the
+    socket listens (``port`` 0: a free one). ``raters``: make sure at least that many exist."""
+    from waitress import create_server
+
+    app = create_app(study_dir, db)
+    store: VoteStore = app.extensions["wig_votes"]
+    missing = raters - len(store.raters())
+    if missing > 0:
+        store.add_raters(missing)
+    server = create_server(app, host=host, port=port, threads=threads, max_request_body_size=64 * MAX_BODY)
+    base = f"http://{host}:{server.effective_port}"
+    print(f"wig serve-study: {len(app.extensions['wig_study'].sets)} sets, votes in {store.path}", flush=True)
+    print(f"admin: {base}/admin/{store.admin_token}", flush=True)
+    for number, token in store.raters():
+        print(f"rater {number}: {base}/r/{token}", flush=True)
+    print(f"serving on {base}", flush=True)
+    server.run()

@@ -1,0 +1,519 @@
+"""The user study (wig.user_study): reproducible sets and orders, the votes database, the web app's
+refusals, 20 raters at once, a server killed with SIGKILL, and Table 3 on hand-made votes.
+The browser test is tests/test_user_study_browser.py."""
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from wig.guidance import make
+from wig.user_study.analysis import rater_table, share_table, user_study_tables, vote_frame
+from wig.user_study.design import UNDECIDED, UserStudy, UserStudyError, draw_sets, rater_plan
+from wig.user_study.server import create_app
+from wig.workflow.model import StudyError
+from wig.workflow.study import Study
+
+from conftest import ROOT, make_user_study
+
+pytestmark = pytest.mark.check
+
+
+def _png_chunks(data: bytes) -> list[str]:
+    """The chunk types of a PNG, in order."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    chunks, at = [], 8
+    while at < len(data):
+        length = int.from_bytes(data[at : at + 4], "big")
+        kind = data[at + 4 : at + 8]
+        assert zlib.crc32(kind + data[at + 8 : at + 8 + length]) == int.from_bytes(
+            data[at + 8 + length : at + 12 + length], "big"
+        )
+        chunks.append(kind.decode())
+        at += 12 + length
+    return chunks
+
+
+# --- sets and orders ------------------------------------------------------------------------------
+
+
+def test_the_same_seed_draws_the_same_sets_ids_and_orders_and_another_seed_others(tmp_path):
+    entries = [{"name": "m/ft", "prompts": {f"c{i}": [f"p{j}" for j in range(5)] for i in range(4)}, "seeds": [0, 1]}]
+    first = draw_sets(entries, 6, seed=3)
+    assert first == draw_sets(entries, 6, seed=3) and first != draw_sets(entries, 6, seed=4)
+    # round-robin over the concepts: 6 sets over 4 concepts show every concept, none three times
+    concepts = [s["concept"] for s in first]
+    assert set(concepts) == {"c0", "c1", "c2", "c3"} and max(map(concepts.count, concepts)) == 2
+    assert len({(s["concept"], s["prompt_index"], s["seed"]) for s in first}) == 6
+    # adding an entry leaves the first entry's sets as they were
+    more = draw_sets([*entries, {**entries[0], "name": "other/ft"}], 6, seed=3)
+    assert [s for s in more if s["entry"] == "m/ft"] == first
+    with pytest.raises(UserStudyError, match="40 .concept, prompt, seed. samples, fewer than the 41 sets"):
+        draw_sets(entries, 41, seed=0)
+
+    a, b = make_user_study(tmp_path / "a", seed=7), make_user_study(tmp_path / "b", seed=7)
+    assert (a / "study.json").read_bytes() == (b / "study.json").read_bytes()
+    assert sorted(p.name for p in (a / "images").iterdir()) == sorted(p.name for p in (b / "images").iterdir())
+    study = UserStudy.load(a)
+    assert study.plan(5) == UserStudy.load(b).plan(5)  # same seed, same rater: the same orders
+    assert study.plan(5) != study.plan(6)
+    other = UserStudy.load(make_user_study(tmp_path / "c", seed=8))
+    assert other.sha256 != study.sha256
+
+
+def test_every_rater_sees_each_set_once_and_the_attention_check_later_reshuffled(tmp_path):
+    study = UserStudy.load(make_user_study(tmp_path / "s", n_sets=6, attention=2))
+    repeats = {s["id"]: s["repeat_of"] for s in study.sets.values() if s["repeat_of"]}
+    assert len(repeats) == 2 and len(study.sets) == 8
+    for rater in range(1, 40):
+        plan = rater_plan(study.data, rater)
+        order = [s for s, _ in plan]
+        assert sorted(order) == sorted(study.sets)
+        shown = dict(plan)
+        for repeat, original in repeats.items():
+            assert order.index(repeat) > order.index(original)
+            assert sorted(shown[repeat]) == sorted(shown[original]) and shown[repeat] != shown[original]
+        for set_id, images in plan:
+            assert sorted(images) == sorted(study.sets[set_id]["images"])
+    # the image orders are spread: over 39 raters each of the 3 images is shown first
+    firsts = {rater_plan(study.data, r)[0][1][0] for r in range(1, 40)}
+    assert len(firsts) > 3
+
+
+def test_study_images_carry_pixels_only_under_opaque_names(tmp_path):
+    folder = make_user_study(tmp_path / "s")
+    study = UserStudy.load(folder)
+    for image_id, path in study.image_files.items():
+        assert re.fullmatch(r"[0-9a-f]{16}", image_id) and path.name == f"{image_id}.png"
+        assert set(_png_chunks(path.read_bytes())) == {"IHDR", "IDAT", "IEND"}
+    for s in study.sets.values():
+        assert re.fullmatch(r"[0-9a-f]{12}", s["id"])
+
+
+def test_a_study_folder_with_a_missing_image_is_refused_naming_it(tmp_path):
+    folder = make_user_study(tmp_path / "s")
+    victim = next((folder / "images").iterdir())
+    victim.unlink()
+    with pytest.raises(UserStudyError, match=f"missing, e.g. .*{victim.name}"):
+        UserStudy.load(folder)
+
+
+# --- the config -----------------------------------------------------------------------------------
+
+
+def _demo_config(**user_study):
+    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    config["user_study"].update(user_study)
+    validate(config, str(ROOT / "config/schema.yaml"))
+    return config
+
+
+def test_the_demo_study_draws_its_sets_from_its_generation_jobs(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    study = Study.from_config(_demo_config())
+    design = study.user_study_design()
+    assert design["entries"] == {"synthetic/db-lora": ["CFG", "PG", "PG ω 0.5"]}
+    assert len(design["sets"]) == 4 and len(design["attention"]) == 1
+    jobs = {tuple(j.wildcards.items()) for j in study.generation_jobs()}
+    for s in design["sets"]:
+        assert s["prompt"] == study.prompts[s["concept"]][s["prompt_index"]] and s["seed"] in study.config["seeds"]
+        for label, member in s["members"].items():
+            assert tuple(member["job"].items()) in jobs  # an image the study makes anyway
+            assert member["job"]["concept"] == s["concept"] and member["job"]["fseed"] == "0"
+            assert member["point"] in {p.key for p in study.points_of("synthetic", member["job"]["points"])}
+    assert {s["members"]["PG"]["point"] for s in design["sets"]} == {make(method="pg", scale=4.5, omega=0.0).key}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"models": [{"model": "nope", "methods": {"A": {"method": "cfg"}, "B": {"method": "pg"}}}]},
+            r"models\[0\]\.model",
+        ),
+        (
+            {
+                "models": [
+                    {"model": "synthetic", "methods": {"CFG": {"method": "cfg", "scale": 9.0}, "PG": {"method": "pg"}}}
+                ]
+            },
+            r"models\[0\]\.methods\.CFG: \S+ is not a point of models\.synthetic's grid",
+        ),
+        (
+            {
+                "models": [
+                    {"model": "synthetic", "finetune": "x", "methods": {"A": {"method": "cfg"}, "B": {"method": "pg"}}}
+                ]
+            },
+            r"models\[0\]\.finetune",
+        ),
+        ({"sets": 1000}, r"fewer than the 1000 sets"),
+    ],
+)
+def test_a_bad_user_study_block_is_refused_before_any_job_naming_the_key(monkeypatch, change, message):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(StudyError, match=message):
+        Study.from_config(_demo_config(**change))
+
+
+# --- the web app ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def app_and_rater(tmp_path):
+    app = create_app(make_user_study(tmp_path / "sets"), tmp_path / "votes.sqlite")
+    store = app.extensions["wig_votes"]
+    ((rater, token),) = store.add_raters(1)
+    return app, store, token
+
+
+def _rows(db: Path) -> list[tuple]:
+    with sqlite3.connect(db) as conn:
+        return list(conn.execute("SELECT rater, set_id, question, choice FROM answers ORDER BY id"))
+
+
+def test_an_answer_is_stored_once_and_a_replay_or_a_changed_mind_counts_nothing_more(app_and_rater, tmp_path):
+    app, store, token = app_and_rater
+    client = app.test_client()
+    state = client.get(f"/api/{token}/state").get_json()
+    assert state["index"] == 1 and state["total"] == 5 and state["answered"] == {}
+    first = {"set": state["set"], "question": "subject", "choice": state["images"][1]["id"]}
+    assert client.post(f"/api/{token}/answer", json=first).get_json()["answered"] == {"subject": first["choice"]}
+    assert client.post(f"/api/{token}/answer", json=first).status_code == 200  # a double click / replay
+    changed = client.post(f"/api/{token}/answer", json={**first, "choice": UNDECIDED})
+    assert changed.status_code == 409 and changed.data.count(b"\n") == 1
+    nxt = client.post(f"/api/{token}/answer", json={"set": state["set"], "question": "text", "choice": UNDECIDED})
+    assert nxt.get_json()["index"] == 2 and nxt.get_json()["set"] != state["set"]
+    assert _rows(tmp_path / "votes.sqlite") == [
+        (1, state["set"], "subject", first["choice"]),
+        (1, state["set"], "text", UNDECIDED),
+    ]
+    # a set ahead of the current one is refused: the order is the rater's plan
+    later = app.extensions["wig_study"].plan(1)[3]
+    ahead = client.post(f"/api/{token}/answer", json={"set": later[0], "question": "text", "choice": UNDECIDED})
+    assert ahead.status_code == 409 and len(_rows(tmp_path / "votes.sqlite")) == 2
+
+
+def _bad_requests(token, state, other_token):
+    image = state["images"][0]["id"]
+    good = {"set": state["set"], "question": "subject", "choice": image}
+    return {
+        "unknown token": ("post", f"/api/{'0' * 32}/answer", {"json": good}, 404),
+        "tampered token": ("post", f"/api/{token[:-1]}{'0' if token[-1] != '0' else '1'}/answer", {"json": good}, 404),
+        "token of the page": ("get", f"/r/{token}x", {}, 404),
+        "unknown set": ("post", f"/api/{token}/answer", {"json": {**good, "set": "a" * 12}}, 404),
+        "unknown image": ("get", "/img/0123456789abcdef", {}, 404),
+        "image of another set": ("post", f"/api/{token}/answer", {"json": {**good, "choice": other_token}}, 400),
+        "forged method": ("post", f"/api/{token}/answer", {"json": {**good, "choice": "PG"}}, 400),
+        "forged method key": ("post", f"/api/{token}/answer", {"json": {**good, "method": "PG"}}, 400),
+        "unknown question": ("post", f"/api/{token}/answer", {"json": {**good, "question": "style"}}, 400),
+        "not JSON": ("post", f"/api/{token}/answer", {"data": "set=1", "content_type": "application/json"}, 400),
+        "JSON list": ("post", f"/api/{token}/answer", {"json": [good]}, 400),
+        "oversized body": ("post", f"/api/{token}/answer", {"json": {**good, "choice": "x" * 4000}}, 413),
+        "admin with a rater token": ("get", f"/admin/{token}", {}, 404),
+        "adding raters without the admin token": ("post", f"/admin/{token}/raters", {"data": {"n": "5"}}, 404),
+        "path outside the app": ("get", "/static/../study.json", {}, 404),
+        "the study file": ("get", "/study.json", {}, 404),
+    }
+
+
+def test_bad_input_is_a_4xx_of_one_line_and_writes_nothing(app_and_rater, tmp_path):
+    app, store, token = app_and_rater
+    client = app.test_client()
+    state = client.get(f"/api/{token}/state").get_json()
+    study = app.extensions["wig_study"]
+    other_image = next(i for s in study.sets.values() if s["id"] != state["set"] for i in s["images"])
+    db = tmp_path / "votes.sqlite"
+    before = (db.read_bytes(), len(store.raters()))
+    for name, (verb, url, kwargs, code) in _bad_requests(token, state, other_image).items():
+        response = getattr(client, verb)(url, **kwargs)
+        assert response.status_code == code, (name, response.status_code, response.data)
+        text = response.data.decode()
+        assert text.startswith("error: ") and text.count("\n") == 1 and text.endswith("\n"), (name, text)
+        assert response.mimetype == "text/plain", name
+    assert _rows(db) == [] and len(store.raters()) == before[1]
+
+
+def test_a_database_of_another_study_is_refused(tmp_path):
+    db = tmp_path / "votes.sqlite"
+    create_app(make_user_study(tmp_path / "a", seed=1), db)
+    with pytest.raises(UserStudyError, match="holds the votes of another study"):
+        create_app(make_user_study(tmp_path / "b", seed=2), db)
+
+
+def test_the_admin_page_shows_progress_and_adds_raters(app_and_rater):
+    app, store, token = app_and_rater
+    client = app.test_client()
+    state = client.get(f"/api/{token}/state").get_json()
+    client.post(f"/api/{token}/answer", json={"set": state["set"], "question": "text", "choice": UNDECIDED})
+    page = client.get(f"/admin/{store.admin_token}").data.decode()
+    assert f"/r/{token}" in page and "1 / 10" in page
+    assert client.post(f"/admin/{store.admin_token}/raters", data={"n": "3"}).status_code == 303
+    assert len(store.raters()) == 4
+    assert client.post(f"/admin/{store.admin_token}/raters", data={"n": "1000"}).status_code == 400
+
+
+# --- a real server: 20 raters at once, SIGKILL ------------------------------------------------------
+
+
+class Server:
+    """``wig serve-study`` in a subprocess on a free loopback port; its rater links read from stdout."""
+
+    def __init__(self, folder: Path, db: Path, raters: int):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "wig.cli", "serve-study", str(folder), "--db", str(db), "--port", "0"]
+            + ["--raters", str(raters)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.tokens, deadline = {}, time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise AssertionError(f"serve-study exited: {self.proc.stderr.read()}")
+            if m := re.match(r"rater (\d+): (http://[^/]+)/r/(\w+)", line):
+                self.base, self.tokens[int(m[1])] = m[2], m[3]
+            if line.startswith("serving on"):
+                return
+        raise AssertionError("serve-study did not start in 60 s")
+
+    def call(self, token: str, path: str, body: dict | None = None) -> dict:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            f"{self.base}/api/{token}/{path}", data=data, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    def stop(self, sig=signal.SIGTERM):
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=30)
+
+
+def _answer_all(server: Server, token: str, rng: np.random.Generator, acked: list, stop_after: int | None = None):
+    """Answer a rater's sets to the end (or ``stop_after`` answers), each answer sent twice at once
+    (a double click); every acknowledged answer is appended to ``acked``."""
+    state = server.call(token, "state")
+    n = 0
+    while not state["done"] and (stop_after is None or n < stop_after):
+        question = next(q["key"] for q in state["questions"] if q["key"] not in state["answered"])
+        choice = rng.choice([*[i["id"] for i in state["images"]], UNDECIDED])
+        body = {"set": state["set"], "question": question, "choice": str(choice)}
+        with ThreadPoolExecutor(2) as pool:
+            replies = list(pool.map(lambda _: server.call(token, "answer", body), range(2)))
+        acked.append((token, body["set"], question, body["choice"]))
+        state = replies[0] if replies[0]["index"] >= replies[1]["index"] else replies[1]
+        n += 1
+    return state
+
+
+def test_twenty_raters_at_once_lose_no_vote_and_count_none_twice(tmp_path):
+    folder = make_user_study(tmp_path / "sets", n_sets=5, attention=1)
+    db = tmp_path / "votes.sqlite"
+    server = Server(folder, db, raters=20)
+    try:
+        acked: list = []
+        with ThreadPoolExecutor(20) as pool:
+            finals = list(
+                pool.map(
+                    lambda kv: _answer_all(server, kv[1], np.random.default_rng(kv[0]), acked), server.tokens.items()
+                )
+            )
+    finally:
+        server.stop()
+    assert all(f["done"] and f["total"] == 6 for f in finals)
+    numbers = {t: r for r, t in server.tokens.items()}
+    assert sorted(_rows(db)) == sorted((numbers[t], s, q, c) for t, s, q, c in acked)
+    assert len(acked) == 20 * 6 * 2
+
+
+def test_a_server_killed_mid_session_loses_no_acknowledged_vote_and_raters_resume(tmp_path):
+    folder = make_user_study(tmp_path / "sets", n_sets=6, attention=1)
+    db = tmp_path / "votes.sqlite"
+    server = Server(folder, db, raters=4)
+    acked: list = []
+    errors: list = []
+    killed = threading.Event()
+
+    def rater(item):
+        number, token = item
+        try:
+            _answer_all(server, token, np.random.default_rng(number), acked)
+        except (urllib.error.URLError, ConnectionError, OSError) as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=rater, args=(item,)) for item in server.tokens.items()]
+    for t in threads:
+        t.start()
+    while len(acked) < 12:  # some answers in, the raters still answering
+        time.sleep(0.005)
+    server.proc.send_signal(signal.SIGKILL)
+    server.proc.wait(timeout=30)
+    killed.set()
+    for t in threads:
+        t.join(timeout=60)
+    stored = _rows(db)
+    numbers = {t: r for r, t in server.tokens.items()}
+    acknowledged = {(numbers[t], s, q, c) for t, s, q, c in acked}
+    assert acknowledged <= set(stored), "an acknowledged answer was lost"
+    assert len(stored) == len(set(stored)) and len(stored) < 4 * 7 * 2 and errors
+
+    # a restart on the same database: each rater resumes at the first set not fully answered
+    again = Server(folder, db, raters=4)
+    try:
+        assert again.tokens == server.tokens
+        study = UserStudy.load(folder)
+        for number, token in again.tokens.items():
+            answered = {(s, q) for r, s, q, _ in stored if r == number}
+            plan = study.plan(number)
+            expected = next(i for i, (s, _) in enumerate(plan) if not {(s, "subject"), (s, "text")} <= answered)
+            state = again.call(token, "state")
+            assert state["index"] == expected + 1 and state["set"] == plan[expected][0]
+            assert set(state["answered"]) == {q for s, q in answered if s == state["set"]}
+            final = _answer_all(again, token, np.random.default_rng(number + 10), [])
+            assert final["done"]
+    finally:
+        again.stop()
+    final_rows = _rows(db)
+    assert len(final_rows) == 4 * 7 * 2 and set(stored) <= set(final_rows)
+
+
+# --- Table 3 ----------------------------------------------------------------------------------------
+
+
+def _votes(study: UserStudy, choices: dict[int, dict[str, list[str]]]):
+    """Rows as the database holds them: rater → question → the method chosen in each first showing
+    (in study order), and the same answers again for the attention repeats."""
+    rows = []
+    main = [s for s in study.data["sets"] if s["repeat_of"] is None]
+    by_label = {s["id"]: {label: i for i, label in s["images"].items()} for s in main}
+    for rater, questions in choices.items():
+        for question, methods in questions.items():
+            for s, method in zip(main, methods):
+                choice = UNDECIDED if method == UNDECIDED else by_label[s["id"]][method]
+                rows.append((rater, s["id"], question, choice, "t"))
+            for s in study.data["sets"]:
+                if s["repeat_of"]:
+                    rows.append(
+                        (
+                            rater,
+                            s["id"],
+                            question,
+                            next(r[3] for r in rows if r[:3] == (rater, s["repeat_of"], question)),
+                            "t",
+                        )
+                    )
+    return rows
+
+
+def test_table3_on_hand_made_votes_has_hand_computed_shares_and_intervals(tmp_path):
+    study = UserStudy.load(make_user_study(tmp_path / "s", n_sets=1, attention=0))
+    # one set, four raters: three choose PG for subject fidelity, one CFG; text: two undecided, two AG
+    choices = {
+        1: {"subject": ["PG"], "text": [UNDECIDED]},
+        2: {"subject": ["PG"], "text": ["AG"]},
+        3: {"subject": ["PG"], "text": [UNDECIDED]},
+        4: {"subject": ["CFG"], "text": ["AG"]},
+    }
+    votes, per_rater, shares, wins = user_study_tables(study, _votes(study, choices), n_boot=4000, seed=0)
+    share = {(r["question"], r["option"]): r for r in shares.iter_rows(named=True)}
+    assert share[("subject", "PG")]["share"] == 0.75 and share[("subject", "CFG")]["share"] == 0.25
+    assert share[("subject", "AG")]["share"] == 0 and share[("subject", UNDECIDED)]["share"] == 0
+    assert share[("text", "AG")]["share"] == 0.5 and share[("text", UNDECIDED)]["share"] == 0.5
+    # the bootstrap over 4 raters: PG's share is k/4 with k ~ Binomial(4, 3/4); P(k = 0) = 0.4 % and
+    # P(k ≤ 1) = 5.1 % put the 2.5th percentile at 1/4, P(k = 4) = 32 % the 97.5th at 1
+    assert (share[("subject", "PG")]["lo"], share[("subject", "PG")]["hi"]) == (0.25, 1.0)
+    # CFG: k ~ Binomial(4, 1/4), P(k = 0) = 32 % → 0; P(k ≥ 3) = 5.1 %, P(k = 4) = 0.4 % → 3/4
+    assert (share[("subject", "CFG")]["lo"], share[("subject", "CFG")]["hi"]) == (0.0, 0.75)
+    # AG for text: k ~ Binomial(4, 1/2): P(k = 0) = 6.25 % → 0; P(k = 4) = 6.25 % → 1
+    assert (share[("text", "AG")]["lo"], share[("text", "AG")]["hi"]) == (0.0, 1.0)
+    assert share[("subject", "AG")]["lo"] == share[("subject", "AG")]["hi"] == 0.0  # never chosen
+    win = {(r["question"], r["method"], r["versus"]): r for r in wins.iter_rows(named=True)}
+    assert win[("subject", "PG", "CFG")]["win_rate"] == 0.75 and win[("subject", "CFG", "PG")]["win_rate"] == 0.25
+    assert win[("subject", "AG", "CFG")]["win_rate"] == 0.0 and win[("text", "PG", "CFG")]["win_rate"] is None
+    assert win[("text", "AG", "PG")]["win_rate"] == 1.0
+    assert per_rater["excluded"].to_list() == [False] * 4 and votes["method"].to_list()[:2] == ["PG", UNDECIDED]
+
+
+def test_shares_average_over_raters_and_the_bootstrap_resamples_sets_too(tmp_path):
+    study = UserStudy.load(make_user_study(tmp_path / "s", n_sets=2, attention=0))
+    # rater 1 answers both sets (PG, PG); rater 2 only the first (CFG), so the pooled share (2/3)
+    # and the rater average (1/2) differ: the table reports the average, as the paper does
+    rows = _votes(study, {1: {"subject": ["PG", "PG"]}, 2: {"subject": ["CFG"]}})
+    votes = vote_frame(study, rows)
+    table = share_table(votes, study.data["entries"], n_boot=2000, seed=0)
+    pg = table.filter((pl.col("question") == "subject") & (pl.col("option") == "PG")).row(0, named=True)
+    assert pg["share"] == 0.5 and pg["raters"] == 2 and pg["sets"] == 2 and pg["votes"] == 2
+    # one set of one rater: resampling sets alone moves the share (both raters' sets differ)
+    single = share_table(vote_frame(study, _votes(study, {1: {"subject": ["PG", "CFG"]}})), study.data["entries"])
+    row = single.filter((pl.col("question") == "subject") & (pl.col("option") == "PG")).row(0, named=True)
+    assert row["share"] == 0.5 and (row["lo"], row["hi"]) == (0.0, 1.0)
+
+
+def test_attention_checks_and_the_exclusion_rule(tmp_path):
+    study = UserStudy.load(make_user_study(tmp_path / "s", n_sets=3, attention=2))
+    rows = _votes(study, {r: {"subject": ["PG", "CFG", "AG"], "text": ["AG", "AG", UNDECIDED]} for r in (1, 2, 3)})
+    repeats = [s["id"] for s in study.data["sets"] if s["repeat_of"]]
+    # rater 2 answers both repeats' subject question otherwise: 2 of 4 checks alike (0.5: kept at ≥ 0.5);
+    # rater 3 also the first repeat's text question: 1 of 4 (excluded); rater 4 answered one question
+    # (incomplete: excluded); rater 5 joined and answered nothing
+    changed = {(2, repeats[0], "subject"), (2, repeats[1], "subject"), (3, repeats[0], "subject")}
+    changed |= {(3, repeats[1], "subject"), (3, repeats[0], "text")}
+
+    def other(set_id, choice):
+        images = list(study.sets[set_id]["images"])
+        return images[(images.index(choice) + 1) % 3] if choice in images else images[0]
+
+    rows = [(r, s, q, other(s, c) if (r, s, q) in changed else c, t) for r, s, q, c, t in rows]
+    first = next(s["id"] for s in study.data["sets"] if not s["repeat_of"])
+    rows += [(4, first, "subject", UNDECIDED, "t")]
+    table = rater_table(vote_frame(study, rows), study, raters=[1, 2, 3, 4, 5]).sort("rater")
+    assert table["checks"].to_list() == [4, 4, 4, 0, 0] and table["agreed"].to_list() == [4, 2, 1, 0, 0]
+    assert table["consistency"].to_list() == [1.0, 0.5, 0.25, None, None]
+    assert table["excluded"].to_list() == [False, False, True, True, True]
+    assert "consistency 0.25 < 0.5" in table["reason"][2] and "answered 1 of 10" in table["reason"][3]
+    _, _, shares, _ = user_study_tables(study, rows, [1, 2, 3, 4, 5])
+    assert set(shares["raters"]) == {2}  # raters 1 and 2 only
+
+
+def test_the_parquet_export_resolves_each_choice_and_where_it_was_shown(tmp_path):
+    folder = make_user_study(tmp_path / "sets", n_sets=2, attention=1)
+    app = create_app(folder)
+    store = app.extensions["wig_votes"]
+    ((rater, token),) = store.add_raters(1)
+    client = app.test_client()
+    state = client.get(f"/api/{token}/state").get_json()
+    client.post(
+        f"/api/{token}/answer", json={"set": state["set"], "question": "subject", "choice": state["images"][2]["id"]}
+    )
+    client.post(f"/api/{token}/answer", json={"set": state["set"], "question": "text", "choice": UNDECIDED})
+    out = tmp_path / "votes.parquet"
+    proc = subprocess.run(
+        [sys.executable, "-m", "wig.cli", "export-votes", str(folder), "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    votes = pl.read_parquet(out)
+    study = UserStudy.load(folder)
+    assert votes["rater"].to_list() == [1, 1] and votes["question"].to_list() == ["subject", "text"]
+    assert votes["method"][0] == study.sets[state["set"]]["images"][state["images"][2]["id"]]
+    assert votes["position"].to_list() == [3, None] and votes["method"][1] == UNDECIDED
+    assert os.path.exists(folder.parent / "sets.votes.sqlite")
