@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -210,7 +215,7 @@ def point_row(method: str, **values) -> dict:
     return {"method": method, **{name: f.default for name, f in columns().items()}, **values}
 
 
-TIERS = ("check", "workflow", "cluster")  # pyproject.toml's markers; `make check` runs the first
+TIERS = ("check", "workflow", "cluster", "browser")  # pyproject.toml's markers; `make check` runs the first
 
 
 def tier_of(item) -> str | None:
@@ -382,3 +387,38 @@ def make_user_study(folder, seed: int = 0, n_sets: int = 4, attention: int = 1, 
         "sets": sets,
     }
     return build_study(design, folder)
+
+
+class StudyServer:
+    """``wig serve-study`` in a subprocess on a free loopback port; its rater links read from stdout."""
+
+    def __init__(self, folder: Path, db: Path, raters: int):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "wig.cli", "serve-study", str(folder), "--db", str(db), "--port", "0"]
+            + ["--raters", str(raters)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.tokens, deadline = {}, time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise AssertionError(f"serve-study exited: {self.proc.stderr.read()}")
+            if m := re.match(r"rater (\d+): (http://[^/]+)/r/(\w+)", line):
+                self.base, self.tokens[int(m[1])] = m[2], m[3]
+            if line.startswith("serving on"):
+                return
+        raise AssertionError("serve-study did not start in 60 s")
+
+    def call(self, token: str, path: str, body: dict | None = None) -> dict:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            f"{self.base}/api/{token}/{path}", data=data, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    def stop(self, sig=signal.SIGTERM):
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=30)

@@ -2,7 +2,6 @@
 refusals, 20 raters at once, a server killed with SIGKILL, and Table 3 on hand-made votes.
 The browser test is tests/test_user_study_browser.py."""
 
-import json
 import os
 import re
 import signal
@@ -30,7 +29,7 @@ from wig.user_study.server import create_app
 from wig.workflow.model import StudyError
 from wig.workflow.study import Study
 
-from conftest import ROOT, make_user_study
+from conftest import ROOT, StudyServer, make_user_study
 
 pytestmark = pytest.mark.check
 
@@ -272,42 +271,7 @@ def test_the_admin_page_shows_progress_and_adds_raters(app_and_rater):
 # --- a real server: 20 raters at once, SIGKILL ------------------------------------------------------
 
 
-class Server:
-    """``wig serve-study`` in a subprocess on a free loopback port; its rater links read from stdout."""
-
-    def __init__(self, folder: Path, db: Path, raters: int):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "wig.cli", "serve-study", str(folder), "--db", str(db), "--port", "0"]
-            + ["--raters", str(raters)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.tokens, deadline = {}, time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise AssertionError(f"serve-study exited: {self.proc.stderr.read()}")
-            if m := re.match(r"rater (\d+): (http://[^/]+)/r/(\w+)", line):
-                self.base, self.tokens[int(m[1])] = m[2], m[3]
-            if line.startswith("serving on"):
-                return
-        raise AssertionError("serve-study did not start in 60 s")
-
-    def call(self, token: str, path: str, body: dict | None = None) -> dict:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(
-            f"{self.base}/api/{token}/{path}", data=data, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read())
-
-    def stop(self, sig=signal.SIGTERM):
-        self.proc.send_signal(sig)
-        self.proc.wait(timeout=30)
-
-
-def _answer_all(server: Server, token: str, rng: np.random.Generator, acked: list, stop_after: int | None = None):
+def _answer_all(server: StudyServer, token: str, rng: np.random.Generator, acked: list, stop_after: int | None = None):
     """Answer a rater's sets to the end (or ``stop_after`` answers), each answer sent twice at once
     (a double click); every acknowledged answer is appended to ``acked``."""
     state = server.call(token, "state")
@@ -327,7 +291,7 @@ def _answer_all(server: Server, token: str, rng: np.random.Generator, acked: lis
 def test_twenty_raters_at_once_lose_no_vote_and_count_none_twice(tmp_path):
     folder = make_user_study(tmp_path / "sets", n_sets=5, attention=1)
     db = tmp_path / "votes.sqlite"
-    server = Server(folder, db, raters=20)
+    server = StudyServer(folder, db, raters=20)
     try:
         acked: list = []
         with ThreadPoolExecutor(20) as pool:
@@ -347,7 +311,7 @@ def test_twenty_raters_at_once_lose_no_vote_and_count_none_twice(tmp_path):
 def test_a_server_killed_mid_session_loses_no_acknowledged_vote_and_raters_resume(tmp_path):
     folder = make_user_study(tmp_path / "sets", n_sets=6, attention=1)
     db = tmp_path / "votes.sqlite"
-    server = Server(folder, db, raters=4)
+    server = StudyServer(folder, db, raters=4)
     acked: list = []
     errors: list = []
     killed = threading.Event()
@@ -376,7 +340,7 @@ def test_a_server_killed_mid_session_loses_no_acknowledged_vote_and_raters_resum
     assert len(stored) == len(set(stored)) and len(stored) < 4 * 7 * 2 and errors
 
     # a restart on the same database: each rater resumes at the first set not fully answered
-    again = Server(folder, db, raters=4)
+    again = StudyServer(folder, db, raters=4)
     try:
         assert again.tokens == server.tokens
         study = UserStudy.load(folder)
