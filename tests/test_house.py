@@ -181,6 +181,7 @@ LAYERS = [
     ("integrations", ("wig.integrations",)),  # wig's methods in other tools' extension points
     ("synthetic", ("wig.synthetic",)),
     ("evaluation", ("wig.evaluation",)),
+    ("user study", ("wig.user_study",)),  # sets, votes, Table 3, the web app: no torch
     ("workflow", ("wig.workflow",)),
     ("cli", ("wig.cli",)),
 ]

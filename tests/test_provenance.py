@@ -121,11 +121,14 @@ def _scripted_rules(configfile: str) -> dict:
 
 def test_every_scripted_rule_hashes_exactly_its_scripts_import_closure(tmp_path):
     # the tiny study defines fetch_dataset, the synthetic preset render_dataset, a {tiny: synthetic}
-    # entry (the base from scratch) the pretrain rules, packed fine-tunes the train_<pack> rules:
-    # together, every rule
+    # entry (the base from scratch) the pretrain rules, packed fine-tunes the train_<pack> rules, a
+    # user study with votes its two rules: together, every rule
     scratch = yaml.safe_load((ROOT / "config/presets/synthetic.yaml").read_text())
     scratch["models"]["synthetic"] = {"tiny": "synthetic"}
     scratch["personalization"]["subjects_per_job"] = 2  # its runs train in packs: rules train_<pack>
+    # a user study with its votes named: rules user_study and user_study_table
+    methods = {"CFG": {"method": "cfg", "scale": 4.5}, "PG": {"method": "pg", "scale": 4.5, "omega": 0.0}}
+    scratch["user_study"] = {"votes": "votes.sqlite", "models": [{"model": "synthetic", "methods": methods}]}
     (tmp_path / "scratch.yaml").write_text(yaml.safe_dump(scratch))
     rules = _scripted_rules(".test/config/tiny.yaml") | _scripted_rules(str(tmp_path / "scratch.yaml"))
     assert {Path(r["script"]).name for r in rules.values()} == {p.name for p in SCRIPTS.glob("*.py")}

@@ -481,3 +481,32 @@ def test_the_parquet_export_resolves_each_choice_and_where_it_was_shown(tmp_path
     assert votes["method"][0] == study.sets[state["set"]]["images"][state["images"][2]["id"]]
     assert votes["position"].to_list() == [3, None] and votes["method"][1] == UNDECIDED
     assert os.path.exists(folder.parent / "sets.votes.sqlite")
+
+
+@pytest.mark.parametrize(
+    "preset, entry, labels",
+    [
+        ("vico-sd21-table2", "sd21/classdiffusion", ["CFG", "CFG + SAG", "CFG + AG", "PG"]),
+        ("vico-sana", "sana-1.6b/db-lora", ["CFG", "CFG + AG", "PG"]),
+    ],
+)
+def test_the_vico_presets_draw_the_papers_user_study(monkeypatch, preset, entry, labels):
+    """The paper's Table 3 design: SD 2.1 + ClassDiffusion with CFG / CFG + SAG / CFG + AG / PG, SANA
+    + DB-LoRA with CFG / CFG + AG / PG, 15 sets each, over 15 different subjects."""
+    monkeypatch.chdir(ROOT)
+    config = yaml.safe_load((ROOT / f"config/presets/{preset}.yaml").read_text())
+    validate(config, str(ROOT / "config/schema.yaml"))
+    design = Study.from_config(config).user_study_design()
+    assert design["entries"] == {entry: labels}
+    assert len(design["sets"]) == 15 and len({s["concept"] for s in design["sets"]}) == 15
+    assert all(set(s["members"]) == set(labels) for s in design["sets"])
+
+
+def test_the_server_imports_neither_torch_nor_diffusers():
+    """What lets `wig serve-study` listen within a second (README "The user study")."""
+    code = (
+        "import sys; from wig.cli import build_parser; import wig.user_study.server, wig.user_study.analysis; "
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"

@@ -540,6 +540,7 @@ def test_synthetic_preset_smoke_runs_end_to_end(tmp_path):
     # every torch job ran with the kernels capped (runtime.cpu_kernels: avx2, README "Reproducibility")
     train_logs = list((workdir / "logs/synthetic/db-lora/train").rglob("*.log"))
     assert train_logs and all("cpu kernels AVX2" in log.read_text() for log in train_logs)
+    _check_user_study(workdir, config)
     # same seeds → the same tables: sampled, scored and bootstrapped again, they are the same bytes
     # (the targets keep the rerun to this model's jobs: the other model's tables are not compared)
     names = ("metrics.parquet", "paired_vs_cfg.parquet", "metric_agreement.parquet", "learning.parquet")
@@ -548,6 +549,70 @@ def test_synthetic_preset_smoke_runs_end_to_end(tmp_path):
     proc = _snakemake(workdir, "--forcerun", "generate", "learning", "--", *targets)
     assert proc.returncode == 0 and "rule generate:" in proc.stdout + proc.stderr, proc.stderr[-2000:]
     assert all((results / "synthetic/db-lora/tables" / f).read_bytes() == b for f, b in before.items())
+
+
+def _check_user_study(workdir, config):
+    """The smoke run's user study: each set's images are the study's own samples of each method
+    (same noise: the same seed and prompt), its references the concept's; hand-made votes in the
+    database give rule user_study_table the shares counted by hand, and the report shows them."""
+    from wig.guidance import make
+    from wig.user_study.design import UNDECIDED, UserStudy
+    from wig.user_study.server import default_db
+    from wig.user_study.votes import VoteStore
+
+    results = workdir / "results"
+    study = UserStudy.load(results / "user_study/sets")
+    assert len(study.sets) == 2 * 2 + 1 and study.data["entries"] == {
+        "synthetic/db-lora": ["CFG", "PG"],
+        "synthetic-noprior/db-lora": ["CFG", "CFG++", "PG"],
+    }
+    specs = {f"{m['model']}/db-lora": m["methods"] for m in config["user_study"]["models"]}
+    manifests = {
+        p: pl.read_parquet(p)
+        for p in results.glob("*/db-lora/samples/yellow_magenta_triangle/ft0/*/*/manifest.parquet")
+    }
+    pixels = lambda path: np.asarray(Image.open(path).convert("RGB"))  # noqa: E731
+    for s in study.sets.values():
+        model = s["entry"].split("/")[0]
+        for image_id, label in s["images"].items():
+            key = make(**specs[s["entry"]][label]).key
+            (path,) = [
+                p.parent / row["path"]
+                for p, m in manifests.items()
+                if p.relative_to(results).parts[0] == model
+                for row in m.iter_rows(named=True)
+                if (row["point"], row["seed"], row["prompt_index"])
+                == (key, s["source"]["seed"], s["source"]["prompt_index"])
+            ]
+            assert np.array_equal(pixels(study.image_files[image_id]), pixels(path))
+        refs = sorted((results / "concepts/yellow_magenta_triangle").glob("*.png"))[:3]
+        assert [pixels(study.image_files[i]).tobytes() for i in s["references"]] == [pixels(p).tobytes() for p in refs]
+
+    # three raters: 1 and 2 pick PG for subject fidelity, 3 CFG; all undecided on text; repeats alike
+    store = VoteStore(default_db(results / "user_study/sets"), study.sha256)
+    for rater, _ in store.add_raters(3):
+        for set_id, images in study.plan(rater):
+            label = "CFG" if rater == 3 else "PG"
+            chosen = next(i for i in images if study.sets[set_id]["images"][i] == label)
+            store.record(rater, set_id, "subject", chosen)
+            store.record(rater, set_id, "text", UNDECIDED)
+    with_votes = _edit(config, user_study__votes="results/user_study/sets.votes.sqlite")
+    (workdir / "votes.yaml").write_text(yaml.safe_dump(with_votes))
+    proc = _snakemake(workdir, "--configfile", "votes.yaml")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ran = re.findall(r"^(?:local)?rule (\w+):", proc.stdout + proc.stderr, flags=re.M)
+    assert set(ran) == {"user_study_table", "all"}, ran  # naming the votes redraws nothing
+    table = pl.read_parquet(results / "user_study/tables/table3.parquet")
+    share = {(r["entry"], r["question"], r["option"]): r["share"] for r in table.iter_rows(named=True)}
+    for entry in specs:
+        assert share[(entry, "subject", "PG")] == pytest.approx(2 / 3)
+        assert share[(entry, "subject", "CFG")] == pytest.approx(1 / 3)
+        assert share[(entry, "text", UNDECIDED)] == 1.0
+    assert share[("synthetic-noprior/db-lora", "subject", "CFG++")] == 0.0
+    assert "| subject fidelity | 33.3 [" in (results / "user_study/tables/table3.md").read_text()
+    proc = _snakemake(workdir, "--configfile", "votes.yaml", "--report", "report.html")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "table3.png" in (workdir / "report.html").read_text(errors="replace")
 
 
 @pytest.mark.xdist_group("table2-study")

@@ -5,19 +5,16 @@ refused before any job runs."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from wig.errors import WigError
 from wig.guidance import make
 from wig.user_study.design import QUESTIONS, UserStudyError, attention_sets, draw_sets
 from wig.workflow.model import GenerationJob, StudyError
 
-if TYPE_CHECKING:
-    from wig.workflow.study import Study
 
-
-def user_study_entries(study: "Study") -> list[dict[str, Any]]:
-    """Per ``user_study.models`` item: its name (model/fine-tune), model, fine-tune and
+def user_study_entries(study) -> list[dict[str, Any]]:
+    """Per ``user_study.models`` item of a `wig.workflow.study.Study`: its name (model/fine-tune), model, fine-tune and
     ``{label: (point key, points chunk)}``; raises `StudyError` naming the key."""
     spec = study.config.get("user_study")
     if not spec:
@@ -52,7 +49,7 @@ def user_study_entries(study: "Study") -> list[dict[str, Any]]:
     return entries
 
 
-def user_study_design(study: "Study") -> dict[str, Any] | None:
+def user_study_design(study) -> dict[str, Any] | None:
     """The drawn study as plain data (rule user_study's params): seed, questions, exclusion,
     entries' labels, the attention repeats and per set its concept, prompt, seed and, per method,
     the generation job's wildcards and the image's grid point. None without ``user_study:``."""
