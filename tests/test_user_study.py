@@ -132,6 +132,8 @@ def test_the_demo_study_draws_its_sets_from_its_generation_jobs(monkeypatch):
     jobs = {tuple(j.wildcards.items()) for j in study.generation_jobs()}
     for s in design["sets"]:
         assert s["prompt"] == study.prompts[s["concept"]][s["prompt_index"]] and s["seed"] in study.config["seeds"]
+        # raters read the subject by its class: "a sks triangle on …" is shown as "a triangle on …"
+        assert "sks" in s["prompt"] and s["shown_prompt"] == s["prompt"].replace("sks ", "")
         for label, member in s["members"].items():
             assert tuple(member["job"].items()) in jobs  # an image the study makes anyway
             assert member["job"]["concept"] == s["concept"] and member["job"]["fseed"] == "0"

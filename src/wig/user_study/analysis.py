@@ -59,7 +59,7 @@ def vote_frame(study: UserStudy, rows: Sequence[tuple]) -> pl.DataFrame:
                 "attention": s["repeat_of"] is not None,
                 "original": s["repeat_of"] or set_id,
                 "concept": s["source"]["concept"],
-                "prompt": s["prompt"],
+                "prompt": s["source"]["prompt"],  # the model's (raters read it with the class noun)
                 "seed": s["source"]["seed"],
                 "answered_at": answered_at,
             }

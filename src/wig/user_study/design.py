@@ -6,7 +6,9 @@ reference images. `draw_sets` draws them reproducibly from the config's seed; `b
 writes the study folder that `wig serve-study` serves:
 
 - ``study.json``: the questions, the exclusion rule, the entries and their method labels, and per
-  set its opaque id, prompt, reference image ids and ``{image id: method label}``. Attention
+  set its opaque id, the prompt raters read (``shown_prompt``: the model's prompt with the subject's
+  identifier replaced by its class noun, "a dog in the snow" for "a sks dog in the snow"),
+  reference image ids and ``{image id: method label}``. Attention
   checks are sets of their own (a fresh id) with ``repeat_of`` naming the set they repeat. The
   server reads this file and never sends it: the browser only ever sees opaque ids.
 - ``images/{id}.png``: every candidate and reference image, re-encoded from pixels alone (no
@@ -106,8 +108,8 @@ def _clean_png(source: str | os.PathLike, out: Path) -> None:
 def build_study(design: Mapping[str, Any], out: str | os.PathLike) -> Path:
     """Write the study folder (module docstring) for ``design``: ``seed``, ``questions``,
     ``exclusion``, ``entries`` ({name: [method label, ...]}), ``sets`` (each with ``entry``,
-    ``concept``, ``prompt_index``, ``prompt``, ``seed``, ``images`` {label: path} and
-    ``references`` [path]) and ``attention`` (indices of the sets to repeat). Atomic: a failure
+    ``concept``, ``prompt_index``, ``prompt``, optionally ``shown_prompt``, ``seed``, ``images``
+    {label: path} and ``references`` [path]) and ``attention`` (indices of the sets to repeat). Atomic: a failure
     leaves no folder."""
     rng = random.Random(f"wig-user-study:{design['seed']}:ids")
     used: set[str] = set()
@@ -137,11 +139,11 @@ def build_study(design: Mapping[str, Any], out: str | os.PathLike) -> Path:
                 {
                     "id": new_id(48),
                     "entry": drawn["entry"],
-                    "prompt": drawn["prompt"],
+                    "prompt": drawn.get("shown_prompt", drawn["prompt"]),
                     "references": [add_image(p) for p in drawn["references"]],
                     "images": {add_image(drawn["images"][label]): label for label in labels},
                     "repeat_of": None,
-                    "source": {k: drawn[k] for k in ("concept", "prompt_index", "seed")},
+                    "source": {k: drawn[k] for k in ("concept", "prompt_index", "seed", "prompt")},
                 }
             )
         for index in design["attention"]:

@@ -60,9 +60,9 @@ def create_app(study_dir: str | os.PathLike, db: str | os.PathLike | None = None
             abort(404, "unknown rater token")
         return rater
 
-    def state(rater: int) -> dict:
+    def state(rater: int, answers: dict | None = None) -> dict:
         order = plan(rater)
-        answers = store.answers_of(rater)
+        answers = store.answers_of(rater) if answers is None else answers
         for index, (set_id, images) in enumerate(order):
             answered = {q: answers[(set_id, q)] for q in study.questions if (set_id, q) in answers}
             if len(answered) < len(study.questions):
@@ -123,15 +123,15 @@ def create_app(study_dir: str | os.PathLike, db: str | os.PathLike | None = None
             abort(400, f"question must be one of {', '.join(study.questions)}")
         if body["choice"] != UNDECIDED and body["choice"] not in order[body["set"]]:
             abort(400, "choice must be an image id of this set or undecided")
-        current = state(rater)
         answers = store.answers_of(rater)
-        if (body["set"], body["question"]) not in answers and body["set"] != current.get("set"):
+        if (body["set"], body["question"]) not in answers and body["set"] != state(rater, answers).get("set"):
             abort(409, "answer the sets in order: this is not the current set")
         try:
             store.record(rater, body["set"], body["question"], body["choice"])
         except AnswerConflict as err:
             abort(409, str(err))
-        return jsonify(state(rater))
+        answers.setdefault((body["set"], body["question"]), body["choice"])
+        return jsonify(state(rater, answers))
 
     @app.get("/img/<image_id>")
     def image(image_id: str):
@@ -185,8 +185,12 @@ def serve_study(
 ) -> None:
     """Serve the study until interrupted; print the admin link and every rater's link once the
     socket listens (``port`` 0: a free one). ``raters``: make sure at least that many exist."""
+    import logging
+
     from waitress import create_server
 
+    # waitress warns at every request queued behind busy threads: noise at a study's peak, not news
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     app = create_app(study_dir, db)
     store: VoteStore = app.extensions["wig_votes"]
     missing = raters - len(store.raters())

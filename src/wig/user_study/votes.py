@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import secrets
 import sqlite3
+import threading
 from contextlib import closing, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -65,6 +66,9 @@ class VoteStore:
         self.path = Path(path)
         self.study_sha256 = study_sha256
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # writers of this process queue here rather than in SQLite's busy handler, which sleeps in
+        # growing steps (p99 of an answer at 20 raters: 0.2 s → see benchmarks/user_study_load.py)
+        self._write = threading.Lock()
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
@@ -94,7 +98,7 @@ class VoteStore:
 
     def add_raters(self, n: int) -> list[tuple[int, str]]:
         """``n`` new raters: (number, token) each."""
-        with self._connect() as db:
+        with self._write, self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             made = []
             for _ in range(n):
@@ -122,7 +126,7 @@ class VoteStore:
     def record(self, rater: int, set_id: str, question: str, choice: str) -> bool:
         """Store one answer in its own transaction; True if it is new, False if the same answer
         was stored before (a replay). A different earlier answer raises `AnswerConflict`."""
-        with self._connect() as db:
+        with self._write, self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
                 cursor = db.execute(

@@ -51,7 +51,8 @@ def user_study_entries(study) -> list[dict[str, Any]]:
 
 def user_study_design(study) -> dict[str, Any] | None:
     """The drawn study as plain data (rule user_study's params): seed, questions, exclusion,
-    entries' labels, the attention repeats and per set its concept, prompt, seed and, per method,
+    entries' labels, the attention repeats and per set its concept, prompt, the prompt raters read,
+    seed and, per method,
     the generation job's wildcards and the image's grid point. None without ``user_study:``."""
     spec = study.config.get("user_study")
     entries = user_study_entries(study)
@@ -86,7 +87,10 @@ def user_study_design(study) -> dict[str, Any] | None:
             }
             for label, (key, chunk) in entry["methods"].items()
         }
-        sets.append({**s, "members": members})
+        concept = study.concepts[s["concept"]]
+        # what raters read: the subject named by its class ("a dog in the snow"), not the identifier
+        shown = concept.clip_texts("class")[s["prompt_index"]] if concept.named else s["prompt"]
+        sets.append({**s, "shown_prompt": shown, "members": members})
     return {
         "seed": spec["seed"],
         "questions": QUESTIONS,
