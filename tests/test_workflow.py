@@ -89,6 +89,10 @@ PAPER_POINTS = {
 }
 
 
+# the presets that carry the paper's user study draw its sets in one job (votes not yet named: no table)
+USER_STUDY_JOBS = {"vico-sana": {"user_study": 1}}
+
+
 @pytest.mark.parametrize("preset", list(PAPER_POINTS))
 def test_presets_build_the_full_paper_dag_without_weights(tmp_path, preset):
     points = PAPER_POINTS[preset]
@@ -114,6 +118,7 @@ def test_presets_build_the_full_paper_dag_without_weights(tmp_path, preset):
         "all": 1,
         "resolve_model": 1,
         "resolve_encoder": 2,
+        **USER_STUDY_JOBS.get(preset, {}),
     }  # 8 seeds in one chunk per job; no tiny models or encoders: the preset names real ones, resolved
     # once on the submit host
     assert "tiny-s" not in proc.stdout  # the preset replaced the demo config, not merged into it
