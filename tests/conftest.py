@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zlib
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -422,3 +423,18 @@ class StudyServer:
     def stop(self, sig=signal.SIGTERM):
         self.proc.send_signal(sig)
         self.proc.wait(timeout=30)
+
+
+def png_chunks(data: bytes) -> list[str]:
+    """The chunk types of a PNG file's bytes, in order, each chunk's CRC checked: what a served or
+    written image carries besides its pixels (``IHDR``, ``IDAT``, ``IEND`` alone: nothing)."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    chunks, at = [], 8
+    while at < len(data):
+        length = int.from_bytes(data[at : at + 4], "big")
+        kind = data[at + 4 : at + 8]
+        crc = int.from_bytes(data[at + 8 + length : at + 12 + length], "big")
+        assert zlib.crc32(kind + data[at + 8 : at + 8 + length]) == crc, kind
+        chunks.append(kind.decode())
+        at += 12 + length
+    return chunks

@@ -12,7 +12,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,24 +28,9 @@ from wig.user_study.server import create_app
 from wig.workflow.model import StudyError
 from wig.workflow.study import Study
 
-from conftest import ROOT, StudyServer, make_user_study
+from conftest import ROOT, StudyServer, make_user_study, png_chunks
 
 pytestmark = pytest.mark.check
-
-
-def _png_chunks(data: bytes) -> list[str]:
-    """The chunk types of a PNG, in order."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    chunks, at = [], 8
-    while at < len(data):
-        length = int.from_bytes(data[at : at + 4], "big")
-        kind = data[at + 4 : at + 8]
-        assert zlib.crc32(kind + data[at + 8 : at + 8 + length]) == int.from_bytes(
-            data[at + 8 + length : at + 12 + length], "big"
-        )
-        chunks.append(kind.decode())
-        at += 12 + length
-    return chunks
 
 
 # --- sets and orders ------------------------------------------------------------------------------
@@ -100,7 +84,7 @@ def test_study_images_carry_pixels_only_under_opaque_names(tmp_path):
     study = UserStudy.load(folder)
     for image_id, path in study.image_files.items():
         assert re.fullmatch(r"[0-9a-f]{16}", image_id) and path.name == f"{image_id}.png"
-        assert set(_png_chunks(path.read_bytes())) == {"IHDR", "IDAT", "IEND"}
+        assert set(png_chunks(path.read_bytes())) == {"IHDR", "IDAT", "IEND"}
     for s in study.sets.values():
         assert re.fullmatch(r"[0-9a-f]{12}", s["id"])
 

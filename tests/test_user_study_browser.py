@@ -9,7 +9,6 @@ import os
 import re
 import sqlite3
 import subprocess
-import zlib
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from wig.user_study.design import UserStudy
 
-from conftest import ROOT, StudyServer, make_user_study
+from conftest import ROOT, StudyServer, make_user_study, png_chunks
 
 pytestmark = pytest.mark.browser
 
@@ -49,16 +48,6 @@ def chromium():
         browser.close()
 
 
-def _png_chunks(data: bytes) -> set[str]:
-    chunks, at = set(), 8
-    while at < len(data):
-        length = int.from_bytes(data[at : at + 4], "big")
-        chunks.add(data[at + 4 : at + 8].decode())
-        assert zlib.crc32(data[at + 4 : at + 8 + length]) == int.from_bytes(data[at + 8 + length : at + 12 + length])
-        at += 12 + length
-    return chunks
-
-
 def test_a_rater_answers_every_set_in_chromium_resumes_after_a_reload_and_sees_no_method(chromium, tmp_path):
     labels = ["CFG", "CFG + SAG", "CFG + AG", "PG"]
     folder = make_user_study(tmp_path / "sets", n_sets=4, attention=1, entries={"sd21/classdiffusion": labels})
@@ -72,7 +61,7 @@ def test_a_rater_answers_every_set_in_chromium_resumes_after_a_reload_and_sees_n
     def keep(response):
         body = response.body()
         if "/img/" in response.url:
-            assert _png_chunks(body) == {"IHDR", "IDAT", "IEND"}, response.url  # pixels, no metadata
+            assert set(png_chunks(body)) == {"IHDR", "IDAT", "IEND"}, response.url  # pixels, no metadata
         else:
             seen["bodies"].append(body.decode())
 
