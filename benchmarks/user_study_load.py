@@ -85,10 +85,12 @@ def main() -> None:
         try:
             conn = http.client.HTTPConnection(host, timeout=60)
             request(conn, "GET", f"/r/{tokens[0]}")
-            request(conn, "GET", f"/api/{tokens[0]}/state")
+            state = json.loads(request(conn, "GET", f"/api/{tokens[0]}/state"))
+            for src in [*state["references"], *(image["src"] for image in state["images"])]:
+                request(conn, "GET", src)
             first_page = time.perf_counter() - t0
             conn.close()
-            print(f"serve-study → listening: {listening:.2f} s; → first page and its set: {first_page:.2f} s")
+            print(f"serve-study → listening: {listening:.2f} s; → first page, its set and images: {first_page:.2f} s")
             latencies: list[float] = []
             lock = threading.Lock()
             wall = time.perf_counter()

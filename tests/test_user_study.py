@@ -235,6 +235,23 @@ def test_bad_input_is_a_4xx_of_one_line_and_writes_nothing(app_and_rater, tmp_pa
     assert _rows(db) == [] and len(store.raters()) == before[1]
 
 
+def test_a_study_named_by_a_relative_path_serves_its_images(tmp_path, monkeypatch):
+    """As the README runs it (`wig serve-study results/user_study/sets`): every image of the
+    rater's first set is served, the study folder's own bytes."""
+    make_user_study(tmp_path / "results/user_study/sets")
+    monkeypatch.chdir(tmp_path)
+    app = create_app("results/user_study/sets")
+    ((_, token),) = app.extensions["wig_votes"].add_raters(1)
+    client = app.test_client()
+    state = client.get(f"/api/{token}/state").get_json()
+    study = app.extensions["wig_study"]
+    for src in [*state["references"], *(i["src"] for i in state["images"])]:
+        response = client.get(src)
+        assert response.status_code == 200, (src, response.data[:200])
+        assert response.data == study.image_files[src.removeprefix("/img/")].read_bytes()
+    assert (tmp_path / "results/user_study/sets.votes.sqlite").is_file()
+
+
 def test_a_database_of_another_study_is_refused(tmp_path):
     db = tmp_path / "votes.sqlite"
     create_app(make_user_study(tmp_path / "a", seed=1), db)

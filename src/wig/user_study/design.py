@@ -173,7 +173,9 @@ class UserStudy:
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "UserStudy":
-        folder = Path(folder)
+        # absolute: the server hands these paths to Flask, which reads a relative one against its
+        # package folder, not the directory `wig serve-study results/user_study/sets` ran in
+        folder = Path(folder).resolve()
         path = folder / STUDY_FILE
         try:
             raw = path.read_bytes()
