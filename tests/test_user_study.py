@@ -311,6 +311,65 @@ def test_twenty_raters_at_once_lose_no_vote_and_count_none_twice(tmp_path):
     assert len(acked) == 20 * 6 * 2
 
 
+def _raw(base: str, request: bytes) -> tuple[int, bytes]:
+    """One raw HTTP exchange with the server: (status, body)."""
+    import socket
+
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall(request)
+        reply = b""
+        while chunk := conn.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def test_the_served_app_refuses_huge_bodies_and_broken_requests_in_one_line_writing_nothing(tmp_path):
+    """What waitress answers before the app runs (a body past its limit, sized or chunked; a broken
+    request) reads as the app's own refusals: a 4xx of one line, and no vote."""
+    folder = make_user_study(tmp_path / "sets")
+    db = tmp_path / "votes.sqlite"
+    server = StudyServer(folder, db, raters=1)
+    (token,) = server.tokens.values()
+    path = f"/api/{token}/answer".encode()
+    limit = 64 * 1024  # the server's (wig.user_study.server.serve_study)
+    try:
+        replies = {
+            "over the app's limit": _raw(
+                server.base,
+                b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 2000\r\nConnection: close\r\n\r\n" + b"x" * 2000,
+            ),
+            # refused at its headers: the 10 MB are never sent, nor read
+            "over the server's limit": _raw(
+                server.base,
+                b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 10000000\r\n\r\n",
+            ),
+            # no length to refuse it by: read up to the limit, then refused (the chunk goes on)
+            "chunked past the server's limit": _raw(
+                server.base,
+                b"POST "
+                + path
+                + b" HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                + f"{2 * limit:x}\r\n".encode()
+                + b"a" * limit,
+            ),
+            "a broken content length": _raw(
+                server.base, b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n"
+            ),
+        }
+        assert server.call(token, "state")["index"] == 1  # the server still serves
+    finally:
+        server.stop()
+    for name, (status, body) in replies.items():
+        assert 400 <= status < 500, (name, status, body)
+        assert body.startswith(b"error: ") and body.count(b"\n") == 1 and body.endswith(b"\n"), (name, body)
+    assert replies["over the server's limit"][0] == 413 and replies["chunked past the server's limit"][0] == 413
+    assert _rows(db) == []
+
+
 def test_a_server_killed_mid_session_loses_no_acknowledged_vote_and_raters_resume(tmp_path):
     folder = make_user_study(tmp_path / "sets", n_sets=6, attention=1)
     db = tmp_path / "votes.sqlite"

@@ -175,6 +175,29 @@ def create_app(study_dir: str | os.PathLike, db: str | os.PathLike | None = None
     return app
 
 
+def _one_line_channel():
+    """waitress's connection class, its own refusals (a body over ``max_request_body_size``, a
+    malformed request, headers too large: answered before the app runs) made one line like the
+    app's: ``error: <reason>: <detail>``, not waitress's three-part page."""
+    from waitress.channel import HTTPChannel
+    from waitress.task import ErrorTask
+
+    class OneLineErrorTask(ErrorTask):
+        def execute(self):
+            error = self.request.error
+            body = f"error: {' '.join(f'{error.reason}: {error.body}'.split())}\n".encode()
+            self.status = f"{error.code} {error.reason}"
+            self.response_headers.append(("Content-Type", "text/plain; charset=utf-8"))
+            self.set_close_on_finish()
+            self.content_length = len(body)
+            self.write(body)
+
+    class OneLineChannel(HTTPChannel):
+        error_task_class = OneLineErrorTask
+
+    return OneLineChannel
+
+
 def serve_study(
     study_dir: str | os.PathLike,
     db: str | os.PathLike | None = None,
@@ -196,7 +219,10 @@ def serve_study(
     missing = raters - len(store.raters())
     if missing > 0:
         store.add_raters(missing)
+    # bodies past 64 answers' worth are refused by waitress before it reads them (Flask refuses
+    # past MAX_BODY): a huge upload is never buffered
     server = create_server(app, host=host, port=port, threads=threads, max_request_body_size=64 * MAX_BODY)
+    server.channel_class = _one_line_channel()
     base = f"http://{host}:{server.effective_port}"
     print(f"wig serve-study: {len(app.extensions['wig_study'].sets)} sets, votes in {store.path}", flush=True)
     print(f"admin: {base}/admin/{store.admin_token}", flush=True)
