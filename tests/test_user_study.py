@@ -2,6 +2,7 @@
 refusals, 20 raters at once, a server killed with SIGKILL, and Table 3 on hand-made votes.
 The browser test is tests/test_user_study_browser.py."""
 
+import json
 import os
 import re
 import signal
@@ -13,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,7 @@ from wig.guidance import make
 from wig.user_study.analysis import rater_table, share_table, user_study_tables, vote_frame
 from wig.user_study.design import UNDECIDED, UserStudy, UserStudyError, draw_sets, rater_plan
 from wig.user_study.server import create_app
+from wig.user_study.votes import VoteStore
 from wig.workflow.model import StudyError
 from wig.workflow.study import Study
 
@@ -95,6 +98,108 @@ def test_a_study_folder_with_a_missing_image_is_refused_naming_it(tmp_path):
     victim.unlink()
     with pytest.raises(UserStudyError, match=f"missing, e.g. .*{victim.name}"):
         UserStudy.load(folder)
+
+
+def _edit_study(data: dict, change: str) -> bytes:
+    """``study.json`` with one thing broken, as bytes."""
+    sets = data["sets"]
+    edits = {
+        "empty": lambda: b"",
+        "truncated": lambda: json.dumps(data).encode()[:-40],
+        "not UTF-8": lambda: json.dumps(data, ensure_ascii=False).replace("sks", "sk\u00e9").encode("latin-1"),
+        "a list": lambda: b"[]",
+        "another format": lambda: json.dumps({**data, "format": 2}).encode(),
+        "a NaN seed": lambda: json.dumps({**data, "seed": float("nan")}).encode(),
+        "no entries": lambda: json.dumps({k: v for k, v in data.items() if k != "entries"}).encode(),
+        "a set that is a string": lambda: json.dumps({**data, "sets": ["x", *sets[1:]]}).encode(),
+        "a set without its id": lambda: json.dumps(
+            {**data, "sets": [{k: v for k, v in sets[0].items() if k != "id"}, *sets[1:]]}
+        ).encode(),
+        "a set of an unknown entry": lambda: json.dumps(
+            {**data, "sets": [{**sets[0], "entry": "x/y"}, *sets[1:]]}
+        ).encode(),
+        "a set missing a method": lambda: json.dumps(
+            {**data, "sets": [{**sets[0], "images": dict(list(sets[0]["images"].items())[1:])}, *sets[1:]]}
+        ).encode(),
+        "an id twice": lambda: json.dumps(
+            {**data, "sets": [sets[0], {**sets[1], "id": sets[0]["id"]}, *sets[2:]]}
+        ).encode(),
+        "a repeat of no set": lambda: json.dumps(
+            {**data, "sets": [*sets[:-1], {**sets[-1], "repeat_of": "f" * 12}]}
+        ).encode(),
+    }
+    return edits[change]()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("empty", "not a study folder's study.json .Expecting value"),
+        ("truncated", "not a study folder's study.json"),
+        ("not UTF-8", "not a study folder's study.json .'utf-8' codec"),
+        ("a list", r"format 1 with sets"),
+        ("another format", r"format 1 with sets"),
+        ("a NaN seed", r"seed: missing or not an int"),
+        ("no entries", r"entries: missing or not a dict"),
+        ("a set that is a string", r"sets\[0\]: not an object"),
+        ("a set without its id", r"sets\[0\]\.id: missing or not a str"),
+        ("a set of an unknown entry", r"sets\[0\]\.entry: 'x/y' is not one of entries"),
+        ("a set missing a method", r"sets\[0\]\.images: not one image per method"),
+        ("an id twice", r"sets\[1\]\.id: '\w+' twice"),
+        ("a repeat of no set", r"sets\[4\]\.repeat_of: 'f{12}' is no set"),
+    ],
+)
+def test_a_broken_study_json_is_refused_in_one_line_naming_the_file_and_key(tmp_path, change, message):
+    folder = make_user_study(tmp_path / "s", n_sets=4, attention=1)
+    path = folder / "study.json"
+    path.write_bytes(_edit_study(json.loads(path.read_text()), change))
+    with pytest.raises(UserStudyError, match=message) as err:
+        UserStudy.load(folder)
+    assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)
+    # what a user meets: wig serve-study says it in one line and opens no database
+    proc = subprocess.run([sys.executable, "-m", "wig.cli", "serve-study", str(folder)], capture_output=True, text=True)
+    assert proc.returncode != 0 and proc.stderr.strip().count("\n") == 0 and str(path) in proc.stderr, proc.stderr
+    assert not (tmp_path / "s.votes.sqlite").exists()
+
+
+def _votes_db(path: Path, kind: str) -> None:
+    """A file at ``path`` that is no votes database of the kind named."""
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "not SQLite":
+        path.write_bytes(b"SQLite format 2\x00" + b"x" * 200)
+    elif kind == "truncated":
+        VoteStore(path, "0" * 64).add_raters(3)
+        path.write_bytes(path.read_bytes()[:1000])
+    elif kind == "another schema":
+        with closing(sqlite3.connect(path)) as db:
+            db.execute("CREATE TABLE x (a)")
+            db.commit()
+    elif kind == "no study in meta":
+        VoteStore(path, "0" * 64)
+        with closing(sqlite3.connect(path)) as db:
+            db.execute("DELETE FROM meta WHERE key = 'study_sha256'")
+            db.commit()
+
+
+@pytest.mark.parametrize("kind", ["empty", "not SQLite", "truncated", "another schema", "no study in meta"])
+def test_a_file_that_is_no_votes_database_is_refused_naming_it(tmp_path, kind):
+    folder = make_user_study(tmp_path / "sets")
+    db = tmp_path / "votes.sqlite"
+    _votes_db(db, kind)
+    before = db.read_bytes()
+    out = tmp_path / "votes.parquet"
+    proc = subprocess.run(
+        [sys.executable, "-m", "wig.cli", "export-votes", str(folder), "--db", str(db), "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert f"{db}: not a votes database" in proc.stderr and not out.exists()
+    if kind != "empty":  # the server refuses it too and leaves it be (an empty file is a new database)
+        with pytest.raises(UserStudyError, match=f"{re.escape(str(db))}: not a votes database"):
+            create_app(folder, db)
+    assert db.read_bytes() == before
 
 
 # --- the config -----------------------------------------------------------------------------------

@@ -184,6 +184,9 @@ class UserStudy:
             raise UserStudyError(f"{path}: not a study folder's study.json ({err})") from None
         if not isinstance(data, dict) or data.get("format") != 1 or not isinstance(data.get("sets"), list):
             raise UserStudyError(f"{path}: not a study folder's study.json (format 1 with sets)")
+        problem = _study_problem(data)
+        if problem:
+            raise UserStudyError(f"{path}: {problem}")
         sets = {s["id"]: s for s in data["sets"]}
         ids = {i for s in data["sets"] for i in [*s["references"], *s["images"]]}
         files = {i: folder / "images" / f"{i}.png" for i in ids}
@@ -202,6 +205,35 @@ class UserStudy:
 
     def plan(self, rater: int) -> list[tuple[str, list[str]]]:
         return rater_plan(self.data, rater)
+
+
+def _study_problem(data: Mapping[str, Any]) -> str | None:
+    """What makes a parsed ``study.json`` (format 1) unusable, naming the key; None if nothing.
+    Checked on load, so a hand-edited or foreign file is refused before a rater sees a page."""
+    for key, kind in (("seed", int), ("questions", dict), ("exclusion", dict), ("entries", dict)):
+        if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
+            return f"{key}: missing or not a{'n' if kind is int else ''} {kind.__name__}"
+    ids: set[str] = set()
+    for i, s in enumerate(data["sets"]):
+        where = f"sets[{i}]"
+        if not isinstance(s, dict):
+            return f"{where}: not an object"
+        for key, kind in (("id", str), ("entry", str), ("prompt", str), ("references", list), ("images", dict)):
+            if not isinstance(s.get(key), kind):
+                return f"{where}.{key}: missing or not a {kind.__name__}"
+        if s["entry"] not in data["entries"]:
+            return f"{where}.entry: {s['entry']!r} is not one of entries"
+        if sorted(s["images"].values()) != sorted(data["entries"][s["entry"]]):
+            return f"{where}.images: not one image per method of {s['entry']}"
+        if not all(isinstance(i, str) for i in [*s["references"], *s["images"]]):
+            return f"{where}: an image id that is not a string"
+        if s["id"] in ids:
+            return f"{where}.id: {s['id']!r} twice"
+        ids.add(s["id"])
+    for i, s in enumerate(data["sets"]):
+        if s.get("repeat_of") is not None and s["repeat_of"] not in ids:
+            return f"sets[{i}].repeat_of: {s['repeat_of']!r} is no set"
+    return None
 
 
 def rater_plan(study: Mapping[str, Any], rater: int) -> list[tuple[str, list[str]]]:

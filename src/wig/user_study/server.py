@@ -19,12 +19,16 @@ image, the study's paths and file names stay on the server (`wig.user_study.desi
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
 
 from flask import Flask, Response, abort, jsonify, redirect, render_template, request, send_file
+from waitress import create_server
+from waitress.channel import HTTPChannel
+from waitress.task import ErrorTask
 from werkzeug.exceptions import HTTPException
 
 from wig.user_study.design import UNDECIDED, UserStudy
@@ -33,6 +37,29 @@ from wig.user_study.votes import AnswerConflict, VoteStore
 WEB = Path(__file__).with_name("web")
 MAX_BODY = 1024  # an answer is ~100 bytes of JSON
 ANSWER_KEYS = {"set", "question", "choice"}
+
+
+def one_line(text: str) -> bytes:
+    """Every refusal's body, the app's and waitress's: ``error: <text>`` on one line."""
+    return f"error: {' '.join(text.split())}\n".encode()
+
+
+class OneLineErrorTask(ErrorTask):
+    """waitress's own refusals (a body over ``max_request_body_size``, a malformed request, headers
+    too large: answered before the app runs) as `one_line`, not waitress's three-part page."""
+
+    def execute(self):
+        error = self.request.error
+        body = one_line(f"{error.reason}: {error.body}")
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "text/plain; charset=utf-8"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class OneLineChannel(HTTPChannel):
+    error_task_class = OneLineErrorTask
 
 
 def default_db(study_dir: str | os.PathLike) -> Path:
@@ -82,9 +109,8 @@ def create_app(study_dir: str | os.PathLike, db: str | os.PathLike | None = None
         return {"done": True, "index": len(order), "total": len(order)}
 
     @app.errorhandler(HTTPException)
-    def one_line(err: HTTPException):
-        text = " ".join(str(err.description or err.name).split())
-        return Response(f"error: {text}\n", status=err.code, mimetype="text/plain")
+    def refused(err: HTTPException):
+        return Response(one_line(str(err.description or err.name)), status=err.code, mimetype="text/plain")
 
     @app.after_request
     def headers(response: Response) -> Response:
@@ -175,29 +201,6 @@ def create_app(study_dir: str | os.PathLike, db: str | os.PathLike | None = None
     return app
 
 
-def _one_line_channel():
-    """waitress's connection class, its own refusals (a body over ``max_request_body_size``, a
-    malformed request, headers too large: answered before the app runs) made one line like the
-    app's: ``error: <reason>: <detail>``, not waitress's three-part page."""
-    from waitress.channel import HTTPChannel
-    from waitress.task import ErrorTask
-
-    class OneLineErrorTask(ErrorTask):
-        def execute(self):
-            error = self.request.error
-            body = f"error: {' '.join(f'{error.reason}: {error.body}'.split())}\n".encode()
-            self.status = f"{error.code} {error.reason}"
-            self.response_headers.append(("Content-Type", "text/plain; charset=utf-8"))
-            self.set_close_on_finish()
-            self.content_length = len(body)
-            self.write(body)
-
-    class OneLineChannel(HTTPChannel):
-        error_task_class = OneLineErrorTask
-
-    return OneLineChannel
-
-
 def serve_study(
     study_dir: str | os.PathLike,
     db: str | os.PathLike | None = None,
@@ -208,10 +211,6 @@ def serve_study(
 ) -> None:
     """Serve the study until interrupted; print the admin link and every rater's link once the
     socket listens (``port`` 0: a free one). ``raters``: make sure at least that many exist."""
-    import logging
-
-    from waitress import create_server
-
     # waitress warns at every request queued behind busy threads: noise at a study's peak, not news
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     app = create_app(study_dir, db)
@@ -222,7 +221,7 @@ def serve_study(
     # bodies past 64 answers' worth are refused by waitress before it reads them (Flask refuses
     # past MAX_BODY): a huge upload is never buffered
     server = create_server(app, host=host, port=port, threads=threads, max_request_body_size=64 * MAX_BODY)
-    server.channel_class = _one_line_channel()
+    server.channel_class = OneLineChannel
     base = f"http://{host}:{server.effective_port}"
     print(f"wig serve-study: {len(app.extensions['wig_study'].sets)} sets, votes in {store.path}", flush=True)
     print(f"admin: {base}/admin/{store.admin_token}", flush=True)

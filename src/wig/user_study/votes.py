@@ -69,25 +69,41 @@ class VoteStore:
         # writers of this process queue here rather than in SQLite's busy handler, which sleeps in
         # growing steps (p99 of an answer at 20 raters: 0.2 s → see benchmarks/user_study_load.py)
         self._write = threading.Lock()
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA)
-            db.execute("BEGIN IMMEDIATE")
-            for key, value in (
-                ("study_sha256", study_sha256),
-                ("admin_token", secrets.token_hex(16)),
-                ("created_at", _now()),
-                ("schema", SCHEMA_VERSION),
-            ):
-                db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (key, value))
-            db.execute("COMMIT")
-            bound = dict(db.execute("SELECT key, value FROM meta"))
+        try:
+            with self._connect() as db:
+                self._refuse_foreign(db)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(SCHEMA)
+                db.execute("BEGIN IMMEDIATE")
+                for key, value in (
+                    ("study_sha256", study_sha256),
+                    ("admin_token", secrets.token_hex(16)),
+                    ("created_at", _now()),
+                    ("schema", SCHEMA_VERSION),
+                ):
+                    db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (key, value))
+                db.execute("COMMIT")
+                bound = dict(db.execute("SELECT key, value FROM meta"))
+        except sqlite3.DatabaseError as err:
+            raise UserStudyError(f"{self.path}: not a votes database ({err})") from None
         if bound["study_sha256"] != study_sha256:
             raise UserStudyError(
                 f"{self.path} holds the votes of another study (study.json sha256 {bound['study_sha256'][:12]}…, "
                 f"this one {study_sha256[:12]}…): give the study its own database"
             )
         self.admin_token = bound["admin_token"]
+
+    def _refuse_foreign(self, db: sqlite3.Connection) -> None:
+        """A database with tables is a votes database or is left alone: the schema is never
+        written into another program's file (an empty file is a new database)."""
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables:
+            return
+        missing = sorted({"meta", "raters", "answers"} - tables)
+        if missing:
+            raise UserStudyError(f"{self.path}: not a votes database (no table {', '.join(missing)})")
+        if db.execute("SELECT 1 FROM meta WHERE key = 'study_sha256'").fetchone() is None:
+            raise UserStudyError(f"{self.path}: not a votes database (its meta table names no study_sha256)")
 
     @contextmanager
     def _connect(self):
@@ -173,4 +189,6 @@ def read_store(path: str | os.PathLike) -> tuple[str, list[tuple], list[int]]:
             raters = [r for (r,) in db.execute("SELECT id FROM raters ORDER BY id")]
     except sqlite3.DatabaseError as err:
         raise UserStudyError(f"{path}: not a votes database ({err})") from None
+    if "study_sha256" not in meta:
+        raise UserStudyError(f"{path}: not a votes database (its meta table names no study_sha256)")
     return meta["study_sha256"], rows, raters
