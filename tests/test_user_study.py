@@ -26,7 +26,7 @@ from snakemake.utils import validate
 from wig.guidance import make
 from wig.user_study.analysis import rater_table, share_table, user_study_tables, vote_frame
 from wig.user_study.design import UNDECIDED, UserStudy, UserStudyError, draw_sets, rater_plan
-from wig.user_study.server import create_app
+from wig.user_study.server import SERVER_MAX_BODY, create_app
 from wig.user_study.votes import VoteStore
 from wig.workflow.model import StudyError
 from wig.workflow.study import Study
@@ -438,7 +438,7 @@ def test_the_served_app_refuses_huge_bodies_and_broken_requests_in_one_line_writ
     server = StudyServer(folder, db, raters=1)
     (token,) = server.tokens.values()
     path = f"/api/{token}/answer".encode()
-    limit = 64 * 1024  # the server's (wig.user_study.server.serve_study)
+    limit = SERVER_MAX_BODY
     try:
         replies = {
             "over the app's limit": _raw(

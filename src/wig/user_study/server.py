@@ -36,6 +36,9 @@ from wig.user_study.votes import AnswerConflict, VoteStore
 
 WEB = Path(__file__).with_name("web")
 MAX_BODY = 1024  # an answer is ~100 bytes of JSON
+# past this waitress refuses a body before the app runs, by its length before reading it: a huge
+# upload is never buffered (between the two, Flask refuses by MAX_BODY)
+SERVER_MAX_BODY = 64 * MAX_BODY
 ANSWER_KEYS = {"set", "question", "choice"}
 
 
@@ -218,9 +221,7 @@ def serve_study(
     missing = raters - len(store.raters())
     if missing > 0:
         store.add_raters(missing)
-    # bodies past 64 answers' worth are refused by waitress before it reads them (Flask refuses
-    # past MAX_BODY): a huge upload is never buffered
-    server = create_server(app, host=host, port=port, threads=threads, max_request_body_size=64 * MAX_BODY)
+    server = create_server(app, host=host, port=port, threads=threads, max_request_body_size=SERVER_MAX_BODY)
     server.channel_class = OneLineChannel
     base = f"http://{host}:{server.effective_port}"
     print(f"wig serve-study: {len(app.extensions['wig_study'].sets)} sets, votes in {store.path}", flush=True)
