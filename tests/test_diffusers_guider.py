@@ -101,16 +101,54 @@ def test_the_pipeline_is_as_it_was_after_a_call(modular):
     assert np.array_equal(_run(modular, ClassifierFreeGuidance(guidance_scale=LAMBDA)), plain)
 
 
-def test_a_step_that_raises_mid_branch_leaves_no_scaled_adapter(modular):
+def test_a_batch_prepared_but_never_run_changes_nothing_for_the_next_guider(tiny_sdxl, modular):
+    """An exception between prepare_models and the denoiser's forward (in the pipeline's own code,
+    a ControlNet's, a callback's) leaves the denoiser armed but unchanged, and a later call's
+    forward — a new guider's — runs on the weights as they are."""
     before = _scalings(modular)
+    plain = _run(modular, ClassifierFreeGuidance(guidance_scale=LAMBDA))
     guider = PersonalizationGuidance(guidance_scale=LAMBDA, omega=0.0)
-    guider.set_state(step=0, num_inference_steps=4, timestep=torch.tensor(999))
-    guider.prepare_inputs({"x": (torch.zeros(1), torch.zeros(1))})
-    guider.prepare_models(modular.unet)
-    guider.prepare_models(modular.unet)  # the unconditional batch: adapters at ω, then the denoiser raises
-    assert _scalings(modular) != before
-    guider.set_state(step=1, num_inference_steps=4, timestep=torch.tensor(749))  # the next step (or call)
+
+    def step():  # a pipeline step: it prepares the unconditional batch, then raises before the forward
+        guider.set_state(step=0, num_inference_steps=4, timestep=torch.tensor(999))
+        guider.prepare_inputs({"x": (torch.zeros(1), torch.zeros(1))})
+        guider.prepare_models(modular.unet)
+        guider.prepare_models(modular.unet)
+        raise RuntimeError("a callback failed")
+
+    with pytest.raises(RuntimeError, match="callback"):
+        step()
     assert _scalings(modular) == before
+    assert np.array_equal(_run(modular, ClassifierFreeGuidance(guidance_scale=LAMBDA)), plain)
+    assert _scalings(modular) == before
+
+
+def test_a_denoiser_that_raises_mid_forward_leaves_the_pipeline_as_it_was(tiny_sdxl, sdxl_lora_path):
+    """A forward that raises inside the unconditional batch (here: in its fourth LoRA layer) puts every
+    scaling back (torch's always-called hook), so a *new* CFG guider then draws byte for byte what it
+    drew before PG was ever used."""
+    pipe = ModularPipeline.from_pretrained(str(tiny_sdxl))
+    pipe.load_components(names=COMPONENTS, torch_dtype=torch.float32)
+    pipe.load_lora_weights(str(sdxl_lora_path.parent), adapter_name="subject")
+    before = _scalings(pipe)
+    plain = _run(pipe, ClassifierFreeGuidance(guidance_scale=LAMBDA))
+    layer = list(lora_layers([pipe.unet]))[3]
+    calls = []
+
+    def boom(module, args):
+        calls.append(module.scaling["subject"])
+        if len(calls) == 2:  # the first step's unconditional batch, its adapters at ω
+            raise RuntimeError("out of memory (simulated)")
+
+    handle = layer.register_forward_pre_hook(boom)
+    try:
+        with pytest.raises(RuntimeError, match="simulated"):
+            _run(pipe, PersonalizationGuidance(guidance_scale=LAMBDA, omega=0.0))
+    finally:
+        handle.remove()
+    assert calls[1] == 0.0 and calls[0] != 0.0  # it raised with the adapters scaled
+    assert _scalings(pipe) == before
+    assert np.array_equal(_run(pipe, ClassifierFreeGuidance(guidance_scale=LAMBDA)), plain)
 
 
 def test_the_guider_saves_and_reloads_its_settings(tmp_path):

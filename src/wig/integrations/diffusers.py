@@ -31,6 +31,9 @@ wig's sampler (`wig.sampling`) runs PG on those, all branches in one batched for
 from __future__ import annotations
 
 import math
+import sys
+import warnings
+import weakref
 
 import torch
 from diffusers.configuration_utils import register_to_config
@@ -39,6 +42,21 @@ from diffusers.guiders.guider_utils import BaseGuidance, GuiderOutput, rescale_n
 from wig.personalization.lora import lora_layers
 
 COND, UNCOND = "pred_cond", "pred_uncond"
+
+
+def _running(frame) -> bool:
+    """Whether ``frame`` is on the current call stack (still running)."""
+    current = sys._getframe(1)
+    while current is not None:
+        if current is frame:
+            return True
+        current = current.f_back
+    return False
+
+
+def _placement(config) -> tuple:
+    """What decides the layers a peft adapter config occupies."""
+    return tuple(getattr(config, k, None) for k in ("target_modules", "exclude_modules", "layers_to_transform", "r"))
 
 
 class PersonalizationGuidance(BaseGuidance):
@@ -75,7 +93,9 @@ class PersonalizationGuidance(BaseGuidance):
         self.adapter_names = None if adapter_names is None else list(adapter_names)
         self.guidance_rescale = guidance_rescale
         self._order: list[str] = []
-        self._saved: list[tuple[object, str, float]] = []  # (layer, adapter, scaling) to put back
+        self._handles: list = []  # the armed denoiser's hooks (`prepare_models`)
+        self._layer_cache = None  # (key, denoiser ref, its LoRA layers): `_layers`
+        self._warned_disabled = False
 
     # --- conditions ---------------------------------------------------------------------------
 
@@ -90,39 +110,104 @@ class PersonalizationGuidance(BaseGuidance):
     # --- weights per condition ------------------------------------------------------------------
 
     def set_state(self, step: int, num_inference_steps: int, timestep: torch.LongTensor) -> None:
-        self._restore()  # a step that raised between prepare and cleanup leaves nothing behind
+        self._disarm()  # a batch prepared but never run leaves nothing behind
         super().set_state(step, num_inference_steps, timestep)
 
     def prepare_models(self, denoiser: torch.nn.Module) -> None:
+        """Before the unconditional batch: arm the denoiser so that its next forward, and only that
+        forward, runs the adapters at ω times their scaling. The scalings are written by a forward
+        pre-hook and put back by a forward hook torch calls even when the forward raises (its
+        ``finally``), so an exception anywhere leaves the pipeline as it was for whatever guider runs
+        next; a batch prepared and never run is disarmed by `cleanup_models` or the next step."""
         super().prepare_models(denoiser)
-        self._restore()
+        self._disarm()
         batch = self._order[self._count_prepared - 1] if self._count_prepared <= len(self._order) else None
         if batch != UNCOND or self.omega == 1.0:
             return
-        layers = list(lora_layers([denoiser]))
-        active = {a for layer in layers for a in layer.active_adapters}
+        targets = self._targets(denoiser)
+        if not targets:
+            return  # LoRA disabled: θ' is θ, PG is CFG on the base model (warned once)
+        saved: list[tuple[object, str, float]] = []
+        caller = sys._getframe(1)  # the pipeline step that prepared this batch (its frame, held until disarmed)
+
+        def scale(module, args):
+            if not _running(caller):  # prepared, then an exception before the forward: a later call's
+                self._disarm()  # forward (another guider's, say) runs on the weights as they are
+                return
+            saved[:] = [(layer, adapter, layer.scaling[adapter]) for layer, adapter in targets]
+            for layer, adapter, value in saved:
+                layer.scaling[adapter] = value * self.omega
+
+        def restore(module, args, out):
+            for layer, adapter, value in reversed(saved):
+                layer.scaling[adapter] = value
+            saved.clear()
+            self._disarm()
+
+        self._handles = [
+            denoiser.register_forward_pre_hook(scale),
+            denoiser.register_forward_hook(restore, always_call=True),
+        ]
+
+    def cleanup_models(self, denoiser: torch.nn.Module) -> None:
+        self._disarm()
+
+    def _disarm(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _targets(self, denoiser: torch.nn.Module) -> list[tuple[object, str]]:
+        """The (layer, adapter) pairs whose scaling ω multiplies: the named adapters (default: every
+        active one) in every layer that holds them — adapters on different layers, a subset, weights
+        from ``set_adapters`` all compose, since ω multiplies whatever scaling a layer has. Refused in
+        one line: a named adapter not active, no LoRA, a DoRA adapter, a fused one."""
+        layers = self._layers(denoiser)
+        live = [layer for layer in layers if not layer.disable_adapters]
+        active = {a for layer in live for a in layer.active_adapters if a in layer.scaling}
         names = active if self.adapter_names is None else set(self.adapter_names)
         if self.adapter_names is not None and not names <= active:
             missing = ", ".join(sorted(names - active))
+            if layers and not live:
+                missing += " (the LoRA is disabled: pipe.enable_lora())"
             raise ValueError(f"PersonalizationGuidance: adapter(s) {missing} not active in the denoiser")
+        fused = sorted({a for layer in layers for a in layer.merged_adapters})
+        if fused:
+            raise ValueError(
+                f"PersonalizationGuidance: adapter(s) {', '.join(fused)} are fused into the denoiser's weights "
+                "(fuse_lora), where no scale reaches them: call pipe.unfuse_lora() before guiding with PG"
+            )
+        if layers and not live:
+            if not self._warned_disabled:
+                warnings.warn(
+                    "PersonalizationGuidance: the LoRA is disabled (disable_lora), so both branches run the "
+                    "pretrained weights and PG is CFG on the base model",
+                    stacklevel=3,
+                )
+                self._warned_disabled = True
+            return []
         if not names:
             raise ValueError("PersonalizationGuidance needs a LoRA in the denoiser (load_lora_weights): none is active")
-        for layer in layers:
-            for adapter in names & set(layer.active_adapters):
+        targets = []
+        for layer in live:
+            for adapter in sorted(names & set(layer.active_adapters) & set(layer.scaling)):
                 if layer.use_dora.get(adapter, False):
                     raise ValueError(
                         f"PersonalizationGuidance: adapter {adapter} is DoRA, whose output is not linear in its scale"
                     )
-                self._saved.append((layer, adapter, layer.scaling[adapter]))
-                layer.scaling[adapter] = layer.scaling[adapter] * self.omega
+                targets.append((layer, adapter))
+        return targets
 
-    def cleanup_models(self, denoiser: torch.nn.Module) -> None:
-        self._restore()
-
-    def _restore(self) -> None:
-        for layer, adapter, value in reversed(self._saved):
-            layer.scaling[adapter] = value
-        self._saved = []
+    def _layers(self, denoiser: torch.nn.Module) -> list:
+        """The denoiser's LoRA layers, found once per denoiser and set of loaded adapters (walking
+        a full SDXL UNet's 7,530 modules each step cost 35 ms on a CPU)."""
+        configs = getattr(denoiser, "peft_config", None) or {}
+        # which layers an adapter occupies follows from its config's targets: adapters deleted and
+        # loaded again elsewhere, even under the same name, change the key
+        key = (id(denoiser), tuple(sorted((name, repr(_placement(c))) for name, c in configs.items())))
+        if self._layer_cache is None or self._layer_cache[0] != key or self._layer_cache[1]() is not denoiser:
+            self._layer_cache = (key, weakref.ref(denoiser), list(lora_layers([denoiser])))
+        return self._layer_cache[2]
 
     # --- combination ----------------------------------------------------------------------------
 

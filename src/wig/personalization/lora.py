@@ -67,24 +67,66 @@ def _check_values(path: Path, key: str, tensor: torch.Tensor) -> None:
         raise LoraError(f"LoRA {path}: {key} {problem}")
 
 
-def load_lora(pipe, path: str | os.PathLike, adapter_name: str) -> None:
-    """Load a diffusers-format LoRA (safetensors only) into ``pipe`` as ``adapter_name``.
+def lora_metadata(path: str | os.PathLike) -> dict | None:
+    """A LoRA file's adapter metadata: the peft ``LoraConfig`` per component (``unet.r``,
+    ``unet.lora_alpha``, ``unet.rank_pattern`` …) that diffusers' ``save_lora_weights`` and its
+    training scripts write under the safetensors header's ``lora_adapter_metadata`` — or None where
+    the file has none (then diffusers derives the config from the tensors: alpha = rank, or kohya's
+    ``.alpha`` keys)."""
+    import json
 
-    Refuses a file whose tensors do not all land in the model: diffusers only warns about
-    unmatched keys, which would leave an adapter that silently does nothing.
+    path = lora_file(path)
+    with safe_open(str(path), framework="pt") as f:
+        header = f.metadata() or {}
+    raw = header.get(LORA_METADATA_KEY)
+    if not raw:
+        return None
+    try:
+        metadata = json.loads(raw)
+    except ValueError as err:
+        raise LoraError(f"LoRA {path}: its {LORA_METADATA_KEY} is not JSON ({err})") from None
+    if not isinstance(metadata, dict):
+        raise LoraError(f"LoRA {path}: its {LORA_METADATA_KEY} is not a mapping of settings")
+    return metadata
+
+
+LORA_METADATA_KEY = "lora_adapter_metadata"  # diffusers.loaders.lora_base.LORA_ADAPTER_METADATA_KEY
+
+
+def load_lora(pipe, path: str | os.PathLike, adapter_name: str) -> None:
+    """Load a LoRA file (safetensors only) into ``pipe`` as ``adapter_name``, read exactly as stock
+    ``pipe.load_lora_weights(file)`` reads it: its metadata's alpha, rank and alpha patterns and
+    target modules (what diffusers' training scripts write), kohya/A1111 keys converted by
+    diffusers, linear and convolution layers, denoiser and text-encoder LoRAs.
+
+    Before diffusers sees the file, every key of the diffusers/peft formats is placed in the model
+    and checked against its partner and the metadata (diffusers names no key, or only warns); after
+    it, every matrix of the file must have landed in a layer (diffusers only warns about unmatched
+    keys, which would leave an adapter that silently does nothing). Each refusal is one line naming
+    the file and the key; nothing of a refused file stays in the pipeline.
     """
     path = lora_file(path)
     state = load_file(str(path))
     n_lora = sum(1 for k in state if _is_lora_matrix(k))
     if n_lora == 0:
         raise LoraError(f"no LoRA weights in {path}")
-    _check_fits(pipe, state, path)
+    pairs = _check_fits(pipe, state, path)
+    _check_metadata(path, pairs, lora_metadata(path))
     try:
-        pipe.load_lora_weights(state, adapter_name=adapter_name)
-    except (RuntimeError, ValueError, KeyError) as err:
+        # the file itself, as stock diffusers reads it: its header's metadata comes with it
+        pipe.load_lora_weights(str(path), adapter_name=adapter_name, use_safetensors=True)
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
         _drop_adapter(pipe, adapter_name)
         first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
         raise LoraError(f"LoRA {path} does not fit the model: {first}") from None
+    modules = _named_modules(pipe)
+    for module, pair in pairs.items():  # a key the metadata's target_modules left out, named
+        layer = modules.get(module)
+        if adapter_name not in getattr(layer, "lora_A", {}):
+            _drop_adapter(pipe, adapter_name)
+            raise LoraError(
+                f"LoRA {path}: {pair['A'][0]} was not loaded into {module} (its metadata's target_modules?)"
+            )
     n_loaded = sum(2 for _ in lora_layers(_components(pipe), adapter_name))
     if n_loaded != n_lora:
         _drop_adapter(pipe, adapter_name)
@@ -93,15 +135,18 @@ def load_lora(pipe, path: str | os.PathLike, adapter_name: str) -> None:
         )
 
 
-def _check_fits(pipe, state: Mapping[str, torch.Tensor], path: Path) -> None:
+def _check_fits(pipe, state: Mapping[str, torch.Tensor], path: Path) -> dict[str, dict[str, tuple[str, torch.Tensor]]]:
     """Name the first key of a diffusers/PEFT-format LoRA that is not a LoRA matrix, holds NaN or
     inf, lacks its partner (A without B), disagrees with it on the rank, or misses or mismatches
-    its layer — before diffusers sees the file (its errors name no key, or only warn).
+    its layer (a linear layer's matrices, a convolution's kernels: A (r, in, kh, kw) with the
+    layer's kernel, B (out, r, 1, 1)) — before diffusers sees the file (its errors name no key,
+    or only warn). Returns the A/B pairs by ``<component>.<module>``.
 
     (Other formats, e.g. kohya's, are converted by diffusers and checked by the count after it.)
     """
     missing = []
     pairs: dict[str, dict[str, tuple[str, torch.Tensor]]] = {}
+    modules = _named_modules(pipe)
     for key, tensor in state.items():
         if not (_is_lora_matrix(key) or key.endswith(".alpha")):
             raise LoraError(f"LoRA {path}: unexpected key {key} (not a LoRA matrix)")
@@ -112,17 +157,18 @@ def _check_fits(pipe, state: Mapping[str, torch.Tensor], path: Path) -> None:
             continue
         module_name, kind = match["module"], "A" if match["kind"] in ("lora_A", "lora.down") else "B"
         pairs.setdefault(f"{component}.{module_name}", {})[kind] = (key, tensor)
-        model = getattr(pipe, component, None)
-        layer = dict(model.named_modules()).get(module_name) if isinstance(model, torch.nn.Module) else None
+        layer = modules.get(f"{component}.{module_name}")
         if layer is None or not hasattr(layer, "weight"):
             missing.append(key)
             continue
-        expected = layer.weight.shape[1] if kind == "A" else layer.weight.shape[0]
-        got = tensor.shape[1] if kind == "A" else tensor.shape[0]
-        if tensor.ndim != 2 or expected != got:
+        weight = layer.weight
+        expected = weight.shape[1] if kind == "A" else weight.shape[0]
+        got = tensor.shape[1] if kind == "A" and tensor.ndim > 1 else tensor.shape[0]
+        kernel = weight.shape[2:] if kind == "A" else (1,) * (weight.ndim - 2)
+        if tensor.ndim != weight.ndim or expected != got or tuple(tensor.shape[2:]) != tuple(kernel):
             raise LoraError(
                 f"LoRA {path} does not fit the model: {key} has shape {tuple(tensor.shape)}, "
-                f"layer {component}.{module_name} has weight {tuple(layer.weight.shape)}"
+                f"layer {component}.{module_name} has weight {tuple(weight.shape)}"
             )
     for module, pair in pairs.items():
         if len(pair) == 1:
@@ -136,12 +182,55 @@ def _check_fits(pipe, state: Mapping[str, torch.Tensor], path: Path) -> None:
         raise LoraError(
             f"LoRA {path} does not fit the model: {len(missing)} keys name layers the model lacks, e.g. {missing[0]}"
         )
+    return pairs
+
+
+def _check_metadata(path: Path, pairs: Mapping[str, Mapping[str, tuple[str, torch.Tensor]]], metadata) -> None:
+    """The metadata diffusers builds each component's ``LoraConfig`` from must say what the tensors
+    are: an alpha and a rank (peft's defaults would silently set the strength), and for every
+    module the rank its ``r`` / ``rank_pattern`` gives. A component the metadata does not cover is
+    derived from its tensors by diffusers (alpha = rank)."""
+    if metadata is None:
+        return
+    from peft.utils.other import get_pattern_key
+
+    for component in sorted({m.partition(".")[0] for m in pairs}):
+        config = {k.removeprefix(f"{component}."): v for k, v in metadata.items() if k.startswith(f"{component}.")}
+        if not config:
+            continue
+        for key in ("r", "lora_alpha"):
+            value = config.get(key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                got = "names none" if value is None else f"has {value!r}"
+                raise LoraError(f"LoRA {path}: its {LORA_METADATA_KEY} {got} for {component}.{key} (a positive number)")
+        ranks = config.get("rank_pattern") or {}
+        for module, pair in pairs.items():
+            if not module.startswith(f"{component}."):
+                continue
+            name = module.removeprefix(f"{component}.")
+            expected = ranks.get(get_pattern_key(list(ranks), name), config["r"])
+            key_a, a = pair["A"]
+            if a.shape[0] != expected:
+                raise LoraError(
+                    f"LoRA {path}: {key_a} has rank {a.shape[0]}, its {LORA_METADATA_KEY} says {expected} "
+                    f"({component}.r / rank_pattern)"
+                )
 
 
 def _is_lora_matrix(key: str) -> bool:
     return key.endswith(".weight") and any(
         tag in key for tag in ("lora_A", "lora_B", "lora.down", "lora.up", "lora_down", "lora_up")
     )
+
+
+def _named_modules(pipe) -> dict[str, torch.nn.Module]:
+    """Every module of the pipeline's components by ``<component>.<name>`` (as LoRA keys name them)."""
+    return {
+        f"{component}.{name}": module
+        for component, model in pipe.components.items()
+        if isinstance(model, torch.nn.Module)
+        for name, module in model.named_modules()
+    }
 
 
 def _components(pipe) -> list[torch.nn.Module]:
