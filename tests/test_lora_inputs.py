@@ -20,6 +20,7 @@ import pytest
 import torch
 from diffusers import SanaPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.utils.torch_utils import randn_tensor
+from lora_files import SANA_TARGETS, TEXT_TARGETS, UNET_TARGETS, Spec, stranger_lora, write_in
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -29,7 +30,6 @@ from wig.personalization.lora import LoraError, adapter_names, attach_loras, loa
 from wig.sampling.sampler import Request, sample, sample_latents
 
 from conftest import PROMPTS, generators, sdxl_reference_loop, to_uint8
-from lora_files import SANA_TARGETS, TEXT_TARGETS, UNET_TARGETS, Spec, stranger_lora, write_in
 
 pytestmark = pytest.mark.check
 
