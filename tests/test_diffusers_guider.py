@@ -24,6 +24,7 @@ from conftest import (
     unet_with_lora_written_in,
     unet_without_lora,
 )
+from lora_files import Spec, stranger_lora, write_in
 
 pytestmark = pytest.mark.check
 
@@ -345,3 +346,144 @@ def test_sd3_omega_below_one_is_the_unconditional_branch_on_theta_omega(modular_
     assert np.abs(ours - _sd3_reference(tiny_sd3, omega)).max() <= 1
     cfg = _run_sd3(modular_sd3, ClassifierFreeGuidance(guidance_scale=LAMBDA))
     assert np.abs(ours - cfg).max() > 5  # ω matters on this LoRA
+
+
+# --- real adapter setups: a subject LoRA beside a style LoRA on other layers ---------------------
+# Both are strangers' files (`lora_files.stranger_lora`: peft + stock save_lora_weights, alpha ≠
+# rank); the references write θ + Σ coefficient·ΔW into plain UNets by hand.
+
+SUBJECT = Spec(("to_q", "to_k", "to_v", "to_out.0"), r=3, alpha=7)
+STYLE = Spec(("proj_in", "proj_out", "ff.net.2", "conv1", "conv2"), r=2, alpha=5)
+
+
+@pytest.fixture(scope="module")
+def subject_and_style(tiny_sdxl, tmp_path_factory):
+    from wig.models.pipelines import load_pipeline
+
+    pipe = load_pipeline(str(tiny_sdxl), device="cpu", dtype="float32")
+    folder = tmp_path_factory.mktemp("two-adapters")
+    return {
+        "subject": stranger_lora(pipe, folder / "subject", {"unet": SUBJECT}, seed=3, std=0.15),
+        "style": stranger_lora(pipe, folder / "style", {"unet": STYLE}, seed=4, std=0.08),
+    }
+
+
+def _two_adapters(tiny_sdxl, loras):
+    pipe = ModularPipeline.from_pretrained(str(tiny_sdxl))
+    pipe.load_components(names=COMPONENTS, torch_dtype=torch.float32)
+    for name, lora in loras.items():
+        pipe.load_lora_weights(str(lora.file), adapter_name=name)
+    pipe.set_adapters(list(loras))  # each load activates its own adapter alone: all of them, as a user does
+    return pipe
+
+
+def _written_unet(tiny_sdxl, loras, coefficients):
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(str(tiny_sdxl), subfolder="unet")
+    for name, c in coefficients.items():
+        write_in(unet, "unet", loras[name], c)
+    return unet
+
+
+def _hand_loop(tiny_sdxl, loras, strong, weak):
+    stock = StableDiffusionXLPipeline.from_pretrained(str(tiny_sdxl))
+    stock.unet = _written_unet(tiny_sdxl, loras, strong)
+    weak_unet = _written_unet(tiny_sdxl, loras, weak)
+    x = sdxl_reference_loop(
+        stock, PROMPTS, SEEDS, SIZE, STEPS, LAMBDA, lambda _: lambda *a, **kw: weak_unet(*a, **kw)[0]
+    )
+    with torch.no_grad():
+        image = stock.vae.decode(x / stock.vae.config.scaling_factor, return_dict=False)[0]
+    return to_uint8(stock.image_processor.postprocess(image, output_type="pil"))
+
+
+@pytest.mark.parametrize(
+    ("omega", "subject_weight", "lora_scale"),
+    [(0.0, 1.0, None), (0.5, 1.0, None), (0.5, 0.6, None), (0.5, 1.0, 0.7)],
+    ids=["omega0", "omega0.5", "set_adapters-0.6", "cross_attention_kwargs-0.7"],
+)
+def test_pg_on_one_of_two_adapters_on_disjoint_layers_is_the_hand_loop(
+    tiny_sdxl, subject_and_style, omega, subject_weight, lora_scale
+):
+    """adapter_names = the subject: θ' = θ + s·(w·ΔW_subject + ΔW_style) and θω = θ + s·(ω·w·ΔW_subject +
+    ΔW_style), w the subject's set_adapters weight, s the cross_attention_kwargs scale."""
+    pipe = _two_adapters(tiny_sdxl, subject_and_style)
+    pipe.set_adapters(["subject", "style"], adapter_weights=[subject_weight, 1.0])
+    pipe.update_components(guider=PersonalizationGuidance(guidance_scale=LAMBDA, omega=omega, adapter_names=["subject"]))
+    kwargs = {} if lora_scale is None else {"cross_attention_kwargs": {"scale": lora_scale}}
+    before = _scalings(pipe)
+    ours = to_uint8(
+        pipe(
+            prompt=PROMPTS,
+            num_inference_steps=STEPS,
+            height=SIZE,
+            width=SIZE,
+            generator=_generator(),
+            output="images",
+            **kwargs,
+        )
+    )
+    assert _scalings(pipe) == before
+    s = 1.0 if lora_scale is None else lora_scale
+    ref = _hand_loop(
+        tiny_sdxl,
+        subject_and_style,
+        strong={"subject": s * subject_weight, "style": s},
+        weak={"subject": s * omega * subject_weight, "style": s},
+    )
+    assert np.abs(ours - ref).max() <= 1
+    cfg = _hand_loop(
+        tiny_sdxl,
+        subject_and_style,
+        strong={"subject": s * subject_weight, "style": s},
+        weak={"subject": s * subject_weight, "style": s},
+    )
+    assert np.abs(ours - cfg).max() > 5  # ω matters here
+
+
+def test_adapters_deleted_and_set_again_are_guided_as_loaded(tiny_sdxl, subject_and_style, tmp_path):
+    """A third adapter loaded, PG run (the layer list cached), the adapter deleted and the others set
+    again: the guider sees the pipeline as it is now, and draws what it draws on the two alone."""
+    from wig.models.pipelines import load_pipeline
+
+    extra = stranger_lora(
+        load_pipeline(str(tiny_sdxl), device="cpu", dtype="float32"),
+        tmp_path / "extra",
+        {"unet": Spec(("to_k", "ff.net.2"), r=2, alpha=4)},
+        seed=9,
+        std=0.2,
+    )
+    guider = PersonalizationGuidance(guidance_scale=LAMBDA, omega=0.0, adapter_names=["subject"])
+    two = _two_adapters(tiny_sdxl, subject_and_style)
+    expected = _run(two, guider)
+    three = _two_adapters(tiny_sdxl, {**subject_and_style, "extra": extra})
+    with_extra = _run(three, guider)
+    assert np.abs(with_extra - expected).max() > 5
+    three.delete_adapters("extra")
+    three.set_adapters(["subject", "style"])
+    assert np.abs(_run(three, guider) - expected).max() <= 1
+
+
+def test_a_disabled_lora_is_cfg_on_the_base_model_said_once(tiny_sdxl, subject_and_style):
+    pipe = _two_adapters(tiny_sdxl, subject_and_style)
+    pipe.disable_lora()
+    with pytest.warns(UserWarning, match="disabled.*CFG on the base model") as caught:
+        ours = _run(pipe, PersonalizationGuidance(guidance_scale=LAMBDA, omega=0.3))
+    assert len([w for w in caught if "disabled" in str(w.message)]) == 1
+    assert np.array_equal(ours, _run(pipe, ClassifierFreeGuidance(guidance_scale=LAMBDA)))
+    base = ModularPipeline.from_pretrained(str(tiny_sdxl))
+    base.load_components(names=COMPONENTS, torch_dtype=torch.float32)
+    assert np.abs(ours - _run(base, ClassifierFreeGuidance(guidance_scale=LAMBDA))).max() <= 1
+
+
+def test_a_fused_lora_is_refused_in_one_line_and_pg_runs_once_unfused(tiny_sdxl, subject_and_style):
+    pipe = _two_adapters(tiny_sdxl, subject_and_style)
+    guider = PersonalizationGuidance(guidance_scale=LAMBDA, omega=0.0, adapter_names=["subject"])
+    unfused = _run(pipe, guider)
+    pipe.fuse_lora(components=["unet"])
+    with pytest.raises(ValueError, match=r"^PersonalizationGuidance: adapter\(s\) .*subject.* fused .*unfuse_lora\(\)") as err:
+        _run(pipe, guider)
+    assert "\n" not in str(err.value)
+    pipe.unfuse_lora(components=["unet"])
+    assert np.abs(_run(pipe, guider) - unfused).max() <= 1
