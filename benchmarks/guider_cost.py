@@ -5,7 +5,13 @@ A guider runs its conditions one after the other (one UNet call per condition pe
 diffusers guider does); wig's sampler runs all branches of a step in one batched forward. Every
 ratio is measured in this one run, variants interleaved over the repeats, medians reported.
 
+The guider's per-step bookkeeping (its prepare/cleanup calls, the scalings written and put back)
+is measured first, on SDXL base's full UNet built on the meta device (no weights, 7,530 modules
+with a LoRA on its attention): with its layer list cached per denoiser, and without (every step
+walking the module tree, as before the cache).
+
     python benchmarks/guider_cost.py                         # tiny SDXL twin, CPU, batch 1 and 4
+    python benchmarks/guider_cost.py --bookkeeping-only      # the per-step bookkeeping alone
     python benchmarks/guider_cost.py --model stabilityai/stable-diffusion-xl-base-1.0 \\
         --height 1024 --width 1024 --steps 30 --device cuda --dtype float16
 """
@@ -38,6 +44,48 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+def bookkeeping(steps: int = 50, omega: float = 0.5) -> None:
+    """Milliseconds a step of `PersonalizationGuidance` spends outside the denoiser on SDXL base's UNet."""
+    import json
+
+    from peft import LoraConfig
+
+    from diffusers import UNet2DConditionModel
+
+    config = json.loads((Path(__file__).parent / "sdxl_unet.json").read_text())
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**{k: v for k, v in config.items() if not k.startswith("_")})
+        unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]), "subject")
+    modules = sum(1 for _ in unet.modules())
+
+    def step(guider, i, uncached):
+        if uncached:
+            guider._layer_cache = None
+        guider.set_state(step=i, num_inference_steps=steps, timestep=torch.tensor(999 - i))
+        guider.prepare_inputs({"x": (torch.zeros(1), torch.zeros(1))})
+        for _ in range(2):  # the conditional batch, then the unconditional one
+            guider.prepare_models(unet)
+            for hook in list(unet._forward_pre_hooks.values()):  # what the denoiser's call runs around its forward
+                hook(unet, ())
+            for hook in list(unet._forward_hooks.values()):
+                hook(unet, (), None)
+            guider.cleanup_models(unet)
+
+    results = {}
+    for name, uncached in (("cached", False), ("uncached", True)):
+        guider = PersonalizationGuidance(guidance_scale=5.0, omega=omega)
+        step(guider, 0, uncached)  # warm-up (and, cached, the one walk)
+        t0 = time.perf_counter()
+        for i in range(steps):
+            step(guider, i, uncached)
+        results[name] = (time.perf_counter() - t0) / steps * 1000
+    print(
+        f"guider bookkeeping, SDXL base UNet ({modules} modules, meta device), {steps} steps: "
+        f"{results['cached']:.2f} ms/step with the layer list cached, {results['uncached']:.2f} ms/step walking "
+        f"the modules each step ({results['uncached'] / results['cached']:.1f}×)"
+    )
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="SDXL diffusers folder or hub name (default: the tiny SDXL twin)")
@@ -51,8 +99,12 @@ def main(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--bookkeeping-only", action="store_true", help="measure the per-step bookkeeping alone")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    bookkeeping(omega=args.omega)
+    if args.bookkeeping_only:
+        return
     dtype = getattr(torch, args.dtype)
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:

@@ -410,7 +410,9 @@ def test_pg_on_one_of_two_adapters_on_disjoint_layers_is_the_hand_loop(
     ΔW_style), w the subject's set_adapters weight, s the cross_attention_kwargs scale."""
     pipe = _two_adapters(tiny_sdxl, subject_and_style)
     pipe.set_adapters(["subject", "style"], adapter_weights=[subject_weight, 1.0])
-    pipe.update_components(guider=PersonalizationGuidance(guidance_scale=LAMBDA, omega=omega, adapter_names=["subject"]))
+    pipe.update_components(
+        guider=PersonalizationGuidance(guidance_scale=LAMBDA, omega=omega, adapter_names=["subject"])
+    )
     kwargs = {} if lora_scale is None else {"cross_attention_kwargs": {"scale": lora_scale}}
     before = _scalings(pipe)
     ours = to_uint8(
@@ -482,8 +484,59 @@ def test_a_fused_lora_is_refused_in_one_line_and_pg_runs_once_unfused(tiny_sdxl,
     guider = PersonalizationGuidance(guidance_scale=LAMBDA, omega=0.0, adapter_names=["subject"])
     unfused = _run(pipe, guider)
     pipe.fuse_lora(components=["unet"])
-    with pytest.raises(ValueError, match=r"^PersonalizationGuidance: adapter\(s\) .*subject.* fused .*unfuse_lora\(\)") as err:
+    with pytest.raises(
+        ValueError, match=r"^PersonalizationGuidance: adapter\(s\) .*subject.* fused .*unfuse_lora\(\)"
+    ) as err:
         _run(pipe, guider)
     assert "\n" not in str(err.value)
     pipe.unfuse_lora(components=["unet"])
     assert np.abs(_run(pipe, guider) - unfused).max() <= 1
+
+
+# --- wig's sampler and the guider agree ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("omega", [0.0, 0.35, 1.0])
+def test_wig_generate_and_the_guider_draw_the_same_image(tiny_sdxl, tmp_path, omega):
+    """A stranger's SDXL LoRA (alpha ≠ rank, rank/alpha patterns, attention, feed-forward and resnet
+    convolutions, both text encoders): `wig generate` (the classic pipeline, all branches in one
+    batched forward) and the modular pipeline with `PersonalizationGuidance` give the same images
+    for the same prompts, seeds and (λ, ω). (SDXL's null condition is zeros, so the text encoders'
+    LoRA reaches the conditional branch alone in both.)"""
+    from PIL import Image
+
+    from wig.cli import main
+    from wig.models.pipelines import load_pipeline
+
+    from lora_files import TEXT_TARGETS, UNET_TARGETS
+
+    pipe = load_pipeline(str(tiny_sdxl), device="cpu", dtype="float32")
+    first = lambda suffix: next(n for n, _ in pipe.unet.named_modules() if n.endswith(suffix))  # noqa: E731
+    specs = {
+        "unet": Spec(
+            UNET_TARGETS,
+            r=3,
+            alpha=7,
+            rank_pattern={first("attn2.to_k"): 5},
+            alpha_pattern={first("resnets.0.conv2"): 1.5},
+        ),
+        "text_encoder": Spec(TEXT_TARGETS, r=2, alpha=5),
+        "text_encoder_2": Spec(TEXT_TARGETS, r=4, alpha=3),
+    }
+    lora = stranger_lora(pipe, tmp_path / "lora", specs, seed=5, std=0.08)
+    args = ["generate", "--model", str(tiny_sdxl), "--lora", str(lora.file), "--method", "pg"]
+    args += ["--omega", str(omega), "--scale", str(LAMBDA), "--steps", str(STEPS)]
+    args += ["--height", str(SIZE), "--width", str(SIZE), "--out", str(tmp_path / "wig-{index}.png"), "--quiet"]
+    for prompt, seed in zip(PROMPTS, SEEDS):
+        args += ["--prompt", prompt, "--seed", str(seed)]
+    assert main(args) == 0
+    ours = to_uint8([Image.open(tmp_path / f"wig-{i}.png") for i in range(len(PROMPTS))])
+
+    modular = ModularPipeline.from_pretrained(str(tiny_sdxl))
+    modular.load_components(names=COMPONENTS, torch_dtype=torch.float32)
+    modular.load_lora_weights(str(lora.file), adapter_name="subject")
+    guided = _run(modular, PersonalizationGuidance(guidance_scale=LAMBDA, omega=omega))
+    assert np.abs(ours - guided).max() <= 1
+    if omega != 1.0:
+        cfg = _run(modular, ClassifierFreeGuidance(guidance_scale=LAMBDA))
+        assert np.abs(ours - cfg).max() > 5  # ω matters here

@@ -256,3 +256,19 @@ def test_a_file_whose_metadata_lies_is_refused_in_one_line_naming_the_file_and_t
     assert "\n" not in message and str(bad) in message
     assert __import__("re").search(key, message), message
     assert "full" not in adapter_names(pipe) and not list(lora_layers([pipe.unet], "full"))  # nothing half-loaded
+
+
+def test_a_fused_lora_is_refused_by_the_sampler_in_one_line(twins, loras):
+    """After ``fuse_lora`` the LoRA sits in the base weights, where no branch scale reaches it: PG would
+    run CFG. Refused; unfused again, PG runs as before."""
+    lora = loras["sdxl", "alpha-patterns-conv"]
+    pipe = _ours(twins, "sdxl", lora)
+    request = lambda: Request(prompts=PROMPTS, generators=generators(), **_request("sdxl"))  # noqa: E731
+    before = sample_latents(pipe, Guidance("pg", 5.0, omega=OMEGA), request(), progress=False)
+    pipe.fuse_lora(components=["unet"])
+    with pytest.raises(LoraError, match=r"full.* fused .*unfuse_lora\(\)") as err:
+        sample_latents(pipe, Guidance("pg", 5.0, omega=OMEGA), request(), progress=False)
+    assert "\n" not in str(err.value)
+    pipe.unfuse_lora(components=["unet"])
+    after = sample_latents(pipe, Guidance("pg", 5.0, omega=OMEGA), request(), progress=False)
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)

@@ -18,11 +18,23 @@ the unconditional batch on the pretrained weights.
     pipe.update_components(guider=PersonalizationGuidance(guidance_scale=5.0, omega=0.0))
     image = pipe(prompt="a photo of sks dog in the snow", output="images")[0]
 
-What the unconditional branch sees besides the weights: the pipeline's negative condition,
-encoded before the loop by the text encoders as they are (a text-encoder LoRA is not scaled
-here: the guider sees only the denoiser). SDXL's checkpoints say ``force_zeros_for_empty_prompt``,
-so without a negative prompt that condition is zeros and ω reaches the branch through the UNet
-alone — as in wig's own sampler.
+Real adapter setups: ω multiplies whatever scaling each layer of the named adapters has (default:
+every active adapter), so a subject LoRA beside a style LoRA on other layers (``adapter_names`` the
+subject's: the style runs at full strength in both branches), weights from ``set_adapters``, a
+``cross_attention_kwargs`` scale, alpha ≠ rank and convolution LoRAs all compose. A disabled LoRA
+(``disable_lora``) makes PG CFG on the pretrained model, said once in a warning; a fused one
+(``fuse_lora``) is refused: merged weights ignore any scale, and unfusing for the user would change
+their pipeline (and, in half precision, its weights). The scalings change only inside the
+denoiser's forward for the unconditional batch (a forward pre-hook, and a hook torch calls even
+when the forward raises), so an exception anywhere leaves the pipeline as it was for the next guider.
+
+Text-encoder LoRAs: θω = θ + ω(θ' − θ) covers every weight, and wig's sampler encodes the null branch's
+text with the text encoders' adapters at ω too. The guider sees the denoiser alone: the pipeline's
+negative condition is encoded before the loop by the text encoders as they are (θ'). Where the
+null condition is zeros — SDXL's checkpoints say ``force_zeros_for_empty_prompt``, so without a
+negative prompt ω reaches the branch through the UNet alone — the two agree (tested within one
+uint8 level); with a negative prompt or another family's encoded null prompt (SD 3), a
+text-encoder LoRA's null branch is θ' here, θω in wig's sampler.
 
 Modular pipelines only: the classic pipelines (``StableDiffusionXLPipeline`` …) take no guider;
 wig's sampler (`wig.sampling`) runs PG on those, all branches in one batched forward.

@@ -300,6 +300,12 @@ class LoraScales(SampleScales):
     def __init__(self, modules: Iterable[torch.nn.Module]):
         super().__init__()
         self._layers = list(lora_layers(modules))
+        fused = sorted({a for layer in self._layers for a in layer.merged_adapters})
+        if fused:  # merged into the base weights, they would run at full strength in every branch
+            raise LoraError(
+                f"LoRA adapter(s) {', '.join(fused)} are fused into the weights (fuse_lora), where no per-branch "
+                "scale reaches them (PG would silently be CFG): call pipe.unfuse_lora() first"
+            )
 
     @property
     def has_effect(self) -> bool:
