@@ -48,9 +48,8 @@ def bookkeeping(steps: int = 50, omega: float = 0.5) -> None:
     """Milliseconds a step of `PersonalizationGuidance` spends outside the denoiser on SDXL base's UNet."""
     import json
 
-    from peft import LoraConfig
-
     from diffusers import UNet2DConditionModel
+    from peft import LoraConfig
 
     config = json.loads((Path(__file__).parent / "sdxl_unet.json").read_text())
     with torch.device("meta"):

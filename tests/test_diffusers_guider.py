@@ -11,6 +11,7 @@ import pytest
 import torch
 from diffusers import ModularPipeline, StableDiffusionXLPipeline
 from diffusers.guiders import ClassifierFreeGuidance
+from lora_files import Spec, stranger_lora, write_in
 
 from wig.integrations.diffusers import PersonalizationGuidance
 from wig.personalization.lora import lora_layers
@@ -24,7 +25,6 @@ from conftest import (
     unet_with_lora_written_in,
     unet_without_lora,
 )
-from lora_files import Spec, stranger_lora, write_in
 
 pytestmark = pytest.mark.check
 
@@ -503,12 +503,11 @@ def test_wig_generate_and_the_guider_draw_the_same_image(tiny_sdxl, tmp_path, om
     batched forward) and the modular pipeline with `PersonalizationGuidance` give the same images
     for the same prompts, seeds and (λ, ω). (SDXL's null condition is zeros, so the text encoders'
     LoRA reaches the conditional branch alone in both.)"""
+    from lora_files import TEXT_TARGETS, UNET_TARGETS
     from PIL import Image
 
     from wig.cli import main
     from wig.models.pipelines import load_pipeline
-
-    from lora_files import TEXT_TARGETS, UNET_TARGETS
 
     pipe = load_pipeline(str(tiny_sdxl), device="cpu", dtype="float32")
     first = lambda suffix: next(n for n, _ in pipe.unet.named_modules() if n.endswith(suffix))  # noqa: E731
