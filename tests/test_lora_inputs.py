@@ -26,7 +26,14 @@ from safetensors.torch import load_file, save_file
 
 from wig.guidance import Guidance
 from wig.models.pipelines import load_pipeline
-from wig.personalization.lora import LoraError, adapter_names, attach_loras, load_lora, lora_layers
+from wig.personalization.lora import (
+    LoraError,
+    adapter_names,
+    attach_loras,
+    check_lora_file,
+    load_lora,
+    lora_layers,
+)
 from wig.sampling.sampler import Request, sample, sample_latents
 
 from conftest import PROMPTS, generators, sdxl_reference_loop, to_uint8
@@ -256,6 +263,10 @@ def test_a_file_whose_metadata_lies_is_refused_in_one_line_naming_the_file_and_t
     assert "\n" not in message and str(bad) in message
     assert __import__("re").search(key, message), message
     assert "full" not in adapter_names(pipe) and not list(lora_layers([pipe.unet], "full"))  # nothing half-loaded
+    if edit_metadata is not None:  # a `given` LoRA's resolve rule, before any model exists, says the same
+        with pytest.raises(LoraError) as early:
+            check_lora_file(bad)
+        assert str(early.value) == message
 
 
 def test_a_fused_lora_is_refused_by_the_sampler_in_one_line(twins, loras):

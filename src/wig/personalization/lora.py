@@ -48,16 +48,15 @@ def lora_file(path: str | os.PathLike) -> Path:
 
 
 def check_lora_file(path: str | os.PathLike) -> Path:
-    """A LoRA file (or folder) whose every tensor is a finite float, checked one tensor at a time
-    without a model: what can be checked before a pipeline exists (`_check_fits` then places
-    each key in the model)."""
+    """A LoRA file (or folder) checked without a model — what can be checked before a pipeline
+    exists (a `given` LoRA, in its resolve rule): every tensor a finite float, every matrix with
+    its partner and rank, the metadata agreeing with them (`_lora_pairs`, `_check_metadata`);
+    `load_lora` then places each key in the model."""
     path = lora_file(path)
-    with safe_open(str(path), framework="pt") as f:
-        keys = list(f.keys())
-        if not any(_is_lora_matrix(k) for k in keys):
-            raise LoraError(f"no LoRA weights in {path}")
-        for key in keys:
-            _check_values(path, key, f.get_tensor(key))
+    state = load_file(str(path))
+    if not any(_is_lora_matrix(k) for k in state):
+        raise LoraError(f"no LoRA weights in {path}")
+    _check_metadata(path, _lora_pairs(state, path), lora_metadata(path))
     return path
 
 
@@ -110,8 +109,9 @@ def load_lora(pipe, path: str | os.PathLike, adapter_name: str) -> None:
     n_lora = sum(1 for k in state if _is_lora_matrix(k))
     if n_lora == 0:
         raise LoraError(f"no LoRA weights in {path}")
-    pairs = _check_fits(pipe, state, path)
+    pairs = _lora_pairs(state, path)
     _check_metadata(path, pairs, lora_metadata(path))
+    _check_fits(pipe, pairs, path)
     try:
         # the file itself, as stock diffusers reads it: its header's metadata comes with it
         pipe.load_lora_weights(str(path), adapter_name=adapter_name, use_safetensors=True)
@@ -135,18 +135,15 @@ def load_lora(pipe, path: str | os.PathLike, adapter_name: str) -> None:
         )
 
 
-def _check_fits(pipe, state: Mapping[str, torch.Tensor], path: Path) -> dict[str, dict[str, tuple[str, torch.Tensor]]]:
-    """Name the first key of a diffusers/PEFT-format LoRA that is not a LoRA matrix, holds NaN or
-    inf, lacks its partner (A without B), disagrees with it on the rank, or misses or mismatches
-    its layer (a linear layer's matrices, a convolution's kernels: A (r, in, kh, kw) with the
-    layer's kernel, B (out, r, 1, 1)) — before diffusers sees the file (its errors name no key,
-    or only warn). Returns the A/B pairs by ``<component>.<module>``.
+Pairs = dict[str, dict[str, tuple[str, torch.Tensor]]]  # "<component>.<module>" -> {"A"/"B": (key, tensor)}
 
-    (Other formats, e.g. kohya's, are converted by diffusers and checked by the count after it.)
-    """
-    missing = []
-    pairs: dict[str, dict[str, tuple[str, torch.Tensor]]] = {}
-    modules = _named_modules(pipe)
+
+def _lora_pairs(state: Mapping[str, torch.Tensor], path: Path) -> Pairs:
+    """The A/B pairs of a diffusers/PEFT-format LoRA by ``<component>.<module>``, with the first key
+    that is not a LoRA matrix, holds NaN or inf, lacks its partner (A without B) or disagrees with
+    it on the rank named — what can be checked without a model. (Other formats, e.g. kohya's, are
+    converted by diffusers and checked by the count after it.)"""
+    pairs: Pairs = {}
     for key, tensor in state.items():
         if not (_is_lora_matrix(key) or key.endswith(".alpha")):
             raise LoraError(f"LoRA {path}: unexpected key {key} (not a LoRA matrix)")
@@ -155,37 +152,49 @@ def _check_fits(pipe, state: Mapping[str, torch.Tensor], path: Path) -> dict[str
         match = _PEFT_OR_DIFFUSERS.match(rest)
         if match is None:
             continue
-        module_name, kind = match["module"], "A" if match["kind"] in ("lora_A", "lora.down") else "B"
-        pairs.setdefault(f"{component}.{module_name}", {})[kind] = (key, tensor)
-        layer = modules.get(f"{component}.{module_name}")
-        if layer is None or not hasattr(layer, "weight"):
-            missing.append(key)
-            continue
-        weight = layer.weight
-        expected = weight.shape[1] if kind == "A" else weight.shape[0]
-        got = tensor.shape[1] if kind == "A" and tensor.ndim > 1 else tensor.shape[0]
-        kernel = weight.shape[2:] if kind == "A" else (1,) * (weight.ndim - 2)
-        if tensor.ndim != weight.ndim or expected != got or tuple(tensor.shape[2:]) != tuple(kernel):
-            raise LoraError(
-                f"LoRA {path} does not fit the model: {key} has shape {tuple(tensor.shape)}, "
-                f"layer {component}.{module_name} has weight {tuple(weight.shape)}"
-            )
+        kind = "A" if match["kind"] in ("lora_A", "lora.down") else "B"
+        pairs.setdefault(f"{component}.{match['module']}", {})[kind] = (key, tensor)
     for module, pair in pairs.items():
         if len(pair) == 1:
             ((kind, (key, _)),) = pair.items()
             other = "B (up)" if kind == "A" else "A (down)"
             raise LoraError(f"LoRA {path}: {key} has no {other} partner for {module}")
         (key_a, a), (key_b, b) = pair["A"], pair["B"]
+        if a.ndim < 2 or b.ndim < 2:
+            raise LoraError(f"LoRA {path}: {key_a if a.ndim < 2 else key_b} is not a matrix ({a.ndim}-D)")
         if a.shape[0] != b.shape[1]:
             raise LoraError(f"LoRA {path}: rank of {key_a} ({a.shape[0]}) differs from {key_b} ({b.shape[1]})")
+    return pairs
+
+
+def _check_fits(pipe, pairs: Pairs, path: Path) -> None:
+    """Name the first key of ``pairs`` that misses or mismatches its layer (a linear layer's
+    matrices, a convolution's kernels: A (r, in, kh, kw) with the layer's kernel, B (out, r, 1, 1))
+    before diffusers sees the file (its errors name no key, or only warn)."""
+    missing = []
+    modules = _named_modules(pipe)
+    for module, pair in pairs.items():
+        layer = modules.get(module)
+        for kind, (key, tensor) in sorted(pair.items()):
+            if layer is None or not hasattr(layer, "weight"):
+                missing.append(key)
+                continue
+            weight = layer.weight
+            expected = weight.shape[1] if kind == "A" else weight.shape[0]
+            got = tensor.shape[1] if kind == "A" else tensor.shape[0]
+            kernel = weight.shape[2:] if kind == "A" else (1,) * (weight.ndim - 2)
+            if tensor.ndim != weight.ndim or expected != got or tuple(tensor.shape[2:]) != tuple(kernel):
+                raise LoraError(
+                    f"LoRA {path} does not fit the model: {key} has shape {tuple(tensor.shape)}, "
+                    f"layer {module} has weight {tuple(weight.shape)}"
+                )
     if missing:
         raise LoraError(
             f"LoRA {path} does not fit the model: {len(missing)} keys name layers the model lacks, e.g. {missing[0]}"
         )
-    return pairs
 
 
-def _check_metadata(path: Path, pairs: Mapping[str, Mapping[str, tuple[str, torch.Tensor]]], metadata) -> None:
+def _check_metadata(path: Path, pairs: Pairs, metadata) -> None:
     """The metadata diffusers builds each component's ``LoraConfig`` from must say what the tensors
     are: an alpha and a rank (peft's defaults would silently set the strength), and for every
     module the rank its ``r`` / ``rank_pattern`` gives. A component the metadata does not cover is
