@@ -3,15 +3,16 @@ names its paths use, every config error naming its key — no Snakemake subproce
 
 import copy
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 from PIL import Image
-from snakemake.utils import validate
 
 from wig.guidance.grid import canonical
 from wig.personalization import make
+from wig.workflow.config_schema import read_config
 from wig.workflow.model import GenerationJob, StudyError, TrainingRun, class_slug
 from wig.workflow.study import Study
 
@@ -37,7 +38,7 @@ def _config(path=".test/config/tiny.yaml", all_finetunes=False, **changes):
         for part in parents:
             target = target[part]
         target[key] = value
-    validate(config, str(ROOT / "config/schema.yaml"))  # fills the defaults, as the workflow does
+    read_config(config, ROOT / "config/schema.yaml")  # numbers as typed, the defaults filled, as the workflow does
     return config
 
 
@@ -620,3 +621,98 @@ def test_search_errors_name_their_key_before_any_job(change, message):
     with pytest.raises(StudyError) as err:
         Study.from_config(_config(search=[entry]))
     assert message in str(err.value)
+
+
+# --- configs as people write them ------------------------------------------------------------------
+
+
+def _yaml(text: str):
+    """A value as PyYAML reads it from a config file (YAML 1.1: ``1e-4`` is a string)."""
+    return yaml.safe_load(f"value: {text}")["value"]
+
+
+def test_numbers_as_people_type_them_mean_what_they_say():
+    """``lr: 1e-4`` unquoted (a string to PyYAML), ``steps: 500.0``, ``max_prompts: 2.0``,
+    ``points_per_job: 2.0``: the study planned from them is the study planned from the canonical
+    spellings, each setting with its type (int steps, float lr)."""
+    assert _yaml("1e-4") == "1e-4" and _yaml("500.0") == 500.0  # what PyYAML hands the workflow
+    typed = _config(
+        personalization__lr=_yaml("1e-4"),
+        personalization__steps=_yaml("500.0"),
+        personalization__weak_step=_yaml("1.25e+2"),
+        dataset__max_prompts=_yaml("2.0"),
+        sampling__points_per_job=_yaml("2.0"),
+        sampling__steps=_yaml("1E1"),
+    )
+    canonical = _config(
+        personalization__lr=1.0e-4,
+        personalization__steps=500,
+        personalization__weak_step=125,
+        dataset__max_prompts=2,
+        sampling__points_per_job=2,
+        sampling__steps=10,
+    )
+    # the schema's keys as their numbers; a method's settings (open to the schema) in its checked object
+    assert {k: v for k, v in typed.items() if k != "personalization"} == {
+        k: v for k, v in canonical.items() if k != "personalization"
+    }
+    assert [type(typed["dataset"]["max_prompts"]), type(typed["sampling"]["points_per_job"])] == [int, int]
+    study, reference = Study.from_config(typed), Study.from_config(canonical)
+    for name, model in study.models.items():
+        method = model.finetunes["db-lora"].method
+        assert (method.lr, method.steps, method.weak_step) == (1e-4, 500, 125)
+        assert [type(method.lr), type(method.steps), type(method.weak_step)] == [float, int, int]
+        # what a job's params hold (Snakemake's rerun trigger): the same values, the same types
+        settings = reference.models[name].finetunes["db-lora"].method.settings()
+        assert method.settings() == settings
+        assert {k: type(v) for k, v in method.settings().items()} == {k: type(v) for k, v in settings.items()}
+        assert list(model.point_chunks) == list(reference.models[name].point_chunks)
+    assert _counts(study) == _counts(reference)
+    assert all(len(p) == 2 for p in study.prompts.values())
+
+
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [
+        ({"personalization__steps": 2.5}, r"steps must be an integer, got 2\.5"),
+        ({"personalization__lr": "fast"}, r"lr must be a number, got 'fast'"),
+        ({"dataset__max_prompts": 2.5}, r"dataset\.max_prompts: 2\.5 is not of type 'integer'"),
+        ({"sampling__points_per_job": "2.5"}, r"sampling\.points_per_job: 2\.5 is not of type 'integer'"),
+        ({"sampling__steps": "1e400"}, r"sampling\.steps: inf is not of type 'integer'"),
+    ],
+    ids=["steps-2.5", "lr-word", "max-prompts-2.5", "points-per-job-2.5-string", "steps-overflow"],
+)
+def test_a_number_with_no_integer_meaning_is_refused_in_one_line_naming_the_key(changes, key):
+    from wig.errors import WigError
+
+    with pytest.raises(WigError) as err:
+        Study.from_config(_config(**changes))
+    message = str(err.value)
+    assert "\n" not in message and re.search(key, message), message
+
+
+def test_an_unreadable_photo_is_named_when_the_config_is_read(tmp_path):
+    """A zero-byte (or foreign) file among a concept's photos stops the study as its config is read —
+    before any job, before any model is built — in one line naming the file."""
+    from wig.errors import WigError
+
+    root = tmp_path / "images"
+    shutil.copytree(ROOT / "resources/datasets/demo/images", root)
+    folder = sorted(p for p in root.iterdir() if p.is_dir())[0]
+    (folder / "zz_broken.jpg").write_bytes(b"")
+    with pytest.raises(WigError) as err:
+        Study.from_config(_config(dataset__root=str(root)))
+    assert "\n" not in str(err.value) and f"{folder / 'zz_broken.jpg'}: an empty file (0 bytes)" in str(err.value)
+    (folder / "zz_broken.jpg").write_bytes(b"not a picture at all")
+    with pytest.raises(WigError, match=r"zz_broken\.jpg: not a readable image"):
+        Study.from_config(_config(dataset__root=str(root)))
+
+
+def test_guidance_values_as_people_type_them_are_the_same_grid_points():
+    typed = Study.from_config(_config(guidance=[{"method": "pg", "scale": [_yaml("7.5e0"), 5], "omega": _yaml("0")}]))
+    canonical = Study.from_config(_config(guidance=[{"method": "pg", "scale": [7.5, 5.0], "omega": 0.0}]))
+    for name, model in typed.models.items():
+        assert [p.key for p in model.points] == [p.key for p in canonical.models[name].points]
+        assert [p.settings() for p in model.points] == [p.settings() for p in canonical.models[name].points]
+    with pytest.raises(Exception, match=r"omega.*'zero'|'zero'.*omega"):
+        Study.from_config(_config(guidance=[{"method": "pg", "scale": 7.5, "omega": "zero"}]))

@@ -70,6 +70,34 @@ def test_config_errors_stop_before_any_job(tmp_path, changes, message):
     assert not (workdir / "results").exists()
 
 
+def test_a_config_typed_as_people_type_it_plans_the_canonical_study(tmp_path):
+    """``lr: 1e-3`` unquoted (a string to PyYAML), ``steps: 6.0``, ``max_prompts: 1.0`` in the config
+    file: Snakemake plans the jobs the canonical spellings plan."""
+    config = _small_config()
+    canonical = _planned(_workdir(tmp_path / "canonical", config))
+    workdir = _workdir(tmp_path / "typed", config)
+    text = (workdir / "config/config.yaml").read_text()
+    typed = re.sub(r"(?m)^(  lr: )0\.001$", r"\g<1>1e-3", text)
+    typed = re.sub(r"(?m)^(  steps: )6$", r"\g<1>6.0", typed, count=1)
+    typed = re.sub(r"(?m)^(  max_prompts: )1$", r"\g<1>1.0", typed)
+    assert typed.count("1e-3") == 1 and typed.count("6.0") == 1 and typed.count("max_prompts: 1.0") == 1
+    (workdir / "config/config.yaml").write_text(typed)
+    assert _planned(workdir) == canonical
+
+
+def test_an_empty_photo_stops_planning_in_one_line_naming_it(tmp_path):
+    config = _small_config()
+    workdir = _workdir(tmp_path, _edit(config, dataset__root="photos"))
+    shutil.copytree(ROOT / "resources/datasets/demo/images", workdir / "photos")
+    (workdir / "photos/brown_dog/zz.jpg").write_bytes(b"")
+    proc = _snakemake(workdir, "-n")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Job stats" not in out
+    assert "photos/brown_dog/zz.jpg: an empty file (0 bytes), not an image" in out, out[-2000:]
+    assert "Traceback" not in out and not (workdir / "results").exists()
+    assert len([line for line in out.splitlines() if line.strip()]) <= 4, out
+
+
 def test_more_gpu_jobs_than_device_ids_stop_before_any_job(tmp_path):
     config = _small_config()
     config["runtime"]["gpus"] = [0, 1]

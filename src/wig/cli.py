@@ -733,9 +733,8 @@ def _cmd_embed(args) -> None:
 
 def _cmd_plan(args) -> None:
     import yaml
-    from snakemake.utils import validate
 
-    from wig.workflow.config_schema import schema_error
+    from wig.workflow.config_schema import read_config
     from wig.workflow.cost import estimate_lines, measured_rates, study_cost
     from wig.workflow.study import Study
 
@@ -749,10 +748,7 @@ def _cmd_plan(args) -> None:
         raise WigError(f"--configfile {args.configfile}: {first}") from None
     if not isinstance(config, dict):
         raise WigError(f"--configfile {args.configfile}: not a mapping of settings")
-    problem = schema_error(config, schema)
-    if problem is not None:
-        raise WigError(f"--configfile {args.configfile}: {problem}")
-    validate(config, str(schema))  # fills in the defaults, as the workflow does
+    read_config(config, schema, where=f"--configfile {args.configfile}")  # as the workflow reads it
     study = Study.from_config(config)
     cost = study_cost(study)
     for line in cost.lines() + estimate_lines(cost, measured_rates(study, args.results)):

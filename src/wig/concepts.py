@@ -370,6 +370,24 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.I
         Image.MAX_IMAGE_PIXELS = previous
 
 
+def check_image_headers(files) -> None:
+    """Each file opens as an image — its header alone, cheap enough to run when a config is read —
+    or a `ConceptError` names it in one line: an empty (zero-byte) or foreign file among a concept's
+    photos stops the study before any job (rule prepare decodes them in full, `load_image`)."""
+    for path in map(Path, files):
+        try:
+            if path.stat().st_size == 0:
+                raise ConceptError(f"{path}: an empty file (0 bytes), not an image")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path):
+                    pass
+        except Image.DecompressionBombError:
+            continue  # a pixel count rule prepare refuses at the configured limit
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as err:
+            raise ConceptError(f"{path}: not a readable image ({err})") from None
+
+
 def fit_within(image: Image.Image, max_side: int) -> Image.Image:
     """``image`` with its long side at most ``max_side`` (LANCZOS, aspect kept), else itself."""
     if max(image.size) <= max_side:

@@ -8,8 +8,11 @@ Ground floor: imports nothing of wig but its errors, so every layer may use it.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from pathlib import Path
+from typing import Any
 
 from wig.errors import WigError
 
@@ -39,6 +42,24 @@ def read_json(path: str | os.PathLike, what: str, error: type[WigError] = WigErr
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise error(f"{path}:{err.lineno}: {what} is not valid JSON ({err.msg})") from None
+
+
+# a number as people type it (YAML 1.2's float and int forms, which PyYAML's 1.1 reads as strings
+# when they lack a dot or have a sign on the exponent): 1e-4, 1E4, +2, -0.5, .5, 5.
+_NUMBER = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?$")
+
+
+def number(value: Any, integer: bool = False) -> Any:
+    """``value`` as the number it spells, where that is unambiguous: a string of digits such as
+    ``"1e-4"`` or ``"500"`` becomes a float or int; with ``integer``, a whole float (``500.0``,
+    ``"5e2"``) becomes an int. Anything else (``2.5`` for an integer, ``"fast"``, a bool, inf) is
+    returned as it is, for the checker to refuse naming its key."""
+    if isinstance(value, str) and _NUMBER.match(value.strip()):
+        text = value.strip()
+        value = int(text) if re.fullmatch(r"[-+]?[0-9]+", text) else float(text)
+    if integer and isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return value
 
 
 def value_problem(tensor, floats: bool = True) -> str | None:

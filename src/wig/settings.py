@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from wig.errors import WigError, unknown
+from wig.readers import number
 
 
 def param(
@@ -40,8 +41,9 @@ def type_name(field: dataclasses.Field) -> str:
 
 
 def check_settings(obj: Any, owner: str) -> None:
-    """Check (and, for float fields, coerce ints to float) every field of the dataclass ``obj``
-    against its metadata; raise `WigError` naming ``owner`` and the field."""
+    """Check (and, for float fields, coerce ints to float; for numbers typed as strings or whole
+    floats for integers, `wig.readers.number`) every field of the dataclass ``obj`` against its
+    metadata; raise `WigError` naming ``owner`` and the field."""
     for f in dataclasses.fields(obj):
         value, meta, kind = getattr(obj, f.name), f.metadata, type_name(f)
         if meta.get("choices"):
@@ -58,6 +60,8 @@ def check_settings(obj: Any, owner: str) -> None:
                 raise WigError(f"{owner}: {f.name} must be a string, got {value!r}")
             continue
         if kind == STEPS:
+            if isinstance(value, (list, tuple)):  # 500.0 or "5e2" for 500: numbers as people type them
+                value = [number(v, integer=True) for v in value]
             if not isinstance(value, (list, tuple)) or any(
                 isinstance(v, bool) or not isinstance(v, int) for v in value
             ):
@@ -70,10 +74,13 @@ def check_settings(obj: Any, owner: str) -> None:
                 raise WigError(f"{owner}: {f.name} repeats a value: {list(value)}")
             object.__setattr__(obj, f.name, tuple(sorted(value)))
             continue
+        # numbers as people type them: lr 1e-4 (a string to YAML 1.1), steps 500.0; 2.5 steps is refused
+        value = number(value, integer=kind == "int")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise WigError(f"{owner}: {f.name} must be a number, got {value!r}")
         if kind == "int" and not isinstance(value, int):
             raise WigError(f"{owner}: {f.name} must be an integer, got {value!r}")
+        object.__setattr__(obj, f.name, value)
         low, high, above = meta.get("low"), meta.get("high"), meta.get("above")
         if not math.isfinite(value):
             if low is not None and high is not None:

@@ -8,24 +8,20 @@ import sys
 from argparse import Namespace
 from pathlib import Path
 
-from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
 from wig.concepts import image_files
 from wig.errors import WigError
 from wig.kernels import PINNED
-from wig.workflow.config_schema import schema_error
+from wig.workflow.config_schema import read_config
 from wig.gpus import check_resources, device_ids, scheduler_assigned
 from wig.provenance import code_hash
 from wig.workflow.model import canon
 from wig.workflow.study import Study
 
 try:
-    validate(config, workflow.source_path("../../config/schema.yaml"))  # fills in the schema's defaults
-except WorkflowError:  # its message is the whole schema and config: say the key instead, in one line
-    raise ValueError(f"config: {schema_error(config, workflow.source_path('../../config/schema.yaml'))}") from None
-
-try:
+    # numbers as people type them (lr: 1e-4, steps: 500.0), the schema's first violation in one line,
+    # its defaults filled in
+    read_config(config, workflow.source_path("../../config/schema.yaml"))
     STUDY = Study.from_config(config)
     # a local run spreads GPU jobs over the device ids (wig.gpus): no more of them at once than ids
     if workflow.local_exec and not scheduler_assigned():

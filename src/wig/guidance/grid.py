@@ -13,6 +13,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from wig.errors import WigError
 from wig.guidance import GuidanceMethod, canonical, make, method_class, parameters
 from wig.guidance.base import foreign_setting
+from wig.readers import number
 from wig.settings import type_name
 
 __all__ = ["canonical", "expand", "job_chunks"]
@@ -20,6 +21,8 @@ __all__ = ["canonical", "expand", "job_chunks"]
 
 def _values(value: Any, kind: str) -> list:
     values = value if isinstance(value, list) else [value]
+    if kind in ("float", "int"):  # numbers as people type them: 1e-3 (a string to YAML 1.1), 2.0 for 2
+        values = [number(v, integer=kind == "int") for v in values]
     if kind != "float":  # an int setting (a checkpoint's step) is checked by the method as given
         return values
     # floats canonical: the value a path spells is the value a job uses

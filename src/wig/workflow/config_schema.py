@@ -1,8 +1,16 @@
-"""A config's schema errors in one line: the key, where it sits, and the nearest valid key.
+"""A config read as people write it, and its schema errors in one line: the key, where it sits,
+and the nearest valid key.
+
+Numbers come in the forms people type: PyYAML reads YAML 1.1, where ``lr: 1e-4`` (every DreamBooth
+recipe's spelling) is a *string* (1.1 floats need a dot: ``1.0e-4``), and ``steps: 500.0`` is a
+float. `coerce_numbers` reads a string that is a number where the schema takes a number, and a
+whole float where it takes an integer, as that number; ``2.5`` where an integer belongs stays, and
+the schema refuses it naming the key (`read_config`). `number` does the same for the settings the
+methods declare (`wig.settings`), which the schema leaves open (`wig.readers.number`).
 
 Snakemake's ``validate`` reports a violation with the whole schema and the whole config (1,287
-lines for one misspelt top-level key). The workflow still validates with it — it fills the
-schema's defaults in — and, when it refuses, asks `schema_error` for the line to show instead.
+lines for one misspelt top-level key). `read_config` still validates with it — it fills the
+schema's defaults in — after asking `schema_error` for the line to show instead.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import os
 from typing import Any, Mapping
 
 from wig.errors import WigError
+from wig.readers import number
 
 
 def _where(path) -> str:
@@ -66,3 +75,75 @@ def check_schema(config: Mapping[str, Any], schema_file: str | os.PathLike) -> N
     line = schema_error(config, schema_file)
     if line is not None:
         raise WigError(line)
+
+
+def _types(schema: Mapping[str, Any]) -> set[str]:
+    kind = schema.get("type", ())
+    return {kind} if isinstance(kind, str) else set(kind)
+
+
+def _resolve(schema: Any, root: Mapping[str, Any]) -> Any:
+    while isinstance(schema, Mapping) and "$ref" in schema and str(schema["$ref"]).startswith("#/"):
+        target: Any = root
+        for part in schema["$ref"][2:].split("/"):
+            target = target[part]
+        schema = target
+    return schema
+
+
+def coerce_numbers(config: Any, schema: Mapping[str, Any], root: Mapping[str, Any] | None = None) -> Any:
+    """``config`` with every scalar the schema types as a number or integer read by `number` (in
+    place for mappings and lists, which are also returned)."""
+    root = schema if root is None else root
+    schema = _resolve(schema, root)
+    if not isinstance(schema, Mapping):
+        return config
+    for key in ("oneOf", "anyOf"):  # an alternative of the value's own shape
+        for option in schema.get(key, ()):
+            option = _resolve(option, root)
+            kinds = _types(option)
+            if (isinstance(config, Mapping) and "object" in kinds) or (isinstance(config, list) and "array" in kinds):
+                return coerce_numbers(config, option, root)
+        if not isinstance(config, (Mapping, list)) and key in schema:
+            kinds = set().union(*(_types(_resolve(o, root)) for o in schema[key]))
+            return _scalar(config, kinds)
+    if isinstance(config, Mapping):
+        properties = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        for k in list(config):
+            sub = properties.get(k, extra if isinstance(extra, Mapping) else None)
+            if sub is not None:
+                config[k] = coerce_numbers(config[k], sub, root)
+        return config
+    if isinstance(config, list):
+        items = schema.get("items")
+        if isinstance(items, Mapping):
+            for i, item in enumerate(config):
+                config[i] = coerce_numbers(item, items, root)
+        return config
+    return _scalar(config, _types(schema))
+
+
+def _scalar(value: Any, kinds: set[str]) -> Any:
+    """A scalar read by `number` where the schema takes a number; a string stays one where the schema
+    takes strings too (its reader decides: a guidance value, a GPU id)."""
+    if isinstance(value, bool) or not kinds & {"number", "integer"} or (isinstance(value, str) and "string" in kinds):
+        return value
+    return number(value, integer="integer" in kinds and "number" not in kinds)
+
+
+def read_config(config: dict, schema_file: str | os.PathLike, where: str | None = None) -> dict:
+    """``config`` as the workflow reads it: numbers as people type them (`coerce_numbers`), checked
+    against the schema (the first violation in one line, after ``where:`` if given, as a `WigError`),
+    its defaults filled in (Snakemake's ``validate``). In place; also returned."""
+    import yaml
+    from snakemake.utils import validate
+
+    with open(schema_file, encoding="utf-8") as f:
+        schema = yaml.safe_load(f)
+    coerce_numbers(config, schema)
+    line = schema_error(config, schema_file)
+    if line is not None:
+        raise WigError(f"{where}: {line}" if where else line)
+    validate(config, str(schema_file))  # fills in the schema's defaults
+    return config

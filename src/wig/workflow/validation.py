@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from wig.branches import WEAK, adapter_step
-from wig.concepts import TEXTS, Concept, image_files, read_dreambooth, read_sheet
+from wig.concepts import TEXTS, Concept, check_image_headers, image_files, read_dreambooth, read_sheet
 from wig.errors import WigError, unknown
 from wig.evaluation.encoders import ENCODERS, encoder_class
 from wig.evaluation.metrics import REGISTRY as METRICS
@@ -82,7 +82,7 @@ def parse(config: Mapping[str, Any]) -> tuple:
     for cid, concept in concepts.items():
         try:
             if ds.get("root") and not (ds.get("fetch") or ds.get("render")):  # else prepare checks them
-                image_files(Path(ds["root"]) / concept.folder)
+                check_image_headers(image_files(Path(ds["root"]) / concept.folder))
             prompts[cid] = tuple(concept.prompts(ds["identifier"])[: ds["max_prompts"]])
         except WigError as err:
             raise StudyError(f"concept {cid}: {err}") from None
