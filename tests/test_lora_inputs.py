@@ -283,3 +283,31 @@ def test_a_fused_lora_is_refused_by_the_sampler_in_one_line(twins, loras):
     pipe.unfuse_lora(components=["unet"])
     after = sample_latents(pipe, Guidance("pg", 5.0, omega=OMEGA), request(), progress=False)
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+
+
+def _with_key(suffix, make):
+    def edit(state):
+        some = next(k for k in state if k.endswith("lora_B.weight"))
+        state[some.removesuffix("lora_B.weight") + suffix] = make(state[some])
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "why"),
+    [
+        (_with_key("lora_B.bias", lambda b: torch.zeros(b.shape[0])), r"lora_B\.bias \(a LoRA bias"),
+        (_with_key("lora_magnitude_vector", lambda b: torch.ones(b.shape[0])), r"magnitude_vector \(DoRA"),
+    ],
+    ids=["lora-bias", "dora"],
+)
+def test_what_a_scale_does_not_multiply_is_refused_naming_the_key(twins, loras, tmp_path, edit, why):
+    """A LoRA bias or a DoRA magnitude (stock diffusers loads both) is not linear in the LoRA's scale,
+    so θω would not be θ + ω·ΔW: refused in one line, by the resolve check and by the loader."""
+    bad = _rewrite(loras["sdxl", "alpha-patterns-conv"].file, tmp_path / "bad.safetensors", edit_state=edit)
+    with pytest.raises(LoraError, match=why) as early:
+        check_lora_file(bad)
+    pipe = load_pipeline(str(twins["sdxl"]), device="cpu", dtype="float32")
+    with pytest.raises(LoraError) as late:
+        load_lora(pipe, bad, "full")
+    assert str(late.value) == str(early.value) and "\n" not in str(late.value) and str(bad) in str(late.value)

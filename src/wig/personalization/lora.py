@@ -146,7 +146,7 @@ def _lora_pairs(state: Mapping[str, torch.Tensor], path: Path) -> Pairs:
     pairs: Pairs = {}
     for key, tensor in state.items():
         if not (_is_lora_matrix(key) or key.endswith(".alpha")):
-            raise LoraError(f"LoRA {path}: unexpected key {key} (not a LoRA matrix)")
+            raise LoraError(f"LoRA {path}: unexpected key {key} ({_not_a_matrix(key)})")
         _check_values(path, key, tensor)
         component, _, rest = key.partition(".")
         match = _PEFT_OR_DIFFUSERS.match(rest)
@@ -224,6 +224,15 @@ def _check_metadata(path: Path, pairs: Pairs, metadata) -> None:
                     f"LoRA {path}: {key_a} has rank {a.shape[0]}, its {LORA_METADATA_KEY} says {expected} "
                     f"({component}.r / rank_pattern)"
                 )
+
+
+def _not_a_matrix(key: str) -> str:
+    """Why a key of a LoRA file is none of its matrices, for the refusal."""
+    if key.endswith(".bias") and any(t in key for t in ("lora_B", "lora.up", "lora_up")):
+        return "a LoRA bias (peft's lora_bias), which a scale does not multiply: PG's θω would be wrong"
+    if "magnitude" in key or "dora_scale" in key:
+        return "DoRA's magnitude vector: a DoRA's output is not linear in its scale"
+    return "not a LoRA matrix"
 
 
 def _is_lora_matrix(key: str) -> bool:
