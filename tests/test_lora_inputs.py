@@ -311,3 +311,23 @@ def test_what_a_scale_does_not_multiply_is_refused_naming_the_key(twins, loras, 
     with pytest.raises(LoraError) as late:
         load_lora(pipe, bad, "full")
     assert str(late.value) == str(early.value) and "\n" not in str(late.value) and str(bad) in str(late.value)
+
+
+def test_a_folder_with_one_lora_file_named_otherwise_is_read_as_stock_reads_it(twins, loras, tmp_path):
+    """kohya's files keep their own names; stock load_lora_weights(folder) takes a folder's one
+    safetensors file, and so does wig. Two files in the folder: refused, naming them."""
+    import shutil
+
+    lora = loras["sd", "kohya"]
+    folder = tmp_path / "kohya"
+    folder.mkdir()
+    shutil.copy(lora.file, folder / "my_subject_v2.safetensors")
+    ours = load_pipeline(str(twins["sd"]), device="cpu", dtype="float32")
+    attach_loras(ours, folder)
+    scalings = {n: m.scaling["full"] for n, m in ours.unet.named_modules() if hasattr(m, "scaling")}
+    stock = StableDiffusionPipeline.from_pretrained(str(twins["sd"]), safety_checker=None)
+    stock.load_lora_weights(str(folder), adapter_name="full")
+    assert scalings == {n: m.scaling["full"] for n, m in stock.unet.named_modules() if hasattr(m, "scaling")}
+    shutil.copy(lora.file, folder / "another.safetensors")
+    with pytest.raises(LoraError, match=r"holds 2 safetensors files \(another\.safetensors, my_subject_v2"):
+        attach_loras(load_pipeline(str(twins["sd"]), device="cpu", dtype="float32"), folder)

@@ -33,9 +33,19 @@ class LoraError(WigError):
 
 
 def lora_file(path: str | os.PathLike) -> Path:
-    """The safetensors file of a LoRA given as the file or its diffusers folder."""
+    """The safetensors file of a LoRA given as the file or its folder: the folder's
+    ``pytorch_lora_weights.safetensors``, else its one ``.safetensors`` file (as stock
+    ``load_lora_weights`` picks it: a kohya or hub LoRA named otherwise); several are refused,
+    named, where stock diffusers would warn and take the first."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and not (path / LORA_WEIGHT_NAME).is_file():
+        found = sorted(p.name for p in path.glob("*.safetensors") if p.is_file())
+        if len(found) > 1:
+            raise LoraError(
+                f"LoRA folder {path} holds {len(found)} safetensors files ({', '.join(found)}): name the file"
+            )
+        path = path / (found[0] if found else LORA_WEIGHT_NAME)
+    elif path.is_dir():
         path = path / LORA_WEIGHT_NAME
     if not path.is_file():
         raise LoraError(f"LoRA not found: {path}")
