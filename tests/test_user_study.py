@@ -53,14 +53,27 @@ def test_the_same_seed_draws_the_same_sets_ids_and_orders_and_another_seed_other
     with pytest.raises(UserStudyError, match="40 .concept, prompt, seed. samples, fewer than the 41 sets"):
         draw_sets(entries, 41, seed=0)
 
+    # the design is the seed's (sets, repeats, every rater's orders of sets and methods); the ids are
+    # secret, drawn anew for every build
     a, b = make_user_study(tmp_path / "a", seed=7), make_user_study(tmp_path / "b", seed=7)
-    assert (a / "study.json").read_bytes() == (b / "study.json").read_bytes()
-    assert sorted(p.name for p in (a / "images").iterdir()) == sorted(p.name for p in (b / "images").iterdir())
-    study = UserStudy.load(a)
-    assert study.plan(5) == UserStudy.load(b).plan(5)  # same seed, same rater: the same orders
-    assert study.plan(5) != study.plan(6)
-    other = UserStudy.load(make_user_study(tmp_path / "c", seed=8))
-    assert other.sha256 != study.sha256
+    study, again = UserStudy.load(a), UserStudy.load(b)
+    assert _design(study, 5) == _design(again, 5)  # same seed, same rater: the same orders
+    assert _design(study, 5) != _design(study, 6)
+    assert not {p.name for p in (a / "images").iterdir()} & {p.name for p in (b / "images").iterdir()}
+    assert not set(study.sets) & set(again.sets) and study.sha256 != again.sha256
+    assert _design(UserStudy.load(make_user_study(tmp_path / "c", seed=8)), 5) != _design(study, 5)
+
+
+def _design(study, rater):
+    """What the seed fixes of a rater's view: per shown set, its source, whether it repeats one, and
+    the permutation of its stored images (sorted by their secret ids, so which method sits where is
+    the secret's, not the seed's)."""
+    view = []
+    for set_id, images in study.plan(rater):
+        s = study.sets[set_id]
+        stored = list(s["images"])  # a repeat's order is drawn until its methods' order differs: secret
+        view.append((s["source"], s["repeat_of"] is not None, s["repeat_of"] or [stored.index(i) for i in images]))
+    return [(source, repeat, None if repeat else perm) for source, repeat, perm in view]
 
 
 def test_every_rater_sees_each_set_once_and_the_attention_check_later_reshuffled(tmp_path):
@@ -74,7 +87,9 @@ def test_every_rater_sees_each_set_once_and_the_attention_check_later_reshuffled
         shown = dict(plan)
         for repeat, original in repeats.items():
             assert order.index(repeat) > order.index(original)
-            assert sorted(shown[repeat]) == sorted(shown[original]) and shown[repeat] != shown[original]
+            methods = [[study.sets[s]["images"][i] for i in shown[s]] for s in (repeat, original)]
+            assert sorted(methods[0]) == sorted(methods[1]) and methods[0] != methods[1]
+            assert not set(shown[repeat]) & set(shown[original])  # fresh ids
         for set_id, images in plan:
             assert sorted(images) == sorted(study.sets[set_id]["images"])
     # the image orders are spread: over 39 raters each of the 3 images is shown first
@@ -541,13 +556,15 @@ def _votes(study: UserStudy, choices: dict[int, dict[str, list[str]]]):
                 choice = UNDECIDED if method == UNDECIDED else by_label[s["id"]][method]
                 rows.append((rater, s["id"], question, choice, "t"))
             for s in study.data["sets"]:
-                if s["repeat_of"]:
+                if s["repeat_of"]:  # the same method again, under the repeat's own image id
+                    first = next(r[3] for r in rows if r[:3] == (rater, s["repeat_of"], question))
+                    method = study.sets[s["repeat_of"]]["images"].get(first, UNDECIDED)
                     rows.append(
                         (
                             rater,
                             s["id"],
                             question,
-                            next(r[3] for r in rows if r[:3] == (rater, s["repeat_of"], question)),
+                            UNDECIDED if method == UNDECIDED else {m: i for i, m in s["images"].items()}[method],
                             "t",
                         )
                     )
@@ -677,3 +694,171 @@ def test_the_server_imports_neither_torch_nor_diffusers():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]"
+
+
+# --- blind for real: a rater holding the code, the config and their token ---------------------------
+
+
+def _attacker_view(app, token):
+    """Everything the server sends one rater, walking their whole plan: per shown set its id, prompt,
+    image ids in the shown order and each image's response headers and bytes."""
+    client = app.test_client()
+    seen = []
+    state = client.get(f"/api/{token}/state").get_json()
+    while not state["done"]:
+        images = []
+        for image in state["images"]:
+            response = client.get(image["src"])
+            images.append({"id": image["id"], "headers": dict(response.headers), "bytes": response.data})
+        seen.append(
+            {"set": state["set"], "prompt": state["prompt"], "references": state["references"], "images": images}
+        )
+        for q in state["questions"]:
+            state = client.post(
+                f"/api/{token}/answer", json={"set": state["set"], "question": q["key"], "choice": UNDECIDED}
+            ).get_json()
+    return seen
+
+
+def _seeded_id_draws(seed: int, n: int) -> dict[str, int]:
+    """Every id the study's seeded generator could have drawn (64-bit image ids and 48-bit set ids, each
+    two 32-bit words of `random.Random`), by the draw's index."""
+    import random
+
+    rng = random.Random(f"wig-user-study:{seed}:ids")
+    index = {}
+    for i in range(n):
+        value = rng.getrandbits(64)
+        low, high = value & 0xFFFFFFFF, value >> 32
+        index[f"{value:016x}"] = i
+        index[f"{low | (high >> 16) << 32:012x}"] = i
+    return index
+
+
+def _guesses(seen, labels, seed, rater):
+    """The attacker's guess of each image's method, by three attacks on what the server sent:
+    ids replayed from the seed (drawn in label order), Last-Modified/ETag order, and the rater's
+    plan replayed from the seed (a permutation of the stored order)."""
+    draws = _seeded_id_draws(seed, 4000)
+    out = {"ids": {}, "headers": {}, "plan": {}}
+    for s in seen:
+        ids = [i["id"] for i in s["images"]]
+        if all(i in draws for i in ids):  # drawn in label order
+            out["ids"].update({i: labels[r] for r, i in enumerate(sorted(ids, key=draws.get))})
+        stamps = [i["headers"].get("Last-Modified") or i["headers"].get("ETag") or "" for i in s["images"]]
+        order = sorted(range(len(ids)), key=lambda k: (stamps[k], k))
+        out["headers"].update({ids[k]: labels[r] for r, k in enumerate(order)})
+    # the plan: rater_plan shuffles the stored image list with a generator the attacker can replay;
+    # stored in label order, the shown position tells the label
+    import random
+
+    rng = random.Random(f"wig-user-study:{seed}:rater:{rater}")
+    n_main = len({s["prompt"] for s in seen})
+    order = list(range(n_main))
+    rng.shuffle(order)
+    perms = {d: rng.sample(range(len(labels)), len(labels)) for d in range(n_main)}
+    first_showings = [s for s in seen if s["prompt"] not in {t["prompt"] for t in seen[: seen.index(s)]}]
+    for position, s in enumerate(first_showings):
+        perm = perms[order[position]]
+        out["plan"].update({img["id"]: labels[perm[k]] for k, img in enumerate(s["images"])})
+    return out
+
+
+def test_a_rater_with_the_code_the_config_and_a_token_learns_no_method(tmp_path):
+    """The attacker holds the code, the config's seed and one rater token (rater 1), and everything the
+    server sends that rater (ids, headers, order across sets and repeats, the image bytes). Each of its
+    attacks must do no better than chance at naming an image's method: 90 images, 3 methods (1/3 by
+    chance; above 0.55 has probability < 1e-5). Against ids drawn from the config's seed in label
+    order, the id attack named every image."""
+    labels = ["CFG", "PG", "AG"]
+    folder = make_user_study(tmp_path / "sets", seed=0, n_sets=30, attention=3, entries={"toy/db-lora": labels})
+    app = create_app(folder, tmp_path / "votes.sqlite")
+    ((rater, token),) = app.extensions["wig_votes"].add_raters(1)
+    seen = _attacker_view(app, token)
+    study = app.extensions["wig_study"]
+    truth = {i: s["images"][i] for s in study.sets.values() for i in s["images"]}
+    for attack, guess in _guesses(seen, labels, study.seed, rater).items():
+        right = sum(truth[i] == label for i, label in guess.items())
+        assert right / len(truth) <= 0.55, f"attack {attack}: {right} of {len(truth)} images named"
+    # nothing of the file system reaches the rater
+    for s in seen:
+        for image in s["images"]:
+            assert not {"Last-Modified", "ETag", "Content-Disposition"} & set(image["headers"]), image["headers"]
+    # repeats: fresh set and image ids, other bytes (what a script would match), the same pixels
+    ids = [i["id"] for s in seen for i in s["images"]]
+    assert len(set(ids)) == len(ids) == 33 * 3
+    digests = [hash(i["bytes"]) for s in seen for i in s["images"]]
+    assert len(set(digests)) == len(digests)
+
+
+@pytest.mark.parametrize("where", ["an image", "the images folder", "study.json"])
+def test_a_link_in_the_study_folder_is_refused_at_load(tmp_path, where):
+    """A symlink in the study folder (to /etc/passwd, say) was served as image/png: the folder is
+    refused at load, naming the link, before any page is served."""
+    import shutil
+
+    folder = make_user_study(tmp_path / "sets")
+    if where == "an image":
+        victim = sorted((folder / "images").iterdir())[0]
+        victim.unlink()
+        victim.symlink_to("/etc/passwd")
+    elif where == "the images folder":
+        victim = folder / "images"
+        shutil.move(victim, tmp_path / "elsewhere")
+        victim.symlink_to(tmp_path / "elsewhere")
+    else:
+        victim = folder / "study.json"
+        shutil.move(victim, tmp_path / "study.json")
+        victim.symlink_to(tmp_path / "study.json")
+    with pytest.raises(UserStudyError, match=rf"{re.escape(str(victim))} is a link or leads out of the study folder"):
+        UserStudy.load(folder)
+
+
+def test_study_images_decode_to_their_sources_pixels_whatever_bytes_they_were_written_as(tmp_path):
+    """wig writes the study's PNGs itself (each row under a drawn filter, a drawn deflate level): any
+    decoder reads back the source's pixels exactly, a repeat's other bytes too."""
+    from PIL import Image
+
+    from wig.user_study.design import QUESTIONS, build_study
+
+    rng = np.random.default_rng(0)
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    sets = []
+    for i in range(3):
+        paths = {}
+        for label in ["A", "B", "ref"]:
+            path = sources / f"{i}-{label}.png"
+            Image.fromarray(rng.integers(0, 256, (13, 17, 3), dtype=np.uint8)).save(path)
+            paths[label] = str(path)
+        sets.append(
+            {
+                "entry": "e/f",
+                "concept": f"c{i}",
+                "prompt_index": 0,
+                "prompt": f"p{i}",
+                "seed": 0,
+                "images": {"A": paths["A"], "B": paths["B"]},
+                "references": [paths["ref"]],
+            }
+        )
+    design = {
+        "seed": 0,
+        "questions": QUESTIONS,
+        "exclusion": {"min_consistency": 0.5, "complete": True},
+        "entries": {"e/f": ["A", "B"]},
+        "attention": [0, 2],
+        "sets": sets,
+    }
+    study = UserStudy.load(build_study(design, tmp_path / "study"))
+    for s in study.sets.values():
+        drawn = sets[int(s["source"]["concept"][1:])]
+        for image_id, label in s["images"].items():
+            decoded = np.asarray(Image.open(study.image_files[image_id]))
+            assert np.array_equal(decoded, np.asarray(Image.open(drawn["images"][label]).convert("RGB")))
+        for image_id in s["references"]:
+            decoded = np.asarray(Image.open(study.image_files[image_id]))
+            assert np.array_equal(decoded, np.asarray(Image.open(drawn["references"][0]).convert("RGB")))
+    files = [p.read_bytes() for p in (study.folder / "images").iterdir()]
+    assert len(files) == 3 * 3 + 2 * 3 and len(set(files)) == len(files)  # a repeat's bytes are its own
+    assert {p.stat().st_mtime for p in (study.folder / "images").iterdir()} == {946684800}

@@ -3,7 +3,7 @@
 - `vote_frame`: the votes as a table (`VOTE_SCHEMA`), each choice resolved to its method through
   the study folder — the Parquet export.
 - `rater_table`: per rater, answers given, attention-check consistency (the share of repeated
-  questions answered as the first time: the same image, or undecided both times) and whether
+  questions answered as the first time: the same method's image, or undecided both times) and whether
   the study's exclusion rule (``study.json``'s ``exclusion``, fixed in the config before any vote
   exists) excludes them.
 - `share_table`: per entry × question, each method's share and "undecided" over the kept raters'
@@ -72,8 +72,9 @@ def rater_table(votes: pl.DataFrame, study: UserStudy, raters: Sequence[int] = (
     both times, those answered alike, the consistency, and the exclusion rule's verdict."""
     rule = study.data["exclusion"]
     expected = 2 * len(study.sets)  # every set of the plan, two questions each
-    first = votes.filter(~pl.col("attention")).select("rater", "original", "question", first="choice")
-    again = votes.filter(pl.col("attention")).select("rater", "original", "question", again="choice")
+    # alike: the same method (a repeat shows the set's images under fresh ids), or undecided both times
+    first = votes.filter(~pl.col("attention")).select("rater", "original", "question", first="method")
+    again = votes.filter(pl.col("attention")).select("rater", "original", "question", again="method")
     checks = first.join(again, on=["rater", "original", "question"])
     per_rater = checks.group_by("rater").agg(
         checks=pl.len(), agreed=(pl.col("first") == pl.col("again")).sum().cast(pl.Int64)

@@ -12,7 +12,21 @@ writes the study folder that `wig serve-study` serves:
   checks are sets of their own (a fresh id) with ``repeat_of`` naming the set they repeat. The
   server reads this file and never sends it: the browser only ever sees opaque ids.
 - ``images/{id}.png``: every candidate and reference image, re-encoded from pixels alone (no
-  text chunk, no ICC profile, no file name from the study), under an id drawn from the seed.
+  text chunk, no ICC profile, no file name from the study), under a secret id.
+
+Blind by construction. The *design* — which sets, which repeats, every rater's order of sets and
+of each set's images — is a function of the config's seed, reproducible and public. The *ids* are
+not: they come from the operating system's generator (`secrets`) when the folder is built, and are
+written nowhere but the study folder the server reads. A set's images are stored sorted by id, so
+the stored order (which a rater's order permutes) is unrelated to the methods; the files are
+written in a random order with one fixed mtime; an attention check repeats a set under fresh set
+and image ids, its images re-encoded to other bytes. Threat model: a rater who holds the code, the
+config (its seed), and their own token sees the prompt, the references, and each set's images —
+pixels, in their order, under ids — and can replay every seeded draw; what links an image to its
+method is the secret id ↔ method table in ``study.json``, which is never served, so without the
+server's files they can do no better than chance (tested by an attacker who tries the seeded ids,
+header and file order, and the rater's plan). What the pixels themselves show (a method's look, a
+repeat's content) is what the study measures and is not hidden.
 
 `rater_plan` is a rater's order of the sets and of each set's images: a function of the study's
 seed and the rater's number alone, so the same seed gives every rater the same sets and orders
@@ -25,6 +39,10 @@ import hashlib
 import json
 import os
 import random
+import re
+import secrets
+import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -36,6 +54,7 @@ from wig.atomic import atomic_dir
 from wig.errors import WigError
 
 STUDY_FILE = "study.json"
+_ID = re.compile(r"[0-9a-f]{8,64}")  # an image id: hex, so it names a file in images/ and nothing else
 UNDECIDED = "undecided"
 # the two questions of the paper's study, asked of every set (the keys are stored with each vote)
 QUESTIONS = {
@@ -95,60 +114,105 @@ def attention_sets(n_sets: int, n_checks: int, seed: int) -> list[int]:
     return sorted(random.Random(f"wig-user-study:{seed}:attention").sample(range(n_sets), n_checks))
 
 
-def _clean_png(source: str | os.PathLike, out: Path) -> None:
-    """The image's RGB pixels alone as a PNG: nothing of the source file's metadata."""
+FIXED_MTIME = 946684800  # 2000-01-01: every image file's mtime, whatever order they were written in
+
+
+def _png(pixels: np.ndarray, rng: random.Random) -> bytes:
+    """An RGB image as a PNG of its pixels alone (IHDR, IDAT, IEND), each row under a filter type
+    and the stream at a deflate level drawn from ``rng``: the same pixels written twice give other
+    bytes (a repeat's images match none of the first showing's files), every one decoding alike."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    height, width, _ = pixels.shape
+    rows = pixels.astype(np.int16).reshape(height, width * 3)
+    raw = bytearray()
+    previous = np.zeros(width * 3, dtype=np.int16)
+    for row in rows:
+        kind = rng.randrange(3)  # 0 none, 1 sub (left), 2 up
+        if kind == 1:
+            data = row - np.concatenate([np.zeros(3, dtype=np.int16), row[:-3]])
+        elif kind == 2:
+            data = row - previous
+        else:
+            data = row
+        raw.append(kind)
+        raw.extend((data % 256).astype(np.uint8).tobytes())
+        previous = row
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    stream = zlib.compress(bytes(raw), rng.randint(1, 9))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", stream) + chunk(b"IEND", b"")
+
+
+def _pixels(source: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(source) as image:
-            pixels = np.asarray(image.convert("RGB"))
+            return np.asarray(image.convert("RGB"))
     except (OSError, ValueError) as err:
         raise UserStudyError(f"{source}: not a readable image ({err})") from None
-    Image.fromarray(pixels).save(out, format="PNG")
 
 
 def build_study(design: Mapping[str, Any], out: str | os.PathLike) -> Path:
     """Write the study folder (module docstring) for ``design``: ``seed``, ``questions``,
     ``exclusion``, ``entries`` ({name: [method label, ...]}), ``sets`` (each with ``entry``,
     ``concept``, ``prompt_index``, ``prompt``, optionally ``shown_prompt``, ``seed``, ``images``
-    {label: path} and ``references`` [path]) and ``attention`` (indices of the sets to repeat). Atomic: a failure
-    leaves no folder."""
-    rng = random.Random(f"wig-user-study:{design['seed']}:ids")
+    {label: path} and ``references`` [path]) and ``attention`` (indices of the sets to repeat).
+    Set and image ids are secret (`secrets`), never drawn from the seed. Atomic: a failure leaves
+    no folder."""
+    secret = random.SystemRandom()
     used: set[str] = set()
 
-    def new_id(bits: int) -> str:
-        while (value := f"{rng.getrandbits(bits):0{bits // 4}x}") in used:
+    def new_id(nbytes: int) -> str:
+        while (value := secrets.token_hex(nbytes)) in used:
             pass
         used.add(value)
         return value
 
     entries = {name: list(labels) for name, labels in design["entries"].items()}
-    sets, files = [], {}
+    sets, writes = [], []  # writes: (image id, source path)
+    shown_once: dict[str, str] = {}  # a source's id in the sets shown once (a repeat draws fresh ones)
+
+    def add_image(path: str, fresh: bool = False) -> str:
+        if fresh or path not in shown_once:
+            image_id = new_id(8)
+            writes.append((image_id, path))
+            if not fresh:
+                shown_once[path] = image_id
+            return image_id
+        return shown_once[path]
+
+    def make_set(drawn: Mapping[str, Any], repeat_of: str | None) -> dict:
+        labels = entries[drawn["entry"]]
+        fresh = repeat_of is not None
+        images = {add_image(drawn["images"][label], fresh): label for label in labels}
+        return {
+            "id": new_id(6),
+            "entry": drawn["entry"],
+            "prompt": drawn.get("shown_prompt", drawn["prompt"]),
+            "references": [add_image(p, fresh) for p in drawn["references"]],
+            "images": dict(sorted(images.items())),  # stored by id: unrelated to the methods
+            "repeat_of": repeat_of,
+            "source": {k: drawn[k] for k in ("concept", "prompt_index", "seed", "prompt")},
+        }
+
+    for drawn in design["sets"]:
+        if sorted(drawn["images"]) != sorted(entries[drawn["entry"]]):
+            raise UserStudyError(f"user_study: set of {drawn['entry']} has images of {sorted(drawn['images'])}")
+        sets.append(make_set(drawn, None))
+    originals = list(sets)
+    for index in design["attention"]:
+        sets.append(make_set(design["sets"][index], originals[index]["id"]))
     with atomic_dir(out, overwrite=True) as tmp:
         (tmp / "images").mkdir()
-
-        def add_image(path: str) -> str:
-            if path not in files:
-                files[path] = new_id(64)
-                _clean_png(path, tmp / "images" / f"{files[path]}.png")
-            return files[path]
-
-        for drawn in design["sets"]:
-            labels = entries[drawn["entry"]]
-            if sorted(drawn["images"]) != sorted(labels):
-                raise UserStudyError(f"user_study: set of {drawn['entry']} has images of {sorted(drawn['images'])}")
-            sets.append(
-                {
-                    "id": new_id(48),
-                    "entry": drawn["entry"],
-                    "prompt": drawn.get("shown_prompt", drawn["prompt"]),
-                    "references": [add_image(p) for p in drawn["references"]],
-                    "images": {add_image(drawn["images"][label]): label for label in labels},
-                    "repeat_of": None,
-                    "source": {k: drawn[k] for k in ("concept", "prompt_index", "seed", "prompt")},
-                }
-            )
-        for index in design["attention"]:
-            original = sets[index]
-            sets.append({**original, "id": new_id(48), "repeat_of": original["id"]})
+        secret.shuffle(writes)  # the files' order on disk says nothing of their methods either
+        pixels: dict[str, np.ndarray] = {}
+        for image_id, path in writes:
+            if path not in pixels:
+                pixels[path] = _pixels(path)
+            target = tmp / "images" / f"{image_id}.png"
+            target.write_bytes(_png(pixels[path], secret))
+            os.utime(target, (FIXED_MTIME, FIXED_MTIME))
         study = {
             "format": 1,
             "seed": design["seed"],
@@ -190,9 +254,20 @@ class UserStudy:
         sets = {s["id"]: s for s in data["sets"]}
         ids = {i for s in data["sets"] for i in [*s["references"], *s["images"]]}
         files = {i: folder / "images" / f"{i}.png" for i in ids}
+        bad = next((i for i in sorted(ids) if not _ID.fullmatch(i)), None)
+        if bad is not None:
+            raise UserStudyError(f"{path}: image id {bad!r} is not an opaque hex id")
         missing = [str(p) for p in files.values() if not p.is_file()]
         if missing:
             raise UserStudyError(f"{folder}: {len(missing)} image(s) of study.json are missing, e.g. {missing[0]}")
+        # only the study's own files: a link (to /etc/passwd, say) or a path out of the folder is refused
+        images = folder / "images"
+        linked = [images] if images.is_symlink() or images.resolve().parent != folder else []
+        linked += [p for p in files.values() if p.is_symlink() or p.resolve().parent != images.resolve()]
+        if linked or path.is_symlink():
+            raise UserStudyError(
+                f"{folder}: {linked[0] if linked else path} is a link or leads out of the study folder"
+            )
         return cls(folder, hashlib.sha256(raw).hexdigest(), data, sets, files)
 
     @property
@@ -240,20 +315,28 @@ def rater_plan(study: Mapping[str, Any], rater: int) -> list[tuple[str, list[str
     """Rater ``rater``'s sets in the order shown, each with its images in the order shown.
 
     The sets are shuffled; each attention check goes to a random place after the set it repeats,
-    its images in an order other than the first showing's (for two or more images). A function of
-    the study's seed and ``rater`` alone."""
+    its images (under their own ids) with the methods in an order other than the first showing's
+    (for two or more images). A function of the study's seed and ``rater`` alone, permuting each
+    set's stored image list (sorted by the secret ids)."""
     rng = random.Random(f"wig-user-study:{study['seed']}:rater:{rater}")
     main = [s for s in study["sets"] if s["repeat_of"] is None]
     order = [s["id"] for s in main]
     rng.shuffle(order)
     shown = {s["id"]: rng.sample(list(s["images"]), len(s["images"])) for s in main}
-    for repeat in (s for s in study["sets"] if s["repeat_of"] is not None):
+    by_id = {s["id"]: s for s in study["sets"]}
+    repeats = [s for s in study["sets"] if s["repeat_of"] is not None]
+    for repeat in repeats:  # every place first: the order of sets is the seed's alone
         after = order.index(repeat["repeat_of"]) + 1
         order.insert(rng.randint(after, len(order)), repeat["id"])
-        first = shown[repeat["repeat_of"]]
-        images = list(first)
-        while len(images) > 1 and images == first:
-            images = rng.sample(first, len(first))
+    for repeat in repeats:
+        # its own (fresh) ids, in an order whose methods differ from the first showing's
+        first = [by_id[repeat["repeat_of"]]["images"][i] for i in shown[repeat["repeat_of"]]]
+        stored = list(repeat["images"])
+        images = list(stored)
+        while True:
+            images = rng.sample(stored, len(stored))
+            if len(images) < 2 or [repeat["images"][i] for i in images] != first:
+                break
         shown[repeat["id"]] = images
     return [(set_id, shown[set_id]) for set_id in order]
 

@@ -167,7 +167,11 @@ def create_app(study_dir: str | os.PathLike, db: str | os.PathLike | None = None
         path = study.image_files.get(image_id)
         if path is None:
             abort(404, "no such image")
-        return send_file(path, mimetype="image/png", max_age=3600, etag=False, last_modified=None)
+        # the bytes alone: no Last-Modified or ETag (the file's metadata), no Content-Disposition
+        # (a file name); private, so no shared cache links one rater's ids to another's
+        response = Response(path.read_bytes(), mimetype="image/png")
+        response.headers["Cache-Control"] = "private, max-age=3600"
+        return response
 
     def admin_check(token: str) -> None:
         if not secrets.compare_digest(token.encode(), store.admin_token.encode()):
