@@ -580,7 +580,7 @@ def test_table3_on_hand_made_votes_has_hand_computed_shares_and_intervals(tmp_pa
         3: {"subject": ["PG"], "text": [UNDECIDED]},
         4: {"subject": ["CFG"], "text": ["AG"]},
     }
-    votes, per_rater, shares, wins = user_study_tables(study, _votes(study, choices), n_boot=4000, seed=0)
+    votes, per_rater, shares, wins, _ = user_study_tables(study, _votes(study, choices), n_boot=4000, seed=0)
     share = {(r["question"], r["option"]): r for r in shares.iter_rows(named=True)}
     assert share[("subject", "PG")]["share"] == 0.75 and share[("subject", "CFG")]["share"] == 0.25
     assert share[("subject", "AG")]["share"] == 0 and share[("subject", UNDECIDED)]["share"] == 0
@@ -637,7 +637,7 @@ def test_attention_checks_and_the_exclusion_rule(tmp_path):
     assert table["consistency"].to_list() == [1.0, 0.5, 0.25, None, None]
     assert table["excluded"].to_list() == [False, False, True, True, True]
     assert "consistency 0.25 < 0.5" in table["reason"][2] and "answered 1 of 10" in table["reason"][3]
-    _, _, shares, _ = user_study_tables(study, rows, [1, 2, 3, 4, 5])
+    _, _, shares, _, _ = user_study_tables(study, rows, [1, 2, 3, 4, 5])
     assert set(shares["raters"]) == {2}  # raters 1 and 2 only
 
 

@@ -43,6 +43,13 @@ if USER_STUDY:
                     category="User study",
                     labels={"figure": "Table 3"},
                 ),
+                strengths="results/user_study/tables/strengths.parquet",
+                strength_figure=report(
+                    "results/user_study/strengths.png",
+                    caption="../report/user_study_strengths.rst",
+                    category="User study",
+                    labels={"figure": "Bradley–Terry strengths"},
+                ),
             log:
                 "logs/user_study_table.log",
             params:

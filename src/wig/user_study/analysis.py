@@ -12,6 +12,7 @@
   replicate's shares recomputed); the repeats are not counted twice.
 - `win_rates`: per entry × question, for each two methods, how often one was chosen over the
   other among the answers that chose either.
+- `wig.user_study.strengths.strength_table`: the Bradley–Terry–Davidson strengths beside them.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 import polars as pl
 
 from wig.user_study.design import UNDECIDED, UserStudy
+from wig.user_study.strengths import TIE, strength_table
 
 VOTE_SCHEMA = {
     "rater": pl.Int64,
@@ -207,9 +209,12 @@ def _percent(value: float | None) -> str:
     return "–" if value is None or value != value else f"{100 * value:.1f}"
 
 
-def table_markdown(shares: pl.DataFrame, wins: pl.DataFrame, raters: pl.DataFrame, study: UserStudy) -> str:
+def table_markdown(
+    shares: pl.DataFrame, wins: pl.DataFrame, raters: pl.DataFrame, study: UserStudy, strengths: pl.DataFrame
+) -> str:
     """Table 3 as the paper prints it (shares in %, one row per entry × question), with each
-    share's 95 % interval, then the raters kept and the pairwise win rates."""
+    share's 95 % interval, then the pairwise win rates, the Bradley–Terry–Davidson strengths
+    (`wig.user_study.strengths`) and the raters kept."""
     rule = study.data["exclusion"]
     kept = raters.filter(~pl.col("excluded"))
     lines = [
@@ -249,6 +254,21 @@ def table_markdown(shares: pl.DataFrame, wins: pl.DataFrame, raters: pl.DataFram
                     cells.append("" if a == b else _percent(rate))
                 lines.append(f"| {a} | " + " | ".join(cells) + " |")
             lines.append("")
+        lines += [
+            "Bradley–Terry strengths with Davidson's ties (β, log scale, Σβ = 0 over the methods; "
+            "P(a chosen over b) = 1 / (1 + e^(β_b − β_a))) [95 % bootstrap interval]:",
+            "",
+            "| question | " + " | ".join(labels) + " | ties log ν |",
+            "|---" * (len(labels) + 2) + "|",
+        ]
+        for question in ("subject", "text"):
+            part = strengths.filter((pl.col("entry") == entry) & (pl.col("question") == question))
+            cells = []
+            for name in [*labels, TIE]:
+                row = part.filter(pl.col("method") == name).row(0, named=True)
+                cells.append(f"{row['strength']:+.2f} [{row['lo']:+.2f}, {row['hi']:+.2f}]")
+            lines.append(f"| {question} | " + " | ".join(cells) + " |")
+        lines.append("")
     lines += ["## Raters", "", "| rater | answers | attention checks alike | excluded |", "|---|---|---|---|"]
     for row in raters.iter_rows(named=True):
         alike = f"{row['agreed']}/{row['checks']}" if row["checks"] else "–"
@@ -288,13 +308,19 @@ def share_figure(shares: pl.DataFrame, study: UserStudy, out) -> None:
 def user_study_tables(
     study: UserStudy, rows: Sequence[tuple], raters: Sequence[int] = (), n_boot: int = 2000, seed: int = 0
 ):
-    """(votes, per-rater table, shares, win rates) from the database's rows, the exclusion rule
-    applied to shares and win rates."""
+    """(votes, per-rater table, shares, win rates, Bradley–Terry–Davidson strengths) from the
+    database's rows, the exclusion rule applied to all but the first two."""
     votes = vote_frame(study, rows)
     per_rater = rater_table(votes, study, raters)
     kept = votes.filter(pl.col("rater").is_in(per_rater.filter(~pl.col("excluded"))["rater"].implode()))
     labels = study.data["entries"]
-    return votes, per_rater, share_table(kept, labels, n_boot, seed), win_rates(kept, labels)
+    return (
+        votes,
+        per_rater,
+        share_table(kept, labels, n_boot, seed),
+        win_rates(kept, labels),
+        strength_table(kept, labels, n_boot, seed),
+    )
 
 
 def read_votes(study: UserStudy, db) -> tuple[list[tuple], list[int]]:
