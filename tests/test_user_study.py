@@ -57,6 +57,11 @@ def test_the_same_seed_draws_the_same_sets_ids_and_orders_and_another_seed_other
     # secret, drawn anew for every build
     a, b = make_user_study(tmp_path / "a", seed=7), make_user_study(tmp_path / "b", seed=7)
     study, again = UserStudy.load(a), UserStudy.load(b)
+    # the same design and secret (a.secret beside the folder) rebuild it byte for byte: votes stay bound
+    files = {p.name: p.read_bytes() for p in [a / "study.json", *(a / "images").iterdir()]}
+    make_user_study(tmp_path / "a", seed=7)
+    assert {p.name: p.read_bytes() for p in [a / "study.json", *(a / "images").iterdir()]} == files
+    assert (tmp_path / "a.secret").stat().st_mode & 0o777 == 0o600
     assert _design(study, 5) == _design(again, 5)  # same seed, same rater: the same orders
     assert _design(study, 5) != _design(study, 6)
     assert not {p.name for p in (a / "images").iterdir()} & {p.name for p in (b / "images").iterdir()}
@@ -285,6 +290,8 @@ def app_and_rater(tmp_path):
     app = create_app(make_user_study(tmp_path / "sets"), tmp_path / "votes.sqlite")
     store = app.extensions["wig_votes"]
     ((rater, token),) = store.add_raters(1)
+    consent = app.test_client().post(f"/api/{token}/consent", json={"external_id": None})
+    assert consent.status_code == 200 and consent.get_json()["index"] == 1
     return app, store, token
 
 
@@ -363,7 +370,7 @@ def test_a_study_named_by_a_relative_path_serves_its_images(tmp_path, monkeypatc
     app = create_app("results/user_study/sets")
     ((_, token),) = app.extensions["wig_votes"].add_raters(1)
     client = app.test_client()
-    state = client.get(f"/api/{token}/state").get_json()
+    state = client.post(f"/api/{token}/consent", json={"external_id": None}).get_json()
     study = app.extensions["wig_study"]
     for src in [*state["references"], *(i["src"] for i in state["images"])]:
         response = client.get(src)
@@ -386,9 +393,69 @@ def test_the_admin_page_shows_progress_and_adds_raters(app_and_rater):
     client.post(f"/api/{token}/answer", json={"set": state["set"], "question": "text", "choice": UNDECIDED})
     page = client.get(f"/admin/{store.admin_token}").data.decode()
     assert f"/r/{token}" in page and "1 / 10" in page
-    assert client.post(f"/admin/{store.admin_token}/raters", data={"n": "3"}).status_code == 303
+    assert 'name="viewport"' in page and f"/admin/{store.admin_token}/votes.csv" in page
+    own = {"Origin": "http://localhost"}  # the test client's host: a post from the admin page itself
+    assert client.post(f"/admin/{store.admin_token}/raters", data={"n": "3"}, headers=own).status_code == 303
     assert len(store.raters()) == 4
-    assert client.post(f"/admin/{store.admin_token}/raters", data={"n": "1000"}).status_code == 400
+    assert client.post(f"/admin/{store.admin_token}/raters", data={"n": "1000"}, headers=own).status_code == 400
+    # a page elsewhere that knows the admin link cannot add raters through the admin's browser
+    for headers in ({"Origin": "https://evil.example"}, {"Referer": "https://evil.example/x"}, {}):
+        refused = client.post(f"/admin/{store.admin_token}/raters", data={"n": "5"}, headers=headers)
+        assert refused.status_code == 403 and refused.data.count(b"\n") == 1
+    assert len(store.raters()) == 4
+    # the export: every answer resolved to its method, the rater's platform id beside it
+    csv = client.get(f"/admin/{store.admin_token}/votes.csv")
+    assert csv.status_code == 200 and csv.mimetype == "text/csv"
+    lines = csv.data.decode().splitlines()
+    assert lines[0].startswith("rater,set,entry,question,choice,method") and lines[0].endswith("external_id")
+    assert len(lines) == 2 and ",text,undecided,undecided," in lines[1]
+
+
+def test_consent_comes_first_and_a_platform_id_is_kept_with_the_rater(tmp_path):
+    """A rater sees the instructions until they agree; answers before that are refused; the link's
+    PROLIFIC_PID is stored with the consent (once), bad ids refused; the end shows the study's
+    completion code and return address; the admin page's links use --public-url."""
+    from wig.user_study.design import QUESTIONS, build_study
+
+    folder = make_user_study(tmp_path / "sets", n_sets=1, attention=0)
+    data = json.loads((folder / "study.json").read_text())
+    data["instructions"] = "Thank you for helping. Contact: study@example.org"
+    data["completion"] = {"code": "C0DE42", "url": "https://app.prolific.com/submissions/complete?cc=C0DE42"}
+    (folder / "study.json").write_text(json.dumps(data))
+    app = create_app(folder, tmp_path / "votes.sqlite", public_url="https://study.example.org/")
+    store = app.extensions["wig_votes"]
+    ((rater, token),) = store.add_raters(1)
+    client = app.test_client()
+    first = client.get(f"/api/{token}/state").get_json()
+    assert first["consent"] and first["instructions"] == data["instructions"] and "set" not in first
+    early = client.post(f"/api/{token}/answer", json={"set": "x" * 12, "question": "text", "choice": UNDECIDED})
+    assert early.status_code == 409 and b"agree" in early.data
+    for bad in ({"external_id": "<script>"}, {"external_id": "a" * 65}, {"id": "x"}, {"external_id": 5}):
+        assert client.post(f"/api/{token}/consent", json=bad).status_code == 400
+    assert not store.consented(rater)
+    state = client.post(f"/api/{token}/consent", json={"external_id": "5f1e2d3c4b5a69788796a5b4"}).get_json()
+    assert state["index"] == 1 and "consent" not in state
+    client.post(f"/api/{token}/consent", json={"external_id": "another"})
+    assert store.external_ids() == {rater: "5f1e2d3c4b5a69788796a5b4"}
+    for q in ("subject", "text"):
+        state = client.post(
+            f"/api/{token}/answer", json={"set": state["set"], "question": q, "choice": UNDECIDED}
+        ).get_json()
+    assert state["done"] and state["completion"] == data["completion"]
+    page = client.get(f"/admin/{store.admin_token}").data.decode()
+    assert f"https://study.example.org/r/{token}" in page and "5f1e2d3c4b5a69788796a5b4" in page
+    # the config's blocks reach study.json through the design, checked
+    design = {
+        "seed": 0,
+        "questions": QUESTIONS,
+        "exclusion": {"min_consistency": 0.5, "complete": True},
+        "entries": data["entries"],
+        "attention": [],
+        "sets": [],
+        "completion": {"code": "X", "url": "ftp://nope"},
+    }
+    with pytest.raises(UserStudyError, match=r"completion\.url: 'ftp://nope' is not an http\(s\) address"):
+        build_study(design, tmp_path / "bad")
 
 
 # --- a real server: 20 raters at once, SIGKILL ------------------------------------------------------
@@ -396,8 +463,9 @@ def test_the_admin_page_shows_progress_and_adds_raters(app_and_rater):
 
 def _answer_all(server: StudyServer, token: str, rng: np.random.Generator, acked: list, stop_after: int | None = None):
     """Answer a rater's sets to the end (or ``stop_after`` answers), each answer sent twice at once
-    (a double click); every acknowledged answer is appended to ``acked``."""
-    state = server.call(token, "state")
+    (a double click); every acknowledged answer is appended to ``acked``. The rater agrees to the
+    instructions first (a second agreement, after a restart, changes nothing)."""
+    state = server.call(token, "consent", {"external_id": None})
     n = 0
     while not state["done"] and (stop_after is None or n < stop_after):
         question = next(q["key"] for q in state["questions"] if q["key"] not in state["answered"])
@@ -480,7 +548,7 @@ def test_the_served_app_refuses_huge_bodies_and_broken_requests_in_one_line_writ
                 server.base, b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n"
             ),
         }
-        assert server.call(token, "state")["index"] == 1  # the server still serves
+        assert server.call(token, "state")["consent"]  # the server still serves, the rater not yet started
     finally:
         server.stop()
     for name, (status, body) in replies.items():
@@ -647,7 +715,7 @@ def test_the_parquet_export_resolves_each_choice_and_where_it_was_shown(tmp_path
     store = app.extensions["wig_votes"]
     ((rater, token),) = store.add_raters(1)
     client = app.test_client()
-    state = client.get(f"/api/{token}/state").get_json()
+    state = client.post(f"/api/{token}/consent", json={"external_id": None}).get_json()
     client.post(
         f"/api/{token}/answer", json={"set": state["set"], "question": "subject", "choice": state["images"][2]["id"]}
     )
@@ -704,7 +772,7 @@ def _attacker_view(app, token):
     image ids in the shown order and each image's response headers and bytes."""
     client = app.test_client()
     seen = []
-    state = client.get(f"/api/{token}/state").get_json()
+    state = client.post(f"/api/{token}/consent", json={"external_id": None}).get_json()
     while not state["done"]:
         images = []
         for image in state["images"]:

@@ -391,6 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study_dir", type=Path, metavar="STUDY_DIR", help="the study folder (its study.json and images/)")
     p.add_argument("--db", type=Path, help="the votes database (default: STUDY_DIR.votes.sqlite beside the folder)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument(
+        "--public-url",
+        help="the address raters open (https://study.example.org behind a proxy): the printed and admin links use it",
+    )
     p.add_argument("--port", type=_int_in(0, 65536, "a port"), default=8765, help="0: a free port (printed)")
     p.add_argument(
         "--raters", type=_int_in(0, 10001, "a rater count"), default=0, help="make sure this many raters exist"
@@ -758,7 +762,7 @@ def _cmd_plan(args) -> None:
 def _cmd_serve_study(args) -> None:
     from wig.user_study.server import serve_study
 
-    serve_study(args.study_dir, args.db, args.host, args.port, args.raters, args.threads)
+    serve_study(args.study_dir, args.db, args.host, args.port, args.raters, args.threads, args.public_url)
 
 
 def _cmd_export_votes(args) -> None:

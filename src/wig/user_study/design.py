@@ -12,15 +12,17 @@ writes the study folder that `wig serve-study` serves:
   checks are sets of their own (a fresh id) with ``repeat_of`` naming the set they repeat. The
   server reads this file and never sends it: the browser only ever sees opaque ids.
 - ``images/{id}.png``: every candidate and reference image, re-encoded from pixels alone (no
-  text chunk, no ICC profile, no file name from the study), under a secret id.
+  text chunk, no ICC profile, no file name from the study), under a secret-keyed id.
 
 Blind by construction. The *design* — which sets, which repeats, every rater's order of sets and
-of each set's images — is a function of the config's seed, reproducible and public. The *ids* are
-not: they come from the operating system's generator (`secrets`) when the folder is built, and are
-written nowhere but the study folder the server reads. A set's images are stored sorted by id, so
-the stored order (which a rater's order permutes) is unrelated to the methods; the files are
-written in a random order with one fixed mtime; an attention check repeats a set under fresh set
-and image ids, its images re-encoded to other bytes. Threat model: a rater who holds the code, the
+the permutation of each set's stored images — is a function of the config's seed, reproducible and
+public. The *ids* are not: they are keyed by the study's secret (`study_secret`: made once from the
+operating system's generator, kept beside the study folder, never served), so a rebuild keeps them
+and the votes bound to them, while no one without the secret can link an id to its method. A
+set's images are stored sorted by id, so the stored order (which a rater's order permutes) is
+unrelated to the methods; the files are written in a keyed order with one fixed mtime; an
+attention check repeats a set under fresh set and image ids, its images re-encoded to other bytes.
+The secret lives beside the study folder as ``<folder>.secret``. Threat model: a rater who holds the code, the
 config (its seed), and their own token sees the prompt, the references, and each set's images —
 pixels, in their order, under ids — and can replay every seeded draw; what links an image to its
 method is the secret id ↔ method table in ``study.json``, which is never served, so without the
@@ -28,9 +30,9 @@ server's files they can do no better than chance (tested by an attacker who trie
 header and file order, and the rater's plan). What the pixels themselves show (a method's look, a
 repeat's content) is what the study measures and is not hidden.
 
-`rater_plan` is a rater's order of the sets and of each set's images: a function of the study's
-seed and the rater's number alone, so the same seed gives every rater the same sets and orders
-again (the votes database stores only the rater's number).
+`rater_plan` is a rater's order of the sets and the permutation of each set's stored images: a
+function of the study's seed and the rater's number alone (the votes database stores only the
+rater's number); which method each position shows follows from the secret ids.
 """
 
 from __future__ import annotations
@@ -61,6 +63,21 @@ QUESTIONS = {
     "subject": "Which image shows the subject of the reference images most faithfully?",
     "text": "Which image matches the text prompt best?",
 }
+
+
+# the instructions/consent page a rater agrees to before their first set (user_study.instructions
+# replaces it: a study run with strangers names who runs it, what is stored and whom to contact)
+DEFAULT_INSTRUCTIONS = """You will see sets of generated images. Each set shows reference photos of one \
+subject, a text prompt, and several images generated from that prompt.
+
+For each set, answer two questions: which image shows the subject of the reference photos most \
+faithfully, and which image matches the text prompt best. Judge each image as a whole; if you \
+cannot decide, choose "Undecided". Some sets may appear twice.
+
+Keys: 1, 2, 3 and so on choose an image, U chooses Undecided, Enter goes on; click an image to enlarge it.
+
+Taking part is voluntary and you may stop at any time. Only your answers, their times and (if the \
+study link carries one) your participant id on the recruiting platform are stored."""
 
 
 class UserStudyError(WigError):
@@ -153,65 +170,95 @@ def _pixels(source: str | os.PathLike) -> np.ndarray:
         raise UserStudyError(f"{source}: not a readable image ({err})") from None
 
 
-def build_study(design: Mapping[str, Any], out: str | os.PathLike) -> Path:
+def study_secret(out: str | os.PathLike) -> bytes:
+    """The study's secret key: ``<out>.secret`` beside the study folder (never inside it, never
+    served, out of the repository under results/), made once from the operating system's
+    generator and read on every rebuild, so a redrawn folder keeps its ids and the votes database
+    bound to it stays valid. Delete it to re-key (and to orphan the votes)."""
+    folder = Path(out).resolve()
+    path = folder.parent / f"{folder.name}.secret"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+    text = path.read_text().strip()
+    if not re.fullmatch(r"[0-9a-f]{64}", text):
+        raise UserStudyError(f"{path}: not a study secret (64 hex digits); delete it to make a new one")
+    return bytes.fromhex(text)
+
+
+def build_study(design: Mapping[str, Any], out: str | os.PathLike, secret: bytes | None = None) -> Path:
     """Write the study folder (module docstring) for ``design``: ``seed``, ``questions``,
     ``exclusion``, ``entries`` ({name: [method label, ...]}), ``sets`` (each with ``entry``,
     ``concept``, ``prompt_index``, ``prompt``, optionally ``shown_prompt``, ``seed``, ``images``
     {label: path} and ``references`` [path]) and ``attention`` (indices of the sets to repeat).
-    Set and image ids are secret (`secrets`), never drawn from the seed. Atomic: a failure leaves
-    no folder."""
-    secret = random.SystemRandom()
-    used: set[str] = set()
 
-    def new_id(nbytes: int) -> str:
-        while (value := secrets.token_hex(nbytes)) in used:
-            pass
-        used.add(value)
-        return value
+    Set and image ids, the files' order and their bytes are keyed by ``secret`` (default: the
+    study's, `study_secret`), never by the seed: the same design and secret rebuild the same
+    folder byte for byte, and no one without the secret can tell an id's method. Atomic: a
+    failure leaves no folder."""
+    import hmac
+
+    secret = study_secret(out) if secret is None else secret
+
+    def keyed(text: str, nbytes: int) -> str:
+        return hmac.new(secret, text.encode(), hashlib.sha256).hexdigest()[: 2 * nbytes]
+
+    def digest(path: str) -> str:
+        try:
+            return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        except OSError as err:
+            raise UserStudyError(f"{path}: not a readable image ({err})") from None
 
     entries = {name: list(labels) for name, labels in design["entries"].items()}
-    sets, writes = [], []  # writes: (image id, source path)
-    shown_once: dict[str, str] = {}  # a source's id in the sets shown once (a repeat draws fresh ones)
+    sets: list[dict] = []
+    writes: dict[str, str] = {}  # image id -> source path
 
-    def add_image(path: str, fresh: bool = False) -> str:
-        if fresh or path not in shown_once:
-            image_id = new_id(8)
-            writes.append((image_id, path))
-            if not fresh:
-                shown_once[path] = image_id
-            return image_id
-        return shown_once[path]
-
-    def make_set(drawn: Mapping[str, Any], repeat_of: str | None) -> dict:
+    def make_set(n: int, drawn: Mapping[str, Any], repeat_of: str | None) -> dict:
         labels = entries[drawn["entry"]]
-        fresh = repeat_of is not None
-        images = {add_image(drawn["images"][label], fresh): label for label in labels}
+        # a repeat's images and references under ids of their own; a first showing's references
+        # keyed by their content (the same photo, the same id), its candidates by set and method
+        kind = "repeat" if repeat_of is not None else "set"
+        images = {keyed(f"{kind}:{n}:image:{label}", 8): drawn["images"][label] for label in labels}
+        refs = [
+            keyed(f"{kind}:{n}:reference:{k}" if repeat_of else f"reference:{digest(p)}", 8)
+            for k, p in enumerate(drawn["references"])
+        ]
+        writes.update(images)
+        writes.update(zip(refs, drawn["references"]))
+        by_path = {v: k for k, v in images.items()}
         return {
-            "id": new_id(6),
+            "id": keyed(f"{kind}:{n}", 6),
             "entry": drawn["entry"],
             "prompt": drawn.get("shown_prompt", drawn["prompt"]),
-            "references": [add_image(p, fresh) for p in drawn["references"]],
-            "images": dict(sorted(images.items())),  # stored by id: unrelated to the methods
+            "references": refs,
+            "images": dict(sorted((by_path[drawn["images"][label]], label) for label in labels)),
             "repeat_of": repeat_of,
             "source": {k: drawn[k] for k in ("concept", "prompt_index", "seed", "prompt")},
         }
 
-    for drawn in design["sets"]:
+    for n, drawn in enumerate(design["sets"]):
         if sorted(drawn["images"]) != sorted(entries[drawn["entry"]]):
             raise UserStudyError(f"user_study: set of {drawn['entry']} has images of {sorted(drawn['images'])}")
-        sets.append(make_set(drawn, None))
-    originals = list(sets)
-    for index in design["attention"]:
-        sets.append(make_set(design["sets"][index], originals[index]["id"]))
+        if len(set(drawn["images"].values())) != len(drawn["images"]):
+            raise UserStudyError(f"user_study: set {n} of {drawn['entry']} shows one file for two methods")
+        sets.append(make_set(n, drawn, None))
+    for n, index in enumerate(design["attention"]):
+        sets.append(make_set(n, design["sets"][index], sets[index]["id"]))
+    if len({s["id"] for s in sets}) != len(sets) or len(writes) != len(set(writes)):
+        raise UserStudyError("user_study: two ids collide (a 48/64-bit coincidence): draw again with another secret")
     with atomic_dir(out, overwrite=True) as tmp:
         (tmp / "images").mkdir()
-        secret.shuffle(writes)  # the files' order on disk says nothing of their methods either
+        order = sorted(writes)
+        random.Random(keyed("file order", 16)).shuffle(order)  # the files' order on disk says nothing either
         pixels: dict[str, np.ndarray] = {}
-        for image_id, path in writes:
+        for image_id in order:
+            path = writes[image_id]
             if path not in pixels:
                 pixels[path] = _pixels(path)
             target = tmp / "images" / f"{image_id}.png"
-            target.write_bytes(_png(pixels[path], secret))
+            target.write_bytes(_png(pixels[path], random.Random(keyed(f"bytes:{image_id}", 16))))
             os.utime(target, (FIXED_MTIME, FIXED_MTIME))
         study = {
             "format": 1,
@@ -220,7 +267,12 @@ def build_study(design: Mapping[str, Any], out: str | os.PathLike) -> Path:
             "exclusion": dict(design["exclusion"]),
             "entries": entries,
             "sets": sets,
+            "instructions": design.get("instructions") or DEFAULT_INSTRUCTIONS,
+            "completion": dict(design["completion"]) if design.get("completion") else None,
         }
+        problem = _study_problem(study)
+        if problem:
+            raise UserStudyError(f"user_study: {problem}")
         (tmp / STUDY_FILE).write_text(json.dumps(study, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     return Path(out)
 
@@ -278,6 +330,17 @@ class UserStudy:
     def seed(self) -> int:
         return self.data["seed"]
 
+    @property
+    def instructions(self) -> str:
+        """The instructions/consent page's text."""
+        return self.data.get("instructions") or DEFAULT_INSTRUCTIONS
+
+    @property
+    def completion(self) -> Mapping[str, str] | None:
+        """``{"code", "url"}`` (either may be absent) shown when a rater has answered every set: a
+        recruiting platform's completion code and the address that returns them there."""
+        return self.data.get("completion")
+
     def plan(self, rater: int) -> list[tuple[str, list[str]]]:
         return rater_plan(self.data, rater)
 
@@ -288,6 +351,16 @@ def _study_problem(data: Mapping[str, Any]) -> str | None:
     for key, kind in (("seed", int), ("questions", dict), ("exclusion", dict), ("entries", dict)):
         if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
             return f"{key}: missing or not a{'n' if kind is int else ''} {kind.__name__}"
+    if not isinstance(data.get("instructions", ""), str):
+        return "instructions: not a string"
+    completion = data.get("completion")
+    if completion is not None:
+        if not isinstance(completion, dict) or not set(completion) <= {"code", "url"}:
+            return "completion: not an object of code and url"
+        if not all(isinstance(v, str) and v for v in completion.values()):
+            return "completion: code and url must be non-empty strings"
+        if "url" in completion and not re.match(r"https?://", completion["url"]):
+            return f"completion.url: {completion['url']!r} is not an http(s) address"
     ids: set[str] = set()
     for i, s in enumerate(data["sets"]):
         where = f"sets[{i}]"

@@ -3,15 +3,20 @@
 Routes (every error is a 4xx with one plain-text line, and writes nothing):
 
 - ``GET /r/<token>``: the rating page; its script asks for the rater's state and posts answers.
-- ``GET /api/<token>/state``: the rater's current set (the first of their plan not fully
-  answered): prompt, reference and candidate image URLs in the rater's order, the questions, what
-  of it is answered, progress. Resuming after a reload or a server crash is asking again.
+- ``GET /api/<token>/state``: before consent, the instructions/consent page's text; then the
+  rater's current set (the first of their plan not fully answered): prompt, reference and
+  candidate image URLs in the rater's order, the questions, what of it is answered, progress; at
+  the end, the completion code and return URL if the study has them. Resuming after a reload or a
+  server crash is asking again.
+- ``POST /api/<token>/consent`` ``{"external_id"}``: the rater agreed (once); ``external_id`` is
+  the id a recruiting platform put in the link (``?PROLIFIC_PID=…``) or null.
 - ``POST /api/<token>/answer`` ``{"set", "question", "choice"}``: one answer, one transaction;
   the reply is the new state (the next set once both questions are answered). ``choice`` is an
   image id of the set or ``undecided``; a replay of a stored answer changes nothing.
 - ``GET /img/<id>``: an image by its opaque id.
-- ``GET /admin/<admin token>`` and ``POST /admin/<admin token>/raters``: progress per rater,
-  their links, more raters.
+- ``GET /admin/<admin token>``: per rater progress, platform id, attention checks and the
+  exclusion rule's verdict so far, their links; ``POST /admin/<admin token>/raters`` adds raters
+  (same-origin posts only); ``GET /admin/<admin token>/votes.csv`` exports the votes, resolved.
 
 Blind by construction: the browser receives opaque ids, the prompt and pixels; the method of an
 image, the study's paths and file names stay on the server (`wig.user_study.design`).
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 from functools import lru_cache
 from pathlib import Path
@@ -31,7 +37,7 @@ from waitress.channel import HTTPChannel
 from waitress.task import ErrorTask
 from werkzeug.exceptions import HTTPException
 
-from wig.user_study.design import UNDECIDED, UserStudy
+from wig.user_study.design import UNDECIDED, UserStudy, UserStudyError
 from wig.user_study.votes import AnswerConflict, VoteStore
 
 WEB = Path(__file__).with_name("web")
@@ -40,6 +46,7 @@ MAX_BODY = 1024  # an answer is ~100 bytes of JSON
 # upload is never buffered (between the two, Flask refuses by MAX_BODY)
 SERVER_MAX_BODY = 64 * MAX_BODY
 ANSWER_KEYS = {"set", "question", "choice"}
+EXTERNAL_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a recruiting platform's participant id (Prolific's: 24 hex)
 
 
 def one_line(text: str) -> bytes:
@@ -72,8 +79,14 @@ def default_db(study_dir: str | os.PathLike) -> Path:
     return folder.parent / f"{folder.name}.votes.sqlite"
 
 
-def create_app(study_dir: str | os.PathLike, db: str | os.PathLike | None = None) -> Flask:
+def create_app(
+    study_dir: str | os.PathLike, db: str | os.PathLike | None = None, public_url: str | None = None
+) -> Flask:
+    """The app over ``study_dir``'s study and its votes database. ``public_url``: where raters reach
+    the server (``https://study.example.org`` behind a proxy): the admin page's links, and the only
+    origin besides the request's own its form accepts posts from."""
     study = UserStudy.load(study_dir)
+    public_url = public_url.rstrip("/") if public_url else None
     store = VoteStore(db or default_db(study_dir), study.sha256)
     app = Flask(__name__, template_folder=str(WEB), static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
@@ -92,6 +105,8 @@ def create_app(study_dir: str | os.PathLike, db: str | os.PathLike | None = None
 
     def state(rater: int, answers: dict | None = None) -> dict:
         order = plan(rater)
+        if not store.consented(rater):
+            return {"done": False, "consent": True, "instructions": study.instructions, "index": 0, "total": len(order)}
         answers = store.answers_of(rater) if answers is None else answers
         for index, (set_id, images) in enumerate(order):
             answered = {q: answers[(set_id, q)] for q in study.questions if (set_id, q) in answers}
@@ -109,7 +124,7 @@ def create_app(study_dir: str | os.PathLike, db: str | os.PathLike | None = None
                     "undecided": UNDECIDED,
                     "answered": answered,
                 }
-        return {"done": True, "index": len(order), "total": len(order)}
+        return {"done": True, "index": len(order), "total": len(order), "completion": study.completion}
 
     @app.errorhandler(HTTPException)
     def refused(err: HTTPException):
@@ -139,9 +154,23 @@ def create_app(study_dir: str | os.PathLike, db: str | os.PathLike | None = None
     def get_state(token: str):
         return jsonify(state(rater_of(token)))
 
+    @app.post("/api/<token>/consent")
+    def consent(token: str):
+        rater = rater_of(token)
+        body = request.get_json(silent=True)
+        external = body.get("external_id") if isinstance(body, dict) and set(body) == {"external_id"} else False
+        if external is False or not (
+            external is None or (isinstance(external, str) and EXTERNAL_ID.fullmatch(external))
+        ):
+            abort(400, 'the body must be {"external_id": null or up to 64 letters, digits, _ or -}')
+        store.consent(rater, external)
+        return jsonify(state(rater))
+
     @app.post("/api/<token>/answer")
     def answer(token: str):
         rater = rater_of(token)
+        if not store.consented(rater):
+            abort(409, "agree to the instructions first")
         body = request.get_json(silent=True)
         if not isinstance(body, dict) or set(body) != ANSWER_KEYS or not all(isinstance(v, str) for v in body.values()):
             abort(400, 'the body must be a JSON object {"set", "question", "choice"} of strings')
@@ -177,20 +206,61 @@ def create_app(study_dir: str | os.PathLike, db: str | os.PathLike | None = None
         if not secrets.compare_digest(token.encode(), store.admin_token.encode()):
             abort(404, "unknown admin token")
 
+    def base_url() -> str:
+        return public_url or request.host_url.rstrip("/")
+
+    def same_origin() -> None:
+        """A form post from this server's own page (or the public URL's): a page elsewhere that
+        knows the admin link cannot add raters through the admin's browser."""
+        origin = request.headers.get("Origin") or request.headers.get("Referer", "")
+        allowed = {request.host_url.rstrip("/"), *([public_url] if public_url else [])}
+        if not any(origin == a or origin.startswith(a + "/") for a in allowed):
+            abort(403, "cross-origin post refused: use the admin page's own form")
+
     @app.get("/admin/<token>")
     def admin(token: str):
+        from wig.user_study.analysis import rater_table, vote_frame
+
         admin_check(token)
         done = store.progress()
         total = 2 * len(study.sets)
-        rows = [
-            {"rater": r, "link": f"{request.host_url}r/{t}", "answers": done.get(r, 0), "total": total}
-            for r, t in store.raters()
-        ]
+        external = store.external_ids()
+        checks = rater_table(vote_frame(study, store.rows()), study, list(done)).rows_by_key("rater", named=True)
+        rows = []
+        for r, t in store.raters():
+            check = checks[r][0]
+            rows.append(
+                {
+                    "rater": r,
+                    "link": f"{base_url()}/r/{t}",
+                    "answers": done.get(r, 0),
+                    "total": total,
+                    "external": external.get(r) or "",
+                    "consented": r in external,
+                    "alike": f"{check['agreed']}/{check['checks']}" if check["checks"] else "–",
+                    "verdict": check["reason"] or "kept",
+                }
+            )
         return render_template("admin.html", rows=rows, token=token, sets=len(study.sets))
+
+    @app.get("/admin/<token>/votes.csv")
+    def export(token: str):
+        import polars as pl
+
+        from wig.user_study.analysis import vote_frame
+
+        admin_check(token)
+        frame = vote_frame(study, store.rows())
+        external = store.external_ids()
+        frame = frame.with_columns(external_id=pl.Series([external.get(r) for r in frame["rater"]], dtype=pl.String))
+        response = Response(frame.write_csv(), mimetype="text/csv")
+        response.headers["Content-Disposition"] = "attachment; filename=votes.csv"
+        return response
 
     @app.post("/admin/<token>/raters")
     def add_raters(token: str):
         admin_check(token)
+        same_origin()
         try:
             n = int(request.form.get("n", "1"))
         except ValueError:
@@ -215,20 +285,32 @@ def serve_study(
     port: int = 8765,
     raters: int = 0,
     threads: int = 8,
+    public_url: str | None = None,
 ) -> None:
     """Serve the study until interrupted; print the admin link and every rater's link once the
-    socket listens (``port`` 0: a free one). ``raters``: make sure at least that many exist."""
+    socket listens (``port`` 0: a free one), under ``public_url`` where raters reach it (behind a
+    proxy). ``raters``: make sure at least that many exist."""
     # waitress warns at every request queued behind busy threads: noise at a study's peak, not news
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
-    app = create_app(study_dir, db)
+    if public_url is not None and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", public_url):
+        raise UserStudyError(
+            f"--public-url {public_url!r}: give the address raters open, e.g. https://study.example.org"
+        )
+    app = create_app(study_dir, db, public_url)
     store: VoteStore = app.extensions["wig_votes"]
     missing = raters - len(store.raters())
     if missing > 0:
         store.add_raters(missing)
     server = create_server(app, host=host, port=port, threads=threads, max_request_body_size=SERVER_MAX_BODY)
     server.channel_class = OneLineChannel
-    base = f"http://{host}:{server.effective_port}"
+    base = public_url.rstrip("/") if public_url else f"http://{host}:{server.effective_port}"
     print(f"wig serve-study: {len(app.extensions['wig_study'].sets)} sets, votes in {store.path}", flush=True)
+    if public_url is None and host in ("0.0.0.0", "::", ""):
+        print(
+            f"note: listening on all addresses ({host}) without --public-url: the links below name {host}, which "
+            "no rater can open; pass --public-url with the address raters use (your proxy's https://…)",
+            flush=True,
+        )
     print(f"admin: {base}/admin/{store.admin_token}", flush=True)
     for number, token in store.raters():
         print(f"rater {number}: {base}/r/{token}", flush=True)

@@ -9,6 +9,9 @@ Schema (``SCHEMA``; `VoteStore` creates it):
 ``raters(id, token, created_at)``
     ``id`` is the rater's number: with the study's seed it fixes the rater's order of sets and
     images (`wig.user_study.design.rater_plan`). ``token``: the secret in the rater's link.
+``consents(rater, consented_at, external_id)``
+    A rater's agreement to the instructions/consent page, before their first set, and the id a
+    recruiting platform gave them (Prolific's ``PROLIFIC_PID`` in the link), if any.
 ``answers(id, rater, set_id, question, choice, answered_at)``
     One row per rater × set × question (``UNIQUE``): a double click or a replayed request never
     counts twice. ``choice`` is an image id of the set or ``undecided``; which method an image
@@ -37,6 +40,11 @@ CREATE TABLE IF NOT EXISTS raters (
     id INTEGER PRIMARY KEY,
     token TEXT NOT NULL UNIQUE,
     created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS consents (
+    rater INTEGER PRIMARY KEY REFERENCES raters(id),
+    consented_at TEXT NOT NULL,
+    external_id TEXT
 );
 CREATE TABLE IF NOT EXISTS answers (
     id INTEGER PRIMARY KEY,
@@ -163,6 +171,24 @@ class VoteStore:
         if before != choice:
             raise AnswerConflict("this question of this set was answered before; the first answer stands")
         return False
+
+    def consent(self, rater: int, external_id: str | None = None) -> None:
+        """Record the rater's consent (once: a second call keeps the first, id included)."""
+        with self._write, self._connect() as db:
+            db.execute(
+                "INSERT INTO consents (rater, consented_at, external_id) VALUES (?, ?, ?) "
+                "ON CONFLICT (rater) DO NOTHING",
+                (rater, _now(), external_id),
+            )
+
+    def consented(self, rater: int) -> bool:
+        with self._connect() as db:
+            return db.execute("SELECT 1 FROM consents WHERE rater = ?", (rater,)).fetchone() is not None
+
+    def external_ids(self) -> dict[int, str | None]:
+        """{rater: the platform's id} of the raters who consented."""
+        with self._connect() as db:
+            return dict(db.execute("SELECT rater, external_id FROM consents"))
 
     def progress(self) -> dict[int, int]:
         """{rater: answers stored}."""

@@ -99,4 +99,6 @@ def user_study_design(study) -> dict[str, Any] | None:
         "entries": {e["name"]: list(e["methods"]) for e in entries},
         "attention": attention,
         "sets": sets,
+        "instructions": spec.get("instructions"),
+        "completion": spec.get("completion"),
     }
