@@ -347,10 +347,13 @@ def edit_config(config: dict, **changes) -> dict:
     return new
 
 
-def make_user_study(folder, seed: int = 0, n_sets: int = 4, attention: int = 1, entries=None, exclusion=None) -> Path:
+def make_user_study(
+    folder, seed: int = 0, n_sets: int = 4, attention: int = 1, entries=None, exclusion=None, gold: int = 0
+) -> Path:
     """A user-study folder (`wig.user_study.design.build_study`) over fabricated images: per entry
     (default one, ``toy/db-lora``, methods CFG, PG, AG) ``n_sets`` sets of flat-colour images, two
-    references each; ``attention`` repeats."""
+    references each; ``attention`` repeats; ``gold`` gold sets per entry (a held-out photo of the
+    first set's concept beside other sets' images)."""
     from PIL import Image
 
     from wig.user_study.design import QUESTIONS, attention_sets, build_study
@@ -379,6 +382,16 @@ def make_user_study(folder, seed: int = 0, n_sets: int = 4, attention: int = 1, 
                     "references": [paths["ref0"], paths["ref1"]],
                 }
             )
+    golds = []
+    for entry, labels in entries.items():
+        mine = [s for s in sets if s["entry"] == entry]
+        for g in range(gold):
+            k += 1
+            answer = source / f"{k:04d}-held-out.png"
+            Image.new("RGB", (8, 8), ((k * 37) % 256, (k * 91) % 256, (k * 13) % 256)).save(answer)
+            base = mine[g % len(mine)]
+            decoys = [mine[(g + 1 + j) % len(mine)]["images"][labels[j % len(labels)]] for j in range(len(labels) - 1)]
+            golds.append({**base, "answer": str(answer), "decoys": decoys})
     design = {
         "seed": seed,
         "questions": QUESTIONS,
@@ -386,6 +399,7 @@ def make_user_study(folder, seed: int = 0, n_sets: int = 4, attention: int = 1, 
         "entries": entries,
         "attention": attention_sets(len(sets), attention, seed),
         "sets": sets,
+        "gold": golds,
     }
     return build_study(design, folder)
 

@@ -930,3 +930,76 @@ def test_study_images_decode_to_their_sources_pixels_whatever_bytes_they_were_wr
     files = [p.read_bytes() for p in (study.folder / "images").iterdir()]
     assert len(files) == 3 * 3 + 2 * 3 and len(set(files)) == len(files)  # a repeat's bytes are its own
     assert {p.stat().st_mtime for p in (study.folder / "images").iterdir()} == {946684800}
+
+
+# --- attention checks that measure attention ------------------------------------------------------
+
+
+def _preset_exclusion(preset: str) -> dict:
+    from wig.workflow.config_schema import read_config
+
+    config = read_config(
+        yaml.safe_load((ROOT / f"config/presets/{preset}.yaml").read_text()), ROOT / "config/schema.yaml"
+    )
+    return config["user_study"]
+
+
+def _simulated(study: UserStudy, rater: int, kind: str, rng: np.random.Generator) -> list[tuple]:
+    """One rater's answers to their whole plan: ``consistent`` (the subject's photo on gold sets, else
+    always PG for the subject and CFG for the text), ``undecided`` everywhere, or ``random`` (each
+    question one of the K images or undecided, uniformly)."""
+    rows = []
+    for set_id, images in study.plan(rater):
+        s = study.sets[set_id]
+        by_label = {label: i for i, label in s["images"].items()}
+        for question in ("subject", "text"):
+            if kind == "undecided":
+                choice = UNDECIDED
+            elif kind == "random":
+                choice = str(rng.choice([*images, UNDECIDED]))
+            elif s.get("gold"):
+                choice = s["gold"] if question == "subject" else images[0]
+            else:
+                choice = by_label["PG" if question == "subject" else "CFG"]
+            rows.append((rater, set_id, question, choice, "t"))
+    return rows
+
+
+@pytest.mark.parametrize("preset", ["vico-sana", "vico-sd21-table2"])
+def test_gold_sets_and_repeats_exclude_the_inattentive_under_the_presets_rule(tmp_path, preset):
+    """The preset's design (its sets, repeats, gold sets and exclusion rule, the schema's defaults
+    filled in): a consistent rater is kept; one who answers "undecided" everywhere (consistent on
+    every repeat) fails the gold set and is excluded; a uniform random clicker is excluded. Over 3000
+    simulated clickers the share passing is the probability printed when the study is drawn."""
+    from wig.user_study.design import random_pass_probability
+
+    spec = _preset_exclusion(preset)
+    labels = list(spec["models"][0]["methods"])
+    study = UserStudy.load(
+        make_user_study(
+            tmp_path / "sets",
+            n_sets=spec["sets"],
+            attention=spec["attention_checks"],
+            gold=spec["gold"],
+            entries={"m/ft": labels},
+            exclusion=spec["exclusion"],
+        )
+    )
+    assert spec["gold"] >= 1 and spec["exclusion"]["min_gold"] == 1.0
+    rng = np.random.default_rng(0)
+    rows = [*_simulated(study, 1, "consistent", rng), *_simulated(study, 2, "undecided", rng)]
+    rows += _simulated(study, 3, "random", rng)
+    table = rater_table(vote_frame(study, rows), study).sort("rater")
+    assert table["excluded"].to_list() == [False, True, True]
+    assert table["gold_passed"].to_list()[:2] == [1, 0] and table["consistency"][1] == 1.0
+    assert "gold sets passed 0 of 1" in table["reason"][1] and table["undecided"][1] == 1.0
+    # the printed probability is what random clickers do
+    chance = random_pass_probability(study.data)
+    clickers = [row for r in range(10, 3010) for row in _simulated(study, r, "random", rng)]
+    passed = (~rater_table(vote_frame(study, clickers), study)["excluded"]).mean()
+    assert abs(passed - chance) < 4 * np.sqrt(chance * (1 - chance) / 3000), (passed, chance)
+    k = len(labels)
+    repeats = 2 * spec["attention_checks"]
+    from scipy.stats import binom
+
+    assert chance == pytest.approx(binom.sf(np.ceil(0.5 * repeats) - 1, repeats, 1 / (k + 1)) / (k + 1))

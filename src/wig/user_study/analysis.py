@@ -34,6 +34,7 @@ VOTE_SCHEMA = {
     "method": pl.String,  # the chosen image's method label, or undecided
     "position": pl.Int64,  # where the rater saw the chosen image (1 = first), null if undecided
     "attention": pl.Boolean,  # a repeat (attention check)
+    "gold": pl.Boolean,  # a gold set (attention check with a known subject answer): its method is reference or decoy
     "original": pl.String,  # the set it counts as: itself, or the set it repeats
     "concept": pl.String,
     "prompt": pl.String,
@@ -59,6 +60,7 @@ def vote_frame(study: UserStudy, rows: Sequence[tuple]) -> pl.DataFrame:
                 "method": UNDECIDED if choice == UNDECIDED else s["images"][choice],
                 "position": None if choice == UNDECIDED else shown[set_id].index(choice) + 1,
                 "attention": s["repeat_of"] is not None,
+                "gold": s.get("gold") is not None,
                 "original": s["repeat_of"] or set_id,
                 "concept": s["source"]["concept"],
                 "prompt": s["source"]["prompt"],  # the model's (raters read it with the class noun)
@@ -71,8 +73,18 @@ def vote_frame(study: UserStudy, rows: Sequence[tuple]) -> pl.DataFrame:
 
 def rater_table(votes: pl.DataFrame, study: UserStudy, raters: Sequence[int] = ()) -> pl.DataFrame:
     """Per rater (every rater who answered, and ``raters``): answers, attention checks answered
-    both times, those answered alike, the consistency, and the exclusion rule's verdict."""
+    both times, those answered alike, the consistency, gold sets answered and passed (their subject
+    question answered with the reference photo; undecided fails), the share of undecided answers,
+    and the exclusion rule's verdict."""
     rule = study.data["exclusion"]
+    min_gold = rule.get("min_gold", 1.0)
+    n_gold = sum(1 for s in study.sets.values() if s.get("gold"))
+    gold = (
+        votes.filter(pl.col("gold") & (pl.col("question") == "subject"))
+        .group_by("rater")
+        .agg(gold_answered=pl.len().cast(pl.Int64), gold_passed=(pl.col("method") == "reference").sum().cast(pl.Int64))
+    )
+    undecided = votes.group_by("rater").agg(undecided=(pl.col("method") == UNDECIDED).mean())
     expected = 2 * len(study.sets)  # every set of the plan, two questions each
     # alike: the same method (a repeat shows the set's images under fresh ids), or undecided both times
     first = votes.filter(~pl.col("attention")).select("rater", "original", "question", first="method")
@@ -86,7 +98,9 @@ def rater_table(votes: pl.DataFrame, study: UserStudy, raters: Sequence[int] = (
         pl.DataFrame({"rater": everyone}, schema={"rater": pl.Int64})
         .join(votes.group_by("rater").agg(answers=pl.len().cast(pl.Int64)), on="rater", how="left")
         .join(per_rater, on="rater", how="left")
-        .with_columns(pl.col("answers", "checks", "agreed").fill_null(0))
+        .join(gold, on="rater", how="left")
+        .join(undecided, on="rater", how="left")
+        .with_columns(pl.col("answers", "checks", "agreed", "gold_answered", "gold_passed").fill_null(0))
         .with_columns(
             consistency=pl.when(pl.col("checks") > 0).then(pl.col("agreed") / pl.col("checks")),
             complete=pl.col("answers") == expected,
@@ -105,6 +119,8 @@ def rater_table(votes: pl.DataFrame, study: UserStudy, raters: Sequence[int] = (
             and any(s["repeat_of"] for s in study.sets.values())
         ):
             why.append("no attention check answered twice")
+        if n_gold and row["gold_passed"] < min_gold * n_gold - 1e-9:
+            why.append(f"gold sets passed {row['gold_passed']} of {n_gold} (at least {min_gold:g} asked)")
         reasons.append("; ".join(why) or None)
     return table.with_columns(excluded=pl.Series(reasons, dtype=pl.String).is_not_null(), reason=pl.Series(reasons))
 
@@ -132,7 +148,7 @@ def share_table(
     raters, and its 95 % interval (module docstring); ``votes``: the kept raters' answers."""
     rows = []
     rng = np.random.default_rng(seed)
-    counted = votes.filter(~pl.col("attention"))
+    counted = votes.filter(~pl.col("attention") & ~pl.col("gold"))
     for entry, methods in labels.items():
         options = [*methods, UNDECIDED]
         for question in ("subject", "text"):
@@ -171,7 +187,7 @@ def win_rates(votes: pl.DataFrame, labels: Mapping[str, Sequence[str]]) -> pl.Da
     """Per entry × question × ordered pair of methods: wins, losses and the win rate (wins over
     the answers that chose either; undecided counts for neither)."""
     rows = []
-    counted = votes.filter(~pl.col("attention"))
+    counted = votes.filter(~pl.col("attention") & ~pl.col("gold"))
     for entry, methods in labels.items():
         for question in ("subject", "text"):
             chosen = counted.filter((pl.col("entry") == entry) & (pl.col("question") == question))["method"]
@@ -269,10 +285,23 @@ def table_markdown(
                 cells.append(f"{row['strength']:+.2f} [{row['lo']:+.2f}, {row['hi']:+.2f}]")
             lines.append(f"| {question} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["## Raters", "", "| rater | answers | attention checks alike | excluded |", "|---|---|---|---|"]
+    from wig.user_study.design import random_pass_probability
+
+    lines += [
+        "## Raters",
+        "",
+        f"A rater clicking at random passes the rule with probability {random_pass_probability(study.data):.3f}.",
+        "",
+        "| rater | answers | attention checks alike | gold sets passed | undecided | excluded |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in raters.iter_rows(named=True):
         alike = f"{row['agreed']}/{row['checks']}" if row["checks"] else "–"
-        lines.append(f"| {row['rater']} | {row['answers']} | {alike} | {row['reason'] or 'no'} |")
+        gold = f"{row['gold_passed']}/{row['gold_answered']}" if row["gold_answered"] else "–"
+        lines.append(
+            f"| {row['rater']} | {row['answers']} | {alike} | {gold} | {_percent(row['undecided'])} | "
+            f"{row['reason'] or 'no'} |"
+        )
     return "\n".join(lines) + "\n"
 
 

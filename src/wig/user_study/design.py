@@ -56,6 +56,7 @@ from wig.atomic import atomic_dir
 from wig.errors import WigError
 
 STUDY_FILE = "study.json"
+GOLD, DECOY = "reference", "decoy"  # a gold set's images: the subject's held-out photo, other subjects' images
 _ID = re.compile(r"[0-9a-f]{8,64}")  # an image id: hex, so it names a file in images/ and nothing else
 UNDECIDED = "undecided"
 # the two questions of the paper's study, asked of every set (the keys are stored with each vote)
@@ -246,6 +247,31 @@ def build_study(design: Mapping[str, Any], out: str | os.PathLike, secret: bytes
         sets.append(make_set(n, drawn, None))
     for n, index in enumerate(design["attention"]):
         sets.append(make_set(n, design["sets"][index], sets[index]["id"]))
+    for n, gold in enumerate(design.get("gold", [])):
+        # a set like the others (the subject's references, a prompt, K images) whose subject answer
+        # is known: one image is the subject's own photo held out of the references, the others
+        # show other subjects
+        labels = entries[gold["entry"]]
+        if len(gold["decoys"]) != len(labels) - 1:
+            raise UserStudyError(f"user_study: gold set {n} of {gold['entry']} needs {len(labels) - 1} decoys")
+        images = {keyed(f"gold:{n}:image:0", 8): (gold["answer"], GOLD)}
+        images |= {keyed(f"gold:{n}:image:{k + 1}", 8): (p, DECOY) for k, p in enumerate(gold["decoys"])}
+        refs = [keyed(f"reference:{digest(p)}", 8) for p in gold["references"]]
+        writes.update({i: p for i, (p, _) in images.items()})
+        writes.update(zip(refs, gold["references"]))
+        answer = keyed(f"gold:{n}:image:0", 8)
+        sets.append(
+            {
+                "id": keyed(f"gold:{n}", 6),
+                "entry": gold["entry"],
+                "prompt": gold.get("shown_prompt", gold["prompt"]),
+                "references": refs,
+                "images": dict(sorted((i, label) for i, (_, label) in images.items())),
+                "repeat_of": None,
+                "gold": answer,
+                "source": {k: gold[k] for k in ("concept", "prompt_index", "seed", "prompt")},
+            }
+        )
     if len({s["id"] for s in sets}) != len(sets) or len(writes) != len(set(writes)):
         raise UserStudyError("user_study: two ids collide (a 48/64-bit coincidence): draw again with another secret")
     with atomic_dir(out, overwrite=True) as tmp:
@@ -371,7 +397,11 @@ def _study_problem(data: Mapping[str, Any]) -> str | None:
                 return f"{where}.{key}: missing or not a {kind.__name__}"
         if s["entry"] not in data["entries"]:
             return f"{where}.entry: {s['entry']!r} is not one of entries"
-        if sorted(s["images"].values()) != sorted(data["entries"][s["entry"]]):
+        if s.get("gold") is not None:
+            k = len(data["entries"][s["entry"]])
+            if sorted(s["images"].values()) != sorted([GOLD] + [DECOY] * (k - 1)) or s["images"].get(s["gold"]) != GOLD:
+                return f"{where}.gold: not one {GOLD} image (the answer) and {k - 1} {DECOY}s"
+        elif sorted(s["images"].values()) != sorted(data["entries"][s["entry"]]):
             return f"{where}.images: not one image per method of {s['entry']}"
         if not all(isinstance(i, str) for i in [*s["references"], *s["images"]]):
             return f"{where}: an image id that is not a string"
@@ -445,4 +475,40 @@ def resolve_images(design: Mapping[str, Any], samples: Mapping[str, str], refere
         if not refs:
             raise UserStudyError(f"{folder}: no reference image of {s['concept']}")
         sets.append({**s, "images": images, "references": [str(p) for p in refs]})
-    return {**design, "sets": sets}
+    gold = []
+    for g in design.get("gold", []):
+        folder = Path(references[g["concept"]])
+        photos = sorted(folder.glob("*.png"))
+        if len(photos) <= design["references"]:
+            raise UserStudyError(
+                f"{folder}: {len(photos)} photos of {g['concept']}, none held out of the {design['references']} "
+                "references for its gold set (user_study.references or gold)"
+            )
+        decoys = [sets[j]["images"][label] for j, label in g["decoys"]]
+        refs = [str(p) for p in photos[: design["references"]]]
+        gold.append({**g, "answer": str(photos[design["references"]]), "decoys": decoys, "references": refs})
+    return {**design, "sets": sets, "gold": gold}
+
+
+def random_pass_probability(study: Mapping[str, Any]) -> float:
+    """The probability that a rater clicking uniformly at random (each question: one of the set's K
+    images or undecided, alike) passes the study's exclusion rule: every gold set's subject question
+    answered with its reference photo at the rate ``min_gold`` asks, and the repeated questions
+    answered alike at the rate ``min_consistency`` asks (a random clicker answers every set, so
+    ``complete`` holds). Exact: the two counts are sums of independent Bernoulli trials."""
+    rule = study["exclusion"]
+    by_id = {s["id"]: s for s in study["sets"]}
+    gold = [1 / (len(s["images"]) + 1) for s in study["sets"] if s.get("gold")]
+    alike = [1 / (len(by_id[s["repeat_of"]]["images"]) + 1) for s in study["sets"] if s["repeat_of"]] * 2
+    return _at_least(gold, rule.get("min_gold", 1.0)) * _at_least(alike, rule["min_consistency"])
+
+
+def _at_least(probabilities: Sequence[float], share: float) -> float:
+    """P(at least ``share`` of independent Bernoulli trials succeed); 1 when there are none."""
+    if not probabilities:
+        return 1.0
+    dist = np.array([1.0])
+    for p in probabilities:
+        dist = np.convolve(dist, [1 - p, p])
+    need = int(np.ceil(share * len(probabilities) - 1e-9))
+    return float(dist[need:].sum())

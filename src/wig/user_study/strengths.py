@@ -60,7 +60,7 @@ def strength_table(
     votes it rests on. ``votes``: the kept raters' answers; repeats are not counted twice."""
     rows = []
     rng = np.random.default_rng(seed)
-    counted = votes.filter(~pl.col("attention"))
+    counted = votes.filter(~pl.col("attention") & ~pl.col("gold"))
     for entry, methods in labels.items():
         options = [*methods, UNDECIDED]
         for question in ("subject", "text"):

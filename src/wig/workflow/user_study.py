@@ -91,8 +91,10 @@ def user_study_design(study) -> dict[str, Any] | None:
         # what raters read: the subject named by its class ("a dog in the snow"), not the identifier
         shown = concept.clip_texts("class")[s["prompt_index"]] if concept.named else s["prompt"]
         sets.append({**s, "shown_prompt": shown, "members": members})
+    gold = _gold_sets(sets, entries, spec.get("gold", 1), spec["seed"])
     return {
         "seed": spec["seed"],
+        "gold": gold,
         "questions": QUESTIONS,
         "exclusion": spec["exclusion"],
         "references": spec["references"],
@@ -102,3 +104,28 @@ def user_study_design(study) -> dict[str, Any] | None:
         "instructions": spec.get("instructions"),
         "completion": spec.get("completion"),
     }
+
+
+def _gold_sets(sets: list[dict], entries: list[dict], n_gold: int, seed: int) -> list[dict]:
+    """``n_gold`` gold sets per entry, each made from one of its drawn sets (seeded): that set's
+    concept, prompt and references, and as candidates the concept's first photo held out of the
+    references (`wig.user_study.design.resolve_images` finds it) beside one image each of other
+    sets of the entry that show other concepts (``decoys``: (set index, method label))."""
+    import random
+
+    out = []
+    for entry in entries:
+        labels = list(entry["methods"])
+        mine = [i for i, s in enumerate(sets) if s["entry"] == entry["name"]]
+        rng = random.Random(f"wig-user-study:{seed}:gold:{entry['name']}")
+        for i in rng.sample(mine, min(n_gold, len(mine))):
+            others = [j for j in mine if sets[j]["concept"] != sets[i]["concept"]]
+            if len(others) < len(labels) - 1:
+                raise StudyError(
+                    f"user_study.gold: a gold set of {entry['name']} shows {len(labels) - 1} images of other "
+                    f"subjects, and its sets show {len(others)} (more concepts or sets, or gold: 0)"
+                )
+            picks = rng.sample(others, len(labels) - 1)
+            base = {k: sets[i][k] for k in ("entry", "concept", "prompt_index", "prompt", "shown_prompt", "seed")}
+            out.append({**base, "decoys": [(j, labels[rng.randrange(len(labels))]) for j in picks]})
+    return out
