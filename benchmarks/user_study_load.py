@@ -4,7 +4,8 @@ latency at a given concurrency.
 
     python benchmarks/user_study_load.py results/user_study/sets [--raters 200] [--concurrency 20]
 
-STUDY_DIR is rule user_study's folder (`make demo` draws the demo's). The votes go to a fresh
+STUDY_DIR is rule user_study's folder (`make demo` draws the demo's). Each rater first agrees on
+the consent page (one request, not timed with the answers). The votes go to a fresh
 database in a temporary folder; each of ``--concurrency`` workers takes raters from the pool and
 answers all their sets (the "next set" comes back with the answer that finishes a set).
 """
@@ -53,11 +54,19 @@ def request(conn: http.client.HTTPConnection, method: str, path: str, body: dict
     return payload
 
 
+def begin(conn: http.client.HTTPConnection, token: str) -> dict:
+    """A rater's first state: the consent page agreed to (where the server asks), then their first set."""
+    state = json.loads(request(conn, "GET", f"/api/{token}/state"))
+    if state.get("consent"):
+        state = json.loads(request(conn, "POST", f"/api/{token}/consent", {"external_id": None}))
+    return state
+
+
 def rate(host: str, token: str, seed: int, latencies: list, lock: threading.Lock) -> int:
     """Answer every set of one rater on one keep-alive connection; the answers' latencies."""
     rng = np.random.default_rng(seed)
     conn = http.client.HTTPConnection(host, timeout=60)
-    state = json.loads(request(conn, "GET", f"/api/{token}/state"))
+    state = begin(conn, token)
     mine = []
     while not state["done"]:
         question = next(q["key"] for q in state["questions"] if q["key"] not in state["answered"])
@@ -85,7 +94,7 @@ def main() -> None:
         try:
             conn = http.client.HTTPConnection(host, timeout=60)
             request(conn, "GET", f"/r/{tokens[0]}")
-            state = json.loads(request(conn, "GET", f"/api/{tokens[0]}/state"))
+            state = begin(conn, tokens[0])
             for src in [*state["references"], *(image["src"] for image in state["images"])]:
                 request(conn, "GET", src)
             first_page = time.perf_counter() - t0

@@ -103,9 +103,16 @@ def create_app(
             abort(404, "unknown rater token")
         return rater
 
+    agreed: set[int] = set()  # raters known to have consented (never revoked: no query per answer once seen)
+
+    def consented(rater: int) -> bool:
+        if rater not in agreed and store.consented(rater):
+            agreed.add(rater)
+        return rater in agreed
+
     def state(rater: int, answers: dict | None = None) -> dict:
         order = plan(rater)
-        if not store.consented(rater):
+        if not consented(rater):
             return {"done": False, "consent": True, "instructions": study.instructions, "index": 0, "total": len(order)}
         answers = store.answers_of(rater) if answers is None else answers
         for index, (set_id, images) in enumerate(order):
@@ -169,7 +176,7 @@ def create_app(
     @app.post("/api/<token>/answer")
     def answer(token: str):
         rater = rater_of(token)
-        if not store.consented(rater):
+        if not consented(rater):
             abort(409, "agree to the instructions first")
         body = request.get_json(silent=True)
         if not isinstance(body, dict) or set(body) != ANSWER_KEYS or not all(isinstance(v, str) for v in body.values()):
