@@ -1003,3 +1003,33 @@ def test_gold_sets_and_repeats_exclude_the_inattentive_under_the_presets_rule(tm
     from scipy.stats import binom
 
     assert chance == pytest.approx(binom.sf(np.ceil(0.5 * repeats) - 1, repeats, 1 / (k + 1)) / (k + 1))
+
+
+@pytest.mark.parametrize("public", [None, "https://study.example.org"])
+def test_serve_study_on_all_addresses_prints_links_raters_can_open(tmp_path, public):
+    """`--host 0.0.0.0` without `--public-url` prints links naming 0.0.0.0 and a line saying no rater
+    can open them; with it, every printed link is under the public address."""
+    folder = make_user_study(tmp_path / "sets", n_sets=1, attention=0)
+    args = [sys.executable, "-m", "wig.cli", "serve-study", str(folder), "--host", "0.0.0.0", "--port", "0"]
+    args += ["--raters", "2"] + (["--public-url", public] if public else [])
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            if line.startswith("serving on"):
+                break
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    links = [line.split(": ", 1)[1] for line in lines if line.startswith(("admin:", "rater "))]
+    assert len(links) == 3
+    if public:
+        assert all(link.startswith(f"{public}/") for link in links) and not any(
+            "without --public-url" in x for x in lines
+        )
+    else:
+        assert all(link.startswith("http://0.0.0.0:") for link in links)
+        assert any(x.startswith("note: listening on all addresses (0.0.0.0) without --public-url") for x in lines)
+    bad = subprocess.run([*args[:5], "--public-url", "study.example.org"], capture_output=True, text=True)
+    assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "--public-url 'study.example.org'" in bad.stderr
