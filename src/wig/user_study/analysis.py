@@ -22,6 +22,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import polars as pl
 
+from wig.user_study.counts import choice_counts, counted, crossed_weights
 from wig.user_study.design import UNDECIDED, UserStudy
 from wig.user_study.strengths import TIE, strength_table
 
@@ -128,9 +129,7 @@ def rater_table(votes: pl.DataFrame, study: UserStudy, raters: Sequence[int] = (
 def _crossed_bootstrap(counts: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """Per replicate, the options' shares averaged over raters, with raters and sets resampled
     independently with replacement. ``counts[r, s, m]``: rater r chose option m in set s (0/1)."""
-    n_raters, n_sets, _ = counts.shape
-    w_raters = rng.multinomial(n_raters, np.full(n_raters, 1 / n_raters), size=n_boot).astype(float)
-    w_sets = rng.multinomial(n_sets, np.full(n_sets, 1 / n_sets), size=n_boot).astype(float)
+    w_raters, w_sets = crossed_weights(*counts.shape[:2], n_boot, rng)
     chosen = np.einsum("bs,rsm->brm", w_sets, counts)  # per replicate and rater, weighted choices
     answered = chosen.sum(axis=2, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -148,17 +147,12 @@ def share_table(
     raters, and its 95 % interval (module docstring); ``votes``: the kept raters' answers."""
     rows = []
     rng = np.random.default_rng(seed)
-    counted = votes.filter(~pl.col("attention") & ~pl.col("gold"))
+    answers = counted(votes)
     for entry, methods in labels.items():
         options = [*methods, UNDECIDED]
         for question in ("subject", "text"):
-            part = counted.filter((pl.col("entry") == entry) & (pl.col("question") == question))
-            raters = sorted(set(part["rater"].to_list()))
-            sets = sorted(set(part["set"].to_list()))
-            counts = np.zeros((len(raters), len(sets), len(options)))
-            r_at, s_at, m_at = ({v: i for i, v in enumerate(x)} for x in (raters, sets, options))
-            for r, s, m in part.select("rater", "set", "method").iter_rows():
-                counts[r_at[r], s_at[s], m_at[m]] = 1
+            part = answers.filter((pl.col("entry") == entry) & (pl.col("question") == question))
+            raters, sets, counts = choice_counts(part, options)
             if raters:
                 per_rater = counts.sum(axis=1) / counts.sum(axis=(1, 2))[:, None]
                 share = per_rater.mean(axis=0)
@@ -187,10 +181,10 @@ def win_rates(votes: pl.DataFrame, labels: Mapping[str, Sequence[str]]) -> pl.Da
     """Per entry × question × ordered pair of methods: wins, losses and the win rate (wins over
     the answers that chose either; undecided counts for neither)."""
     rows = []
-    counted = votes.filter(~pl.col("attention") & ~pl.col("gold"))
+    answers = counted(votes)
     for entry, methods in labels.items():
         for question in ("subject", "text"):
-            chosen = counted.filter((pl.col("entry") == entry) & (pl.col("question") == question))["method"]
+            chosen = answers.filter((pl.col("entry") == entry) & (pl.col("question") == question))["method"]
             tally = {m: int((chosen == m).sum()) for m in methods}
             for a in methods:
                 for b in methods:

@@ -24,6 +24,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import polars as pl
 
+from wig.user_study.counts import choice_counts, counted, crossed_weights
 from wig.user_study.design import UNDECIDED
 
 TIE = "ties (ν)"  # the strength table's row for Davidson's tie weight
@@ -46,12 +47,6 @@ def probabilities(beta: np.ndarray, log_nu: float) -> np.ndarray:
     return weights / weights.sum()
 
 
-def _crossed_weights(n_raters: int, n_sets: int, n_boot: int, rng: np.random.Generator):
-    w_raters = rng.multinomial(n_raters, np.full(n_raters, 1 / n_raters), size=n_boot).astype(float)
-    w_sets = rng.multinomial(n_sets, np.full(n_sets, 1 / n_sets), size=n_boot).astype(float)
-    return w_raters, w_sets
-
-
 def strength_table(
     votes: pl.DataFrame, labels: Mapping[str, Sequence[str]], n_boot: int = 2000, seed: int = 0
 ) -> pl.DataFrame:
@@ -60,21 +55,16 @@ def strength_table(
     votes it rests on. ``votes``: the kept raters' answers; repeats are not counted twice."""
     rows = []
     rng = np.random.default_rng(seed)
-    counted = votes.filter(~pl.col("attention") & ~pl.col("gold"))
+    answers = counted(votes)
     for entry, methods in labels.items():
         options = [*methods, UNDECIDED]
         for question in ("subject", "text"):
-            part = counted.filter((pl.col("entry") == entry) & (pl.col("question") == question))
-            raters = sorted(set(part["rater"].to_list()))
-            sets = sorted(set(part["set"].to_list()))
-            counts = np.zeros((len(raters), len(sets), len(options)))
-            r_at, s_at, m_at = ({v: i for i, v in enumerate(x)} for x in (raters, sets, options))
-            for r, s, m in part.select("rater", "set", "method").iter_rows():
-                counts[r_at[r], s_at[s], m_at[m]] = 1
+            part = answers.filter((pl.col("entry") == entry) & (pl.col("question") == question))
+            raters, sets, counts = choice_counts(part, options)
             total = counts.sum(axis=(0, 1))
             beta, log_nu = fit_strengths(total)
             if raters:
-                w_r, w_s = _crossed_weights(len(raters), len(sets), n_boot, rng)
+                w_r, w_s = crossed_weights(len(raters), len(sets), n_boot, rng)
                 boot_beta, boot_nu = fit_strengths(np.einsum("br,bs,rsm->bm", w_r, w_s, counts))
                 lo = np.quantile(np.column_stack([boot_beta, boot_nu]), 0.025, axis=0, method="inverted_cdf")
                 hi = np.quantile(np.column_stack([boot_beta, boot_nu]), 0.975, axis=0, method="inverted_cdf")
