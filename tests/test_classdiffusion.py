@@ -15,7 +15,7 @@ from wig.guidance import Guidance
 from wig.models.pipelines import load_pipeline
 from wig.models.tiny import build_tiny_sd
 from wig.personalization import Subject, make
-from wig.personalization.classdiffusion.custom_diffusion import (
+from wig.personalization.methods.classdiffusion.custom_diffusion import (
     CustomDiffusionError,
     pooled,
     rescale,

@@ -8,8 +8,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from wig.evaluation.diversity import mean_pairwise_distance
 from wig.evaluation.metrics import aggregate, enabled_metrics, metric_value, score_job
+from wig.evaluation.plugins.diversity import mean_pairwise_distance
 from wig.workflow.study import Study, StudyError
 
 from test_metric_registry import ENCODER, _job

@@ -10,7 +10,7 @@ from PIL import Image
 
 from wig.errors import WigError
 from wig.guidance import RESULT, Guidance
-from wig.guidance.dreamblend import REFERENCE, cag_loss
+from wig.guidance.methods.dreamblend import REFERENCE, cag_loss
 from wig.models.attention import capture_cross_attention, cross_attention_layers
 from wig.models.pipelines import load_pipeline
 from wig.personalization.lora import attach_loras

@@ -48,7 +48,7 @@ def _image_set(folder: Path, sources, size) -> Path:
 
 
 def test_dreamsim_is_the_mean_distance_to_the_references_as_the_package_computes_it(twin, tmp_path):
-    from wig.evaluation.dreamsim import build, preprocess
+    from wig.evaluation.plugins.dreamsim import build, preprocess
 
     dogs = sorted(DOG.iterdir())
     samples = _image_set(tmp_path / "samples", dogs[:2], (96, 80))
@@ -82,7 +82,7 @@ def test_the_loader_builds_what_the_package_builds_from_its_download(tmp_path):
     from dreamsim.model import PerceptualModel
     from peft import LoraConfig, get_peft_model
 
-    from wig.evaluation.dreamsim import LORA_KEYS
+    from wig.evaluation.plugins.dreamsim import LORA_KEYS
 
     torch.manual_seed(0)
     vit = vit_base(patch_size=32)

@@ -26,8 +26,8 @@ from wig.guidance import (
     point_schema,
     register,
 )
-from wig.guidance.cfg import cfg_combine
 from wig.guidance.grid import expand
+from wig.guidance.methods.cfg import cfg_combine
 from wig.models.pipelines import load_pipeline
 from wig.personalization.lora import attach_loras
 from wig.sampling.generation import generate_samples

@@ -113,17 +113,26 @@ def test_each_shipped_plugin_is_named_in_its_own_module_only(what):
     assert _named_outside(homes, CODE) == []
 
 
+PLUGIN_PACKAGES = {  # the package whose modules are a kind's plug-ins (`wig.plugins.discover`)
+    "guidance": PACKAGE / "guidance/methods",
+    "personalization": PACKAGE / "personalization/methods",
+    "metric": PACKAGE / "evaluation/plugins",
+    "encoder": PACKAGE / "evaluation/plugins",
+}
+
+
 def test_plugins_live_where_their_registry_says():
     homes = _homes()
-    for package in ("guidance", "personalization"):  # wig/<package>/<name>.py, or <name>/ with its own code
-        for name, path in homes[package].items():
-            module = name.replace("-", "_")
-            assert (path.name, path.parent.name) in {(f"{module}.py", package), ("__init__.py", module)}, name
-            assert path.parents[0 if path.name != "__init__.py" else 1] == PACKAGE / package, name
-    for what in ("metric", "encoder"):  # a module of wig/evaluation/, imported by its plugins module
-        plugins = (PACKAGE / "evaluation/plugins.py").read_text()
+    for what, folder in PLUGIN_PACKAGES.items():  # <folder>/<module>.py, or <folder>/<module>/ with its own code
         for name, path in homes[what].items():
-            assert path.parent == PACKAGE / "evaluation" and f"import {path.stem} " in plugins, (what, name)
+            assert path.parent == folder or path.parent.parent == folder and path.name == "__init__.py", (what, name)
+            if what in ("guidance", "personalization"):  # the method's module is named after it
+                assert name.replace("-", "_") in (path.stem, path.parent.name), (what, name)
+    for folder in set(PLUGIN_PACKAGES.values()):  # found by discovery, not listed
+        tree = ast.parse((folder / "__init__.py").read_text())
+        imports = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+        assert [(n.module, [a.name for a in n.names]) for n in imports] == [("wig.plugins", ["discover"])], folder
+        assert "discover(__name__)" in ast.unparse(tree), folder
 
 
 def test_the_name_check_sees_every_use_form(tmp_path):
@@ -141,12 +150,12 @@ def test_the_name_check_sees_every_use_form(tmp_path):
     # through the file walk, with its line, in Python and in Snakemake files
     (tmp_path / "leak.py").write_text('x = 1\nif metric == "dreamsim":\n    pass\n')
     (tmp_path / "leak.smk").write_text('rule a:\n    params:\n        m="dreamsim",\n')
-    fake = {"dreamsim": PACKAGE / "evaluation/dreamsim.py"}
+    fake = {"dreamsim": PACKAGE / "evaluation/plugins/dreamsim.py"}
     assert _named_outside(fake, [tmp_path / "leak.py", tmp_path / "leak.smk"]) == [
         "leak.py:2 dreamsim",
         "leak.smk:3 dreamsim",
     ]
-    assert _named_outside(fake, [PACKAGE / "evaluation/dreamsim.py"]) == []
+    assert _named_outside(fake, [PACKAGE / "evaluation/plugins/dreamsim.py"]) == []
 
 
 # --- floors --------------------------------------------------------------------------------
@@ -168,6 +177,7 @@ LAYERS = [
             "wig.atomic",
             "wig.gpus",
             "wig.provenance",
+            "wig.plugins",
             "wig.weights",
             "wig.fetch",
             "wig.branches",

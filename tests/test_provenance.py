@@ -4,6 +4,7 @@ covers exactly the import closure an independent walk (bytecode, not wig's ``ast
 import dis
 import importlib.util
 import json
+import pkgutil
 import subprocess
 import sys
 import textwrap
@@ -45,8 +46,16 @@ def _imported(path: Path, package: str) -> tuple[set[str], set[Path]]:
     read from its bytecode's IMPORT_NAME / IMPORT_FROM instructions and string constants."""
     modules, folders = set(), set()
     for code in _code_objects(compile(path.read_text(), str(path), "exec")):
-        consts, current = [], None
+        consts, current, loaded = [], None, []
         for ins in dis.get_instructions(code):
+            if ins.opname in ("LOAD_NAME", "LOAD_GLOBAL"):
+                loaded.append(ins.argval)
+                if loaded[-2:] == [
+                    "discover",
+                    "__name__",
+                ]:  # `discover(__name__)`: the package's modules, as pkgutil lists them
+                    found = pkgutil.iter_modules(_spec(package).submodule_search_locations)
+                    modules |= {f"{package}.{m.name}" for m in found if not m.name.startswith("_")}
             if ins.opname == "LOAD_CONST":
                 consts.append(ins.argval)
                 value = ins.argval

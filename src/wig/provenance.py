@@ -85,12 +85,34 @@ def _read(path: Path, package: str) -> tuple[frozenset[str], frozenset[Path]]:
             modules.add(origin)
             # `from wig.evaluation import plots` imports wig.evaluation.plots; `from wig.x import f` only wig.x
             modules.update(f"{origin}.{a.name}" for a in node.names if module_file(f"{origin}.{a.name}"))
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "discover":
+            # `discover(__name__)` in a package's __init__ (`wig.plugins`) imports all its modules
+            arg = node.args[0] if node.args else None
+            target = package if isinstance(arg, ast.Name) and arg.id == "__name__" else getattr(arg, "value", None)
+            if isinstance(target, str):
+                modules.update(_package_modules(target))
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             folder = _data_folder(node.value)
             if folder is not None:
                 data.add(folder)
     ours = {m for m in modules if module_file(m)}
     return frozenset(ours | {p for m in ours for p in _parents(m)}), frozenset(data)
+
+
+def _package_modules(package: str) -> set[str]:
+    """The modules and subpackages directly inside a ``wig`` package, as `wig.plugins.discover`
+    imports them (names starting with ``_`` skipped)."""
+    init = module_file(package)
+    if init is None or init.name != "__init__.py":
+        return set()
+    found = set()
+    for child in init.parent.iterdir():
+        stem = child.stem if child.suffix == ".py" else child.name
+        if stem.startswith("_") or not stem.isidentifier():
+            continue
+        if (child.suffix == ".py" and child.is_file()) or (child / "__init__.py").is_file():
+            found.add(f"{package}.{stem}")
+    return found
 
 
 def imports_of(name: str) -> frozenset[str]:
@@ -132,9 +154,15 @@ def code_files(script: str | os.PathLike) -> list[Path]:
 def _hash(script: Path) -> str:
     digest = hashlib.sha256()
     root = _package_dir().parent
+    modules, _ = import_closure(script)
     for path in code_files(script):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
+    if "wig.plugins" in modules:  # it loads the entry points' plug-ins: their code counts too
+        from wig.plugins import entry_point_files
+
+        for name, value, body in entry_point_files():
+            digest.update(f"entry point {name} = {value}".encode() + b"\0" + body)
     return digest.hexdigest()[:16]
 
 

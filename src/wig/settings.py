@@ -104,8 +104,8 @@ def settings_of(obj: Any) -> dict[str, Any]:
 
 
 class Registry(dict):
-    """Method classes by their ``name``: `register` is the class decorator a shipped module or a
-    plug-in uses, `method_class` the lookup whose error lists the choices."""
+    """Method classes by their ``name``, sorted by it: `register` is the class decorator a shipped
+    module or a plug-in uses, `method_class` the lookup whose error lists the choices."""
 
     def __init__(self, kind: str):
         super().__init__()
@@ -116,6 +116,9 @@ class Registry(dict):
         if cls.name in self and self[cls.name] is not cls:
             raise WigError(f"{self.kind} {cls.name!r} is registered twice")
         self[cls.name] = cls
+        ordered = sorted(self.items())  # by name, whatever order packages are discovered in
+        self.clear()
+        self.update(ordered)
         return cls
 
     def method_class(self, name: str):

@@ -26,7 +26,7 @@ import polars as pl
 import torch
 
 from wig.guidance import NEGATIVE, PROMPT, Branch, GuidanceMethod
-from wig.guidance.cfg import cfg_combine
+from wig.guidance.methods.cfg import cfg_combine
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ Protocols:
 
 ``dreammatcher`` — what DreamMatcher's evaluate.py (and so the paper's ViCo numbers) does: the
     image is resized to 256×256 with PIL bicubic (no crop, aspect not kept) and scaled to [-1, 1];
-    each kind says what it does with that tensor (`wig.evaluation.dino`, `wig.evaluation.clip`).
+    each kind says what it does with that tensor (`wig.evaluation.plugins.dino`, `wig.evaluation.plugins.clip`).
 ``standard`` — each encoder's own preprocessing of the PIL image.
 """
 
@@ -116,7 +116,12 @@ ENCODERS: dict[str, type[Encoder]] = {}  # kind -> Encoder subclass
 
 def register_encoder(cls: type[Encoder]) -> type[Encoder]:
     """Make an encoder kind known (a class decorator; a plug-in registers itself the same way)."""
+    if cls.kind in ENCODERS and ENCODERS[cls.kind] is not cls:
+        raise WigError(f"encoder kind {cls.kind!r} is registered twice")
     ENCODERS[cls.kind] = cls
+    ordered = sorted(ENCODERS.items())  # by kind, whatever order packages are discovered in
+    ENCODERS.clear()
+    ENCODERS.update(ordered)
     return cls
 
 
@@ -195,9 +200,12 @@ class Metric:
     higher: bool = True  # higher is better; False for a distance (DreamSim): fronts and labels turn with it
     ground_truth: bool = False  # what its side's embedding metrics are checked against (the synthetic oracle's)
     default: bool = True  # scored by default wherever its encoder is configured (else: named in evaluation.metrics)
+    # its place in tables, figures and score columns (then its name): wig's metrics are 10, 20, …;
+    # a plug-in's default puts it after them
+    order: float = 1000.0
 
 
-METRICS: dict[str, Metric] = {}  # name -> Metric, in registration order
+METRICS: dict[str, Metric] = {}  # name -> Metric, by `Metric.order`
 
 
 def register_metric(metric: Metric) -> Metric:
@@ -212,5 +220,10 @@ def register_metric(metric: Metric) -> Metric:
         )
     if (metric.encoder is None) != (metric.reads == "pixels"):
         raise WigError(f"metric {metric.name}: an encoder exactly when it reads embeddings")
+    if metric.name in METRICS and METRICS[metric.name] != metric:
+        raise WigError(f"metric {metric.name!r} is registered twice")
     METRICS[metric.name] = metric
+    ordered = sorted(METRICS.items(), key=lambda kv: (kv[1].order, kv[0]))  # not import order
+    METRICS.clear()
+    METRICS.update(ordered)
     return metric

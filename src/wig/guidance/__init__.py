@@ -1,4 +1,4 @@
-"""Guidance methods, one module each (``wig/guidance/<method>.py``), behind one registry
+"""Guidance methods, one module each (``wig/guidance/methods/<method>.py``), behind one registry
 (`wig.guidance.base`): the branches a step evaluates and how their outputs combine.
 
     none   (θ', c)                                  e_c
@@ -15,11 +15,11 @@
            I: the latents of the image to edit (an InstructPix2Pix pipeline only)
 
 The combinations are linear and their weights sum to one, so they hold for any prediction type
-(ε, v or x0) of the model. A new method is a module with a registered `GuidanceMethod` subclass;
-importing it is all it takes for the sampler, the grid, the tables, the plots and the CLI.
+(ε, v or x0) of the model. A new method is a module of ``wig/guidance/methods/`` (or of a package
+with a ``wig.plugins`` entry point, `wig.plugins`) with a registered `GuidanceMethod` subclass:
+that is all it takes for the sampler, the grid, the tables, the plots and the CLI.
 """
 
-from wig.guidance import ag, cfg, cfgpp, dreamblend, ip2p_cfg, none, pg, pgpp, sag  # noqa: F401  (registers the shipped methods)
 from wig.guidance.base import (
     NEGATIVE,
     PROMPT,
@@ -42,6 +42,9 @@ from wig.guidance.base import (
 )
 
 Guidance = make  # `Guidance("pg", 7.5, omega=0.0)`: a method by name with its settings
+
+# last, once the names above exist: the methods (and entry points' plug-ins) import them
+from wig.guidance import methods  # noqa: E402, F401  (every module of wig/guidance/methods/ registers itself)
 
 __all__ = [
     "NEGATIVE",

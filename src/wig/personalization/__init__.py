@@ -1,4 +1,4 @@
-"""Personalization methods, one module each (``wig/personalization/<method>.py``), behind one
+"""Personalization methods, one module each (``wig/personalization/methods/<method>.py``), behind one
 registry (`wig.personalization.base`): how a run fine-tunes a model on a subject (writing the
 full and the weak checkpoint), how it attaches to a pipeline and how each guidance branch's
 weights θω are realised.
@@ -8,15 +8,15 @@ weights θω are realised.
     classdiffusion  Custom Diffusion (cross-attention k/v + <new1>) with the semantic preservation loss
     given        a fine-tune given, not trained: a full denoiser (Diffusion-DPO) or a LoRA file
 
-A new method is a module with a registered `PersonalizationMethod` subclass; importing it here is
-all it takes for config, the study, the train rule and the CLI.
+A new method is a module of ``wig/personalization/methods/`` (or of a package with a
+``wig.plugins`` entry point, `wig.plugins`) with a registered `PersonalizationMethod` subclass: that
+is all it takes for config, the study, the train rule and the CLI.
 
 What the sampler asks of an attached run (`BranchWeights`) is the torch-free leaf `wig.branches`.
 Only the light declarations are imported here (no torch): the study reads the registry when
 Snakemake parses the workflow. Training and loading code is imported by the method when it runs.
 """
 
-from wig.personalization import classdiffusion, db_lora, db_lora_ti, given  # noqa: F401  (registers the shipped methods)
 from wig.personalization.base import (
     REGISTRY,
     PersonalizationMethod,
@@ -38,3 +38,6 @@ __all__ = [
     "method_class",
     "register",
 ]
+
+# last, once the names above exist: the methods (and entry points' plug-ins) import them
+from wig.personalization import methods  # noqa: E402, F401  (every module of methods/ registers itself)

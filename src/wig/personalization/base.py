@@ -50,7 +50,7 @@ class Subject:
 class TrainingExtension:
     """What a method adds to the shared DreamBooth-LoRA loop (`wig.personalization.training.train_lora`)
     without a branch inside it — the model is textual inversion's pivot
-    (`wig.personalization.db_lora_ti.Pivot`): new token embeddings train beside the LoRA for the
+    (`wig.personalization.methods.db_lora_ti.Pivot`): new token embeddings train beside the LoRA for the
     first steps, then freeze. The loop calls each hook at a fixed point; the defaults add nothing."""
 
     def enter(self, pipe, gen: torch.Generator, stack: ExitStack) -> None:
@@ -81,7 +81,7 @@ class PersonalizationMethod:
 
     name: ClassVar[str]
     families: ClassVar[tuple[str, ...] | None] = None  # the model families it trains (None: all)
-    trains: ClassVar[bool] = False  # a training job makes its fine-tune (else it is given: `wig.personalization.given`)
+    trains: ClassVar[bool] = False  # a training job makes its fine-tune (else it is given: `methods.given`)
     batches_subjects: ClassVar[bool] = False  # `TrainedMethod.train_many` runs several subjects in one forward
 
     def __post_init__(self):

@@ -1,5 +1,5 @@
 """What the per-sample weight contexts share (`wig.personalization.lora.LoraScales`,
-`wig.personalization.classdiffusion.custom_diffusion.DeltaScales`, `wig.personalization.full_weights.WeightSets`):
+`custom_diffusion.DeltaScales` (classdiffusion), `wig.personalization.full_weights.WeightSets`):
 forward hooks that scale a module's output
 per sample, registered while the context is open and removed when it closes."""
 

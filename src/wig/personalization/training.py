@@ -92,12 +92,12 @@ def train_lora(
     """Train a DreamBooth LoRA on ``pipe``'s denoiser; write ``out/{full,weak}/``,
     ``out/log.parquet`` and ``out/config.json`` (the settings, the prompts and the seed).
 
-    ``config``: the method's settings (`wig.personalization.db_lora.DreamBoothLoRA`'s fields:
+    ``config``: the method's settings (`wig.personalization.methods.db_lora.DreamBoothLoRA`'s fields:
     rank, lr, steps, weak_step, prior_weight, …). ``pipe`` is a loaded (base) pipeline; it is
     left as it was (without the training adapter, and without whatever ``extensions`` added).
     Prior preservation runs when the subject has class images and ``prior_weight`` > 0.
     ``extensions`` add to the loop without a branch in it (`TrainingExtension`: textual
-    inversion's pivot, `wig.personalization.db_lora_ti.Pivot`, trains new token embeddings
+    inversion's pivot, `wig.personalization.methods.db_lora_ti.Pivot`, trains new token embeddings
     beside the LoRA and writes them beside each checkpoint's LoRA).
     Returns the training log as a polars DataFrame.
     """

@@ -12,7 +12,7 @@ import polars as pl
 import torch
 from tqdm.auto import tqdm
 
-from wig.guidance.cfg import CFG
+from wig.guidance.methods.cfg import CFG
 from wig.sampling.sampler import sample
 from wig.synthetic.oracle import text_fidelity
 from wig.synthetic.world import PALETTE, SHAPES, prompt_attributes

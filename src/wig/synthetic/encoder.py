@@ -4,7 +4,7 @@ Real DINO scores are read as subject fidelity, but nothing says how well they tr
 synthetic world the oracle reads identity from pixels exactly, so an embedding metric computed the
 way DINO's is (mean cosine to the subject's reference images) can be set beside it: how often does
 it rank methods and grid points as the oracle does? This module trains that encoder (rule
-train_encoder); `wig.evaluation.scene` loads it as the ``scene`` encoder kind.
+train_encoder); `wig.evaluation.plugins.scene` loads it as the ``scene`` encoder kind.
 
 The network: four 3×3 conv stages (32→16→8 px, GroupNorm, SiLU), global average pooling, a linear
 projection to the embedding (no activation, so cosines spread over [-1, 1] as a ViT's CLS token's

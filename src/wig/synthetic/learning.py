@@ -15,8 +15,8 @@ from __future__ import annotations
 import polars as pl
 import torch
 
-from wig.guidance.cfg import CFG
-from wig.guidance.none import NoGuidance
+from wig.guidance.methods.cfg import CFG
+from wig.guidance.methods.none import NoGuidance
 from wig.sampling.sampler import sample
 from wig.synthetic.oracle import subject_fidelity
 from wig.synthetic.world import subject_named

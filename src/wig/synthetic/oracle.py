@@ -138,7 +138,7 @@ def _subject_scores(arr: np.ndarray, mask: np.ndarray, subject: Subject) -> dict
 
 def score_images(images, prompts: list[str], concept: str) -> dict[str, list[float]]:
     """Text and subject fidelity (``text``, ``subject``) per image of a synthetic subject
-    ``concept`` (one segmentation per image serves both; `wig.evaluation.oracle` registers them
+    ``concept`` (one segmentation per image serves both; `wig.evaluation.plugins.oracle` registers them
     as metrics)."""
     subject = subject_named(concept)
     out = {"text": [], "subject": []}

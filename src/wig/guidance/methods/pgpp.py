@@ -1,22 +1,20 @@
-"""CFG++ (Chung et al. 2024, Alg. 1): CFG's branches and guided x̂0, but the DDIM step re-noises
-with the unconditional prediction e_u (so it needs DDIM; its λ lives in [0, 1])."""
+"""PG++: personalization guidance with CFG++'s re-noising — PG's branches, and the DDIM step
+re-noises with the weak branch's unconditional prediction."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from wig.guidance.base import register
-from wig.guidance.cfg import CFG
+from wig.guidance.methods.pg import PG
 
 
 @register
 @dataclass(frozen=True)
-class CFGpp(CFG):
-    name = "cfgpp"
+class PGpp(PG):
+    name = "pgpp"
     requires_ddim = True
     cfg_scale = False
-    baseline = False
-    reference_line = None
 
     def combine(self, outs, step=0, time=None):
         guided, _ = super().combine(outs, step, time)

@@ -18,7 +18,7 @@ def _oracle(images, prompts, concept):
 
 # one call serves both (the oracle segments an image once for both of its metrics); its subject
 # fidelity is the ground truth the embedding metrics are checked against (`metric_agreement`)
-register_metric(Metric("oracle_text", "oracle text fidelity", "text", "pixels", _oracle, synthetic_only=True))
+register_metric(Metric("oracle_text", "oracle text fidelity", "text", "pixels", _oracle, synthetic_only=True, order=70))
 register_metric(
     Metric(
         "oracle_subject",
@@ -28,5 +28,6 @@ register_metric(
         _oracle,
         synthetic_only=True,
         ground_truth=True,
+        order=80,
     )
 )

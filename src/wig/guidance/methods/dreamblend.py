@@ -39,7 +39,7 @@ from typing import Mapping
 
 from wig.branches import FULL, WEAK, step_adapter
 from wig.guidance.base import NEGATIVE, PROMPT, Branch, GuidanceMethod, canonical, param, register
-from wig.guidance.cfg import cfg_combine
+from wig.guidance.methods.cfg import cfg_combine
 
 REFERENCE = "reference"  # the underfit checkpoint's trajectory
 REFERENCE_PROMPT, RESULT_PROMPT = 1, 3  # the prompt branches' places in `DreamBlend.branches`

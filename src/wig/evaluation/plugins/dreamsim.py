@@ -202,5 +202,14 @@ def distance(generated: np.ndarray, references: np.ndarray) -> np.ndarray:
 
 # a distance: lower is better, and fronts and labels turn with it
 register_metric(
-    Metric("dreamsim", "DreamSim distance", "subject", "references", distance, encoder=DreamSim.kind, higher=False)
+    Metric(
+        "dreamsim",
+        "DreamSim distance",
+        "subject",
+        "references",
+        distance,
+        encoder=DreamSim.kind,
+        higher=False,
+        order=50,
+    )
 )

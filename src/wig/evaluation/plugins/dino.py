@@ -83,4 +83,4 @@ class Dino(Encoder):
         return self.model(pixel_values=x, interpolate_pos_encoding=True).last_hidden_state[:, 0]
 
 
-register_metric(Metric("dino", "DINO", "subject", "references", mean_to_references, encoder=Dino.kind))
+register_metric(Metric("dino", "DINO", "subject", "references", mean_to_references, encoder=Dino.kind, order=10))

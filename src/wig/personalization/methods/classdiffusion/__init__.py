@@ -7,8 +7,8 @@ near its class in the text encoder's output space. The PG paper's third personal
 θω = θ + ω(θ' − θ) for the trained tensors is realised exactly, per sample: each trained layer
 adds Σ_k s_k·ΔW_k x to its output (ΔW_k = W'_k − W, the full difference — no factorisation, so no
 approximation), so all branches of a step still run in one batched forward
-(`wig.personalization.classdiffusion.custom_diffusion.DeltaBranchWeights`). Training and files:
-`wig.personalization.classdiffusion.custom_diffusion`; every choice: docs/methods.md. SD family only (the
+(`wig.personalization.methods.classdiffusion.custom_diffusion.DeltaBranchWeights`). Training and files:
+`wig.personalization.methods.classdiffusion.custom_diffusion`; every choice: docs/methods.md. SD family only (the
 paper's SD 1.5 and 2.1).
 """
 
@@ -50,7 +50,7 @@ class ClassDiffusion(TrainedMethod):
         return self.modifier_token
 
     def train(self, pipe, subject: Subject, out, seed=0, progress=True, overwrite=False):
-        from wig.personalization.classdiffusion.custom_diffusion import train_classdiffusion
+        from wig.personalization.methods.classdiffusion.custom_diffusion import train_classdiffusion
 
         self.check_family(pipe)
         return train_classdiffusion(pipe, subject, out, self, seed=seed, progress=progress, overwrite=overwrite)
@@ -67,7 +67,7 @@ class ClassDiffusion(TrainedMethod):
         return {name: Path(out) / name / EMBEDDINGS_NAME for name in (FULL, WEAK)}
 
     def attach(self, pipe, out, weak: bool = True) -> BranchWeights:
-        from wig.personalization.classdiffusion.custom_diffusion import attach_custom_diffusion
+        from wig.personalization.methods.classdiffusion.custom_diffusion import attach_custom_diffusion
 
         self.check_family(pipe)
         names = (FULL, WEAK) if weak else (FULL,)

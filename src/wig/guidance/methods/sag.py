@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from wig.branches import FULL
 from wig.guidance.base import NEGATIVE, PROMPT, Branch, GuidanceMethod, canonical, param, register
-from wig.guidance.cfg import cfg_combine
+from wig.guidance.methods.cfg import cfg_combine
 
 CLASS_PROMPT = "class_prompt"  # the concept text c₀ (`wig.concepts.class_prompts`)
 

@@ -76,5 +76,6 @@ register_metric(
         "references",
         mean_to_references,
         encoder=Scene.kind,
+        order=60,
     )
 )

@@ -136,4 +136,4 @@ def score(generated: np.ndarray, texts: np.ndarray) -> np.ndarray:
     return (unit * np.asarray(texts, dtype=np.float64)).sum(axis=1)
 
 
-register_metric(Metric("pickscore", "PickScore", "text", "texts", score, encoder=PickScore.kind))
+register_metric(Metric("pickscore", "PickScore", "text", "texts", score, encoder=PickScore.kind, order=40))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from wig.evaluation.base import Metric, register_metric
-from wig.evaluation.dino import Dino
+from wig.evaluation.plugins.dino import Dino
 
 
 def mean_pairwise_distance(generated: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -40,5 +40,6 @@ register_metric(
         mean_pairwise_distance,
         encoder=Dino.kind,
         default=False,
+        order=90,
     )
 )

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from wig.branches import FULL, WEAK
 from wig.guidance.base import NEGATIVE, PROMPT, Branch, GuidanceMethod, canonical, param, register
-from wig.guidance.cfg import cfg_combine
+from wig.guidance.methods.cfg import cfg_combine
 
 
 @register

@@ -20,7 +20,7 @@ from typing import Sequence
 
 from wig.branches import FULL, WEAK, BranchWeights
 from wig.personalization.base import Subject, TrainingExtension, register
-from wig.personalization.db_lora import DreamBoothLoRA
+from wig.personalization.methods.db_lora import DreamBoothLoRA
 from wig.settings import param
 
 

@@ -1,20 +1,22 @@
-"""PG++: personalization guidance with CFG++'s re-noising — PG's branches, and the DDIM step
-re-noises with the weak branch's unconditional prediction."""
+"""CFG++ (Chung et al. 2024, Alg. 1): CFG's branches and guided x̂0, but the DDIM step re-noises
+with the unconditional prediction e_u (so it needs DDIM; its λ lives in [0, 1])."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from wig.guidance.base import register
-from wig.guidance.pg import PG
+from wig.guidance.methods.cfg import CFG
 
 
 @register
 @dataclass(frozen=True)
-class PGpp(PG):
-    name = "pgpp"
+class CFGpp(CFG):
+    name = "cfgpp"
     requires_ddim = True
     cfg_scale = False
+    baseline = False
+    reference_line = None
 
     def combine(self, outs, step=0, time=None):
         guided, _ = super().combine(outs, step, time)

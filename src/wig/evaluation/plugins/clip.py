@@ -130,5 +130,5 @@ class Clip(Encoder):
         return self.model.encode_text(self.tokenizer(texts).to(self.device))
 
 
-register_metric(Metric("clip_i", "CLIP-I", "subject", "references", mean_to_references, encoder=Clip.kind))
-register_metric(Metric("clip_t", "CLIP-T", "text", "texts", text_fidelity, encoder=Clip.kind))
+register_metric(Metric("clip_i", "CLIP-I", "subject", "references", mean_to_references, encoder=Clip.kind, order=20))
+register_metric(Metric("clip_t", "CLIP-T", "text", "texts", text_fidelity, encoder=Clip.kind, order=30))

@@ -375,7 +375,7 @@ def train_classdiffusion(pipe, subject, out, config, seed: int = 0, progress: bo
 
 
 def _save(unet, tokens, folder: Path, base: str) -> None:
-    from wig.personalization.classdiffusion import CUSTOM_DIFFUSION_WEIGHT_NAME
+    from wig.personalization.methods.classdiffusion import CUSTOM_DIFFUSION_WEIGHT_NAME
 
     save_custom_diffusion(unet, folder / CUSTOM_DIFFUSION_WEIGHT_NAME, base)
     tokens.save(folder / EMBEDDINGS_NAME, key=tokens.tokens[0])
