@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 
 from wig.concepts import read_images
+from wig.models.families.sd import build_tiny_sd
 from wig.models.pipelines import load_pipeline
-from wig.models.tiny import build_tiny_sd
 from wig.personalization import Subject, make
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -52,8 +52,9 @@ def _unet_flops(config: dict, latent: int) -> float:
 
 def model_load_share(seeds_per_job: int, prompts: int = 31) -> dict:
     from wig.guidance import Guidance
+    from wig.models.families import default_config
+    from wig.models.families.sd import build_tiny_sd
     from wig.models.pipelines import load_pipeline
-    from wig.models.tiny import build_tiny_sd, default_config
     from wig.sampling.sampler import sample
 
     tiny_cfg = default_config("sd")

@@ -41,9 +41,9 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from wig.guidance import Guidance
-from wig.models.families import SD, family_of
+from wig.models.families import build_tiny, default_config, family_of, tiny_kinds
+from wig.models.families.sd import SD
 from wig.models.pipelines import load_pipeline
-from wig.models.tiny import BUILDERS, default_config
 from wig.personalization.lora import attach_loras, random_lora
 from wig.sampling.sampler import Request, decode, sample_latents
 
@@ -74,7 +74,7 @@ def _prepare(args, workdir: Path):
     model = Path(args.model) if args.model else workdir / "model"
     if not args.model:
         config = json.loads(Path(args.config).read_text()) if args.config else default_config(args.family)
-        BUILDERS[args.family](model, config=config)
+        build_tiny(args.family, model, config=config)
     pipe = load_pipeline(str(model), device=args.device, dtype=args.dtype)
     lora = workdir / "lora" / "pytorch_lora_weights.safetensors"
     if not lora.exists():
@@ -363,7 +363,12 @@ def _full(args, model: Path, workdir: Path):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="diffusers model folder (default: build a twin from --config)")
-    p.add_argument("--family", choices=sorted(BUILDERS), default="sd", help="family of the twin to build")
+    p.add_argument(
+        "--family",
+        choices=sorted(k for k, t in tiny_kinds().items() if not t.pretrained),
+        default="sd",
+        help="family of the twin to build",
+    )
     p.add_argument("--config", help="twin config JSON (default: wig's tiny config of --family)")
     p.add_argument("--scale", type=float, help="CFG λ (default: 7.5 for SD, 4.5 for SANA, 5.0 for SDXL)")
     p.add_argument("--steps", type=int, default=10)

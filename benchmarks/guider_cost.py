@@ -30,8 +30,8 @@ from diffusers.guiders import ClassifierFreeGuidance
 
 from wig.guidance import Guidance
 from wig.integrations.diffusers import PersonalizationGuidance
+from wig.models.families.sdxl import build_tiny_sdxl
 from wig.models.pipelines import load_pipeline
-from wig.models.tiny import build_tiny_sdxl
 from wig.personalization.lora import attach_loras, random_lora
 from wig.sampling.sampler import Request, decode, sample_latents
 

@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from wig.concepts import read_images
-from wig.models.families import SD
+from wig.models.families import default_config
+from wig.models.families.sd import SD, build_tiny_sd
 from wig.models.pipelines import load_pipeline
-from wig.models.tiny import build_tiny_sd, default_config
 from wig.personalization import Subject, make
 from wig.personalization.training import pixel_tensor
 

@@ -37,7 +37,7 @@ SEEDS = [0, 7]
 
 @pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory):
-    from wig.models.tiny import build_tiny_sd
+    from wig.models.families.sd import build_tiny_sd
 
     out = tmp_path_factory.mktemp("tiny-sd")
     build_tiny_sd(out)
@@ -46,7 +46,7 @@ def tiny_sd(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_sana(tmp_path_factory):
-    from wig.models.tiny import build_tiny_sana
+    from wig.models.families.sana import build_tiny_sana
 
     out = tmp_path_factory.mktemp("tiny-sana")
     build_tiny_sana(out)
@@ -55,7 +55,7 @@ def tiny_sana(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_sdxl(tmp_path_factory):
-    from wig.models.tiny import build_tiny_sdxl
+    from wig.models.families.sdxl import build_tiny_sdxl
 
     out = tmp_path_factory.mktemp("tiny-sdxl")
     build_tiny_sdxl(out)

@@ -120,7 +120,7 @@ def test_a_subjects_lora_does_not_depend_on_its_batch_mates(pipe, subjects, alon
 
 
 def test_a_failing_subject_leaves_no_subjects_run(pipe, subjects, tmp_path, monkeypatch):
-    from wig.models.families import SD
+    from wig.models.families.sd import SD
 
     calls = []
     real = SD.predict

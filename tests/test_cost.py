@@ -118,7 +118,12 @@ def test_an_unreadable_log_or_manifest_is_named(capsys, monkeypatch, tmp_path):
     assert f"{manifest}: not a generation manifest" in err
 
 
-def test_plan_runs_from_the_workflows_folder(capsys, monkeypatch, tmp_path):
-    monkeypatch.chdir(tmp_path)
-    assert main(["plan", "--configfile", str(ROOT / ".test/config/small.yaml")]) == 1
-    assert "run wig plan from the workflow's folder" in capsys.readouterr().err
+def test_plan_runs_from_any_folder_reading_paths_as_snakemake_does(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # no workflow here: the schema comes from the package
+    config = str(ROOT / ".test/config/small.yaml")
+    assert main(["plan", "--configfile", config, "--directory", str(ROOT)]) == 0
+    planned = capsys.readouterr().out
+    assert "generation" in planned and Path.cwd() == tmp_path
+    # its relative paths are the working directory's (Snakemake's --directory), and one line says which
+    assert main(["plan", "--configfile", config]) == 1
+    assert "cannot read concept sheet resources/datasets/demo/concepts.csv" in capsys.readouterr().err

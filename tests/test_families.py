@@ -14,8 +14,10 @@ import torch
 from diffusers import SanaPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from wig.guidance import Guidance
+from wig.models.families.sana import build_tiny_sana
+from wig.models.families.sd import build_tiny_sd
+from wig.models.families.sdxl import build_tiny_sdxl
 from wig.models.pipelines import load_pipeline
-from wig.models.tiny import build_tiny_sana, build_tiny_sd, build_tiny_sdxl
 from wig.personalization.lora import attach_loras
 from wig.sampling.sampler import Request, decode, sample, sample_latents
 
@@ -147,27 +149,36 @@ def test_pg_omega_one_equals_cfg_exactly(case, pipes):
     )
 
 
-def test_one_table_of_family_facts_is_what_the_families_the_loader_the_twins_and_the_study_read(
+def test_the_family_registry_is_what_the_loader_the_twins_the_schema_the_cli_and_the_study_read(
     tiny_sd, tiny_sana, tiny_sdxl
 ):
-    from wig.models.facts import FAMILIES as FACTS
-    from wig.models.facts import TINY
-    from wig.models.families import FAMILIES, family_of
-    from wig.models.tiny import default_config
+    from wig.cli import build_parser
+    from wig.models.families import FAMILIES, default_config, family_of, tiny_kinds
     from wig.workflow import model
+    from wig.workflow.config_schema import schema
 
-    assert set(FAMILIES) == set(FACTS) == {"sd", "sana", "ip2p", "sdxl"}
-    assert {n: f.image_input for n, f in FAMILIES.items()} == {n: f.image_input for n, f in FACTS.items()}
-    assert model.IMAGE_FAMILIES == ("ip2p",) and model.DDIM_FAMILIES == ("sd",)
+    assert set(FAMILIES) >= {"sd", "sana", "ip2p", "sdxl"}
+    assert (
+        set(model.IMAGE_FAMILIES) == {n for n, f in FAMILIES.items() if f.image_input}
+        and "ip2p" in model.IMAGE_FAMILIES
+    )
+    assert set(model.DDIM_FAMILIES) == {n for n, f in FAMILIES.items() if f.ddim} and "sd" in model.DDIM_FAMILIES
     for path, family in ((tiny_sd, "sd"), (tiny_sana, "sana"), (tiny_sdxl, "sdxl")):
-        pipe = load_pipeline(str(path), device="cpu", dtype="float32")  # scheduler="auto": the facts' sampler
+        pipe = load_pipeline(str(path), device="cpu", dtype="float32")  # scheduler="auto": the family's sampler
         assert family_of(pipe).name == family
-        assert (type(pipe.scheduler).__name__ == "DDIMScheduler") == FACTS[family].ddim
-    assert {k: (t.config, t.family) for k, t in TINY.items()} == {
+        assert (type(pipe.scheduler).__name__ == "DDIMScheduler") == FAMILIES[family].ddim
+    kinds = tiny_kinds()
+    assert {k: (kinds[k].config, kinds[k].family) for k in ("sd", "sana", "ip2p", "sdxl", "synthetic")} == {
         "sd": ("sd", "sd"),
         "sana": ("sana", "sana"),
         "ip2p": ("sd", "ip2p"),
         "sdxl": ("sdxl", "sdxl"),
         "synthetic": ("synthetic", "sd"),
     }
-    assert default_config("ip2p") == default_config("sd") and set(TINY) <= set(FACTS) | {"synthetic"}
+    assert default_config("ip2p") == default_config("sd") and {t.family for t in kinds.values()} <= set(FAMILIES)
+    # the schema's enums and the CLI's choices are the registry's
+    props = schema()["properties"]["models"]["additionalProperties"]["properties"]
+    assert props["family"]["enum"] == sorted(FAMILIES) and props["tiny"]["enum"] == sorted(kinds)
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["build-tiny"]
+    (family,) = [a for a in sub._actions if a.dest == "family"]
+    assert sorted(family.choices) == sorted(k for k, t in kinds.items() if not t.pretrained)

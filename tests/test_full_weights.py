@@ -14,8 +14,8 @@ from safetensors.torch import save_file
 
 from wig.errors import WigError
 from wig.guidance import Guidance
+from wig.models.families import default_config
 from wig.models.pipelines import load_pipeline
-from wig.models.tiny import default_config
 from wig.personalization.full_weights import FullWeightsError, attach_full_weights
 from wig.sampling.sampler import Request, SamplingError, sample_latents
 

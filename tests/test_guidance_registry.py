@@ -9,7 +9,6 @@ import polars as pl
 import pytest
 import torch
 import yaml
-from snakemake.utils import validate
 
 from wig.branches import FULL
 from wig.errors import WigError
@@ -32,6 +31,7 @@ from wig.models.pipelines import load_pipeline
 from wig.personalization.lora import attach_loras
 from wig.sampling.generation import generate_samples
 from wig.sampling.sampler import Request, sample_latents
+from wig.workflow.config_schema import read_config
 from wig.workflow.study import Study, StudyError
 
 from conftest import PROMPTS, STEPS, H, W, generators
@@ -179,7 +179,7 @@ def test_a_concept_text_reaches_its_branch_through_the_study_and_the_generation_
     monkeypatch.chdir(ROOT)  # the demo config names its sheet relative to the workflow
     config = yaml.safe_load((ROOT / ".test/config/tiny.yaml").read_text())
     config["guidance"] = [{"method": "toy-class-text"}, {"method": "cfg"}]
-    validate(config, str(ROOT / "config/schema.yaml"))
+    read_config(config)
     study = Study.from_config(config)
     chunk = next(k for k, pts in study.models["tiny-sd"].point_chunks.items() if pts[0].method == "toy-class-text")
     texts = study.extra_texts_of("tiny-sd", chunk, "brown_dog")

@@ -13,6 +13,7 @@ import pytest
 from wig.evaluation.encoders import ENCODERS
 from wig.evaluation.metrics import REGISTRY as METRICS
 from wig.guidance import REGISTRY as GUIDANCE
+from wig.models.families import FAMILIES
 from wig.personalization import REGISTRY as PERSONALIZATION
 
 pytestmark = pytest.mark.check
@@ -79,19 +80,28 @@ def _homes() -> dict[str, dict[str, Path]]:
         "guidance": GUIDANCE,
         "personalization": PERSONALIZATION,
         "encoder": ENCODERS,
+        "family": FAMILIES,
     }
     homes = {what: {n: Path(inspect.getfile(c)).resolve() for n, c in reg.items()} for what, reg in classes.items()}
     homes["metric"] = _metric_homes()
     return homes
 
 
-def _named_outside(homes: dict[str, Path], files) -> list[str]:
+def _constants(tree: ast.AST, names):
+    """Every string constant that is one of ``names`` (a model family's name: short and no word)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and node.value in names:
+            yield node.value, node.lineno
+
+
+def _named_outside(homes: dict[str, Path], files, strict: bool = False) -> list[str]:
     names = set(homes)
     found = []
     for path in files:
         where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
         if path.suffix == ".py":
-            for value, line in name_uses(ast.parse(path.read_text()), names):
+            uses = _constants if strict else name_uses
+            for value, line in uses(ast.parse(path.read_text()), names):
                 if homes[value] != path.resolve():
                     found.append(f"{where}:{line} {value}")
         else:  # Snakemake syntax: any quoted name
@@ -106,11 +116,11 @@ CODE = sorted([*PACKAGE.rglob("*.py"), *(ROOT / "workflow").rglob("*.py"), ROOT 
 CODE += sorted((ROOT / "workflow").rglob("*.smk"))
 
 
-@pytest.mark.parametrize("what", ["guidance", "personalization", "metric", "encoder"])
+@pytest.mark.parametrize("what", ["guidance", "personalization", "metric", "encoder", "family"])
 def test_each_shipped_plugin_is_named_in_its_own_module_only(what):
     homes = _homes()[what]
     assert len(homes) >= 4
-    assert _named_outside(homes, CODE) == []
+    assert _named_outside(homes, CODE, strict=what == "family") == []
 
 
 PLUGIN_PACKAGES = {  # the package whose modules are a kind's plug-ins (`wig.plugins.discover`)
@@ -118,6 +128,7 @@ PLUGIN_PACKAGES = {  # the package whose modules are a kind's plug-ins (`wig.plu
     "personalization": PACKAGE / "personalization/methods",
     "metric": PACKAGE / "evaluation/plugins",
     "encoder": PACKAGE / "evaluation/plugins",
+    "family": PACKAGE / "models/families",
 }
 
 
@@ -126,12 +137,14 @@ def test_plugins_live_where_their_registry_says():
     for what, folder in PLUGIN_PACKAGES.items():  # <folder>/<module>.py, or <folder>/<module>/ with its own code
         for name, path in homes[what].items():
             assert path.parent == folder or path.parent.parent == folder and path.name == "__init__.py", (what, name)
-            if what in ("guidance", "personalization"):  # the method's module is named after it
+            if what in ("guidance", "personalization", "family"):  # the module is named after it
                 assert name.replace("-", "_") in (path.stem, path.parent.name), (what, name)
-    for folder in set(PLUGIN_PACKAGES.values()):  # found by discovery, not listed
+    for folder in set(PLUGIN_PACKAGES.values()):  # found by discovery, not listed: no import of its own modules
         tree = ast.parse((folder / "__init__.py").read_text())
-        imports = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
-        assert [(n.module, [a.name for a in n.names]) for n in imports] == [("wig.plugins", ["discover"])], folder
+        own = ".".join(folder.relative_to(SRC).parts)
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert "wig.plugins" in imported and not [m for m in imported if m.startswith(own)], folder
         assert "discover(__name__)" in ast.unparse(tree), folder
 
 
@@ -156,6 +169,11 @@ def test_the_name_check_sees_every_use_form(tmp_path):
         "leak.smk:3 dreamsim",
     ]
     assert _named_outside(fake, [PACKAGE / "evaluation/plugins/dreamsim.py"]) == []
+    # a family's name is looked for as any string constant: a default in a call is a use too
+    (tmp_path / "default.py").write_text('family = root.get("family", "sdxl")\n')
+    assert _named_outside({"sdxl": PACKAGE / "models/families/sdxl.py"}, [tmp_path / "default.py"], strict=True) == [
+        "default.py:1 sdxl"
+    ]
 
 
 # --- floors --------------------------------------------------------------------------------
@@ -178,6 +196,7 @@ LAYERS = [
             "wig.gpus",
             "wig.provenance",
             "wig.plugins",
+            "wig.lazy",
             "wig.weights",
             "wig.fetch",
             "wig.branches",

@@ -13,8 +13,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from wig.guidance import Guidance
+from wig.models.families.ip2p import build_tiny_ip2p
 from wig.models.pipelines import load_pipeline
-from wig.models.tiny import build_tiny_ip2p
 from wig.personalization.full_weights import attach_base
 from wig.sampling.sampler import SamplingError, sample
 

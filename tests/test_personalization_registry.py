@@ -9,7 +9,6 @@ import numpy as np
 import polars as pl
 import pytest
 import yaml
-from snakemake.utils import validate
 
 from wig.atomic import atomic_dir
 from wig.branches import FULL, LORA_WEIGHT_NAME, WEAK
@@ -22,6 +21,7 @@ from wig.personalization.lora import LoraBranchWeights, attach_loras, random_lor
 from wig.personalization.training import LOG_SCHEMA
 from wig.sampling.sampler import sample
 from wig.settings import param
+from wig.workflow.config_schema import read_config
 from wig.workflow.study import Study, StudyError
 
 from conftest import generators
@@ -76,7 +76,7 @@ def _config(**changes):
     config = yaml.safe_load((ROOT / ".test/config/tiny.yaml").read_text())
     config["personalization"] = config["personalization"][0]  # the demo's db-lora fine-tune
     config.update(changes)
-    validate(config, str(ROOT / "config/schema.yaml"))
+    read_config(config)
     return config
 
 

@@ -10,8 +10,8 @@ from diffusers import StableDiffusionPipeline
 
 from wig.errors import WigError
 from wig.guidance import Guidance
+from wig.models.families import default_config
 from wig.models.pipelines import load_pipeline
-from wig.models.tiny import default_config
 from wig.synthetic.base_accuracy import accuracy_prompts, base_accuracy
 from wig.synthetic.pretrain import Captions, pixels, random_caption, random_scene, train_base, train_vae
 from wig.synthetic.world import PALETTE, Layout, prompt_attributes

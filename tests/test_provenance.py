@@ -61,8 +61,10 @@ def _imported(path: Path, package: str) -> tuple[set[str], set[Path]]:
                 value = ins.argval
                 if isinstance(value, str) and value.startswith("wig.") and value.replace(".", "").isidentifier():
                     spec = _spec(value)
-                    if spec is not None and spec.origin in (None, "namespace") and spec.submodule_search_locations:
-                        folders.add(Path(list(spec.submodule_search_locations)[0]).resolve())
+                    if spec is not None and spec.submodule_search_locations:  # a package named: its data files
+                        folder = Path(list(spec.submodule_search_locations)[0]).resolve()
+                        if any(f.is_file() and f.suffix not in (".py", ".pyc") for f in folder.iterdir()):
+                            folders.add(folder)
             elif ins.opname == "IMPORT_NAME":
                 level = consts[-2] if len(consts) >= 2 else 0
                 name = ins.argval
@@ -154,9 +156,16 @@ def test_the_closure_follows_lazy_imports_package_data_and_from_imports(tmp_path
     script = tmp_path / "s.py"
     script.write_text("from wig.evaluation import plots\n\ndef later():\n    from wig.cli import main\n")
     modules, data = import_closure(script)
-    # wig.cli imports wig.models.tiny inside a function; wig.models.tiny reads wig/configs/*.json
-    assert {"wig", "wig.evaluation.plots", "wig.cli", "wig.models.tiny", "wig.evaluation.metrics"} <= set(modules)
-    assert {p.name for p in data} == {"tiny_sd.json", "tiny_sana.json", "tiny_sdxl.json", "tiny_synthetic.json"}
+    # wig.cli imports wig.models.families inside a function, whose base reads wig/configs/*.json; and
+    # the config schema, which reads wig/workflow/schema.yaml
+    assert {"wig", "wig.evaluation.plots", "wig.cli", "wig.models.base", "wig.evaluation.metrics"} <= set(modules)
+    assert {p.name for p in data} == {
+        "tiny_sd.json",
+        "tiny_sana.json",
+        "tiny_sdxl.json",
+        "tiny_synthetic.json",
+        "schema.yaml",
+    }
     assert set(code_files(script)) == _walk(script)
     before = code_hash(script)
     plain = tmp_path / "plain.py"

@@ -27,7 +27,7 @@ from conftest import PROMPTS, STEPS, H, W
 pytestmark = pytest.mark.check
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT / "config/schema.yaml"
+SCHEMA = None  # the shipped schema (wig/workflow/schema.yaml)
 DREAMBOOTH = ROOT / "resources/datasets/dreambooth/prompts_and_classes.txt"
 
 
@@ -329,7 +329,7 @@ def test_an_encoder_config_without_an_entry_it_reads_is_named(tmp_path):
 def test_the_resolve_check_of_a_base_pads_only_the_first_convolution(tiny_sd, tmp_path):
     """kind base: the study's model (InstructPix2Pix, 8 input channels) is θ', the given weights
     (SD) are θ with 4: accepted; a base whose other tensor differs in shape is still refused."""
-    from wig.models.tiny import build_tiny_ip2p
+    from wig.models.families.ip2p import build_tiny_ip2p
 
     build_tiny_ip2p(tmp_path / "ip2p")
     make("given", weights=str(tiny_sd), kind="base").check_files(tiny_sd, tmp_path / "ip2p")

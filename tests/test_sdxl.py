@@ -9,7 +9,8 @@ from PIL import Image
 
 from wig.concepts import read_images
 from wig.guidance import Guidance
-from wig.models.families import SDXL, family_of
+from wig.models.families import family_of
+from wig.models.families.sdxl import SDXL
 from wig.models.pipelines import load_pipeline
 from wig.personalization import Subject, make
 from wig.personalization.lora import attach_loras

@@ -38,7 +38,7 @@ def _config(path=".test/config/tiny.yaml", all_finetunes=False, **changes):
         for part in parents:
             target = target[part]
         target[key] = value
-    read_config(config, ROOT / "config/schema.yaml")  # numbers as typed, the defaults filled, as the workflow does
+    read_config(config)  # numbers as typed, the defaults filled, as the workflow does
     return config
 
 

@@ -119,7 +119,8 @@ def test_an_sd21_shaped_twin_round_trips_through_stock_diffusers_too(tiny_sd, tm
     # 48-wide encoder and v-prediction trains, writes (2, 48) rows and loads in stock diffusers
     import json
 
-    from wig.models.tiny import build_tiny_sd, default_config
+    from wig.models.families import default_config
+    from wig.models.families.sd import build_tiny_sd
 
     config = json.loads(json.dumps(default_config("sd")))
     config["text_encoder"].update(hidden_size=48, projection_dim=48)

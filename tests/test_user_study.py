@@ -21,13 +21,13 @@ import numpy as np
 import polars as pl
 import pytest
 import yaml
-from snakemake.utils import validate
 
 from wig.guidance import make
 from wig.user_study.analysis import rater_table, share_table, user_study_tables, vote_frame
 from wig.user_study.design import UNDECIDED, UserStudy, UserStudyError, draw_sets, rater_plan
 from wig.user_study.server import SERVER_MAX_BODY, create_app
 from wig.user_study.votes import VoteStore
+from wig.workflow.config_schema import read_config
 from wig.workflow.model import StudyError
 from wig.workflow.study import Study
 
@@ -228,7 +228,7 @@ def test_a_file_that_is_no_votes_database_is_refused_naming_it(tmp_path, kind):
 def _demo_config(**user_study):
     config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
     config["user_study"].update(user_study)
-    validate(config, str(ROOT / "config/schema.yaml"))
+    read_config(config)
     return config
 
 
@@ -747,7 +747,7 @@ def test_the_vico_presets_draw_the_papers_user_study(monkeypatch, preset, entry,
     + DB-LoRA with CFG / CFG + AG / PG, 15 sets each, over 15 different subjects."""
     monkeypatch.chdir(ROOT)
     config = yaml.safe_load((ROOT / f"config/presets/{preset}.yaml").read_text())
-    validate(config, str(ROOT / "config/schema.yaml"))
+    read_config(config)
     design = Study.from_config(config).user_study_design()
     assert design["entries"] == {entry: labels}
     assert len(design["sets"]) == 15 and len({s["concept"] for s in design["sets"]}) == 15
@@ -938,9 +938,7 @@ def test_study_images_decode_to_their_sources_pixels_whatever_bytes_they_were_wr
 def _preset_exclusion(preset: str) -> dict:
     from wig.workflow.config_schema import read_config
 
-    config = read_config(
-        yaml.safe_load((ROOT / f"config/presets/{preset}.yaml").read_text()), ROOT / "config/schema.yaml"
-    )
+    config = read_config(yaml.safe_load((ROOT / f"config/presets/{preset}.yaml").read_text()))
     return config["user_study"]
 
 

@@ -30,7 +30,7 @@ def _run(hf_home: Path, code: str):
 
 def test_models_and_dino_resolve_to_the_cached_commit_and_load_from_the_record(tmp_path):
     from wig.evaluation.encoders import build_tiny_encoder
-    from wig.models.tiny import build_tiny_sd
+    from wig.models.families.sd import build_tiny_sd
 
     hf_home = tmp_path / "hf"
     model_dir = _cache_repo(hf_home, "wig-test/tiny-sd", build_tiny_sd)

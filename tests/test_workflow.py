@@ -16,8 +16,8 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from snakemake.utils import validate
 
+from wig.workflow.config_schema import read_config
 from wig.workflow.study import Study
 
 from conftest import ROOT
@@ -870,7 +870,7 @@ def test_the_test_configs_run_by_hand_as_their_headers_say(name):
     table = (proc.stdout + proc.stderr).split("Job stats:")[1].split("total")[0]
     counts = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
     config = yaml.safe_load(path.read_text())
-    validate(config, str(ROOT / "config/schema.yaml"))
+    read_config(config)
     cwd = os.getcwd()
     os.chdir(ROOT)  # the config names its dataset relative to the workflow
     try:
@@ -899,7 +899,7 @@ def prompt_set_study(tmp_path_factory):
     import torch
     from diffusers import UNet2DConditionModel
 
-    from wig.models.tiny import build_tiny_sd
+    from wig.models.families.sd import build_tiny_sd
 
     config = yaml.safe_load((ROOT / ".test/config/table2.yaml").read_text())
     config["dataset"] = {"sheet": "resources/datasets/partiprompts/concepts.csv", "max_prompts": 3}
@@ -982,7 +982,7 @@ def test_an_instruct_pix2pix_study_edits_each_concepts_first_image_through_the_d
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
     from wig.concepts import read_images
-    from wig.models.tiny import build_tiny_sd
+    from wig.models.families.sd import build_tiny_sd
 
     config = yaml.safe_load((ROOT / ".test/config/table2.yaml").read_text())
     config["models"] = {"tiny-ip2p": {"tiny": "ip2p", "seed": 0}}
@@ -1063,7 +1063,7 @@ def test_a_golden_section_search_grows_the_dag_one_cached_probe_at_a_time(prompt
     assert chosen.select("role", "split").rows() == [("chosen", "selection"), ("chosen", "evaluation")]
     n = config["dataset"]["max_prompts"]
     validated = yaml.safe_load(yaml.safe_dump(config))
-    validate(validated, str(ROOT / "config/schema.yaml"))  # the schema's defaults: `selection`
+    read_config(validated)  # the schema's defaults: `selection`
     cwd = os.getcwd()
     os.chdir(workdir)  # the config names its dataset relative to the workflow
     try:
@@ -1108,7 +1108,7 @@ def test_a_broken_given_finetune_stops_the_run_before_any_generation_job(tmp_pat
     from diffusers import UNet2DConditionModel
     from safetensors.torch import load_file, save_file
 
-    from wig.models.tiny import build_tiny_sd
+    from wig.models.families.sd import build_tiny_sd
 
     config = _small_config()
     config["models"] = {"tiny-sd": config["models"]["tiny-sd"]}

@@ -154,12 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build a seeded random-init twin (same classes and layout as the real checkpoint) "
         "that stock diffusers loads with from_pretrained. Same seed → byte-identical files.",
     )
+    from wig.models.families import FAMILIES, tiny_kinds
+
+    twins = {k: t for k, t in tiny_kinds().items() if not t.pretrained}
     p.add_argument(
         "--family",
         required=True,
-        choices=("sd", "sana", "ip2p", "sdxl"),
-        help="model family: sd = Stable Diffusion 1.x/2.x style, sana = SANA style, ip2p = InstructPix2Pix, "
-        "sdxl = Stable Diffusion XL style",
+        choices=sorted(twins),
+        help="the twin to build, by its model family's registered twins: "
+        + "; ".join(f"{k} = {FAMILIES[t.family].summary}" for k, t in twins.items()),
     )
     p.add_argument("--out", required=True, type=Path, help="output folder (a diffusers pipeline folder)")
     p.add_argument("--seed", type=_SEED, default=None, help="init seed (default: the config's)")
@@ -379,6 +382,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--configfile", required=True, type=Path, help="the study's config (as snakemake --configfile)")
     p.add_argument("--results", type=Path, default=Path("results"), help="a run's results folder to measure rates from")
+    p.add_argument(
+        "--directory",
+        type=Path,
+        default=None,
+        help="the folder the config's relative paths (and --results) are read from, as snakemake --directory "
+        "(default: the working directory)",
+    )
 
     p = sub.add_parser(
         "serve-study",
@@ -414,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_build_tiny(args) -> None:
-    from wig.models.tiny import BUILDERS, default_config
+    from wig.models.families import build_tiny, default_config
 
     if args.config is not None:
         try:
@@ -424,7 +434,7 @@ def _cmd_build_tiny(args) -> None:
     else:
         config = default_config(args.family)
     with atomic_dir(args.out) as tmp:
-        BUILDERS[args.family](tmp, config=config, seed=args.seed)
+        build_tiny(args.family, tmp, config=config, seed=args.seed)
 
 
 def _cmd_random_lora(args) -> None:
@@ -736,23 +746,30 @@ def _cmd_embed(args) -> None:
 
 
 def _cmd_plan(args) -> None:
+    import contextlib
+
+    configfile = args.configfile.resolve()
+    if args.directory is not None and not args.directory.is_dir():
+        raise WigError(f"--directory {args.directory}: no such folder")
+    with contextlib.chdir(args.directory) if args.directory is not None else contextlib.nullcontext():
+        _plan(configfile, args)
+
+
+def _plan(configfile: Path, args) -> None:
     import yaml
 
     from wig.workflow.config_schema import read_config
     from wig.workflow.cost import estimate_lines, measured_rates, study_cost
     from wig.workflow.study import Study
 
-    schema = Path("config/schema.yaml")  # the workflow's, as snakemake reads it: run from its folder
-    if not schema.is_file():
-        raise WigError(f"no {schema} here: run wig plan from the workflow's folder")
     try:
-        config = yaml.safe_load(args.configfile.read_text(encoding="utf-8"))
+        config = yaml.safe_load(configfile.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise WigError(f"--configfile {args.configfile}: {first}") from None
     if not isinstance(config, dict):
         raise WigError(f"--configfile {args.configfile}: not a mapping of settings")
-    read_config(config, schema, where=f"--configfile {args.configfile}")  # as the workflow reads it
+    read_config(config, where=f"--configfile {args.configfile}")  # the shipped schema, as the workflow reads it
     study = Study.from_config(config)
     cost = study_cost(study)
     for line in cost.lines() + estimate_lines(cost, measured_rates(study, args.results)):

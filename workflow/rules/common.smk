@@ -21,7 +21,7 @@ from wig.workflow.study import Study
 try:
     # numbers as people type them (lr: 1e-4, steps: 500.0), the schema's first violation in one line,
     # its defaults filled in
-    read_config(config, workflow.source_path("../../config/schema.yaml"))
+    read_config(config)  # the schema shipped in the package (wig/workflow/schema.yaml)
     STUDY = Study.from_config(config)
     # a local run spreads GPU jobs over the device ids (wig.gpus): no more of them at once than ids
     if workflow.local_exec and not scheduler_assigned():

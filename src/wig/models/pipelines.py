@@ -9,7 +9,6 @@ import torch
 
 from wig.errors import WigError
 from wig.gpus import resolve_device
-from wig.models.facts import FAMILIES as FACTS
 from wig.models.families import family_of
 
 
@@ -58,7 +57,7 @@ def load_pipeline(
     if scheduler not in ("auto", "ddim", "model"):
         raise ModelError(f"unknown scheduler {scheduler!r}; choose auto, ddim or model")
     if scheduler == "auto":
-        scheduler = "ddim" if FACTS[family_of(pipe).name].ddim else "model"
+        scheduler = "ddim" if family_of(pipe).ddim else "model"
     if scheduler == "ddim":
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)

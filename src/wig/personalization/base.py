@@ -80,20 +80,28 @@ class PersonalizationMethod:
     settings as fields and implement `attach`; methods that train subclass `TrainedMethod`."""
 
     name: ClassVar[str]
-    families: ClassVar[tuple[str, ...] | None] = None  # the model families it trains (None: all)
     trains: ClassVar[bool] = False  # a training job makes its fine-tune (else it is given: `methods.given`)
     batches_subjects: ClassVar[bool] = False  # `TrainedMethod.train_many` runs several subjects in one forward
 
     def __post_init__(self):
         check_settings(self, self.name)
 
+    # what `supports` asks of a family, in words (its error says it)
+    needs: ClassVar[str] = ""
+
+    @classmethod
+    def supports(cls, family) -> bool:
+        """Whether it trains the model family ``family`` (a `wig.models.base.Family` subclass), read
+        from the family's facts (default: every family)."""
+        return True
+
     def check_family(self, pipe) -> None:
-        """Refuse a pipeline of a family the method does not train (``families``)."""
+        """Refuse a pipeline of a family the method does not train (`supports`)."""
         from wig.models.families import family_of
 
-        family = family_of(pipe).name
-        if self.families is not None and family not in self.families:
-            raise WigError(f"{self.name} trains the {'/'.join(self.families)} family, not {family}")
+        family = family_of(pipe)
+        if not self.supports(family):
+            raise WigError(f"{self.name} needs {self.needs or 'another family'}, which the {family.name} family is not")
 
     @property
     def prior(self) -> bool:

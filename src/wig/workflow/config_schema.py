@@ -9,14 +9,22 @@ the schema refuses it naming the key (`read_config`). `number` does the same for
 methods declare (`wig.settings`), which the schema leaves open (`wig.readers.number`).
 
 Snakemake's ``validate`` reports a violation with the whole schema and the whole config (1,287
-lines for one misspelt top-level key). `read_config` still validates with it — it fills the
-schema's defaults in — after asking `schema_error` for the line to show instead.
+lines for one misspelt top-level key); `read_config` reports `schema_error`'s line and fills the
+schema's defaults in itself, as ``validate`` would (`fill_defaults`), so the library reads a config
+without Snakemake.
+
+The schema ships in the package (``wig/workflow/schema.yaml``): the workflow, ``wig plan`` and the
+library read the same file wherever they run. Its registry-backed keys (``x-registry:``) get
+their ``enum`` from the registries when it is read (`schema`): the model families and their tiny
+twins, shipped or plugged in.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
+from importlib import resources
 from typing import Any, Mapping
 
 from wig.errors import WigError
@@ -36,15 +44,54 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def schema_error(config: Mapping[str, Any], schema_file: str | os.PathLike) -> str | None:
-    """The first violation of ``schema_file`` by ``config`` as one line, or None if it is valid.
+SCHEMA = "schema.yaml"  # in this package (`wig.workflow`)
+
+
+def schema_text() -> str:
+    """The shipped schema's text."""
+    return resources.files("wig.workflow").joinpath(SCHEMA).read_text(encoding="utf-8")
+
+
+def _registries() -> dict[str, list[str]]:
+    from wig.models.families import FAMILIES, tiny_kinds
+
+    return {"model families": sorted(FAMILIES), "tiny twins": sorted(tiny_kinds())}
+
+
+def schema(schema_file: str | os.PathLike | None = None) -> dict:
+    """The config schema (default: the shipped one) with every ``x-registry: <what>`` key given
+    the registry's names as its ``enum``."""
+    import yaml
+
+    loaded = yaml.safe_load(schema_text() if schema_file is None else open(schema_file, encoding="utf-8").read())
+    names = _registries()
+
+    def fill(node):
+        if isinstance(node, dict):
+            if "x-registry" in node:
+                node["enum"] = names[node["x-registry"]]
+            for value in node.values():
+                fill(value)
+        elif isinstance(node, list):
+            for value in node:
+                fill(value)
+
+    fill(loaded)
+    return loaded
+
+
+def _schema(schema_or_file) -> dict:
+    return schema_or_file if isinstance(schema_or_file, Mapping) else schema(schema_or_file)
+
+
+def schema_error(config: Mapping[str, Any], schema_file: str | os.PathLike | Mapping | None = None) -> str | None:
+    """The first violation of the schema (a file, a loaded schema, default the shipped one) by
+    ``config`` as one line, or None if it is valid.
     An unknown key names the nearest key the schema allows there; any other violation names its
     key and what the schema expected (values shortened, never the schema)."""
     import jsonschema
-    import yaml
 
-    with open(schema_file, encoding="utf-8") as f:
-        schema = yaml.safe_load(f)
+    schema = _schema(schema_file)
     validator = jsonschema.validators.validator_for(schema)(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))
     if error is None:
@@ -70,11 +117,31 @@ def schema_error(config: Mapping[str, Any], schema_file: str | os.PathLike) -> s
     return f"{where or 'config'}: {message}"
 
 
-def check_schema(config: Mapping[str, Any], schema_file: str | os.PathLike) -> None:
+def check_schema(config: Mapping[str, Any], schema_file: str | os.PathLike | Mapping | None = None) -> None:
     """Raise a `WigError` with `schema_error`'s line if ``config`` violates the schema."""
     line = schema_error(config, schema_file)
     if line is not None:
         raise WigError(line)
+
+
+def fill_defaults(config: dict, schema: Mapping[str, Any]) -> dict:
+    """``config`` with the schema's ``default:`` values set where a key is missing, at every level
+    the validator walks (what Snakemake's ``validate`` does, with the jsonschema recipe it uses);
+    in place, also returned. ``config`` must be valid (`schema_error` first)."""
+    import jsonschema
+
+    base = jsonschema.validators.validator_for(schema)
+    properties = base.VALIDATORS["properties"]
+
+    def set_defaults(validator, props, instance, subschema):
+        if isinstance(instance, dict):
+            for key, sub in props.items():
+                if isinstance(sub, Mapping) and "default" in sub:
+                    instance.setdefault(key, copy.deepcopy(sub["default"]))
+        yield from properties(validator, props, instance, subschema)
+
+    jsonschema.validators.extend(base, {"properties": set_defaults})(schema).validate(config)
+    return config
 
 
 def _types(schema: Mapping[str, Any]) -> set[str]:
@@ -132,18 +199,14 @@ def _scalar(value: Any, kinds: set[str]) -> Any:
     return number(value, integer="integer" in kinds and "number" not in kinds)
 
 
-def read_config(config: dict, schema_file: str | os.PathLike, where: str | None = None) -> dict:
+def read_config(config: dict, schema_file: str | os.PathLike | Mapping | None = None, where: str | None = None) -> dict:
     """``config`` as the workflow reads it: numbers as people type them (`coerce_numbers`), checked
-    against the schema (the first violation in one line, after ``where:`` if given, as a `WigError`),
-    its defaults filled in (Snakemake's ``validate``). In place; also returned."""
-    import yaml
-    from snakemake.utils import validate
-
-    with open(schema_file, encoding="utf-8") as f:
-        schema = yaml.safe_load(f)
-    coerce_numbers(config, schema)
-    line = schema_error(config, schema_file)
+    against the schema (default: the shipped one; the first violation in one line, after
+    ``where:`` if given, as a `WigError`), its defaults filled in (`fill_defaults`). In place; also
+    returned."""
+    loaded = _schema(schema_file)
+    coerce_numbers(config, loaded)
+    line = schema_error(config, loaded)
     if line is not None:
         raise WigError(f"{where}: {line}" if where else line)
-    validate(config, str(schema_file))  # fills in the schema's defaults
-    return config
+    return fill_defaults(config, loaded)

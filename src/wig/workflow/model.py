@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from wig.errors import WigError
 from wig.guidance import GuidanceMethod
-from wig.models.facts import FAMILIES
+from wig.models.families import FAMILIES
 from wig.personalization import PersonalizationMethod
 
 
@@ -23,7 +23,7 @@ class StudyError(WigError):
     """A config that describes no runnable study; the message names the key."""
 
 
-# the model-family facts (`wig.models.facts`): a family that edits an input image gets each concept's
+# the model-family facts (`wig.models.base.Family`): a family that edits an input image gets each concept's
 # first reference image and image-edit guidance (`GuidanceMethod.requires_image`) only; a family not
 # sampled with DDIM is not planned methods that change the DDIM update (`requires_ddim`)
 IMAGE_FAMILIES = tuple(n for n, f in FAMILIES.items() if f.image_input)
@@ -69,7 +69,7 @@ class Model:
     spec: Mapping[str, Any]
     root: str  # the entry whose weights it uses: itself, or the end of its `base:` chain
     root_spec: Mapping[str, Any]
-    family: str  # sd | sana | ip2p | sdxl (wig.models.facts)
+    family: str  # a registered model family (`wig.models.families`)
     finetunes: Mapping[str, Finetune]  # by name, config order
     points: tuple[GuidanceMethod, ...]  # the guidance grid its family's sampler can run
     point_chunks: Mapping[str, tuple[GuidanceMethod, ...]]  # generation jobs' points by their name

@@ -12,7 +12,7 @@ from pathlib import Path
 from wig.concepts import TEXTS
 from wig.evaluation.metrics import REGISTRY as METRICS
 from wig.guidance import GuidanceMethod
-from wig.models.facts import TINY, shipped_config
+from wig.models.families import default_config
 from wig.provenance import encoder_id
 from wig.workflow.model import (
     GenerationJob,
@@ -31,7 +31,7 @@ def pretrain_config(spec: dict, stage: str) -> dict:
         "vae": ("size", "vae", "vae_training"),
         "model": ("size", "unet", "text_encoder", "scheduler", "training"),
     }[stage]
-    shipped = shipped_config("synthetic")
+    shipped = default_config("synthetic")
     for section, key in (("vae_training", "vae_steps"), ("training", "steps")):
         if key in spec.get("pretrain", {}):
             shipped[section]["steps"] = spec["pretrain"][key]
@@ -49,8 +49,7 @@ class RuleParams:
 
     def tiny_config(self, model: str) -> dict:
         """The shipped config of a tiny twin: editing it rebuilds the twin."""
-        kind = self.models[model].spec["tiny"]
-        return canon(shipped_config(TINY[kind].config))
+        return canon(default_config(self.models[model].spec["tiny"]))
 
     def pretrain_config(self, model: str, stage: str) -> dict:
         return pretrain_config(self.models[model].spec, stage)

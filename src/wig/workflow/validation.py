@@ -20,7 +20,7 @@ from wig.evaluation.metrics import enabled_metrics
 from wig.guidance import REGISTRY as GUIDANCE
 from wig.guidance import GuidanceMethod
 from wig.guidance.grid import expand, job_chunks
-from wig.models.facts import TINY
+from wig.models.families import default_family, family_named, tiny_kinds
 from wig.personalization import REGISTRY as PERSONALIZATION
 from wig.personalization import make as make_method
 from wig.personalization import method_class
@@ -282,11 +282,11 @@ def _model(
         chain.append(base)
     root = specs[chain[-1]]
     if "tiny" in root:
-        family = TINY[root["tiny"]].family
+        family = tiny_kinds()[root["tiny"]].family
         if root.get("family", family) != family:
             raise StudyError(f"models.{name}: family {root['family']} but tiny {root['tiny']}")
     else:
-        family = root.get("family", "sd")
+        family = root.get("family", default_family().name)
     overrides = specs[name].get("personalization", {})
     known = {"seed"} | {f for e in finetunes.values() for f in settings_names(method_class(e["method"]))}
     for key in overrides:
@@ -295,7 +295,7 @@ def _model(
     tunes = {
         ft: _finetune(entry, overrides, name)
         for ft, entry in finetunes.items()
-        if method_class(entry["method"]).families is None or family in method_class(entry["method"]).families
+        if method_class(entry["method"]).supports(family_named(family))
     }
     if not tunes:
         raise StudyError(

@@ -62,7 +62,12 @@ class Pivot(TrainingExtension):
 class DreamBoothLoRATI(DreamBoothLoRA):
     name = "db-lora-ti"
     batches_subjects = False  # its pivot (a training extension) trains one subject's tokens
-    families = ("sd",)  # CLIP text encoders (SD 1.5, 2.1); SANA's Gemma is untested
+    needs = "a text-to-image family with one CLIP text encoder (SD 1.5, 2.1; SANA's Gemma is untested)"
+
+    @classmethod
+    def supports(cls, family) -> bool:
+        return family.clip_tokens and not family.image_input
+
     tokens: int = param(2, "new tokens per concept (<s0><s1>…), in place of the identifier", low=1)
     embedding_lr: float = param(3e-4, "AdamW learning rate of the new token embeddings", above=0.0)
     ti_fraction: float = param(0.5, "share of the steps the embeddings train before they freeze", low=0.0, high=1.0)

@@ -9,7 +9,7 @@ adds Σ_k s_k·ΔW_k x to its output (ΔW_k = W'_k − W, the full difference �
 approximation), so all branches of a step still run in one batched forward
 (`wig.personalization.methods.classdiffusion.custom_diffusion.DeltaBranchWeights`). Training and files:
 `wig.personalization.methods.classdiffusion.custom_diffusion`; every choice: docs/methods.md. SD family only (the
-paper's SD 1.5 and 2.1).
+paper's SD 1.5 and 2.1: `supports_custom_diffusion`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,15 @@ from wig.errors import WigError
 from wig.personalization.base import Subject, TrainedMethod, register
 from wig.settings import param
 
+NEEDS = "a UNet text-to-image family with one CLIP text encoder (Custom Diffusion's k/v and modifier token)"
+
+
+def supports_custom_diffusion(family) -> bool:
+    """Custom Diffusion's attention processors replace a UNet's cross-attention, and its modifier
+    token is a row of one CLIP text encoder; an image-edit UNet is untested."""
+    return family.component == "unet" and family.clip_tokens and not family.image_input
+
+
 CUSTOM_DIFFUSION_WEIGHT_NAME = "pytorch_custom_diffusion_weights.safetensors"  # diffusers' Custom Diffusion file
 
 
@@ -30,7 +39,12 @@ CUSTOM_DIFFUSION_WEIGHT_NAME = "pytorch_custom_diffusion_weights.safetensors"  #
 @dataclass(frozen=True)
 class ClassDiffusion(TrainedMethod):
     name = "classdiffusion"
-    families = ("sd",)  # Custom Diffusion is defined on the UNet's cross-attention
+    needs = NEEDS
+
+    @classmethod
+    def supports(cls, family) -> bool:
+        return supports_custom_diffusion(family)
+
     prior_weight: float = param(
         0.0, "fixed at 0: ClassDiffusion regularises with SPL, not class images", choices=(0.0,)
     )

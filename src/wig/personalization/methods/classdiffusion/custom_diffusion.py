@@ -42,8 +42,9 @@ from tqdm.auto import tqdm
 from wig.atomic import atomic_dir
 from wig.branches import FULL, BranchWeights
 from wig.errors import WigError
-from wig.models.families import SD, Text, family_of
+from wig.models.families import Text, family_of
 from wig.personalization.hooks import NoScales, SampleScales, per_sample
+from wig.personalization.methods.classdiffusion import NEEDS, supports_custom_diffusion
 from wig.personalization.tokens import EMBEDDINGS_NAME, LearnedTokens, TokenRows, add_tokens, read_embeddings
 from wig.readers import value_problem
 
@@ -188,8 +189,8 @@ class DeltaBranchWeights(BranchWeights):
 def attach_custom_diffusion(pipe, files: Mapping[str, Path], embeddings: Mapping[str, Path]) -> DeltaBranchWeights:
     """Read every checkpoint's weights and token row (all checked before the pipeline changes),
     add the token with the full checkpoint's row, and return the per-branch weights."""
-    if family_of(pipe) is not SD:
-        raise CustomDiffusionError(f"Custom Diffusion runs on the sd family, not {family_of(pipe).name}")
+    if not supports_custom_diffusion(family_of(pipe)):
+        raise CustomDiffusionError(f"Custom Diffusion cannot run on the {family_of(pipe).name} family: {NEEDS}")
     unet = family_of(pipe).denoiser(pipe)
     deltas = {name: read_deltas(unet, path) for name, path in files.items()}
     rows, tokens = {}, None
@@ -272,8 +273,8 @@ def train_classdiffusion(pipe, subject, out, config, seed: int = 0, progress: bo
     from wig.personalization.training import run_config
 
     family = family_of(pipe)
-    if family is not SD:
-        raise WigError(f"classdiffusion trains the sd family's UNet cross-attention, not {family.name}")
+    if not supports_custom_diffusion(family):
+        raise WigError(f"classdiffusion cannot train the {family.name} family: {NEEDS}")
     if not subject.images:
         raise WigError("no instance images")
     unet, vae, text_encoder = pipe.unet, pipe.vae, pipe.text_encoder
