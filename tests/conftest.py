@@ -342,7 +342,7 @@ def edit_config(config: dict, **changes) -> dict:
         *path, key = dotted.split("__")
         target = new
         for part in path:
-            target = target[part]
+            target = target.setdefault(part, {})  # a section the config leaves to its defaults
         target[key] = value
     return new
 

@@ -61,7 +61,8 @@ def test_packed_jobs_count_once(capsys, monkeypatch, tmp_path):
     import yaml
 
     config = yaml.safe_load((ROOT / ".test/config/small.yaml").read_text())
-    config["personalization"] |= {"subjects_per_job": 2, "seed": [0, 1]}
+    config["personalization"] |= {"seed": [0, 1]}
+    config["jobs"] = {"subjects_per_job": 2}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     monkeypatch.chdir(ROOT)
     lines = _plan(capsys, "--configfile", str(tmp_path / "c.yaml"), "--results", str(tmp_path))

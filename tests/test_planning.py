@@ -149,7 +149,7 @@ def test_subjects_per_job_packs_a_subjects_runs_by_its_concept_alone(tmp_path):
     from wig.workflow.model import pack_of
     from wig.workflow.study import Study
 
-    config = _edit(_small_config(), personalization__subjects_per_job=2, personalization__seed=[0, 1])
+    config = _edit(_small_config(), jobs__subjects_per_job=2, personalization__seed=[0, 1])
     config["models"].pop("tiny-sana")
     jobs = Counter(rule for rule, _ in plan(_edit(config, dataset__concepts=["brown_dog", "duck_toy"]), tmp_path / "a"))
     packs = {r: n for r, n in jobs.items() if r.startswith("train_")}
@@ -169,9 +169,18 @@ def test_subjects_per_job_packs_a_subjects_runs_by_its_concept_alone(tmp_path):
     before = {p.rule: {(r.concept, r.seed) for r in p.runs} for p in one.training_packs()}
     changed = [rule for rule in members if members[rule] != before.get(rule)]
     assert changed == [f"train_tiny_sd_db_lora_pack{pack_of('duck_toy', 2)}"]  # the pack duck_toy joined
-    # a method that cannot batch its subjects refuses the setting, naming it
-    with pytest.raises(StudyError, match=r"subjects_per_job: db-lora-ti trains one subject per job .*db-lora\)"):
-        Study.from_config(_validated(_edit(config, personalization__method="db-lora-ti")))
+    # a method that cannot batch its subjects trains one run per job under the same layout
+    os.chdir(ROOT)
+    try:
+        ti = Study.from_config(_validated(_edit(config, personalization__method="db-lora-ti")))
+        # the layout is no setting of the method: where it sat before `jobs:`, one line says where it goes
+        old = _edit(config, personalization__subjects_per_job=2)
+        old.pop("jobs")
+        with pytest.raises(StudyError, match=r"personalization.subjects_per_job: .* jobs: \{subjects_per_job: 2\}"):
+            Study.from_config(_validated(old))
+    finally:
+        os.chdir(cwd)
+    assert ti.models["tiny-sd"].finetunes["db-lora-ti"].subjects_per_job == 1 and not ti.training_packs()
 
 
 def test_a_packs_rule_gets_the_resources_a_profile_sets_for_rule_train(tmp_path):
@@ -182,7 +191,7 @@ def test_a_packs_rule_gets_the_resources_a_profile_sets_for_rule_train(tmp_path)
 
     from conftest import copy_workflow
 
-    config = _edit(_small_config(), personalization__subjects_per_job=2)
+    config = _edit(_small_config(), jobs__subjects_per_job=2)
     config["models"].pop("tiny-sana")
     workdir = copy_workflow(tmp_path, config)
     environ = dict(os.environ)

@@ -136,7 +136,7 @@ def test_every_scripted_rule_hashes_exactly_its_scripts_import_closure(tmp_path)
     # user study with votes its two rules: together, every rule
     scratch = yaml.safe_load((ROOT / "config/presets/synthetic.yaml").read_text())
     scratch["models"]["synthetic"] = {"tiny": "synthetic"}
-    scratch["personalization"]["subjects_per_job"] = 2  # its runs train in packs: rules train_<pack>
+    scratch["jobs"] = {"subjects_per_job": 2}  # its runs train in packs: rules train_<pack>
     # a user study with its votes named: rules user_study and user_study_table
     methods = {"CFG": {"method": "cfg", "scale": 4.5}, "PG": {"method": "pg", "scale": 4.5, "omega": 0.0}}
     scratch["user_study"] = {"votes": "votes.sqlite", "models": [{"model": "synthetic", "methods": methods}]}

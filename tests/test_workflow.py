@@ -714,7 +714,7 @@ def test_packed_training_writes_each_run_as_alone_and_a_dropped_subject_retrains
 
     config = _edit(
         _small_config(),
-        personalization__subjects_per_job=2,
+        jobs__subjects_per_job=2,
         personalization__seed=[0, 1],
         dataset__concepts=["brown_dog", "duck_toy"],
         seeds=[1],  # one sampling seed and CFG + PG ω 0: the pack is what is under test

@@ -1,6 +1,6 @@
 # Personalization: class images per (model, class noun); one fine-tune run per (model, fine-tune,
 # concept, seed) with the method its `personalization:` entry names (wig.personalization), or,
-# with `subjects_per_job: K`, one job per pack of ≈ K runs trained in one forward (rule train_<pack>).
+# with `jobs: {subjects_per_job: K}`, one job per pack of ≈ K runs trained in one forward (rule train_<pack>).
 
 
 rule class_images:

@@ -1,5 +1,5 @@
 """Several fine-tune runs of one (model, fine-tune) in one job, one forward per step — each run the
-folder rule train would write for it (rule train_<pack>, ``personalization.subjects_per_job``)."""
+folder rule train would write for it (rule train_<pack>, ``jobs.subjects_per_job``)."""
 
 from wig.concepts import read_images
 from wig.errors import WigError

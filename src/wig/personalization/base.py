@@ -190,7 +190,7 @@ class TrainedMethod(PersonalizationMethod):
         `batches_subjects`: run k is what ``train(pipe, subjects[k], outs[k], seeds[k])`` writes;
         all runs appear or none does. A method that does not batch trains one subject per job."""
         if len(subjects) != 1:
-            raise WigError(f"{self.name} trains one subject per job (subjects_per_job: 1)")
+            raise WigError(f"{self.name} trains one subject per job (it does not batch subjects)")
         return [self.train(pipe, subjects[0], outs[0], seeds[0], progress=progress, overwrite=overwrite)]
 
     def attach_many(self, pipe, outs: Sequence[str | os.PathLike], weak: bool = True) -> BranchWeights:
@@ -198,7 +198,7 @@ class TrainedMethod(PersonalizationMethod):
         weights whose ``route`` sends each sample of a batch through run k's fine-tune alone (run k
         = subject k of `wig.sampling.generation.generate_sets`). A method that does not batch
         generates one subject per job."""
-        raise WigError(f"{self.name} generates one subject per job (subjects_per_job: 1)")
+        raise WigError(f"{self.name} generates one subject per job (it does not batch subjects)")
 
     def checkpoint_files(self, out: str | os.PathLike) -> dict[str, Path]:
         """The files of a run's full and weak checkpoint in its folder ``out``."""

@@ -21,7 +21,6 @@ from wig.guidance import REGISTRY as GUIDANCE
 from wig.guidance import GuidanceMethod
 from wig.guidance.grid import expand, job_chunks
 from wig.models.families import default_family, family_named, tiny_kinds
-from wig.personalization import REGISTRY as PERSONALIZATION
 from wig.personalization import make as make_method
 from wig.personalization import method_class
 from wig.settings import settings_names
@@ -212,8 +211,8 @@ def _seeds(value: Any, key: str) -> tuple[int, ...]:
 
 
 def _settings(entry: Mapping[str, Any]) -> dict:
-    """A ``personalization:`` entry's method settings (all but method, name, seed and the job layout)."""
-    return {k: v for k, v in entry.items() if k not in ("method", "name", "seed", "subjects_per_job")}
+    """A ``personalization:`` entry's method settings (all but its method, name and seeds)."""
+    return {k: v for k, v in entry.items() if k not in ("method", "name", "seed")}
 
 
 def _finetunes(entries: Any) -> dict[str, dict]:
@@ -230,6 +229,11 @@ def _finetunes(entries: Any) -> dict[str, dict]:
             cls = method_class(entry["method"])
         except WigError as err:
             raise StudyError(f"{key}.method: {err}") from None
+        if "subjects_per_job" in entry:  # where it sat before `jobs:`: the layout is no setting of a method
+            raise StudyError(
+                f"{key}.subjects_per_job: the job layout is not a method setting; write it beside the fine-tunes, "
+                f"as jobs: {{subjects_per_job: {entry['subjects_per_job']}}}"
+            )
         if not cls.trains and _seeds(entry.get("seed", 0), f"{key}.seed") != (0,):
             raise StudyError(f"{key}.seed: a {entry['method']} fine-tune is not trained, it has no seeds to vary")
         try:
@@ -237,12 +241,6 @@ def _finetunes(entries: Any) -> dict[str, dict]:
         except WigError as err:
             raise StudyError(f"{key}: {err}") from None
         _seeds(entry.get("seed", 0), f"{key}.seed")
-        if entry.get("subjects_per_job", 1) > 1 and not cls.batches_subjects:
-            batching = ", ".join(sorted(n for n, c in PERSONALIZATION.items() if c.batches_subjects))
-            raise StudyError(
-                f"{key}.subjects_per_job: {entry['method']} trains one subject per job "
-                f"(the methods that train several in one forward: {batching})"
-            )
         name = entry.get("name", entry["method"])
         if not isinstance(name, str) or not NAME.match(name):
             raise StudyError(f"{key}.name: {name!r} is not a folder name (letters, digits, _ . -)")
@@ -254,9 +252,10 @@ def _finetunes(entries: Any) -> dict[str, dict]:
     return out
 
 
-def _finetune(entry: Mapping[str, Any], overrides: Mapping[str, Any], model: str) -> Finetune:
+def _finetune(entry: Mapping[str, Any], overrides: Mapping[str, Any], model: str, per_job: int) -> Finetune:
     """One fine-tune of a model: the entry's settings with the model's overrides on top (those
-    the method has), validated by the method."""
+    the method has), validated by the method; ``per_job`` subjects in one training job where the
+    method trains several at once (``jobs.subjects_per_job``), else one."""
     own = settings_names(method_class(entry["method"]))
     settings = _settings(entry) | {k: v for k, v in overrides.items() if k in own}
     name = entry.get("name", entry["method"])
@@ -265,7 +264,7 @@ def _finetune(entry: Mapping[str, Any], overrides: Mapping[str, Any], model: str
     except WigError as err:
         raise StudyError(f"models.{model}.personalization (fine-tune {name}): {err}") from None
     seeds = _seeds(overrides.get("seed", entry.get("seed", 0)), f"models.{model}: {name}.seed")
-    return Finetune(name, method, seeds, entry.get("subjects_per_job", 1))
+    return Finetune(name, method, seeds, per_job if type(method).batches_subjects else 1)
 
 
 def _model(
@@ -293,7 +292,7 @@ def _model(
         if key not in known:
             raise StudyError(f"models.{name}.personalization.{key}: no fine-tune's method has this setting")
     tunes = {
-        ft: _finetune(entry, overrides, name)
+        ft: _finetune(entry, overrides, name, config["jobs"]["subjects_per_job"])
         for ft, entry in finetunes.items()
         if method_class(entry["method"]).supports(family_named(family))
     }
