@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -229,7 +230,7 @@ def test_sana_from_the_cli(tmp_path):
 
 
 def test_train_flags_reach_each_method_and_true_settings_can_be_turned_off():
-    from wig.cli import _personalization
+    from wig.cli.commands.train import personalization as _personalization
     from wig.personalization import make as make_method
 
     base = ["train", "--model", "m", "--instance-dir", "i", "--instance-prompt", "a photo of <new1> dog", "--out", "o"]
@@ -242,3 +243,23 @@ def test_train_flags_reach_each_method_and_true_settings_can_be_turned_off():
     # a list setting takes its values after the flag: the steps whose checkpoints the run keeps
     args = build_parser().parse_args([*base, "--method", "db-lora", "--checkpoints", "250", "5", "--steps", "1000"])
     assert _personalization(args).checkpoints == (5, 250)
+
+
+def test_version_and_every_command_module_is_a_command(capsys):
+    from importlib import metadata
+
+    from wig.cli import command_modules
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"wig {metadata.version('wig')}"
+    # one module per command, found by discovery: each has its parser and its handler side by side
+    folder = Path(__file__).resolve().parents[1] / "src/wig/cli/commands"
+    modules = command_modules()
+    assert sorted(m.__name__.rsplit(".", 1)[1] for m in modules.values()) == sorted(
+        p.stem for p in folder.glob("*.py") if p.stem != "__init__"
+    )
+    parser = build_parser()
+    subcommands = next(a for a in parser._actions if a.dest == "command").choices
+    assert list(subcommands) == list(modules)  # help order: each module's ORDER
+    assert all(callable(m.add_parser) and callable(m.run) for m in modules.values())

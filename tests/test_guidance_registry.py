@@ -237,7 +237,8 @@ def test_wig_generate_takes_the_texts_a_method_names(toys, tiny_sd, lora_path, t
 
 
 def test_a_setting_named_like_a_command_flag_gets_its_own_flag(toys):
-    from wig.cli import _guidance, build_parser
+    from wig.cli import build_parser
+    from wig.cli.commands.generate import chosen_guidance as _guidance
 
     # toy-interval's `steps` would collide with the sampler's --steps: it is --setting-steps
     argv = ["generate", "--model", "m", "--method", "toy-interval", "--prompt", "p", "--seed", "0", "--out", "o.png"]
