@@ -11,12 +11,9 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
-from diffusers import SanaPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from wig.guidance import Guidance
-from wig.models.families.sana import build_tiny_sana
-from wig.models.families.sd import build_tiny_sd
-from wig.models.families.sdxl import build_tiny_sdxl
+from wig.models.families import FAMILIES
 from wig.models.pipelines import load_pipeline
 from wig.personalization.lora import attach_loras
 from wig.sampling.sampler import Request, decode, sample, sample_latents
@@ -34,50 +31,60 @@ class Case:
     lora: Path
     build: Callable
     stock: type
-    size: int  # the twin's test size (SANA: its native 64 px, 16×16 latents)
+    size: int  # the twin's native size (its denoiser's sample size × the autoencoder's stride)
     steps: int
-    scale: float  # the family's default CFG λ
+    scale: float  # the family's default CFG λ: its stock pipeline's
     weights: str  # the denoiser's file in the pipeline folder
     stock_kwargs: dict = field(default_factory=dict)
+    stock_call: dict = field(default_factory=dict)
 
 
-@pytest.fixture(scope="module", params=["sd", "sana", "sdxl"])
-def case(request, tiny_sd, lora_path, tiny_sana, sana_lora_path, tiny_sdxl, sdxl_lora_path):
-    if request.param == "sdxl":  # its Euler sampler, λ 5 (StableDiffusionXLPipeline's default)
-        return Case(
-            "sdxl",
-            tiny_sdxl,
-            sdxl_lora_path,
-            build_tiny_sdxl,
-            StableDiffusionXLPipeline,
-            64,
-            4,
-            5.0,
-            "unet/diffusion_pytorch_model.safetensors",
+# every registered family that samples from text alone (an image-edit family's stock call differs:
+# test_ip2p.py), shipped or plugged in: a new family is tested without a new test
+TEXT_FAMILIES = sorted(n for n, f in FAMILIES.items() if not f.image_input)
+# the session's twins and LoRAs of the shipped families (conftest.py), built once for every file
+SESSION = {
+    "sd": ("tiny_sd", "lora_path"),
+    "sana": ("tiny_sana", "sana_lora_path"),
+    "sdxl": ("tiny_sdxl", "sdxl_lora_path"),
+}
+
+
+@pytest.fixture(scope="module", params=TEXT_FAMILIES)
+def case(request, tmp_path_factory):
+    import inspect
+    import json
+
+    from diffusers import DiffusionPipeline
+
+    from wig.models.families import build_tiny
+    from wig.personalization.lora import random_lora
+
+    name, family = request.param, FAMILIES[request.param]
+    if name in SESSION:
+        twin, lora = (request.getfixturevalue(f) for f in SESSION[name])
+    else:  # a plug-in's family: its own twin and a random LoRA of it
+        twin = tmp_path_factory.mktemp(f"tiny-{name}")
+        build_tiny(name, twin)
+        lora = random_lora(
+            load_pipeline(str(twin), device="cpu", dtype="float32"), tmp_path_factory.mktemp("lora"), std=0.3, seed=1
         )
-    if request.param == "sd":
-        return Case(
-            "sd",
-            tiny_sd,
-            lora_path,
-            build_tiny_sd,
-            StableDiffusionPipeline,
-            32,
-            8,
-            7.5,
-            "unet/diffusion_pytorch_model.safetensors",
-            {"safety_checker": None},
-        )
+    pipe = load_pipeline(str(twin), device="cpu", dtype="float32")
+    stock = DiffusionPipeline.load_config(str(twin))["_class_name"]
+    stock = getattr(__import__("diffusers", fromlist=[stock]), stock)
+    index = json.loads((Path(twin) / "model_index.json").read_text())
     return Case(
-        "sana",
-        tiny_sana,
-        sana_lora_path,
-        build_tiny_sana,
-        SanaPipeline,
-        64,
-        6,
-        4.5,
-        "transformer/diffusion_pytorch_model.safetensors",
+        name,
+        Path(twin),
+        Path(lora),
+        lambda out: build_tiny(name, out),
+        stock,
+        family.denoiser(pipe).config.sample_size * pipe.vae_scale_factor,
+        4,
+        float(inspect.signature(stock.__call__).parameters["guidance_scale"].default),
+        f"{family.component}/diffusion_pytorch_model.safetensors",
+        {"safety_checker": None} if "safety_checker" in index else {},
+        dict(family.stock_call),
     )
 
 
@@ -122,7 +129,7 @@ def test_cfg_equals_stock_pipeline(case, pipes, with_lora):
         width=case.size,
         progress=False,
     )
-    extra = {"use_resolution_binning": False} if case.name == "sana" else {}
+    extra = case.stock_call  # what the family passes the stock call (SANA: no resolution binning)
     ref = _stock(case, case.lora if with_lora else None)(
         PROMPTS,
         guidance_scale=case.scale,
@@ -182,3 +189,16 @@ def test_the_family_registry_is_what_the_loader_the_twins_the_schema_the_cli_and
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices["build-tiny"]
     (family,) = [a for a in sub._actions if a.dest == "family"]
     assert sorted(family.choices) == sorted(k for k, t in kinds.items() if not t.pretrained)
+
+
+def test_a_lora_training_step_runs_and_writes_both_checkpoints(case, tmp_path):
+    from wig.concepts import read_images
+    from wig.personalization import Subject
+    from wig.personalization import make as make_method
+
+    images = read_images(Path(__file__).resolve().parents[1] / "resources/datasets/demo/images/brown_dog")[:2]
+    method = make_method("db-lora", steps=2, weak_step=1, rank=2, resolution=case.size, prior_weight=0.0)
+    pipe = load_pipeline(str(case.twin), device="cpu", dtype="float32")
+    log = method.train(pipe, Subject(images, "a photo of sks dog"), tmp_path / "run", seed=0, progress=False)
+    assert len(log) == 2 and np.isfinite(log["loss"].to_numpy()).all()
+    assert all(p.is_file() for p in method.checkpoint_files(tmp_path / "run").values())

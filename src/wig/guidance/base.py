@@ -69,6 +69,10 @@ class GuidanceMethod:
     cfg_scale: ClassVar[bool] = False  # its `scale` is a CFG λ (the synthetic base's accuracy is read at those)
     baseline: ClassVar[bool] = False  # the method the paired tables compare every other with
     reference_line: ClassVar[str | None] = None  # drawn as a reference in the ω-ablation (a line style)
+    # settings at which it *is* another registered method, step for step: ({setting: value, …}, that
+    # method's class), its other settings carried over where the other has them (PG at ω = 1 is
+    # CFG). The contract suite (tests/test_contracts.py) holds every method to what it declares.
+    reduces_to: ClassVar[tuple[tuple[Mapping[str, Any], type], ...]] = ()
 
     def __post_init__(self):
         check_settings(self, self.name)

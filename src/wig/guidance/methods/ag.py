@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from wig.branches import FULL, WEAK
 from wig.guidance.base import NEGATIVE, PROMPT, Branch, GuidanceMethod, canonical, param, register
-from wig.guidance.methods.cfg import cfg_combine
+from wig.guidance.methods.cfg import CFG, cfg_combine
 
 
 @register
@@ -17,6 +17,7 @@ class AG(GuidanceMethod):
     name = "ag"
     cfg_scale = True
     reference_line = ":"
+    reduces_to = (({"ag_scale": 1.0}, CFG),)
     scale: float = param(7.5, "guidance scale λ")
     ag_scale: float = param(2.0, "autoguidance scale λ_ag")
     weak: str = param(

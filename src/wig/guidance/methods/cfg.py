@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from wig.branches import FULL
 from wig.guidance.base import NEGATIVE, PROMPT, Branch, GuidanceMethod, canonical, param, register
+from wig.guidance.methods.none import NoGuidance
 
 
 def cfg_combine(e_u, e_c, scale: float):
@@ -21,6 +22,7 @@ class CFG(GuidanceMethod):
     cfg_scale = True
     baseline = True
     reference_line = "--"
+    reduces_to = (({"scale": 1.0}, NoGuidance),)  # λ = 1: the conditional prediction
     scale: float = param(7.5, "guidance scale λ")
 
     def branches(self):

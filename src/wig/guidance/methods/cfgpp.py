@@ -12,6 +12,7 @@ from wig.guidance.methods.cfg import CFG
 @register
 @dataclass(frozen=True)
 class CFGpp(CFG):
+    reduces_to = ()  # (λ = 1 is no `none`: it still re-noises with e_u)
     name = "cfgpp"
     requires_ddim = True
     cfg_scale = False

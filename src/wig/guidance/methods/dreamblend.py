@@ -39,7 +39,7 @@ from typing import Mapping
 
 from wig.branches import FULL, WEAK, step_adapter
 from wig.guidance.base import NEGATIVE, PROMPT, Branch, GuidanceMethod, canonical, param, register
-from wig.guidance.methods.cfg import cfg_combine
+from wig.guidance.methods.cfg import CFG, cfg_combine
 
 REFERENCE = "reference"  # the underfit checkpoint's trajectory
 REFERENCE_PROMPT, RESULT_PROMPT = 1, 3  # the prompt branches' places in `DreamBlend.branches`
@@ -65,6 +65,7 @@ class DreamBlend(GuidanceMethod):
     name = "dreamblend"
     cfg_scale = True
     companions = (REFERENCE,)
+    reduces_to = (({"omega": 1.0, "strength": 0.0}, CFG),)  # its result trajectory
     scale: float = param(7.5, "guidance scale λ of both trajectories")
     omega: float = param(1.0, "weight ω of the fine-tuned model in the result's ∅ branch (1 = cfg)", low=0.0, high=1.0)
     strength: float = param(0.0, "DreamBlend's CAG step size η on the result's latent (0 = cfg)", low=0.0)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from wig.branches import FULL
 from wig.guidance.base import NEGATIVE, PROMPT, Branch, GuidanceMethod, canonical, param, register
-from wig.guidance.methods.cfg import cfg_combine
+from wig.guidance.methods.cfg import CFG, cfg_combine
 
 
 @register
@@ -17,6 +17,7 @@ class PG(GuidanceMethod):
     name = "pg"
     requires_fine_tune = True
     cfg_scale = True
+    reduces_to = (({"omega": 1.0}, CFG),)
     scale: float = param(7.5, "guidance scale λ")
     omega: float = param(1.0, "weight ω of the fine-tuned model in the weak branch (1 = cfg)", low=0.0, high=1.0)
 

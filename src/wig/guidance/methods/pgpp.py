@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from wig.guidance.base import register
+from wig.guidance.methods.cfgpp import CFGpp
 from wig.guidance.methods.pg import PG
 
 
@@ -15,6 +16,7 @@ class PGpp(PG):
     name = "pgpp"
     requires_ddim = True
     cfg_scale = False
+    reduces_to = (({"omega": 1.0}, CFGpp),)
 
     def combine(self, outs, step=0, time=None):
         guided, _ = super().combine(outs, step, time)

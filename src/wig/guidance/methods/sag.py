@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from wig.branches import FULL
 from wig.guidance.base import NEGATIVE, PROMPT, Branch, GuidanceMethod, canonical, param, register
-from wig.guidance.methods.cfg import cfg_combine
+from wig.guidance.methods.cfg import CFG, cfg_combine
 
 CLASS_PROMPT = "class_prompt"  # the concept text c₀ (`wig.concepts.class_prompts`)
 
@@ -41,6 +41,8 @@ class SAG(GuidanceMethod):
     cfg_scale = True
     extra_texts = (CLASS_PROMPT,)
     reference_line = "-."
+    # r = 0 from T = 1 on (every step): w_t = 0, the prompt's CFG
+    reduces_to = (({"omega": 1.0, "subject_weight": 0.0, "subject_from": 1.0}, CFG),)
     scale: float = param(7.5, "guidance scale λ (the null CFG's 1 + w)")
     omega: float = param(1.0, "weight ω of the fine-tuned model in the weak branch (1 = cfg)", low=0.0, high=1.0)
     subject_weight: float = param(0.0, "SAG's r: the subject weight of the weak CFG from T on", low=-1.0)
