@@ -242,3 +242,26 @@ def test_they_train_sample_embed_score_and_table(plugins, tiny_sd, tmp_path):
     markdown = metrics_markdown(tables[("tiny-sd", "toy-0.1")])
     header, _, *rows = markdown.splitlines()
     assert "| toy_overlap |" in header and [r.split(" | ")[0] for r in rows] == ["| cfg", "| pg"]
+
+
+def test_an_entry_point_that_fails_to_import_is_one_line_naming_it(tmp_path):
+    """A broken plug-in package stops wig with one line naming the entry point and its
+    distribution, not a traceback from inside the import machinery."""
+    import os
+    import subprocess
+    import sys
+
+    site = tmp_path / "site"
+    (site / "broken_plugin").mkdir(parents=True)
+    (site / "broken_plugin/__init__.py").write_text("import no_such_module_anywhere\n")
+    info = site / "broken_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[wig.plugins]\nbroken = broken_plugin\n")
+    env = dict(os.environ, PYTHONPATH=str(site))
+    proc = subprocess.run(
+        [sys.executable, "-m", "wig.cli", "plan", "--configfile", "x.yaml"], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 1
+    (line,) = proc.stderr.strip().splitlines()
+    assert "plug-in 'broken' (broken_plugin, from broken-plugin): cannot load it: ModuleNotFoundError" in line

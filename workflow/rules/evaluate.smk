@@ -94,6 +94,7 @@ rule finetune_table:
     params:
         finetunes=[[m, f] for m, f in FINETUNES],
         settings={f"{m}/{f}": STUDY.finetune_settings(m, f) for m, f in FINETUNES},
+        families={m: STUDY.models[m].family for m in sorted({m for m, _ in FINETUNES})},
     script:
         "../scripts/finetune_table.py"
 

@@ -12,7 +12,7 @@ with job(snakemake, torch=False) as log:
     p, o = snakemake.params, snakemake.output
     keys = [tuple(pair) for pair in p.finetunes]
     tables = {key: pl.read_parquet(path) for key, path in zip(keys, snakemake.input)}
-    table = finetune_table(tables, {key: p.settings[f"{key[0]}/{key[1]}"] for key in keys})
+    table = finetune_table(tables, {key: p.settings[f"{key[0]}/{key[1]}"] for key in keys}, p.families)
     for path, write in ((o.table, table.write_parquet), (o.csv, table.write_csv)):
         write(tmp_path(path))
         replace_file(tmp_path(path), path)

@@ -45,7 +45,12 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        parser = build_parser()  # reads the registries: a broken plug-in package stops here
+    except WigError as err:
+        print(f"wig: error: {err}", file=sys.stderr)
+        return 1
+    args = parser.parse_args(argv)
     command = command_modules()[args.command]
     try:
         if hasattr(command, "check"):

@@ -339,12 +339,15 @@ def paired_vs_cfg(scores: pl.DataFrame, n_boot: int = 1000, seed: int = 0) -> pl
 
 
 def finetune_table(
-    tables: Mapping[tuple[str, str], pl.DataFrame], settings: Mapping[tuple[str, str], dict]
+    tables: Mapping[tuple[str, str], pl.DataFrame],
+    settings: Mapping[tuple[str, str], dict],
+    families: Mapping[str, str] | None = None,
 ) -> pl.DataFrame:
     """Every (model, fine-tune)'s metrics table in one, grouped by what tells the fine-tunes apart:
-    ``model``, ``finetune``, then each setting whose value differs between fine-tunes (e.g.
-    ``rank`` in a rank ablation, ``steps`` in a steps one; ``method`` when methods differ), then
-    the table's columns. ``settings``: each fine-tune's `PersonalizationMethod.settings()`."""
+    ``model`` (and its ``family``, from ``families`` by model), ``finetune``, then each setting
+    whose value differs between fine-tunes (e.g. ``rank`` in a rank ablation, ``steps`` in a steps
+    one; ``method`` when methods differ), then the table's columns. ``settings``: each fine-tune's
+    `PersonalizationMethod.settings()`."""
     names = list(dict.fromkeys(k for s in settings.values() for k in s))
     differing = [k for k in names if len({json.dumps(s.get(k), sort_keys=True) for s in settings.values()}) > 1]
     frames = []
@@ -354,6 +357,7 @@ def finetune_table(
         frames.append(
             table.select(
                 pl.lit(model).alias("model"),
+                *([pl.lit(families[model]).alias("family")] if families is not None else []),
                 *(pl.lit(v).alias(f"finetune_{k}") for k, v in values.items()),
                 pl.lit(finetune).alias("finetune"),
                 pl.all(),
