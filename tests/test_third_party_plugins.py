@@ -1,7 +1,8 @@
 """A stranger's package plugs into wig without touching it: a guidance method (CFG on an interval of
-noise levels), a metric (DINO's nearest reference) and a model family alias (SD checkpoints that
-ship a DPM-Solver, sampled with it) in their own package, with its own ``pyproject.toml`` and a
-``wig.plugins`` entry point, built and installed by pip into a folder. With that folder on the
+noise levels), a metric (DINO's nearest reference), a personalization method (DreamBooth-LoRA at
+rank 8 under its own name) and a model family alias (SD checkpoints that ship a DPM-Solver,
+sampled with it) in their own package — docs/plugins.md's example, verbatim — with its own
+``pyproject.toml`` and a ``wig.plugins`` entry point, built and installed by pip into a folder. With that folder on the
 path, a study's config names them and Snakemake runs them (parsing and every job process: they
 load the entry point themselves); the contract suites collect them. Without it, the same config
 is refused in one line naming the plug-in.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,120 +28,14 @@ pytestmark = pytest.mark.workflow
 
 PACKAGE = "wig_toy_plugins"
 
-PYPROJECT = """\
-[build-system]
-requires = ["setuptools>=61"]
-build-backend = "setuptools.build_meta"
-
-[project]
-name = "wig-toy-plugins"
-version = "0.1.0"
-description = "A third party's guidance method, metric and model family for wig"
-dependencies = ["wig"]
-
-[project.entry-points."wig.plugins"]
-toy = "wig_toy_plugins"
-
-[tool.setuptools]
-packages = ["wig_toy_plugins"]
-
-[tool.setuptools.package-data]
-wig_toy_plugins = ["*.json"]
-"""
-
-INIT = '''\
-"""wig plug-ins of a third party: importing this package registers them (wig imports it through
-the wig.plugins entry point)."""
-
-from wig_toy_plugins import family, interval, nearest  # noqa: F401
-'''
-
-INTERVAL = '''\
-"""CFG applied only on an interval of noise levels (Kynkäänniemi et al. 2024), the conditional
-prediction elsewhere."""
-
-from __future__ import annotations
-
-from dataclasses import dataclass
-
-from wig.branches import FULL
-from wig.guidance import NEGATIVE, PROMPT, Branch, GuidanceMethod, canonical, param, register
-from wig.guidance.methods.cfg import CFG
+DOCS = ROOT / "docs/plugins.md"
 
 
-@register
-@dataclass(frozen=True)
-class IntervalCFG(GuidanceMethod):
-    name = "toy-interval"
-    reduces_to = (({"low": 0.0, "high": 1.0}, CFG),)  # the whole interval: CFG
-    scale: float = param(7.5, "guidance scale inside the interval")
-    low: float = param(0.3, "the interval's lowest diffusion time", low=0.0, high=1.0)
-    high: float = param(0.8, "the interval's highest diffusion time", low=0.0, high=1.0)
-
-    def branches(self):
-        return [Branch(NEGATIVE, {FULL: 1.0}), Branch(PROMPT, {FULL: 1.0})]
-
-    def combine(self, outs, step=0, time=None):
-        e_u, e_c = outs
-        guided = e_u + self.scale * (e_c - e_u) if self.low <= time <= self.high else e_c
-        return guided, guided
-
-    @property
-    def point_name(self) -> str:
-        return f"l{canonical(self.scale)}_t{canonical(self.low)}-{canonical(self.high)}"
-'''
-
-NEAREST = '''\
-"""DINO similarity to the nearest reference (not the mean): how close a sample comes to a photo."""
-
-import numpy as np
-
-from wig.evaluation.base import Metric, register_metric
-
-
-def nearest(generated, references):
-    g = np.asarray(generated, dtype=np.float64)
-    r = np.asarray(references, dtype=np.float64)
-    g = g / np.linalg.norm(g, axis=1, keepdims=True)
-    r = r / np.linalg.norm(r, axis=1, keepdims=True)
-    return (g @ r.T).max(axis=1)
-
-
-register_metric(
-    Metric("dino_nearest", "DINO (nearest reference)", "subject", "references", nearest, encoder="dino", order=15)
-)
-'''
-
-FAMILY = '''\
-"""SD checkpoints that ship a multistep DPM-Solver: sampled with it, not with DDIM."""
-
-from wig.models.base import register_family
-from wig.models.families.sd import SD, build_tiny_sd
-
-
-@register_family
-class SDWithDPMSolver(SD):
-    name = "toy-sd-dpm"
-    summary = "SD with its own DPM-Solver"
-    ddim = False
-    twins = {"toy-sd-dpm": "toy_sd_dpm"}
-    pretrained_twins = frozenset()
-    config_package = "wig_toy_plugins"
-
-    @classmethod
-    def matches(cls, pipe) -> bool:
-        scheduler = type(getattr(pipe, "scheduler", None)).__name__
-        return SD.matches(pipe) and not hasattr(pipe, "text_encoder_2") and scheduler == "DPMSolverMultistepScheduler"
-
-    @staticmethod
-    def build_tiny(out, config=None, seed=None):
-        from diffusers import DPMSolverMultistepScheduler
-
-        pipe = build_tiny_sd(out, config or SDWithDPMSolver.tiny_config(), seed)
-        pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
-        pipe.save_pretrained(out, safe_serialization=True)
-        return pipe
-'''
+def example_files() -> dict[str, str]:
+    """The example package of docs/plugins.md: each fenced block after a ``<!-- file: PATH -->``
+    line, verbatim (so the page's example is what this file installs and runs)."""
+    found = re.findall(r"<!-- file: (\S+) -->\n```\w*\n(.*?)\n```", DOCS.read_text(), flags=re.S)
+    return {path: text + "\n" for path, text in found}
 
 
 @pytest.fixture(scope="module")
@@ -149,12 +45,12 @@ def site(tmp_path_factory) -> Path:
     from wig.models.families import default_config
 
     source = tmp_path_factory.mktemp("source")
-    (source / "pyproject.toml").write_text(PYPROJECT)
-    package = source / PACKAGE
-    package.mkdir()
-    for name, text in (("__init__", INIT), ("interval", INTERVAL), ("nearest", NEAREST), ("family", FAMILY)):
-        (package / f"{name}.py").write_text(text)
-    (package / "tiny_toy_sd_dpm.json").write_text(json.dumps(default_config("sd")))  # its twin: SD's layout
+    files = example_files()
+    assert {"pyproject.toml", f"{PACKAGE}/__init__.py", f"{PACKAGE}/family.py"} <= set(files)
+    for path, text in files.items():
+        (source / path).parent.mkdir(parents=True, exist_ok=True)
+        (source / path).write_text(text)
+    (source / PACKAGE / "tiny_toy_sd_dpm.json").write_text(json.dumps(default_config("sd")))  # SD's layout
     target = tmp_path_factory.mktemp("site")
     pip = [sys.executable, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "--no-index", "--quiet"]
     proc = subprocess.run([*pip, "--target", str(target), str(source)], capture_output=True, text=True)
@@ -235,12 +131,13 @@ def test_the_contract_suites_collect_its_plugins(site):
     """The contract suites run over every registered plug-in: with the package installed, its
     method, metric and family are collected — and pass — without a test of their own."""
     tests = str(ROOT / "tests/test_contracts.py")
-    select = "toy-interval or dino_nearest or reduces"
+    select = "toy or dino_nearest"
     args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", tests, "-k", select]
     proc = subprocess.run(args, capture_output=True, text=True, env=_env(site), cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:]
     collected = subprocess.run([*args, "--collect-only"], capture_output=True, text=True, env=_env(site), cwd=ROOT)
-    assert "toy-interval" in collected.stdout and "dino_nearest" in collected.stdout
+    for name in ("toy-interval", "dino_nearest", "toy-db-lora-r8"):
+        assert name in collected.stdout, name
     # the family's matrix: its twin loads in the stock pipeline, our CFG equals the stock call's, a
     # LoRA step trains — run for the stranger's family as for wig's
     families = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
