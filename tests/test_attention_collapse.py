@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from wig.evaluation.attention_collapse import attention_collapse, collapse_summary, concentration, token_positions
+from wig.diagnostics.attention_collapse import attention_collapse, collapse_summary, concentration, token_positions
 from wig.models.pipelines import load_pipeline
 from wig.personalization.lora import attach_loras
 
@@ -95,3 +95,39 @@ def test_wig_collapse_reads_a_runs_step_checkpoints(tiny_sd, tmp_path, capsys):
     assert main([*common, "--checkpoint", "3", "--out", str(tmp_path / "d.parquet")]) == 1
     assert "the run kept no checkpoint at step 3" in capsys.readouterr().err
     assert not (tmp_path / "d.parquet").exists()
+
+
+def test_cfg_at_a_checkpoint_is_cfg_with_that_checkpoint_as_the_fine_tune(tiny_sd, lora_path, weak_lora_path):
+    """The diagnostic samples with the registry's CFG, the checkpoint standing in for the fine-tune:
+    the same latents as CFG whose branches name the weak adapter itself, the full one off."""
+    from dataclasses import dataclass
+
+    from wig.diagnostics.attention_collapse import _CheckpointAsFineTune
+    from wig.guidance import NEGATIVE, PROMPT, Branch, GuidanceMethod, baseline
+    from wig.guidance.methods.cfg import cfg_combine
+    from wig.personalization.lora import LoraBranchWeights
+    from wig.sampling.sampler import Request, sample_latents
+
+    @dataclass(frozen=True)
+    class WeakCFG(GuidanceMethod):  # unregistered: CFG written out at the weak adapter
+        name = "weak-cfg"
+        scale: float = 6.0
+
+        def branches(self):
+            return [Branch(NEGATIVE, {"weak": 1.0}), Branch(PROMPT, {"weak": 1.0})]
+
+        def combine(self, outs, step=0, time=None):
+            guided = cfg_combine(outs[0], outs[1], self.scale)
+            return guided, guided
+
+    pipe = load_pipeline(str(tiny_sd), device="cpu", dtype="float32")
+    attach_loras(pipe, lora_path, weak_lora_path)
+
+    def request():
+        return Request(["a photo of sks dog"], [torch.Generator("cpu").manual_seed(3)], steps=3, height=H, width=W)
+
+    weights = LoraBranchWeights()
+    ours = sample_latents(pipe, baseline()(scale=6.0), request(), False, _CheckpointAsFineTune(weights, "weak"))
+    written = sample_latents(pipe, WeakCFG(), request(), False, weights)
+    full = sample_latents(pipe, baseline()(scale=6.0), request(), False, weights)
+    assert torch.equal(ours, written) and not torch.equal(ours, full)

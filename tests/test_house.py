@@ -208,6 +208,7 @@ LAYERS = [
     ("personalization", ("wig.personalization",)),
     ("sampling", ("wig.sampling",)),
     ("integrations", ("wig.integrations",)),  # wig's methods in other tools' extension points
+    ("diagnostics", ("wig.diagnostics",)),  # probes that sample (attention collapse): above sampling
     ("synthetic", ("wig.synthetic",)),
     ("evaluation", ("wig.evaluation",)),
     ("user study", ("wig.user_study",)),  # sets, votes, Table 3, the web app: no torch

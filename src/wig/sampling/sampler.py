@@ -19,6 +19,7 @@ Usable from plain diffusers code::
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -207,10 +208,7 @@ def sample_trajectories(
     if "generator" in step_params:
         step_kwargs["generator"] = request.generators
 
-    if guidance.companions:
-        final = _companion_loop(pipe, guidance, request, weights, parts, latents, step_kwargs, progress)
-    else:
-        final = {RESULT: _loop(pipe, guidance, request, weights, text, latents, step_kwargs, progress)}
+    final = _loop(pipe, guidance, request, weights, parts, latents, step_kwargs, progress)
     for latents in final.values():
         try:
             check_finite(latents, "final latents")
@@ -219,36 +217,15 @@ def sample_trajectories(
     return final
 
 
-def _loop(pipe, guidance, request, weights, text, latents, step_kwargs, progress) -> torch.Tensor:
-    """One trajectory: every branch of a step in one batched forward."""
-    family, scheduler = family_of(pipe), pipe.scheduler
-    branches = guidance.branches()
-    k, n = len(branches), len(request.prompts)
-    with weights.denoiser(pipe) as model_scales:
-        model_scales.set(scales_of(branches, n, latents.device))
-        for i, t in enumerate(tqdm(scheduler.timesteps, desc=f"{guidance.method}", disable=not progress, leave=False)):
-            x_in = torch.cat([latents] * k) if k > 1 else latents
-            x_in = scheduler.scale_model_input(x_in, t)
-            out = model_scales.predict(family, pipe, x_in, t, text)
-            time = float(t) / scheduler.config.num_train_timesteps
-            guided, renoise = guidance.combine(out.chunk(k), step=i, time=time)
-            if renoise is guided:
-                latents = scheduler.step(guided, t, latents, **step_kwargs, return_dict=False)[0]
-            else:
-                latents = _ddim_pp_step(scheduler, guided, renoise, t, latents)
-    return latents
-
-
-def _companion_loop(pipe, guidance, request, weights, parts, noise, step_kwargs, progress) -> dict[str, torch.Tensor]:
-    """The result and the method's companion trajectories from the same initial noise. Per step,
-    each trajectory's branches run as one batched forward laid out as a one-trajectory method's
-    (branch-major), so a trajectory whose latent is not steered is that method's bit for bit;
-    where the method `guides`, the companions go first with their cross-attention maps recorded,
-    then `guide_latent` moves the result's latent (only its branch runs with gradients), then the
-    result's forward. All trajectories step together through the scheduler (elementwise per
-    sample)."""
-    from wig.models.attention import capture_cross_attention
-
+def _loop(pipe, guidance, request, weights, parts, noise, step_kwargs, progress) -> dict[str, torch.Tensor]:
+    """The reverse process: the result and the method's companion trajectories (DreamBlend's
+    reference; most methods have none) from the same initial noise. Per step, each trajectory's
+    branches run as one batched forward, branch-major, so a trajectory whose latent is not steered
+    is that of a one-trajectory method with the same branches, bit for bit. A method that `guides`
+    a step gets the companions' cross-attention maps of the step (recorded by `_MapRecorder`, the
+    loop's one hook) and moves the result's latent before its forward (`guide_latent`). All
+    trajectories step together through the scheduler (elementwise per sample); a method whose
+    re-noising prediction differs from its guided one (CFG++) takes the DDIM++ update."""
     family, scheduler = family_of(pipe), pipe.scheduler
     model, device = family.denoiser(pipe), noise.device
     branches = guidance.branches()
@@ -261,50 +238,53 @@ def _companion_loop(pipe, guidance, request, weights, parts, noise, step_kwargs,
     texts = {name: Text.cat([parts[j] for j in js]) for name, js in members.items()}
     scales = {name: scales_of([branches[j] for j in js], n, device) for name, js in members.items()}
     latents = {name: noise for name in names}
-    if "generator" in step_kwargs:  # one generator per sample of the stacked trajectories
+    if "generator" in step_kwargs and len(names) > 1:  # one generator per sample of the stacked trajectories
         step_kwargs = {**step_kwargs, "generator": list(request.generators) * len(names)}
 
-    with weights.denoiser(pipe) as model_scales, capture_cross_attention(model) as store:
+    with weights.denoiser(pipe) as model_scales, _MapRecorder(model, guidance) as recorder:
 
         def forward(x, t, branch_ids, scale_set, text):
             k = len(branch_ids)
             x_in = scheduler.scale_model_input(torch.cat([x] * k) if k > 1 else x, t)
-            model_scales.set(scale_set)
+            if len(names) > 1 or scale_set is not scales[RESULT]:  # one trajectory: its scales stay set
+                model_scales.set(scale_set)
             return model_scales.predict(family, pipe, x_in, t, text)
 
+        model_scales.set(scales[RESULT])
         for i, t in enumerate(tqdm(scheduler.timesteps, desc=f"{guidance.method}", disable=not progress, leave=False)):
             time = float(t) / scheduler.config.num_train_timesteps
-            guiding = guidance.guides(i, time)
+            guiding = recorder.guides(i, time)
             outs, maps = {}, {}
             for name in names:
                 js = members[name]
                 if name == RESULT and guiding:
 
                     def maps_of(x, branch_id, t=t):
-                        store.clear()
-                        store.recording = True
-                        try:
-                            with torch.enable_grad():
-                                forward(
-                                    x, t, [branch_id], scales_of([branches[branch_id]], n, device), parts[branch_id]
-                                )
-                        finally:
-                            store.recording = False
-                        return dict(store.maps)
+                        with recorder.recording(), torch.enable_grad():
+                            forward(x, t, [branch_id], scales_of([branches[branch_id]], n, device), parts[branch_id])
+                        return recorder.maps()
 
                     latents[RESULT] = guidance.guide_latent(latents[RESULT], maps, maps_of, step=i, time=time)
-                store.clear()
-                store.recording = guiding and name != RESULT
-                try:
-                    out = forward(latents[name], t, js, scales[name], texts[name])
-                finally:
-                    store.recording = False
-                outs[name] = out.chunk(len(js))
+                with recorder.recording(guiding and name != RESULT):
+                    outs[name] = forward(latents[name], t, js, scales[name], texts[name]).chunk(len(js))
                 if guiding and name != RESULT:
-                    maps[name] = {
-                        j: {layer: m.chunk(len(js))[pos] for layer, m in store.maps.items()} for pos, j in enumerate(js)
-                    }
-            guided = guidance.combine_trajectories(outs, step=i, time=time)
+                    maps[name] = recorder.maps_by_branch(js)
+            if guidance.companions:
+                guided = guidance.combine_trajectories(outs, step=i, time=time)
+                renoise = guided
+            else:
+                result, again = guidance.combine(outs[RESULT], step=i, time=time)
+                guided, renoise = {RESULT: result}, {RESULT: again}
+            if any(renoise[name] is not guided[name] for name in names):  # CFG++: x̂0 from one, ε from the other
+                latents = {
+                    name: _ddim_pp_step(scheduler, guided[name], renoise[name], t, latents[name]) for name in names
+                }
+                continue
+            if len(names) == 1:
+                latents = {
+                    RESULT: scheduler.step(guided[RESULT], t, latents[RESULT], **step_kwargs, return_dict=False)[0]
+                }
+                continue
             stacked = scheduler.step(
                 torch.cat([guided[name] for name in names]),
                 t,
@@ -314,6 +294,55 @@ def _companion_loop(pipe, guidance, request, weights, parts, noise, step_kwargs,
             )[0]
             latents = dict(zip(names, stacked.chunk(len(names))))
     return latents
+
+
+class _MapRecorder:
+    """The sampling loop's hook for methods that steer a latent by cross-attention (DreamBlend):
+    while open, the denoiser's cross-attention maps are captured (`wig.models.attention`) during
+    the forwards run under `recording`. For a method that never `guides`, it does nothing and
+    touches nothing (the attention processors stay the stock ones)."""
+
+    def __init__(self, model, guidance: GuidanceMethod):
+        self.model, self.guidance = model, guidance
+        self.active = bool(guidance.companions)
+        self.store = None
+
+    def __enter__(self):
+        if self.active:
+            from wig.models.attention import capture_cross_attention
+
+            self._context = capture_cross_attention(self.model)
+            self.store = self._context.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.store is not None:
+            return self._context.__exit__(*exc)
+        return False
+
+    def guides(self, step: int, time: float) -> bool:
+        return self.active and self.guidance.guides(step, time)
+
+    @contextmanager
+    def recording(self, on: bool = True):
+        """Record the maps of the forwards inside (cleared first), if ``on``."""
+        if self.store is None or not on:
+            yield
+            return
+        self.store.clear()
+        self.store.recording = True
+        try:
+            yield
+        finally:
+            self.store.recording = False
+
+    def maps(self) -> dict:
+        return dict(self.store.maps)
+
+    def maps_by_branch(self, branch_ids) -> dict:
+        """The last recorded forward's maps split per branch (its batch is branch-major)."""
+        k = len(branch_ids)
+        return {j: {layer: m.chunk(k)[pos] for layer, m in self.store.maps.items()} for pos, j in enumerate(branch_ids)}
 
 
 def _diverged(err: NonFiniteError, request: Request) -> SamplingError:

@@ -45,7 +45,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args) -> None:
     from wig.branches import FULL, WEAK, step_adapter
-    from wig.evaluation.attention_collapse import attention_collapse, collapse_summary
+    from wig.diagnostics.attention_collapse import attention_collapse, collapse_summary
     from wig.models.pipelines import load_pipeline
 
     method = run_method(args)

@@ -18,35 +18,54 @@ parameter.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
 import polars as pl
 import torch
 
-from wig.guidance import NEGATIVE, PROMPT, Branch, GuidanceMethod
-from wig.guidance.methods.cfg import cfg_combine
+from wig.branches import FULL, BranchWeights
+from wig.guidance import PROMPT, Branch, baseline
 
 
-@dataclass(frozen=True)
-class _CheckpointCFG(GuidanceMethod):
-    """CFG at one attached checkpoint (the others off); a probe of this module, not a grid method."""
+class _CheckpointAsFineTune(BranchWeights):
+    """``weights`` with the attached checkpoint ``adapter`` in the fine-tune's place (θ' := θ_k):
+    CFG's own branches, at {FULL: 1}, then run at that checkpoint with the others off."""
 
-    name = "checkpoint-cfg"
-    adapter: str = "full"
-    scale: float = 7.5
+    def __init__(self, weights: BranchWeights, adapter: str):
+        self.weights, self.adapter = weights, adapter
 
-    def branches(self):
-        return [Branch(NEGATIVE, {self.adapter: 1.0}), Branch(PROMPT, {self.adapter: 1.0})]
+    def attached(self, pipe) -> set[str]:
+        return self.weights.attached(pipe) | {FULL}
 
-    def combine(self, outs, step=0, time=None):
-        guided = cfg_combine(outs[0], outs[1], self.scale)
-        return guided, guided
+    def prepare(self, pipe) -> None:
+        self.weights.prepare(pipe)
 
-    @property
-    def point_name(self) -> str:
-        return self.adapter
+    def text_encoder(self, pipe):
+        return _Renamed(self.weights.text_encoder(pipe), self.adapter)
+
+    def denoiser(self, pipe):
+        return _Renamed(self.weights.denoiser(pipe), self.adapter)
+
+
+class _Renamed:
+    """A weights context whose ``set`` reads FULL as ``adapter``; everything else is the context's."""
+
+    def __init__(self, context, adapter: str):
+        self.context, self.adapter = context, adapter
+
+    def __enter__(self):
+        self.inner = self.context.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.context.__exit__(*exc)
+
+    def set(self, scales, *args):
+        self.inner.set({(self.adapter if k == FULL else k): v for k, v in scales.items()}, *args)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
 
 
 def token_positions(tokenizer, prompt: str, subject: str) -> tuple[list[int], list[int]]:
@@ -112,12 +131,13 @@ def attention_collapse(
     rows = []
     positions = [token_positions(pipe.tokenizer, p, subject) for p in prompts]
     for label, adapter in checkpoints.items():
-        guidance = _CheckpointCFG(adapter=adapter, scale=scale)
+        guidance = baseline()(scale=scale)  # CFG, the registry's baseline, at the checkpoint
+        at_checkpoint = _CheckpointAsFineTune(weights, adapter)
         for seed in seeds:
             request = Request(
                 list(prompts), [torch.Generator("cpu").manual_seed(seed) for _ in prompts], steps=steps, **sampling
             )
-            x0 = sample_latents(pipe, guidance, request, progress=False, weights=weights)
+            x0 = sample_latents(pipe, guidance, request, progress=False, weights=at_checkpoint)
             t = torch.tensor(int(probe * scheduler.config.num_train_timesteps))
             noise = torch.randn(x0.shape, generator=torch.Generator("cpu").manual_seed(seed)).to(x0)
             x_t = scheduler.add_noise(x0, noise, t)
