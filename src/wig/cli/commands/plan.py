@@ -18,7 +18,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="what a study config costs before it runs: fine-tuning steps, images, denoiser evaluations, hours",
         description="Count the fine-tuning steps, class images, images and denoiser evaluations a workflow config "
         "implies (all of them, made or not) and estimate the wall time at the rates the last run under --results "
-        "measured (its runs' logs, its generation manifests). Run from the workflow's folder.",
+        "measured (its runs' logs, its generation manifests). The config's relative paths are read from --directory "
+        "(default: the working directory), as Snakemake reads them.",
     )
     p.add_argument("--configfile", required=True, type=Path, help="the study's config (as snakemake --configfile)")
     p.add_argument("--results", type=Path, default=Path("results"), help="a run's results folder to measure rates from")
