@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import pkgutil
 import sys
-from importlib import metadata
+from functools import lru_cache
 
 from wig.errors import WigError
 
@@ -50,9 +51,39 @@ def discover(package: str) -> list[str]:
     return names
 
 
-def entry_points() -> list[metadata.EntryPoint]:
-    """The ``wig.plugins`` entry points of the installed distributions, sorted by name."""
-    return sorted(metadata.entry_points(group=GROUP), key=lambda ep: (ep.name, ep.value))
+@lru_cache(maxsize=1)
+def entry_points() -> tuple:
+    """The ``wig.plugins`` entry points of the installed distributions, sorted by name, read once
+    per process. ``importlib.metadata`` (≈ 60 ms to import and scan every distribution, on each
+    ``wig --help`` and each Snakemake parse) is asked only when some distribution's
+    ``entry_points.txt`` names the group at all (`_group_named`, a plain file scan)."""
+    if not _group_named():
+        return ()
+    from importlib import metadata
+
+    return tuple(sorted(metadata.entry_points(group=GROUP), key=lambda ep: (ep.name, ep.value)))
+
+
+def _group_named() -> bool:
+    """Whether an ``entry_points.txt`` of a distribution on ``sys.path`` has a ``[wig.plugins]``
+    section: the quick negative answer for the usual environment without plug-ins."""
+    header = f"[{GROUP}]"
+    for folder in sys.path:
+        try:
+            entries = os.scandir(folder or ".")
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                if not entry.name.endswith((".dist-info", ".egg-info")):
+                    continue
+                try:
+                    with open(os.path.join(entry.path, "entry_points.txt"), encoding="utf-8") as f:
+                        if header in f.read():
+                            return True
+                except OSError:
+                    continue
+    return False
 
 
 def load_entry_points() -> None:
@@ -73,7 +104,8 @@ def load_entry_points() -> None:
             ) from err
 
 
-def entry_point_files() -> list[tuple[str, str, bytes]]:
+@lru_cache(maxsize=1)
+def entry_point_files() -> tuple[tuple[str, str, bytes], ...]:
     """For the code hash (`wig.provenance`): per entry point, its name and value, and the source
     of every Python file of the top-level package (or module) it names — read, not imported."""
     out = []
@@ -88,7 +120,7 @@ def entry_point_files() -> list[tuple[str, str, bytes]]:
             files.append(spec.origin)
         body = b"".join(open(f, "rb").read() + b"\0" for f in files)
         out.append((ep.name, ep.value, body))
-    return out
+    return tuple(out)
 
 
 def _py_files(folder: str):

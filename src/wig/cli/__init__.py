@@ -28,11 +28,19 @@ def build_parser() -> argparse.ArgumentParser:
         prog="wig",
         description="Personalization guidance for text-to-image diffusion models (PG, CFG, AG, CFG++).",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="show wig's version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in command_modules().values():
         command.add_parser(sub)
     return parser
+
+
+class _Version(argparse.Action):
+    """``--version``, its version read only when asked (importlib.metadata costs start-up time)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog} {_version()}")
+        parser.exit()
 
 
 def _version() -> str:
