@@ -144,6 +144,17 @@ def test_an_embedding_metric_scores_each_image_once_deterministically(name):
     assert metric.encoder in ENCODERS and metric.fidelity in ("subject", "text", "diversity")
 
 
+@pytest.mark.parametrize("name", [n for n, m in METRICS.items() if m.reads != "pixels"])
+def test_an_embedding_metric_refuses_embeddings_that_do_not_fit(name):
+    """A width that differs from the images', or (texts, group ids) not one per image, is refused —
+    never broadcast into a score."""
+    metric = METRICS[name]
+    generated, other = _metric_inputs(metric)
+    bad = other[:-1] if metric.reads != "references" else other[:, :-1]
+    with pytest.raises(ValueError):
+        metric.score(generated, bad)
+
+
 @pytest.mark.parametrize("kind", sorted(ENCODERS))
 def test_an_encoder_kinds_tiny_twin_embeds_deterministically_and_refuses_a_bad_protocol(kind, tmp_path):
     from PIL import Image

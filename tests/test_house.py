@@ -132,6 +132,42 @@ PLUGIN_PACKAGES = {  # the package whose modules are a kind's plug-ins (`wig.plu
 }
 
 
+def _schema_names(node, names, path=()):
+    """Plug-in names the config schema holds outside its descriptions: as a value (an ``enum``, a
+    ``default``) or as a key inside a default."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "description":
+                continue
+            if "default" in path and key in names:
+                yield ".".join(map(str, path + (key,)))
+            yield from _schema_names(value, names, path + (key,))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _schema_names(value, names, path + (i,))
+    elif isinstance(node, str) and node in names:
+        yield f"{'.'.join(map(str, path))} = {node}"
+
+
+def test_the_config_schema_names_no_plugin_its_registries_fill_them_in():
+    """The schema ships without a plug-in's name (its family/tiny choices and its default fine-tune and
+    encoders come from the registries when it is read), and reads with them filled in."""
+    import yaml
+
+    from wig.workflow.config_schema import schema, schema_text
+
+    names = {n for homes in _homes().values() for n in homes}
+    assert list(_schema_names(yaml.safe_load(schema_text()), names)) == []
+    filled = schema()["properties"]
+    assert filled["personalization"]["default"] == {"method": "db-lora"}
+    assert filled["encoders"]["default"] == {"clip": {"tiny": True}, "dino": {"tiny": True}}
+    # the check sees a name where one hides
+    assert list(_schema_names({"a": {"default": {"dino": {}}, "enum": ["x", "sdxl"]}}, {"dino", "sdxl"})) == [
+        "a.default.dino",
+        "a.enum.1 = sdxl",
+    ]
+
+
 def test_plugins_live_where_their_registry_says():
     homes = _homes()
     for what, folder in PLUGIN_PACKAGES.items():  # <folder>/<module>.py, or <folder>/<module>/ with its own code

@@ -426,8 +426,8 @@ def test_small_study_code_changes_rerun_exactly_the_jobs_whose_scripts_reach_the
     modules = {
         "concepts": "concepts.py",
         "embeddings": "evaluation/embeddings.py",
-        "guidance": "guidance/pg.py",
-        "cli": "cli.py",
+        "guidance": "guidance/methods/pg.py",
+        "cli": "cli/commands/generate.py",
     }
     for module, file in modules.items():
         src = tmp_path / "src" / module

@@ -63,6 +63,7 @@ class Encoder:
     texts: ClassVar[bool] = False  # it has a text tower (`embed_texts`)
     real: ClassVar[str] = ""  # what a real spec names, for errors and the CLI
     trained: ClassVar[bool] = False  # the workflow trains it (``train:``) instead of loading real weights
+    default: ClassVar[bool] = False  # configured (as a tiny twin) when a config names no encoders
 
     def __init__(self, id: str, model: Any, device: torch.device):
         self.id, self.model, self.device = id, model, device
@@ -165,11 +166,19 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def subject_fidelity(references: np.ndarray, generated: np.ndarray) -> np.ndarray:
     """Per generated image: mean cosine to every reference (DINO or CLIP-I)."""
+    if np.ndim(references) != 2 or np.ndim(generated) != 2 or np.shape(references)[1] != np.shape(generated)[1]:
+        raise ValueError(
+            f"references and images are (n, d) embeddings of one width: {np.shape(references)}, {np.shape(generated)}"
+        )
     return (_unit(generated) @ _unit(references).T).mean(axis=1)
 
 
 def text_fidelity(generated: np.ndarray, texts: np.ndarray) -> np.ndarray:
-    """Per generated image: cosine to its own prompt's text embedding (CLIP-T)."""
+    """Per generated image: cosine to its own prompt's text embedding (CLIP-T). One text per image,
+    of the images' width: a single text would broadcast silently over every image."""
+    generated, texts = np.asarray(generated), np.asarray(texts)
+    if generated.shape != texts.shape:
+        raise ValueError(f"one text embedding per image of the same width: {generated.shape} vs {texts.shape}")
     return (_unit(generated) * _unit(texts)).sum(axis=1)
 
 

@@ -81,6 +81,9 @@ class PersonalizationMethod:
 
     name: ClassVar[str]
     trains: ClassVar[bool] = False  # a training job makes its fine-tune (else it is given: `methods.given`)
+    # the fine-tune of a config that names none (one method, declared on its own class: a subclass
+    # does not inherit it)
+    default: ClassVar[bool] = False
     batches_subjects: ClassVar[bool] = False  # `TrainedMethod.train_many` runs several subjects in one forward
 
     def __post_init__(self):

@@ -16,7 +16,8 @@ without Snakemake.
 The schema ships in the package (``wig/workflow/schema.yaml``): the workflow, ``wig plan`` and the
 library read the same file wherever they run. Its registry-backed keys (``x-registry:``) get
 their ``enum`` from the registries when it is read (`schema`): the model families and their tiny
-twins, shipped or plugged in.
+twins, shipped or plugged in; its ``x-default:`` keys their default (the default fine-tune and
+encoders), so no plug-in is named in the schema.
 """
 
 from __future__ import annotations
@@ -58,18 +59,31 @@ def _registries() -> dict[str, list[str]]:
     return {"model families": sorted(FAMILIES), "tiny twins": sorted(tiny_kinds())}
 
 
+def _defaults() -> dict[str, object]:
+    """The defaults the registries declare (a plug-in class's own ``default = True``): the
+    fine-tune of a config that names none, and the encoders of one that configures none."""
+    from wig.evaluation.encoders import ENCODERS
+    from wig.personalization import REGISTRY as PERSONALIZATION
+
+    (method,) = [name for name, cls in PERSONALIZATION.items() if vars(cls).get("default")]
+    kinds = [kind for kind, cls in ENCODERS.items() if vars(cls).get("default")]
+    return {"personalization": {"method": method}, "encoders": {kind: {"tiny": True} for kind in kinds}}
+
+
 def schema(schema_file: str | os.PathLike | None = None) -> dict:
     """The config schema (default: the shipped one) with every ``x-registry: <what>`` key given
     the registry's names as its ``enum``."""
     import yaml
 
     loaded = yaml.safe_load(schema_text() if schema_file is None else open(schema_file, encoding="utf-8").read())
-    names = _registries()
+    names, defaults = _registries(), _defaults()
 
     def fill(node):
         if isinstance(node, dict):
             if "x-registry" in node:
                 node["enum"] = names[node["x-registry"]]
+            if "x-default" in node:
+                node["default"] = copy.deepcopy(defaults[node["x-default"]])
             for value in node.values():
                 fill(value)
         elif isinstance(node, list):

@@ -59,6 +59,7 @@ class Clip(Encoder):
     """CLIP through open_clip: image and text embeddings (not normalised)."""
 
     kind = "clip"
+    default = True  # CLIP-I and the paper's text metric
     texts = True
     real = "an open_clip model name with a pretrained tag, e.g. ViT-B-32 + openai"
 

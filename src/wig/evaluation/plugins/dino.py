@@ -42,6 +42,7 @@ class Dino(Encoder):
     """DINO ViT (transformers ``ViTModel``): the CLS token after the final norm."""
 
     kind = "dino"
+    default = True  # the paper's subject metric
     real = "a transformers ViT name, e.g. facebook/dino-vits16"
 
     @classmethod

@@ -20,6 +20,9 @@ from wig.evaluation.plugins.dino import Dino
 def mean_pairwise_distance(generated: np.ndarray, groups: np.ndarray) -> np.ndarray:
     """Per image: the mean cosine distance to the other images of its group (NaN if alone)."""
     x = np.asarray(generated, dtype=np.float64)
+    groups = np.asarray(groups)
+    if groups.shape != (len(x),):
+        raise ValueError(f"one group id per image: {groups.shape} ids for {len(x)} images")
     x = x / np.linalg.norm(x, axis=-1, keepdims=True)
     out = np.full(len(x), np.nan)
     for g in np.unique(groups):

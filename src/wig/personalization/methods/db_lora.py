@@ -19,6 +19,7 @@ from wig.settings import param
 @dataclass(frozen=True)
 class DreamBoothLoRA(TrainedMethod):
     name = "db-lora"
+    default = True  # the paper's method: a config's fine-tune unless it names another
     batches_subjects = True
     rank: int = param(4, "LoRA rank (alpha = rank: scaling 1)", low=1)
     lr: float = param(1e-4, "AdamW learning rate (constant schedule)", above=0.0)
