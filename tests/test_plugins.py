@@ -265,3 +265,38 @@ def test_an_entry_point_that_fails_to_import_is_one_line_naming_it(tmp_path):
     assert proc.returncode == 1
     (line,) = proc.stderr.strip().splitlines()
     assert "plug-in 'broken' (broken_plugin, from broken-plugin): cannot load it: ModuleNotFoundError" in line
+
+
+def test_a_plugin_familys_tiny_config_missing_or_broken_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    from wig.errors import WigError
+    from wig.models.base import shipped_config
+
+    package = tmp_path / "strangers_configs"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(WigError, match=r"^tiny config strangers_configs/tiny_gone.json: cannot read it"):
+        shipped_config("gone", "strangers_configs")
+    (package / "tiny_cut.json").write_text('{"unet": {"sample_size": 3')  # truncated
+    with pytest.raises(WigError, match=r"^tiny config strangers_configs/tiny_cut.json: cannot read it"):
+        shipped_config("cut", "strangers_configs")
+    (package / "tiny_list.json").write_text("[1, 2]")
+    with pytest.raises(WigError, match="tiny_list.json: not a JSON object"):
+        shipped_config("list", "strangers_configs")
+    (package / "tiny_latin.json").write_bytes('{"note": "caf\xe9"}'.encode("latin-1"))
+    with pytest.raises(WigError, match="tiny_latin.json: cannot read it"):
+        shipped_config("latin", "strangers_configs")
+    with pytest.raises(WigError, match="no_such_package/tiny_sd.json: cannot read it"):
+        shipped_config("sd", "no_such_package")
+
+
+def test_the_entry_point_scan_reads_a_strangers_metadata_in_any_encoding(tmp_path, monkeypatch):
+    from wig.plugins import _group_named
+
+    info = tmp_path / "odd-1.0.dist-info"
+    info.mkdir()
+    (info / "entry_points.txt").write_bytes("[console_scripts]\nodd = caf\xe9:main\n".encode("latin-1"))
+    monkeypatch.setattr("sys.path", [str(tmp_path)])
+    assert _group_named() is False  # read, not crashed on
+    (info / "entry_points.txt").write_bytes("[wig.plugins]\nodd = caf\xe9\n".encode("latin-1"))
+    assert _group_named() is True

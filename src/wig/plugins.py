@@ -78,7 +78,8 @@ def _group_named() -> bool:
                 if not entry.name.endswith((".dist-info", ".egg-info")):
                     continue
                 try:
-                    with open(os.path.join(entry.path, "entry_points.txt"), encoding="utf-8") as f:
+                    # a stranger's file in any encoding: the header is ASCII either way
+                    with open(os.path.join(entry.path, "entry_points.txt"), encoding="utf-8", errors="replace") as f:
                         if header in f.read():
                             return True
                 except OSError:

@@ -155,8 +155,18 @@ class Family:
 
 
 def shipped_config(config: str, package: str = "wig.configs") -> dict:
-    """A shipped tiny config, ``<package>/tiny_<config>.json`` (package data; wig's in ``wig.configs``)."""
-    return json.loads(resources.files(package).joinpath(f"tiny_{config}.json").read_text())
+    """A shipped tiny config, ``<package>/tiny_<config>.json`` (package data; wig's in ``wig.configs``,
+    a plug-in family's in its own package): one line naming the file if it is missing or no JSON
+    object."""
+    where = f"{package}/tiny_{config}.json"
+    try:
+        loaded = json.loads(resources.files(package).joinpath(f"tiny_{config}.json").read_text(encoding="utf-8"))
+    except (OSError, ModuleNotFoundError, UnicodeDecodeError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise WigError(f"tiny config {where}: cannot read it ({first})") from None
+    if not isinstance(loaded, dict):
+        raise WigError(f"tiny config {where}: not a JSON object")
+    return loaded
 
 
 FAMILIES: dict[str, type[Family]] = {}  # name -> Family subclass, by name
