@@ -14,27 +14,27 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: demo test check lint install clean
+.PHONY: demo test check lint docs install clean
 
 install: $(STAMP)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(if $(strip $(TORCH_PIP)),$(BIN)/pip install --disable-pip-version-check $(TORCH_PIP))
-	$(BIN)/pip install --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install --disable-pip-version-check -c constraints.txt -e '.[test]'
 	touch $@
 
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES)
-	$(BIN)/snakemake --report results/report.html
-	@echo "report: results/report.html  tables: results/*/tables/metrics.md  figures: results/plots/  grids: results/*/grids/  logs: logs/"
+	$(BIN)/snakemake --report results/demo/report.html
+	@echo "everything under results/demo/: report.html, <model>/<fine-tune>/tables/metrics.md, plots/, <model>/<fine-tune>/grids/, logs/"
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/snakefmt --check Snakefile workflow
+	$(BIN)/snakefmt --check workflow
 
 # everything: lint and all three test tiers (CI: .ci/run)
 test: lint
@@ -44,5 +44,9 @@ test: lint
 check: lint
 	$(BIN)/python -m pytest -n $(CORES) --dist loadgroup --tier=check $(PYTEST_ARGS)
 
+# the documentation site, strictly (a broken link fails): site/ (tests/test_docs.py builds it too)
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) .snakemake results
+	rm -rf $(VENV) .snakemake results site

@@ -105,6 +105,22 @@ def generators(seeds=SEEDS):
     return [torch.Generator("cpu").manual_seed(s) for s in seeds]
 
 
+def guider_example(model_dir, lora_dir) -> str:
+    """The README's library example (PG as a stock diffusers guider), made runnable here: the twin's
+    and the LoRA's folders for the hub names, the CPU and float32 for CUDA and float16. It leaves
+    the image in ``image``."""
+    readme = (ROOT / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "PersonalizationGuidance(" in b]
+    code = (
+        block.replace('"stabilityai/stable-diffusion-xl-base-1.0"', repr(str(model_dir)))
+        .replace('"my-sdxl-dreambooth-lora/"', repr(str(lora_dir)))
+        .replace("torch.float16", "torch.float32")
+        .replace('pipe.to("cuda")', 'pipe.to("cpu")')
+    )
+    assert code.count(str(model_dir)) == 1 and code.count(str(lora_dir)) == 1, "the README example changed shape"
+    return code
+
+
 def to_uint8(images) -> np.ndarray:
     return np.stack([np.asarray(im, dtype=np.int16) for im in images])
 
@@ -216,7 +232,7 @@ def point_row(method: str, **values) -> dict:
     return {"method": method, **{name: f.default for name, f in columns().items()}, **values}
 
 
-TIERS = ("check", "workflow", "cluster", "browser")  # pyproject.toml's markers; `make check` runs the first
+TIERS = ("check", "workflow", "cluster", "browser", "install")  # pyproject.toml's markers; `make check` runs the first
 
 
 def tier_of(item) -> str | None:
@@ -252,17 +268,45 @@ def pytest_collection_modifyitems(config, items):
 
 
 def copy_workflow(workdir, config: dict) -> Path:
-    """``workdir`` made a runnable copy of the workflow (Snakefile, workflow/, config/, resources/)
-    with ``config`` as its config/config.yaml."""
+    """``workdir`` made a runnable copy of the workflow (workflow/, config/, resources/) with
+    ``config`` as its config/config.yaml."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    for name in ("Snakefile", "workflow", "config", "resources"):
-        if (ROOT / name).is_dir():
-            shutil.copytree(ROOT / name, workdir / name, dirs_exist_ok=True)
-        else:
-            shutil.copy(ROOT / name, workdir / name)
+    for name in ("workflow", "config", "resources"):
+        shutil.copytree(ROOT / name, workdir / name, dirs_exist_ok=True)
     write_config(workdir, config)
     return workdir
+
+
+def module_snakefile() -> str:
+    """docs/workflow.md's project Snakefile (wig used as a Snakemake module), pointing at this
+    checkout's workflow/Snakefile."""
+    page = (ROOT / "docs/workflow.md").read_text()
+    (block,) = [b for b in re.findall(r"```snakemake\n(.*?)```", page, re.S) if "module wig:" in b]
+    assert block.count('"/path/to/wig/workflow/Snakefile"') == 1, "docs/workflow.md's module changed shape"
+    return block.replace('"/path/to/wig/workflow/Snakefile"', repr(str(ROOT / "workflow/Snakefile")).replace("'", '"'))
+
+
+def deploy_project(project, config: dict) -> Path:
+    """``project`` made what `snakedeploy deploy-workflow` makes of this checkout: a copy of its
+    config/ (``config`` as config/config.yaml) and profiles/, and a workflow/Snakefile that uses the
+    checkout's workflow as a module (docs/workflow.md "Deploy"); nothing else of the checkout —
+    no rules, scripts or resources/."""
+    project = Path(project)
+    project.mkdir(parents=True, exist_ok=True)
+    for name in ("config", "profiles"):
+        shutil.copytree(ROOT / name, project / name, dirs_exist_ok=True)
+    (project / "workflow").mkdir(exist_ok=True)
+    (project / "workflow/Snakefile").write_text(module_snakefile())
+    write_config(project, config)
+    return project
+
+
+def results_of(workdir) -> Path:
+    """The folder the study configured in ``workdir``'s config/config.yaml writes everything into:
+    <results>/<study>/ (the schema's defaults where the config leaves them out)."""
+    config = yaml.safe_load((Path(workdir) / "config/config.yaml").read_text())
+    return Path(workdir) / config.get("results", "results") / config.get("study", "study")
 
 
 def write_config(workdir, config: dict) -> None:
@@ -299,7 +343,7 @@ def plan(config: dict, workdir) -> list[tuple[str, dict]]:
                 resource_settings=ResourceSettings(cores=1),
                 config_settings=ConfigSettings(),
                 storage_settings=StorageSettings(),
-                snakefile=workdir / "Snakefile",
+                snakefile=workdir / "workflow/Snakefile",
                 workdir=workdir,
             )
             api_workflow.dag(DAGSettings())
@@ -330,7 +374,7 @@ def small_study(tmp_path_factory):
     workdir = copy_workflow(tmp_path_factory.mktemp("small-study"), config)
     proc = run_snakemake(workdir, "--cores", "6", "--resources", "gpu=3")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = workdir / "results"
+    results = results_of(workdir)
     as_built = {p.relative_to(results).as_posix(): p.read_bytes() for p in results.glob("*/*/tables/*.parquet")}
     return workdir, config, as_built
 

@@ -19,7 +19,7 @@ import polars as pl
 import pytest
 import yaml
 
-from conftest import ROOT, copy_workflow
+from conftest import ROOT, copy_workflow, results_of
 
 pytestmark = pytest.mark.cluster
 SLURM_LOCAL = ROOT / "tools/slurm-local"
@@ -152,9 +152,9 @@ def test_the_workflow_runs_on_slurm_survives_failures_and_kills_and_matches_a_lo
     first = _submit(workdir, "--retries", "0")  # the profile's retry would only fail again
     out1 = first.stdout + first.stderr
     assert first.returncode != 0
-    assert "Error in rule prepare" in out1 and "logs/prepare/brown_dog.log" in out1
-    assert "00.jpg" in (workdir / "logs/prepare/brown_dog.log").read_text()
-    assert not (workdir / "results/concepts/brown_dog").exists()
+    assert "Error in rule prepare" in out1 and "logs/prepare/brown_dog.log" in out1  # under results/<study>/
+    assert "00.jpg" in (results_of(workdir) / "logs/prepare/brown_dog.log").read_text()
+    assert not (results_of(workdir) / "concepts/brown_dog").exists()
 
     # 2. fixed input; while training runs on the cluster the submitting snakemake is SIGKILLed and
     # its jobs are cancelled (what a dead login session leaves behind, cleaned up with scancel)
@@ -172,7 +172,7 @@ def test_the_workflow_runs_on_slurm_survives_failures_and_kills_and_matches_a_lo
         lines.append(line)
         if "slurm_logs/rule_train/" in line and "submitted with SLURM jobid" in line:
             break
-    _wait_for((workdir / "logs/tiny-sd/db-lora/train/brown_dog/ft0.log").exists, 120, "training to start")
+    _wait_for((results_of(workdir) / "logs/tiny-sd/db-lora/train/brown_dog/ft0.log").exists, 120, "training to start")
     proc.send_signal(signal.SIGKILL)
     out2 = "".join(lines) + proc.stdout.read()
     proc.wait(timeout=60)
@@ -217,7 +217,7 @@ def test_the_workflow_runs_on_slurm_survives_failures_and_kills_and_matches_a_lo
     assert per_rule + Counter({"prepare": 1}) == planned - grouped, per_rule
 
     # every job's log was written inside a completed SLURM job; GPU rules got a GPU from SLURM
-    logs = sorted((workdir / "logs").rglob("*.log"))
+    logs = sorted((results_of(workdir) / "logs").rglob("*.log"))
     assert len(logs) == sum(planned.values())
     for log in logs:
         text = log.read_text()
@@ -229,6 +229,6 @@ def test_the_workflow_runs_on_slurm_survives_failures_and_kills_and_matches_a_lo
 
     # the tables equal a local run's: the small study's, as its one local run built them
     for table in ("scores", "metrics", "paired_vs_cfg"):
-        a = pl.read_parquet(workdir / f"results/tiny-sd/db-lora/tables/{table}.parquet")
+        a = pl.read_parquet(results_of(workdir) / f"tiny-sd/db-lora/tables/{table}.parquet")
         b = pl.read_parquet(io.BytesIO(as_built[f"tiny-sd/db-lora/tables/{table}.parquet"]))
         assert not a.is_empty() and a.equals(b), table

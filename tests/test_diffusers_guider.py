@@ -4,8 +4,6 @@ diffusers' own CFG guider and hand-written loops that never touch the guider: ω
 unconditional branch with the LoRA disabled, ω = 0.4 on a second denoiser whose weights hold
 θ + 0.4·B·A."""
 
-import re
-
 import numpy as np
 import pytest
 import torch
@@ -13,12 +11,13 @@ from diffusers import ModularPipeline, StableDiffusionXLPipeline
 from diffusers.guiders import ClassifierFreeGuidance
 from lora_files import Spec, stranger_lora, write_in
 
+from wig.branches import LORA_WEIGHT_NAME
 from wig.integrations.diffusers import PersonalizationGuidance
 from wig.personalization.lora import lora_layers
 
 from conftest import (
-    ROOT,
     generators,
+    guider_example,
     lora_written_in,
     sdxl_reference_loop,
     to_uint8,
@@ -42,7 +41,7 @@ def _generator():
 def modular(tiny_sdxl, sdxl_lora_path):
     pipe = ModularPipeline.from_pretrained(str(tiny_sdxl))
     pipe.load_components(names=COMPONENTS, torch_dtype=torch.float32)
-    pipe.load_lora_weights(str(sdxl_lora_path.parent), adapter_name="subject")
+    pipe.load_lora_weights(str(sdxl_lora_path.parent), weight_name=sdxl_lora_path.name, adapter_name="subject")
     return pipe
 
 
@@ -65,7 +64,7 @@ def _scalings_of(model):
 
 def _reference(tiny_sdxl, sdxl_lora_path, uncond_unet):
     stock = StableDiffusionXLPipeline.from_pretrained(str(tiny_sdxl))
-    stock.load_lora_weights(str(sdxl_lora_path.parent))
+    stock.load_lora_weights(str(sdxl_lora_path.parent), weight_name=sdxl_lora_path.name)
     x = sdxl_reference_loop(stock, PROMPTS, SEEDS, SIZE, STEPS, LAMBDA, uncond_unet)
     with torch.no_grad():
         image = stock.vae.decode(x / stock.vae.config.scaling_factor, return_dict=False)[0]
@@ -130,7 +129,7 @@ def test_a_denoiser_that_raises_mid_forward_leaves_the_pipeline_as_it_was(tiny_s
     drew before PG was ever used."""
     pipe = ModularPipeline.from_pretrained(str(tiny_sdxl))
     pipe.load_components(names=COMPONENTS, torch_dtype=torch.float32)
-    pipe.load_lora_weights(str(sdxl_lora_path.parent), adapter_name="subject")
+    pipe.load_lora_weights(str(sdxl_lora_path.parent), weight_name=sdxl_lora_path.name, adapter_name="subject")
     before = _scalings(pipe)
     plain = _run(pipe, ClassifierFreeGuidance(guidance_scale=LAMBDA))
     layer = list(lora_layers([pipe.unet]))[3]
@@ -171,17 +170,9 @@ def test_named_adapters_and_a_missing_lora_are_refused(modular, tiny_sdxl):
 
 
 def test_the_readme_example_runs_as_written_on_the_twin(tiny_sdxl, sdxl_lora_path, modular):
-    """README "PG in stock diffusers, as a guider": its code block, with the twin's and the LoRA's
+    """docs/library.md "PG in stock diffusers, as a guider": its code block, with the twin's and the LoRA's
     folders for the hub names and the CPU for CUDA, draws what the guider draws here."""
-    readme = (ROOT / "README.md").read_text()
-    (block,) = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "PersonalizationGuidance(" in b]
-    code = (
-        block.replace('"stabilityai/stable-diffusion-xl-base-1.0"', repr(str(tiny_sdxl)))
-        .replace('"my-sdxl-dreambooth-lora/"', repr(str(sdxl_lora_path.parent)))
-        .replace("torch.float16", "torch.float32")
-        .replace('pipe.to("cuda")', 'pipe.to("cpu")')
-    )
-    assert code.count(str(tiny_sdxl)) == 1 and code.count(str(sdxl_lora_path.parent)) == 1
+    code = guider_example(tiny_sdxl, sdxl_lora_path.parent)
     scope = {}
     exec(compile(code, "README.md", "exec"), scope)
     modular.update_components(guider=PersonalizationGuidance(guidance_scale=5.0, omega=0.0))
@@ -272,7 +263,7 @@ def tiny_sd3(tmp_path_factory):
 def modular_sd3(tiny_sd3):
     pipe = ModularPipeline.from_pretrained(str(tiny_sd3 / "model"))
     pipe.load_components(names=SD3_COMPONENTS, torch_dtype=torch.float32)
-    pipe.load_lora_weights(str(tiny_sd3 / "lora"), adapter_name="subject")
+    pipe.load_lora_weights(str(tiny_sd3 / "lora"), weight_name=LORA_WEIGHT_NAME, adapter_name="subject")
     return pipe
 
 
@@ -298,7 +289,7 @@ def _sd3_reference(tiny_sd3, omega):
     from diffusers.utils.torch_utils import randn_tensor
 
     stock = SD3.from_pretrained(str(tiny_sd3 / "model"), text_encoder_3=None, tokenizer_3=None)
-    stock.load_lora_weights(str(tiny_sd3 / "lora"))
+    stock.load_lora_weights(str(tiny_sd3 / "lora"), weight_name=LORA_WEIGHT_NAME)
     cond, uncond, pooled, uncond_pooled = stock.encode_prompt(
         PROMPTS, None, None, device="cpu", do_classifier_free_guidance=True, negative_prompt=""
     )
@@ -372,7 +363,7 @@ def _two_adapters(tiny_sdxl, loras):
     pipe = ModularPipeline.from_pretrained(str(tiny_sdxl))
     pipe.load_components(names=COMPONENTS, torch_dtype=torch.float32)
     for name, lora in loras.items():
-        pipe.load_lora_weights(str(lora.file), adapter_name=name)
+        pipe.load_lora_weights(str(lora.file.parent), weight_name=lora.file.name, adapter_name=name)
     pipe.set_adapters(list(loras))  # each load activates its own adapter alone: all of them, as a user does
     return pipe
 
@@ -533,7 +524,7 @@ def test_wig_generate_and_the_guider_draw_the_same_image(tiny_sdxl, tmp_path, om
 
     modular = ModularPipeline.from_pretrained(str(tiny_sdxl))
     modular.load_components(names=COMPONENTS, torch_dtype=torch.float32)
-    modular.load_lora_weights(str(lora.file), adapter_name="subject")
+    modular.load_lora_weights(str(lora.file.parent), weight_name=lora.file.name, adapter_name="subject")
     guided = _run(modular, PersonalizationGuidance(guidance_scale=LAMBDA, omega=omega))
     assert np.abs(ours - guided).max() <= 1
     if omega != 1.0:

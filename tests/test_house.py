@@ -112,7 +112,7 @@ def _named_outside(homes: dict[str, Path], files, strict: bool = False) -> list[
     return found
 
 
-CODE = sorted([*PACKAGE.rglob("*.py"), *(ROOT / "workflow").rglob("*.py"), ROOT / "Snakefile"])
+CODE = sorted([*PACKAGE.rglob("*.py"), *(ROOT / "workflow").rglob("*.py"), ROOT / "workflow/Snakefile"])
 CODE += sorted((ROOT / "workflow").rglob("*.smk"))
 
 
@@ -233,6 +233,7 @@ LAYERS = [
             "wig.provenance",
             "wig.plugins",
             "wig.lazy",
+            "wig.extras",
             "wig.weights",
             "wig.fetch",
             "wig.branches",

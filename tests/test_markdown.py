@@ -124,7 +124,7 @@ def test_empty_tables_say_why_in_one_line():
     one = table.select(pl.lit("tiny-sd").alias("model"), pl.lit("db-lora").alias("finetune"), pl.all())
     assert finetunes_markdown(one) == (
         "One fine-tune (tiny-sd/db-lora): nothing to set side by side; its metrics are "
-        "results/tiny-sd/db-lora/tables/metrics.md.\n"
+        "tiny-sd/db-lora/tables/metrics.md in this study's results.\n"
     )
     two = pl.concat([one, one.with_columns(pl.lit("db-lora-ti").alias("finetune"))])
     header, rows = _table(finetunes_markdown(two))

@@ -203,7 +203,7 @@ def test_a_packs_rule_gets_the_resources_a_profile_sets_for_rule_train(tmp_path)
                 ),
                 config_settings=ConfigSettings(),
                 storage_settings=StorageSettings(),
-                snakefile=workdir / "Snakefile",
+                snakefile=workdir / "workflow/Snakefile",
                 workdir=workdir,
             )._workflow
             (pack,) = [r for r in workflow.rules if r.name.startswith("train_tiny_sd_db_lora_pack")]

@@ -113,7 +113,8 @@ _DUMP = textwrap.dedent("""
     with SnakemakeApi(OutputSettings()) as api:
         api_wf = api.workflow(resource_settings=ResourceSettings(cores=1),
                               config_settings=ConfigSettings(configfiles=configfiles),
-                              storage_settings=StorageSettings(), snakefile=Path("Snakefile"), workdir=Path("."))
+                              storage_settings=StorageSettings(), snakefile=Path("workflow/Snakefile"),
+                              workdir=Path("."))
         rules = {}
         for rule in api_wf._workflow.rules:  # the parsed workflow: the rules and their params
             if rule.script:

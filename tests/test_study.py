@@ -63,7 +63,7 @@ def test_paper_presets_plan_sixteen_concepts_eleven_classes_and_every_point(pres
 
 
 def test_the_subjects_preset_plans_104_new_subjects_in_seven_packs():
-    """The ±0.02 run as pre-registered (README "The run at ±0.02"): 104 subjects none of which the
+    """The ±0.02 run as pre-registered (docs/studies.md "The run at ±0.02"): 104 subjects none of which the
     earlier runs used, one LoRA seed each, 16 a job (7 packs by hash), CFG and PG ω 0 / 0.5 at λ 4.5."""
     from wig.synthetic.world import SUBJECTS
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from conftest import ROOT, copy_workflow, run_snakemake
+from conftest import ROOT, copy_workflow, results_of, run_snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -98,11 +98,13 @@ def _config() -> dict:
 
 def test_its_plugins_run_through_the_study_and_reach_the_tables(site, tmp_path):
     workdir = copy_workflow(tmp_path / "study", _config())
-    target = "results/tables/finetunes.parquet"
-    proc = run_snakemake(workdir, target, "results/toy/db-lora/tables/metrics.parquet", env={"PYTHONPATH": str(site)})
+    target = "results/study/tables/finetunes.parquet"  # no `study:` in the config: the default name
+    proc = run_snakemake(
+        workdir, target, "results/study/toy/db-lora/tables/metrics.parquet", env={"PYTHONPATH": str(site)}
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     # the family built the twin (its DPM-Solver kept: not DDIM) and sampled it
-    scheduler = json.loads((workdir / "results/toy/model/scheduler/scheduler_config.json").read_text())
+    scheduler = json.loads((results_of(workdir) / "toy/model/scheduler/scheduler_config.json").read_text())
     assert scheduler["_class_name"] == "DPMSolverMultistepScheduler"
     table = pl.read_parquet(workdir / target)
     assert set(table["family"]) == {"toy-sd-dpm"} and set(table["method"]) == {"cfg", "toy-interval"}
@@ -110,14 +112,16 @@ def test_its_plugins_run_through_the_study_and_reach_the_tables(site, tmp_path):
     interval = table.filter(pl.col("method") == "toy-interval")
     assert interval["low"].to_list() == [0.2] * len(interval) and interval["high"].to_list() == [0.7] * len(interval)
     # each job process loaded the entry point itself: the method's images are on disk
-    assert [p for p in (workdir / "results/toy/db-lora").rglob("*.png") if "toy-interval" in p.parts]
+    assert [p for p in (results_of(workdir) / "toy/db-lora").rglob("*.png") if "toy-interval" in p.parts]
 
 
 def test_without_the_package_the_same_config_is_refused_in_one_line(site, tmp_path):
     import yaml
 
+    # the study's config with the page's own config example over it (models, fine-tune, grid, encoders)
+    (example,) = re.findall(r"```yaml\n(.*?)```", DOCS.read_text(), flags=re.S)
     config = tmp_path / "study.yaml"
-    config.write_text(yaml.safe_dump(_config()))
+    config.write_text(yaml.safe_dump(_config() | yaml.safe_load(example)))
     wig = [sys.executable, "-m", "wig.cli", "plan", "--configfile", str(config), "--directory", str(ROOT)]
     missing = subprocess.run(wig, capture_output=True, text=True, env=_env(None))
     assert missing.returncode == 1

@@ -755,7 +755,7 @@ def test_the_vico_presets_draw_the_papers_user_study(monkeypatch, preset, entry,
 
 
 def test_the_server_imports_neither_torch_nor_diffusers():
-    """What lets `wig serve-study` listen within a second (README "The user study")."""
+    """What lets `wig serve-study` listen within a second (docs/user-study.md)."""
     code = (
         "import sys; from wig.cli import build_parser; import wig.user_study.server, wig.user_study.analysis; "
         "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"

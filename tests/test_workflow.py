@@ -20,7 +20,7 @@ from PIL import Image
 from wig.workflow.config_schema import read_config
 from wig.workflow.study import Study
 
-from conftest import ROOT
+from conftest import ROOT, deploy_project, results_of
 from conftest import copy_workflow as _workdir
 from conftest import edit_config as _edit
 from conftest import run_snakemake as _snakemake
@@ -67,7 +67,7 @@ def test_config_errors_stop_before_any_job(tmp_path, changes, message):
     proc = _snakemake(workdir, "-n")
     assert proc.returncode != 0
     assert message in proc.stderr + proc.stdout
-    assert not (workdir / "results").exists()
+    assert not (results_of(workdir)).exists()
 
 
 def test_a_config_typed_as_people_type_it_plans_the_canonical_study(tmp_path):
@@ -94,7 +94,7 @@ def test_an_empty_photo_stops_planning_in_one_line_naming_it(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "Job stats" not in out
     assert "photos/brown_dog/zz.jpg: an empty file (0 bytes), not an image" in out, out[-2000:]
-    assert "Traceback" not in out and not (workdir / "results").exists()
+    assert "Traceback" not in out and not (results_of(workdir)).exists()
     assert len([line for line in out.splitlines() if line.strip()]) <= 4, out
 
 
@@ -181,10 +181,10 @@ def test_fetch_rule_clones_the_pinned_commit(tmp_path):
     )
     (tmp_path / "work").mkdir()
     workdir = _workdir(tmp_path / "work", config)
-    proc = _snakemake(workdir, "results/concepts/brown_dog")
+    proc = _snakemake(workdir, "results/small/concepts/brown_dog")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(list((workdir / "data/vico/brown_dog").glob("*.jpg"))) == 5
-    assert len(pl.read_parquet(workdir / "results/concepts/brown_dog/manifest.parquet")) == 5
+    assert len(pl.read_parquet(results_of(workdir) / "concepts/brown_dog/manifest.parquet")) == 5
 
 
 def test_the_synthetic_world_renders_its_dataset_through_the_dag(tmp_path):
@@ -198,13 +198,13 @@ def test_the_synthetic_world_renders_its_dataset_through_the_dag(tmp_path):
     workdir = _workdir(tmp_path, config)
     planned = _planned(workdir)
     assert planned["render_dataset"] == 1 and planned["prepare"] == 2 and "fetch_dataset" not in planned
-    proc = _snakemake(workdir, "results/concepts/yellow_magenta_triangle")
+    proc = _snakemake(workdir, "results/small/concepts/yellow_magenta_triangle")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    manifest = pl.read_parquet(workdir / "results/concepts/yellow_magenta_triangle/manifest.parquet")
+    manifest = pl.read_parquet(results_of(workdir) / "concepts/yellow_magenta_triangle/manifest.parquet")
     assert len(manifest) == 4 and len(list((workdir / "data/synthetic").glob("*/*.png"))) == 4 * 5
     assert _planned(workdir)["generate"] == 2 * 2 * 3  # models × concepts × points
     # a generation job's scores carry the oracle's pixel metrics beside the encoders'
-    score = "results/tiny-sd/db-lora/scores/yellow_magenta_triangle/ft0/cfg/w1.0_l7.5/seeds0_1.parquet"
+    score = "results/small/tiny-sd/db-lora/scores/yellow_magenta_triangle/ft0/cfg/w1.0_l7.5/seeds0_1.parquet"
     proc = _snakemake(workdir, score)
     assert proc.returncode == 0, proc.stderr[-2000:]
     scores = pl.read_parquet(workdir / score)
@@ -236,8 +236,8 @@ def _check_gpu_slots(logs, n_jobs, ids):
 # (one xdist group: `make test` runs with --dist loadgroup, so the study runs once, on one worker)
 
 SMALL = pytest.mark.xdist_group("small-study")
-RUN = "results/tiny-sd/db-lora/runs/brown_dog/ft0"  # (model, fine-tune, concept, seed)
-SAMPLES = "db-lora/samples/brown_dog/ft0"  # below results/<model>/
+RUN = "results/small/tiny-sd/db-lora/runs/brown_dog/ft0"  # (model, fine-tune, concept, seed)
+SAMPLES = "db-lora/samples/brown_dog/ft0"  # below results/<study>/<model>/
 
 
 @pytest.fixture
@@ -251,8 +251,8 @@ def study(small_study):
 @SMALL
 def test_small_study_writes_runs_samples_tables_and_one_log_per_job(study):
     workdir, _ = study
-    _check_gpu_slots(workdir / "logs", n_jobs=25, ids={"0", "1", "2"})  # 11 per model, 3 shared embeddings
-    model, run = workdir / "results/tiny-sd", workdir / RUN
+    _check_gpu_slots(results_of(workdir) / "logs", n_jobs=25, ids={"0", "1", "2"})  # 11 per model, 3 shared embeddings
+    model, run = results_of(workdir) / "tiny-sd", workdir / RUN
     assert (run / "full/pytorch_lora_weights.safetensors").is_file()
     assert (run / "weak/pytorch_lora_weights.safetensors").is_file()
     assert len(pl.read_parquet(run / "log.parquet")) == 6
@@ -268,30 +268,57 @@ def test_small_study_writes_runs_samples_tables_and_one_log_per_job(study):
     # one log per job; per model: model, class images, training, 3 generations, grid, 3 × 2 sample
     # embeddings, 3 scores, aggregate; shared: prepare, 2 encoders, 2 reference + 1 text
     # embeddings, plots, the fine-tune table
-    assert len(list((workdir / "logs").rglob("*.log"))) == 2 * (1 + 1 + 1 + 3 + 1 + 6 + 3 + 1) + 1 + 2 + 3 + 1 + 1
+    assert (
+        len(list((results_of(workdir) / "logs").rglob("*.log")))
+        == 2 * (1 + 1 + 1 + 3 + 1 + 6 + 3 + 1) + 1 + 2 + 3 + 1 + 1
+    )
     # every image through each encoder once per protocol: 2 images × 2 protocols per job
-    for log in (workdir / "logs/tiny-sd/db-lora/embed_samples").rglob("*.log"):
+    for log in (results_of(workdir) / "logs/tiny-sd/db-lora/embed_samples").rglob("*.log"):
         assert "4 rows, 4 images through the encoder" in log.read_text()
     for name in ("omega_ablation", "lambda_ablation", "pareto", "method_fronts"):
-        assert (workdir / f"results/plots/{name}.svg").is_file()
+        assert (results_of(workdir) / f"plots/{name}.svg").is_file()
+
+
+@SMALL
+def test_a_second_study_in_the_same_project_keeps_the_first_ones_figures_and_tables(study):
+    """Two studies run one after the other in one checkout: each writes under results/<study>/, so
+    the second has figures, tables and a fine-tune table of its own and the first's are the same
+    bytes (they used to share results/plots/ and results/tables/finetunes.*)."""
+    workdir, config = study
+    first = results_of(workdir)
+    kept = sorted({*first.glob("plots/*"), *first.glob("tables/*"), *first.glob("*/*/tables/*")})
+    assert len([p for p in kept if p.parent.name == "plots"]) == 8 and (first / "tables/finetunes.parquet") in kept
+    before = {p: p.read_bytes() for p in kept}
+    second = _edit(config, study="small-b", seeds=[0])
+    second["models"] = {"tiny-sd": config["models"]["tiny-sd"]}
+    second["guidance"] = [{"method": "cfg", "scale": 7.5}, {"method": "pg", "scale": 7.5, "omega": 0.0}]
+    (workdir / "second.yaml").write_text(yaml.safe_dump(second))
+    proc = _snakemake(workdir, "--configfile", "second.yaml")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    other = workdir / "results/small-b"
+    assert {p.name for p in other.glob("plots/*")} == {p.name for p in kept if p.parent.name == "plots"}
+    assert pl.read_parquet(other / "tables/finetunes.parquet")["model"].unique().to_list() == ["tiny-sd"]
+    assert set(pl.read_parquet(other / "tiny-sd/db-lora/tables/metrics.parquet")["method"]) == {"cfg", "pg"}
+    assert {p: p.read_bytes() for p in kept} == before
+    assert _planned(workdir) == {}  # the first study: still complete
 
 
 @SMALL
 def test_small_study_pg_at_omega_one_is_cfg_bit_for_bit_in_both_families(study):
     workdir, _ = study
     for m in ("tiny-sd", "tiny-sana"):
-        samples = workdir / "results" / m / SAMPLES
+        samples = results_of(workdir) / m / SAMPLES
         cfg = pl.read_parquet(samples / "cfg/w1.0_l7.5/seeds0_1/manifest.parquet")["sha256"]
         assert pl.read_parquet(samples / "pg/w1.0_l7.5/seeds0_1/manifest.parquet")["sha256"].equals(cfg)
         assert not pl.read_parquet(samples / "pg/w0.0_l7.5/seeds0_1/manifest.parquet")["sha256"].equals(cfg)
-        table = pl.read_parquet(workdir / "results" / m / "db-lora/tables/metrics.parquet")
+        table = pl.read_parquet(results_of(workdir) / m / "db-lora/tables/metrics.parquet")
         assert table["method"].unique().sort().to_list() == ["cfg", "pg"]
 
 
 @SMALL
 def test_small_study_dino_equals_the_mean_cosine_recomputed_from_the_embeddings(study):
     workdir, _ = study
-    tune = workdir / "results/tiny-sd/db-lora"
+    tune = results_of(workdir) / "tiny-sd/db-lora"
     table = pl.read_parquet(tune / "tables/metrics.parquet")
     row = table.filter((pl.col("method") == "cfg") & (pl.col("protocol") == "dreammatcher")).row(0, named=True)
 
@@ -299,7 +326,7 @@ def test_small_study_dino_equals_the_mean_cosine_recomputed_from_the_embeddings(
         m = np.stack(frame.filter(pl.col("protocol") == "dreammatcher")["embedding"].to_numpy()).astype(np.float64)
         return m / np.linalg.norm(m, axis=1, keepdims=True)
 
-    refs = unit(pl.read_parquet(workdir / "results/embeddings/dino/references/brown_dog.parquet"))
+    refs = unit(pl.read_parquet(results_of(workdir) / "embeddings/dino/references/brown_dog.parquet"))
     gens = unit(pl.read_parquet(tune / "embeddings/dino/brown_dog/ft0/cfg/w1.0_l7.5/seeds0_1.parquet"))
     assert abs(row["dino"] - (gens @ refs.T).mean()) < 1e-6 and row["n_images"] == 2
 
@@ -331,12 +358,12 @@ def test_small_study_sample_is_what_the_cli_makes_with_the_trained_lora(study, t
 
     workdir, _ = study
     out = tmp_path / "cli.png"
-    args = ["--model", str(workdir / "results/tiny-sd/model"), "--lora", str(workdir / RUN / "full")]
+    args = ["--model", str(results_of(workdir) / "tiny-sd/model"), "--lora", str(workdir / RUN / "full")]
     args += ["--method", "pg", "--omega", "0", "--prompt", "a sks dog in the jungle", "--seed", "1"]
     assert (
         main(["generate", *args, "--steps", "2", "--height", "32", "--width", "32", "--out", str(out), "--quiet"]) == 0
     )
-    ref = Image.open(workdir / "results/tiny-sd" / SAMPLES / "pg/w0.0_l7.5/seeds0_1/s1_p00.png")
+    ref = Image.open(results_of(workdir) / "tiny-sd" / SAMPLES / "pg/w0.0_l7.5/seeds0_1/s1_p00.png")
     assert np.abs(np.asarray(Image.open(out), dtype=np.int16) - np.asarray(ref, dtype=np.int16)).max() <= 1
 
 
@@ -459,7 +486,7 @@ def test_small_study_report_holds_grids_figures_and_tables(study):
     html = (workdir / "report.html").read_text()
     assert all(k in html for k in ("Image grids", "Figures", "metrics.csv", "Pareto front"))
     # every grid, figure and table the study wrote is in the report, byte for byte (embedded base64)
-    results = workdir / "results"
+    results = results_of(workdir)
     made = [
         *results.glob("*/*/grids/*.png"),
         *results.glob("plots/*.png"),
@@ -477,7 +504,7 @@ def test_small_study_report_holds_grids_figures_and_tables(study):
     assert "tiny-sana (sana, a tiny random-init twin)" in html and "db-lora (db-lora)" in html
     assert "PG) against CFG, AutoGuidance and CFG++" not in html  # the fixed list it used to print
     # the Markdown tables read like the paper: a CFG row shows no ω, values with their CI in brackets
-    lines = (workdir / "results/tiny-sd/db-lora/tables/metrics.md").read_text().splitlines()
+    lines = (results_of(workdir) / "tiny-sd/db-lora/tables/metrics.md").read_text().splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     rows = [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]
     (cfg,) = [r for r in rows if r["method"] == "cfg"]
@@ -531,12 +558,18 @@ def _check_smoke_numbers(results):
         assert not off, f"{part} numbers beyond ±{tolerance}: {off}"
 
 
-def test_synthetic_preset_smoke_runs_end_to_end(tmp_path):
-    config = _synthetic_smoke_config()
-    workdir = _workdir(tmp_path, config)
+def test_synthetic_preset_smoke_runs_end_to_end_in_a_deployed_project(tmp_path):
+    """The smoke study in a project of its own that uses this checkout's workflow as a Snakemake
+    module (docs/workflow.md "Deploy"; no rules, scripts or resources/ copied), its results under a
+    root of its own: the shipped base and concept sheet are found in the workflow."""
+    config = _synthetic_smoke_config() | {"results": "out/studies"}
+    workdir = deploy_project(tmp_path / "project", config)
+    assert not (workdir / "resources").exists() and not (workdir / "workflow/rules").exists()
     proc = _snakemake(workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = workdir / "results"
+    results = results_of(workdir)
+    assert results == workdir / "out/studies/synthetic-smoke" and not (workdir / "results").exists()
+    assert sorted(p.name for p in workdir.iterdir()) == [".snakemake", "config", "data", "out", "profiles", "workflow"]
     # the shipped base, resolved once with its digest checked and shared: no pretraining, no copy
     assert (
         json.loads((results / "synthetic/weights.json").read_text())["sha256"]
@@ -570,15 +603,15 @@ def test_synthetic_preset_smoke_runs_end_to_end(tmp_path):
         assert learning["arm"].to_list() == ["fine-tune, unguided", "fine-tune, CFG", "base, CFG"]
         assert learning["n_images"].to_list() == [2 * 3, 2 * 3, 3]  # LoRA seeds × training captions; the base once
     _check_smoke_numbers(results)
-    # every torch job ran with the kernels capped (runtime.cpu_kernels: avx2, README "Reproducibility")
-    train_logs = list((workdir / "logs/synthetic/db-lora/train").rglob("*.log"))
+    # every torch job ran with the kernels capped (runtime.cpu_kernels: avx2, docs/studies.md "Reproducibility")
+    train_logs = list((results_of(workdir) / "logs/synthetic/db-lora/train").rglob("*.log"))
     assert train_logs and all("cpu kernels AVX2" in log.read_text() for log in train_logs)
     _check_user_study(workdir, config)
     # same seeds → the same tables: sampled, scored and bootstrapped again, they are the same bytes
     # (the targets keep the rerun to this model's jobs: the other model's tables are not compared)
     names = ("metrics.parquet", "paired_vs_cfg.parquet", "metric_agreement.parquet", "learning.parquet")
     before = {f: (results / "synthetic/db-lora/tables" / f).read_bytes() for f in names}
-    targets = [f"results/synthetic/db-lora/tables/{f}" for f in names]
+    targets = [(results / "synthetic/db-lora/tables" / f).relative_to(workdir).as_posix() for f in names]
     proc = _snakemake(workdir, "--forcerun", "generate", "learning", "--", *targets)
     assert proc.returncode == 0 and "rule generate:" in proc.stdout + proc.stderr, proc.stderr[-2000:]
     assert all((results / "synthetic/db-lora/tables" / f).read_bytes() == b for f, b in before.items())
@@ -593,7 +626,7 @@ def _check_user_study(workdir, config):
     from wig.user_study.server import default_db
     from wig.user_study.votes import VoteStore
 
-    results = workdir / "results"
+    results = results_of(workdir)
     study = UserStudy.load(results / "user_study/sets")
     assert len(study.sets) == 2 * 2 + 1 and study.data["entries"] == {
         "synthetic/db-lora": ["CFG", "PG"],
@@ -629,7 +662,8 @@ def _check_user_study(workdir, config):
             chosen = next(i for i in images if study.sets[set_id]["images"][i] == label)
             store.record(rater, set_id, "subject", chosen)
             store.record(rater, set_id, "text", UNDECIDED)
-    with_votes = _edit(config, user_study__votes="results/user_study/sets.votes.sqlite")
+    votes = (results / "user_study/sets.votes.sqlite").relative_to(workdir).as_posix()
+    with_votes = _edit(config, user_study__votes=votes)
     (workdir / "votes.yaml").write_text(yaml.safe_dump(with_votes))
     proc = _snakemake(workdir, "--configfile", "votes.yaml")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -656,7 +690,7 @@ def test_table2_study_trains_every_method_and_guides_with_sag_through_the_dag(tm
     workdir = _workdir(tmp_path, config)
     proc = _snakemake(workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    model = workdir / "results/tiny-sd"
+    model = results_of(workdir) / "tiny-sd"
     run_files = {
         "db-lora": ["pytorch_lora_weights.safetensors"],
         "db-lora-ti": ["pytorch_lora_weights.safetensors", "learned_embeds.safetensors"],
@@ -689,11 +723,11 @@ def test_table2_study_trains_every_method_and_guides_with_sag_through_the_dag(tm
         # DreamSim, a plug-in distance to the references: in [0, 2], in the tables
         assert scores["dreamsim"].null_count() == 0 and scores["dreamsim"].is_between(0.0, 2.0).all()
         assert "dreamsim" in pl.read_parquet(model / finetune / "tables/metrics.parquet").columns
-    embeddings = workdir / "results/embeddings/pickscore"
+    embeddings = results_of(workdir) / "embeddings/pickscore"
     assert (embeddings / "texts/brown_dog.parquet").is_file() and not (embeddings / "references").exists()
-    assert (workdir / "results/embeddings/dreamsim/references/brown_dog.parquet").is_file()
+    assert (results_of(workdir) / "embeddings/dreamsim/references/brown_dog.parquet").is_file()
     # the three fine-tunes side by side, by the settings that tell them apart
-    finetunes = pl.read_parquet(workdir / "results/tables/finetunes.parquet")
+    finetunes = pl.read_parquet(results_of(workdir) / "tables/finetunes.parquet")
     assert set(finetunes["finetune"]) == set(run_files) and "finetune_method" in finetunes.columns
     log = pl.read_parquet(model / "classdiffusion/runs/brown_dog/ft0/log.parquet")
     assert "spl" in log.columns and log["spl"].null_count() == 0
@@ -728,7 +762,7 @@ def test_packed_training_writes_each_run_as_alone_and_a_dropped_subject_retrains
     assert pack_of("brown_dog", 3) != pack_of("duck_toy", 3)
     proc = _snakemake(workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    model = workdir / "results/tiny-sd"
+    model = results_of(workdir) / "tiny-sd"
     # the cost, stated as the run starts (wig plan's lines): 4 runs in the packs that hold them
     packs = len(set(re.findall(r"^(?:local)?rule (train_tiny_sd_db_lora_pack\d+):", proc.stdout + proc.stderr, re.M)))
     assert f"wig plan: fine-tuning: 4 runs in {packs} jobs, 24 steps" in proc.stderr
@@ -748,7 +782,7 @@ def test_packed_training_writes_each_run_as_alone_and_a_dropped_subject_retrains
     settings = json.loads((runs / "duck_toy/ft1/config.json").read_text())
     method = make(**{k: settings[k] for k in make("db-lora").settings()})
     pipe = load_pipeline(str(model / "model"), device="cpu", dtype="float32")
-    images = read_images(workdir / "results/concepts/duck_toy")
+    images = read_images(results_of(workdir) / "concepts/duck_toy")
     classes = read_images(model / "class_images" / class_slug(settings["class_prompt"].removeprefix("a photo of ")))
     alone = tmp_path / "alone"
     method.train(pipe, Subject(images, settings["instance_prompt"], classes, settings["class_prompt"]), alone, seed=1)
@@ -773,7 +807,7 @@ def test_packed_training_writes_each_run_as_alone_and_a_dropped_subject_retrains
     # an unreadable image fails its pack with one line naming the subject; nothing of that pack's
     # runs is left, and the other packs' runs are byte for byte what they were
     weights = {r: (r / "full/pytorch_lora_weights.safetensors").read_bytes() for r in runs.glob("*/ft*")}
-    image = sorted((workdir / "results/concepts/duck_toy").glob("*.png"))[0]
+    image = sorted((results_of(workdir) / "concepts/duck_toy").glob("*.png"))[0]
     image.write_bytes(image.read_bytes()[:64])  # a truncated PNG
     # the prepared folder newer than the runs (Snakemake dates a folder output by its timestamp file)
     for path in (image.parent, image.parent / ".snakemake_timestamp"):
@@ -785,7 +819,7 @@ def test_packed_training_writes_each_run_as_alone_and_a_dropped_subject_retrains
         rf"wig: rule train_tiny_sd_db_lora_pack\d+: subject duck_toy \(seed \d\): .*{image.name}.*", refusals[0]
     ), refusals
     failed = re.search(r"Error in rule (train_\w+):.*?output: ([^\n]+)", proc.stderr, re.S)
-    lost = {Path(path.strip()).relative_to("results/tiny-sd/db-lora/runs") for path in failed[2].split(",")}
+    lost = {Path(path.strip()).relative_to("results/small/tiny-sd/db-lora/runs") for path in failed[2].split(",")}
     assert lost == {Path("duck_toy/ft0"), Path("duck_toy/ft1")}  # its pack: both its seeds, no one else
     for run, data in weights.items():
         rel = run.relative_to(runs)
@@ -794,7 +828,7 @@ def test_packed_training_writes_each_run_as_alone_and_a_dropped_subject_retrains
         else:
             assert (run / "full/pytorch_lora_weights.safetensors").read_bytes() == data, rel
     # the image mended (prepared again), exactly duck_toy's pack retrains; dropped, nothing does
-    shutil.rmtree(workdir / "results/concepts/duck_toy")
+    shutil.rmtree(results_of(workdir) / "concepts/duck_toy")
     # asked for every run: brown_dog's are up to date, duck_toy's pack alone trains
     planned = _planned(workdir, *(str(r.relative_to(workdir)) for r in weights))
     assert {rule: n for rule, n in planned.items() if rule.startswith("train")} == {failed[1]: 1}, planned
@@ -815,7 +849,7 @@ def test_the_sdxl_smoke_study_runs_its_family_through_the_dag(tmp_path):
     workdir = _workdir(tmp_path / "study", config)
     proc = _snakemake(workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    model = workdir / "results/tiny-sdxl"
+    model = results_of(workdir) / "tiny-sdxl"
     run = model / "db-lora/runs/brown_dog/ft0"
     scores = pl.read_parquet(model / "db-lora/tables/scores.parquet")
     assert sorted(scores["method"].unique()) == ["ag", "cfg", "dreamblend", "pg", "sag"]
@@ -938,7 +972,7 @@ def test_a_given_full_finetune_over_a_prompt_set_runs_through_the_dag_without_tr
     from wig.sampling.sampler import sample
 
     workdir, config = prompt_set_study
-    results = workdir / "results/tiny-sd/dpo"
+    results = results_of(workdir) / "tiny-sd/dpo"
     assert not (results / "runs").exists()
     assert json.loads((results / "weights.json").read_text())["path"] == str((workdir / "dpo-sd/unet").resolve())
     scores = pl.read_parquet(results / "tables/scores.parquet")
@@ -948,13 +982,15 @@ def test_a_given_full_finetune_over_a_prompt_set_runs_through_the_dag_without_tr
     assert pg.rows() == [(0.0, 4.0), (0.4, 4.0)]  # the grid's points, not the search's probes
     assert pl.read_parquet(results / "tables/matched_text.parquet").is_empty()  # no subject fidelity to match
     assert not pl.read_parquet(results / "tables/paired_vs_cfg.parquet").is_empty()
-    assert (workdir / "results/plots/pareto.png").is_file() and (workdir / "results/plots/omega_ablation.png").is_file()
+    assert (results_of(workdir) / "plots/pareto.png").is_file() and (
+        results_of(workdir) / "plots/omega_ablation.png"
+    ).is_file()
     (manifest_path,) = (results / "samples/partiprompts/ft0").glob("*/seeds*/manifest.parquet")
     manifest = pl.read_parquet(manifest_path).filter(pl.col("method") == "cfg")
     assert manifest["prompt"].unique(maintain_order=True).to_list() == ["bond", "element", "life"]  # used whole
     grid = Image.open(results / "grids/partiprompts.png")
     assert grid.width == 160 + 2 * len(config["seeds"]) * config["sampling"]["width"]  # two prompts per seed
-    pipe = load_pipeline(str(workdir / "results/tiny-sd/model"), device="cpu", dtype="float32")
+    pipe = load_pipeline(str(results_of(workdir) / "tiny-sd/model"), device="cpu", dtype="float32")
     pipe.unet = UNet2DConditionModel.from_pretrained(workdir / "dpo-sd/unet")
     row = manifest.row(0, named=True)
     s = config["sampling"]
@@ -1004,7 +1040,7 @@ def test_an_instruct_pix2pix_study_edits_each_concepts_first_image_through_the_d
     assert planned["prepare"] == 1 and planned["resolve_finetune"] == 1 and "train" not in planned
     proc = _snakemake(workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = workdir / "results/tiny-ip2p/sd-base"
+    results = results_of(workdir) / "tiny-ip2p/sd-base"
     (manifest_path,) = (results / "samples/brown_dog/ft0").glob("*/seeds*/manifest.parquet")
     manifest = pl.read_parquet(manifest_path)
     assert manifest["prompt"].unique(maintain_order=True).to_list() == [
@@ -1012,8 +1048,8 @@ def test_an_instruct_pix2pix_study_edits_each_concepts_first_image_through_the_d
         "make it snow",
     ]
     s = config["sampling"]
-    source = read_images(workdir / "results/concepts/brown_dog")[0].resize((s["width"], s["height"]))
-    stock = StableDiffusionInstructPix2PixPipeline.from_pretrained(workdir / "results/tiny-ip2p/model")
+    source = read_images(results_of(workdir) / "concepts/brown_dog")[0].resize((s["width"], s["height"]))
+    stock = StableDiffusionInstructPix2PixPipeline.from_pretrained(results_of(workdir) / "tiny-ip2p/model")
     stock.set_progress_bar_config(disable=True)
     stock.safety_checker = None
     row = manifest.filter((pl.col("omega") == 1.0) & (pl.col("prompt_index") == 0)).row(0, named=True)
@@ -1047,7 +1083,7 @@ def test_a_golden_section_search_grows_the_dag_one_cached_probe_at_a_time(prompt
     from wig.workflow.search import SearchSettings, replay
 
     workdir, config = prompt_set_study
-    results = workdir / "results/tiny-sd/dpo"
+    results = results_of(workdir) / "tiny-sd/dpo"
     trace = pl.read_parquet(results / "search/pg-scale/trace.parquet")
     settings = SearchSettings(1.0, 9.0, 3.0, 0.5, 20)
     known = dict(zip(trace["value"], trace["objective"]))
@@ -1129,7 +1165,7 @@ def test_a_broken_given_finetune_stops_the_run_before_any_generation_job(tmp_pat
     assert len(refusals) == 1 and f"tensor {name} is stored as int32" in refusals[0], out[-3000:]
     assert "Traceback" not in out
     assert not re.search(r"^(?:local)?rule generate:$", out, re.M)
-    assert not (workdir / "results/tiny-sd/dpo/weights.json").exists()
-    assert not (workdir / "results/tiny-sd/dpo/samples").exists()
-    log = (workdir / "logs/tiny-sd/dpo/resolve_finetune.log").read_text()
+    assert not (results_of(workdir) / "tiny-sd/dpo/weights.json").exists()
+    assert not (results_of(workdir) / "tiny-sd/dpo/samples").exists()
+    log = (results_of(workdir) / "logs/tiny-sd/dpo/resolve_finetune.log").read_text()
     assert f"refused: {workdir / 'dpo-sd/unet/diffusion_pytorch_model.safetensors'}: tensor {name}" in log

@@ -1,7 +1,7 @@
 """The paired contrasts of a synthetic-world study over subgroups of its subjects: all subjects, the
 subjects whose LoRA learned them (rule learning: unguided subject fidelity ≥ a bar on the training
 captions), and by pattern and by shape — the pre-registered secondary analyses (d) and (e) of the
-README's run at ±0.02. Same CIs as the tables (`wig.evaluation.metrics.paired_vs_cfg`: the nested
+docs/studies.md's run at ±0.02. Same CIs as the tables (`wig.evaluation.metrics.paired_vs_cfg`: the nested
 bootstrap over subjects, LoRA seeds, prompts and seeds).
 
     python tools/subject_contrasts.py results/subjects-noprior/db-lora/tables --bootstrap 2000

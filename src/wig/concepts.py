@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
-import polars as pl
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from wig.atomic import atomic_dir
@@ -408,15 +407,15 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
     return files
 
 
-MANIFEST_SCHEMA = {
-    "path": pl.String,  # file name, relative to the manifest's folder
-    "source": pl.String,  # the original file
-    "source_sha256": pl.String,
-    "sha256": pl.String,  # of the PNG written
-    "width": pl.Int64,  # as kept (at most max_side on the long side)
-    "height": pl.Int64,
-    "source_width": pl.Int64,  # as decoded, after EXIF orientation
-    "source_height": pl.Int64,
+MANIFEST_COLUMNS = {  # name -> polars dtype (polars is imported where a manifest is written)
+    "path": "String",  # file name, relative to the manifest's folder
+    "source": "String",  # the original file
+    "source_sha256": "String",
+    "sha256": "String",  # of the PNG written
+    "width": "Int64",  # as kept (at most max_side on the long side)
+    "height": "Int64",
+    "source_width": "Int64",  # as decoded, after EXIF orientation
+    "source_height": "Int64",
 }
 
 
@@ -465,7 +464,9 @@ def prepare_concept(
                     "source_height": source_height,
                 }
             )
-        manifest = pl.DataFrame(rows, schema=MANIFEST_SCHEMA)
+        import polars as pl  # here, not at the top: `wig generate` reads images without the workflow extra
+
+        manifest = pl.DataFrame(rows, schema={name: getattr(pl, kind) for name, kind in MANIFEST_COLUMNS.items()})
         manifest.write_parquet(tmp / "manifest.parquet")
     return manifest
 

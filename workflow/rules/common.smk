@@ -9,19 +9,31 @@ from argparse import Namespace
 from pathlib import Path
 
 
+from wig.extras import MissingExtra, require
+
+try:  # the core install is the library alone: the study's tables, metrics and figures need the extra
+    require("workflow", "the wig workflow")
+except MissingExtra as err:
+    raise ValueError(str(err)) from None
+
 from wig.concepts import image_files
 from wig.errors import WigError
 from wig.kernels import PINNED
-from wig.workflow.config_schema import read_config
+from wig.workflow.config_schema import read_config, resolve_shipped
 from wig.gpus import check_resources, device_ids, scheduler_assigned
 from wig.provenance import code_hash
 from wig.workflow.model import canon
 from wig.workflow.study import Study
 
+# the checkout this file belongs to (run in place or used as a module from another project)
+WORKFLOW_ROOT = Path(workflow.current_basedir.get_path_or_uri(secret_free=True)).parents[1]
+
 try:
     # numbers as people type them (lr: 1e-4, steps: 500.0), the schema's first violation in one line,
     # its defaults filled in
     read_config(config)  # the schema shipped in the package (wig/workflow/schema.yaml)
+    # `resources/…` in the config: the project's own file, else this workflow's (a deployed module)
+    resolve_shipped(config, WORKFLOW_ROOT)
     STUDY = Study.from_config(config)
     # a local run spreads GPU jobs over the device ids (wig.gpus): no more of them at once than ids
     if workflow.local_exec and not scheduler_assigned():
@@ -29,6 +41,15 @@ try:
         check_resources(device_ids(config["runtime"].get("gpus")), getattr(_gpu, "value", _gpu))
 except WigError as err:
     raise ValueError(f"config: {err}") from None
+
+# everything this study writes lies below here: two studies in one project share no file
+RESULTS = f"{config['results'].rstrip('/')}/{config['study']}"
+
+
+def study_path(path):
+    """``path`` (a rule's output, log or benchmark pattern) inside this study's results folder."""
+    return f"{RESULTS}/{path}"
+
 
 MODELS, CONCEPTS, ENCODERS = list(STUDY.models), list(STUDY.concepts), STUDY.encoders
 # the report's texts (workflow/report/*.rst) see only the config: what the study runs, in words, under
@@ -68,7 +89,7 @@ def study_cost_lines():
     from wig.workflow.cost import estimate_lines, measured_rates, study_cost
 
     cost = study_cost(STUDY)
-    return cost.lines() + estimate_lines(cost, measured_rates(STUDY, "results"))
+    return cost.lines() + estimate_lines(cost, measured_rates(STUDY, RESULTS))
 
 
 def script_code_hash(rule):

@@ -5,9 +5,9 @@ rule prepare:
     input:
         get_concept_images,
     output:
-        directory("results/concepts/{concept}"),
+        directory(study_path("concepts/{concept}")),
     log:
-        "logs/prepare/{concept}.log",
+        study_path("logs/prepare/{concept}.log"),
     params:
         folder=from_study(STUDY.concept_folder),
         limits={"max_pixels": config["dataset"]["max_image_pixels"], "max_side": config["dataset"]["max_image_side"]},
@@ -23,9 +23,9 @@ if STUDY.render:
         output:
             directory(config["dataset"]["root"]),
         log:
-            "logs/render_dataset.log",
+            study_path("logs/render_dataset.log"),
         benchmark:
-            "results/benchmarks/render_dataset.tsv"
+            study_path("benchmarks/render_dataset.tsv")
         params:
             render=canon(STUDY.render),
         script:
@@ -37,7 +37,7 @@ elif config["dataset"].get("root"):  # a prompt set has no image root to fetch
         output:
             directory(config["dataset"]["root"]),
         log:
-            "logs/fetch_dataset.log",
+            study_path("logs/fetch_dataset.log"),
         localrule: True
         params:
             fetch=canon(config["dataset"].get("fetch", {})),

@@ -5,9 +5,9 @@
 
 rule build_tiny_encoder:
     output:
-        directory("results/encoders/{encoder}"),
+        directory(study_path("encoders/{encoder}")),
     log:
-        "logs/build_tiny_encoder/{encoder}.log",
+        study_path("logs/build_tiny_encoder/{encoder}.log"),
     wildcard_constraints:
         encoder=_names([k for k, s in ENCODERS.items() if s.get("tiny")]),
     params:
@@ -19,11 +19,11 @@ rule build_tiny_encoder:
 # The synthetic world's learned DINO stand-in (wig.synthetic.encoder), trained on rendered scenes.
 rule train_encoder:
     output:
-        directory("results/encoders/{encoder}"),
+        directory(study_path("encoders/{encoder}")),
     log:
-        "logs/train_encoder/{encoder}.log",
+        study_path("logs/train_encoder/{encoder}.log"),
     benchmark:
-        "results/benchmarks/train_encoder/{encoder}.tsv"
+        study_path("benchmarks/train_encoder/{encoder}.tsv")
     wildcard_constraints:
         encoder=_names(STUDY.trained_encoders()),
     threads: 2
@@ -38,9 +38,9 @@ rule embed_references:
         unpack(get_encoder),
         images=rules.prepare.output[0],
     output:
-        "results/embeddings/{encoder}/references/{concept}.parquet",
+        study_path("embeddings/{encoder}/references/{concept}.parquet"),
     log:
-        "logs/embed_references/{encoder}/{concept}.log",
+        study_path("logs/embed_references/{encoder}/{concept}.log"),
     threads: config["runtime"]["threads"]
     resources:
         gpu=1,
@@ -57,9 +57,9 @@ rule embed_texts:
     input:
         unpack(get_encoder),
     output:
-        "results/embeddings/{encoder}/texts/{concept}.parquet",
+        study_path("embeddings/{encoder}/texts/{concept}.parquet"),
     log:
-        "logs/embed_texts/{encoder}/{concept}.log",
+        study_path("logs/embed_texts/{encoder}/{concept}.log"),
     wildcard_constraints:
         encoder=_names(STUDY.text_encoders()),
     threads: config["runtime"]["threads"]
@@ -78,11 +78,13 @@ rule embed_samples:
         unpack(get_encoder),
         images=rules.generate.output[0],
     output:
-        "results/{model}/{finetune}/embeddings/{encoder}/{concept}/ft{fseed}/{points}/seeds{seeds}.parquet",
+        study_path("{model}/{finetune}/embeddings/{encoder}/{concept}/ft{fseed}/{points}/seeds{seeds}.parquet"),
     log:
-        "logs/{model}/{finetune}/embed_samples/{encoder}/{concept}/ft{fseed}/{points}/seeds{seeds}.log",
+        study_path("logs/{model}/{finetune}/embed_samples/{encoder}/{concept}/ft{fseed}/{points}/seeds{seeds}.log"),
     benchmark:
-        "results/{model}/{finetune}/benchmarks/embed_samples/{encoder}/{concept}/ft{fseed}/{points}/seeds{seeds}.tsv"
+        study_path(
+            "{model}/{finetune}/benchmarks/embed_samples/{encoder}/{concept}/ft{fseed}/{points}/seeds{seeds}.tsv"
+        )
     threads: config["runtime"]["threads"]
     resources:
         gpu=1,

@@ -6,11 +6,11 @@ rule score:
     input:
         unpack(get_score_input),
     output:
-        "results/{model}/{finetune}/scores/{concept}/ft{fseed}/{points}/seeds{seeds}.parquet",
+        study_path("{model}/{finetune}/scores/{concept}/ft{fseed}/{points}/seeds{seeds}.parquet"),
     log:
-        "logs/{model}/{finetune}/score/{concept}/ft{fseed}/{points}/seeds{seeds}.log",
+        study_path("logs/{model}/{finetune}/score/{concept}/ft{fseed}/{points}/seeds{seeds}.log"),
     benchmark:
-        "results/{model}/{finetune}/benchmarks/score/{concept}/ft{fseed}/{points}/seeds{seeds}.tsv"
+        study_path("{model}/{finetune}/benchmarks/score/{concept}/ft{fseed}/{points}/seeds{seeds}.tsv")
     params:
         encoders=STUDY.encoder_ids(),
         metrics=list(STUDY.metrics),
@@ -22,31 +22,31 @@ rule aggregate:
     input:
         get_score_files,
     output:
-        scores="results/{model}/{finetune}/tables/scores.parquet",
-        table="results/{model}/{finetune}/tables/metrics.parquet",
+        scores=study_path("{model}/{finetune}/tables/scores.parquet"),
+        table=study_path("{model}/{finetune}/tables/metrics.parquet"),
         csv=report(
-            "results/{model}/{finetune}/tables/metrics.csv",
+            study_path("{model}/{finetune}/tables/metrics.csv"),
             caption="../report/metrics.rst",
             category="Tables",
             labels={"model": "{model}", "fine-tune": "{finetune}", "table": "metrics"},
         ),
-        md="results/{model}/{finetune}/tables/metrics.md",
-        paired="results/{model}/{finetune}/tables/paired_vs_cfg.parquet",
+        md=study_path("{model}/{finetune}/tables/metrics.md"),
+        paired=study_path("{model}/{finetune}/tables/paired_vs_cfg.parquet"),
         paired_csv=report(
-            "results/{model}/{finetune}/tables/paired_vs_cfg.csv",
+            study_path("{model}/{finetune}/tables/paired_vs_cfg.csv"),
             caption="../report/paired.rst",
             category="Tables",
             labels={"model": "{model}", "fine-tune": "{finetune}", "table": "paired vs CFG"},
         ),
-        paired_md="results/{model}/{finetune}/tables/paired_vs_cfg.md",
-        matched="results/{model}/{finetune}/tables/matched_text.parquet",
-        matched_md="results/{model}/{finetune}/tables/matched_text.md",
-        agreement="results/{model}/{finetune}/tables/metric_agreement.parquet",
-        agreement_md="results/{model}/{finetune}/tables/metric_agreement.md",
+        paired_md=study_path("{model}/{finetune}/tables/paired_vs_cfg.md"),
+        matched=study_path("{model}/{finetune}/tables/matched_text.parquet"),
+        matched_md=study_path("{model}/{finetune}/tables/matched_text.md"),
+        agreement=study_path("{model}/{finetune}/tables/metric_agreement.parquet"),
+        agreement_md=study_path("{model}/{finetune}/tables/metric_agreement.md"),
     log:
-        "logs/{model}/{finetune}/aggregate.log",
+        study_path("logs/{model}/{finetune}/aggregate.log"),
     benchmark:
-        "results/{model}/{finetune}/benchmarks/aggregate.tsv"
+        study_path("{model}/{finetune}/benchmarks/aggregate.tsv")
     params:
         n_boot=EVAL["bootstrap"],
         seed=EVAL["bootstrap_seed"],
@@ -59,13 +59,13 @@ rule learning:
     input:
         unpack(get_learning_input),
     output:
-        images="results/{model}/{finetune}/tables/learning_images.parquet",
-        table="results/{model}/{finetune}/tables/learning.parquet",
-        md="results/{model}/{finetune}/tables/learning.md",
+        images=study_path("{model}/{finetune}/tables/learning_images.parquet"),
+        table=study_path("{model}/{finetune}/tables/learning.parquet"),
+        md=study_path("{model}/{finetune}/tables/learning.md"),
     log:
-        "logs/{model}/{finetune}/learning.log",
+        study_path("logs/{model}/{finetune}/learning.log"),
     benchmark:
-        "results/{model}/{finetune}/benchmarks/learning.tsv"
+        study_path("{model}/{finetune}/benchmarks/learning.tsv")
     threads: 2
     params:
         model=get_model_ref,
@@ -81,16 +81,16 @@ rule finetune_table:
     input:
         [expand(rules.aggregate.output.table, model=m, finetune=f)[0] for m, f in FINETUNES],
     output:
-        table="results/tables/finetunes.parquet",
+        table=study_path("tables/finetunes.parquet"),
         csv=report(
-            "results/tables/finetunes.csv",
+            study_path("tables/finetunes.csv"),
             caption="../report/finetunes.rst",
             category="Tables",
             labels={"table": "fine-tunes"},
         ),
-        md="results/tables/finetunes.md",
+        md=study_path("tables/finetunes.md"),
     log:
-        "logs/finetune_table.log",
+        study_path("logs/finetune_table.log"),
     params:
         finetunes=[[m, f] for m, f in FINETUNES],
         settings={f"{m}/{f}": STUDY.finetune_settings(m, f) for m, f in FINETUNES},
@@ -104,35 +104,35 @@ rule plots:
         [expand(rules.aggregate.output.table, model=m, finetune=f)[0] for m, f in FINETUNES],
     output:
         report(
-            "results/plots/omega_ablation.png",
+            study_path("plots/omega_ablation.png"),
             caption="../report/omega.rst",
             category="Figures",
             labels={"figure": "ω-ablation"},
         ),
         report(
-            "results/plots/lambda_ablation.png",
+            study_path("plots/lambda_ablation.png"),
             caption="../report/lambda.rst",
             category="Figures",
             labels={"figure": "λ-ablation"},
         ),
         report(
-            "results/plots/pareto.png",
+            study_path("plots/pareto.png"),
             caption="../report/pareto.rst",
             category="Figures",
             labels={"figure": "Pareto front"},
         ),
         report(
-            "results/plots/method_fronts.png",
+            study_path("plots/method_fronts.png"),
             caption="../report/method_fronts.rst",
             category="Figures",
             labels={"figure": "method fronts"},
         ),
-        "results/plots/omega_ablation.svg",
-        "results/plots/lambda_ablation.svg",
-        "results/plots/pareto.svg",
-        "results/plots/method_fronts.svg",
+        study_path("plots/omega_ablation.svg"),
+        study_path("plots/lambda_ablation.svg"),
+        study_path("plots/pareto.svg"),
+        study_path("plots/method_fronts.svg"),
     log:
-        "logs/plots.log",
+        study_path("logs/plots.log"),
     params:
         labels=[f"{m}/{f}" for m, f in FINETUNES],
         protocol=EVAL.get("plot_protocol"),

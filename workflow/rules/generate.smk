@@ -9,11 +9,11 @@ rule generate:
     input:
         unpack(get_generate_input),
     output:
-        directory("results/{model}/{finetune}/samples/{concept}/ft{fseed}/{points}/seeds{seeds}"),
+        directory(study_path("{model}/{finetune}/samples/{concept}/ft{fseed}/{points}/seeds{seeds}")),
     log:
-        "logs/{model}/{finetune}/generate/{concept}/ft{fseed}/{points}/seeds{seeds}.log",
+        study_path("logs/{model}/{finetune}/generate/{concept}/ft{fseed}/{points}/seeds{seeds}.log"),
     benchmark:
-        "results/{model}/{finetune}/benchmarks/generate/{concept}/ft{fseed}/{points}/seeds{seeds}.tsv"
+        study_path("{model}/{finetune}/benchmarks/generate/{concept}/ft{fseed}/{points}/seeds{seeds}.tsv")
     wildcard_constraints:
         finetune=finetunes_where(lambda m, ft: not STUDY.generation_packed(m, ft)),
     threads: config["runtime"]["threads"]
@@ -42,9 +42,11 @@ for _pack in STUDY.generation_packs():
         output:
             [directory(_path(rules.generate, run.wildcards, points="{points}", seeds="{seeds}")) for run in _pack.runs],
         log:
-            f"logs/{_pack.model}/{_pack.finetune}/generate/pack{_pack.index}/{{points}}/seeds{{seeds}}.log",
+            study_path(f"logs/{_pack.model}/{_pack.finetune}/generate/pack{_pack.index}/{{points}}/seeds{{seeds}}.log"),
         benchmark:
-            f"results/{_pack.model}/{_pack.finetune}/benchmarks/generate/pack{_pack.index}/{{points}}/seeds{{seeds}}.tsv"
+            study_path(
+                f"{_pack.model}/{_pack.finetune}/benchmarks/generate/pack{_pack.index}/{{points}}/seeds{{seeds}}.tsv"
+            )
         threads: config["runtime"]["threads"]
         resources:
             gpu=1,
@@ -64,13 +66,13 @@ rule grid:
         get_grid_samples,
     output:
         report(
-            "results/{model}/{finetune}/grids/{concept}.png",
+            study_path("{model}/{finetune}/grids/{concept}.png"),
             caption="../report/grid.rst",
             category="Image grids",
             labels={"model": "{model}", "fine-tune": "{finetune}", "concept": "{concept}"},
         ),
     log:
-        "logs/{model}/{finetune}/grid/{concept}.log",
+        study_path("logs/{model}/{finetune}/grid/{concept}.log"),
     params:
         layout=from_study(STUDY.grid_layout),
     script:

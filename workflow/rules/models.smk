@@ -4,9 +4,9 @@
 
 rule build_tiny_model:
     output:
-        directory("results/{model}/model"),
+        directory(study_path("{model}/model")),
     log:
-        "logs/{model}/build_tiny_model.log",
+        study_path("logs/{model}/build_tiny_model.log"),
     wildcard_constraints:
         model=_names(STUDY.bases("tiny")),
     threads: 1
@@ -20,11 +20,11 @@ rule build_tiny_model:
 # The synthetic world's base (wig.synthetic.pretrain), stage by stage: a UNet setting keeps the autoencoder.
 rule pretrain_vae:
     output:
-        directory("results/{model}/pretrain/vae"),
+        directory(study_path("{model}/pretrain/vae")),
     log:
-        "logs/{model}/pretrain_vae.log",
+        study_path("logs/{model}/pretrain_vae.log"),
     benchmark:
-        "results/{model}/benchmarks/pretrain_vae.tsv"
+        study_path("{model}/benchmarks/pretrain_vae.tsv")
     wildcard_constraints:
         model=_names(STUDY.bases("synthetic")),
     threads: 2
@@ -38,11 +38,11 @@ rule pretrain_model:
     input:
         vae=rules.pretrain_vae.output[0],
     output:
-        directory("results/{model}/model"),
+        directory(study_path("{model}/model")),
     log:
-        "logs/{model}/pretrain_model.log",
+        study_path("logs/{model}/pretrain_model.log"),
     benchmark:
-        "results/{model}/benchmarks/pretrain_model.tsv"
+        study_path("{model}/benchmarks/pretrain_model.tsv")
     wildcard_constraints:
         model=_names(STUDY.bases("synthetic")),
     threads: 2
@@ -58,12 +58,12 @@ rule base_accuracy:
     input:
         unpack(get_model),
     output:
-        table="results/{model}/tables/base_accuracy.parquet",
-        md="results/{model}/tables/base_accuracy.md",
+        table=study_path("{model}/tables/base_accuracy.parquet"),
+        md=study_path("{model}/tables/base_accuracy.md"),
     log:
-        "logs/{model}/base_accuracy.log",
+        study_path("logs/{model}/base_accuracy.log"),
     benchmark:
-        "results/{model}/benchmarks/base_accuracy.tsv"
+        study_path("{model}/benchmarks/base_accuracy.tsv")
     wildcard_constraints:
         model=_names(STUDY.world_bases()),
     threads: 2
@@ -80,9 +80,9 @@ rule base_accuracy:
 # jobs load the recorded local path.
 rule resolve_model:
     output:
-        "results/{model}/weights.json",
+        study_path("{model}/weights.json"),
     log:
-        "logs/{model}/resolve_model.log",
+        study_path("logs/{model}/resolve_model.log"),
     localrule: True
     params:
         spec=from_study(STUDY.model_spec),
@@ -92,9 +92,9 @@ rule resolve_model:
 
 rule resolve_encoder:
     output:
-        "results/encoders/{encoder}.json",
+        study_path("encoders/{encoder}.json"),
     log:
-        "logs/resolve_encoder/{encoder}.log",
+        study_path("logs/resolve_encoder/{encoder}.log"),
     localrule: True
     params:
         spec=from_study(STUDY.encoder_spec),
@@ -108,9 +108,9 @@ rule resolve_finetune:
     input:
         unpack(get_model),
     output:
-        "results/{model}/{finetune}/weights.json",
+        study_path("{model}/{finetune}/weights.json"),
     log:
-        "logs/{model}/{finetune}/resolve_finetune.log",
+        study_path("logs/{model}/{finetune}/resolve_finetune.log"),
     localrule: True
     params:
         spec=from_study(STUDY.finetune_weights),

@@ -8,9 +8,9 @@ checkpoint search_step:
     input:
         unpack(get_search_step_input),
     output:
-        "results/{model}/{finetune}/search/{search}/step{k}.json",
+        study_path("{model}/{finetune}/search/{search}/step{k}.json"),
     log:
-        "logs/{model}/{finetune}/search/{search}/step{k}.log",
+        study_path("logs/{model}/{finetune}/search/{search}/step{k}.log"),
     params:
         search=from_study(STUDY.search_settings),
         split=STUDY.selection,
@@ -22,18 +22,18 @@ rule search:
     input:
         unpack(get_search_result_input),
     output:
-        trace="results/{model}/{finetune}/search/{search}/trace.parquet",
-        chosen="results/{model}/{finetune}/search/{search}/chosen.parquet",
-        md="results/{model}/{finetune}/search/{search}/chosen.md",
+        trace=study_path("{model}/{finetune}/search/{search}/trace.parquet"),
+        chosen=study_path("{model}/{finetune}/search/{search}/chosen.parquet"),
+        md=study_path("{model}/{finetune}/search/{search}/chosen.md"),
         plot=report(
-            "results/{model}/{finetune}/search/{search}/trace.png",
+            study_path("{model}/{finetune}/search/{search}/trace.png"),
             caption="../report/search.rst",
             category="Searches",
             labels={"model": "{model}", "fine-tune": "{finetune}", "search": "{search}"},
         ),
-        svg="results/{model}/{finetune}/search/{search}/trace.svg",
+        svg=study_path("{model}/{finetune}/search/{search}/trace.svg"),
     log:
-        "logs/{model}/{finetune}/search/{search}/search.log",
+        study_path("logs/{model}/{finetune}/search/{search}/search.log"),
     params:
         search=from_study(STUDY.search_settings),
     script:

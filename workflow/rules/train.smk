@@ -7,11 +7,11 @@ rule class_images:
     input:
         unpack(get_model),
     output:
-        directory("results/{model}/class_images/{noun}"),
+        directory(study_path("{model}/class_images/{noun}")),
     log:
-        "logs/{model}/class_images/{noun}.log",
+        study_path("logs/{model}/class_images/{noun}.log"),
     benchmark:
-        "results/{model}/benchmarks/class_images/{noun}.tsv"
+        study_path("{model}/benchmarks/class_images/{noun}.tsv")
     threads: config["runtime"]["threads"]
     resources:
         gpu=1,
@@ -27,11 +27,11 @@ rule train:
     input:
         unpack(get_train_input),
     output:
-        directory("results/{model}/{finetune}/runs/{concept}/ft{fseed}"),
+        directory(study_path("{model}/{finetune}/runs/{concept}/ft{fseed}")),
     log:
-        "logs/{model}/{finetune}/train/{concept}/ft{fseed}.log",
+        study_path("logs/{model}/{finetune}/train/{concept}/ft{fseed}.log"),
     benchmark:
-        "results/{model}/{finetune}/benchmarks/train/{concept}/ft{fseed}.tsv"
+        study_path("{model}/{finetune}/benchmarks/train/{concept}/ft{fseed}.tsv")
     wildcard_constraints:
         finetune=finetunes_where(lambda m, ft: not STUDY.packed(m, ft)),
     threads: config["runtime"]["threads"]
@@ -57,9 +57,9 @@ for _pack in STUDY.training_packs():
         output:
             [directory(_path(rules.train, run.wildcards)) for run in _pack.runs],
         log:
-            f"logs/{_pack.model}/{_pack.finetune}/train/pack{_pack.index}.log",
+            study_path(f"logs/{_pack.model}/{_pack.finetune}/train/pack{_pack.index}.log"),
         benchmark:
-            f"results/{_pack.model}/{_pack.finetune}/benchmarks/train/pack{_pack.index}.tsv"
+            study_path(f"{_pack.model}/{_pack.finetune}/benchmarks/train/pack{_pack.index}.tsv")
         threads: config["runtime"]["threads"]
         resources:
             gpu=1,

@@ -8,9 +8,9 @@ if USER_STUDY:
         input:
             unpack(get_user_study_input),
         output:
-            directory("results/user_study/sets"),
+            directory(study_path("user_study/sets")),
         log:
-            "logs/user_study.log",
+            study_path("logs/user_study.log"),
         localrule: True
         params:
             design=USER_STUDY,
@@ -26,32 +26,32 @@ if USER_STUDY:
                 sets=rules.user_study.output[0],
                 votes=config["user_study"]["votes"],
             output:
-                votes="results/user_study/tables/votes.parquet",
-                raters="results/user_study/tables/raters.parquet",
-                table="results/user_study/tables/table3.parquet",
+                votes=study_path("user_study/tables/votes.parquet"),
+                raters=study_path("user_study/tables/raters.parquet"),
+                table=study_path("user_study/tables/table3.parquet"),
                 csv=report(
-                    "results/user_study/tables/table3.csv",
+                    study_path("user_study/tables/table3.csv"),
                     caption="../report/user_study.rst",
                     category="User study",
                     labels={"table": "Table 3"},
                 ),
-                md="results/user_study/tables/table3.md",
-                wins="results/user_study/tables/win_rates.parquet",
+                md=study_path("user_study/tables/table3.md"),
+                wins=study_path("user_study/tables/win_rates.parquet"),
                 figure=report(
-                    "results/user_study/table3.png",
+                    study_path("user_study/table3.png"),
                     caption="../report/user_study.rst",
                     category="User study",
                     labels={"figure": "Table 3"},
                 ),
-                strengths="results/user_study/tables/strengths.parquet",
+                strengths=study_path("user_study/tables/strengths.parquet"),
                 strength_figure=report(
-                    "results/user_study/strengths.png",
+                    study_path("user_study/strengths.png"),
                     caption="../report/user_study_strengths.rst",
                     category="User study",
                     labels={"figure": "Bradley–Terry strengths"},
                 ),
             log:
-                "logs/user_study_table.log",
+                study_path("logs/user_study_table.log"),
             params:
                 n_boot=config["user_study"]["bootstrap"],
                 seed=config["user_study"]["seed"],

@@ -8,7 +8,9 @@ from wig.workflow.jobs import job
 with job(snakemake, torch=False):
     tables = {label: pl.read_parquet(path) for label, path in zip(snakemake.params.labels, snakemake.input)}
     protocol = snakemake.params.protocol
-    plots.omega_ablation(tables, "results/plots/omega_ablation", protocol)
-    plots.lambda_ablation(tables, "results/plots/lambda_ablation", protocol)
-    plots.pareto(tables, "results/plots/pareto", protocol)
-    plots.method_fronts(tables, "results/plots/method_fronts", protocol)
+    # each figure is written as <stem>.png and <stem>.svg: the stems of the rule's four PNG outputs
+    omega, lam, pareto, fronts = (path.removesuffix(".png") for path in snakemake.output[:4])
+    plots.omega_ablation(tables, omega, protocol)
+    plots.lambda_ablation(tables, lam, protocol)
+    plots.pareto(tables, pareto, protocol)
+    plots.method_fronts(tables, fronts, protocol)

@@ -31,7 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_Version, nargs=0, help="show wig's version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in command_modules().values():
-        command.add_parser(sub)
+        try:
+            command.add_parser(sub)
+        except ImportError as err:
+            # a command of an extra that is not installed (its parser reads that extra's registries):
+            # listed, and refused in one line when asked for (`main`)
+            if not getattr(command, "EXTRA", None) or command.NAME in sub.choices:
+                raise
+            sub.add_parser(command.NAME, help=f"(needs wig[{command.EXTRA}]: {err.name} is not installed)")
     return parser
 
 
@@ -52,12 +59,28 @@ def _version() -> str:
         return "unknown"
 
 
+def _command_named(argv: list[str]) -> ModuleType | None:
+    """The command module ``argv`` asks for (its first word that is not an option), or None."""
+    commands = command_modules()
+    first = next((word for word in argv if not word.startswith("-")), None)
+    return commands.get(first)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()  # reads the registries: a broken plug-in package stops here
     except WigError as err:
         print(f"wig: error: {err}", file=sys.stderr)
         return 1
+    named = _command_named(sys.argv[1:] if argv is None else argv)
+    if named is not None and getattr(named, "EXTRA", None):
+        from wig.extras import MissingExtra, require
+
+        try:  # before argparse, so `wig serve-study --help` says it too
+            require(named.EXTRA, f"wig {named.NAME}")
+        except MissingExtra as err:
+            print(f"wig: error: {err}", file=sys.stderr)
+            return 1
     args = parser.parse_args(argv)
     command = command_modules()[args.command]
     try:

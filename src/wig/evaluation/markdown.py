@@ -170,6 +170,6 @@ def finetunes_markdown(table: pl.DataFrame) -> str:
         model, finetune = pairs[0]
         return (
             f"One fine-tune ({model}/{finetune}): nothing to set side by side; its metrics are "
-            f"results/{model}/{finetune}/tables/metrics.md.\n"
+            f"{model}/{finetune}/tables/metrics.md in this study's results.\n"
         )
     return results_markdown(table, "No fine-tune has a metrics table yet.")

@@ -123,8 +123,10 @@ def load_lora(pipe, path: str | os.PathLike, adapter_name: str) -> None:
     _check_metadata(path, pairs, lora_metadata(path))
     _check_fits(pipe, pairs, path)
     try:
-        # the file itself, as stock diffusers reads it: its header's metadata comes with it
-        pipe.load_lora_weights(str(path), adapter_name=adapter_name, use_safetensors=True)
+        # the file itself, as stock diffusers reads it: its header's metadata comes with it. Folder and
+        # file name, not the file's path: diffusers before 0.40 refuses a path without `weight_name`
+        # in offline mode (HF_HUB_OFFLINE), and this spelling reads the same file in every version
+        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter_name, use_safetensors=True)
     except (RuntimeError, ValueError, KeyError, TypeError) as err:
         _drop_adapter(pipe, adapter_name)
         first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__

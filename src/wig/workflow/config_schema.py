@@ -26,6 +26,7 @@ import copy
 import difflib
 import os
 from importlib import resources
+from pathlib import Path
 from typing import Any, Mapping
 
 from wig.errors import WigError
@@ -224,3 +225,32 @@ def read_config(config: dict, schema_file: str | os.PathLike | Mapping | None = 
     if line is not None:
         raise WigError(f"{where}: {line}" if where else line)
     return fill_defaults(config, loaded)
+
+
+SHIPPED = "resources/"  # a config path starting here may name the workflow's own resources
+
+
+def resolve_shipped(config: Any, workflow_root: str | os.PathLike, project: str | os.PathLike = ".") -> Any:
+    """``config`` with every relative path under ``resources/`` that the project (the working
+    directory) lacks but the workflow's checkout has made absolute, in place; also returned.
+
+    Why: the shipped configs name the workflow's own files (the synthetic base model, the concept
+    sheets, the demo photos) as ``resources/…``. Run from a checkout, that is the working directory;
+    used as a Snakemake module from another project (docs/workflow.md "Deploy"), the same config must
+    still find them — in the workflow, never in whatever folder Snakemake was started from. A file
+    the project has itself wins, so a user can replace a shipped resource by adding their own."""
+    root, here = Path(workflow_root), Path(project)
+
+    def visit(value: Any) -> Any:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                value[key] = visit(item)
+        elif isinstance(value, list):
+            value[:] = [visit(item) for item in value]
+        elif isinstance(value, str) and value.startswith(SHIPPED) and not (here / value).exists():
+            shipped = root / value
+            if shipped.exists():
+                return str(shipped.resolve())
+        return value
+
+    return visit(config)

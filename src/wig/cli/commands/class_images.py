@@ -9,6 +9,7 @@ from wig.cli.options import POSITIVE, SEED, add_runtime, add_sampling, check_emp
 
 NAME = "class-images"
 ORDER = 60  # its place in `wig --help`
+EXTRA = "workflow"  # what it imports beyond the core install (wig.extras; pyproject.toml)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

@@ -11,9 +11,11 @@ from wig.errors import WigError
 
 NAME = "embed"
 ORDER = 80  # its place in `wig --help`
+EXTRA = "workflow"  # what it imports beyond the core install (wig.extras; pyproject.toml)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
+    kinds = encoder_kinds()  # first: without the workflow extra this raises before the parser exists
     p = sub.add_parser(
         "embed",
         help="embed the images of a prepared or generated folder (or prompt texts) as Parquet",
@@ -21,7 +23,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "once per protocol, in batches; or, with --text, embed texts with a text encoder (CLIP, PickScore). Writes "
         "one Parquet file (schema in docs/formats.md).",
     )
-    kinds = encoder_kinds()
     p.add_argument("--kind", required=True, choices=sorted(kinds), help="encoder kind")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--tiny", type=Path, help="folder of a tiny twin built with --build-tiny")

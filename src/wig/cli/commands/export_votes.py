@@ -10,6 +10,7 @@ from wig.cli.options import check_study_folder
 
 NAME = "export-votes"
 ORDER = 110  # its place in `wig --help`
+EXTRA = "user-study"  # what it imports beyond the core install (wig.extras; pyproject.toml)
 LIGHT = True  # imports neither torch nor diffusers: it starts at once
 
 

@@ -9,6 +9,7 @@ from wig.errors import WigError
 
 NAME = "plan"
 ORDER = 90  # its place in `wig --help`
+EXTRA = "workflow"  # what it imports beyond the core install (wig.extras; pyproject.toml)
 LIGHT = True  # imports neither torch nor diffusers: it starts at once
 
 
@@ -22,7 +23,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "(default: the working directory), as Snakemake reads them.",
     )
     p.add_argument("--configfile", required=True, type=Path, help="the study's config (as snakemake --configfile)")
-    p.add_argument("--results", type=Path, default=Path("results"), help="a run's results folder to measure rates from")
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="a run's results folder to measure rates from (default: the study's own, <results>/<study> of the config)",
+    )
     p.add_argument(
         "--directory",
         type=Path,
@@ -60,5 +66,6 @@ def _plan(configfile: Path, args) -> None:
     read_config(config, where=f"--configfile {args.configfile}")  # the shipped schema, as the workflow reads it
     study = Study.from_config(config)
     cost = study_cost(study)
-    for line in cost.lines() + estimate_lines(cost, measured_rates(study, args.results)):
+    results = args.results if args.results is not None else Path(config["results"]) / config["study"]
+    for line in cost.lines() + estimate_lines(cost, measured_rates(study, results)):
         print(line)

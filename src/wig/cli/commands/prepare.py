@@ -9,6 +9,7 @@ from wig.cli.options import POSITIVE, check_empty_folder
 
 NAME = "prepare"
 ORDER = 50  # its place in `wig --help`
+EXTRA = "workflow"  # what it imports beyond the core install (wig.extras; pyproject.toml)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

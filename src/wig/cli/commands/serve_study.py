@@ -9,6 +9,7 @@ from wig.cli.options import POSITIVE, check_study_folder, int_in
 
 NAME = "serve-study"
 ORDER = 100  # its place in `wig --help`
+EXTRA = "user-study"  # what it imports beyond the core install (wig.extras; pyproject.toml)
 LIGHT = True  # imports neither torch nor diffusers: it starts at once
 
 

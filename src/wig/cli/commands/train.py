@@ -11,6 +11,7 @@ from wig.personalization import REGISTRY as PERSONALIZATION
 
 NAME = "train"
 ORDER = 70  # its place in `wig --help`
+EXTRA = "workflow"  # what it imports beyond the core install (wig.extras; pyproject.toml)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
