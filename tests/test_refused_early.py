@@ -335,3 +335,36 @@ def test_the_resolve_check_of_a_base_pads_only_the_first_convolution(tiny_sd, tm
     make("given", weights=str(tiny_sd), kind="base").check_files(tiny_sd, tmp_path / "ip2p")
     with pytest.raises(FullWeightsError, match=r"conv_in.weight has shape \(32, 8, 3, 3\)"):  # no padding asked
         make("given", weights=str(tiny_sd)).check_files(tmp_path / "ip2p", tiny_sd)
+
+
+@pytest.mark.parametrize("study", ["../elsewhere", "a b", "", "/abs"])
+def test_a_study_name_that_is_not_one_folder_is_refused(study):
+    """`study` names the folder under <results>/ that holds everything the study writes: a path, a
+    blank or a name with spaces would scatter or hide it."""
+    import yaml
+
+    from wig.workflow.config_schema import read_config
+
+    config = yaml.safe_load((ROOT / "config/config.yaml").read_text()) | {"study": study}
+    with pytest.raises(WigError, match="study"):
+        read_config(config)
+
+
+def test_a_shipped_resource_is_the_workflows_unless_the_project_has_its_own(tmp_path):
+    """`resolve_shipped`: a `resources/…` path the project lacks names the workflow's file (a
+    deployed module); the project's own file at the same path wins; other paths stay as written."""
+    from wig.workflow.config_schema import resolve_shipped
+
+    project, checkout = tmp_path / "project", tmp_path / "wig"
+    (checkout / "resources/datasets").mkdir(parents=True)
+    (checkout / "resources/datasets/sheet.csv").write_text("id\n")
+    (checkout / "resources/models/base").mkdir(parents=True)
+    (project / "resources/models/base").mkdir(parents=True)  # the project's own copy
+    config = {
+        "dataset": {"sheet": "resources/datasets/sheet.csv", "root": "data/photos"},
+        "models": {"m": {"path": "resources/models/base"}, "n": {"path": "resources/models/missing"}},
+        "seeds": [0],
+    }
+    assert resolve_shipped(config, checkout, project) is config
+    assert config["dataset"] == {"sheet": str(checkout / "resources/datasets/sheet.csv"), "root": "data/photos"}
+    assert config["models"] == {"m": {"path": "resources/models/base"}, "n": {"path": "resources/models/missing"}}

@@ -289,7 +289,8 @@ def test_a_second_study_in_the_same_project_keeps_the_first_ones_figures_and_tab
     kept = sorted({*first.glob("plots/*"), *first.glob("tables/*"), *first.glob("*/*/tables/*")})
     assert len([p for p in kept if p.parent.name == "plots"]) == 8 and (first / "tables/finetunes.parquet") in kept
     before = {p: p.read_bytes() for p in kept}
-    second = _edit(config, study="small-b", seeds=[0])
+    # kept cheap: one model, one seed, no class images, three training steps
+    second = _edit(config, study="small-b", seeds=[0], personalization__prior_weight=0.0, personalization__steps=3)
     second["models"] = {"tiny-sd": config["models"]["tiny-sd"]}
     second["guidance"] = [{"method": "cfg", "scale": 7.5}, {"method": "pg", "scale": 7.5, "omega": 0.0}]
     (workdir / "second.yaml").write_text(yaml.safe_dump(second))
