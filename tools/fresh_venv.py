@@ -38,22 +38,24 @@ def build_wheel(out: Path) -> Path:
     return wheel
 
 
-def closure(name: str, seen: set[str] | None = None) -> set[str]:
-    """``name`` and every distribution it requires unconditionally, as installed here."""
-    seen = set() if seen is None else seen
+def closure(name: str, extras: tuple[str, ...] = (), seen: set | None = None) -> set[str]:
+    """``name`` (with ``extras``) and every distribution it requires, as installed here: its
+    unconditional requirements and those of the extras asked for (torch asks for
+    ``cuda-toolkit[cublas, …]``, whose extras name the CUDA libraries)."""
+    seen = set() if seen is None else seen  # (name, extras) visited
     key = name.lower().replace("_", "-")
-    if key in seen:
-        return seen
+    if (key, extras) in seen:
+        return {k for k, _ in seen}
     try:
         dist = metadata.distribution(name)
     except metadata.PackageNotFoundError:
-        return seen
-    seen.add(key)
+        return {k for k, _ in seen}
+    seen.add((key, extras))
     for line in dist.requires or []:
         requirement = Requirement(line)
-        if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
-            closure(requirement.name, seen)
-    return seen
+        if requirement.marker is None or any(requirement.marker.evaluate({"extra": e}) for e in ("", *extras)):
+            closure(requirement.name, tuple(sorted(requirement.extras)), seen)
+    return {k for k, _ in seen}
 
 
 def link_torch(site: Path) -> Path:
