@@ -25,7 +25,7 @@ STAGES = {  # stage -> the rules (benchmark folder names) it covers
 
 
 def rule_of(tsv: Path, results: Path) -> str:
-    """results/{model}/benchmarks/<rule>[/…].tsv or results/benchmarks/<rule>.tsv → rule."""
+    """<results>/<study>/{model}/benchmarks/<rule>[/…].tsv or <results>/<study>/benchmarks/<rule>.tsv → rule."""
     parts = tsv.relative_to(results).parts
     i = parts.index("benchmarks")
     return Path(parts[i + 1]).stem
@@ -43,7 +43,7 @@ def job_seconds(results: Path) -> dict[str, list[float]]:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--results", type=Path, default=Path("results"))
+    p.add_argument("--results", type=Path, default=Path("results/demo"), help="a study's results folder")
     p.add_argument("--cores", type=int, default=2, help="cores the run used (for job time / cores)")
     p.add_argument("--wall", type=float, help="the run's measured wall time in seconds")
     args = p.parse_args(argv)

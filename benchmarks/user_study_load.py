@@ -2,7 +2,7 @@
 loopback — the time to the first page, and "answer + next set" requests per second with p50/p99
 latency at a given concurrency.
 
-    python benchmarks/user_study_load.py results/user_study/sets [--raters 200] [--concurrency 20]
+    python benchmarks/user_study_load.py results/demo/user_study/sets [--raters 200] [--concurrency 20]
 
 STUDY_DIR is rule user_study's folder (`make demo` draws the demo's). Each rater first agrees on
 the consent page (one request, not timed with the answers). The votes go to a fresh

@@ -2,7 +2,7 @@
 half-width ≤ a target, from a pilot run's scores (`wig.evaluation.sample_size`): the pilot's
 variance components, its own CI, and the projected half-width as the chosen axis doubles.
 
-    python tools/sample_size.py results/synthetic-noprior/db-lora/tables/scores.parquet \\
+    python tools/sample_size.py results/synthetic/synthetic-noprior/db-lora/tables/scores.parquet \\
         --method pg --omega 0 --scale 4.5 --design 5 3 6 --grow seeds --target 0.01
 """
 

@@ -4,7 +4,7 @@ captions), and by pattern and by shape — the pre-registered secondary analyses
 docs/studies.md's run at ±0.02. Same CIs as the tables (`wig.evaluation.metrics.paired_vs_cfg`: the nested
 bootstrap over subjects, LoRA seeds, prompts and seeds).
 
-    python tools/subject_contrasts.py results/subjects-noprior/db-lora/tables --bootstrap 2000
+    python tools/subject_contrasts.py results/synthetic-subjects/subjects-noprior/db-lora/tables --bootstrap 2000
 """
 
 import argparse
