@@ -355,3 +355,17 @@ def test_the_checks_see_an_arrow_up_and_a_circle():
     assert circles(two) == [["wig.guidance.cfg", "wig.guidance.pg"]]
     with pytest.raises(AssertionError, match="on no floor"):
         layer_of("wig.nowhere")
+
+
+def test_every_shipped_config_names_a_study_of_its_own():
+    """Two shipped configs run in one checkout never share an output folder (results/<study>/): each
+    names its study, and no two the same (the demo is `demo`, a preset its file's name)."""
+    import yaml
+
+    configs = [ROOT / "config/config.yaml", *sorted((ROOT / "config/presets").glob("*.yaml"))]
+    configs += sorted((ROOT / ".test/config").glob("*.yaml"))
+    names = {path.relative_to(ROOT).as_posix(): yaml.safe_load(path.read_text()).get("study") for path in configs}
+    assert None not in names.values(), [p for p, n in names.items() if n is None]
+    assert len(set(names.values())) == len(names), names
+    for path, name in names.items():
+        assert name == ("demo" if path == "config/config.yaml" else Path(path).stem), (path, name)
