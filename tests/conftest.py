@@ -392,12 +392,21 @@ def edit_config(config: dict, **changes) -> dict:
 
 
 def make_user_study(
-    folder, seed: int = 0, n_sets: int = 4, attention: int = 1, entries=None, exclusion=None, gold: int = 0
+    folder,
+    seed: int = 0,
+    n_sets: int = 4,
+    attention: int = 1,
+    entries=None,
+    exclusion=None,
+    gold: int = 0,
+    secret: bytes | None = None,
 ) -> Path:
     """A user-study folder (`wig.user_study.design.build_study`) over fabricated images: per entry
     (default one, ``toy/db-lora``, methods CFG, PG, AG) ``n_sets`` sets of flat-colour images, two
     references each; ``attention`` repeats; ``gold`` gold sets per entry (a held-out photo of the
-    first set's concept beside other sets' images)."""
+    first set's concept beside other sets' images). ``secret``: the study's key (default: made
+    from the operating system's generator, as a real study's; a fixed one makes ids and order the
+    same every run)."""
     from PIL import Image
 
     from wig.user_study.design import QUESTIONS, attention_sets, build_study
@@ -445,7 +454,7 @@ def make_user_study(
         "sets": sets,
         "gold": golds,
     }
-    return build_study(design, folder)
+    return build_study(design, folder, secret=secret)
 
 
 class StudyServer:
