@@ -188,3 +188,23 @@ def test_the_guider_tests_pass_on_the_lowest_diffusers_the_range_admits(tmp_path
     assert (
         re.search(r"\b(\d+) passed\b", proc.stdout) and "skipped" not in proc.stdout and "deselected" not in proc.stdout
     )
+
+
+def test_wig_generate_in_the_core_install_draws_what_it_draws_here(core_venv, tiny_sdxl, sdxl_lora_path, tmp_path):
+    """docs/install.md puts `wig generate` in the core: with no extra it samples PG from a LoRA
+    file, and the PNG's pixels are this environment's."""
+    args = ["generate", "--model", str(tiny_sdxl), "--lora", str(sdxl_lora_path), "--method", "pg", "--omega", "0"]
+    args += ["--scale", "5", "--steps", "2", "--height", "64", "--width", "64", "--prompt", "a sks dog", "--quiet"]
+    there = _run(core_venv.parent / "wig", *args, "--seed", "0", "--out", str(tmp_path / "there.png"))
+    assert there.returncode == 0, there.stderr[-3000:]
+    here = subprocess.run(
+        [sys.executable, "-m", "wig.cli", *args, "--seed", "0", "--out", str(tmp_path / "here.png")],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
+    assert here.returncode == 0, here.stderr[-3000:]
+    from PIL import Image
+
+    a, b = (np.asarray(Image.open(tmp_path / f"{n}.png")) for n in ("there", "here"))
+    assert a.shape == (64, 64, 3) and np.array_equal(a, b)
